@@ -1,0 +1,1 @@
+"""Protocol drivers: one sub-package per protocol, plus the contract in ``contract``."""

@@ -1,0 +1,97 @@
+"""The driver contract: what every protocol driver gives the gateway.
+
+A driver owns one connection to one device and turns a compiled read plan into a
+:class:`Batch` of readings. The required contract is three coroutines; anything more
+(subscriptions, shared bus locks) is an opt-in capability declared separately, so a
+reader of a driver needs only this module.
+
+Readings are plain tuples, not objects, because there are thousands of them per second
+and each one is encoded to CBOR as an array as it is::
+
+    (tag, ts_ns, value, quality)            # a good or uncertain reading
+    (tag, ts_ns, value, quality, reason)    # a bad one, with why
+
+``tag`` is the full tag name ``"<device>/<tag>"``, computed once when the plan is
+compiled. ``ts_ns`` is the UTC time of the response in integer nanoseconds since the
+Unix epoch. ``value`` is ``None`` when the quality is bad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+Value: TypeAlias = bool | int | float | str | None
+Reading: TypeAlias = tuple[Any, ...]
+"""``(tag, ts_ns, value, quality[, reason])``; see the module docstring."""
+
+
+class Quality(IntEnum):
+    """Quality of one reading; the integer is what goes on the wire."""
+
+    GOOD = 0
+    BAD_COMM = 1
+    """No answer: timeout, connection refused or lost."""
+    BAD_DEVICE = 2
+    """The device answered with an error (e.g. Modbus exception: illegal address)."""
+    BAD_CONFIG = 3
+    """The tag cannot be read as configured (e.g. value does not decode)."""
+    UNCERTAIN = 4
+    """A value is present but may be stale or out of range."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Readings from one read of one device: the unit of work of the pipeline."""
+
+    device: str
+    readings: list[Reading] = field(default_factory=list)
+    error: str | None = None
+    """Why the read failed, if it did; the readings then carry a bad quality."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class DriverError(Exception):
+    """A driver could not do what was asked; the message says what and why."""
+
+
+class ConnectError(DriverError):
+    """The device could not be reached (refused, timeout, DNS)."""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """One connection to one device.
+
+    ``read`` never raises for a device or link fault: it returns a batch whose
+    readings carry a bad quality and whose ``error`` says why, and sets
+    ``connected`` to False when the link is gone so the caller reconnects with
+    backoff. Only programming errors escape.
+    """
+
+    name: str
+    """The device name from the config."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Open the link; raises :class:`ConnectError` on failure."""
+
+    async def read(self, plan: Any) -> Batch:
+        """Execute one compiled read plan; one batch per call."""
+
+    async def close(self) -> None:
+        """Close the link; safe to call twice."""
+
+
+def bad_readings(
+    tags: list[str], ts_ns: int, quality: Quality, reason: str
+) -> list[Reading]:
+    """Readings for tags that could not be read, each carrying the reason."""
+    q = int(quality)
+    return [(t, ts_ns, None, q, reason) for t in tags]

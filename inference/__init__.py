@@ -1,0 +1,1 @@
+"""ONNX anomaly models on live data (not yet implemented: see issue 6)."""

@@ -1,0 +1,1 @@
+"""Device keys and COSE_Sign1 signing/verification."""
