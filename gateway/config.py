@@ -1,0 +1,209 @@
+"""The gateway's YAML config: typed models, and errors that name file, line and field.
+
+Everything is checked at load time, before anything connects (``edgegw validate`` and
+``edgegw run`` share this one code path). Relative paths in the file are taken
+relative to the file's own folder, so a config means the same wherever it is run from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers.modbus.config import ModbusTcpDevice
+
+from .yamlsource import SourceMap, YamlError, load_yaml
+
+ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``lines`` holds one ``file:line:col: field: problem`` each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    ca_file: Path | None = Field(
+        None, description="CA bundle to verify the broker; the system trust store when empty"
+    )
+    cert_file: Path | None = Field(None, description="client certificate for mutual TLS")
+    key_file: Path | None = Field(None, description="client private key for mutual TLS")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "cert_file and key_file go together: give both for mutual TLS, or neither"
+            )
+        return self
+
+
+class UplinkConfig(_Model):
+    host: str = Field("::1", description="broker: IPv6 literal, IPv4 literal or host name")
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("edgegw", description="messages go to <prefix>/<gateway id>/<kind>")
+    client_id: str | None = Field(None, description="MQTT client id; default edgegw-<gateway id>")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    max_inflight: int = Field(
+        64, ge=1, le=65535, description="messages published but not yet acknowledged (PUBACK)"
+    )
+    tls: TlsConfig | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        v = v.strip()
+        if v.startswith("[") and v.endswith("]"):
+            v = v[1:-1]  # accept the URL form [::1]
+        if not v:
+            raise ValueError("host is empty: give a broker address such as '::1' or 'broker.plant'")
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", v):
+                raise ValueError(f"{v!r} is neither an IP address nor a host name") from None
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
+            raise ValueError(
+                f"{v!r} is not a usable topic prefix: no '+', '#', and no leading or trailing '/'"
+            )
+        return v
+
+
+class GatewaySection(_Model):
+    id: str = Field(pattern=ID_RE, description="this gateway's id, unique on the platform")
+    state_dir: Path = Field(
+        Path("/var/lib/edgegw"), description="keys, outbox and status live here"
+    )
+    flush_window_ms: int = Field(
+        250,
+        ge=1,
+        le=60_000,
+        description="batches are collected this long, then sealed as one message",
+    )
+    max_batch_points: int = Field(
+        10_000, ge=1, le=1_000_000, description="seal early once a window holds this many points"
+    )
+    durability: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite synchronous mode of the outbox: NORMAL survives a crash of the "
+        "process; FULL also survives power loss, at more flash writes",
+    )
+    shutdown_drain_s: float = Field(
+        10.0, ge=0, le=3600, description="on stop, keep sending the backlog this long"
+    )
+
+
+Device = Annotated[ModbusTcpDevice, Field(discriminator="protocol")]
+
+
+class Config(_Model):
+    gateway: GatewaySection
+    uplink: UplinkConfig = UplinkConfig()
+    devices: list[Device] = Field(min_length=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, v: list[Device]) -> list[Device]:
+        seen: set[str] = set()
+        for d in v:
+            if d.name in seen:
+                raise ValueError(f"device name {d.name!r} is used twice; names must be unique")
+            seen.add(d.name)
+        return v
+
+    @property
+    def state_dir(self) -> Path:
+        return self.gateway.state_dir
+
+    def topic(self, kind: str) -> str:
+        return f"{self.uplink.topic_prefix}/{self.gateway.id}/{kind}"
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _resolve_paths(data: Any, base: Path) -> None:
+    """Make relative file paths relative to the config file's folder."""
+    if not isinstance(data, dict):
+        return
+    gw = data.get("gateway")
+    if isinstance(gw, dict) and isinstance(gw.get("state_dir"), str):
+        gw["state_dir"] = str(base / gw["state_dir"])
+    up = data.get("uplink")
+    tls = up.get("tls") if isinstance(up, dict) else None
+    if isinstance(tls, dict):
+        for k in ("ca_file", "cert_file", "key_file"):
+            if isinstance(tls.get(k), str):
+                tls[k] = str(base / tls[k])
+
+
+def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
+    """Pydantic errors as ``file:line:col: field: message`` lines."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = err.get("ctx", {})
+            loc = (*loc, ctx.get("discriminator", "protocol").strip("'"))
+            msg = (
+                f"unknown protocol {ctx.get('tag')!r}; accepted: {ctx.get('expected_tags')}"
+                if err["type"] == "union_tag_invalid"
+                else "required field is missing"
+            )
+        found, mark = smap.locate(loc)
+        if err["type"] == "extra_forbidden" and found in smap.key_marks:
+            mark = smap.key_marks[found]
+        # keep the part of the location that is in the file, plus a missing key's name
+        shown = found + tuple(p for p in loc[len(found) :] if err["type"] == "missing")
+        where = f"{smap.file}:{mark.line}:{mark.column}" if mark else smap.file
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (a typo? see the README's config reference)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif (
+            "input" in err
+            and not isinstance(err["input"], dict | list)
+            and repr(err["input"]) not in msg
+        ):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"{where}: {_dotted(shown)}: {msg}")
+    return lines
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and check a config file; raises :class:`ConfigError` naming file, line and field."""
+    p = Path(path)
+    try:
+        data, smap = load_yaml(p)
+    except YamlError as exc:
+        raise ConfigError([str(exc)]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"{p}:1:1: the top level must be a mapping with gateway, uplink, devices"]
+        )
+    _resolve_paths(data, p.resolve().parent)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, smap)) from None
