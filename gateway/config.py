@@ -183,7 +183,7 @@ def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
             msg = "required field is missing"
         elif (
             "input" in err
-            and not isinstance(err["input"], dict | list)
+            and isinstance(err["input"], str | int | float)
             and repr(err["input"]) not in msg
         ):
             msg += f" (got {err['input']!r})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ class ReceiverStats:
     unknown_kid: int = 0
     malformed: int = 0
     topic_mismatch: int = 0
+    store_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -164,7 +166,11 @@ class Receiver:
         if self.latencies_ms is not None:
             self.latencies_ms.extend((now - r[1]) / 1e6 for r in p.readings)
         if self.sink is not None:
-            self.sink.write(p, v.kid, now)
+            try:
+                self.sink.write(p, v.kid, now)
+            except Exception as exc:  # a full disk must not stop verification
+                st.store_errors += 1
+                log.error("cannot store seq %d of %s: %s", p.seq, p.gw, exc)
         return "valid"
 
     def missing(self) -> dict[str, list[tuple[int, int]]]:
@@ -207,7 +213,8 @@ class SqliteSink:
     def __init__(self, path: Path) -> None:
         import sqlite_utils  # costly to import; only the receiver's store needs it
 
-        self.db = sqlite_utils.Database(path)
+        # paho delivers on its own thread; Receiver.lock serialises every use.
+        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
         self.db.conn.execute("PRAGMA journal_mode=WAL")
         self.messages = self.db.table("messages")
         self.readings = self.db.table("readings")
