@@ -18,6 +18,7 @@ Unix epoch. ``value`` is ``None`` when the quality is bad.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -95,3 +96,27 @@ def bad_readings(
     """Readings for tags that could not be read, each carrying the reason."""
     q = int(quality)
     return [(t, ts_ns, None, q, reason) for t in tags]
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """Opt-in capability: the device pushes changes (e.g. OPC UA data-change
+    subscriptions) instead of, or besides, being polled.
+
+    ``subscribe`` delivers one batch per notification burst to ``sink`` and runs until
+    it is cancelled. When the link is lost it raises :class:`ConnectError` (after
+    cleaning up its server-side subscription state if it can); the caller then
+    reconnects with backoff and calls ``subscribe`` again, which must not leave a
+    duplicate subscription behind.
+    """
+
+    async def subscribe(self, plan: Any, sink: Callable[[Batch], Awaitable[None]]) -> None: ...
+
+
+# Every protocol package ``drivers.<proto>`` exports, for the gateway's registry:
+#   PROTOCOL: str                      the config's ``protocol:`` value
+#   DeviceConfig                       its pydantic model (importing it must stay cheap:
+#                                      no protocol library is imported until a driver is built)
+#   compile_plan(device) -> plan       pure; plan.tag_names: tuple[str, ...] full names
+#   describe_plan(plan) -> list[str]   human lines, one per request
+#   Driver(device)                     satisfies Driver (and maybe Subscriber)
