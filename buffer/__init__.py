@@ -1,5 +1,25 @@
 """The SQLite outbox: every signed message is committed here before it is published."""
 
-from .outbox import Outbox, OutboxCorrupt, OutboxError, OutboxRow, OutboxStats
+from .outbox import (
+    URGENT,
+    Drop,
+    Outbox,
+    OutboxCorrupt,
+    OutboxError,
+    OutboxFull,
+    OutboxRow,
+    OutboxStats,
+    Policy,
+)
 
-__all__ = ["Outbox", "OutboxCorrupt", "OutboxError", "OutboxRow", "OutboxStats"]
+__all__ = [
+    "URGENT",
+    "Drop",
+    "Outbox",
+    "OutboxCorrupt",
+    "OutboxError",
+    "OutboxFull",
+    "OutboxRow",
+    "OutboxStats",
+    "Policy",
+]

@@ -17,6 +17,17 @@ Sequence numbers come from an ``AUTOINCREMENT`` key, so they are never reused af
 are acknowledged (deleted) or the process restarts. Row and byte totals are kept by
 triggers in the ``meta`` table so ``stats()`` costs O(log n), not a scan of the backlog.
 
+Sequence numbers in NORMAL mode: a power cut can roll back recent commits, whose seqs
+would then be handed out again. So seqs are reserved durably in blocks (one fsync per
+``SEQ_BLOCK`` messages); a clean ``close`` releases the unused part, and an open after an
+unclean stop skips the rest of the block and records the skipped range as a drop with
+reason ``unclean_stop``, so the platform sees an explained gap, never a reused seq.
+
+Bounded: with ``max_bytes`` (and ``min_free_bytes`` of free disk to keep), a full
+outbox either evicts the oldest telemetry (``drop_oldest``) or refuses the new message
+(``stop_acquisition``, :class:`OutboxFull`). Urgent rows (priority 0) are never evicted.
+Every eviction is a row in ``drops`` until a signed notice about it is committed.
+
 Only the standard library is used: this module is imported on small gateways where
 import time and RSS matter.
 """
@@ -29,80 +40,37 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NoReturn, Self
 
-__all__ = ["Outbox", "OutboxCorrupt", "OutboxError", "OutboxRow", "OutboxStats"]
+from .schema import (
+    APPLICATION_ID,
+    LAST_SEQ,
+    NEXT_SEQ,
+    OBJECTS,
+    ROW_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SQLITE_CORRUPT,
+    SQLITE_FULL,
+    SQLITE_MAGIC,
+    SQLITE_NOTADB,
+    STATS,
+    URGENT,
+    split_script,
+)
 
-SCHEMA_VERSION = 1
-# Written to the SQLite header (PRAGMA application_id) so our files are recognisable by
-# tools such as `file(1)` and foreign SQLite files are never mistaken for an outbox.
-APPLICATION_ID = 0x45475742  # "EGWB": edgegw buffer
+__all__ = [
+    "URGENT", "Drop", "Outbox", "OutboxCorrupt", "OutboxError", "OutboxFull", "OutboxRow",
+    "OutboxStats", "Policy",
+]
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-
-_SCHEMA = f"""
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO meta (key, value) VALUES
-    ('schema_version', {SCHEMA_VERSION}), ('boot', 0), ('rows', 0), ('bytes', 0);
--- The INTEGER PRIMARY KEY is the table's own B-tree key, so `seq > ? ORDER BY seq LIMIT ?`
--- is a range search on it: no second index (which would cost every insert and delete).
-CREATE TABLE outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic      TEXT    NOT NULL,
-    body       BLOB    NOT NULL,
-    priority   INTEGER NOT NULL,
-    created_ns INTEGER NOT NULL
-);
--- Totals for stats(): kept in the same transaction as the change, whoever makes it
--- (ack, future eviction, or an operator's sqlite3 shell).
-CREATE TRIGGER outbox_totals_insert AFTER INSERT ON outbox BEGIN
-    UPDATE meta SET value = value + CASE key WHEN 'rows' THEN 1 ELSE length(NEW.body) END
-    WHERE key IN ('rows', 'bytes');
-END;
-CREATE TRIGGER outbox_totals_delete AFTER DELETE ON outbox BEGIN
-    UPDATE meta SET value = value - CASE key WHEN 'rows' THEN 1 ELSE length(OLD.body) END
-    WHERE key IN ('rows', 'bytes');
-END;
-CREATE TRIGGER outbox_totals_update AFTER UPDATE OF body ON outbox BEGIN
-    UPDATE meta SET value = value + length(NEW.body) - length(OLD.body) WHERE key = 'bytes';
-END;
-PRAGMA application_id = {APPLICATION_ID};
-"""
-
-_OBJECTS = {
-    "meta": "table",
-    "outbox": "table",
-    "outbox_totals_insert": "trigger",
-    "outbox_totals_delete": "trigger",
-    "outbox_totals_update": "trigger",
-}
-
-_NEXT_SEQ = """
-SELECT max(
-    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0),
-    coalesce((SELECT max(seq) FROM outbox), 0)
-) + 1
-"""
-
-# One statement, so one snapshot even if another process writes meanwhile.
-_STATS = """
-SELECT
-    (SELECT value FROM meta WHERE key = 'rows'),
-    (SELECT value FROM meta WHERE key = 'bytes'),
-    (SELECT min(seq) FROM outbox),
-    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0),
-    (SELECT created_ns FROM outbox ORDER BY seq LIMIT 1)
-"""
-
+SEQ_BLOCK = 1000
+Policy = Literal["drop_oldest", "stop_acquisition"]
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -113,6 +81,21 @@ class OutboxRow:
     body: bytes
     priority: int
     created_ns: int
+    points: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Messages lost, or seqs skipped, that the platform has not yet been told about."""
+
+    id: int
+    first_seq: int | None  # None when nothing got a seq (stop_acquisition)
+    last_seq: int | None
+    rows: int
+    points: int
+    bytes: int
+    reason: str  # outbox_full | disk_full | corrupt_at_rest | unclean_stop | not_acquired
+    at_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +109,8 @@ class OutboxStats:
     # created_ns of the lowest unacknowledged seq: the oldest row in commit order (it
     # differs from min(created_ns) only if the wall clock stepped back; not worth an index).
     oldest_created_ns: int | None
+    dropped_rows: int = 0  # evicted or quarantined, ever
+    dropped_points: int = 0
 
 
 class OutboxError(Exception):
@@ -134,6 +119,15 @@ class OutboxError(Exception):
 
 class OutboxCorrupt(OutboxError):
     """The file is not a usable outbox: not SQLite, damaged, or another program's database."""
+
+
+class OutboxFull(OutboxError):
+    """No room for a message: the byte cap or the free-disk reserve is reached and the
+    policy (or nothing evictable) forbids making room. ``reason``: outbox_full | disk_full."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Outbox:
@@ -150,11 +144,20 @@ class Outbox:
         path: str | os.PathLike[str],
         *,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        max_bytes: int | None = None,
+        policy: Policy = "drop_oldest",
+        min_free_bytes: int = 0,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        if policy not in ("drop_oldest", "stop_acquisition"):
+            raise ValueError(f"policy must be 'drop_oldest' or 'stop_acquisition', not {policy!r}")
         self.path = Path(path)
         self._synchronous = synchronous
+        self.max_bytes = max_bytes
+        self.policy: Policy = policy
+        self.min_free_bytes = min_free_bytes
+        self._reserved = 0  # seqs up to here are durably reserved (NORMAL mode)
         self._lock = threading.RLock()  # reentrant: seal() may call stats() without deadlock
         self._conn: sqlite3.Connection | None = None
         self._check_header()
@@ -195,14 +198,14 @@ class Outbox:
         # file and what to do, and never let SQLite write into a file that is not ours.
         try:
             with open(self.path, "rb") as f:
-                head = f.read(len(_SQLITE_MAGIC))
+                head = f.read(len(SQLITE_MAGIC))
         except FileNotFoundError:
             return
         except IsADirectoryError as exc:
             raise OutboxError(f"{self._where}: is a directory, not an outbox file") from exc
         except OSError as exc:
             raise OutboxError(f"{self._where}: cannot read the outbox: {exc}") from exc
-        if head and head != _SQLITE_MAGIC:
+        if head and head != SQLITE_MAGIC:
             raise self._corrupt("it is not a SQLite database (wrong file header)")
 
     def _open(self, conn: sqlite3.Connection) -> None:
@@ -229,7 +232,7 @@ class Outbox:
                     detail = "; ".join(" ".join(p.split()) for p in problems)
                     raise self._corrupt(f"integrity check failed: {detail}")
                 missing = sorted(
-                    name for name, kind in _OBJECTS.items() if objects.get(name) != kind
+                    name for name, kind in OBJECTS.items() if objects.get(name) != kind
                 )
                 if missing:
                     raise self._corrupt("part of its schema is missing: " + ", ".join(missing))
@@ -250,14 +253,17 @@ class Outbox:
                     f"outbox needs a local filesystem with shared-memory support"
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Keep the WAL small after checkpoints: gateways have small disks.
+            conn.execute("PRAGMA journal_size_limit = 4194304")
             if fresh:
                 # executescript() would COMMIT first; one explicit transaction makes a
                 # kill during creation leave either no schema or all of it.
                 with self._write("create the schema"):
                     # Another process may have created it while we waited for the lock.
                     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                        for stmt in _split_script(_SCHEMA):
+                        for stmt in split_script(SCHEMA):
                             conn.execute(stmt)
+            self._recover_reservation(conn)
         except OutboxError:
             raise
         except sqlite3.Error as exc:
@@ -267,7 +273,7 @@ class Outbox:
 
     def _translate(self, exc: sqlite3.Error, doing: str) -> OutboxError:
         code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        if code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
             return self._corrupt(f"SQLite reports '{exc}' during {doing}")
         return OutboxError(f"{self._where}: {doing} failed: {exc}")
 
@@ -329,21 +335,54 @@ class Outbox:
             boot: int = row[0]
             return boot
 
-    def append(self, topic: str, seal: Callable[[int], bytes], *, priority: int = 1) -> int:
+    def append(
+        self,
+        topic: str,
+        seal: Callable[[int], bytes],
+        *,
+        priority: int = 1,
+        points: int = 0,
+        notifies: Iterable[int] = (),
+    ) -> int:
         """Allocate the next seq, store ``seal(seq)`` under it and commit; return the seq.
 
         All in ONE transaction: the seq is inside the signed message, so it must be known
         before signing, and it must not be handed out unless the message is committed.
         If ``seal`` raises, nothing is committed and its exception propagates unchanged.
-        ``seal`` runs with the outbox lock held: keep it to encode + sign.
+        ``seal`` runs with the outbox lock held: keep it to encode + sign. ``points`` is
+        how many readings the message holds (counted if it is ever evicted); ``notifies``
+        are drop ids that this message reports, marked notified in the same transaction.
+        Raises :class:`OutboxFull` when there is no room under the policy.
         """
         if not isinstance(topic, str):
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
         priority = operator.index(priority)
-        failure: BaseException | None = None
+        drop_ids = [operator.index(i) for i in notifies]
         with self._lock:
+            try:
+                return self._append(topic, seal, priority, points, drop_ids)
+            except OutboxFull:
+                raise
+            except OutboxError as exc:
+                if not _is_full(exc):
+                    raise
+                # ENOSPC inside SQLite: make room as for a full cap, then try once more.
+                if self.policy == "drop_oldest" and priority != URGENT and self._evict_some():
+                    return self._append(topic, seal, priority, points, drop_ids)
+                raise OutboxFull(f"{self._where}: the disk is full: {exc}", "disk_full") from exc
+
+    def _append(
+        self, topic: str, seal: Callable[[int], bytes], priority: int, points: int,
+        drop_ids: list[int],
+    ) -> int:
+        failure: BaseException | None = None
+        conn = self._db()
+        reserve = self._synchronous == "NORMAL" and self._next_seq_hint() > self._reserved
+        if reserve:  # this commit also makes a new block of seqs durable: fsync it
+            conn.execute("PRAGMA synchronous = FULL")
+        try:
             with self._write("append") as txn:
-                seq: int = txn.conn.execute(_NEXT_SEQ).fetchone()[0]
+                seq: int = txn.conn.execute(NEXT_SEQ).fetchone()[0]
                 try:
                     body = seal(seq)
                     if not isinstance(body, bytes):
@@ -356,37 +395,172 @@ class Outbox:
                     failure = exc
                     txn.abort()
                 else:
+                    self._make_room(txn.conn, len(body), priority)
                     txn.conn.execute(
-                        "INSERT INTO outbox (seq, topic, body, priority, created_ns)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (seq, topic, body, priority, time.time_ns()),
+                        f"INSERT INTO outbox ({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (seq, topic, body, priority, time.time_ns(), points, zlib.crc32(body)),
                     )
-            if failure is not None:
-                try:
-                    raise failure
-                finally:
-                    failure = None  # break the frame <-> traceback reference cycle
+                    if drop_ids:
+                        txn.conn.executemany(
+                            "UPDATE drops SET notified = 1 WHERE id = ?", ((i,) for i in drop_ids)
+                        )
+                    if reserve:
+                        txn.conn.execute(
+                            "UPDATE meta SET value = ? WHERE key = 'seq_reserved'",
+                            (seq + SEQ_BLOCK,),
+                        )
+        finally:
+            if reserve:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                failure = None  # break the frame <-> traceback reference cycle
+        if reserve:
+            self._reserved = seq + SEQ_BLOCK
+        self._last_seq = seq
         return seq
 
-    def pending(self, after_seq: int = 0, limit: int = 256) -> list[OutboxRow]:
-        """Unacknowledged rows with ``seq > after_seq``, in seq order, at most ``limit``."""
+    def _next_seq_hint(self) -> int:
+        return getattr(self, "_last_seq", 0) + 1
+
+    # -- room: cap, free disk, eviction -------------------------------------------------
+
+    def _free_disk(self) -> int:
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _make_room(self, conn: sqlite3.Connection, size: int, priority: int) -> None:
+        """Inside the append transaction: evict or refuse when the message does not fit."""
+        over = 0
+        reason = ""
+        if self.max_bytes is not None and priority != URGENT:
+            used = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
+            over = used + size - self.max_bytes
+            reason = "outbox_full"
+        if over <= 0 and self.min_free_bytes and self._free_disk() < self.min_free_bytes + size:
+            # Freed pages are reused by SQLite, so evicting a little more than the new
+            # message keeps the file from growing; 1% at a time avoids evicting per message.
+            used = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
+            over, reason = max(size, used // 100), "disk_full"
+            if priority == URGENT:
+                return  # urgent messages are tiny; let SQLite tell if the disk is full
+        if over <= 0:
+            return
+        if self.policy == "stop_acquisition":
+            raise OutboxFull(f"{self._where}: {reason.replace('_', ' ')}: new data refused "
+                             f"(policy stop_acquisition)", reason)
+        if not self._evict(conn, over, reason):
+            raise OutboxFull(f"{self._where}: {reason.replace('_', ' ')} and nothing left to "
+                             f"evict (only urgent messages remain)", reason)
+
+    def _evict(self, conn: sqlite3.Connection, need: int, reason: str) -> bool:
+        """Delete the oldest telemetry rows totalling at least ``need`` bytes; record it."""
+        freed = rows = pts = 0
+        first = last = None
+        for seq, size, n in conn.execute(
+            "SELECT seq, length(body), points FROM outbox WHERE priority != ? ORDER BY seq",
+            (URGENT,),
+        ):
+            first = seq if first is None else first
+            last, freed, rows, pts = seq, freed + size, rows + 1, pts + n
+            if freed >= need:
+                break
+        if freed < need or last is None:
+            return False
+        conn.execute("DELETE FROM outbox WHERE seq <= ? AND priority != ?", (last, URGENT))
+        self._record(conn, first, last, rows, pts, freed, reason)
+        return True
+
+    def _evict_some(self) -> bool:
+        """After ENOSPC: free 1% of the backlog (at least one row) in its own transaction."""
+        with self._write("evict") as txn:
+            used = txn.conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
+            return self._evict(txn.conn, max(1, used // 100), "disk_full")
+
+    def _record(self, conn: sqlite3.Connection, first: int | None, last: int | None,
+                rows: int, points: int, nbytes: int, reason: str) -> None:
+        conn.execute(
+            "INSERT INTO drops (first_seq, last_seq, rows, points, bytes, reason, at_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (first, last, rows, points, nbytes, reason, time.time_ns()),
+        )
+        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_rows'", (rows,))
+        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_points'", (points,))
+
+    def record_drop(self, points: int, reason: str) -> None:
+        """Record points lost before they got a seq (e.g. refused under stop_acquisition)."""
+        with self._lock, self._write("record_drop") as txn:
+            self._record(txn.conn, None, None, 0, points, 0, reason)
+
+    def pending_drops(self) -> list[Drop]:
+        """Drops the platform has not been told about yet (see ``append(notifies=...)``)."""
+        with self._lock:
+            conn = self._db()
+            try:
+                rows = conn.execute(
+                    "SELECT id, first_seq, last_seq, rows, points, bytes, reason, at_ns"
+                    " FROM drops WHERE notified = 0 ORDER BY id"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._fail(conn, exc, "pending_drops")
+        return [Drop(*r) for r in rows]
+
+    # -- reading, acknowledging -----------------------------------------------------------
+
+    def pending(
+        self,
+        after_seq: int = 0,
+        limit: int = 256,
+        *,
+        urgent: bool | None = None,
+        max_seq: int | None = None,
+    ) -> list[OutboxRow]:
+        """Unacknowledged rows with ``seq > after_seq`` (and ``<= max_seq``), in seq order,
+        at most ``limit``; only urgent rows (``urgent=True``) or only the others (False).
+
+        A row whose body no longer matches its CRC is moved to the quarantine table and
+        recorded as a drop (``corrupt_at_rest``): damaged bytes are never sent.
+        """
         after_seq = operator.index(after_seq)
         limit = operator.index(limit)
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")  # SQLite reads -1 as "all"
         if limit == 0:
             return []
+        where, args = "seq > ?", [after_seq]
+        if urgent is not None:
+            where += " AND priority = ?" if urgent else " AND priority != ?"
+            args.append(URGENT)
+        if max_seq is not None:
+            where += " AND seq <= ?"
+            args.append(max_seq)
         with self._lock:
             conn = self._db()
             try:
                 rows = conn.execute(
-                    "SELECT seq, topic, body, priority, created_ns FROM outbox"
-                    " WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
+                    f"SELECT {ROW_COLUMNS} FROM outbox WHERE {where} ORDER BY seq LIMIT ?",
+                    (*args, limit),
                 ).fetchall()
             except sqlite3.Error as exc:
                 self._fail(conn, exc, "pending")
-        return [OutboxRow(*row) for row in rows]
+            bad = [r for r in rows if zlib.crc32(r[2]) != r[6]]
+            if bad:
+                self._quarantine(bad)
+                rows = [r for r in rows if zlib.crc32(r[2]) == r[6]]
+        return [OutboxRow(*r[:6]) for r in rows]
+
+    def _quarantine(self, rows: list[tuple]) -> None:  # type: ignore[type-arg]
+        now = time.time_ns()
+        with self._write("quarantine") as txn:
+            for r in rows:
+                txn.conn.execute(
+                    "INSERT OR REPLACE INTO quarantine (seq, topic, body, found_ns)"
+                    " VALUES (?, ?, ?, ?)", (r[0], r[1], r[2], now))
+                txn.conn.execute("DELETE FROM outbox WHERE seq = ?", (r[0],))
+                self._record(txn.conn, r[0], r[0], 1, r[5], len(r[2]), "corrupt_at_rest")
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete these rows in one transaction; unknown seqs are ignored. Returns rows deleted."""
@@ -406,16 +580,46 @@ class Outbox:
         with self._lock:
             conn = self._db()
             try:
-                rows, nbytes, first, last, oldest = conn.execute(_STATS).fetchone()
+                row = conn.execute(STATS).fetchone()
             except sqlite3.Error as exc:
                 self._fail(conn, exc, "stats")
-        return OutboxStats(
-            rows=rows, bytes=nbytes, first_seq=first, last_seq=last, oldest_created_ns=oldest
-        )
+        return OutboxStats(*row)
+
+    # -- seq reservation (NORMAL mode) --------------------------------------------------
+
+    def _recover_reservation(self, conn: sqlite3.Connection) -> None:
+        """At open: after an unclean stop, skip the rest of the reserved block."""
+        last = conn.execute(LAST_SEQ).fetchone()[0]
+        reserved = conn.execute("SELECT value FROM meta WHERE key = 'seq_reserved'").fetchone()
+        reserved = reserved[0] if reserved else 0
+        self._last_seq = last
+        if reserved > last:
+            with self._write("skip reserved seqs") as txn:
+                if txn.conn.execute(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (reserved,)
+                ).rowcount == 0:
+                    txn.conn.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (reserved,)
+                    )
+                self._record(txn.conn, last + 1, reserved, 0, 0, 0, "unclean_stop")
+            self._last_seq = reserved
+        self._reserved = max(reserved, last) if self._synchronous == "NORMAL" else 1 << 62
+
+    def _release_reservation(self) -> None:
+        """At a clean close: durably give back the unused part of the block."""
+        conn = self._conn
+        if conn is None or self._synchronous != "NORMAL":
+            return
+        with contextlib.suppress(sqlite3.Error, OutboxError):
+            conn.execute("PRAGMA synchronous = FULL")
+            with self._write("release seqs") as txn:
+                txn.conn.execute("UPDATE meta SET value = (" + LAST_SEQ + ")"
+                                 " WHERE key = 'seq_reserved'")
 
     def close(self) -> None:
         """Close the file (idempotent). SQLite checkpoints the WAL on the last close."""
         with self._lock:
+            self._release_reservation()
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
@@ -449,17 +653,7 @@ class _Txn:
         self.aborted = True
 
 
-def _split_script(script: str) -> list[str]:
-    """Split a SQL script into complete statements (triggers contain inner semicolons)."""
-    out: list[str] = []
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        if line.lstrip().startswith("--"):
-            continue
-        buf += line
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    if buf.strip():
-        out.append(buf.strip())
-    return out
+def _is_full(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == SQLITE_FULL

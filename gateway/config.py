@@ -58,6 +58,9 @@ class UplinkConfig(_Model):
     max_inflight: int = Field(
         64, ge=1, le=65535, description="messages published but not yet acknowledged (PUBACK)"
     )
+    max_bytes_per_s: int | None = Field(
+        None, ge=1024, description="cap on upstream bytes/s (cellular links); none by default"
+    )
     tls: TlsConfig | None = None
 
     @field_validator("host")
@@ -83,6 +86,21 @@ class UplinkConfig(_Model):
                 f"{v!r} is not a usable topic prefix: no '+', '#', and no leading or trailing '/'"
             )
         return v
+
+
+class OutboxConfig(_Model):
+    max_mib: float = Field(
+        1024, gt=0, description="cap on the unsent messages' size, MiB; then `when_full` applies"
+    )
+    when_full: Literal["drop_oldest", "stop_acquisition"] = Field(
+        "drop_oldest",
+        description="drop_oldest: evict the oldest telemetry to keep the newest; "
+        "stop_acquisition: keep the oldest and refuse new data. Either way every lost "
+        "point is counted, in metrics and in a signed notice to the platform",
+    )
+    min_free_mib: float = Field(
+        64, ge=0, description="free disk to leave for the system; below it the outbox is full"
+    )
 
 
 class GatewaySection(_Model):
@@ -115,6 +133,7 @@ Device = Annotated[ModbusTcpDevice, Field(discriminator="protocol")]
 class Config(_Model):
     gateway: GatewaySection
     uplink: UplinkConfig = UplinkConfig()
+    outbox: OutboxConfig = OutboxConfig()
     devices: list[Device] = Field(min_length=1)
 
     @field_validator("devices")

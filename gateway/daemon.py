@@ -47,7 +47,13 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         key, created = DeviceKey.load_or_create(state_dir)
         log.info("device key %s (kid %s)", "created" if created else "loaded", key.kid.hex())
-        self.outbox = OutboxThread(state_dir / "outbox.db", cfg.gateway.durability)
+        self.outbox = OutboxThread(
+            state_dir / "outbox.db",
+            cfg.gateway.durability,
+            max_bytes=int(cfg.outbox.max_mib * 2**20),
+            policy=cfg.outbox.when_full,
+            min_free_bytes=int(cfg.outbox.min_free_mib * 2**20),
+        )
         ob = await self.outbox.open()
         self.boot = await self.outbox.run(ob.next_boot)
         stats = await self.outbox.run(ob.stats)
@@ -69,12 +75,14 @@ class Daemon:
             gw_id=cfg.gateway.id,
             boot=self.boot,
             topic=cfg.topic("telemetry"),
+            notice_topic=cfg.topic("notice"),
             key=key,
             outbox=self.outbox,
             flush_window_s=cfg.gateway.flush_window_ms / 1000,
             max_points=cfg.gateway.max_batch_points,
             on_sealed=fwd.wake,
         )
+        await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
         pipe_task = asyncio.create_task(pipe.run(), name="pipeline")
         fwd_task = asyncio.create_task(fwd.run(), name="forwarder")
         status_task = asyncio.create_task(self._status_loop(), name="status")

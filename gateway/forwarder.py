@@ -5,6 +5,11 @@ after any disconnect sending restarts at the first unacknowledged row, so nothin
 depends on what paho kept in memory. Messages in flight when a link drops are sent
 again (at-least-once); the platform drops the duplicates by (gateway, seq).
 
+What goes first, within the in-flight window: urgent messages (anomaly events, audit
+records, drop notices), then live telemetry (sealed since this connection came up),
+then the backlog, oldest first. So live data keeps flowing while a long backlog drains,
+and the backlog drains in order as fast as the window and ``max_bytes_per_s`` allow.
+
 paho runs its network loop in its own thread; its callbacks only hand events to the
 event loop with ``call_soon_threadsafe``, so all state here is touched by one thread.
 """
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +28,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+
+from buffer import OutboxRow
 
 from .backoff import Backoff
 from .config import UplinkConfig
@@ -78,7 +86,8 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._acks: list[int] = []
-        self._cursor = 0  # highest seq handed to the current session
+        self._cursors = _Cursors()
+        self._bucket = _TokenBucket(uplink.max_bytes_per_s) if uplink.max_bytes_per_s else None
         self._drained = asyncio.Event()
 
     def wake(self) -> None:
@@ -177,11 +186,15 @@ class Forwarder:
     async def _end(self, s: _Session) -> None:
         await self._flush_acks()
         self._inflight.clear()
-        self._cursor = 0  # the next session starts again at the first unacknowledged row
+        self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
         c = s.client
         await asyncio.get_running_loop().run_in_executor(None, _close_client, c)
 
     async def _pump(self, s: _Session) -> None:
+        ob = self.outbox.outbox
+        assert ob is not None
+        c = self._cursors
+        c.live_from = (await self.outbox.run(ob.stats)).last_seq
         window = self.uplink.max_inflight
         while True:
             if s.lost.done():
@@ -189,14 +202,14 @@ class Forwarder:
             room = window - len(self._inflight)
             if room > 0:
                 await self._flush_acks()
-                assert self.outbox.outbox is not None
-                rows = await self.outbox.run(self.outbox.outbox.pending, self._cursor, room)
+                rows = await self.outbox.run(self._next_rows, room)
                 for row in rows:
+                    if self._bucket is not None:
+                        await self._bucket.take(len(row.body))
                     info = s.client.publish(row.topic, row.body, qos=1)
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
                     self._inflight[info.mid] = row.seq
-                    self._cursor = row.seq
                 self.stats.published += len(rows)
                 if not rows and not self._inflight and not self._acks:
                     self._drained.set()
@@ -208,6 +221,25 @@ class Forwarder:
                 await asyncio.wait({wake, s.lost}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 wake.cancel()
+
+    def _next_rows(self, room: int) -> list[OutboxRow]:
+        """In the outbox thread: urgent, then live, then backlog rows, at most ``room``."""
+        ob = self.outbox.outbox
+        assert ob is not None
+        c = self._cursors
+        rows = ob.pending(c.urgent, room, urgent=True)
+        if rows:
+            c.urgent = rows[-1].seq
+        if len(rows) < room:
+            live = ob.pending(max(c.live, c.live_from), room - len(rows), urgent=False)
+            if live:
+                c.live = live[-1].seq
+            rows += live
+        if len(rows) < room and c.backlog < c.live_from:
+            old = ob.pending(c.backlog, room - len(rows), urgent=False, max_seq=c.live_from)
+            c.backlog = old[-1].seq if old else c.live_from
+            rows += old
+        return rows
 
     def _on_puback(self, s: _Session, mid: int, rc: ReasonCode) -> None:
         seq = self._inflight.pop(mid, None)
@@ -230,6 +262,37 @@ class Forwarder:
         assert self.outbox.outbox is not None
         await self.outbox.run(self.outbox.outbox.ack, acks)
         self.stats.acked += len(acks)
+
+
+@dataclass(slots=True)
+class _Cursors:
+    """Highest seq handed to this session, per stream; ``live_from`` splits live from
+    backlog: the last seq committed when the connection came up."""
+
+    urgent: int = 0
+    live: int = 0
+    backlog: int = 0
+    live_from: int = 0
+
+
+class _TokenBucket:
+    """Paces publishing to ``rate`` bytes/s with a one-second burst."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.t = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.t) * self.rate)
+            self.t = now
+            # a message larger than the burst still goes, once the bucket is full
+            if self.tokens >= min(n, self.rate):
+                self.tokens -= n
+                return
+            await asyncio.sleep((min(n, self.rate) - self.tokens) / self.rate)
 
 
 def _close_client(c: mqtt.Client) -> None:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from buffer import Outbox
 
@@ -19,14 +19,17 @@ T = TypeVar("T")
 
 
 class OutboxThread:
-    def __init__(self, path: Path, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+    def __init__(
+        self, path: Path, synchronous: Literal["NORMAL", "FULL"] = "NORMAL", **limits: Any
+    ) -> None:
         self._path = path
         self._sync = synchronous
+        self._limits = limits  # max_bytes, policy, min_free_bytes: see buffer.Outbox
         self._ex = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         self.outbox: Outbox | None = None
 
     async def open(self) -> Outbox:
-        self.outbox = await self.run(Outbox, self._path, synchronous=self._sync)
+        self.outbox = await self.run(Outbox, self._path, synchronous=self._sync, **self._limits)
         return self.outbox
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -1,6 +1,11 @@
 """Batches in, sealed messages out: collect for a flush window, encode once, sign once,
 commit once.
 
+Losses are never silent: when the outbox refuses a window (``stop_acquisition``) its
+points are recorded as a drop; every drop the outbox records (evictions, quarantined
+rows, seqs skipped after an unclean stop) is reported to the platform by a signed
+``notice`` message, committed in the same transaction that marks the drop notified.
+
 The outbox row is the final signed message (seal at acquisition), so data at rest is
 integrity-protected and the forwarder only moves bytes. Encoding, signing and the
 commit run in the outbox thread, inside one SQLite transaction, because the sequence
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from buffer import URGENT, Drop, OutboxFull
 from drivers.contract import Batch
 from security import DeviceKey, sign1
 
@@ -32,6 +38,8 @@ class PipelineStats:
     messages_sealed: int = 0
     last_seq: int = 0
     seal_errors: int = 0
+    points_refused: int = 0
+    notices: int = 0
 
 
 class Pipeline:
@@ -41,6 +49,7 @@ class Pipeline:
         gw_id: str,
         boot: int,
         topic: str,
+        notice_topic: str,
         key: DeviceKey,
         outbox: OutboxThread,
         flush_window_s: float,
@@ -50,6 +59,7 @@ class Pipeline:
     ) -> None:
         self.gw_id, self.boot, self.topic, self.key = gw_id, boot, topic, key
         self._aad = topic.encode()
+        self.notice_topic = notice_topic
         self.outbox = outbox
         self.window = flush_window_s
         self.max_points = max_points
@@ -97,13 +107,24 @@ class Pipeline:
             if stopping:
                 return
 
+    async def notify_drops(self) -> None:
+        """Seal a notice for drops recorded before this start (e.g. an unclean stop)."""
+        if await self.outbox.run(self._notify_sync):
+            self.on_sealed()
+
     async def _seal(self, readings: list[Any]) -> None:
         delay = 0.2
         while True:
             try:
                 seq = await self.outbox.run(self._seal_sync, readings)
                 break
-            except Exception as exc:  # a full disk or I/O error must not kill the daemon
+            except OutboxFull as exc:
+                # stop_acquisition: the oldest data is kept, this window is refused.
+                self.stats.points_refused += len(readings)
+                log.warning("%s; %d points refused", exc, len(readings))
+                await self.outbox.run(self._refuse_sync, len(readings))
+                return
+            except Exception as exc:  # an I/O error must not kill the daemon
                 self.stats.seal_errors += 1
                 log.error(
                     "cannot commit %d points to the outbox: %s; retrying in %.1f s",
@@ -120,7 +141,8 @@ class Pipeline:
 
     def _seal_sync(self, readings: list[Any]) -> int:
         """Runs in the outbox thread: one transaction, one encoding, one signature."""
-        assert self.outbox.outbox is not None
+        ob = self.outbox.outbox
+        assert ob is not None
         t_ns = time.time_ns()
 
         def seal(seq: int) -> bytes:
@@ -134,4 +156,61 @@ class Pipeline:
             )
             return sign1(payload, self.key, self._aad)
 
-        return self.outbox.outbox.append(self.topic, seal)
+        seq = ob.append(self.topic, seal, points=len(readings))
+        self._notify_sync()
+        return seq
+
+    def _refuse_sync(self, points: int) -> None:
+        ob = self.outbox.outbox
+        assert ob is not None
+        ob.record_drop(points, "refused_full")
+        self._notify_sync()
+
+    def _notify_sync(self) -> bool:
+        """Seal one notice for all unnotified drops; True if one was sealed."""
+        ob = self.outbox.outbox
+        assert ob is not None
+        drops = ob.pending_drops()
+        if not drops:
+            return False
+        try:
+            ob.append(
+                self.notice_topic,
+                lambda seq: self._notice(seq, drops),
+                priority=URGENT,
+                notifies=[d.id for d in drops],
+            )
+        except OutboxFull:  # urgent rows only fail on a truly full disk: retried next seal
+            return False
+        self.stats.notices += 1
+        for d in drops:
+            log.warning("data dropped: %s", _describe(d))
+        return True
+
+    def _notice(self, seq: int, drops: list[Drop]) -> bytes:
+        payload = encode_payload(
+            gw=self.gw_id,
+            seq=seq,
+            boot=self.boot,
+            kind="notice",
+            t_ns=time.time_ns(),
+            notice="data_dropped",
+            drops=[
+                {
+                    "first_seq": d.first_seq,
+                    "last_seq": d.last_seq,
+                    "messages": d.rows,
+                    "points": d.points,
+                    "bytes": d.bytes,
+                    "reason": d.reason,
+                    "at": d.at_ns,
+                }
+                for d in drops
+            ],
+        )
+        return sign1(payload, self.key, self.notice_topic.encode())
+
+
+def _describe(d: Drop) -> str:
+    seqs = f"seq {d.first_seq}..{d.last_seq}" if d.first_seq is not None else "no seq"
+    return f"{d.reason}: {d.rows} messages, {d.points} points ({seqs})"

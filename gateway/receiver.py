@@ -8,6 +8,7 @@ platform that takes messages from elsewhere.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -48,42 +49,56 @@ class ReceiverStats:
     malformed: int = 0
     topic_mismatch: int = 0
     store_errors: int = 0
+    notices: int = 0
+    dropped_points: int = 0  # points the gateway reported lost (signed notices)
+    dropped_seqs: int = 0  # seqs the gateway reported will never come
 
 
 @dataclass(slots=True)
 class _Track:
-    """What one gateway has delivered: every seq <= contiguous, plus the set above it."""
+    """The seqs one gateway has delivered, as sorted disjoint intervals ``[lo, hi]``.
 
-    contiguous: int
-    above: set[int] = field(default_factory=set)
+    Messages arrive out of order by design (urgent and live before backlog), so
+    nothing assumes the first seq seen is the lowest; a hole between two intervals is
+    a gap until it is filled (late delivery) or explained (a drop notice).
+    """
+
+    ranges: list[list[int]] = field(default_factory=list)
     digests: dict[int, bytes] = field(default_factory=dict)
     boot: int = 0
 
+    def _find(self, seq: int) -> int:
+        """Index of the last interval starting at or before seq (-1 if none)."""
+        return bisect.bisect_right(self.ranges, seq, key=lambda r: r[0]) - 1
+
     def seen(self, seq: int) -> bool:
-        return seq <= self.contiguous or seq in self.above
+        i = self._find(seq)
+        return i >= 0 and self.ranges[i][1] >= seq
 
     def add(self, seq: int) -> None:
-        if seq == self.contiguous + 1:
-            self.contiguous = seq
-            while self.contiguous + 1 in self.above:
-                self.contiguous += 1
-                self.above.discard(self.contiguous)
-        else:
-            self.above.add(seq)
+        self.add_range(seq, seq)
+
+    def add_range(self, lo: int, hi: int) -> None:
+        """Mark lo..hi seen, merging with neighbours."""
+        r = self.ranges
+        i = max(self._find(lo), 0)
+        # absorb every interval that overlaps or touches [lo, hi]
+        j = i
+        while j < len(r) and r[j][0] <= hi + 1:
+            if r[j][1] >= lo - 1:
+                lo, hi = min(lo, r[j][0]), max(hi, r[j][1])
+                del r[j]
+            else:
+                j += 1
+        r.insert(bisect.bisect_left(r, lo, key=lambda x: x[0]), [lo, hi])
 
     def missing(self) -> int:
-        return (max(self.above) - self.contiguous - len(self.above)) if self.above else 0
+        r = self.ranges
+        return sum(r[k + 1][0] - r[k][1] - 1 for k in range(len(r) - 1))
 
     def missing_ranges(self, limit: int = 20) -> list[tuple[int, int]]:
-        out: list[tuple[int, int]] = []
-        prev = self.contiguous
-        for s in sorted(self.above):
-            if s > prev + 1:
-                out.append((prev + 1, s - 1))
-                if len(out) >= limit:
-                    break
-            prev = s
-        return out
+        r = self.ranges
+        return [(r[k][1] + 1, r[k + 1][0] - 1) for k in range(min(len(r) - 1, limit))]
 
 
 class Sink(Protocol):
@@ -142,8 +157,7 @@ class Receiver:
             return "topic_mismatch"
         tr = self.tracks.get(p.gw)
         if tr is None:
-            # A receiver that joins late starts counting at the first seq it sees.
-            tr = self.tracks[p.gw] = _Track(contiguous=p.seq - 1)
+            tr = self.tracks[p.gw] = _Track()
         digest = hashlib.sha256(body).digest()[:16]
         if tr.seen(p.seq):
             old = tr.digests.get(p.seq)
@@ -156,6 +170,8 @@ class Receiver:
             st.duplicates += 1
             return "duplicate"
         before = tr.missing()
+        if p.kind == "notice":
+            self._notice(p, tr)
         tr.add(p.seq)
         tr.digests[p.seq] = digest
         tr.digests.pop(p.seq - DIGEST_WINDOW, None)
@@ -173,9 +189,27 @@ class Receiver:
                 log.error("cannot store seq %d of %s: %s", p.seq, p.gw, exc)
         return "valid"
 
+    def _notice(self, p: Payload, tr: _Track) -> None:
+        """A signed drop notice explains gaps: those seqs will never come."""
+        self.stats.notices += 1
+        for d in p.body.get("drops", []) if p.body.get("notice") == "data_dropped" else []:
+            self.stats.dropped_points += int(d.get("points", 0))
+            lo, hi = d.get("first_seq"), d.get("last_seq")
+            if isinstance(lo, int) and isinstance(hi, int) and lo <= hi:
+                self.stats.dropped_seqs += sum(not tr.seen(q) for q in range(lo, hi + 1))
+                tr.add_range(lo, hi)
+            log.warning(
+                "gateway %s dropped %s points (%s, seq %s..%s)",
+                p.gw,
+                d.get("points"),
+                d.get("reason"),
+                lo,
+                hi,
+            )
+
     def missing(self) -> dict[str, list[tuple[int, int]]]:
         with self.lock:
-            return {gw: tr.missing_ranges() for gw, tr in self.tracks.items() if tr.above}
+            return {gw: tr.missing_ranges() for gw, tr in self.tracks.items() if tr.missing()}
 
 
 # -- sinks ---------------------------------------------------------------------------------
@@ -284,10 +318,9 @@ class SqliteSink:
 def restore_tracks(rx: Receiver, known: dict[str, list[int]]) -> None:
     """Resume de-duplication after a restart from what a store already holds."""
     for gw, seqs in known.items():
-        if seqs:
-            tr = rx.tracks[gw] = _Track(contiguous=seqs[0] - 1)
-            for s in seqs:
-                tr.add(s)
+        tr = rx.tracks[gw] = _Track()
+        for s in seqs:
+            tr.add(s)
 
 
 # -- MQTT ----------------------------------------------------------------------------------

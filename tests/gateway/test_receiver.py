@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.receiver import Receiver, SqliteSink, restore_tracks
+from gateway.receiver import Receiver, SqliteSink, _Track, restore_tracks
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
 
@@ -94,3 +96,51 @@ def test_sqlite_store_and_resume(key: DeviceKey, tmp_path: Path) -> None:
     assert rx2.handle(TOPIC, msg(key, 2)) == "duplicate"
     assert rx2.handle(TOPIC, msg(key, 3)) == "valid"
     sink2.close()
+
+
+@given(st.lists(st.integers(1, 60), max_size=80))
+def test_seen_intervals_match_a_plain_set(seqs: list[int]) -> None:
+    tr = _Track()
+    model: set[int] = set()
+    for q in seqs:
+        assert tr.seen(q) == (q in model)
+        tr.add(q)
+        model.add(q)
+    assert all(tr.seen(q) == (q in model) for q in range(0, 62))
+    lo, hi = (min(model), max(model)) if model else (0, 0)
+    assert tr.missing() == (hi - lo + 1 - len(model) if model else 0)
+    flat = [q for a, b in tr.ranges for q in range(a, b + 1)]
+    assert flat == sorted(model)
+
+
+def test_out_of_order_delivery_is_not_a_duplicate(key: DeviceKey) -> None:
+    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    for seq in (5, 6, 1, 2, 3, 4):  # live first, then the backlog
+        assert rx.handle(TOPIC, msg(key, seq)) == "valid"
+    assert rx.stats.gaps == 0 and rx.tracks["gw1"].ranges == [[1, 6]]
+
+
+def test_drop_notice_explains_a_gap(key: DeviceKey) -> None:
+    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    rx.handle(TOPIC, msg(key, 1))
+    rx.handle(TOPIC, msg(key, 5))
+    assert rx.stats.gaps == 3
+    ntopic = "edgegw/gw1/notice"
+    drops = [
+        {
+            "first_seq": 2,
+            "last_seq": 4,
+            "messages": 3,
+            "points": 30,
+            "bytes": 1,
+            "reason": "outbox_full",
+            "at": 1,
+        }
+    ]
+    p = encode_payload(
+        gw="gw1", seq=6, boot=1, kind="notice", t_ns=1, notice="data_dropped", drops=drops
+    )
+    assert rx.handle(ntopic, sign1(p, key, ntopic.encode())) == "valid"
+    s = rx.stats
+    assert (s.gaps, s.notices, s.dropped_points, s.dropped_seqs) == (0, 1, 30, 3)
+    assert rx.tracks["gw1"].ranges == [[1, 6]]
