@@ -92,7 +92,9 @@ class Daemon:
             st = self.devices[dev.name] = DeviceState(dev.name)
             polls.append(
                 asyncio.create_task(
-                    poll_device(rt.driver, rt.plan, rt.tag_names, rt.interval_s, pipe.put, st),
+                    poll_device(
+                        rt.driver, rt.plan, rt.tag_names, rt.interval_s, pipe.put, st, stop
+                    ),
                     name=f"poll:{dev.name}",
                 )
             )
@@ -100,11 +102,11 @@ class Daemon:
 
         await stop.wait()
         log.info("stopping: polling ends, sealing the last window, draining the outbox")
-        for t in polls:
-            t.cancel()
-        await asyncio.gather(*polls, return_exceptions=True)
+        await _cancel_all(polls)
+        log.debug("stop: polling ended")
         await pipe.close()
         await pipe_task
+        log.debug("stop: last window sealed")
         drained = await fwd.drain(cfg.gateway.shutdown_drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
@@ -145,6 +147,19 @@ class Daemon:
             await asyncio.sleep(1.0)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel until every task has ended: a cancellation can be lost in a race on
+    Python 3.11 (see poller.poll_device)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for t in tasks:  # surface anything other than cancellation in the log
+        if not t.cancelled() and t.exception() is not None:
+            log.error("task %s failed: %r", t.get_name(), t.exception())
+
+
 def run_async(coro: Any) -> Any:
     """Run on uvloop where it is installed (25–30% less CPU per request), else asyncio."""
     try:
@@ -160,7 +175,16 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await Daemon(cfg).run(stop)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every task is waiting (for a daemon that seems stuck)."""
+    for t in asyncio.all_tasks():
+        frames = t.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("task %s: %s", t.get_name(), where or "(not started)")
 
 
 def setup_logging(level: str = "INFO") -> None:

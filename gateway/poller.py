@@ -39,13 +39,20 @@ async def poll_device(
     interval_s: float,
     sink: Callable[[Batch], Awaitable[None]],
     state: DeviceState,
+    stop: asyncio.Event,
 ) -> None:
-    """Runs until cancelled; a batch handed to ``sink`` is never taken back."""
+    """Runs until ``stop`` is set or the task is cancelled; a batch handed to ``sink`` is
+    never taken back.
+
+    Both, because on Python 3.11 ``asyncio.wait_for`` (used by protocol libraries for
+    each request) can swallow a cancellation that races with a response (CPython
+    gh-86296); the flag, checked once a cycle, ends the loop even then.
+    """
     loop = asyncio.get_running_loop()
     backoff = Backoff()
     next_t = loop.time()
     try:
-        await _loop(driver, plan, tag_names, interval_s, sink, state, loop, backoff, next_t)
+        await _loop(driver, plan, tag_names, interval_s, sink, state, loop, backoff, next_t, stop)
     finally:
         await driver.close()
 
@@ -60,8 +67,9 @@ async def _loop(
     loop: asyncio.AbstractEventLoop,
     backoff: Backoff,
     next_t: float,
+    stop: asyncio.Event,
 ) -> None:
-    while True:
+    while not stop.is_set():
         if not driver.connected:
             try:
                 await driver.connect()
