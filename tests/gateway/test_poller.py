@@ -50,7 +50,7 @@ def test_stop_ends_a_poll_loop_whose_cancellation_was_swallowed() -> None:
             got.append(b)
 
         task = asyncio.create_task(
-            poll_device(drv, None, ["d/t"], 0.0, sink, DeviceState("d"), stop)
+            poll_device(drv, None, ["d/t"], 0.001, sink, DeviceState("d"), stop)
         )
         await asyncio.sleep(0.05)
         stop.set()
