@@ -5,6 +5,7 @@ Only loopback addresses are used: ``::1`` by default, so the whole path runs ove
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -57,6 +58,8 @@ class Mosquitto:
     port: int = 0
     extra_conf: str = ""
     workdir: Path | None = None
+    persistence: bool = False
+    """Keep sessions and queued messages across a restart (saved on SIGTERM)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> Mosquitto:
@@ -68,9 +71,16 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {self.host}\n"
+            # Run as root, mosquitto drops to the user 'mosquitto', which cannot write
+            # its log or persistence file in our work dir: stay who we are.
+            f"user {getpass.getuser()}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 1000000\n"
+            + (
+                f"persistence true\npersistence_location {self.workdir}/\n"
+                if self.persistence
+                else "persistence false\n"
+            )
+            + "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
             "log_type error\nlog_type warning\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n" + self.extra_conf
@@ -82,6 +92,9 @@ class Mosquitto:
         )
         try:
             wait_listening(self.host, self.port)
+            errors = (self.workdir / "stderr.log").read_text(errors="replace")
+            if "Error" in errors:  # e.g. cannot write its log or persistence file
+                raise BrokerError(errors.strip())
         except BrokerError:
             self.stop()
             log = (self.workdir / "stderr.log").read_text(errors="replace")

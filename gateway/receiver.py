@@ -356,6 +356,7 @@ class MqttReceiver:
         )
         if tls_context is not None:
             self.client.tls_set_context(tls_context)
+        self.client.reconnect_delay_set(1, 8)  # paho's default grows to 120 s
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.rx.handle(m.topic, m.payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import Subparsers, add_command, load_or_exit
+from . import EXIT_FAILED, Subparsers, add_command, fail, load_or_exit
 
 
 def register(sub: Subparsers) -> None:
@@ -15,9 +15,16 @@ def register(sub: Subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from buffer import OutboxError
+    from security import KeyFileError
+
     from ..daemon import run_async, serve, setup_logging
 
     cfg = load_or_exit(args.config)
     setup_logging(args.log_level)
-    run_async(serve(cfg))
+    try:
+        run_async(serve(cfg))
+    except (OutboxError, KeyFileError) as exc:
+        # The state cannot be used as it is: say what and how to fix it, no traceback.
+        raise fail(str(exc), EXIT_FAILED) from None
     return 0
