@@ -65,12 +65,23 @@ from .schema import (
 )
 
 __all__ = [
-    "URGENT", "Drop", "Outbox", "OutboxCorrupt", "OutboxError", "OutboxFull", "OutboxRow",
-    "OutboxStats", "Policy",
+    "URGENT",
+    "Drop",
+    "Outbox",
+    "OutboxCorrupt",
+    "OutboxError",
+    "OutboxFull",
+    "OutboxRow",
+    "OutboxStats",
+    "Policy",
 ]
 
 SEQ_BLOCK = 1000
+# Preallocated beside the outbox and released on ENOSPC: on a full disk even the deletes
+# that make room, and the WAL checkpoint, need space to be written.
+BALLAST = 1 << 20
 Policy = Literal["drop_oldest", "stop_acquisition"]
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -253,8 +264,10 @@ class Outbox:
                     f"outbox needs a local filesystem with shared-memory support"
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            # Keep the WAL small after checkpoints: gateways have small disks.
-            conn.execute("PRAGMA journal_size_limit = 4194304")
+            # Keep the WAL small: on a small disk it, not the data, fills the disk
+            # (checkpoint every ~1 MiB, truncate it back to 1 MiB after).
+            conn.execute("PRAGMA wal_autocheckpoint = 256")
+            conn.execute("PRAGMA journal_size_limit = 1048576")
             if fresh:
                 # executescript() would COMMIT first; one explicit transaction makes a
                 # kill during creation leave either no schema or all of it.
@@ -264,6 +277,7 @@ class Outbox:
                         for stmt in split_script(SCHEMA):
                             conn.execute(stmt)
             self._recover_reservation(conn)
+            self._ensure_ballast()
         except OutboxError:
             raise
         except sqlite3.Error as exc:
@@ -359,6 +373,8 @@ class Outbox:
         priority = operator.index(priority)
         drop_ids = [operator.index(i) for i in notifies]
         with self._lock:
+            if self.min_free_bytes and self._free_disk() < 2 * self.min_free_bytes:
+                self._shrink_wal()  # give the WAL's space back before it counts as full
             try:
                 return self._append(topic, seal, priority, points, drop_ids)
             except OutboxFull:
@@ -366,13 +382,52 @@ class Outbox:
             except OutboxError as exc:
                 if not _is_full(exc):
                     raise
-                # ENOSPC inside SQLite: make room as for a full cap, then try once more.
-                if self.policy == "drop_oldest" and priority != URGENT and self._evict_some():
-                    return self._append(topic, seal, priority, points, drop_ids)
+                # ENOSPC inside SQLite: free the ballast, restart the WAL, make room as
+                # for a full cap, and try once more.
+                self._on_disk_full()
+                try:
+                    if self.policy == "drop_oldest" and priority != URGENT and self._evict_some():
+                        return self._append(topic, seal, priority, points, drop_ids)
+                except OutboxError as again:
+                    if not _is_full(again):
+                        raise
                 raise OutboxFull(f"{self._where}: the disk is full: {exc}", "disk_full") from exc
 
+    @property
+    def _ballast(self) -> Path:
+        return self.path.with_name(self.path.name + ".ballast")
+
+    def _ensure_ballast(self) -> None:
+        """Keep BALLAST bytes preallocated beside the outbox while the disk has room."""
+        with contextlib.suppress(OSError):
+            if not self._ballast.exists() and self._free_disk() > 4 * BALLAST + self.min_free_bytes:
+                fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, BALLAST)
+                finally:
+                    os.close(fd)
+
+    def _on_disk_full(self) -> None:
+        """SQLITE_FULL: give the ballast back so a checkpoint and the deletes that make
+        room can be written (both need space themselves), then restart the WAL."""
+        with contextlib.suppress(OSError):
+            self._ballast.unlink()
+        self._shrink_wal()
+
+    def _shrink_wal(self) -> None:
+        """Checkpoint and restart the WAL: the file shrinks to ``journal_size_limit`` and
+        that space is reused, so even deletes (which need WAL space) work on a disk that
+        is otherwise full. Not TRUNCATE: a zero-length WAL on a full disk cannot grow.
+        Best effort: a full disk may refuse even this."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db().execute("PRAGMA wal_checkpoint(RESTART)")
+
     def _append(
-        self, topic: str, seal: Callable[[int], bytes], priority: int, points: int,
+        self,
+        topic: str,
+        seal: Callable[[int], bytes],
+        priority: int,
+        points: int,
         drop_ids: list[int],
     ) -> int:
         failure: BaseException | None = None
@@ -450,11 +505,17 @@ class Outbox:
         if over <= 0:
             return
         if self.policy == "stop_acquisition":
-            raise OutboxFull(f"{self._where}: {reason.replace('_', ' ')}: new data refused "
-                             f"(policy stop_acquisition)", reason)
+            raise OutboxFull(
+                f"{self._where}: {reason.replace('_', ' ')}: new data refused "
+                f"(policy stop_acquisition)",
+                reason,
+            )
         if not self._evict(conn, over, reason):
-            raise OutboxFull(f"{self._where}: {reason.replace('_', ' ')} and nothing left to "
-                             f"evict (only urgent messages remain)", reason)
+            raise OutboxFull(
+                f"{self._where}: {reason.replace('_', ' ')} and nothing left to "
+                f"evict (only urgent messages remain)",
+                reason,
+            )
 
     def _evict(self, conn: sqlite3.Connection, need: int, reason: str) -> bool:
         """Delete the oldest telemetry rows totalling at least ``need`` bytes; record it."""
@@ -480,8 +541,16 @@ class Outbox:
             used = txn.conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
             return self._evict(txn.conn, max(1, used // 100), "disk_full")
 
-    def _record(self, conn: sqlite3.Connection, first: int | None, last: int | None,
-                rows: int, points: int, nbytes: int, reason: str) -> None:
+    def _record(
+        self,
+        conn: sqlite3.Connection,
+        first: int | None,
+        last: int | None,
+        rows: int,
+        points: int,
+        nbytes: int,
+        reason: str,
+    ) -> None:
         conn.execute(
             "INSERT INTO drops (first_seq, last_seq, rows, points, bytes, reason, at_ns)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -558,7 +627,9 @@ class Outbox:
             for r in rows:
                 txn.conn.execute(
                     "INSERT OR REPLACE INTO quarantine (seq, topic, body, found_ns)"
-                    " VALUES (?, ?, ?, ?)", (r[0], r[1], r[2], now))
+                    " VALUES (?, ?, ?, ?)",
+                    (r[0], r[1], r[2], now),
+                )
                 txn.conn.execute("DELETE FROM outbox WHERE seq = ?", (r[0],))
                 self._record(txn.conn, r[0], r[0], 1, r[5], len(r[2]), "corrupt_at_rest")
 
@@ -568,11 +639,22 @@ class Outbox:
         keys = sorted({operator.index(s) for s in seqs})
         if not keys:
             return 0
-        with self._lock, self._write("ack") as txn:
+        with self._lock:
+            try:
+                return self._ack(keys)
+            except OutboxError as exc:
+                if not _is_full(exc):
+                    raise
+                self._on_disk_full()  # a delete needs WAL space: free it, try once more
+                return self._ack(keys)
+
+    def _ack(self, keys: list[int]) -> int:
+        with self._write("ack") as txn:
             # rowcount counts the statement's own deletes, not the triggers' updates.
             deleted: int = txn.conn.executemany(
                 "DELETE FROM outbox WHERE seq = ?", ((k,) for k in keys)
             ).rowcount
+        self._ensure_ballast()
         return deleted
 
     def stats(self) -> OutboxStats:
@@ -594,16 +676,42 @@ class Outbox:
         reserved = reserved[0] if reserved else 0
         self._last_seq = last
         if reserved > last:
-            with self._write("skip reserved seqs") as txn:
-                if txn.conn.execute(
-                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (reserved,)
-                ).rowcount == 0:
-                    txn.conn.execute(
-                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (reserved,)
-                    )
-                self._record(txn.conn, last + 1, reserved, 0, 0, 0, "unclean_stop")
+            self._skip_reserved(conn, last, reserved)
             self._last_seq = reserved
         self._reserved = max(reserved, last) if self._synchronous == "NORMAL" else 1 << 62
+
+    def _skip_reserved(self, conn: sqlite3.Connection, last: int, reserved: int) -> None:
+        """Record and skip the unused part of the reserved block, once more after
+        shrinking the WAL if the disk is full."""
+        for attempt in (1, 2):
+            try:
+                self._skip_reserved_txn(last, reserved)
+                return
+            except OutboxError as exc:
+                if not _is_full(exc):
+                    raise
+                if attempt == 2:
+                    raise OutboxFull(
+                        f"{self._where}: the disk is full; cannot even record the seqs "
+                        f"skipped after an unclean stop. Free some space on this "
+                        f"filesystem (and set outbox.min_free_mib to keep a reserve)",
+                        "disk_full",
+                    ) from exc
+                self._on_disk_full()
+
+    def _skip_reserved_txn(self, last: int, reserved: int) -> None:
+        with self._write("skip reserved seqs") as txn:
+            c = txn.conn
+            if (
+                c.execute(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (reserved,)
+                ).rowcount
+                == 0
+            ):
+                c.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (reserved,)
+                )
+            self._record(c, last + 1, reserved, 0, 0, 0, "unclean_stop")
 
     def _release_reservation(self) -> None:
         """At a clean close: durably give back the unused part of the block."""
@@ -613,8 +721,9 @@ class Outbox:
         with contextlib.suppress(sqlite3.Error, OutboxError):
             conn.execute("PRAGMA synchronous = FULL")
             with self._write("release seqs") as txn:
-                txn.conn.execute("UPDATE meta SET value = (" + LAST_SEQ + ")"
-                                 " WHERE key = 'seq_reserved'")
+                txn.conn.execute(
+                    "UPDATE meta SET value = (" + LAST_SEQ + ") WHERE key = 'seq_reserved'"
+                )
 
     def close(self) -> None:
         """Close the file (idempotent). SQLite checkpoints the WAL on the last close."""

@@ -89,6 +89,10 @@ class UplinkConfig(_Model):
 
 
 class OutboxConfig(_Model):
+    path: Path = Field(
+        Path("outbox.db"),
+        description="the outbox file; relative to state_dir (e.g. on its own partition)",
+    )
     max_mib: float = Field(
         1024, gt=0, description="cap on the unsent messages' size, MiB; then `when_full` applies"
     )
@@ -149,6 +153,10 @@ class Config(_Model):
     @property
     def state_dir(self) -> Path:
         return self.gateway.state_dir
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.gateway.state_dir / self.outbox.path
 
     def topic(self, kind: str) -> str:
         return f"{self.uplink.topic_prefix}/{self.gateway.id}/{kind}"

@@ -48,7 +48,7 @@ class Daemon:
         key, created = DeviceKey.load_or_create(state_dir)
         log.info("device key %s (kid %s)", "created" if created else "loaded", key.kid.hex())
         self.outbox = OutboxThread(
-            state_dir / "outbox.db",
+            cfg.outbox_path,
             cfg.gateway.durability,
             max_bytes=int(cfg.outbox.max_mib * 2**20),
             policy=cfg.outbox.when_full,

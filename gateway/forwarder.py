@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from buffer import OutboxRow
+from buffer import OutboxError, OutboxRow
 
 from .backoff import Backoff
 from .config import UplinkConfig
@@ -87,6 +87,7 @@ class Forwarder:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._acks: list[int] = []
         self._cursors = _Cursors()
+        self._ack_error = ""
         self._bucket = _TokenBucket(uplink.max_bytes_per_s) if uplink.max_bytes_per_s else None
         self._drained = asyncio.Event()
 
@@ -107,6 +108,12 @@ class Forwarder:
                 backoff.reset()
                 self._link(True, None)
                 await self._pump(session)
+            except OutboxError as exc:
+                # e.g. a full disk refusing even the deletes of acknowledged rows: those
+                # rows are sent again later (duplicates, never losses).
+                log.error("outbox: %s; retrying", exc)
+                why = f"outbox error: {exc}"
+                self._link(False, why)
             except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
                 why = _describe(exc)
                 if self.stats.link_up or self.stats.last_error != why:
@@ -184,7 +191,10 @@ class Forwarder:
         return s
 
     async def _end(self, s: _Session) -> None:
-        await self._flush_acks()
+        try:
+            await self._flush_acks()
+        except OutboxError as exc:  # the rows stay and are sent again: duplicates only
+            log.error("outbox: cannot delete acknowledged rows: %s", exc)
         self._inflight.clear()
         self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
         c = s.client
@@ -260,7 +270,17 @@ class Forwarder:
             return
         acks, self._acks = self._acks, []
         assert self.outbox.outbox is not None
-        await self.outbox.run(self.outbox.outbox.ack, acks)
+        try:
+            await self.outbox.run(self.outbox.outbox.ack, acks)
+        except OutboxError as exc:
+            # e.g. a disk too full even for deletes: keep them and try again later;
+            # the MQTT session is fine and keeps sending.
+            self._acks[:0] = acks
+            if str(exc) != self._ack_error:
+                log.error("outbox: cannot delete %d acknowledged rows yet: %s", len(acks), exc)
+            self._ack_error = str(exc)
+            return
+        self._ack_error = ""
         self.stats.acked += len(acks)
 
 

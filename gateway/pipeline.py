@@ -67,6 +67,7 @@ class Pipeline:
         # Bounded: when the outbox falls behind, pollers wait here (backpressure).
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(queue_size)
         self.stats = PipelineStats()
+        self._unrecorded = 0  # refused points not yet recorded as a drop
 
     async def put(self, batch: Batch) -> None:
         self.stats.points_polled += len(batch.readings)
@@ -82,6 +83,8 @@ class Pipeline:
         while True:
             first = await q.get()
             if first is None:
+                if self._unrecorded:
+                    await self._record_refused("disk_full")
                 return
             readings: list[Any] = list(first.readings)
             deadline = loop.time() + self.window
@@ -105,6 +108,8 @@ class Pipeline:
             if readings:
                 await self._seal(readings)
             if stopping:
+                if self._unrecorded:  # refused while the disk was full: say so now
+                    await self._record_refused("disk_full")
                 return
 
     async def notify_drops(self) -> None:
@@ -119,10 +124,11 @@ class Pipeline:
                 seq = await self.outbox.run(self._seal_sync, readings)
                 break
             except OutboxFull as exc:
-                # stop_acquisition: the oldest data is kept, this window is refused.
+                # stop_acquisition (or a disk too full to make room): the window is refused.
                 self.stats.points_refused += len(readings)
+                self._unrecorded += len(readings)
                 log.warning("%s; %d points refused", exc, len(readings))
-                await self.outbox.run(self._refuse_sync, len(readings))
+                await self._record_refused(exc.reason)
                 return
             except Exception as exc:  # an I/O error must not kill the daemon
                 self.stats.seal_errors += 1
@@ -137,7 +143,20 @@ class Pipeline:
         self.stats.points_sealed += len(readings)
         self.stats.messages_sealed += 1
         self.stats.last_seq = seq
+        if self._unrecorded:
+            await self._record_refused("disk_full")
         self.on_sealed()
+
+    async def _record_refused(self, reason: str) -> None:
+        """Record refused points as a drop; on a full disk even that can fail: keep
+        the count and record it with the next successful commit."""
+        n = self._unrecorded
+        try:
+            await self.outbox.run(self._refuse_sync, n, reason)
+        except Exception as exc:
+            log.error("cannot record %d refused points yet: %s", n, exc)
+            return
+        self._unrecorded -= n
 
     def _seal_sync(self, readings: list[Any]) -> int:
         """Runs in the outbox thread: one transaction, one encoding, one signature."""
@@ -160,10 +179,10 @@ class Pipeline:
         self._notify_sync()
         return seq
 
-    def _refuse_sync(self, points: int) -> None:
+    def _refuse_sync(self, points: int, reason: str) -> None:
         ob = self.outbox.outbox
         assert ob is not None
-        ob.record_drop(points, "refused_full")
+        ob.record_drop(points, "refused_" + reason)
         self._notify_sync()
 
     def _notify_sync(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ class Rig:
     flush_ms: int = 250
     proxy: bool = False
     outbox: str = ""
+    outbox_file: str = "outbox.db"  # relative to the state dir, as in the config
     state_dir: Path | None = None
     broker: Mosquitto = field(init=False)
     link: LinkProxy | None = field(init=False, default=None)
@@ -183,10 +185,22 @@ class Rig:
         )
 
     def last_seq(self) -> int:
-        from buffer import Outbox
+        """Read-only, so inspecting never changes (or fails on) a full disk."""
+        con = sqlite3.connect(f"file:{self.state / self.outbox_file}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            con.close()
 
-        with Outbox(self.state / "outbox.db") as ob:
-            return ob.stats().last_seq
+    def outbox_check(self) -> tuple[str, int]:
+        """(integrity check result, unsent rows), read-only."""
+        con = sqlite3.connect(f"file:{self.state / self.outbox_file}?mode=ro", uri=True)
+        try:
+            ok = con.execute("PRAGMA quick_check").fetchone()[0]
+            return ok, con.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        finally:
+            con.close()
 
     def stop(self) -> None:
         for p in (self.gw, self.sim):
