@@ -1,0 +1,29 @@
+"""Siemens S7 driver: config model, read planner and decoder; the driver is in ``.driver``.
+
+Importing this package stays cheap (no snap7): the gateway imports every protocol's
+config model when it loads a config. snap7 is imported by ``drivers.s7.driver`` and
+``drivers.s7.simulator`` only.
+"""
+
+from .address import Address, AddressError, parse_address
+from .config import DeviceConfig, S7Tag, load_devices
+from .plan import ReadPlan, Request, compile_plan, describe_plan
+from .types import Area, DataType
+
+PROTOCOL = "s7"
+
+__all__ = [
+    "PROTOCOL",
+    "Address",
+    "AddressError",
+    "Area",
+    "DataType",
+    "DeviceConfig",
+    "ReadPlan",
+    "Request",
+    "S7Tag",
+    "compile_plan",
+    "describe_plan",
+    "load_devices",
+    "parse_address",
+]
