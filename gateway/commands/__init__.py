@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, load_config
 
-COMMANDS: tuple[str, ...] = ("run", "validate", "receive", "demo", "simulate")
+COMMANDS: tuple[str, ...] = ("run", "validate", "receive", "demo", "simulate", "browse")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
