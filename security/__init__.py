@@ -1,5 +1,19 @@
 """Device keys and COSE_Sign1 signing/verification (see docs/wire-format.md)."""
 
+from security.audit import (
+    AUDIT_FILE,
+    AuditEvent,
+    AuditLog,
+    AuditLogBusy,
+    AuditLogCorrupt,
+    AuditLogError,
+    AuditRecord,
+    Checkpoint,
+    Outcome,
+    Problem,
+    VerifyReport,
+    verify,
+)
 from security.cose import (
     ALG_EDDSA,
     BadSignature,
@@ -12,21 +26,38 @@ from security.cose import (
     sign1,
     verify1,
 )
+from security.keyring import KeyChainError, learn_keys, load_keyring, verify_chain
 from security.keys import DeviceKey, KeyFileError, kid_for, load_public_key
 
 __all__ = [
     "ALG_EDDSA",
+    "AUDIT_FILE",
+    "AuditEvent",
+    "AuditLog",
+    "AuditLogBusy",
+    "AuditLogCorrupt",
+    "AuditLogError",
+    "AuditRecord",
     "BadSignature",
+    "Checkpoint",
     "CoseError",
     "DeviceKey",
+    "KeyChainError",
     "KeyFileError",
     "MalformedMessage",
+    "Outcome",
+    "Problem",
     "Signer",
     "UnknownKid",
     "Verified",
+    "VerifyReport",
     "kid_for",
+    "learn_keys",
+    "load_keyring",
     "load_public_key",
     "peek_kid",
     "sign1",
+    "verify",
     "verify1",
+    "verify_chain",
 ]

@@ -1,0 +1,287 @@
+"""`edgegw audit`: verify an audit log offline with public keys only, or show it."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import EXIT_FAILED, Subparsers, add_command, fail
+
+VERIFY_EXITS = """\
+exit status:
+  0  OK: every record is sealed by a checkpoint signed with a trusted key
+  1  TAMPERED: a record was edited, deleted, reordered or inserted, or a checkpoint is
+     bad or missing; the first bad record is named
+  2  bad input: usage error, unreadable log or key file
+  3  UNSEALED TAIL: the records after the last checkpoint are not sealed (a running or
+     crashed daemon, or a log cut short); what is sealed verified
+  4  UNKNOWN KEY: a checkpoint is signed by a key that is neither given with --pubkey nor
+     certified by one (via a key_rotated record or --chain)
+A log cut exactly at a checkpoint verifies as OK (with a warning unless the cut is at a
+clean close): only checkpoints witnessed outside the device can show that.
+"""
+
+
+def register(sub: Subparsers) -> None:
+    s = add_command(
+        sub,
+        "audit",
+        "verify or show a gateway's audit log",
+        "edgegw audit verify /var/lib/edgegw/audit.cborseq --pubkey gw1.pub.pem",
+    )
+    cmds = s.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    v = add_command(
+        cmds,
+        "verify",
+        "check an audit log offline: chain, checkpoints, signatures",
+        "edgegw audit verify audit.cborseq --pubkey root.pub.pem --chain keys/chain",
+    )
+    v.epilog = f"{v.epilog}\n\n{VERIFY_EXITS}"
+    v.add_argument("file", help="the audit log (audit.cborseq in the state directory)")
+    v.add_argument(
+        "--pubkey",
+        action="append",
+        required=True,
+        metavar="KEY",
+        help="a trusted public key (PEM), normally the one the gateway was enrolled with; "
+        "repeat for several",
+    )
+    v.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="key certificates (a keys/chain directory or .cose files) that vouch for "
+        "rotated keys, in addition to those in the log",
+    )
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=verify_main)
+
+    sh = add_command(
+        cmds,
+        "show",
+        "print an audit log's records (does not verify: run `audit verify` for that)",
+        "edgegw audit show audit.cborseq --since 2026-05-01T00:00Z --type config_change",
+    )
+    sh.add_argument("file", help="the audit log")
+    sh.add_argument("--since", metavar="ISO", help="records at or after this time (UTC if no zone)")
+    sh.add_argument("--until", metavar="ISO", help="records before this time (UTC if no zone)")
+    sh.add_argument(
+        "--type",
+        action="append",
+        metavar="T",
+        help="only this event type (repeatable); checkpoints are then left out",
+    )
+    sh.add_argument("--json", action="store_true", help="one JSON object per line")
+    sh.set_defaults(func=show_main)
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def _certificates(paths: list[str]) -> list[bytes]:
+    out: list[bytes] = []
+    for name in paths:
+        p = Path(name)
+        files = sorted(p.glob("*.cose")) if p.is_dir() else [p]
+        try:
+            out += [f.read_bytes() for f in files]
+        except OSError as exc:
+            raise fail(f"--chain {name}: {exc.strerror}") from None
+    return out
+
+
+def _iso(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    t = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def verify_main(args: argparse.Namespace) -> int:
+    from security import KeyFileError, kid_for, load_public_key
+    from security.audit import Outcome, verify
+    from security.keyring import KeyChainError
+
+    keys = {}
+    for path in args.pubkey:
+        try:
+            pub = load_public_key(path)
+        except KeyFileError as exc:
+            raise fail(str(exc)) from None
+        keys[kid_for(pub)] = pub
+    try:
+        rep = verify(args.file, keys, certificates=_certificates(args.chain))
+    except OSError as exc:
+        raise fail(f"{args.file}: cannot read ({exc.strerror})") from None
+    except KeyChainError as exc:
+        raise fail(f"--chain: {exc}") from None
+    if args.json:
+        print(json.dumps(_report_json(rep), indent=2))
+        return rep.exit_code
+    name = args.file
+    if rep.outcome is Outcome.OK:
+        print(
+            f"{name}: OK — {rep.records} records (seq 0..{rep.records - 1}) sealed by "
+            f"{rep.checkpoints} checkpoints, {_iso(rep.first_ts_ns)} .. {_iso(rep.last_ts_ns)}"
+        )
+    else:
+        print(f"{name}: {rep.outcome.value.upper().replace('_', ' ')} — {rep.message}")
+        if rep.first_bad is not None and rep.outcome is not Outcome.UNSEALED_TAIL:
+            bad = (
+                f"seq {rep.first_bad}"
+                if rep.last_bad in (None, rep.first_bad)
+                else f"seq {rep.first_bad}..{rep.last_bad}"
+            )
+            kind = f" ({rep.problem.value})" if rep.problem else ""
+            print(f"  first bad record: {bad}{kind}")
+        verified = f"seq 0..{rep.sealed - 1}" if rep.sealed else "nothing"
+        print(f"  verified: {verified} of {rep.records} records")
+    print(
+        f"  log {rep.log_id.hex() or '?'}; signed by {', '.join(k.hex() for k in rep.kids) or '-'}"
+    )
+    for w in rep.warnings:
+        print(f"  warning: {w}")
+    return rep.exit_code
+
+
+def _report_json(rep: Any) -> dict[str, Any]:
+    return {
+        "outcome": rep.outcome.value,
+        "exit_code": rep.exit_code,
+        "problem": rep.problem.value if rep.problem else None,
+        "first_bad": rep.first_bad,
+        "last_bad": rep.last_bad,
+        "message": rep.message,
+        "records": rep.records,
+        "checkpoints": rep.checkpoints,
+        "sealed": rep.sealed,
+        "log_id": rep.log_id.hex(),
+        "origin": rep.origin,
+        "kids": [k.hex() for k in rep.kids],
+        "first_ts": _iso(rep.first_ts_ns),
+        "last_ts": _iso(rep.last_ts_ns),
+        "warnings": rep.warnings,
+    }
+
+
+# -- show -----------------------------------------------------------------------------------
+
+
+def _parse_time(text: str | None, option: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"{option} {text!r}: not an ISO 8601 time, e.g. 2026-05-01T12:00:00Z") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1_000_000_000)
+
+
+def _plain(value: Any) -> Any:
+    """Detail values as JSON: bytes as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bytes):
+        h = value.hex()
+        return h if len(h) <= 32 else f"{h[:32]}…({len(value)} bytes)"
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value)
+    return json.dumps(_plain(value))
+
+
+def show_main(args: argparse.Namespace) -> int:
+    from security.audit import AuditEvent, read_log
+    from security.checkpoint import FormatError, peek_checkpoint
+
+    since = _parse_time(args.since, "--since")
+    until = _parse_time(args.until, "--until")
+    types = set(args.type or ())
+    unknown = types - {e.value for e in AuditEvent}
+    if unknown:
+        raise fail(
+            f"--type {', '.join(sorted(unknown))}: unknown; one of "
+            + ", ".join(e.value for e in AuditEvent)
+        )
+    try:
+        parsed = read_log(args.file)
+    except OSError as exc:
+        raise fail(f"{args.file}: cannot read ({exc.strerror})") from None
+    out = sys.stdout
+    damage = {d.records_before: d for d in parsed.damage}
+    n = 0
+    for e in parsed.entries:
+        r = e.record
+        if r is None:
+            if types:
+                continue
+            try:
+                cp = peek_checkpoint(e.raw)
+            except FormatError:
+                out.write(f"{'':>7} ?? unreadable checkpoint at byte {e.offset}\n")
+                continue
+            if (since is not None and cp.ts_ns < since) or (
+                until is not None and cp.ts_ns >= until
+            ):
+                continue
+            if args.json:
+                cp_obj: dict[str, Any] = {
+                    "checkpoint": {
+                        "why": cp.why,
+                        "size": cp.size,
+                        "boot": cp.boot,
+                        "ts": _iso(cp.ts_ns),
+                        "root": cp.root.hex(),
+                        "head": cp.head.hex(),
+                        "kid": cp.kid.hex(),
+                        "log": cp.log_id.hex(),
+                    }
+                }
+                out.write(json.dumps(cp_obj) + "\n")
+            else:
+                out.write(
+                    f"{'':>7} {_iso(cp.ts_ns)}  boot {cp.boot:<4} -- checkpoint ({cp.why}): "
+                    f"{cp.size} records, root {cp.root.hex()[:16]}…, kid {cp.kid.hex()}\n"
+                )
+            continue
+        if n in damage and not args.json:
+            out.write(f"{'':>7} !! damaged bytes at {damage[n].offset}: {damage[n].why}\n")
+        n += 1
+        if types and r.event not in types:
+            continue
+        if (since is not None and r.ts_ns < since) or (until is not None and r.ts_ns >= until):
+            continue
+        if args.json:
+            obj: dict[str, Any] = {
+                "seq": r.seq,
+                "boot": r.boot,
+                "ts": _iso(r.ts_ns),
+                "ts_ns": r.ts_ns,
+                "mono_ns": r.mono_ns,
+                "event": r.event,
+                "detail": _plain(r.detail),
+                "hash": r.hash.hex(),
+            }
+            out.write(json.dumps(obj) + "\n")
+        else:
+            detail = " ".join(f"{k}={_short(v)}" for k, v in sorted(r.detail.items()))
+            out.write(f"{r.seq:>7} {_iso(r.ts_ns)}  boot {r.boot:<4} {r.event:<14} {detail}\n")
+    if parsed.torn:
+        print(f"edgegw: {args.file}: ends with an incomplete entry", file=sys.stderr)
+    return EXIT_FAILED if parsed.damage else 0

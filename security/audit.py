@@ -1,0 +1,814 @@
+"""The gateway's audit log: append-only, hash-chained, sealed by signed checkpoints.
+
+Writing::
+
+    log = AuditLog(state_dir / AUDIT_FILE, device_key, boot=boot, on_append=publish)
+    log.record("config_load", path="/etc/edgegw/config.yaml", sha256=digest)
+    ...
+    log.tick()    # now and then: seals records older than checkpoint_interval_s
+    log.close()   # clean stop: a final "close" checkpoint
+
+Checking, offline, with public keys only: :func:`verify` (``edgegw audit verify``).
+
+The file format is in :mod:`security.checkpoint`; docs/security.md explains the design, what
+is detected (an edited, deleted, reordered or inserted record; a checkpoint signed by an
+unknown key) and what is not (a tail cut exactly at a checkpoint, without an outside anchor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from security.checkpoint import (
+    LOG_ID_LEN,
+    ZERO_HASH,
+    Checkpoint,
+    Entry,
+    FormatError,
+    MerkleFrontier,
+    ParsedLog,
+    Record,
+    checkpoint_hash,
+    decode_record,
+    encode_record,
+    genesis_head,
+    open_checkpoint,
+    parse_entries,
+    peek_checkpoint,
+    sign_checkpoint,
+)
+from security.cose import CoseError, Signer, UnknownKid
+from security.keyring import learn_keys
+from security.keys import kid_for
+
+__all__ = [
+    "AUDIT_FILE",
+    "AuditEvent",
+    "AuditLog",
+    "AuditLogBusy",
+    "AuditLogCorrupt",
+    "AuditLogError",
+    "AuditRecord",
+    "Checkpoint",
+    "ExitCode",
+    "Outcome",
+    "Problem",
+    "VerifyReport",
+    "last_boot",
+    "read_log",
+    "verify",
+    "verify_bytes",
+]
+
+log = logging.getLogger(__name__)
+
+AUDIT_FILE = "audit.cborseq"  # under the state directory
+
+AuditRecord = Record
+
+
+class AuditEvent(StrEnum):
+    """What is audited. ``detail`` keys the gateway is expected to send are in brackets."""
+
+    START = "start"  # the daemon started [version, config]
+    STOP = "stop"  # clean stop [reason]
+    CONFIG_LOAD = "config_load"  # config read at start [path, sha256]
+    CONFIG_CHANGE = "config_change"  # config reloaded with different content [path, sha256, old]
+    KEY_CREATED = "key_created"  # a device key was generated [kid]
+    KEY_ROTATED = "key_rotated"  # [old_kid, new_kid, n, cert]: cert lets verify follow it
+    TLS_FAILURE = "tls_failure"  # handshake or certificate failure [host, port, error]
+    AUTH_FAILURE = "auth_failure"  # the broker refused our credentials [host, reason_code]
+    LINK_UP = "link_up"  # uplink connected [host, port]
+    LINK_DOWN = "link_down"  # uplink lost [host, port, error]
+    BUFFER_DROP = "buffer_drop"  # data dropped [count, reason, intentional]
+    MODEL_LOADED = "model_loaded"  # [name, sha256]
+    MODEL_REFUSED = "model_refused"  # a model failed its checks [name, sha256, reason]
+    CLOCK_JUMP = "clock_jump"  # wall clock moved against the monotonic clock [delta_ns]
+    AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
+
+
+class AuditLogError(Exception):
+    """The audit log cannot be opened or written."""
+
+
+class AuditLogBusy(AuditLogError):
+    """Another process (normally the running daemon) has the log open."""
+
+
+class AuditLogCorrupt(AuditLogError):
+    """The existing log is not a well-formed, consistent audit log; see :meth:`set_aside`."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class AuditLog:
+    """One audit log file, held open (and locked) by one process.
+
+    ``record()`` appends and fsyncs before returning, so a returned record survives a crash
+    or power loss. It is thread-safe. Every appended record and checkpoint is also handed to
+    ``on_append`` (for publishing upstream), in file order, after it is durable; the callback
+    runs under the log's lock in the caller's thread, so it should only queue the bytes.
+
+    Checkpoints are written at open, every ``checkpoint_every`` records, when the oldest
+    unsealed record has waited ``checkpoint_interval_s`` (checked by ``record()`` and by
+    ``tick()``, which the owner calls periodically), on ``checkpoint()`` and at ``close()``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        signer: Signer,
+        *,
+        boot: int,
+        checkpoint_every: int = 100,
+        checkpoint_interval_s: float = 300.0,
+        origin: str | None = None,
+        on_append: Callable[[Record | Checkpoint], None] | None = None,
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
+        self.path = Path(path)
+        self.signer = signer
+        self.boot = boot
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.origin = origin
+        self.on_append = on_append
+        self._lock = threading.RLock()  # on_append may record (e.g. a publish failure)
+        self._fd: int | None = None
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AuditLogBusy(
+                    f"{self.path}: the audit log is in use by another process (is edgegw "
+                    "running?); stop it first"
+                ) from None
+            self._fd = fd
+            torn = self._load()
+            self._write_checkpoint("open", torn)
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            raise
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _load(self) -> int:
+        """Read the existing log: state to continue from; a torn final entry is removed
+        (and kept beside the log). Returns the number of bytes removed."""
+        assert self._fd is not None
+        data = _read_fd(self._fd)
+        parsed = parse_entries(data)
+        if parsed.malformed_at is not None:
+            raise AuditLogCorrupt(
+                f"{self.path}: damaged entry at byte {parsed.malformed_at} "
+                f"({parsed.malformed_why}); check it with `edgegw audit verify`, then move it "
+                "away (AuditLog.set_aside) so a new log can start"
+            )
+        torn = 0
+        if parsed.torn:
+            torn = len(data) - parsed.good_length
+            keep = self.path.with_name(f"{self.path.name}.torn-{time.time_ns()}")
+            keep.write_bytes(data[parsed.good_length :])
+            os.ftruncate(self._fd, parsed.good_length)
+            os.fsync(self._fd)
+            log.warning(
+                "%s: removed a torn final entry of %d bytes (kept in %s)", self.path, torn, keep
+            )
+        self._log_id = b""
+        self._size = 0
+        self._head = b""
+        self._frontier = MerkleFrontier()
+        self._cp_prev = ZERO_HASH
+        self._sealed = 0
+        self._unsealed_since = time.monotonic()
+        if not parsed.entries:
+            self._log_id = os.urandom(LOG_ID_LEN)
+            self._head = genesis_head(self._log_id)
+            _fsync_dir(self.path.parent)
+            return torn
+        self._replay(parsed)
+        return torn
+
+    def _replay(self, parsed: ParsedLog) -> None:
+        """Recompute the state from the entries, checking that they are consistent (not that
+        the signatures are good: that is verify's job, with public keys)."""
+        first = parsed.entries[0]
+        if first.record is not None:
+            raise AuditLogCorrupt(f"{self.path}: does not start with a checkpoint")
+        for e in parsed.entries:
+            if e.record is None:
+                cp = _unverified_checkpoint(e.raw)
+                if not self._log_id:
+                    self._log_id, self._head = cp.log_id, genesis_head(cp.log_id)
+                if (cp.log_id, cp.size, cp.head, cp.root, cp.prev) != (
+                    self._log_id,
+                    self._size,
+                    self._head,
+                    self._frontier.root(),
+                    self._cp_prev,
+                ):
+                    raise AuditLogCorrupt(
+                        f"{self.path}: checkpoint at byte {e.offset} does not match the records "
+                        "before it; check it with `edgegw audit verify`"
+                    )
+                self._cp_prev = checkpoint_hash(e.raw)
+                self._sealed = self._size
+            else:
+                r = e.record
+                if r.seq != self._size or r.prev != self._head:
+                    raise AuditLogCorrupt(
+                        f"{self.path}: record at byte {e.offset} breaks the chain (seq {r.seq}); "
+                        "check it with `edgegw audit verify`"
+                    )
+                self._head = r.hash
+                self._frontier.append(r.hash)
+                self._size += 1
+
+    @staticmethod
+    def set_aside(path: str | os.PathLike[str]) -> Path:
+        """Rename a damaged log to ``<name>.bad-<ns>`` so a new one can start; returns the new
+        name. Record an ``audit_reset`` in the new log, naming it."""
+        p = Path(path)
+        dest = p.with_name(f"{p.name}.bad-{time.time_ns()}")
+        os.rename(p, dest)
+        _fsync_dir(p.parent)
+        return dest
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @property
+    def log_id(self) -> bytes:
+        return self._log_id
+
+    @property
+    def size(self) -> int:
+        """Number of records."""
+        return self._size
+
+    @property
+    def head(self) -> bytes:
+        return self._head
+
+    @property
+    def unsealed(self) -> int:
+        """Records not yet covered by a checkpoint."""
+        return self._size - self._sealed
+
+    def record(self, event: str, /, **detail: Any) -> Record:
+        """Append one record (durably) and return it; may also write a checkpoint."""
+        ev = AuditEvent(event)  # ValueError for a name not in the documented set
+        with self._lock:
+            fd = self._require_open()
+            data = encode_record(
+                seq=self._size,
+                boot=self.boot,
+                ts_ns=time.time_ns(),
+                mono_ns=time.monotonic_ns(),
+                event=ev.value,
+                detail=detail,
+                prev=self._head,
+            )
+            self._append(fd, data)
+            rec = decode_record(data)  # the stored form, as verify will read it
+            if self.unsealed == 0:
+                self._unsealed_since = time.monotonic()
+            self._head = rec.hash
+            self._frontier.append(rec.hash)
+            self._size += 1
+            self._emit(rec)
+            if self.unsealed >= self.checkpoint_every or self._interval_due():
+                why = "count" if self.unsealed >= self.checkpoint_every else "interval"
+                self._write_checkpoint(why)
+        return rec
+
+    def _interval_due(self) -> bool:
+        return (
+            self.unsealed > 0
+            and time.monotonic() - self._unsealed_since >= self.checkpoint_interval_s
+        )
+
+    def tick(self) -> Checkpoint | None:
+        """Write a checkpoint if records have waited ``checkpoint_interval_s`` unsealed. Cheap
+        when nothing is due: call it every few seconds from a housekeeping loop."""
+        with self._lock:
+            if self._fd is None or not self._interval_due():
+                return None
+            return self._write_checkpoint("interval")
+
+    def checkpoint(self) -> Checkpoint:
+        """Write a checkpoint now (why = "manual")."""
+        with self._lock:
+            self._require_open()
+            return self._write_checkpoint("manual")
+
+    def close(self) -> Checkpoint | None:
+        """Seal everything with a final "close" checkpoint and release the file. Idempotent:
+        returns None when already closed."""
+        with self._lock:
+            if self._fd is None:
+                return None
+            try:
+                cp = self._write_checkpoint("close")
+            finally:
+                fd, self._fd = self._fd, None
+                os.close(fd)  # also releases the lock
+            return cp
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise AuditLogError(f"{self.path}: the audit log is closed")
+        return self._fd
+
+    def _write_checkpoint(self, why: str, torn: int = 0) -> Checkpoint:
+        fd = self._require_open()
+        cp = sign_checkpoint(
+            self.signer,
+            log_id=self._log_id,
+            size=self._size,
+            root=self._frontier.root(),
+            head=self._head,
+            prev=self._cp_prev,
+            boot=self.boot,
+            ts_ns=time.time_ns(),
+            why=why,
+            origin=self.origin,
+            torn_bytes=torn,
+        )
+        self._append(fd, cp.encoded)
+        self._cp_prev = checkpoint_hash(cp.encoded)
+        self._sealed = self._size
+        self._unsealed_since = time.monotonic()
+        self._emit(cp)
+        return cp
+
+    def _append(self, fd: int, data: bytes) -> None:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            # A partial write (disk full) would leave a damaged entry in the middle of the
+            # log once the next one lands after it: cut it off again.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise AuditLogError(f"{self.path}: cannot append ({exc.strerror})") from exc
+
+    def _emit(self, item: Record | Checkpoint) -> None:
+        if self.on_append is None:
+            return
+        try:
+            self.on_append(item)
+        except Exception:  # the entry is durable; a failing publisher must not undo that
+            log.exception("audit on_append callback failed")
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    off = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, off)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        off += len(chunk)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unverified_checkpoint(raw: bytes) -> Checkpoint:
+    try:
+        return peek_checkpoint(raw)
+    except FormatError as exc:
+        raise AuditLogCorrupt(str(exc)) from None
+
+
+# -- verification ---------------------------------------------------------------------------
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    TAMPERED = "tampered"
+    UNSEALED_TAIL = "unsealed_tail"
+    UNKNOWN_KEY = "unknown_key"
+
+
+class ExitCode(IntEnum):
+    """``edgegw audit verify`` exit status per outcome (2 is bad input: usage, files)."""
+
+    OK = 0
+    TAMPERED = 1
+    UNSEALED_TAIL = 3
+    UNKNOWN_KEY = 4
+
+
+class Problem(StrEnum):
+    EDITED = "edited"  # a record's bytes differ from what the chain or a checkpoint commits to
+    DELETED = "deleted"  # records (or a checkpoint) missing
+    REORDERED = "reordered"  # records out of order
+    INSERTED = "inserted"  # a record that was never part of the log, or a copy of one
+    MALFORMED = "malformed"  # bytes that are not a record or a checkpoint
+    BAD_CHECKPOINT = "bad_checkpoint"  # a checkpoint whose signature or content is wrong
+    UNKNOWN_KEY = "unknown_key"  # a checkpoint signed by a key not trusted
+    FOREIGN_LOG = "foreign_log"  # a checkpoint of another log (another device)
+    EMPTY = "empty"  # no log at all
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """The result of :func:`verify`. ``sealed`` records (seq 0 .. sealed-1) are verified;
+    on failure ``first_bad`` is the seq (position) of the first bad record.
+
+    When the evidence cannot single out one record (a run of records was re-linked after
+    an edit, so they agree with each other but not with the checkpoint), ``first_bad`` is
+    the first record not vouched for and ``last_bad`` the last one that may be the culprit;
+    otherwise ``last_bad == first_bad``."""
+
+    outcome: Outcome
+    records: int = 0
+    checkpoints: int = 0
+    sealed: int = 0
+    problem: Problem | None = None
+    first_bad: int | None = None
+    last_bad: int | None = None
+    message: str = ""
+    log_id: bytes = b""
+    origin: str | None = None
+    kids: list[bytes] = field(default_factory=list)
+    first_ts_ns: int | None = None
+    last_ts_ns: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    @property
+    def exit_code(self) -> int:
+        return int(ExitCode[self.outcome.name])
+
+    def summary(self) -> str:
+        if self.outcome is Outcome.OK:
+            return (
+                f"OK: {self.records} records (seq 0..{self.records - 1}) verified by "
+                f"{self.checkpoints} checkpoints"
+            )
+        return f"{self.outcome.value.upper()}: {self.message}"
+
+
+@dataclass(slots=True)
+class _Cp:
+    """A checkpoint entry during verification."""
+
+    index: int  # position among entries
+    after: int  # records before it in the file
+    raw: bytes
+    cp: Checkpoint | None = None  # set when the signature verified with a trusted key
+    error: Problem | None = None
+    why: str = ""
+
+
+@dataclass(order=True, slots=True)
+class _Found:
+    at: int  # the record position named
+    rank: int  # tie-break at one position: damage, then records, then checkpoints
+    problem: Problem = field(compare=False)
+    message: str = field(compare=False)
+    outcome: Outcome = field(compare=False, default=Outcome.TAMPERED)
+    last: int | None = field(compare=False, default=None)  # end of an ambiguous range
+
+
+def _as_keyset(
+    public_keys: Mapping[bytes, Ed25519PublicKey] | Iterable[Ed25519PublicKey],
+) -> dict[bytes, Ed25519PublicKey]:
+    if isinstance(public_keys, Mapping):
+        return dict(public_keys)
+    return {kid_for(k): k for k in public_keys}
+
+
+def read_log(path: str | os.PathLike[str]) -> ParsedLog:
+    return parse_entries(Path(path).read_bytes())
+
+
+def last_boot(path: str | os.PathLike[str]) -> int:
+    """The boot number of the newest entry (0 for a missing or empty log): for tools that
+    append to the log between daemon runs, such as ``edgegw keys rotate``."""
+    try:
+        parsed = read_log(path)
+    except FileNotFoundError:
+        return 0
+    for e in reversed(parsed.entries):
+        if e.record is not None:
+            return e.record.boot
+        try:
+            return _unverified_checkpoint(e.raw).boot
+        except AuditLogCorrupt:
+            continue
+    return 0
+
+
+def verify(
+    path: str | os.PathLike[str],
+    public_keys: Mapping[bytes, Ed25519PublicKey] | Iterable[Ed25519PublicKey],
+    *,
+    certificates: Iterable[bytes] = (),
+) -> VerifyReport:
+    """Verify an audit log file offline with public keys only.
+
+    ``public_keys`` are trusted (normally the device's enrolled key). Keys the device rotated
+    to are trusted when a key certificate signed by a trusted key vouches for them: those in
+    the log's ``key_rotated`` records, and any passed as ``certificates``.
+    """
+    return verify_bytes(Path(path).read_bytes(), public_keys, certificates=certificates)
+
+
+def verify_bytes(
+    data: bytes,
+    public_keys: Mapping[bytes, Ed25519PublicKey] | Iterable[Ed25519PublicKey],
+    *,
+    certificates: Iterable[bytes] = (),
+) -> VerifyReport:
+    keys = learn_keys(_as_keyset(public_keys), certificates)
+    parsed = parse_entries(data)
+    records = [e.record for e in parsed.entries if e.record is not None]
+    rep = VerifyReport(Outcome.OK, records=len(records))
+    if not parsed.entries and parsed.malformed_at is None:
+        rep.outcome, rep.problem, rep.first_bad = Outcome.TAMPERED, Problem.EMPTY, 0
+        rep.last_bad = 0
+        rep.message = "the log is empty: a log always starts with a signed checkpoint"
+        return rep
+    cps = _check_signatures(parsed.entries, keys)
+    rep.checkpoints = len(cps)
+    valid = [c for c in cps if c.cp is not None]
+    log_id = _log_id(valid)
+    rep.log_id = log_id
+    if valid and valid[0].cp is not None:
+        rep.origin = valid[0].cp.origin
+    for c in valid:  # checkpoints of another log do not vouch for this one
+        assert c.cp is not None
+        if c.cp.log_id != log_id:
+            c.why = f"belongs to another log ({c.cp.log_id.hex()}, not {log_id.hex()})"
+            c.cp, c.error = None, Problem.FOREIGN_LOG
+    valid = [c for c in cps if c.cp is not None]
+
+    found: list[_Found] = []
+    found += _scan_records(records, valid, log_id)
+    found += _check_checkpoints(parsed.entries, cps, log_id)
+    for d in parsed.damage:
+        msg = f"damaged entry at byte {d.offset}, after seq {d.records_before - 1} ({d.why})"
+        found.append(_Found(d.records_before, 0, Problem.MALFORMED, msg))
+    sealed = _sealed_prefix(cps, found)
+    rep.sealed = sealed
+    rep.kids = sorted({c.cp.kid for c in cps if c.cp is not None and c.after <= sealed})
+    if records[:sealed]:
+        rep.first_ts_ns, rep.last_ts_ns = records[0].ts_ns, records[sealed - 1].ts_ns
+    rep.warnings = _warnings(cps)
+    if found:
+        first = min(found)
+        if first.last is not None:  # a range: a finding that names one record in it is better
+            inside = [f for f in found if f.last is None and first.at <= f.at <= first.last]
+            first = min(inside, default=first)
+        rep.outcome, rep.problem, rep.first_bad = first.outcome, first.problem, first.at
+        rep.last_bad = first.at if first.last is None else first.last
+        rep.message = first.message
+        return rep
+    if parsed.torn or sealed < len(records):
+        rep.outcome = Outcome.UNSEALED_TAIL
+        rep.first_bad = sealed
+        tail = f"records seq {sealed}..{len(records) - 1}" if sealed < len(records) else ""
+        torn = "a torn (incomplete) final entry" if parsed.torn else ""
+        rep.last_bad = max(len(records) - 1, sealed)
+        what = " and ".join(x for x in (tail, torn) if x)
+        before = f"seq 0..{sealed - 1} sealed" if sealed else "nothing sealed"
+        rep.message = (
+            f"{what} after the last checkpoint ({before}); the tail cannot be checked for "
+            "truncation or edits"
+        )
+    return rep
+
+
+def _check_signatures(entries: list[Entry], keys: dict[bytes, Ed25519PublicKey]) -> list[_Cp]:
+    """Verify every checkpoint, learning rotated keys from key_rotated records on the way."""
+    out: list[_Cp] = []
+    n = 0
+    for i, e in enumerate(entries):
+        if e.record is not None:
+            n += 1
+            cert = e.record.detail.get("cert") if e.record.event == "key_rotated" else None
+            if type(cert) is bytes:
+                keys.update(learn_keys(keys, [cert], strict=False))
+            continue
+        c = _Cp(i, n, e.raw)
+        try:
+            c.cp = open_checkpoint(e.raw, keys)
+        except UnknownKid as exc:
+            c.error, c.why = Problem.UNKNOWN_KEY, f"signed by {exc}"
+        except (CoseError, FormatError) as exc:
+            c.error, c.why = Problem.BAD_CHECKPOINT, str(exc)
+        out.append(c)
+    return out
+
+
+def _log_id(valid: list[_Cp]) -> bytes:
+    """The log's id: that of its genesis checkpoint, else of the first valid one."""
+    for c in valid:
+        assert c.cp is not None
+        if c.index == 0:
+            return c.cp.log_id
+    return valid[0].cp.log_id if valid and valid[0].cp is not None else b""
+
+
+def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
+    """Positions of records a valid checkpoint vouches for: walk back from each head."""
+    by_hash: dict[bytes, list[int]] = {}
+    for p, r in enumerate(records):
+        by_hash.setdefault(r.hash, []).append(p)
+    auth: set[int] = set()
+    for c in valid:
+        assert c.cp is not None
+        h, seq = c.cp.head, c.cp.size - 1
+        while seq >= 0:
+            positions = by_hash.get(h)
+            if not positions or records[positions[0]].seq != seq:
+                break
+            if positions[0] in auth:
+                break  # the rest of this chain is already walked
+            auth.update(positions)
+            h, seq = records[positions[0]].prev, seq - 1
+    return auth
+
+
+def _scan_records(records: list[Record], valid: list[_Cp], log_id: bytes) -> list[_Found]:
+    """The first record that is not where the authenticated chain says it should be.
+
+    A record is authentic when a valid checkpoint's head reaches it through ``prev`` links.
+    Naming the culprit, not just the place where the chain breaks, uses that: when seq p is
+    authentic but does not link to the record before it, that record (p-1) was altered.
+    """
+    auth = _authentic(records, valid)
+    tail = max((c.after for c in valid), default=0)  # no valid checkpoint from here on
+    positions: dict[int, list[int]] = {}
+    for p, r in enumerate(records):
+        positions.setdefault(r.seq, []).append(p)
+
+    def later(seq: int, p: int, *, authentic: bool) -> bool:
+        return any(q > p and (q in auth or not authentic) for q in positions.get(seq, ()))
+
+    def edited(p: int, why: str) -> list[_Found]:
+        return [_Found(p, 1, Problem.EDITED, f"seq {p}: record altered ({why})")]
+
+    prev = genesis_head(log_id) if log_id else None
+    for p, r in enumerate(records):
+        here = p in auth
+        links = prev is None or r.prev == prev
+        if r.seq != p:
+            if not here and links:
+                return edited(p, f"it says seq {r.seq}")
+            if r.seq > p and later(p, p, authentic=False):
+                msg = f"seq {p}: out of order (seq {r.seq} is in its place)"
+                return [_Found(p, 1, Problem.REORDERED, msg)]
+            if r.seq > p:
+                msg = f"seq {p}..{r.seq - 1} deleted (seq {r.seq} follows seq {p - 1})"
+                return [_Found(p, 1, Problem.DELETED, msg)]
+            msg = f"seq {p}: a record claiming seq {r.seq} was inserted here"
+            return [_Found(p, 1, Problem.INSERTED, msg)]
+        if not links:
+            if here and p > 0 and (p - 1) not in auth:
+                return edited(p - 1, f"seq {p} does not link to it")
+            if not here and later(p, p, authentic=False):
+                msg = f"seq {p}: forged record inserted before the real seq {p}"
+                return [_Found(p, 1, Problem.INSERTED, msg)]
+            if p >= tail and p + 1 < len(records) and records[p + 1].prev == r.hash:
+                # In the unsealed tail nothing vouches for either side; seq p agrees with its
+                # successor, so the likelier story is that seq p-1 was altered.
+                return edited(p - 1, f"seq {p} does not link to it; not sealed")
+            return edited(p, f"it does not link to seq {p - 1}")
+        if not here and later(p, p, authentic=True):
+            msg = f"seq {p}: forged record inserted before the real seq {p}"
+            return [_Found(p, 1, Problem.INSERTED, msg)]
+        prev = r.hash
+    return []
+
+
+def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> list[_Found]:
+    """Each checkpoint against the records before it in the file, and the checkpoint chain."""
+    found: list[_Found] = []
+    frontier = MerkleFrontier()
+    head = genesis_head(log_id)
+    n = vouched = 0
+    cp_prev = ZERO_HASH
+    if not cps or cps[0].index != 0:
+        msg = "the genesis checkpoint (the first entry) is missing"
+        found.append(_Found(0, 2, Problem.DELETED, msg))
+    by_index = {c.index: c for c in cps}
+    for i, e in enumerate(entries):
+        if e.record is not None:
+            frontier.append(e.record.hash)
+            head = e.record.hash
+            n += 1
+            continue
+        c = by_index[i]
+        where = f"checkpoint after seq {n - 1}" if n else "first checkpoint"
+        cp = c.cp
+        if cp is None:
+            problem = c.error or Problem.BAD_CHECKPOINT
+            outcome = Outcome.UNKNOWN_KEY if problem is Problem.UNKNOWN_KEY else Outcome.TAMPERED
+            found.append(_Found(n, 2, problem, f"{where}: {c.why}", outcome))
+        elif cp.size > n:
+            msg = f"{where} seals {cp.size} records: seq {n}..{cp.size - 1} deleted"
+            found.append(_Found(n, 2, Problem.DELETED, msg))
+        elif cp.size < n:
+            msg = f"{where} seals {cp.size} records, but {n} precede it"
+            found.append(_Found(cp.size, 2, Problem.INSERTED, msg))
+        elif cp.head != head:
+            # The records link up but end in another head: either seq n-1 was altered, or
+            # an earlier one was and everything after it was re-linked. Name the range.
+            first = vouched if vouched < n else n - 1
+            msg = (
+                f"seq {first}..{n - 1}: altered ({where} names another head; the records "
+                "after the change were re-linked, so which one cannot be told)"
+                if first < n - 1
+                else f"seq {n - 1}: record altered ({where} names another head)"
+            )
+            found.append(_Found(first, 2, Problem.EDITED, msg, last=n - 1))
+        elif cp.root != frontier.root():
+            msg = f"{where}: its Merkle root does not match the records"
+            found.append(_Found(n, 2, Problem.BAD_CHECKPOINT, msg))
+        elif cp.prev != cp_prev:
+            msg = f"{where}: the checkpoint before it is missing or was replaced"
+            found.append(_Found(n, 2, Problem.DELETED, msg))
+        if cp is not None and cp.size == n and cp.head == head:
+            vouched = n
+        cp_prev = checkpoint_hash(e.raw)
+    return found
+
+
+def _sealed_prefix(cps: list[_Cp], found: list[_Found]) -> int:
+    """Records covered by the last valid, consistent checkpoint before the first problem."""
+    limit = min(found).at if found else None
+    sealed = 0
+    for c in cps:
+        if c.cp is None or c.cp.size != c.after:
+            continue
+        if limit is not None and c.after > limit:
+            break
+        sealed = c.after
+    return sealed
+
+
+def _warnings(cps: list[_Cp]) -> list[str]:
+    out: list[str] = []
+    good = [c.cp for c in cps if c.cp is not None]
+    for prev, cp in itertools.pairwise(good):
+        if cp.why == "open" and prev.why != "close":
+            adopted = cp.size - prev.size
+            found = (
+                f"; it found seq {prev.size}..{cp.size - 1} unsealed and sealed them: written "
+                "before a crash, or added while edgegw was stopped (an outside anchor tells)"
+                if adopted > 0
+                else ""
+            )
+            out.append(
+                f"boot {prev.boot} did not end with a clean close (a crash, a power loss, or "
+                f"its last records were cut off) before boot {cp.boot} started{found}"
+            )
+        if cp.torn_bytes:
+            out.append(f"boot {cp.boot}: a torn final entry of {cp.torn_bytes} bytes was removed")
+    if good and good[-1].why != "close":
+        out.append(
+            "the log does not end with a clean-close checkpoint: the daemon is running or "
+            "crashed, or the log was cut at a checkpoint (only an outside anchor can tell)"
+        )
+    return out
