@@ -4,6 +4,8 @@ One server serves many unit ids (one per simulated device), each with its own fo
 of ``size`` addresses; reading past ``size`` answers exception 2 (illegal data address).
 Values are set directly (``set_registers``/``set_bits``) or follow deterministic
 waveforms derived from a device map (``apply_waveforms``), so a demo shows live values.
+Anomalies (spike, drift, stuck sensor) can be scheduled on top of the waveforms with
+``inject`` or ``anomaly_schedule``; with none scheduled the waveforms are unchanged.
 
 Run ``python -m drivers.modbus.simulator [device-map.yaml]`` to serve a map (by default
 the sample map next to this file) until Ctrl-C.
@@ -14,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import struct
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from pymodbus.server import ModbusTcpServer
@@ -31,8 +36,13 @@ from .types import TABLES, TYPES, Table, register_count
 
 __all__ = [
     "SAMPLE_MAP",
+    "Anomaly",
+    "AnomalyKind",
     "ModbusSimulator",
+    "anomalous_value",
+    "anomaly_schedule",
     "encode_value",
+    "parse_anomaly",
     "serve_devices",
     "waveform_value",
 ]
@@ -68,6 +78,8 @@ class ModbusSimulator:
             raise ValueError(f"unit_ids {self.unit_ids!r}: need at least one, each 0..255")
         self.size = size
         self._server: ModbusTcpServer | None = None
+        # (device, tag) -> anomalies on that tag; empty means plain waveforms.
+        self._anomalies: dict[tuple[str, str], list[Anomaly]] = {}
         # Registers; bits are packed 16 per register, bit 0 first (pymodbus's layout).
         # Before start these are our lists; after, pymodbus's live ones.
         self._memory: dict[tuple[int, Table], list[int]] = {
@@ -151,13 +163,42 @@ class ModbusSimulator:
         words = self._mem(unit_id, table, address, count, bits=True)
         return [bool(words[i >> 4] >> (i & 15) & 1) for i in range(address, address + count)]
 
+    def inject(
+        self,
+        device: str,
+        tag: str,
+        kind: AnomalyKind | str,
+        start_t: float,
+        duration_s: float,
+        magnitude: float = 0.0,
+    ) -> Anomaly:
+        """Schedule an anomaly on ``device/tag`` from ``start_t`` (same clock as the ``t``
+        of ``apply_waveforms``, i.e. Unix time when serving) for ``duration_s``."""
+        a = Anomaly(device, tag, AnomalyKind(kind), start_t, duration_s, magnitude)
+        self.add_anomalies([a])
+        return a
+
+    def add_anomalies(self, anomalies: Iterable[Anomaly]) -> None:
+        """Schedule several anomalies (e.g. from ``anomaly_schedule``)."""
+        for a in anomalies:
+            self._anomalies.setdefault((a.device, a.tag), []).append(a)
+
+    def clear_anomalies(self) -> None:
+        self._anomalies.clear()
+
     def apply_waveforms(self, devices: Sequence[ModbusTcpDevice], t: float) -> None:
         """Write every tag of every device served here (by unit id) at time ``t``."""
         for device in devices:
             if device.unit_id not in self.unit_ids:
                 continue
             for tag in device.tags:
-                values = encode_raw(tag, device, _waveform_raw(device.name, tag, t))
+                scheduled = self._anomalies.get((device.name, tag.name))
+                raw = (
+                    _anomalous_raw(device.name, tag, t, scheduled)
+                    if scheduled
+                    else _waveform_raw(device.name, tag, t)
+                )
+                values = encode_raw(tag, device, raw)
                 if TABLES[tag.table].bits:
                     self.set_bits(device.unit_id, tag.table, tag.address, [bool(values[0])])
                 else:
@@ -201,6 +242,143 @@ def waveform_value(device_name: str, tag: ModbusTag, t: float) -> bool | int | f
     if isinstance(raw, bool) or (tag.scale == 1 and tag.offset == 0):
         return raw
     return raw * tag.scale + tag.offset
+
+
+class AnomalyKind(StrEnum):
+    """What a scheduled anomaly does to a tag's value while it is active."""
+
+    SPIKE = "spike"
+    """``magnitude`` (engineering units) is added; a bool tag is inverted instead."""
+    DRIFT = "drift"
+    """An offset growing linearly from 0 to ``magnitude`` over the duration; bools unchanged."""
+    STUCK = "stuck"
+    """The value at ``start_t`` is held (a frozen sensor); ``magnitude`` is unused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One anomaly on one tag, active for ``start_t <= t < start_t + duration_s``."""
+
+    device: str
+    tag: str
+    kind: AnomalyKind
+    start_t: float
+    duration_s: float
+    magnitude: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ValueError(f"anomaly duration_s {self.duration_s!r}: accepted: a number > 0")
+        if not (math.isfinite(self.start_t) and math.isfinite(self.magnitude)):
+            raise ValueError(f"anomaly start_t/magnitude must be finite: {self!r}")
+
+    @property
+    def end_t(self) -> float:
+        return self.start_t + self.duration_s
+
+
+def _anomalous_raw(
+    device_name: str, tag: ModbusTag, t: float, anomalies: Iterable[Anomaly]
+) -> bool | int | float:
+    raw = _waveform_raw(device_name, tag, t)
+    spec = TYPES[tag.type]
+    for a in anomalies:
+        if not a.start_t <= t < a.end_t:
+            continue
+        if a.kind is AnomalyKind.STUCK:
+            raw = _waveform_raw(device_name, tag, a.start_t)
+        elif spec.is_bool:
+            raw = not raw if a.kind is AnomalyKind.SPIKE else raw
+        else:
+            delta = a.magnitude / tag.scale  # engineering units -> raw
+            if a.kind is AnomalyKind.DRIFT:
+                delta *= (t - a.start_t) / a.duration_s
+            # Clamped to the type, so the registers can always hold it.
+            x = min(max(float(raw) + delta, spec.lo), spec.hi)
+            if not spec.is_float:
+                raw = int(min(max(round(x), spec.lo), spec.hi))
+            elif spec.code == "f":
+                raw = float(struct.unpack("f", struct.pack("f", x))[0])
+            else:
+                raw = x
+    return raw
+
+
+def anomalous_value(
+    device_name: str, tag: ModbusTag, t: float, anomalies: Iterable[Anomaly]
+) -> bool | int | float:
+    """``waveform_value`` with the anomalies of this tag applied (the others are ignored):
+    what the driver decodes from a simulator with those anomalies injected."""
+    mine = [a for a in anomalies if a.device == device_name and a.tag == tag.name]
+    raw = _anomalous_raw(device_name, tag, t, mine)
+    if isinstance(raw, bool) or (tag.scale == 1 and tag.offset == 0):
+        return raw
+    return raw * tag.scale + tag.offset
+
+
+# Default durations of anomaly_schedule, per kind (seconds).
+SCHEDULE_DURATIONS: dict[AnomalyKind, float] = {
+    AnomalyKind.SPIKE: 2.0,
+    AnomalyKind.DRIFT: 60.0,
+    AnomalyKind.STUCK: 30.0,
+}
+
+
+def anomaly_schedule(
+    targets: Sequence[tuple[str, ModbusTag]],
+    *,
+    seed: int,
+    start_t: float,
+    end_t: float,
+    every_s: float = 120.0,
+    kinds: Sequence[AnomalyKind] = tuple(AnomalyKind),
+    magnitude: float = 0.5,
+    durations: Mapping[AnomalyKind, float] = SCHEDULE_DURATIONS,
+) -> list[Anomaly]:
+    """A deterministic (by ``seed``) schedule: one anomaly every ``every_s`` seconds from
+    ``start_t`` (the first after one interval) until ``end_t``, kinds taken in turn, each
+    on a tag drawn from ``targets`` ((device name, tag) pairs) early in its slot, so the
+    tag is normal again for a while before the next. Spikes and drifts have a random sign
+    and ``magnitude`` times the tag's demo span (its waveform's range) in engineering
+    units. Anomalies never overlap."""
+    if not targets or not kinds:
+        raise ValueError("anomaly_schedule needs at least one target and one kind")
+    longest = max(durations[k] for k in kinds)
+    if every_s <= longest:
+        raise ValueError(f"every_s {every_s} must exceed the longest duration {longest}")
+    rng = random.Random(seed)
+    out: list[Anomaly] = []
+    slot = start_t + every_s
+    i = 0
+    while slot + every_s <= end_t:
+        device, tag = targets[rng.randrange(len(targets))]
+        kind = kinds[i % len(kinds)]
+        lo, hi = TYPES[tag.type].demo
+        size = magnitude * (hi - lo) * abs(tag.scale) * rng.choice((-1.0, 1.0))
+        # In the first half of what the slot leaves: the tag is normal again for a while.
+        begin = slot + rng.uniform(0.0, (every_s - durations[kind]) / 2)
+        out.append(Anomaly(device, tag.name, kind, begin, durations[kind], size))
+        slot += every_s
+        i += 1
+    return out
+
+
+def parse_anomaly(spec: str, t0: float = 0.0) -> Anomaly:
+    """``device/tag:kind:start_s:duration_s[:magnitude]`` (start relative to ``t0``), the
+    form a command-line flag takes, e.g. ``boiler/temperature:spike:30:2:50``."""
+    parts = spec.split(":")
+    name = parts[0].split("/")
+    try:
+        if len(parts) not in (4, 5) or len(name) != 2 or not all(name):
+            raise ValueError("expected device/tag:kind:start_s:duration_s[:magnitude]")
+        if parts[1] not in AnomalyKind.__members__.values():
+            raise ValueError(f"unknown kind {parts[1]!r}; accepted: {', '.join(AnomalyKind)}")
+        numbers = [float(x) for x in parts[2:]]
+        return Anomaly(name[0], name[1], AnomalyKind(parts[1]), t0 + numbers[0], *numbers[1:])
+    except ValueError as exc:
+        raise ValueError(
+            f"anomaly {spec!r}: {exc} (e.g. boiler/temperature:spike:30:2:50)"
+        ) from None
 
 
 async def serve_devices(
