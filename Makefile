@@ -3,10 +3,16 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian packages the demo and the tests use: the broker, systemd-analyze (the unit's
+# hardening score), debootstrap (the .deb is installed into a Debian chroot).
+DEB_PACKAGES := mosquitto systemd debootstrap
+# The .deb build-and-install test needs root (debootstrap): on by default as root.
+EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
+export EDGEGW_DEB_TEST
 
-.PHONY: demo test setup broker lint bench clean
+.PHONY: demo test setup deps lint bench clean deb
 
-setup: $(STAMP) broker
+setup: $(STAMP) deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,12 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# mosquitto comes from Debian; install it only when it is missing.
-broker:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
-	  echo "installing mosquitto (apt)"; \
+# Install only what is missing (apt, as root or with sudo).
+deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing (apt):$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto socat; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 demo: setup
 	$(BIN)/edgegw demo $(DEMO_ARGS)
@@ -34,6 +46,9 @@ lint: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/e2e.py
+
+deb:
+	images/build-deb.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -12,7 +12,16 @@ from typing import Any
 from ..config import Config, ConfigError, load_config
 
 COMMANDS: tuple[str, ...] = (
-    "run", "validate", "receive", "demo", "simulate", "browse", "keys", "audit",
+    "run",
+    "validate",
+    "receive",
+    "demo",
+    "simulate",
+    "browse",
+    "keys",
+    "audit",
+    "doctor",
+    "status",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2

@@ -1,0 +1,736 @@
+"""`edgegw doctor`: check a gateway's config and surroundings, for the technician on site.
+
+Every check ends as PASS, WARN or FAIL (or SKIP when it cannot apply), and every WARN or
+FAIL says what to do. Exit status 0 when nothing failed (warnings are shown, they do not
+fail), 1 when something did, 2 for bad arguments. Checks touch nothing: they read files,
+resolve names and open (and close) TCP and TLS connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import ipaddress
+import json
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import Config, ConfigError, load_config
+from ..status import STATUS_FILE
+from . import EXIT_FAILED, EXIT_OK, Subparsers, add_command
+from .status import STALE_AFTER_S, human_bytes, human_duration, read_snapshot, status_age_s
+
+DEFAULT_CONFIG = "/etc/edgegw/config.yaml"
+SERVICE_USER = "edgegw"
+PLACEHOLDER_ID = "CHANGE-ME"  # the gateway id of the packaged example config
+KEY_FILE = "keys/device.ed25519.pem"  # security.DeviceKey.PRIVATE_KEY_FILE
+DISK_FAIL_BYTES = 100 * 2**20
+DISK_WARN_BYTES = 1 * 2**30
+CERT_WARN_DAYS = 30
+EARLIEST_SANE_TIME = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+
+
+@dataclass
+class Check:
+    name: str
+    outcome: str  # pass | warn | fail | skip
+    detail: str
+    fix: str = ""
+
+
+def register(sub: Subparsers) -> None:
+    s = add_command(
+        sub,
+        "doctor",
+        "check config, state directory, key, clock, DNS, broker, TLS, devices and disk",
+        "sudo edgegw doctor -c /etc/edgegw/config.yaml",
+    )
+    s.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
+    s.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds per DNS lookup and connect (default 3)"
+    )
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.set_defaults(func=main)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _with_timeout(fn: Callable[[], T], timeout: float) -> T:
+    """Run a blocking call that has no timeout of its own (getaddrinfo) in a daemon thread."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True, name="doctor-call")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"no answer in {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# Example addresses (RFC 5737, RFC 3849): never a real peer, so never worth a connect.
+_DOCUMENTATION_NETS = [
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+]
+
+
+def _documentation(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in _DOCUMENTATION_NETS if net.version == ip.version)
+
+
+def _show(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def resolve(host: str, port: int, timeout: float) -> list[tuple[int, str]]:
+    """(family, address) pairs for host, IPv6 first, without duplicates."""
+    infos = _with_timeout(
+        lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
+        timeout,
+    )
+    seen: list[tuple[int, str]] = []
+    for family, *_, sockaddr in infos:
+        item = (int(family), str(sockaddr[0]))
+        if item not in seen and family in (socket.AF_INET6, socket.AF_INET):
+            seen.append(item)
+    return sorted(seen, key=lambda fa: fa[0] != socket.AF_INET6)
+
+
+def connect(family: int, addr: str, port: int, timeout: float) -> tuple[socket.socket, float]:
+    """An open TCP socket and the connect time in ms."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    t0 = time.monotonic()
+    try:
+        s.connect((addr, port))
+    except BaseException:
+        s.close()
+        raise
+    return s, (time.monotonic() - t0) * 1e3
+
+
+def why_not_connected(exc: BaseException, what: str, port: int, timeout: float) -> tuple[str, str]:
+    """(what happened, what to do) for a failed TCP connect to ``what`` on ``port``."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return (
+            f"no answer in {timeout:g} s",
+            f"a firewall drops the traffic, or the address is wrong: check the address, the "
+            f"routes (ip route) and that the plant firewall lets TCP port {port} through",
+        )
+    code = getattr(exc, "errno", None)
+    if code == errno.ECONNREFUSED:
+        return (
+            "connection refused",
+            f"the host answers but nothing listens on port {port}: is {what} running, and is "
+            "the port right?",
+        )
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return (
+            f"no route ({os.strerror(code)})",
+            "this gateway has no address or route of that family: check ip addr / ip route "
+            "(ip -6 addr / ip -6 route for IPv6) and the network settings",
+        )
+    return str(exc), f"check that {what} is up and reachable from this gateway"
+
+
+# -- the checks -------------------------------------------------------------------------
+
+
+def check_config(path: str) -> tuple[list[Check], Config | None]:
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        if not Path(path).exists():
+            return [
+                Check(
+                    "config",
+                    FAIL,
+                    f"{path} does not exist",
+                    "give the config with -c FILE (the package installs /etc/edgegw/config.yaml)",
+                )
+            ], None
+        shown = exc.lines[:5] + (
+            [f"... and {len(exc.lines) - 5} more"] if len(exc.lines) > 5 else []
+        )
+        return [
+            Check(
+                "config",
+                FAIL,
+                "\n".join(shown),
+                f"fix the lines above in {path}; `edgegw validate {path}` lists every problem",
+            )
+        ], None
+    tls = "TLS" if cfg.uplink.tls else "no TLS"
+    checks = [
+        Check(
+            "config",
+            PASS,
+            f"{path}: gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
+            f"uplink {_show(cfg.uplink.host, cfg.uplink.port)} with {tls}",
+        )
+    ]
+    if cfg.gateway.id == PLACEHOLDER_ID:
+        checks.append(
+            Check(
+                "gateway id",
+                FAIL,
+                f"gateway.id is {PLACEHOLDER_ID!r}, the packaged example's",
+                f"set gateway.id in {path} to this gateway's id on the platform",
+            )
+        )
+    return checks, cfg
+
+
+def _expected_owner() -> tuple[int, str]:
+    """The service user when it exists (the appliance), else whoever runs doctor."""
+    try:
+        pw = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        uid = os.geteuid()
+        try:
+            return uid, pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return uid, str(uid)
+    return pw.pw_uid, pw.pw_name
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_state_dir(state_dir: Path) -> Check:
+    name = "state dir"
+    try:
+        st = state_dir.stat()
+    except FileNotFoundError:
+        return Check(
+            name,
+            WARN,
+            f"{state_dir} does not exist yet",
+            "the daemon creates it at its first start (the systemd unit's StateDirectory=); "
+            "if this is not the path you meant, fix gateway.state_dir",
+        )
+    except PermissionError:
+        return Check(name, WARN, f"cannot look at {state_dir}: permission denied", "run as root")
+    if not stat.S_ISDIR(st.st_mode):
+        return Check(
+            name, FAIL, f"{state_dir} is not a directory", "remove it or fix gateway.state_dir"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    uid, user = _expected_owner()
+    where = f"{state_dir}: owner {_owner_name(st.st_uid)}, mode {mode:04o}"
+    if mode & 0o022:
+        return Check(
+            name,
+            FAIL,
+            f"{where}: writable by {'everyone' if mode & 0o002 else 'its group'}",
+            f"others could replace the outbox or the status file: chmod 750 {state_dir}",
+        )
+    if st.st_uid != uid:
+        return Check(
+            name,
+            FAIL,
+            f"{where}: the daemon runs as {user}",
+            f"sudo chown -R {user}:{user} {state_dir}",
+        )
+    if os.geteuid() == st.st_uid and not os.access(state_dir, os.W_OK | os.X_OK):
+        return Check(name, FAIL, f"{where}: not writable", f"chmod 750 {state_dir}")
+    if mode & 0o007:
+        return Check(
+            name,
+            WARN,
+            f"{where}: others may read the outbox and status",
+            f"chmod 750 {state_dir} (group {user} keeps read access for `edgegw status`)",
+        )
+    return Check(name, PASS, where)
+
+
+def check_key(state_dir: Path) -> Check:
+    name = "device key"
+    path = state_dir / KEY_FILE
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return Check(
+            name,
+            WARN,
+            f"{path} does not exist yet",
+            "the daemon creates the device key at its first start; then register "
+            f"{state_dir / 'keys/device.pub.pem'} with the platform",
+        )
+    except PermissionError:
+        return Check(
+            name,
+            WARN,
+            f"cannot look at {path}: permission denied",
+            "run as root: sudo edgegw doctor",
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    uid, user = _expected_owner()
+    if not stat.S_ISREG(st.st_mode):
+        return Check(name, FAIL, f"{path} is not a regular file", "it must be the key file itself")
+    if mode & 0o077:
+        return Check(
+            name,
+            FAIL,
+            f"{path} has mode {mode:04o}: others may read the device's signing key",
+            f"chmod 600 {path}, and treat the key as exposed: rotate it with the platform",
+        )
+    if st.st_uid != uid:
+        return Check(
+            name,
+            FAIL,
+            f"{path} belongs to {_owner_name(st.st_uid)}; the daemon runs as {user}",
+            f"sudo chown {user}:{user} {path}",
+        )
+    from security import DeviceKey, KeyFileError
+
+    try:
+        key = DeviceKey.load(path)
+    except KeyFileError as exc:
+        return Check(
+            name, FAIL, str(exc), "restore the key from a backup, or rotate it with the platform"
+        )
+    return Check(
+        name,
+        PASS,
+        f"{path}: mode 0600, kid {key.kid.hex()}; public key {state_dir / 'keys/device.pub.pem'}",
+    )
+
+
+def _timedatectl() -> dict[str, str] | None:
+    exe = shutil.which("timedatectl")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "show"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+def _adjtimex_state() -> int | None:
+    """adjtimex(2) in read-only mode: the kernel's clock state (5 = TIME_ERROR: unsynced)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        buf = ctypes.create_string_buffer(1024)  # struct timex, zeroed: modes = 0 reads only
+        state = int(libc.adjtimex(buf))
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state
+
+
+def check_clock() -> Check:
+    name = "clock"
+    now = time.time()
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if now < EARLIEST_SANE_TIME:
+        return Check(
+            name,
+            FAIL,
+            f"the clock says {stamp}: it was never set (a Pi has no battery clock)",
+            "readings get wrong timestamps: make an NTP server reachable (timedatectl set-ntp "
+            "true; NTP= in /etc/systemd/timesyncd.conf) or set the time by hand",
+        )
+    td = _timedatectl()
+    if td is not None and "NTPSynchronized" in td:
+        ntp = td.get("NTP", "no") == "yes"
+        if td["NTPSynchronized"] == "yes":
+            return Check(name, PASS, f"{stamp}, synchronised by NTP")
+        if ntp:
+            return Check(
+                name,
+                WARN,
+                f"{stamp}; NTP is on but not synchronised yet",
+                "wait a minute; if it stays so, the NTP servers are unreachable: set ones the "
+                "plant network allows in /etc/systemd/timesyncd.conf (NTP=) and check "
+                "timedatectl timesync-status",
+            )
+        return Check(
+            name,
+            FAIL,
+            f"{stamp}; NTP is off and the clock is not synchronised",
+            "readings carry this clock's timestamps: sudo timedatectl set-ntp true, with an NTP "
+            "server the plant network allows (NTP= in /etc/systemd/timesyncd.conf)",
+        )
+    state = _adjtimex_state()
+    if state is None:
+        return Check(
+            name,
+            WARN,
+            f"{stamp}; synchronisation unknown (no timedatectl, no adjtimex)",
+            "check that an NTP client (systemd-timesyncd or chrony) runs",
+        )
+    if state == 5:
+        return Check(
+            name,
+            WARN,
+            f"{stamp}; the kernel reports the clock as not synchronised (no timedatectl)",
+            "check that an NTP client (systemd-timesyncd or chrony) runs and reaches its servers",
+        )
+    return Check(name, PASS, f"{stamp}, synchronised (kernel clock state {state})")
+
+
+def check_dns(host: str, port: int, timeout: float) -> tuple[Check, list[tuple[int, str]]]:
+    name = "broker DNS"
+    if _is_ip(host):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return Check(name, SKIP, f"{host} is an IP address: no lookup"), [(fam, host)]
+    try:
+        addrs = resolve(host, port, timeout)
+    except (OSError, TimeoutError) as exc:
+        msg = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+        return (
+            Check(
+                name,
+                FAIL,
+                f"cannot resolve {host}: {msg}",
+                "check uplink.host for typos; check this gateway's DNS servers (resolvectl "
+                "status, /etc/resolv.conf); or put the broker's IP address in uplink.host",
+            ),
+            [],
+        )
+    return Check(name, PASS, f"{host} → {', '.join(a for _, a in addrs)}"), addrs
+
+
+def check_broker_tcp(
+    host: str, port: int, addrs: list[tuple[int, str]], timeout: float
+) -> tuple[list[Check], tuple[int, str] | None]:
+    """One row per address family; a family failing while the other works is a warning
+    (the forwarder tries every address), all failing is a failure."""
+    results: list[tuple[str, str, str, str]] = []  # (label, outcome-if-fail, detail, fix)
+    working: tuple[int, str] | None = None
+    for family, label in ((socket.AF_INET6, "IPv6"), (socket.AF_INET, "IPv4")):
+        cands = [a for f, a in addrs if f == family]
+        if not cands:
+            results.append((label, SKIP, f"{host} has no {label} address", ""))
+            continue
+        last: tuple[str, str] = ("", "")
+        for addr in cands:
+            if _documentation(addr):
+                last = (
+                    f"{addr} is an example address from the documentation",
+                    "put the broker's real address in uplink.host",
+                )
+                continue
+            try:
+                sock, ms = connect(family, addr, port, timeout)
+            except OSError as exc:
+                why, fix = why_not_connected(exc, "the MQTT broker", port, timeout)
+                last = (f"{_show(addr, port)}: {why}", fix)
+                continue
+            sock.close()
+            working = working or (family, addr)
+            results.append((label, PASS, f"{_show(addr, port)} connected in {ms:.0f} ms", ""))
+            break
+        else:
+            results.append((label, FAIL, *last))
+    if not addrs:
+        return [Check("broker TCP", SKIP, "no address to try")], None
+    checks = []
+    for label, outcome, detail, fix in results:
+        if outcome == FAIL and working is not None:
+            outcome = WARN
+            other = "IPv4" if label == "IPv6" else "IPv6"
+            fix += f" (the gateway still reaches the broker over {other})"
+        checks.append(Check(f"broker {label}", outcome, detail, fix))
+    return checks, working
+
+
+def check_tls(cfg: Config, working: tuple[int, str] | None, timeout: float) -> Check:
+    name = "broker TLS"
+    up = cfg.uplink
+    if up.tls is None:
+        loopback = _is_ip(up.host) and ipaddress.ip_address(up.host).is_loopback
+        if loopback or up.host == "localhost":
+            return Check(name, SKIP, "not configured (the broker is on this machine)")
+        return Check(
+            name,
+            WARN,
+            "not configured: messages are signed, but travel unencrypted and the broker is "
+            "not authenticated",
+            "set uplink.tls (an empty `tls: {}` uses the system's CA store) and the TLS port",
+        )
+    from security.tls import client_context
+
+    t = up.tls
+    try:
+        ctx = client_context(t.ca_file, t.cert_file, t.key_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return Check(
+            name,
+            FAIL,
+            f"cannot load the TLS files: {exc}",
+            "check uplink.tls.ca_file / cert_file / key_file: the paths, that they are PEM "
+            f"files, and that user {SERVICE_USER} may read them",
+        )
+    if working is None:
+        return Check(name, SKIP, "the broker is not reachable over TCP (see above)")
+    family, addr = working
+    try:
+        raw, _ = connect(family, addr, up.port, timeout)
+    except OSError as exc:
+        return Check(name, FAIL, f"{_show(addr, up.port)}: {exc}", "see the TCP rows above")
+    try:
+        with ctx.wrap_socket(raw, server_hostname=up.host) as tls:
+            version = tls.version()
+            cert = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return Check(
+            name,
+            FAIL,
+            f"the broker's certificate is not trusted: {exc.verify_message}",
+            "the certificate must be signed by the CA in uplink.tls.ca_file (or the system "
+            f"store when unset) and name {up.host!r}; ask the platform for its CA file",
+        )
+    except (ssl.SSLError, OSError) as exc:
+        return Check(
+            name,
+            FAIL,
+            f"TLS handshake with {_show(addr, up.port)} failed: {exc}",
+            f"is port {up.port} the broker's TLS listener (usually 8883)? with mutual TLS, is "
+            "the client certificate one the broker accepts?",
+        )
+    finally:
+        raw.close()
+    detail = f"{version} with {up.host}, certificate verified"
+    not_after = cert.get("notAfter")
+    if isinstance(not_after, str):
+        expires = ssl.cert_time_to_seconds(not_after)
+        days = (expires - time.time()) / 86400
+        detail += f", valid until {datetime.fromtimestamp(expires, UTC):%Y-%m-%d}"
+        if days < CERT_WARN_DAYS:
+            return Check(
+                name,
+                WARN,
+                detail + f" ({days:.0f} days left)",
+                "the broker's certificate expires soon: tell the platform team",
+            )
+    return Check(name, PASS, detail)
+
+
+def check_device(dev: Any, timeout: float) -> Check:
+    name = f"device {dev.name}"
+    host, port = getattr(dev, "host", None), getattr(dev, "port", None)
+    if not isinstance(host, str) or not isinstance(port, int):
+        return Check(name, SKIP, f"{dev.protocol}: no TCP address to check")
+    try:
+        addrs = (
+            [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+            if _is_ip(host)
+            else (resolve(host, port, timeout))
+        )
+    except (OSError, TimeoutError) as exc:
+        return Check(
+            name,
+            FAIL,
+            f"cannot resolve {host}: {exc}",
+            "check the device's host in the config, or use its IP address",
+        )
+    last: tuple[str, str] = ("no address", "")
+    for family, addr in addrs:
+        if _documentation(addr):
+            last = (
+                f"{addr} is an example address from the documentation, not a device",
+                "put the device's real address in its host field",
+            )
+            continue
+        try:
+            sock, ms = connect(family, addr, port, timeout)
+        except OSError as exc:
+            why, fix = why_not_connected(exc, "the device's server", port, timeout)
+            last = (f"{_show(addr, port)}: {why}", fix + "; is the device on and cabled?")
+            continue
+        sock.close()
+        return Check(name, PASS, f"{dev.protocol} {_show(addr, port)} connected in {ms:.0f} ms")
+    return Check(name, FAIL, *last)
+
+
+def _mount_type(path: Path) -> str | None:
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, fstype = "", None
+    target = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3:
+            mnt = parts[1].replace("\\040", " ")
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
+                best
+            ):
+                best, fstype = mnt, parts[2]
+    return fstype
+
+
+def check_disk(state_dir: Path) -> Check:
+    name = "disk"
+    where = state_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    usage = shutil.disk_usage(where)
+    pct = 100 * usage.free / usage.total if usage.total else 0.0
+    outbox = state_dir / "outbox.db"
+    detail = f"{human_bytes(usage.free)} free of {human_bytes(usage.total)} ({pct:.0f}%) at {where}"
+    with contextlib.suppress(OSError):
+        detail += f"; outbox.db {human_bytes(outbox.stat().st_size)}"
+    if usage.free < DISK_FAIL_BYTES:
+        return Check(
+            name,
+            FAIL,
+            detail,
+            "the outbox cannot hold a long outage: free space (journalctl --vacuum-size=100M, "
+            "apt-get clean) or move gateway.state_dir to a larger disk",
+        )
+    if usage.free < DISK_WARN_BYTES or pct < 10:
+        return Check(name, WARN, detail, "little room for the backlog of a long outage: free space")
+    fstype = _mount_type(where)
+    if fstype in ("tmpfs", "ramfs"):
+        return Check(
+            name,
+            WARN,
+            detail + f"; on {fstype}",
+            "undelivered data is lost at power-off: put gateway.state_dir on a real disk",
+        )
+    return Check(name, PASS, detail)
+
+
+def check_daemon(state_dir: Path) -> Check:
+    name = "daemon"
+    snap, problem = read_snapshot(state_dir)
+    fix = "sudo systemctl enable --now edgegw; why it stopped: journalctl -u edgegw -n 50"
+    if snap is None:
+        path = state_dir / STATUS_FILE
+        if state_dir.is_dir() and not path.exists():
+            problem = f"not running: no {path} (the daemon writes it every second)"
+        return Check(name, WARN, str(problem), fix)
+    age = status_age_s(snap)
+    if snap.get("final"):
+        return Check(name, WARN, f"stopped cleanly {human_duration(age)} ago", fix)
+    if age > STALE_AFTER_S:
+        return Check(
+            name, WARN, f"not running: {state_dir / STATUS_FILE} is {human_duration(age)} old", fix
+        )
+    up = snap.get("uplink") or {}
+    ob = snap.get("outbox") or {}
+    devs = snap.get("devices") or {}
+    n_up = sum(1 for d in devs.values() if d.get("up"))
+    return Check(
+        name,
+        PASS,
+        f"running, pid {snap.get('pid')}; link {'up' if up.get('link_up') else 'DOWN'}; "
+        f"{n_up} of {len(devs)} devices up; backlog {ob.get('rows', '?')} messages",
+    )
+
+
+# -- running and printing ----------------------------------------------------------------
+
+
+def run_checks(config: str, timeout: float = 3.0) -> list[Check]:
+    checks, cfg = check_config(config)
+    if cfg is None:
+        return [*checks, check_clock()]
+    state = cfg.state_dir
+    checks += [check_state_dir(state), check_key(state), check_disk(state), check_clock()]
+    dns, addrs = check_dns(cfg.uplink.host, cfg.uplink.port, timeout)
+    checks.append(dns)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        devices = pool.map(lambda d: check_device(d, timeout), cfg.devices)
+        tcp, working = check_broker_tcp(cfg.uplink.host, cfg.uplink.port, addrs, timeout)
+        checks += tcp
+        checks.append(check_tls(cfg, working, timeout))
+        checks += list(devices)
+    checks.append(check_daemon(state))
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    return EXIT_FAILED if any(c.outcome == FAIL for c in checks) else EXIT_OK
+
+
+_COLOURS = {PASS: "32", WARN: "33", FAIL: "31;1", SKIP: "2"}
+
+
+def format_report(checks: list[Check], colour: bool = False) -> str:
+    width = max(len(c.name) for c in checks)
+    out = []
+    for c in checks:
+        label = c.outcome.upper()
+        if colour:
+            label = f"\x1b[{_COLOURS[c.outcome]}m{label}\x1b[0m"
+        first, *more = c.detail.splitlines() or [""]
+        out.append(f"{label}  {c.name:<{width}}  {first}")
+        pad = " " * (6 + width + 2)
+        out += [pad + line for line in more]
+        if c.fix and c.outcome in (WARN, FAIL):
+            out.append(f"{pad}→ {c.fix}")
+    counts = {k: sum(c.outcome == k for c in checks) for k in (PASS, WARN, FAIL, SKIP)}
+    out.append("")
+    out.append(
+        f"doctor: {counts[PASS]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failure(s)"
+        + (f", {counts[SKIP]} skipped" if counts[SKIP] else "")
+        + (" — fix the FAIL lines first" if counts[FAIL] else "")
+    )
+    return "\n".join(out)
+
+
+def main(args: argparse.Namespace) -> int:
+    checks = run_checks(args.config, args.timeout)
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=1))
+    else:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        print(f"edgegw doctor: {args.config}\n")
+        print(format_report(checks, colour))
+    return exit_code(checks)

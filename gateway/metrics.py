@@ -1,0 +1,481 @@
+"""Prometheus metrics and a health endpoint, computed from the daemon's status snapshot.
+
+One small HTTP server (stdlib, own thread, bound to 127.0.0.1 by default: expose it
+further only on purpose) serves:
+
+``GET /metrics``  Prometheus text format, computed at scrape time from ``snapshot()``
+``GET /healthz``  200 ``{"healthy": true, ...}`` or 503 with the list of problems
+
+The snapshot is the dict ``Daemon.snapshot()`` builds (also written to status.json every
+second). The daemon keeps its latest one and passes ``lambda: daemon.last_snapshot``; the
+HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
+
+    gateway, version, pid, boot, final, time_ns, started_ns
+    monotonic_ns                      time.monotonic_ns() when the snapshot was taken
+    tasks:    {task name: bool}       is each poll loop / pipeline / forwarder task alive
+    pipeline: {points_polled, points_sealed, messages_sealed, last_seq, seal_errors}
+    uplink:   {link_up, connects, disconnects, published, acked, rejected,
+               points_acked (optional)}
+    outbox:   {rows, bytes, first_seq, last_seq, oldest_created_ns}
+    devices:  {name: {up, reads, errors, overruns, last_latency_ms, last_read_ns, ...}}
+    drops:    {reason: {"messages": n, "points": n, "intentional": bool}}
+    inference: {model: {"score": x, "threshold": x, "anomalous": bool,
+                        "inferences": n, "events": n}}
+
+Health means "our own loops are running", not "the PLCs and the broker answer": a dead
+PLC or a broker outage is normal operation for a store-and-forward gateway (it shows in
+``edgegw_device_up`` and ``edgegw_uplink_up``), and restarting would not fix it. The
+same :func:`health_problems` decides whether the daemon pings systemd's watchdog.
+
+Names follow ``edgegw_<subject>_<unit>_total`` for counters; gauges drop ``_total``.
+Units are base units: seconds and bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("edgegw.metrics")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9810
+# The daemon writes a snapshot every second; a few missed ones mean it is stuck.
+STALE_AFTER_S = 5.0
+
+Snapshot = Mapping[str, Any]
+SnapshotFn = Callable[[], Snapshot | None]
+
+
+def snapshot_age_s(snap: Snapshot, now_ns: int | None = None) -> float:
+    """Seconds since the snapshot was taken: by the monotonic clock when the snapshot has
+    one from this boot (immune to NTP steps, e.g. a Pi without RTC syncing at boot), else
+    by the wall clock."""
+    mono = snap.get("monotonic_ns")
+    if isinstance(mono, int) and now_ns is None:
+        age = (time.monotonic_ns() - mono) / 1e9
+        if age >= 0:
+            return age
+    wall = snap.get("time_ns")
+    if not isinstance(wall, int):
+        return float("inf")
+    return ((time.time_ns() if now_ns is None else now_ns) - wall) / 1e9
+
+
+def health_problems(
+    snap: Snapshot | None, *, max_age_s: float = STALE_AFTER_S, now_ns: int | None = None
+) -> list[str]:
+    """Why the daemon is not healthy; an empty list means healthy.
+
+    Healthy: a snapshot exists, it is at most ``max_age_s`` old (the event loop runs and
+    the status task with it), the daemon is not stopping, and every task listed under
+    ``tasks`` (one per device poll loop, the pipeline, the forwarder) is alive.
+    """
+    if snap is None:
+        return ["no status yet: the daemon is starting"]
+    problems = []
+    if snap.get("final"):
+        problems.append("the daemon is stopping")
+    age = snapshot_age_s(snap, now_ns)
+    if age > max_age_s:
+        problems.append(
+            f"the status is {age:.1f} s old (limit {max_age_s:g} s): the event loop is "
+            "blocked or the status task has died"
+        )
+    tasks = snap.get("tasks") or {}
+    for name in sorted(t for t, alive in tasks.items() if not alive):
+        problems.append(f"task {name} has ended")
+    return problems
+
+
+def status_line(snap: Snapshot | None) -> str:
+    """One line for systemd's STATUS= (shown by `systemctl status edgegw`)."""
+    if snap is None:
+        return "starting"
+    problems = health_problems(snap)
+    if problems:
+        return "unhealthy: " + "; ".join(problems)
+    devices = snap.get("devices") or {}
+    up = sum(1 for d in devices.values() if d.get("up"))
+    link = "up" if (snap.get("uplink") or {}).get("link_up") else "DOWN"
+    rows = (snap.get("outbox") or {}).get("rows", "?")
+    return f"{up}/{len(devices)} devices up, uplink {link}, backlog {rows} messages"
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class SnapshotCollector(Collector):
+    """Builds every edgegw metric family from one snapshot, at scrape time."""
+
+    def __init__(self, snapshot: SnapshotFn, max_age_s: float = STALE_AFTER_S) -> None:
+        self.snapshot = snapshot
+        self.max_age_s = max_age_s
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.snapshot()
+        problems = health_problems(snap, max_age_s=self.max_age_s)
+        yield GaugeMetricFamily(
+            "edgegw_healthy",
+            "1 when every poll loop and the forwarder run and the status is fresh (/healthz)",
+            value=0.0 if problems else 1.0,
+        )
+        if snap is None:
+            return
+        yield from _metrics(snap)
+
+
+def _counter(name: str, doc: str, value: Any) -> Iterable[Metric]:
+    v = _num(value)
+    if v is not None:
+        yield CounterMetricFamily(name, doc, value=v)
+
+
+def _gauge(name: str, doc: str, value: Any) -> Iterable[Metric]:
+    v = _num(value)
+    if v is not None:
+        yield GaugeMetricFamily(name, doc, value=v)
+
+
+def _metrics(snap: Snapshot) -> Iterable[Metric]:
+    info = GaugeMetricFamily(
+        "edgegw_build_info",
+        "edgegw version and gateway id (always 1)",
+        labels=["version", "gateway"],
+    )
+    info.add_metric([str(snap.get("version", "")), str(snap.get("gateway", ""))], 1.0)
+    yield info
+    yield from _gauge(
+        "edgegw_boot", "boot counter of this gateway (increments each start)", snap.get("boot")
+    )
+    started = _num(snap.get("started_ns"))
+    if started is not None:
+        yield GaugeMetricFamily(
+            "edgegw_start_time_seconds", "when the daemon started (unix time)", value=started / 1e9
+        )
+    yield GaugeMetricFamily(
+        "edgegw_status_age_seconds",
+        "age of the status snapshot these metrics come from",
+        value=min(snapshot_age_s(snap), 1e9),
+    )
+
+    pipe = snap.get("pipeline") or {}
+    yield from _counter(
+        "edgegw_points_polled", "readings taken from devices", pipe.get("points_polled")
+    )
+    yield from _counter(
+        "edgegw_points_sealed", "readings sealed into signed messages", pipe.get("points_sealed")
+    )
+    yield from _counter(
+        "edgegw_messages_sealed",
+        "signed messages committed to the outbox",
+        pipe.get("messages_sealed"),
+    )
+    yield from _counter(
+        "edgegw_seal_errors",
+        "windows that could not be sealed or committed",
+        pipe.get("seal_errors"),
+    )
+
+    up = snap.get("uplink") or {}
+    link = up.get("link_up")
+    if isinstance(link, bool):
+        yield GaugeMetricFamily(
+            "edgegw_uplink_up", "1 while connected to the MQTT broker", value=float(link)
+        )
+    yield from _counter(
+        "edgegw_uplink_connects", "successful broker connections", up.get("connects")
+    )
+    yield from _counter(
+        "edgegw_uplink_disconnects", "lost broker connections", up.get("disconnects")
+    )
+    yield from _counter(
+        "edgegw_messages_published",
+        "MQTT publishes (re-sends after a reconnect included)",
+        up.get("published"),
+    )
+    yield from _counter(
+        "edgegw_messages_acked",
+        "messages acknowledged by the broker (PUBACK) and removed from the outbox",
+        up.get("acked"),
+    )
+    yield from _counter(
+        "edgegw_messages_rejected", "publishes the broker refused", up.get("rejected")
+    )
+    yield from _counter(
+        "edgegw_points_acked",
+        "readings in messages the broker acknowledged",
+        up.get("points_acked"),
+    )
+
+    ob = snap.get("outbox") or {}
+    yield from _gauge(
+        "edgegw_outbox_messages", "unsent messages in the outbox (backlog)", ob.get("rows")
+    )
+    yield from _gauge(
+        "edgegw_outbox_bytes", "bytes of unsent messages in the outbox", ob.get("bytes")
+    )
+    yield from _gauge(
+        "edgegw_outbox_last_seq", "highest sequence number assigned", ob.get("last_seq")
+    )
+    if "rows" in ob:
+        oldest = _num(ob.get("oldest_created_ns"))
+        now = _num(snap.get("time_ns")) or float(time.time_ns())
+        age = max(0.0, (now - oldest) / 1e9) if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "edgegw_outbox_oldest_age_seconds",
+            "age of the oldest unsent message (0 when empty)",
+            value=age,
+        )
+
+    drops = snap.get("drops") or {}
+    if drops:
+        dm = CounterMetricFamily(
+            "edgegw_dropped_messages",
+            "messages dropped, by reason",
+            labels=["reason", "intentional"],
+        )
+        dp = CounterMetricFamily(
+            "edgegw_dropped_points", "readings dropped, by reason", labels=["reason", "intentional"]
+        )
+        for reason, d in sorted(drops.items()):
+            d = d if isinstance(d, Mapping) else {"messages": d}
+            labels = [str(reason), "true" if d.get("intentional") else "false"]
+            if (m := _num(d.get("messages"))) is not None:
+                dm.add_metric(labels, m)
+            if (p := _num(d.get("points"))) is not None:
+                dp.add_metric(labels, p)
+        yield dm
+        yield dp
+
+    devices = snap.get("devices") or {}
+    if devices:
+        fams = {
+            "up": GaugeMetricFamily(
+                "edgegw_device_up", "1 while the device answers", labels=["device"]
+            ),
+            "reads": CounterMetricFamily(
+                "edgegw_device_reads", "poll cycles that read the device", labels=["device"]
+            ),
+            "errors": CounterMetricFamily(
+                "edgegw_device_errors", "failed connects and reads", labels=["device"]
+            ),
+            "overruns": CounterMetricFamily(
+                "edgegw_device_overruns",
+                "poll periods skipped because a read took too long",
+                labels=["device"],
+            ),
+            "latency": GaugeMetricFamily(
+                "edgegw_device_latency_seconds", "duration of the last read", labels=["device"]
+            ),
+            "last": GaugeMetricFamily(
+                "edgegw_device_last_read_timestamp_seconds",
+                "when the device was last read (unix time)",
+                labels=["device"],
+            ),
+        }
+        for name, d in sorted(devices.items()):
+            if isinstance(d.get("up"), bool):
+                fams["up"].add_metric([name], float(d["up"]))
+            for key in ("reads", "errors", "overruns"):
+                if (v := _num(d.get(key))) is not None:
+                    fams[key].add_metric([name], v)
+            if (v := _num(d.get("last_latency_ms"))) is not None:
+                fams["latency"].add_metric([name], v / 1e3)
+            if (v := _num(d.get("last_read_ns"))) is not None:
+                fams["last"].add_metric([name], v / 1e9)
+        yield from fams.values()
+
+    models = snap.get("inference") or {}
+    if models:
+        fams = {
+            "score": GaugeMetricFamily(
+                "edgegw_model_score", "latest anomaly score", labels=["model"]
+            ),
+            "threshold": GaugeMetricFamily(
+                "edgegw_model_threshold",
+                "score above which a window is anomalous",
+                labels=["model"],
+            ),
+            "anomalous": GaugeMetricFamily(
+                "edgegw_model_anomalous", "1 while the model reports an anomaly", labels=["model"]
+            ),
+            "inferences": CounterMetricFamily(
+                "edgegw_model_inferences", "windows scored", labels=["model"]
+            ),
+            "events": CounterMetricFamily(
+                "edgegw_anomaly_events", "anomaly events raised", labels=["model"]
+            ),
+        }
+        for name, m in sorted(models.items()):
+            for key, fam in fams.items():
+                value = m.get(key)
+                v = float(value) if isinstance(value, bool) else _num(value)
+                if v is not None:
+                    fam.add_metric([name], v)
+        yield from fams.values()
+
+
+def build_registry(
+    snapshot: SnapshotFn, *, max_age_s: float = STALE_AFTER_S, process: bool = True
+) -> CollectorRegistry:
+    """A registry of its own (not prometheus_client's global one) with the edgegw metrics
+    and, unless ``process`` is False, the standard process_* metrics (CPU, memory, fds)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot, max_age_s))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 10  # a slow client does not hold a thread for long
+    server_version = "edgegw"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                body = generate_latest(self.server.registry)
+            except Exception as exc:  # a bug here must not kill the thread silently
+                log.exception("metrics: cannot render")
+                self._send(500, "text/plain; charset=utf-8", f"error: {exc}\n".encode())
+                return
+            self._send(200, CONTENT_TYPE_LATEST, body)
+        elif path in ("/healthz", "/health"):
+            try:
+                snap = self.server.snapshot()
+                problems = health_problems(snap, max_age_s=self.server.max_age_s)
+            except Exception as exc:  # the daemon's callable failed: that is unhealthy
+                log.exception("health: cannot read the snapshot")
+                snap, problems = None, [f"cannot read the status: {exc}"]
+            doc: dict[str, Any] = {"healthy": not problems, "problems": problems}
+            if snap is not None:
+                doc.update(
+                    gateway=snap.get("gateway"),
+                    pid=snap.get("pid"),
+                    status_age_s=round(snapshot_age_s(snap), 3),
+                )
+            self._send(
+                503 if problems else 200, "application/json", json.dumps(doc).encode() + b"\n"
+            )
+        elif path == "/":
+            self._send(200, "text/plain; charset=utf-8", b"edgegw: /metrics /healthz\n")
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _send(self, code: int, ctype: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics: %s " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    registry: CollectorRegistry
+    snapshot: SnapshotFn
+    max_age_s: float
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would look up the host's FQDN (a DNS query): not needed.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+
+class MetricsServer:
+    """The metrics/health HTTP server on its own thread. ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        snapshot: SnapshotFn,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        max_age_s: float = STALE_AFTER_S,
+        process_metrics: bool = True,
+    ) -> None:
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_cls = type("_BoundServer", (_Server,), {"address_family": family})
+        self._server: _Server = server_cls((host, port), _Handler, bind_and_activate=False)
+        if family == socket.AF_INET6:
+            # "::" alone would also take IPv4 on most systems; that is what a user means by it.
+            self._server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
+        self._server.registry = build_registry(
+            snapshot, max_age_s=max_age_s, process=process_metrics
+        )
+        self._server.snapshot = snapshot
+        self._server.max_age_s = max_age_s
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="metrics",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        log.info("metrics on %s/metrics, health on %s/healthz", self.url, self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(5)
+        self._server.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_metrics(
+    snapshot: SnapshotFn,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    max_age_s: float = STALE_AFTER_S,
+) -> MetricsServer:
+    """Start serving ``/metrics`` and ``/healthz`` on ``host:port``; call ``.stop()`` at exit.
+
+    Raises OSError when the address cannot be bound (port taken, no such address).
+    """
+    return MetricsServer(snapshot, host, port, max_age_s=max_age_s).start()

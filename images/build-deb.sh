@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Build the edgegw Debian package: the app and its Python dependencies in a venv of their
+# own under /opt/edgegw, run by Debian's python3.11 (see images/README.md for why).
+#
+#   images/build-deb.sh [--arch amd64|arm64|armhf] [--out DIR] [--constraints FILE]
+#                       [--extras all|opcua,s7,inference] [--revision N] [--python-version 3.11]
+#
+# Needs: bash, a Python >= 3.11 with pip (PYTHON=..., default python3), dpkg-deb, and
+# PyPI (wheels only: nothing is compiled, so any architecture builds on any machine).
+# Prints the path of the .deb on its last line. Example:
+#   images/build-deb.sh --arch arm64 --constraints <(.venv/bin/pip freeze)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+ARCH=""
+OUT="$REPO/build/deb"
+CONSTRAINTS=""
+REVISION=1
+PYVER=3.11
+EXTRAS=""
+MAINTAINER=${EDGEGW_MAINTAINER:-"edgegw maintainers <edgegw@localhost>"}
+
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --arch) ARCH=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --constraints) CONSTRAINTS=$2; shift 2 ;;
+    --revision) REVISION=$2; shift 2 ;;
+    --extras) EXTRAS=$2; shift 2 ;;
+    --python-version) PYVER=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (try --help)" ;;
+    esac
+done
+
+command -v dpkg-deb >/dev/null || die "dpkg-deb is missing: apt-get install dpkg"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null \
+    || die "$PYTHON is not Python >= 3.11; set PYTHON=/path/to/python3.11"
+"$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON has no pip"
+[ -n "$ARCH" ] || ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+
+# Debian architecture -> the CPU name in wheel tags; glibc of Debian 12 is 2.36.
+case "$ARCH" in
+amd64) CPU=x86_64 ;;
+arm64) CPU=aarch64 ;;
+armhf) CPU=armv7l ;;
+*) die "architecture '$ARCH' is not supported: amd64, arm64 or armhf" ;;
+esac
+PLATFORMS=(--platform "manylinux2014_$CPU")
+for minor in $(seq 17 36); do PLATFORMS+=(--platform "manylinux_2_${minor}_$CPU"); done
+
+VERSION=$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/edgegw-deb.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+ROOT=$WORK/root
+PREFIX=/opt/edgegw
+SITE=$PREFIX/lib/python$PYVER/site-packages
+DOC=/usr/share/doc/edgegw
+
+echo "build-deb: edgegw $VERSION-$REVISION for $ARCH (python$PYVER)" >&2
+
+# 1. The app as a wheel, built from a copy of the sources (no build/ or egg-info in the
+#    work tree, and the files as they are now, committed or not).
+mkdir -p "$WORK/src" "$WORK/wheels"
+tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' -cf - \
+    pyproject.toml README.md gateway drivers inference buffer security | tar -C "$WORK/src" -xf -
+"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/wheels" "$WORK/src" >&2
+
+# 2. The app and its dependencies into the venv's site-packages, wheels only, for the
+#    target's Python and CPU.
+PIP_ARGS=(install --quiet --no-compile --target "$ROOT$SITE" --only-binary=:all:
+    --implementation cp --python-version "$PYVER" --abi "cp${PYVER/./}" "${PLATFORMS[@]}")
+[ -z "$CONSTRAINTS" ] || PIP_ARGS+=(--constraint "$CONSTRAINTS")
+WHEEL=$(ls "$WORK"/wheels/edgegw-*.whl)
+"$PYTHON" -m pip "${PIP_ARGS[@]}" "$WHEEL${EXTRAS:+[$EXTRAS]}" >&2 \
+    || die "pip could not get wheels for $ARCH/python$PYVER (see above): a dependency has no binary wheel for this platform"
+rm -rf "$ROOT$SITE/bin"  # console scripts with the build machine's interpreter path
+
+# 3. Make it a venv: pyvenv.cfg and bin/python pointing at Debian's interpreter. This is
+#    all `python -m venv` would create (without pip), so python3-venv is not needed.
+mkdir -p "$ROOT$PREFIX/bin"
+cat >"$ROOT$PREFIX/pyvenv.cfg" <<EOF
+home = /usr/bin
+include-system-site-packages = false
+version = $PYVER
+executable = /usr/bin/python$PYVER
+EOF
+ln -s "/usr/bin/python$PYVER" "$ROOT$PREFIX/bin/python"
+ln -s python "$ROOT$PREFIX/bin/python3"
+ln -s python "$ROOT$PREFIX/bin/python$PYVER"
+cat >"$ROOT$PREFIX/bin/edgegw" <<EOF
+#!$PREFIX/bin/python
+import sys
+
+from gateway.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
+EOF
+chmod 0755 "$ROOT$PREFIX/bin/edgegw"
+
+# Bytecode now: the service may not write to /opt (ProtectSystem=strict), and a Pi
+# should not compile 70 MB of Python at every start. Only a matching interpreter can.
+if [ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$PYVER" ]; then
+    "$PYTHON" -m compileall -q -j 0 --invalidation-mode checked-hash \
+        -s "$ROOT" -p / "$ROOT$SITE" >&2
+else
+    echo "build-deb: warning: $PYTHON is not python$PYVER: no bytecode in the package" >&2
+fi
+
+# 4. System integration.
+install -D -m 0644 "$REPO/systemd/edgegw.service" "$ROOT/usr/lib/systemd/system/edgegw.service"
+install -D -m 0644 "$REPO/systemd/edgegw.sysusers" "$ROOT/usr/lib/sysusers.d/edgegw.conf"
+install -D -m 0644 "$REPO/systemd/edgegw.tmpfiles" "$ROOT/usr/lib/tmpfiles.d/edgegw.conf"
+install -D -m 0644 "$REPO/images/debian/config.yaml" "$ROOT/etc/edgegw/config.yaml"
+mkdir -p "$ROOT/usr/bin"
+ln -s "$PREFIX/bin/edgegw" "$ROOT/usr/bin/edgegw"
+install -D -m 0644 "$REPO/images/debian/copyright" "$ROOT$DOC/copyright"
+install -D -m 0644 "$REPO/README.md" "$ROOT$DOC/README.md"
+install -D -m 0644 "$REPO/images/README.md" "$ROOT$DOC/README.images.md"
+install -D -m 0644 "$REPO/systemd/edgegw-serial.conf.example" \
+    "$ROOT$DOC/examples/edgegw-serial.conf.example"
+"$PYTHON" - "$ROOT$SITE" >"$ROOT$DOC/bundled-packages.txt" <<'PY'
+import sys
+from importlib.metadata import distributions
+
+print("Python packages bundled in /opt/edgegw (name, version, license):")
+for d in sorted(distributions(path=[sys.argv[1]]), key=lambda d: d.metadata["Name"].lower()):
+    m = d.metadata
+    lic = m.get("License-Expression") or m.get("License") or ""
+    if not lic or len(lic) > 60:
+        lic = "; ".join(c.split("::")[-1].strip() for c in m.get_all("Classifier") or []
+                        if c.startswith("License ::")) or "see its dist-info"
+    print(f"{m['Name']} {m['Version']}: {lic}")
+PY
+
+# 5. Package metadata. The lowest glibc the wheels accept is what we depend on.
+GLIBC=$("$PYTHON" - "$ROOT$SITE" <<'PY'
+import pathlib, re, sys
+best = (2, 17)
+for wheel in pathlib.Path(sys.argv[1]).glob("*.dist-info/WHEEL"):
+    tags = re.findall(r"^Tag: .*-manylinux_(\d+)_(\d+)_", wheel.read_text(), re.M)
+    if tags:  # a wheel lists every manylinux tag it satisfies: the lowest one counts
+        best = max(best, min((int(a), int(b)) for a, b in tags))
+print("%d.%d" % best)
+PY
+)
+mkdir -p "$ROOT/DEBIAN"
+install -m 0755 "$REPO/images/debian/postinst" "$REPO/images/debian/prerm" \
+    "$REPO/images/debian/postrm" "$ROOT/DEBIAN/"
+echo /etc/edgegw/config.yaml >"$ROOT/DEBIAN/conffiles"
+SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
+cat >"$ROOT/DEBIAN/control" <<EOF
+Package: edgegw
+Version: $VERSION-$REVISION
+Architecture: $ARCH
+Maintainer: $MAINTAINER
+Installed-Size: $SIZE
+Depends: python$PYVER, libc6 (>= $GLIBC)
+Recommends: systemd, systemd-timesyncd | time-daemon
+Section: net
+Priority: optional
+Description: industrial edge gateway: PLC polling, signed store-and-forward over MQTT
+ edgegw polls PLCs and sensors (Modbus TCP), signs every batch of readings when it
+ is acquired (COSE_Sign1, Ed25519), keeps it in a SQLite outbox until the platform
+ has acknowledged it, and forwards it over MQTT (TLS, IPv6 first).
+ .
+ The application and its Python dependencies live in a venv of their own under
+ /opt/edgegw, run by Debian's python$PYVER. The systemd unit edgegw.service runs it
+ hardened as user edgegw; it is not started until configured:
+ edit /etc/edgegw/config.yaml, run 'edgegw doctor', then
+ 'systemctl enable --now edgegw'.
+EOF
+(cd "$ROOT" && find . -type f ! -path ./DEBIAN/\* -printf '%P\0' | LC_ALL=C sort -z \
+    | xargs -0 md5sum) >"$ROOT/DEBIAN/md5sums"
+
+mkdir -p "$OUT"
+DEB="$OUT/edgegw_${VERSION}-${REVISION}_${ARCH}.deb"
+dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >&2
+echo "build-deb: $(du -h "$DEB" | cut -f1) $(basename "$DEB"), installed size $((SIZE / 1024)) MiB" >&2
+echo "$DEB"
