@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.modbus.config import ModbusTcpDevice
+from drivers.opcua.config import OpcuaDevice, resolve_paths
+from drivers.s7.config import DeviceConfig as S7Device
+from inference.config import InferenceConfig
 
 from .yamlsource import SourceMap, YamlError, load_yaml
 
@@ -131,14 +134,41 @@ class GatewaySection(_Model):
     )
 
 
-Device = Annotated[ModbusTcpDevice, Field(discriminator="protocol")]
+Device = Annotated[ModbusTcpDevice | OpcuaDevice | S7Device, Field(discriminator="protocol")]
+
+
+class MetricsConfig(_Model):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address; expose beyond localhost on purpose")
+    port: int = Field(9810, ge=0, le=65535)
+
+
+class AuditConfig(_Model):
+    checkpoint_every: int = Field(100, ge=1, description="seal a signed checkpoint every N records")
+    checkpoint_interval_s: float = Field(300, gt=0, description="... or every T seconds")
 
 
 class Config(_Model):
     gateway: GatewaySection
     uplink: UplinkConfig = UplinkConfig()
     outbox: OutboxConfig = OutboxConfig()
+    inference: InferenceConfig = InferenceConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
     devices: list[Device] = Field(min_length=1)
+    base_dir: Path = Field(Path("."), exclude=True, description="set from the file's folder")
+
+    @model_validator(mode="after")
+    def _inputs_exist(self) -> Config:
+        known = self.input_tags()
+        for i, m in enumerate(self.inference.models):
+            missing = [t for t in m.inputs if t not in known]
+            if missing:
+                raise ValueError(
+                    f"inference.models[{i}] ({m.name!r}): input tags {missing} are not tags of "
+                    f"any device; write them as '<device>/<tag>'"
+                )
+        return self
 
     @field_validator("devices")
     @classmethod
@@ -153,6 +183,10 @@ class Config(_Model):
     @property
     def state_dir(self) -> Path:
         return self.gateway.state_dir
+
+    def input_tags(self) -> set[str]:
+        """Every tag a device of this config produces: "<device>/<tag>"."""
+        return {f"{d.name}/{t.name}" for d in self.devices for t in d.tags}
 
     @property
     def outbox_path(self) -> Path:
@@ -230,6 +264,10 @@ def load_config(path: str | Path) -> Config:
             [f"{p}:1:1: the top level must be a mapping with gateway, uplink, devices"]
         )
     _resolve_paths(data, p.resolve().parent)
+    resolve_paths(data.get("devices"), p.resolve().parent)
+    if "base_dir" in data:
+        raise ConfigError([f"{p}:1:1: base_dir: unknown field"])
+    data["base_dir"] = str(p.resolve().parent)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,5 @@
-"""`edgegw run`: pollers → pipeline → outbox → forwarder, and a clean stop.
+"""`edgegw run`: devices → pipeline → outbox → forwarder, plus the audit log, inference,
+metrics, sd_notify, reload on SIGHUP and a clean stop.
 
 Stop order matters for "nothing lost": stop polling, seal what the pipeline holds,
 then keep sending the backlog for up to ``shutdown_drain_s``. Whatever is left stays
@@ -8,44 +9,65 @@ committed in the outbox and goes first after the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
 import os
 import signal
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from security import DeviceKey
+from security import AUDIT_FILE, AuditLog, AuditLogCorrupt
+from security.keyring import init_keys
 from security.tls import client_context
 
 from . import __version__
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .forwarder import Forwarder
+from .metrics import health_problems, serve_metrics, status_line
 from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
-from .poller import DeviceState, poll_device
+from .poller import DeviceState, poll_device, subscribe_device
 from .registry import build_device
+from .sdnotify import Notifier
 from .status import write_status
 
 log = logging.getLogger("edgegw.daemon")
 
+CLOCK_JUMP_S = 2.0  # wall clock vs monotonic clock drift that is audited as a jump
+
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.devices: dict[str, DeviceState] = {}
         self.started_ns = time.time_ns()
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
         self.outbox: OutboxThread | None = None
+        self.audit: AuditLog | None = None
+        self.engine: Any = None  # inference.InferenceEngine when models are configured
         self.boot = 0
+        self.notify = Notifier.from_env()
+        self.last_snapshot: dict[str, Any] | None = None
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self._polls: list[asyncio.Task[Any]] = []
+        self._poll_stop = asyncio.Event()
+        self._audit_queue: list[bytes] = []
+        self._audit_ready = asyncio.Event()
+        self._clock_offset = time.time() - time.monotonic()
+        self._anomalies: list[dict[str, Any]] = []
 
-    async def run(self, stop: asyncio.Event) -> None:
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
         cfg = self.cfg
+        self._loop = asyncio.get_running_loop()
         state_dir = cfg.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        key, created = DeviceKey.load_or_create(state_dir)
+        key, created = init_keys(state_dir)
         log.info("device key %s (kid %s)", "created" if created else "loaded", key.kid.hex())
         self.outbox = OutboxThread(
             cfg.outbox_path,
@@ -65,12 +87,13 @@ class Daemon:
             stats.rows,
             stats.last_seq,
         )
+        self.audit = self._open_audit(key, state_dir)
+        self._audit("start", version=__version__, pid=os.getpid())
+        self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
+        if created:
+            self._audit("key_created", kid=key.kid.hex())
 
-        t = cfg.uplink.tls
-        tls = client_context(t.ca_file, t.cert_file, t.key_file) if t else None
-        self.forwarder = fwd = Forwarder(
-            cfg.uplink, cfg.uplink.client_id or f"edgegw-{cfg.gateway.id}", self.outbox, tls
-        )
+        self.forwarder = fwd = self._make_forwarder()
         self.pipeline = pipe = Pipeline(
             gw_id=cfg.gateway.id,
             boot=self.boot,
@@ -81,33 +104,50 @@ class Daemon:
             flush_window_s=cfg.gateway.flush_window_ms / 1000,
             max_points=cfg.gateway.max_batch_points,
             on_sealed=fwd.wake,
+            on_drop=lambda d: self._audit("buffer_drop", **d),
         )
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
-        pipe_task = asyncio.create_task(pipe.run(), name="pipeline")
-        fwd_task = asyncio.create_task(fwd.run(), name="forwarder")
+        self.tasks = {
+            "pipeline": asyncio.create_task(pipe.run(), name="pipeline"),
+            "forwarder": asyncio.create_task(fwd.run(), name="forwarder"),
+            "audit": asyncio.create_task(self._audit_pump(), name="audit"),
+        }
+        await self._start_inference()
         status_task = asyncio.create_task(self._status_loop(), name="status")
-        polls = []
-        for dev in cfg.devices:
-            rt = build_device(dev)
-            st = self.devices[dev.name] = DeviceState(dev.name)
-            polls.append(
-                asyncio.create_task(
-                    poll_device(
-                        rt.driver, rt.plan, rt.tag_names, rt.interval_s, pipe.put, st, stop
-                    ),
-                    name=f"poll:{dev.name}",
-                )
-            )
-        log.info("polling %d devices", len(polls))
+        self._start_devices()
+        metrics = self._start_metrics()
+        self.last_snapshot = await self.snapshot()
+        write_status(state_dir, self.last_snapshot)
+        self.notify.ready(status_line(self.last_snapshot))
 
-        await stop.wait()
+        while not stop.is_set():
+            waits = [asyncio.ensure_future(stop.wait())]
+            if reload is not None:
+                waits.append(asyncio.ensure_future(reload.wait()))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if reload is not None and reload.is_set() and not stop.is_set():
+                reload.clear()
+                await self.reload()
+
         log.info("stopping: polling ends, sealing the last window, draining the outbox")
-        await _cancel_all(polls)
+        self.notify.stopping("sealing the last window, draining the outbox")
+        if cfg.gateway.shutdown_drain_s > 30:
+            self.notify.extend_timeout(cfg.gateway.shutdown_drain_s + 15)
+        await self._stop_devices()
         log.debug("stop: polling ended")
         await pipe.close()
-        await pipe_task
+        await self.tasks["pipeline"]
         log.debug("stop: last window sealed")
-        drained = await fwd.drain(cfg.gateway.shutdown_drain_s)
+        if self.engine is not None:
+            self.tasks["inference"].cancel()
+            await asyncio.gather(self.tasks["inference"], return_exceptions=True)
+            self.engine.close()
+        self._audit("stop", reason="signal")
+        self._close_audit()
+        await self._drain_audit()
+        drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
             log.info("outbox drained")
@@ -115,36 +155,287 @@ class Daemon:
             log.warning(
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
-        for t in (fwd_task, status_task):
+        others = [self.tasks["forwarder"], self.tasks["audit"], status_task]
+        for t in others:
             t.cancel()
-        await asyncio.gather(fwd_task, status_task, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
+        if metrics is not None:
+            metrics.stop()
         write_status(state_dir, await self.snapshot(final=True))
         await self.outbox.close()
+
+    # -- devices ------------------------------------------------------------------------------
+
+    def _start_devices(self) -> None:
+        assert self.pipeline is not None
+        self._poll_stop = asyncio.Event()
+        put = self._observed_put
+        for dev in self.cfg.devices:
+            rt = build_device(dev, self.cfg.state_dir)
+            st = self.devices[dev.name] = DeviceState(dev.name)
+            if rt.subscribe:
+                coro = subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, self._poll_stop)
+            else:
+                coro = poll_device(
+                    rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, self._poll_stop
+                )
+            task = asyncio.create_task(coro, name=f"poll:{dev.name}")
+            self._polls.append(task)
+            self.tasks[f"poll:{dev.name}"] = task
+        log.info("polling %d devices", len(self._polls))
+
+    async def _stop_devices(self) -> None:
+        self._poll_stop.set()
+        await _cancel_all(self._polls)
+        for t in self._polls:
+            self.tasks.pop(t.get_name(), None)
+        self._polls = []
+
+    async def _observed_put(self, batch: Any) -> None:
+        assert self.pipeline is not None
+        if self.engine is not None:
+            self.engine.observe(batch.readings)
+        await self.pipeline.put(batch)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def _start_inference(self) -> None:
+        if not self.cfg.inference.models:
+            return
+        from inference import InferenceEngine, ModelRefused
+
+        try:
+            self.engine = InferenceEngine(self.cfg.inference, base_dir=self.cfg.base_dir)
+        except ModelRefused as exc:
+            self._audit("model_refused", reason=str(exc))
+            raise
+        for m in self.cfg.inference.models:
+            self._audit("model_loaded", model=m.name, sha256=m.sha256)
+        self.tasks["inference"] = asyncio.create_task(
+            self.engine.run(self._on_event, lambda *a: None), name="inference"
+        )
+
+    async def _on_event(self, ev: Any) -> None:
+        assert self.pipeline is not None
+        d = ev.as_dict()
+        self._anomalies = ([*self._anomalies, d])[-20:]
+        log.warning("anomaly %s: model %s, score %.4g", ev.kind, ev.model, ev.score)
+        await self.pipeline.seal_message("event", self.cfg.topic("event"), {"event": d})
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def _open_audit(self, key: Any, state_dir: Path) -> AuditLog:
+        path = state_dir / AUDIT_FILE
+        kw: dict[str, Any] = {
+            "boot": self.boot,
+            "checkpoint_every": self.cfg.audit.checkpoint_every,
+            "checkpoint_interval_s": self.cfg.audit.checkpoint_interval_s,
+            "origin": f"edgegw/{self.cfg.gateway.id}/audit",
+            "on_append": self._on_audit_append,
+        }
+        try:
+            return AuditLog(path, key, **kw)
+        except AuditLogCorrupt as exc:
+            aside = AuditLog.set_aside(path)
+            log.error(
+                "audit log %s is damaged (%s); kept as %s, a new one starts", path, exc, aside
+            )
+            audit = AuditLog(path, key, **kw)
+            audit.record("audit_reset", reason=str(exc), set_aside=str(aside))
+            return audit
+
+    def _on_audit_append(self, entry: Any) -> None:
+        # Runs under the audit log's lock, maybe on the outbox thread: only queue the
+        # bytes, and wake the pump through the loop (asyncio.Event is not thread-safe).
+        self._audit_queue.append(entry.encoded)
+        self._loop.call_soon_threadsafe(self._audit_ready.set)
+
+    def _audit(self, event: str, **detail: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(event, **{k: v for k, v in detail.items() if v is not None})
+        except Exception as exc:  # auditing must never stop acquisition; say so loudly
+            log.error("cannot write audit record %s: %s", event, exc)
+
+    async def _audit_pump(self) -> None:
+        """Publish audit records and checkpoints upstream, in order, as signed messages."""
+        while True:
+            await self._audit_ready.wait()
+            self._audit_ready.clear()
+            await self._drain_audit()
+
+    async def _drain_audit(self) -> None:
+        if not self._audit_queue or self.pipeline is None:
+            return
+        entries, self._audit_queue = self._audit_queue, []
+        await self.pipeline.seal_message("audit", self.cfg.topic("audit"), {"entries": entries})
+
+    def _close_audit(self) -> None:
+        if self.audit is not None:
+            try:
+                self.audit.close()
+            except Exception as exc:
+                log.error("cannot seal the audit log: %s", exc)
+            self.audit = None
+
+    def _config_hash(self) -> str | None:
+        if self.config_path is None:
+            return None
+        try:
+            return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    # -- uplink -------------------------------------------------------------------------------
+
+    def _make_forwarder(self) -> Forwarder:
+        assert self.outbox is not None
+        up = self.cfg.uplink
+        tls = client_context(up.tls.ca_file, up.tls.cert_file, up.tls.key_file) if up.tls else None
+
+        def on_link(is_up: bool, why: str | None) -> None:
+            self._audit("link_up" if is_up else "link_down", reason=why)
+
+        fwd = Forwarder(
+            up,
+            up.client_id or f"edgegw-{self.cfg.gateway.id}",
+            self.outbox,
+            tls,
+            on_link=on_link,
+            on_problem=lambda kind, why: self._audit(kind, reason=why),
+        )
+        if self.pipeline is not None:
+            self.pipeline.on_sealed = fwd.wake
+        return fwd
+
+    # -- reload (SIGHUP) ------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Apply a changed config without losing buffered data: the outbox, the boot and
+        the seq stay; devices restart, models swap, the uplink reconnects if it changed."""
+        if self.config_path is None:
+            log.warning("reload: no config file to read again")
+            return
+        self.notify.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("reload refused: %s", line)
+            self._audit("config_change", outcome="refused", reason=exc.lines[0])
+            self.notify.ready(status_line(self.last_snapshot))
+            return
+        old = self.cfg
+        fixed = ("gateway.id", "state_dir", "outbox path")
+        if (new.gateway.id, new.state_dir, new.outbox_path) != (
+            old.gateway.id,
+            old.state_dir,
+            old.outbox_path,
+        ):
+            log.error(
+                "reload refused: %s cannot change while running; restart edgegw", ", ".join(fixed)
+            )
+            self._audit("config_change", outcome="refused", reason="needs a restart")
+            self.notify.ready(status_line(self.last_snapshot))
+            return
+        await self._stop_devices()
+        self.cfg = new
+        assert self.pipeline is not None
+        self.pipeline.topic = new.topic("telemetry")
+        self.pipeline._aad = self.pipeline.topic.encode()
+        self.pipeline.notice_topic = new.topic("notice")
+        if new.inference != old.inference:
+            if self.engine is not None and new.inference.models:
+                await self.engine.swap(new.inference)
+            elif self.engine is not None:
+                self.tasks.pop("inference").cancel()
+                self.engine.close()
+                self.engine = None
+            else:
+                await self._start_inference()
+        if new.uplink != old.uplink:
+            self.tasks["forwarder"].cancel()
+            await asyncio.gather(self.tasks["forwarder"], return_exceptions=True)
+            self.forwarder = self._make_forwarder()
+            self.tasks["forwarder"] = asyncio.create_task(self.forwarder.run(), name="forwarder")
+        self.devices = {}
+        self._start_devices()
+        self._audit("config_change", outcome="applied", sha256=self._config_hash())
+        log.info("config reloaded")
+        self.notify.ready(status_line(self.last_snapshot))
+
+    # -- status ---------------------------------------------------------------------------------
 
     async def snapshot(self, final: bool = False) -> dict[str, Any]:
         assert self.outbox and self.outbox.outbox and self.pipeline and self.forwarder
         ob = await self.outbox.run(self.outbox.outbox.stats)
-        return {
+        pipe = self.pipeline.stats
+        snap: dict[str, Any] = {
             "gateway": self.cfg.gateway.id,
             "version": __version__,
             "pid": os.getpid(),
             "boot": self.boot,
             "final": final,
             "time_ns": time.time_ns(),
+            "monotonic_ns": time.monotonic_ns(),
             "started_ns": self.started_ns,
-            "pipeline": asdict(self.pipeline.stats),
+            "tasks": {name: not t.done() for name, t in self.tasks.items()},
+            "pipeline": asdict(pipe),
             "uplink": asdict(self.forwarder.stats),
             "outbox": asdict(ob),
+            "drops": {
+                "outbox": {
+                    "messages": ob.dropped_rows,
+                    "points": ob.dropped_points,
+                    "intentional": self.cfg.outbox.when_full == "drop_oldest",
+                },
+                "refused": {"messages": 0, "points": pipe.points_refused, "intentional": True},
+            },
             "devices": {n: asdict(s) for n, s in self.devices.items()},
         }
+        if self.engine is not None:
+            snap["inference"] = self.engine.model_stats()
+            snap["inference_stats"] = self.engine.stats
+            snap["anomalies"] = self._anomalies
+        return snap
 
     async def _status_loop(self) -> None:
         while True:
+            await asyncio.sleep(1.0)
             try:
-                write_status(self.cfg.state_dir, await self.snapshot())
+                snap = await self.snapshot()
+                self.last_snapshot = snap
+                write_status(self.cfg.state_dir, snap)
             except OSError as exc:
                 log.warning("cannot write status: %s", exc)
-            await asyncio.sleep(1.0)
+            if self.last_snapshot is not None:
+                if not health_problems(self.last_snapshot):
+                    self.notify.watchdog()  # only while our own loops are alive
+                self.notify.status(status_line(self.last_snapshot))
+            offset = time.time() - time.monotonic()
+            if abs(offset - self._clock_offset) > CLOCK_JUMP_S:
+                self._audit("clock_jump", seconds=round(offset - self._clock_offset, 3))
+                self._clock_offset = offset
+            if self.audit is not None:
+                try:
+                    self.audit.tick()  # seals a checkpoint when the interval is due
+                except Exception as exc:
+                    log.error("audit checkpoint failed: %s", exc)
+
+    def _start_metrics(self) -> Any:
+        m = self.cfg.metrics
+        if not m.enabled:
+            return None
+        try:
+            server = serve_metrics(lambda: self.last_snapshot, m.host, m.port)
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s:%d (%s); running without metrics", m.host, m.port, exc
+            )
+            return None
+        log.info("metrics on http://%s:%d/metrics", m.host, m.port)
+        return server
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -170,13 +461,15 @@ def run_async(coro: Any) -> Any:
         return runner.run(coro)
 
 
-async def serve(cfg: Config) -> None:
+async def serve(cfg: Config, config_path: Path | None = None) -> None:
     stop = asyncio.Event()
+    reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    await Daemon(cfg).run(stop)
+    await Daemon(cfg, config_path).run(stop, reload)
 
 
 def dump_tasks() -> None:
@@ -194,5 +487,4 @@ def setup_logging(level: str = "INFO") -> None:
     )
     # pymodbus logs every failed connect at ERROR; our poller reports state changes once.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    with contextlib.suppress(Exception):
-        logging.captureWarnings(True)
+    logging.captureWarnings(True)

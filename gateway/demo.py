@@ -27,7 +27,9 @@ from .receiver import MqttReceiver, Receiver, SqliteSink, summary
 from .status import read_status
 
 DEMO_CONFIG = """\
-# Written by `edgegw demo`: three simulated Modbus TCP devices on [::1].
+# Written by `edgegw demo`: simulated Modbus TCP devices and an OPC UA server on [::1],
+# a Siemens S7 PLC on 127.0.0.1 (snap7's simulator is IPv4 only), and the shipped
+# anomaly model watching six tags.
 gateway:
   id: demo-gw
   state_dir: {state_dir}
@@ -73,26 +75,62 @@ devices:
       - {{name: current, table: input, address: 2, type: float32, unit: A}}
       - {{name: power, table: input, address: 4, type: int32, unit: W}}
       - {{name: counter, table: input, address: 6, type: uint64}}
+  - name: boiler-ua
+    protocol: opcua
+    endpoint: opc.tcp://[::1]:{ua_port}/edgegw/sim
+    publishing_interval_ms: 500
+    sampling_interval_ms: 250
+    tags:
+      - {{name: water_temp, node: "ns=2;s=Boiler.WaterTemp", type: Double, unit: degC}}
+      - {{name: burner_on, node: "ns=2;s=Boiler.BurnerOn", type: Boolean}}
+      - {{name: starts, node: "ns=2;i=1001", type: UInt32}}
+  - name: press
+    protocol: s7
+    host: 127.0.0.1
+    port: {s7_port}
+    rack: 0
+    slot: 1
+    poll_interval_ms: 500
+    tags:
+      - {{name: force, address: DB1.DBD0, type: REAL, unit: kN}}
+      - {{name: strokes, address: DB1.DBD4, type: DINT}}
+      - {{name: running, address: DB1.DBX8.0}}
+      - {{name: mode, address: MW10, type: INT}}
+inference:
+  models:
+    - name: demo
+      model: default
+      sha256: 2298e92f287fbd92f61c5fe037edb568133c2c05ed93566fa4f726421442e971
+      inputs: [boiler/temperature, boiler/pressure, pump/flow, pump/speed, meter/voltage,
+               meter/current]
+      sample_ms: 1000
+      window: 16
+      stride: 1
+      missing: skip
+      threshold: {{enter: 0.011, exit: 0.0057, min_duration_ms: 2000}}
 """
 
 
 class _SimThread(threading.Thread):
     """The simulated PLCs, on their own event loop in a background thread."""
 
-    def __init__(self, devices: list[Any]) -> None:
+    def __init__(self, devices: list[Any], anomalies: list[Any]) -> None:
         super().__init__(daemon=True, name="simulator")
         self.devices = devices
+        self.anomalies = anomalies
         self.loop = asyncio.new_event_loop()
         self.stop_event: asyncio.Event | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from drivers.modbus.simulator import serve_devices
+        from .simulate import serve_all
 
         async def main() -> None:
             self.stop_event = asyncio.Event()
-            task = asyncio.create_task(serve_devices(self.devices, self.stop_event))
+            task = asyncio.create_task(
+                serve_all(self.devices, self.stop_event, anomalies=self.anomalies)
+            )
             await asyncio.sleep(0.5)
             self.ready.set()
             await task
@@ -117,13 +155,19 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
     sd.mkdir(parents=True, exist_ok=True)
     say = print
     broker = Mosquitto(host="::1", workdir=sd / "broker").start()
-    sim_port = free_port("::1")
+    sim_port, ua_port, s7_port = free_port("::1"), free_port("::1"), free_port("127.0.0.1")
     cfg_path = sd / "demo.yaml"
     cfg_path.write_text(
-        DEMO_CONFIG.format(state_dir=sd, broker_port=broker.port, sim_port=sim_port)
+        DEMO_CONFIG.format(
+            state_dir=sd,
+            broker_port=broker.port,
+            sim_port=sim_port,
+            ua_port=ua_port,
+            s7_port=s7_port,
+        )
     )
     cfg = load_config(cfg_path)
-    sim = _SimThread(list(cfg.devices))
+    sim = _SimThread(list(cfg.devices), _anomalies(cfg, duration))
     sim.start()
     sim.ready.wait(15)
     if sim.error:
@@ -133,7 +177,10 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
     sink = SqliteSink(sd / "received.db")
     rx = Receiver({key.kid: key.public_key}, cfg.uplink.topic_prefix, sink, track_latency=True)
     mr = MqttReceiver(rx, "::1", broker.port).start()
-    say(f"edgegw demo: broker [::1]:{broker.port}, PLC simulator [::1]:{sim_port}, state in {sd}")
+    say(
+        f"edgegw demo: broker [::1]:{broker.port}; simulated PLCs: Modbus [::1]:{sim_port}, "
+        f"OPC UA [::1]:{ua_port}, S7 127.0.0.1:{s7_port}; state in {sd}"
+    )
     log = open(sd / "gateway.log", "wb")  # noqa: SIM115
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     gw = subprocess.Popen(
@@ -191,13 +238,44 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
     return 0 if res["ok"] else 1
 
 
+def _anomalies(cfg: Any, duration: float) -> list[Any]:
+    """Anomalies on the model's input tags, the first once its 16-sample windows are
+    full (~20 s), then one every 15 s: spike, stuck sensor, drift, in turn."""
+    from drivers.modbus.simulator import AnomalyKind, anomaly_schedule
+
+    model_inputs = set(cfg.inference.models[0].inputs) if cfg.inference.models else set()
+    targets = [
+        (d.name, t)
+        for d in cfg.devices
+        if d.protocol == "modbus_tcp"
+        for t in d.tags
+        if f"{d.name}/{t.name}" in model_inputs
+    ]
+    start = time.time() + 5
+    if not targets or duration < 25:
+        return []
+    kinds = (AnomalyKind.SPIKE, AnomalyKind.STUCK, AnomalyKind.DRIFT)
+    durations = {AnomalyKind.SPIKE: 3.0, AnomalyKind.STUCK: 8.0, AnomalyKind.DRIFT: 10.0}
+    return anomaly_schedule(
+        targets,
+        seed=7,
+        start_t=start,
+        end_t=start + duration - 8,
+        every_s=15,
+        kinds=kinds,
+        magnitude=0.5,
+        durations=durations,
+    )
+
+
 def _progress(say: Any, t: float, st: dict[str, Any] | None, rx: Receiver) -> None:
     st = st or {}
     pipe, ob, up = st.get("pipeline", {}), st.get("outbox", {}), st.get("uplink", {})
     say(
         f"  {t:5.1f}s  polled {pipe.get('points_polled', 0):>7}  "
         f"verified {rx.stats.points_verified:>7}  messages {rx.stats.messages_verified:>5}  "
-        f"backlog {ob.get('rows', 0):>3}  link {'up' if up.get('link_up') else 'down'}"
+        f"backlog {ob.get('rows', 0):>3}  link {'up' if up.get('link_up') else 'down'}  "
+        f"anomaly events {rx.stats.events}"
     )
 
 
@@ -217,6 +295,7 @@ def _result(
         "points_sealed": pipe.get("points_sealed", 0),
         "messages_sealed": pipe.get("messages_sealed", 0),
         **summary(rx),
+        "anomaly_events": rx.stats.events,
         "latency_p50_ms": _pct(rx.latencies_ms, 0.5),
         "latency_p99_ms": _pct(rx.latencies_ms, 0.99),
         "seconds": round(elapsed, 1),

@@ -76,12 +76,14 @@ class Forwarder:
         outbox: OutboxThread,
         tls_context: ssl.SSLContext | None = None,
         on_link: Callable[[bool, str | None], None] = lambda up, why: None,
+        on_problem: Callable[[str, str], None] = lambda kind, why: None,
     ) -> None:
         self.uplink = uplink
         self.client_id = client_id
         self.outbox = outbox
         self.tls_context = tls_context
         self.on_link = on_link
+        self.on_problem = on_problem  # ("tls_failure" | "auth_failure", why): for the audit log
         self.stats = ForwarderStats()
         self._wake = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
@@ -116,6 +118,10 @@ class Forwarder:
                 self._link(False, why)
             except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
                 why = _describe(exc)
+                if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+                    self.on_problem("tls_failure", why)
+                elif isinstance(exc, AuthRefused):
+                    self.on_problem("auth_failure", why)
                 if self.stats.link_up or self.stats.last_error != why:
                     log.warning("uplink [%s]:%d: %s", self.uplink.host, self.uplink.port, why)
                 self._link(False, why)
@@ -157,9 +163,10 @@ class Forwarder:
 
         def on_connect(c: Any, u: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
             if rc.is_failure:
-                loop.call_soon_threadsafe(
-                    s._set, s.connected, None, ConnectionError(f"broker refused: {rc}")
+                err = (AuthRefused if rc.value in _AUTH_CODES else ConnectionError)(
+                    f"broker refused: {rc}"
                 )
+                loop.call_soon_threadsafe(s._set, s.connected, None, err)
             else:
                 loop.call_soon_threadsafe(s._set, s.connected)
 
@@ -282,6 +289,14 @@ class Forwarder:
             return
         self._ack_error = ""
         self.stats.acked += len(acks)
+
+
+class AuthRefused(ConnectionError):
+    """The broker refused our credentials or certificate."""
+
+
+# CONNACK reason codes: bad user name or password, not authorized, bad auth method
+_AUTH_CODES = {0x86, 0x87, 0x8C}
 
 
 @dataclass(slots=True)

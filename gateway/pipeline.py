@@ -55,6 +55,7 @@ class Pipeline:
         flush_window_s: float,
         max_points: int,
         on_sealed: Callable[[], None] = lambda: None,
+        on_drop: Callable[[dict[str, Any]], None] = lambda drop: None,
         queue_size: int = 1024,
     ) -> None:
         self.gw_id, self.boot, self.topic, self.key = gw_id, boot, topic, key
@@ -64,6 +65,7 @@ class Pipeline:
         self.window = flush_window_s
         self.max_points = max_points
         self.on_sealed = on_sealed
+        self.on_drop = on_drop  # each drop, once notified (for the audit log)
         # Bounded: when the outbox falls behind, pollers wait here (backpressure).
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(queue_size)
         self.stats = PipelineStats()
@@ -111,6 +113,29 @@ class Pipeline:
                 if self._unrecorded:  # refused while the disk was full: say so now
                     await self._record_refused("disk_full")
                 return
+
+    async def seal_message(self, kind: str, topic: str, fields: dict[str, Any]) -> int:
+        """Seal one urgent message of another kind (anomaly ``event``, ``audit`` records):
+        same seq space, same signature, sent before any telemetry backlog."""
+
+        def seal(seq: int) -> bytes:
+            payload = encode_payload(
+                gw=self.gw_id,
+                seq=seq,
+                boot=self.boot,
+                kind=kind,
+                t_ns=time.time_ns(),
+                **fields,
+            )
+            return sign1(payload, self.key, topic.encode())
+
+        def append() -> int:
+            assert self.outbox.outbox is not None
+            return self.outbox.outbox.append(topic, seal, priority=URGENT)
+
+        seq = await self.outbox.run(append)
+        self.on_sealed()
+        return seq
 
     async def notify_drops(self) -> None:
         """Seal a notice for drops recorded before this start (e.g. an unclean stop)."""
@@ -204,6 +229,15 @@ class Pipeline:
         self.stats.notices += 1
         for d in drops:
             log.warning("data dropped: %s", _describe(d))
+            self.on_drop(
+                {
+                    "reason": d.reason,
+                    "first_seq": d.first_seq,
+                    "last_seq": d.last_seq,
+                    "messages": d.rows,
+                    "points": d.points,
+                }
+            )
         return True
 
     def _notice(self, seq: int, drops: list[Drop]) -> bytes:

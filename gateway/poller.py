@@ -118,6 +118,55 @@ async def _loop(
         await asyncio.sleep(next_t - now)
 
 
+async def subscribe_device(
+    driver: Any,
+    plan: Any,
+    tag_names: list[str],
+    sink: Callable[[Batch], Awaitable[None]],
+    state: DeviceState,
+    stop: asyncio.Event,
+) -> None:
+    """For a Subscriber: connect with backoff, then let the driver push batches until its
+    link drops (it raises ConnectError, having reported the tags BAD_COMM), and again."""
+
+    async def counted(batch: Batch) -> None:
+        state.reads += 1
+        state.last_read_ns = time.time_ns()
+        state.last_error = batch.error
+        await sink(batch)
+
+    backoff = Backoff()
+    try:
+        while not stop.is_set():
+            if not driver.connected:
+                try:
+                    await driver.connect()
+                except ConnectError as exc:
+                    state.errors += 1
+                    _down(state, str(exc))
+                    await sink(
+                        Batch(
+                            driver.name,
+                            bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, str(exc)),
+                            str(exc),
+                        )
+                    )
+                    await asyncio.sleep(backoff.next())
+                    continue
+                log.info("device %s: connected", driver.name)
+            state.up = True
+            backoff.reset()
+            try:
+                await driver.subscribe(plan, counted)
+            except ConnectError as exc:  # the driver has reported its tags BAD_COMM
+                state.errors += 1
+                _down(state, str(exc))
+                await driver.close()
+                await asyncio.sleep(backoff.next())
+    finally:
+        await driver.close()
+
+
 def _down(state: DeviceState, why: str) -> None:
     if state.up or state.last_error != why:
         log.warning("device %s: down: %s", state.name, why)

@@ -50,6 +50,7 @@ class ReceiverStats:
     topic_mismatch: int = 0
     store_errors: int = 0
     notices: int = 0
+    events: int = 0  # anomaly events (kind "event")
     dropped_points: int = 0  # points the gateway reported lost (signed notices)
     dropped_seqs: int = 0  # seqs the gateway reported will never come
 
@@ -172,6 +173,8 @@ class Receiver:
         before = tr.missing()
         if p.kind == "notice":
             self._notice(p, tr)
+        elif p.kind == "event":
+            st.events += 1
         tr.add(p.seq)
         tr.digests[p.seq] = digest
         tr.digests.pop(p.seq - DIGEST_WINDOW, None)

@@ -1,18 +1,41 @@
-"""`edgegw simulate`: serve simulated devices for a config (demo, benchmarks, trying a
-device map before the PLC is wired)."""
+"""`edgegw simulate`: serve simulated devices for a config's devices, every protocol
+(demo, benchmarks, trying a device map before the PLC is wired)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
 import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .config import Config
+from .registry import PACKAGES
+
+
+async def serve_all(
+    devices: Sequence[Any],
+    stop: asyncio.Event,
+    *,
+    interval_s: float = 0.1,
+    anomalies: Iterable[Any] = (),
+) -> None:
+    """Each protocol's own simulator for its devices, side by side, until ``stop``."""
+    by_proto: dict[str, list[Any]] = {}
+    for d in devices:
+        by_proto.setdefault(d.protocol, []).append(d)
+    runs = []
+    for proto, group in by_proto.items():
+        sim = importlib.import_module(PACKAGES[proto] + ".simulator")
+        kwargs: dict[str, Any] = {"interval_s": interval_s}
+        if proto == "modbus_tcp":
+            kwargs["anomalies"] = anomalies
+        runs.append(sim.serve_devices(group, stop, **kwargs))
+    await asyncio.gather(*runs)
 
 
 def simulate(cfg: Config, update_interval_s: float = 0.1) -> int:
-    from drivers.modbus.simulator import serve_devices
-
     from .daemon import run_async
 
     async def main() -> None:
@@ -20,11 +43,11 @@ def simulate(cfg: Config, update_interval_s: float = 0.1) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        ports = sorted({(d.host, d.port) for d in cfg.devices})
-        print(
-            "simulating " + ", ".join(f"[{h}]:{p}" for h, p in ports), file=sys.stderr, flush=True
+        where = sorted(
+            {f"{d.protocol} {getattr(d, 'host', getattr(d, 'endpoint', ''))}" for d in cfg.devices}
         )
-        await serve_devices(list(cfg.devices), stop, interval_s=update_interval_s)
+        print("simulating " + ", ".join(where), file=sys.stderr, flush=True)
+        await serve_all(list(cfg.devices), stop, interval_s=update_interval_s)
 
     run_async(main())
     return 0

@@ -9,9 +9,14 @@ from .decode import DecodeError, decode_value, encode_value
 from .driver import ModbusTcpDriver
 from .plan import ReadPlan, Request, compile_plan, describe_plan
 
+PROTOCOL = "modbus_tcp"
+DeviceConfig = ModbusTcpDevice
+
 __all__ = [
+    "PROTOCOL",
     "DataType",
     "DecodeError",
+    "DeviceConfig",
     "ModbusTag",
     "ModbusTcpDevice",
     "ModbusTcpDriver",

@@ -190,3 +190,6 @@ class ModbusTcpDriver:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+Driver = ModbusTcpDriver  # the name every protocol package uses (see drivers/contract.py)

@@ -382,9 +382,15 @@ def parse_anomaly(spec: str, t0: float = 0.0) -> Anomaly:
 
 
 async def serve_devices(
-    devices: Sequence[ModbusTcpDevice], stop: asyncio.Event, *, interval_s: float = 0.1
+    devices: Sequence[ModbusTcpDevice],
+    stop: asyncio.Event,
+    *,
+    interval_s: float = 0.1,
+    anomalies: Iterable[Anomaly] = (),
 ) -> None:
-    """Simulate devices until ``stop`` is set: one server per (host, port), waveforms on."""
+    """Simulate devices until ``stop`` is set: one server per (host, port), waveforms on,
+    with ``anomalies`` (e.g. from ``anomaly_schedule``) injected on their tags."""
+    scheduled = list(anomalies)
     groups: dict[tuple[str, int], list[ModbusTcpDevice]] = {}
     for d in devices:
         groups.setdefault((d.host, d.port), []).append(d)
@@ -398,6 +404,8 @@ async def serve_devices(
     tasks: list[asyncio.Task[None]] = []
     try:
         for sim, group in zip(sims, groups.values(), strict=True):
+            names = {d.name for d in group}
+            sim.add_anomalies(a for a in scheduled if a.device in names)
             sim.apply_waveforms(group, time.time())
             await sim.start()
             tasks.append(asyncio.create_task(sim.run_waveforms(group, interval_s)))

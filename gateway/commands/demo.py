@@ -14,7 +14,12 @@ def register(sub: Subparsers) -> None:
         "simulated PLCs → gateway → MQTT over IPv6 → verifying receiver",
         "edgegw demo --duration 20 --json",
     )
-    s.add_argument("--duration", type=float, default=20.0, help="seconds of polling")
+    s.add_argument(
+        "--duration",
+        type=float,
+        default=40.0,
+        help="seconds of polling (anomalies are injected from ~20 s on)",
+    )
     s.add_argument("--state-dir", help="keep keys, outbox, config and logs here")
     s.add_argument("--json", action="store_true", help="end with a JSON summary line")
     s.set_defaults(func=main)

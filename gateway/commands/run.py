@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from . import EXIT_FAILED, Subparsers, add_command, fail, load_or_exit
 
@@ -23,7 +24,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args.config)
     setup_logging(args.log_level)
     try:
-        run_async(serve(cfg))
+        run_async(serve(cfg, Path(args.config)))
     except (OutboxError, KeyFileError) as exc:
         # The state cannot be used as it is: say what and how to fix it, no traceback.
         raise fail(str(exc), EXIT_FAILED) from None
