@@ -9,7 +9,6 @@ YAML line.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import re
 from enum import Enum
 from pathlib import Path
@@ -27,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..common import check_device_name, check_host
 from .types import ORDER_NOTATION, TABLES, TYPES, DataType, Order, Table, register_count
 
 __all__ = [
@@ -39,8 +39,6 @@ __all__ = [
 ]
 
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 E = TypeVar("E", bound=Enum)
 
@@ -271,33 +269,18 @@ class ModbusTcpDevice(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not _DEVICE_NAME.match(v):
-            raise _error(f"device name {v!r} is not allowed; accepted: letters, digits and _ . -")
-        return v
+        try:
+            return check_device_name(v)
+        except ValueError as exc:
+            raise _error(str(exc)) from None
 
     @field_validator("host")
     @classmethod
     def _check_host(cls, v: str) -> str:
-        host = v.strip()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]  # URL-style IPv6 literal
-        if ":" in host:
-            try:
-                return str(ipaddress.IPv6Address(host))
-            except ValueError:
-                raise _error(
-                    f"host {v!r} is neither an IPv6 literal nor a host name; put a port in "
-                    "'port', not in 'host'"
-                ) from None
-        labels = host.split(".")
-        if all(p.isdigit() for p in labels):  # looks like IPv4: must be one
-            try:
-                return str(ipaddress.IPv4Address(host))
-            except ValueError:
-                raise _error(f"host {v!r} is not a valid IPv4 address") from None
-        if len(host) <= 253 and all(_HOST_LABEL.match(p) for p in labels):
-            return host
-        raise _error(f"host {v!r} is not valid; accepted: an IPv4/IPv6 literal or a host name")
+        try:
+            return check_host(v)
+        except ValueError as exc:
+            raise _error(str(exc)) from None
 
     @field_validator("byte_order", "word_order", mode="before")
     @classmethod

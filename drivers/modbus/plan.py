@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..common import covered, partition
 from .config import ModbusTag, ModbusTcpDevice
 from .decode import BitDecoder, RegisterDecoder, layout
 from .types import TABLES, Table, register_count
@@ -46,38 +47,6 @@ class ReadPlan:
     """Full names of all tags, in config order."""
 
 
-def partition(spans: list[tuple[int, int]], limit: int, max_gap: int) -> list[tuple[int, int]]:
-    """Cut spans ``(start, end)`` sorted by (start, end) into runs ``(first, last+1)``.
-
-    Each run covers at most ``limit`` addresses and leaves no hole wider than
-    ``max_gap`` between its spans. Assumes each span alone fits ``limit``.
-    """
-    runs: list[tuple[int, int]] = []
-    i, n = 0, len(spans)
-    while i < n:
-        start, end = spans[i]
-        j = i + 1
-        while j < n:
-            s, e = spans[j]
-            if s - end > max_gap or max(end, e) - start > limit:
-                break
-            end = max(end, e)
-            j += 1
-        runs.append((i, j))
-        i = j
-    return runs
-
-
-def _covered(spans: list[tuple[int, int]]) -> int:
-    """Addresses covered by at least one span (spans sorted by start)."""
-    total, reach = 0, -1
-    for s, e in spans:
-        if e > reach:
-            total += e - max(s, reach)
-            reach = e
-    return total
-
-
 def compile_plan(device: ModbusTcpDevice) -> ReadPlan:
     """Compile a device's tags into the fewest requests under its limits."""
     prefix = device.name + "/"
@@ -105,7 +74,7 @@ def compile_plan(device: ModbusTcpDevice) -> ReadPlan:
                     address=address,
                     count=count,
                     tags=tuple(x.name for x in layouts),
-                    unused=count - _covered(spans[first:last]),
+                    unused=count - covered(spans[first:last]),
                     label=f"{table.value} {address}..{address + count - 1}",
                     decoder=compile_decoder(count, layouts),
                 )

@@ -8,7 +8,6 @@ gateway can point at the YAML line.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -26,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..common import check_device_name, check_host
 from .address import Address, AddressError, parse_address, parse_tsap
 from .types import (
     LETTERS,
@@ -41,8 +41,6 @@ from .types import (
 __all__ = ["DeviceConfig", "S7Tag", "load_devices"]
 
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _STRING_TYPE = re.compile(r"^\s*STRING\s*\[\s*(\d+)\s*\]\s*$", re.IGNORECASE)
 
 
@@ -314,33 +312,18 @@ class DeviceConfig(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not _DEVICE_NAME.match(v):
-            raise _error(f"device name {v!r} is not allowed; accepted: letters, digits and _ . -")
-        return v
+        try:
+            return check_device_name(v)
+        except ValueError as exc:
+            raise _error(str(exc)) from None
 
     @field_validator("host")
     @classmethod
     def _check_host(cls, v: str) -> str:
-        host = v.strip()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]  # URL-style IPv6 literal
-        if ":" in host:
-            try:
-                return str(ipaddress.IPv6Address(host))
-            except ValueError:
-                raise _error(
-                    f"host {v!r} is neither an IPv6 literal nor a host name; put a port in "
-                    "'port', not in 'host'"
-                ) from None
-        labels = host.split(".")
-        if all(p.isdigit() for p in labels):  # looks like IPv4: must be one
-            try:
-                return str(ipaddress.IPv4Address(host))
-            except ValueError:
-                raise _error(f"host {v!r} is not a valid IPv4 address") from None
-        if len(host) <= 253 and all(_HOST_LABEL.match(p) for p in labels):
-            return host
-        raise _error(f"host {v!r} is not valid; accepted: an IPv4/IPv6 literal or a host name")
+        try:
+            return check_host(v)
+        except ValueError as exc:
+            raise _error(str(exc)) from None
 
     @field_validator("local_tsap", "remote_tsap", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..common import covered, partition
 from .config import DeviceConfig, S7Tag
 from .decode import RangeDecoder, field_of
 from .types import AREAS, Area
@@ -155,38 +156,6 @@ class ReadPlan:
             plan = _compile(self.config, tags, self.pdu_size, max_gap=None)
             self._isolated[range_index] = plan
         return plan
-
-
-def partition(spans: list[tuple[int, int]], limit: int, max_gap: int) -> list[tuple[int, int]]:
-    """Cut spans ``(start, end)`` sorted by (start, end) into runs ``(first, last+1)``.
-
-    Each run covers at most ``limit`` bytes (unless it is one span that alone is longer)
-    and leaves no hole wider than ``max_gap`` between its spans.
-    """
-    runs: list[tuple[int, int]] = []
-    i, n = 0, len(spans)
-    while i < n:
-        start, end = spans[i]
-        j = i + 1
-        while j < n:
-            s, e = spans[j]
-            if s - end > max_gap or max(end, e) - start > limit:
-                break
-            end = max(end, e)
-            j += 1
-        runs.append((i, j))
-        i = j
-    return runs
-
-
-def _covered(spans: list[tuple[int, int]]) -> int:
-    """Bytes covered by at least one span (spans sorted by start)."""
-    total, reach = 0, -1
-    for s, e in spans:
-        if e > reach:
-            total += e - max(s, reach)
-            reach = e
-    return total
 
 
 def pack(sizes: list[int], pdu: int, items_cap: int) -> list[list[int]]:
@@ -326,7 +295,7 @@ def _compile(
                     start=start,
                     size=end - start,
                     tags=tuple(f.name for f in fields),
-                    unused=end - start - _covered(spans[first:last]),
+                    unused=end - start - covered(spans[first:last]),
                     label=_label(area, db, start, end),
                     decoder=RangeDecoder.compile(end - start, fields),
                     members=tuple(i for _, _, i, _ in run),

@@ -1,0 +1,75 @@
+"""What several protocol drivers share: config checks and request grouping (pure code,
+no protocol library)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_device_name(v: str) -> str:
+    """A device name as used in tag names ("<device>/<tag>"); ValueError says why not."""
+    if not DEVICE_NAME.match(v):
+        raise ValueError(f"device name {v!r} is not allowed; accepted: letters, digits and _ . -")
+    return v
+
+
+def check_host(v: str) -> str:
+    """An IPv6 literal (brackets accepted), an IPv4 literal or a host name, normalised;
+    ValueError says what is wrong (a port written into the host, a bad IPv4, ...)."""
+    host = v.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # URL-style IPv6 literal
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(
+                f"host {v!r} is neither an IPv6 literal nor a host name; put a port in "
+                "'port', not in 'host'"
+            ) from None
+    labels = host.split(".")
+    if all(p.isdigit() for p in labels):  # looks like IPv4: must be one
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"host {v!r} is not a valid IPv4 address") from None
+    if len(host) <= 253 and all(_HOST_LABEL.match(p) for p in labels):
+        return host
+    raise ValueError(f"host {v!r} is not valid; accepted: an IPv4/IPv6 literal or a host name")
+
+
+def partition(spans: list[tuple[int, int]], limit: int, max_gap: int) -> list[tuple[int, int]]:
+    """Cut spans ``(start, end)`` sorted by (start, end) into runs ``(first, last+1)``.
+
+    Greedy: each run covers at most ``limit`` units (registers, bytes; unless it is one
+    span that alone is longer) and leaves no hole wider than ``max_gap`` between its
+    spans. For intervals sorted by start this gives the fewest runs.
+    """
+    runs: list[tuple[int, int]] = []
+    i, n = 0, len(spans)
+    while i < n:
+        start, end = spans[i]
+        j = i + 1
+        while j < n:
+            s, e = spans[j]
+            if s - end > max_gap or max(end, e) - start > limit:
+                break
+            end = max(end, e)
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def covered(spans: list[tuple[int, int]]) -> int:
+    """Units covered by at least one span (spans sorted by start)."""
+    total, reach = 0, -1
+    for s, e in spans:
+        if e > reach:
+            total += e - max(s, reach)
+            reach = e
+    return total
