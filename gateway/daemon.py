@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from drivers.contract import Batch
 from security import AUDIT_FILE, AuditLog, AuditLogCorrupt
 from security.keyring import init_keys
 from security.tls import client_context
@@ -212,8 +213,16 @@ class Daemon:
         for m in self.cfg.inference.models:
             self._audit("model_loaded", model=m.name, sha256=m.sha256)
         self.tasks["inference"] = asyncio.create_task(
-            self.engine.run(self._on_event, lambda *a: None), name="inference"
+            self.engine.run(self._on_event, self._on_score), name="inference"
         )
+
+    def _on_score(self, model: str, score: float, window_end_ns: int) -> None:
+        """A model with ``publish_scores``: its score goes out as telemetry, tag
+        ``inference/<model>/score``, sealed with the next window like any reading."""
+        assert self.pipeline is not None
+        batch = Batch("inference", [(f"inference/{model}/score", window_end_ns, score, 0)])
+        if not self.pipeline.offer(batch):  # backpressure: a score is not worth stalling for
+            log.debug("score of %s skipped: pipeline full", model)
 
     async def _on_event(self, ev: Any) -> None:
         assert self.pipeline is not None

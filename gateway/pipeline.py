@@ -75,6 +75,15 @@ class Pipeline:
         self.stats.points_polled += len(batch.readings)
         await self.queue.put(batch)
 
+    def offer(self, batch: Batch) -> bool:
+        """Put without waiting (derived data such as model scores): False if full."""
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            return False
+        self.stats.points_polled += len(batch.readings)
+        return True
+
     async def close(self) -> None:
         """Ask run() to seal what it holds and return."""
         await self.queue.put(None)

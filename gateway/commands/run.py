@@ -17,7 +17,7 @@ def register(sub: Subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from buffer import OutboxError
-    from security import KeyFileError
+    from security import AuditLogBusy, KeyFileError
 
     from ..daemon import run_async, serve, setup_logging
 
@@ -25,7 +25,11 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         run_async(serve(cfg, Path(args.config)))
-    except (OutboxError, KeyFileError) as exc:
+    except (OutboxError, KeyFileError, AuditLogBusy) as exc:
         # The state cannot be used as it is: say what and how to fix it, no traceback.
         raise fail(str(exc), EXIT_FAILED) from None
+    except Exception as exc:
+        if type(exc).__name__ != "ModelRefused":  # inference is imported only when used
+            raise
+        raise fail(f"refusing to start: {exc}", EXIT_FAILED) from None
     return 0
