@@ -22,13 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+import cbor2
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from security import BadSignature, CoseError, UnknownKid, verify1
+from security import BadSignature, CoseError, UnknownKid, learn_keys, verify1
+from security.checkpoint import iter_records
 
 from .wire import Payload, PayloadError, decode_payload
 
@@ -51,6 +53,8 @@ class ReceiverStats:
     store_errors: int = 0
     notices: int = 0
     events: int = 0  # anomaly events (kind "event")
+    replays: int = 0  # an old boot's message that cannot be genuine now
+    keys_learned: int = 0  # rotated keys learned from key_rotated certificates
     dropped_points: int = 0  # points the gateway reported lost (signed notices)
     dropped_seqs: int = 0  # seqs the gateway reported will never come
 
@@ -67,6 +71,7 @@ class _Track:
     ranges: list[list[int]] = field(default_factory=list)
     digests: dict[int, bytes] = field(default_factory=dict)
     boot: int = 0
+    boot_first_seq: dict[int, int] = field(default_factory=dict)  # lowest seq seen per boot
 
     def _find(self, seq: int) -> int:
         """Index of the last interval starting at or before seq (-1 if none)."""
@@ -140,8 +145,13 @@ class Receiver:
         try:
             v = verify1(body, self.keys, topic.encode())
         except UnknownKid:
-            st.unknown_kid += 1
-            return "unknown_kid"
+            # After a key rotation the gateway signs with its new key, and the audit
+            # message carrying the certificate of that key is signed by it too: learn the
+            # key from the certificate (signed by a key we trust), then verify.
+            if not self._learn_keys(body):
+                st.unknown_kid += 1
+                return "unknown_kid"
+            return self._handle(topic, body, now)
         except BadSignature:
             st.signature_failures += 1
             return "bad_signature"
@@ -168,8 +178,17 @@ class Receiver:
                     "SECURITY: gateway %s sent two different messages with seq %d", p.gw, p.seq
                 )
                 return "conflict"
+            if old is None and p.boot < tr.boot:
+                return self._replay(p, "an old message re-sent long after")
             st.duplicates += 1
             return "duplicate"
+        newest_first = tr.boot_first_seq.get(tr.boot)
+        if p.boot < tr.boot and newest_first is not None and p.seq > newest_first:
+            # seqs only grow: boot N-1 cannot have used a seq that boot N used before it
+            return self._replay(p, f"seq {p.seq} of boot {p.boot} is after boot {tr.boot} began")
+        first = tr.boot_first_seq.get(p.boot)
+        if first is None or p.seq < first:
+            tr.boot_first_seq[p.boot] = p.seq
         before = tr.missing()
         if p.kind == "notice":
             self._notice(p, tr)
@@ -191,6 +210,41 @@ class Receiver:
                 st.store_errors += 1
                 log.error("cannot store seq %d of %s: %s", p.seq, p.gw, exc)
         return "valid"
+
+    def _replay(self, p: Payload, why: str) -> str:
+        self.stats.replays += 1
+        log.error(
+            "SECURITY: replayed message from gateway %s (boot %d, seq %d): %s",
+            p.gw,
+            p.boot,
+            p.seq,
+            why,
+        )
+        return "replay"
+
+    def _learn_keys(self, body: bytes) -> bool:
+        """Certificates from ``key_rotated`` audit records in a not yet verifiable
+        message: each is checked against the keys we trust before it adds a key."""
+        try:
+            obj = cbor2.loads(body)
+            arr = obj.value if isinstance(obj, cbor2.CBORTag) else obj
+            payload = cbor2.loads(arr[2])
+            entries = payload.get("entries") if payload.get("kind") == "audit" else None
+        except Exception:
+            return False
+        if not isinstance(entries, list):
+            return False
+        certs = [
+            r.detail["cert"]
+            for r in iter_records(b"".join(e for e in entries if isinstance(e, bytes)))
+            if r.event == "key_rotated" and isinstance(r.detail.get("cert"), bytes)
+        ]
+        if not certs:
+            return False
+        before = len(self.keys)
+        self.keys = learn_keys(self.keys, certs, strict=False)
+        self.stats.keys_learned += len(self.keys) - before
+        return len(self.keys) > before
 
     def _notice(self, p: Payload, tr: _Track) -> None:
         """A signed drop notice explains gaps: those seqs will never come."""

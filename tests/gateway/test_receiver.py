@@ -144,3 +144,46 @@ def test_drop_notice_explains_a_gap(key: DeviceKey) -> None:
     s = rx.stats
     assert (s.gaps, s.notices, s.dropped_points, s.dropped_seqs) == (0, 1, 30, 3)
     assert rx.tracks["gw1"].ranges == [[1, 6]]
+
+
+def test_a_rotated_key_is_learned_from_its_certificate(tmp_path: Path) -> None:
+    """The receiver knows only the enrolled key. After a rotation the gateway signs
+    with the new key; the audit message that carries the certificate of the new key
+    (signed by the old one) is signed by the new key too: the receiver learns the key
+    from the certificate, then verifies the message, and everything after it."""
+    from security import AUDIT_FILE, AuditLog
+    from security.keyring import init_keys, rotate
+
+    state = tmp_path / "gw"
+    old, _ = init_keys(state)
+    rx = Receiver({old.kid: old.public_key}, "edgegw")
+    assert rx.handle(TOPIC, msg(old, 1)) == "valid"
+    audit = AuditLog(state / AUDIT_FILE, old, boot=1)
+    entries: list[bytes] = []
+    audit.on_append = lambda e: entries.append(e.encoded)
+    rot = rotate(state, audit=audit)
+    audit.close()
+    new = rot.key
+    atopic = "edgegw/gw1/audit"
+    p = encode_payload(gw="gw1", seq=2, boot=2, kind="audit", t_ns=1, entries=entries)
+    assert rx.handle(atopic, sign1(p, new, atopic.encode())) == "valid"
+    assert rx.stats.keys_learned == 1
+    assert rx.handle(TOPIC, msg(new, 3, boot=2)) == "valid"
+    # a key that no trusted key certified is still unknown
+    other = DeviceKey.load_or_create(tmp_path / "stranger")[0]
+    assert rx.handle(TOPIC, msg(other, 4, boot=2)) == "unknown_kid"
+
+
+def test_replays_from_an_old_boot_are_flagged(key: DeviceKey) -> None:
+    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    assert rx.handle(TOPIC, msg(key, 10, boot=1)) == "valid"
+    assert rx.handle(TOPIC, msg(key, 11, boot=2)) == "valid"
+    # backlog of the old boot arriving late is fine ...
+    assert rx.handle(TOPIC, msg(key, 9, boot=1)) == "valid"
+    # ... but boot 1 cannot have produced a seq after boot 2 began
+    assert rx.handle(TOPIC, msg(key, 12, boot=1)) == "replay"
+    # an old message re-sent after its digest was forgotten
+    rx.tracks["gw1"].digests.clear()
+    assert rx.handle(TOPIC, msg(key, 10, boot=1)) == "replay"
+    assert rx.handle(TOPIC, msg(key, 11, boot=2)) == "duplicate"
+    assert rx.stats.replays == 2 and rx.stats.messages_verified == 3
