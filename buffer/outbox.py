@@ -42,27 +42,27 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NoReturn, Self
 
+from .model import Drop, OutboxCorrupt, OutboxError, OutboxFull, OutboxRow, OutboxStats, is_full
+from .room import RoomMixin
 from .schema import (
     APPLICATION_ID,
-    LAST_SEQ,
     NEXT_SEQ,
     OBJECTS,
     ROW_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     SQLITE_CORRUPT,
-    SQLITE_FULL,
     SQLITE_MAGIC,
     SQLITE_NOTADB,
     STATS,
     URGENT,
     split_script,
 )
+from .seqs import SEQ_BLOCK, SeqReservationMixin
 
 __all__ = [
     "URGENT",
@@ -76,72 +76,10 @@ __all__ = [
     "Policy",
 ]
 
-SEQ_BLOCK = 1000
-# Preallocated beside the outbox and released on ENOSPC: on a full disk even the deletes
-# that make room, and the WAL checkpoint, need space to be written.
-BALLAST = 1 << 20
 Policy = Literal["drop_oldest", "stop_acquisition"]
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One committed, not yet acknowledged message."""
-
-    seq: int
-    topic: str
-    body: bytes
-    priority: int
-    created_ns: int
-    points: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """Messages lost, or seqs skipped, that the platform has not yet been told about."""
-
-    id: int
-    first_seq: int | None  # None when nothing got a seq (stop_acquisition)
-    last_seq: int | None
-    rows: int
-    points: int
-    bytes: int
-    reason: str  # outbox_full | disk_full | corrupt_at_rest | unclean_stop | not_acquired
-    at_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    """A consistent snapshot of the outbox."""
-
-    rows: int  # unacknowledged rows
-    bytes: int  # sum of body lengths of those rows
-    first_seq: int | None  # lowest unacknowledged seq
-    last_seq: int  # highest seq ever assigned (0 if none); survives acks and restarts
-    # created_ns of the lowest unacknowledged seq: the oldest row in commit order (it
-    # differs from min(created_ns) only if the wall clock stepped back; not worth an index).
-    oldest_created_ns: int | None
-    dropped_rows: int = 0  # evicted or quarantined, ever
-    dropped_points: int = 0
-
-
-class OutboxError(Exception):
-    """Any failure of the outbox (I/O error, disk full, locked, closed, ...)."""
-
-
-class OutboxCorrupt(OutboxError):
-    """The file is not a usable outbox: not SQLite, damaged, or another program's database."""
-
-
-class OutboxFull(OutboxError):
-    """No room for a message: the byte cap or the free-disk reserve is reached and the
-    policy (or nothing evictable) forbids making room. ``reason``: outbox_full | disk_full."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class Outbox:
+class Outbox(RoomMixin, SeqReservationMixin):
     """The SQLite outbox. Thread-safe: every method holds one lock for its whole transaction.
 
     The gateway drives it from one dedicated worker thread (not the one that created it),
@@ -380,7 +318,7 @@ class Outbox:
             except OutboxFull:
                 raise
             except OutboxError as exc:
-                if not _is_full(exc):
+                if not is_full(exc):
                     raise
                 # ENOSPC inside SQLite: free the ballast, restart the WAL, make room as
                 # for a full cap, and try once more.
@@ -389,38 +327,9 @@ class Outbox:
                     if self.policy == "drop_oldest" and priority != URGENT and self._evict_some():
                         return self._append(topic, seal, priority, points, drop_ids)
                 except OutboxError as again:
-                    if not _is_full(again):
+                    if not is_full(again):
                         raise
                 raise OutboxFull(f"{self._where}: the disk is full: {exc}", "disk_full") from exc
-
-    @property
-    def _ballast(self) -> Path:
-        return self.path.with_name(self.path.name + ".ballast")
-
-    def _ensure_ballast(self) -> None:
-        """Keep BALLAST bytes preallocated beside the outbox while the disk has room."""
-        with contextlib.suppress(OSError):
-            if not self._ballast.exists() and self._free_disk() > 4 * BALLAST + self.min_free_bytes:
-                fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.posix_fallocate(fd, 0, BALLAST)
-                finally:
-                    os.close(fd)
-
-    def _on_disk_full(self) -> None:
-        """SQLITE_FULL: give the ballast back so a checkpoint and the deletes that make
-        room can be written (both need space themselves), then restart the WAL."""
-        with contextlib.suppress(OSError):
-            self._ballast.unlink()
-        self._shrink_wal()
-
-    def _shrink_wal(self) -> None:
-        """Checkpoint and restart the WAL: the file shrinks to ``journal_size_limit`` and
-        that space is reused, so even deletes (which need WAL space) work on a disk that
-        is otherwise full. Not TRUNCATE: a zero-length WAL on a full disk cannot grow.
-        Best effort: a full disk may refuse even this."""
-        with contextlib.suppress(sqlite3.Error):
-            self._db().execute("PRAGMA wal_checkpoint(RESTART)")
 
     def _append(
         self,
@@ -481,104 +390,6 @@ class Outbox:
     def _next_seq_hint(self) -> int:
         return getattr(self, "_last_seq", 0) + 1
 
-    # -- room: cap, free disk, eviction -------------------------------------------------
-
-    def _free_disk(self) -> int:
-        st = os.statvfs(self.path.parent)
-        return st.f_bavail * st.f_frsize
-
-    def _make_room(self, conn: sqlite3.Connection, size: int, priority: int) -> None:
-        """Inside the append transaction: evict or refuse when the message does not fit."""
-        over = 0
-        reason = ""
-        if self.max_bytes is not None and priority != URGENT:
-            used = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
-            over = used + size - self.max_bytes
-            reason = "outbox_full"
-        if over <= 0 and self.min_free_bytes and self._free_disk() < self.min_free_bytes + size:
-            # Freed pages are reused by SQLite, so evicting a little more than the new
-            # message keeps the file from growing; 1% at a time avoids evicting per message.
-            used = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
-            over, reason = max(size, used // 100), "disk_full"
-            if priority == URGENT:
-                return  # urgent messages are tiny; let SQLite tell if the disk is full
-        if over <= 0:
-            return
-        if self.policy == "stop_acquisition":
-            raise OutboxFull(
-                f"{self._where}: {reason.replace('_', ' ')}: new data refused "
-                f"(policy stop_acquisition)",
-                reason,
-            )
-        if not self._evict(conn, over, reason):
-            raise OutboxFull(
-                f"{self._where}: {reason.replace('_', ' ')} and nothing left to "
-                f"evict (only urgent messages remain)",
-                reason,
-            )
-
-    def _evict(self, conn: sqlite3.Connection, need: int, reason: str) -> bool:
-        """Delete the oldest telemetry rows totalling at least ``need`` bytes; record it."""
-        freed = rows = pts = 0
-        first = last = None
-        for seq, size, n in conn.execute(
-            "SELECT seq, length(body), points FROM outbox WHERE priority != ? ORDER BY seq",
-            (URGENT,),
-        ):
-            first = seq if first is None else first
-            last, freed, rows, pts = seq, freed + size, rows + 1, pts + n
-            if freed >= need:
-                break
-        if freed < need or last is None:
-            return False
-        conn.execute("DELETE FROM outbox WHERE seq <= ? AND priority != ?", (last, URGENT))
-        self._record(conn, first, last, rows, pts, freed, reason)
-        return True
-
-    def _evict_some(self) -> bool:
-        """After ENOSPC: free 1% of the backlog (at least one row) in its own transaction."""
-        with self._write("evict") as txn:
-            used = txn.conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
-            return self._evict(txn.conn, max(1, used // 100), "disk_full")
-
-    def _record(
-        self,
-        conn: sqlite3.Connection,
-        first: int | None,
-        last: int | None,
-        rows: int,
-        points: int,
-        nbytes: int,
-        reason: str,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO drops (first_seq, last_seq, rows, points, bytes, reason, at_ns)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (first, last, rows, points, nbytes, reason, time.time_ns()),
-        )
-        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_rows'", (rows,))
-        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_points'", (points,))
-
-    def record_drop(self, points: int, reason: str) -> None:
-        """Record points lost before they got a seq (e.g. refused under stop_acquisition)."""
-        with self._lock, self._write("record_drop") as txn:
-            self._record(txn.conn, None, None, 0, points, 0, reason)
-
-    def pending_drops(self) -> list[Drop]:
-        """Drops the platform has not been told about yet (see ``append(notifies=...)``)."""
-        with self._lock:
-            conn = self._db()
-            try:
-                rows = conn.execute(
-                    "SELECT id, first_seq, last_seq, rows, points, bytes, reason, at_ns"
-                    " FROM drops WHERE notified = 0 ORDER BY id"
-                ).fetchall()
-            except sqlite3.Error as exc:
-                self._fail(conn, exc, "pending_drops")
-        return [Drop(*r) for r in rows]
-
-    # -- reading, acknowledging -----------------------------------------------------------
-
     def pending(
         self,
         after_seq: int = 0,
@@ -621,18 +432,6 @@ class Outbox:
                 rows = [r for r in rows if zlib.crc32(r[2]) == r[6]]
         return [OutboxRow(*r[:6]) for r in rows]
 
-    def _quarantine(self, rows: list[tuple]) -> None:  # type: ignore[type-arg]
-        now = time.time_ns()
-        with self._write("quarantine") as txn:
-            for r in rows:
-                txn.conn.execute(
-                    "INSERT OR REPLACE INTO quarantine (seq, topic, body, found_ns)"
-                    " VALUES (?, ?, ?, ?)",
-                    (r[0], r[1], r[2], now),
-                )
-                txn.conn.execute("DELETE FROM outbox WHERE seq = ?", (r[0],))
-                self._record(txn.conn, r[0], r[0], 1, r[5], len(r[2]), "corrupt_at_rest")
-
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete these rows in one transaction; unknown seqs are ignored. Returns rows deleted."""
         # Sorted and unique: deletes walk the B-tree in order, and repeats cost nothing.
@@ -643,7 +442,7 @@ class Outbox:
             try:
                 return self._ack(keys)
             except OutboxError as exc:
-                if not _is_full(exc):
+                if not is_full(exc):
                     raise
                 self._on_disk_full()  # a delete needs WAL space: free it, try once more
                 return self._ack(keys)
@@ -666,64 +465,6 @@ class Outbox:
             except sqlite3.Error as exc:
                 self._fail(conn, exc, "stats")
         return OutboxStats(*row)
-
-    # -- seq reservation (NORMAL mode) --------------------------------------------------
-
-    def _recover_reservation(self, conn: sqlite3.Connection) -> None:
-        """At open: after an unclean stop, skip the rest of the reserved block."""
-        last = conn.execute(LAST_SEQ).fetchone()[0]
-        reserved = conn.execute("SELECT value FROM meta WHERE key = 'seq_reserved'").fetchone()
-        reserved = reserved[0] if reserved else 0
-        self._last_seq = last
-        if reserved > last:
-            self._skip_reserved(conn, last, reserved)
-            self._last_seq = reserved
-        self._reserved = max(reserved, last) if self._synchronous == "NORMAL" else 1 << 62
-
-    def _skip_reserved(self, conn: sqlite3.Connection, last: int, reserved: int) -> None:
-        """Record and skip the unused part of the reserved block, once more after
-        shrinking the WAL if the disk is full."""
-        for attempt in (1, 2):
-            try:
-                self._skip_reserved_txn(last, reserved)
-                return
-            except OutboxError as exc:
-                if not _is_full(exc):
-                    raise
-                if attempt == 2:
-                    raise OutboxFull(
-                        f"{self._where}: the disk is full; cannot even record the seqs "
-                        f"skipped after an unclean stop. Free some space on this "
-                        f"filesystem (and set outbox.min_free_mib to keep a reserve)",
-                        "disk_full",
-                    ) from exc
-                self._on_disk_full()
-
-    def _skip_reserved_txn(self, last: int, reserved: int) -> None:
-        with self._write("skip reserved seqs") as txn:
-            c = txn.conn
-            if (
-                c.execute(
-                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (reserved,)
-                ).rowcount
-                == 0
-            ):
-                c.execute(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (reserved,)
-                )
-            self._record(c, last + 1, reserved, 0, 0, 0, "unclean_stop")
-
-    def _release_reservation(self) -> None:
-        """At a clean close: durably give back the unused part of the block."""
-        conn = self._conn
-        if conn is None or self._synchronous != "NORMAL":
-            return
-        with contextlib.suppress(sqlite3.Error, OutboxError):
-            conn.execute("PRAGMA synchronous = FULL")
-            with self._write("release seqs") as txn:
-                txn.conn.execute(
-                    "UPDATE meta SET value = (" + LAST_SEQ + ") WHERE key = 'seq_reserved'"
-                )
 
     def close(self) -> None:
         """Close the file (idempotent). SQLite checkpoints the WAL on the last close."""
@@ -760,9 +501,3 @@ class _Txn:
 
     def abort(self) -> None:
         self.aborted = True
-
-
-def _is_full(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    code = getattr(cause, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == SQLITE_FULL
