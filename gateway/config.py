@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.modbus.config import ModbusTcpDevice
+from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
 from drivers.opcua.config import OpcuaDevice, resolve_paths
 from drivers.s7.config import DeviceConfig as S7Device
 from inference.config import InferenceConfig
@@ -60,6 +60,9 @@ class UplinkConfig(_Model):
     keepalive_s: int = Field(30, ge=5, le=3600)
     max_inflight: int = Field(
         64, ge=1, le=65535, description="messages published but not yet acknowledged (PUBACK)"
+    )
+    reconnect_max_s: float = Field(
+        10, ge=1, le=600, description="longest wait between reconnect attempts (with jitter)"
     )
     max_bytes_per_s: int | None = Field(
         None, ge=1024, description="cap on upstream bytes/s (cellular links); none by default"
@@ -134,7 +137,10 @@ class GatewaySection(_Model):
     )
 
 
-Device = Annotated[ModbusTcpDevice | OpcuaDevice | S7Device, Field(discriminator="protocol")]
+Device = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | ModbusRtuTcpDevice | OpcuaDevice | S7Device,
+    Field(discriminator="protocol"),
+]
 
 
 class MetricsConfig(_Model):

@@ -102,7 +102,7 @@ class Forwarder:
 
     async def run(self) -> None:
         """Connect, pump, reconnect with backoff; runs until cancelled."""
-        backoff = Backoff(first=0.5, cap=30.0)
+        backoff = Backoff(first=0.5, cap=self.uplink.reconnect_max_s)
         while True:
             session: _Session | None = None
             try:
