@@ -10,6 +10,9 @@ and each one is encoded to CBOR as an array as it is::
 
     (tag, ts_ns, value, quality)            # a good or uncertain reading
     (tag, ts_ns, value, quality, reason)    # a bad one, with why
+    (tag, ts_ns, value, quality, reason_or_None, server_ts_ns)
+                                            # a protocol with two clocks (OPC UA): ts_ns
+                                            # is the source's, server_ts_ns the server's
 
 ``tag`` is the full tag name ``"<device>/<tag>"``, computed once when the plan is
 compiled. ``ts_ns`` is the UTC time of the response in integer nanoseconds since the
@@ -25,7 +28,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 Value: TypeAlias = bool | int | float | str | None
 Reading: TypeAlias = tuple[Any, ...]
-"""``(tag, ts_ns, value, quality[, reason])``; see the module docstring."""
+"""``(tag, ts_ns, value, quality[, reason[, server_ts_ns]])``; see the module docstring."""
 
 
 class Quality(IntEnum):
@@ -90,9 +93,7 @@ class Driver(Protocol):
         """Close the link; safe to call twice."""
 
 
-def bad_readings(
-    tags: list[str], ts_ns: int, quality: Quality, reason: str
-) -> list[Reading]:
+def bad_readings(tags: list[str], ts_ns: int, quality: Quality, reason: str) -> list[Reading]:
     """Readings for tags that could not be read, each carrying the reason."""
     q = int(quality)
     return [(t, ts_ns, None, q, reason) for t in tags]

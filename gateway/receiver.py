@@ -289,8 +289,10 @@ class JsonLinesSink:
                 "value": r[2],
                 "quality": r[3],
             }
-            if len(r) > 4:
+            if len(r) > 4 and r[4] is not None:
                 rec["reason"] = r[4]
+            if len(r) > 5:
+                rec["server_ts"] = r[5]
             w(json.dumps(rec) + "\n")
         self.out.flush()
 
@@ -335,6 +337,7 @@ class SqliteSink:
                     "value": bytes,
                     "quality": int,
                     "reason": str,
+                    "server_ts": int,
                 },
             )
 
@@ -354,10 +357,19 @@ class SqliteSink:
                 replace=True,
             )
             self.db.conn.executemany(
-                "INSERT INTO readings (gw, seq, tag, ts, value, quality, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO readings (gw, seq, tag, ts, value, quality, reason, server_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (p.gw, p.seq, r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else None)
+                    (
+                        p.gw,
+                        p.seq,
+                        r[0],
+                        r[1],
+                        r[2],
+                        r[3],
+                        r[4] if len(r) > 4 else None,
+                        r[5] if len(r) > 5 else None,
+                    )
                     for r in p.readings
                 ],
             )

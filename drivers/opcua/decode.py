@@ -8,6 +8,8 @@ statuses) takes a slower path whose messages are cached per tag and status code.
   status name, e.g. ``UncertainLastUsableValue``), Bad -> BAD_DEVICE (reason: the
   status name and the node).
 - Timestamp: SourceTimestamp, else ServerTimestamp, else the time the response arrived.
+  When the server sent both, the ServerTimestamp is kept too, as the reading's sixth
+  element (``(tag, ts, value, quality, reason or None, server_ts)``).
 """
 
 from __future__ import annotations
@@ -95,14 +97,20 @@ class Decoder:
         bad = 0
         for i, dv in zip(indices, values, strict=True):
             code = dv.StatusCode.value
-            st = dv.SourceTimestamp or dv.ServerTimestamp
+            src, srv = dv.SourceTimestamp, dv.ServerTimestamp
+            st = src or srv
             if st is None:
                 ts = now
             else:
                 d = st - _EPOCH
                 ts = (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+            # both kept: the server's time rides along as a sixth element
+            tail: tuple[int, ...] = ()
+            if src is not None and srv is not None:
+                d = srv - _EPOCH
+                tail = ((d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000,)
             if code >= 0x80000000:
-                out.append((names[i], ts, None, _BAD_DEVICE, self._bad(i, code)))
+                out.append((names[i], ts, None, _BAD_DEVICE, self._bad(i, code), *tail))
                 bad += 1
                 continue
             var = dv.Value
@@ -113,14 +121,18 @@ class Decoder:
             else:
                 problem = self._unusual(i, var, vt, f)
                 if isinstance(problem, tuple):
-                    out.append((names[i], ts, None, *problem))
+                    out.append((names[i], ts, None, *problem, *tail))
                     bad += 1
                     continue
                 value = problem
             if code < 0x40000000:
-                out.append((names[i], ts, value, _GOOD))
+                out.append(
+                    (names[i], ts, value, _GOOD, None, *tail)
+                    if tail
+                    else (names[i], ts, value, _GOOD)
+                )
             else:
-                out.append((names[i], ts, value, _UNCERTAIN, status_name(code)))
+                out.append((names[i], ts, value, _UNCERTAIN, status_name(code), *tail))
         return bad
 
     def decode_items(self, items: Sequence[Any], out: list[Reading], now: int) -> int:

@@ -163,7 +163,10 @@ def test_a_bad_node_does_not_break_the_others(sim: SimThread, tmp_path: Path) ->
 
     for batch in asyncio.run(run()):
         got = by_tag(batch)
-        assert got["good1"][2:] == (1.25, 0) and got["good2"][3] == 0
+        assert got["good1"][2:4] == (1.25, 0) and got["good2"][3] == 0
+        # source and server timestamps are both kept (the simulator sets both)
+        assert len(got["good1"]) == 6 and got["good1"][4] is None
+        assert abs(got["good1"][5] - got["good1"][1]) < 10**9
         assert got["unknown"][2:] == (None, 2, "BadNodeIdUnknown (node ns=2;s=NoSuchNode)")
         assert got["ns9"][3] == 2
         assert got["path"][2:4] == (None, 3)
@@ -188,8 +191,8 @@ def test_status_codes_of_values_become_qualities(sim: SimThread, tmp_path: Path)
     finally:
         sim.run(sim.sim.set_value("ns=2;s=Bulk.0010", 0.0))
         sim.run(sim.sim.set_value("ns=2;s=Bulk.0011", 0.0))
-    assert got["u"][2:] == (3.5, 4, "UncertainLastUsableValue")
-    assert got["b"][2:] == (None, 2, "BadSensorFailure (node ns=2;s=Bulk.0011)")
+    assert got["u"][2:5] == (3.5, 4, "UncertainLastUsableValue")
+    assert got["b"][2:5] == (None, 2, "BadSensorFailure (node ns=2;s=Bulk.0011)")
 
 
 def test_connect_errors_name_the_endpoint_and_the_reason(tmp_path: Path) -> None:
