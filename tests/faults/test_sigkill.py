@@ -13,11 +13,16 @@ from pathlib import Path
 from .harness import Rig, report, scale
 
 
-def poll_starts(log: str) -> list[int]:
-    """When each gateway run began polling (ns), from its log."""
-    out = []
-    for m in re.finditer(r"^(\S+ \S+) INFO edgegw\.daemon: polling", log, re.M):
-        out.append(int(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() * 1e9))
+def _ns(stamp: str) -> int:
+    return int(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() * 1e9)
+
+
+def connect_times(log: str) -> dict[str, list[int]]:
+    """When each device (re)connected (ns), from the gateway's log: nothing of a device
+    can be polled, and so lost, before that."""
+    out: dict[str, list[int]] = {}
+    for m in re.finditer(r"^(\S+ \S+) INFO edgegw\.poller: device (\S+): connected", log, re.M):
+        out.setdefault(m.group(2), []).append(_ns(m.group(1)))
     return out
 
 
@@ -44,15 +49,15 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     # Per kill: the newest reading that reached the platform vs the kill time. Points
     # polled in between were not yet committed: at most one flush window (plus the poll
     # in flight and scheduling slack on a loaded 2-core machine).
-    starts = poll_starts(rig.log())
+    connected = connect_times(rig.log())
     bound_ns = (rig.flush_ms + rig.interval_ms + 250) * 10**6
     lost_points = 0
     worst = 0
     for k in kill_times:
-        run_start = max((s for s in starts if s <= k), default=0)
         for dev, stamps in rig.sink.last_ts.items():
+            since = max((c for c in connected.get(dev, []) if c <= k), default=0)
             before = max((t for t in stamps if t <= k), default=0)
-            window = k - max(before, run_start)
+            window = k - max(before, since)
             worst = max(worst, window)
             assert window <= bound_ns, (
                 f"kill at {k}: {dev} lost {window / 1e6:.0f} ms of data, more than one "
