@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
+from drivers.modbus.config import ModbusTcpDevice
 from drivers.opcua.config import OpcuaDevice, resolve_paths
 from drivers.s7.config import DeviceConfig as S7Device
 from inference.config import InferenceConfig
@@ -137,10 +137,7 @@ class GatewaySection(_Model):
     )
 
 
-Device = Annotated[
-    ModbusTcpDevice | ModbusRtuDevice | ModbusRtuTcpDevice | OpcuaDevice | S7Device,
-    Field(discriminator="protocol"),
-]
+Device = Annotated[ModbusTcpDevice | OpcuaDevice | S7Device, Field(discriminator="protocol")]
 
 
 class MetricsConfig(_Model):
