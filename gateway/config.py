@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from drivers.modbus.config import ModbusTcpDevice
+from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
+from drivers.modbus.links import check_shared_links
 from drivers.opcua.config import OpcuaDevice, resolve_paths
 from drivers.s7.config import DeviceConfig as S7Device
 from inference.config import InferenceConfig
@@ -137,7 +139,10 @@ class GatewaySection(_Model):
     )
 
 
-Device = Annotated[ModbusTcpDevice | OpcuaDevice | S7Device, Field(discriminator="protocol")]
+Device = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | ModbusRtuTcpDevice | OpcuaDevice | S7Device,
+    Field(discriminator="protocol"),
+]
 
 
 class MetricsConfig(_Model):
@@ -172,6 +177,25 @@ class Config(_Model):
                     f"any device; write them as '<device>/<tag>'"
                 )
         return self
+
+    @field_validator("devices")
+    @classmethod
+    def _shared_links(cls, v: list[Device]) -> list[Device]:
+        """Devices on one serial port (one bus) must agree on its line settings."""
+        problems = check_shared_links(v)
+        if problems:
+            raise ValidationError.from_exception_data(
+                "devices",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("shared_link", "{message}", {"message": m}),
+                        loc=(i, field),
+                        input=getattr(v[i], field),
+                    )
+                    for i, field, m in problems
+                ],
+            )
+        return v
 
     @field_validator("devices")
     @classmethod

@@ -13,7 +13,13 @@ from typing import Any
 
 from drivers.contract import Driver, Subscriber
 
-PACKAGES = {"modbus_tcp": "drivers.modbus", "opcua": "drivers.opcua", "s7": "drivers.s7"}
+PACKAGES = {
+    "modbus_tcp": "drivers.modbus",
+    "modbus_rtu": "drivers.modbus",
+    "modbus_rtu_tcp": "drivers.modbus",
+    "opcua": "drivers.opcua",
+    "s7": "drivers.s7",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +60,10 @@ def describe_device(dev: Any) -> list[str]:
     pkg = _package(dev.protocol)
     lines: list[str] = pkg.describe_plan(pkg.compile_plan(dev))
     return lines
+
+
+def summarize_device(dev: Any) -> str | None:
+    """One line on what the plan saves (e.g. requests merged), if the protocol says."""
+    pkg = _package(dev.protocol)
+    summarize = getattr(pkg, "summarize_plan", None)
+    return summarize(pkg.compile_plan(dev)) if summarize else None

@@ -22,17 +22,22 @@ async def serve_all(
     anomalies: Iterable[Any] = (),
 ) -> None:
     """Each protocol's own simulator for its devices, side by side, until ``stop``."""
-    by_proto: dict[str, list[Any]] = {}
-    for d in devices:
-        by_proto.setdefault(d.protocol, []).append(d)
+    by_pkg: dict[str, list[Any]] = {}
+    for d in devices:  # one simulator module per package (Modbus TCP, RTU, RTU over TCP)
+        by_pkg.setdefault(PACKAGES[d.protocol], []).append(d)
     runs = []
-    for proto, group in by_proto.items():
-        sim = importlib.import_module(PACKAGES[proto] + ".simulator")
+    for pkg, group in by_pkg.items():
+        sim = importlib.import_module(pkg + ".simulator")
         kwargs: dict[str, Any] = {"interval_s": interval_s}
-        if proto == "modbus_tcp":
+        if pkg == "drivers.modbus":
             kwargs["anomalies"] = anomalies
         runs.append(sim.serve_devices(group, stop, **kwargs))
     await asyncio.gather(*runs)
+
+
+def _where(d: Any) -> str:
+    """A device's address: host, endpoint or serial port."""
+    return str(getattr(d, "host", None) or getattr(d, "endpoint", None) or getattr(d, "port", ""))
 
 
 def simulate(cfg: Config, update_interval_s: float = 0.1) -> int:
@@ -43,9 +48,7 @@ def simulate(cfg: Config, update_interval_s: float = 0.1) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        where = sorted(
-            {f"{d.protocol} {getattr(d, 'host', getattr(d, 'endpoint', ''))}" for d in cfg.devices}
-        )
+        where = sorted({f"{d.protocol} {_where(d)}" for d in cfg.devices})
         print("simulating " + ", ".join(where), file=sys.stderr, flush=True)
         await serve_all(list(cfg.devices), stop, interval_s=update_interval_s)
 

@@ -1,32 +1,78 @@
-"""Modbus TCP driver: config models, read planner, decoder and driver.
+"""Modbus drivers (TCP, RTU on a serial port, RTU over TCP): config models, read planner,
+decoder and drivers.
 
 The simulator (``drivers.modbus.simulator``) is not imported here: it pulls in
-pymodbus's server, which the daemon does not need.
+pymodbus's server, which the daemon does not need. Nor is the driver module: importing
+this package must stay cheap (``drivers/contract.py``); the gateway imports
+``drivers.modbus.driver`` when a config uses Modbus.
 """
 
-from .config import DataType, ModbusTag, ModbusTcpDevice, Order, Table, load_device_map
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import (
+    DataType,
+    ModbusDevice,
+    ModbusRtuDevice,
+    ModbusRtuTcpDevice,
+    ModbusTag,
+    ModbusTcpDevice,
+    Order,
+    Parity,
+    Table,
+    check_shared_links,
+    load_device_map,
+)
 from .decode import DecodeError, decode_value, encode_value
-from .driver import ModbusTcpDriver
-from .plan import ReadPlan, Request, compile_plan, describe_plan
+from .plan import ReadPlan, Request, compile_plan, describe_plan, summarize_plan
+
+if TYPE_CHECKING:
+    from .driver import ModbusTcpDriver
+    from .rtu import ModbusRtuDriver
 
 PROTOCOL = "modbus_tcp"
+PROTOCOLS = ("modbus_tcp", "modbus_rtu", "modbus_rtu_tcp")
 DeviceConfig = ModbusTcpDevice
+DEVICE_CONFIGS = (ModbusTcpDevice, ModbusRtuDevice, ModbusRtuTcpDevice)
 
 __all__ = [
+    "DEVICE_CONFIGS",
     "PROTOCOL",
+    "PROTOCOLS",
     "DataType",
     "DecodeError",
     "DeviceConfig",
+    "ModbusDevice",
+    "ModbusRtuDevice",
+    "ModbusRtuDriver",
+    "ModbusRtuTcpDevice",
     "ModbusTag",
     "ModbusTcpDevice",
     "ModbusTcpDriver",
     "Order",
+    "Parity",
     "ReadPlan",
     "Request",
     "Table",
+    "check_shared_links",
     "compile_plan",
     "decode_value",
     "describe_plan",
     "encode_value",
     "load_device_map",
+    "summarize_plan",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The drivers import pymodbus's client: only when asked for.
+    if name == "ModbusTcpDriver":
+        from .driver import ModbusTcpDriver
+
+        return ModbusTcpDriver
+    if name == "ModbusRtuDriver":
+        from .rtu import ModbusRtuDriver
+
+        return ModbusRtuDriver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,266 +1,132 @@
-"""Config models of a Modbus TCP device map (pydantic v2).
+"""Config models of Modbus devices (pydantic v2): TCP, RTU on a serial port, RTU framing
+over TCP (serial device servers).
 
 Everything is checked at load time, so a map that loads can be compiled into a read plan
 without further errors. Every message quotes the bad value and lists what is accepted;
 errors carry the precise location (``tags[3].type``) so the gateway can point at the
-YAML line.
+YAML line. The tag model is in ``tags.py``.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..common import check_device_name, check_host
-from .types import ORDER_NOTATION, TABLES, TYPES, DataType, Order, Table, register_count
+from .links import check_shared_links
+from .notation import parse_order
+from .tags import ModbusTag, Model, error, fail_at, parse_enum
+from .types import TABLES, DataType, Order, Table
 
 __all__ = [
     "DataType",
+    "ModbusDevice",
+    "ModbusRtuDevice",
+    "ModbusRtuTcpDevice",
     "ModbusTag",
     "ModbusTcpDevice",
     "Order",
+    "Parity",
     "Table",
+    "check_shared_links",
     "load_device_map",
+    "validate_device",
 ]
 
-_TAG_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-
-E = TypeVar("E", bound=Enum)
-
-
-def _error(message: str) -> PydanticCustomError:
-    # The message is passed as context so braces in quoted values are not templates.
-    return PydanticCustomError("modbus_config", "{message}", {"message": message})
-
-
-def _fail_at(title: str, loc: tuple[str | int, ...], value: Any, message: str) -> NoReturn:
-    """Raise an error located at a nested field (e.g. ``tags[3].name``)."""
-    detail = InitErrorDetails(type=_error(message), loc=loc, input=value)
-    raise ValidationError.from_exception_data(title, [detail])
-
-
-def _accepted(enum: type[Enum]) -> str:
-    return ", ".join(repr(m.value) for m in enum)
-
-
-def _enum(enum: type[E], value: Any, what: str) -> E:
-    """Parse an enum value case-insensitively, with a precise error."""
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, str):
-        for member in enum:
-            if member.value == value.lower():
-                return member
-    message = f"unknown {what} {value!r}; accepted: {_accepted(enum)}"
-    if isinstance(value, str):
-        if enum is Order and value.upper() in ORDER_NOTATION:
-            byte, word = ORDER_NOTATION[value.upper()]
-            message += (
-                f" ({value.upper()} is a 4-byte order: write byte_order: {byte.value} and "
-                f"word_order: {word.value})"
-            )
-        else:
-            close = difflib.get_close_matches(value.lower(), [m.value for m in enum], n=2)
-            if close:
-                message += f" (did you mean {' or '.join(map(repr, close))}?)"
-    raise _error(message)
-
-
-def _bounded(default: int, lo: int, hi: int | None, description: str) -> Any:
-    """A bounded int field; the bound check itself is in ``_RANGES`` for a quoting message."""
-    extra: dict[str, Any] = {"minimum": lo}
-    if hi is not None:
-        extra["maximum"] = hi
-    span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-    return Field(default, description=f"{description} ({span})", json_schema_extra=extra)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
-
-
-class ModbusTag(_Model):
-    """One value read from a device."""
-
-    name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")
-    table: Table = Field(
-        Table.HOLDING, description="holding | input (16-bit registers) or coil | discrete (bits)"
-    )
-    address: int = Field(
-        description="0-based protocol address (0..65535); manuals that number registers "
-        "from 1, or as 40001-style references, need 1 (or 40001) subtracted"
-    )
-    type: DataType = Field(
-        DataType.UINT16,
-        description="bool, int16, uint16, int32, uint32, int64, uint64, float32, float64; "
-        "default uint16 in holding/input, bool in coil/discrete",
-    )
-    byte_order: Order | None = Field(
-        None,
-        description="byte order within each 16-bit register; big is the Modbus standard; "
-        "unset: the device's byte_order",
-    )
-    word_order: Order | None = Field(
-        None,
-        description="order of the 16-bit words of a 32/64-bit value; big = most significant "
-        "word first; unset: the device's word_order",
-    )
-    scale: float = Field(
-        1.0,
-        allow_inf_nan=False,
-        description="value = raw * scale + offset; with scale 1 and offset 0 integers stay "
-        "integers",
-    )
-    offset: float = Field(0.0, allow_inf_nan=False, description="added after scaling")
-    unit: str | None = Field(None, description="engineering unit, informational (e.g. 'degC')")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        if not _TAG_NAME.match(v):
-            raise _error(f"tag name {v!r} is not allowed; accepted: letters, digits and _ . : -")
-        return v
-
-    @field_validator("table", mode="before")
-    @classmethod
-    def _parse_table(cls, v: Any) -> Table:
-        return _enum(Table, v, "table")
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _parse_type(cls, v: Any) -> DataType:
-        return _enum(DataType, v, "type")
-
-    @field_validator("byte_order", "word_order", mode="before")
-    @classmethod
-    def _parse_order(cls, v: Any) -> Order | None:
-        return None if v is None else _enum(Order, v, "order")
-
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, v: int) -> int:
-        if not 0 <= v <= 65535:
-            raise _error(f"address {v} is out of range; accepted: 0..65535")
-        return v
-
-    @model_validator(mode="after")
-    def _check_combination(self) -> ModbusTag:
-        bits = TABLES[self.table].bits
-        if bits and "type" not in self.model_fields_set:
-            self.type = DataType.BOOL
-        if bits and self.type is not DataType.BOOL:
-            _fail_at(
-                "ModbusTag",
-                ("type",),
-                self.type.value,
-                f"tag {self.name!r}: the {self.table.value} table holds single bits, so type "
-                f"{self.type.value!r} is not possible; accepted: 'bool' (or move the tag to "
-                "table 'holding' or 'input')",
-            )
-        spec = TYPES[self.type]
-        # (field, does it apply to this tag?, why not) - one row per option.
-        rules: tuple[tuple[str, bool, str], ...] = (
-            ("scale", not spec.is_bool, "a bool has no scale"),
-            ("offset", not spec.is_bool, "a bool has no offset"),
-            ("byte_order", not spec.is_bool and not bits, "a bool has no byte order"),
-            (
-                "word_order",
-                spec.registers > 1 and not bits,
-                f"{self.type.value} is a single register",
-            ),
-        )
-        for field, applies, why in rules:
-            if not applies and field in self.model_fields_set:
-                value = getattr(self, field)
-                if (field, value) in (("scale", 1.0), ("offset", 0.0)):
-                    continue
-                _fail_at(
-                    "ModbusTag",
-                    (field,),
-                    value,
-                    f"tag {self.name!r}: {field} {getattr(value, 'value', value)!r} has no "
-                    f"effect on type {self.type.value!r} ({why}); remove it",
-                )
-        if self.scale == 0:
-            _fail_at(
-                "ModbusTag",
-                ("scale",),
-                self.scale,
-                f"tag {self.name!r}: scale 0 would make every value equal to offset; "
-                "accepted: any non-zero number",
-            )
-        count = register_count(self.table, self.type)
-        if self.address + count > 65536:
-            _fail_at(
-                "ModbusTag",
-                ("address",),
-                self.address,
-                f"tag {self.name!r}: {self.type.value} at address {self.address} needs "
-                f"{count} registers ({self.address}..{self.address + count - 1}) but the "
-                f"last address is 65535; accepted: address 0..{65536 - count}",
-            )
-        return self
-
+Range = tuple[int, int | None]
 
 # Bounds of the device's integer fields: one table read by the validator and the docs.
-_RANGES: dict[str, tuple[int, int | None]] = {
-    "port": (1, 65535),
+_RANGES: dict[str, Range] = {
     "unit_id": (0, 255),
     "poll_interval_ms": (10, None),
     "timeout_ms": (10, 600_000),
+    "retries": (0, 10),
+    "inter_request_delay_ms": (0, 10_000),
     "max_registers_per_request": (1, 125),
     "max_bits_per_request": (1, 2000),
     "max_gap": (0, 125),
 }
+_TCP_RANGES: dict[str, Range] = {**_RANGES, "port": (1, 65535)}
+_RTU_RANGES: dict[str, Range] = {
+    **_RANGES,
+    "unit_id": (1, 247),
+    "baudrate": (50, 4_000_000),
+    "bytesize": (7, 8),
+    "stopbits": (1, 2),
+}
 
 
-class ModbusTcpDevice(_Model):
-    """One Modbus TCP device (one unit id behind one host:port) and its tags."""
+def _bounded(default: int, span: Range, description: str) -> Any:
+    """A bounded int field; the bound check itself is in the ranges table."""
+    lo, hi = span
+    extra: dict[str, Any] = {"minimum": lo}
+    if hi is not None:
+        extra["maximum"] = hi
+    text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+    return Field(default, description=f"{description} ({text})", json_schema_extra=extra)
 
-    protocol: Literal["modbus_tcp"] = Field(description="selects this driver")
+
+class Parity(StrEnum):
+    """Serial parity; the Modbus serial line standard's default is even."""
+
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"
+
+
+_PARITY_WORDS = {"none": Parity.NONE, "even": Parity.EVEN, "odd": Parity.ODD}
+
+
+class ModbusDevice(Model):
+    """What every Modbus device has: unit id, timing, request limits, orders and tags."""
+
+    RANGES: ClassVar[dict[str, Range]] = _RANGES
+
     name: str = Field(description="device name, unique in the gateway; [A-Za-z0-9_.-]+")
-    host: str = Field(description="IPv4 or IPv6 literal (e.g. '::1') or host name")
-    port: int = _bounded(502, *_RANGES["port"], "TCP port")
     unit_id: int = _bounded(
         1,
-        *_RANGES["unit_id"],
+        _RANGES["unit_id"],
         "Modbus unit (slave) id; gateways to serial buses route by it; "
         "many TCP-only devices accept any value, some only 1, 0 or 255",
     )
-    poll_interval_ms: int = _bounded(1000, *_RANGES["poll_interval_ms"], "time between reads")
+    poll_interval_ms: int = _bounded(
+        1000,
+        _RANGES["poll_interval_ms"],
+        "time between reads; after loading, the fastest of the device's and its tags' "
+        "intervals (what the gateway schedules)",
+    )
     timeout_ms: int = _bounded(
-        1000, *_RANGES["timeout_ms"], "how long to wait to connect and for each response"
+        1000, _RANGES["timeout_ms"], "how long to wait to connect and for each response"
+    )
+    retries: int = _bounded(
+        0, _RANGES["retries"], "requests sent again after a timeout before the tags go bad"
+    )
+    inter_request_delay_ms: int = _bounded(
+        0,
+        _RANGES["inter_request_delay_ms"],
+        "quiet time on the link before each request to this device (slow devices, radio modems)",
     )
     max_registers_per_request: int = _bounded(
         125,
-        *_RANGES["max_registers_per_request"],
+        _RANGES["max_registers_per_request"],
         "largest register read; 125 is the protocol maximum, some devices accept less",
     )
     max_bits_per_request: int = _bounded(
-        2000,
-        *_RANGES["max_bits_per_request"],
-        "largest coil/discrete read; 2000 is the protocol maximum",
+        2000, _RANGES["max_bits_per_request"], "largest coil/discrete read; 2000 is the maximum"
     )
     max_gap: int = _bounded(
         8,
-        *_RANGES["max_gap"],
+        _RANGES["max_gap"],
         "unused registers (or bits) read to merge two requests into one: fewer round trips, "
         "slightly larger responses; set 0 for devices that reject reads of unmapped addresses",
+    )
+    order: str | None = Field(
+        None, description="vendor notation of the default orders, e.g. CDAB (or AB/BA)"
     )
     byte_order: Order = Field(Order.BIG, description="default byte order of the device's tags")
     word_order: Order = Field(Order.BIG, description="default word order of the device's tags")
@@ -272,40 +138,45 @@ class ModbusTcpDevice(_Model):
         try:
             return check_device_name(v)
         except ValueError as exc:
-            raise _error(str(exc)) from None
-
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, v: str) -> str:
-        try:
-            return check_host(v)
-        except ValueError as exc:
-            raise _error(str(exc)) from None
+            raise error(str(exc)) from None
 
     @field_validator("byte_order", "word_order", mode="before")
     @classmethod
     def _parse_order(cls, v: Any) -> Order:
-        return _enum(Order, v, "order")
+        return parse_enum(Order, v, "order")
 
-    @field_validator(*_RANGES, mode="after")
+    @field_validator("order", mode="before")
     @classmethod
-    def _check_range(cls, v: int, info: Any) -> int:
-        lo, hi = _RANGES[info.field_name]
-        if v < lo or (hi is not None and v > hi):
-            accepted = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            raise _error(f"{info.field_name} {v} is out of range; accepted: {accepted}")
+    def _check_order(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        try:
+            parse_order(v)
+        except ValueError as exc:
+            raise error(str(exc)) from None
+        return str(v).strip().upper()
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _check_range(cls, v: Any, info: Any) -> Any:
+        span = cls.RANGES.get(info.field_name)
+        if span is not None:
+            lo, hi = span
+            if v < lo or (hi is not None and v > hi):
+                text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                raise error(f"{info.field_name} {v} is out of range; accepted: {text}")
         return v
 
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, v: list[ModbusTag]) -> list[ModbusTag]:
         if not v:
-            raise _error("a device needs at least one tag; 'tags' is empty")
+            raise error("a device needs at least one tag; 'tags' is empty")
         first: dict[str, int] = {}
         for i, tag in enumerate(v):
             if tag.name in first:
-                _fail_at(
-                    "ModbusTcpDevice",
+                fail_at(
+                    cls.__name__,
                     (i, "name"),
                     tag.name,  # under ("tags",)
                     f"duplicate tag name {tag.name!r}: tags[{first[tag.name]}] has it too; "
@@ -315,22 +186,138 @@ class ModbusTcpDevice(_Model):
         return v
 
     @model_validator(mode="after")
-    def _check_limits(self) -> ModbusTcpDevice:
+    def _check_device(self) -> ModbusDevice:
+        title = type(self).__name__
+        if self.order is not None:
+            _, byte, word = parse_order(self.order)
+            for field, value in (("byte_order", byte), ("word_order", word)):
+                if value is None:
+                    continue
+                if field in self.model_fields_set and getattr(self, field) is not value:
+                    fail_at(
+                        title,
+                        ("order",),
+                        self.order,
+                        f"order {self.order} means {field} {value.value}, but {field} "
+                        f"{getattr(self, field).value} is also given; give one of them",
+                    )
+                setattr(self, field, value)
         for i, tag in enumerate(self.tags):
-            count = register_count(tag.table, tag.type)
+            count = tag.registers
             if not TABLES[tag.table].bits and count > self.max_registers_per_request:
-                _fail_at(
-                    "ModbusTcpDevice",
-                    ("tags", i, "type"),
-                    tag.type.value,
+                what = "length" if tag.type is DataType.STRING else "type"
+                fail_at(
+                    title,
+                    ("tags", i, what),
+                    tag.length if what == "length" else tag.type.value,
                     f"tag {tag.name!r} is {tag.type.value} ({count} registers) but "
                     f"max_registers_per_request is {self.max_registers_per_request}; "
                     f"accepted: max_registers_per_request >= {count}",
                 )
+        self._resolve_intervals(title)
         return self
 
+    def _resolve_intervals(self, title: str) -> None:
+        """Per-tag intervals: each tag gets its own (or the device's), and the device's
+        becomes the fastest, which the gateway schedules; the plan reads slower tags
+        every N-th cycle, so each must be a whole multiple of the fastest."""
+        own = [t.poll_interval_ms for t in self.tags]
+        intervals = [v or self.poll_interval_ms for v in own]
+        fastest = min(intervals)
+        for i, (tag, interval) in enumerate(zip(self.tags, intervals, strict=True)):
+            if interval % fastest:
+                lower = interval // fastest * fastest
+                fits = f"{lower} or {lower + fastest}" if lower else str(fastest)
+                where = f"tag {tag.name!r}: poll_interval_ms" if own[i] else "poll_interval_ms"
+                loc: tuple[str | int, ...] = (
+                    ("tags", i, "poll_interval_ms") if own[i] else ("poll_interval_ms",)
+                )
+                fail_at(
+                    title,
+                    loc,
+                    interval,
+                    f"{where} {interval} is not a whole multiple of the fastest interval "
+                    f"of the device ({fastest} ms): slower tags are read every N-th cycle "
+                    f"of the fastest; accepted: {fits}",
+                )
+            tag.poll_interval_ms = interval
+        self.poll_interval_ms = fastest
 
-def load_device_map(path: str | Path) -> list[ModbusTcpDevice]:
+
+class _TcpHost(ModbusDevice):
+    host: str = Field(description="IPv4 or IPv6 literal (e.g. '::1') or host name")
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, v: str) -> str:
+        try:
+            return check_host(v)
+        except ValueError as exc:
+            raise error(str(exc)) from None
+
+
+class ModbusTcpDevice(_TcpHost):
+    """One Modbus TCP device (one unit id behind one host:port) and its tags."""
+
+    RANGES: ClassVar[dict[str, Range]] = _TCP_RANGES
+
+    protocol: Literal["modbus_tcp"] = Field(description="selects this driver")
+    port: int = _bounded(502, _TCP_RANGES["port"], "TCP port")
+
+
+class ModbusRtuTcpDevice(_TcpHost):
+    """One Modbus RTU device behind a serial device server: RTU frames (with CRC, no
+    MBAP header) over a TCP connection. Devices on one host:port share one connection
+    and take turns, like devices on one serial bus."""
+
+    RANGES: ClassVar[dict[str, Range]] = {**_TCP_RANGES, "unit_id": (1, 247)}
+
+    protocol: Literal["modbus_rtu_tcp"] = Field(description="selects this driver")
+    port: int = _bounded(502, _TCP_RANGES["port"], "TCP port of the serial device server")
+
+
+class ModbusRtuDevice(ModbusDevice):
+    """One Modbus RTU device on a serial line (RS-485/RS-232). Devices on one port share
+    one connection and one bus lock, so their requests never interleave."""
+
+    RANGES: ClassVar[dict[str, Range]] = _RTU_RANGES
+
+    protocol: Literal["modbus_rtu"] = Field(description="selects this driver")
+    port: str = Field(description="serial port, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
+    baudrate: int = _bounded(19200, _RTU_RANGES["baudrate"], "bits per second")
+    parity: Parity = Field(Parity.EVEN, description="N (none), E (even, the default), O (odd)")
+    stopbits: int = _bounded(1, _RTU_RANGES["stopbits"], "stop bits")
+    bytesize: int = _bounded(8, _RTU_RANGES["bytesize"], "data bits; RTU uses 8")
+
+    @field_validator("port")
+    @classmethod
+    def _check_port(cls, v: str) -> str:
+        if not v.strip() or "\0" in v:
+            raise error(f"port {v!r} is not a serial port; accepted: a path like /dev/ttyUSB0")
+        return v.strip()
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parse_parity(cls, v: Any) -> Parity:
+        if isinstance(v, str):
+            word = _PARITY_WORDS.get(v.strip().lower())
+            if word is not None:
+                return word
+            for p in Parity:
+                if v.strip().upper() == p.value:
+                    return p
+        raise error(f"unknown parity {v!r}; accepted: 'N' (none), 'E' (even), 'O' (odd)")
+
+    @property
+    def line(self) -> str:
+        """e.g. ``19200 8E1``."""
+        return f"{self.baudrate} {self.bytesize}{self.parity.value}{self.stopbits}"
+
+
+Device = ModbusTcpDevice | ModbusRtuDevice | ModbusRtuTcpDevice
+
+
+def load_device_map(path: str | Path) -> list[Device]:
     """Load a YAML file holding ``devices:`` (a list) or a bare list of devices.
 
     Raises ``ValidationError`` (locations start with the list index) or ``ValueError``
@@ -341,7 +328,47 @@ def load_device_map(path: str | Path) -> list[ModbusTcpDevice]:
         data = data["devices"]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of devices or a mapping with 'devices'")
-    return _DEVICE_LIST.validate_python(data)
+    try:
+        devices = _DEVICE_LIST.validate_python(data)
+    except ValidationError as exc:
+        raise _without_protocol(exc) from None
+    problems = check_shared_links(devices)
+    if problems:
+        raise ValidationError.from_exception_data(
+            "device map",
+            [
+                InitErrorDetails(type=error(msg), loc=(i, field), input=getattr(devices[i], field))
+                for i, field, msg in problems
+            ],
+        )
+    return devices
 
 
-_DEVICE_LIST = TypeAdapter(list[ModbusTcpDevice])
+def validate_device(data: Any) -> Device:
+    """One device of any Modbus protocol (by its ``protocol``); errors located from the
+    device down (``("tags", 3, "type")``), as a device map's are."""
+    try:
+        device: Device = _DEVICE.validate_python(data)
+    except ValidationError as exc:
+        raise _without_protocol(exc, at=0) from None
+    return device
+
+
+def _without_protocol(exc: ValidationError, at: int = 1) -> ValidationError:
+    """The union's member name (``modbus_tcp``) out of error locations: ``(1, "tags", 3)``."""
+    details = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if len(loc) > at and loc[at] in _PROTOCOLS:
+            loc = (*loc[:at], *loc[at + 1 :])
+        kind = error(err["msg"]) if err["type"] == "modbus_config" else err["type"]
+        detail = InitErrorDetails(type=kind, loc=loc, input=err.get("input"))
+        if "ctx" in err and not isinstance(kind, PydanticCustomError):
+            detail["ctx"] = err["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(exc.title, details)
+
+
+_PROTOCOLS = ("modbus_tcp", "modbus_rtu", "modbus_rtu_tcp")
+_DEVICE: TypeAdapter[Device] = TypeAdapter(Annotated[Device, Field(discriminator="protocol")])
+_DEVICE_LIST = TypeAdapter(list[Annotated[Device, Field(discriminator="protocol")]])

@@ -1,13 +1,20 @@
 """Decoding whole Modbus responses into readings, and the inverse (for the simulator).
 
-All per-tag decisions are taken once, when the plan is compiled: a register response is
-packed into bytes with one ``struct`` call (two if some tag needs swapped bytes), then
-each group of tags that share byte/word order and post-processing is unpacked with one
-precompiled ``Struct.unpack_from``. The per-point work left is building the tuple.
+All per-tag decisions are taken once, when the plan is compiled: the driver hands over a
+register response's bytes as sent (``pdu.py`` keeps them; a list of register values is
+packed into bytes with one ``struct`` call), a byte-swapped copy is made with two slice
+assignments if some tag needs it, then each group of tags that share byte/word order
+and post-processing is unpacked with one precompiled ``Struct.unpack_from``. The
+per-point work left is building the tuple.
 
 Byte and word orders map onto two buffers and a struct endianness: with the registers
 packed big-endian, ABCD (big/big) is ``>`` and DCBA (little/little) is ``<``; with each
 register's bytes swapped, CDAB (byte big, word little) is ``<`` and BADC is ``>``.
+
+Strings are ``struct`` ``s`` fields of the same buffers (byte order little: the swapped
+one), cut at the first NUL and stripped of trailing spaces. Bits of a register
+(``type: bool`` with ``bit``) are taken from the register values directly: bit 0 is
+the least significant bit of the register as sent (big-endian).
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drivers.contract import Quality, Reading
+from drivers.contract import Quality, Reading, Value
 
 from .types import TABLES, TYPES, DataType, Order
 
 if TYPE_CHECKING:
-    from .config import ModbusTag, ModbusTcpDevice
+    from .config import ModbusDevice, ModbusTag
 
 _GOOD = int(Quality.GOOD)
 
@@ -35,7 +42,12 @@ _ORDERS: dict[tuple[Order, Order], tuple[bool, str]] = {
 }
 
 # Post-processing of a raw value.
-RAW, BOOL, LINEAR = 0, 1, 2
+RAW, BOOL, LINEAR, STRING, BIT = 0, 1, 2, 3, 4
+
+
+def _text(raw: bytes) -> str:
+    """Device text: ASCII up to the first NUL, trailing spaces stripped."""
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace").rstrip(" ")
 
 
 class DecodeError(ValueError):
@@ -56,23 +68,31 @@ class Layout:
     kind: int
     scale: float
     shift: float
+    bit: int = 0
 
 
-def layout(tag: ModbusTag, device: ModbusTcpDevice, name: str, offset: int) -> Layout:
+def layout(tag: ModbusTag, device: ModbusDevice, name: str, offset: int) -> Layout:
     """Resolve a tag's decoding once: orders, struct code, post-processing."""
     spec = TYPES[tag.type]
+    if TABLES[tag.table].bits:
+        return Layout(name, offset, 1, False, "", BOOL, 1.0, 0.0)
+    if tag.bit is not None:
+        return Layout(name, offset, 1, False, ">H", BIT, 1.0, 0.0, tag.bit)
     byte = tag.byte_order or device.byte_order
     # A single register has no word order: treat it as equal to the byte order.
     word = (tag.word_order or device.word_order) if spec.registers > 1 else byte
     swapped, endian = _ORDERS[byte, word]
+    registers = tag.registers
     if spec.is_bool:
         kind, code = BOOL, "H"
+    elif spec.is_string:  # bytes in sending order: only the byte order matters
+        assert tag.length is not None
+        kind, code = STRING, f"{tag.length}s" + ("x" if tag.length % 2 else "")
+        swapped, endian = byte is Order.LITTLE, ">"
     else:
         kind = RAW if tag.scale == 1 and tag.offset == 0 else LINEAR
         code = spec.code
-    if TABLES[tag.table].bits:
-        return Layout(name, offset, 1, False, "", BOOL, 1.0, 0.0)
-    return Layout(name, offset, spec.registers, swapped, endian + code, kind, tag.scale, tag.offset)
+    return Layout(name, offset, registers, swapped, endian + code, kind, tag.scale, tag.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,8 @@ def _groups(layouts: Sequence[Layout]) -> tuple[_Group, ...]:
     # strictly forward, so overlapping tags go to separate groups of the same key.
     buckets: dict[tuple[bool, str, int], list[list[Layout]]] = {}
     for lay in sorted(layouts, key=lambda x: x.offset):
+        if lay.kind == BIT:
+            continue
         chains = buckets.setdefault((lay.swapped, lay.fmt[0], lay.kind), [])
         for chain in chains:
             last = chain[-1]
@@ -128,24 +150,40 @@ class RegisterDecoder:
     count: int
     groups: tuple[_Group, ...]
     pack_be: Any  # Struct.pack of count big-endian uint16
-    pack_swapped: Any  # the same, little-endian; None if no tag needs it
+    swapped: bool
+    """Some tag needs the registers' bytes swapped."""
+    bits: tuple[tuple[str, int, int], ...] = ()
+    """(name, byte index in the response, mask) of the bit-in-register tags."""
 
     @classmethod
     def compile(cls, count: int, layouts: Sequence[Layout]) -> RegisterDecoder:
         groups = _groups(layouts)
-        swapped = any(g.swapped for g in groups)
+        # bit b of register o: bits 8..15 are in the register's first (high) byte
+        bits = tuple(
+            (x.name, 2 * x.offset + (x.bit < 8), 1 << (x.bit % 8)) for x in layouts if x.kind == BIT
+        )
         return cls(
             count,
             groups,
             struct.Struct(f">{count}H").pack,
-            struct.Struct(f"<{count}H").pack if swapped else None,
+            any(g.swapped for g in groups),
+            bits,
         )
 
     def decode(self, registers: Sequence[int], ts: int) -> list[Reading]:
+        """Readings from register values."""
         if len(registers) != self.count:
             raise DecodeError(f"got {len(registers)} registers, expected {self.count}")
-        be = self.pack_be(*registers)
-        sw = self.pack_swapped(*registers) if self.pack_swapped is not None else be
+        return self.decode_bytes(self.pack_be(*registers), ts)
+
+    def decode_bytes(self, be: bytes, ts: int) -> list[Reading]:
+        """Readings from the response's bytes as sent (big-endian registers)."""
+        if len(be) != 2 * self.count:
+            raise DecodeError(f"got {len(be) // 2} registers, expected {self.count}")
+        sw: bytes | bytearray = be
+        if self.swapped:
+            sw = bytearray(be)
+            sw[0::2], sw[1::2] = be[1::2], be[0::2]
         out: list[Reading] = []
         for g in self.groups:
             values = g.unpack(sw if g.swapped else be)
@@ -156,8 +194,12 @@ class RegisterDecoder:
                     (n, ts, v * s + o, _GOOD)
                     for n, v, s, o in zip(g.names, values, g.scales, g.shifts, strict=True)
                 ]
+            elif g.kind == STRING:
+                out += [(n, ts, _text(v), _GOOD) for n, v in zip(g.names, values, strict=True)]
             else:
                 out += [(n, ts, v != 0, _GOOD) for n, v in zip(g.names, values, strict=True)]
+        if self.bits:
+            out += [(n, ts, bool(be[i] & m), _GOOD) for n, i, m in self.bits]
         return out
 
 
@@ -181,9 +223,7 @@ class BitDecoder:
         return [(n, ts, bool(bits[i]), _GOOD) for n, i in zip(names, indices, strict=True)]
 
 
-def decode_value(
-    tag: ModbusTag, device: ModbusTcpDevice, values: Sequence[int]
-) -> bool | int | float:
+def decode_value(tag: ModbusTag, device: ModbusDevice, values: Sequence[int]) -> Value:
     """Decode one tag from its own registers (or bit) with the driver's code path."""
     lay = layout(tag, device, tag.name, 0)
     decoder: RegisterDecoder | BitDecoder
@@ -191,15 +231,19 @@ def decode_value(
         decoder = BitDecoder.compile(1, [lay])
     else:
         decoder = RegisterDecoder.compile(lay.registers, [lay])
-    value: bool | int | float = decoder.decode(values, 0)[0][2]
+    value: Value = decoder.decode(values, 0)[0][2]
     return value
 
 
-def to_raw(tag: ModbusTag, value: bool | int | float) -> bool | int | float:
+def to_raw(tag: ModbusTag, value: Value) -> Value:
     """Engineering value -> raw value (inverse of scale/offset); ValueError if out of range."""
     spec = TYPES[tag.type]
     if spec.is_bool:
         return bool(value)
+    if spec.is_string != isinstance(value, str) or value is None:
+        raise ValueError(f"{value!r} is not a value of {tag.type.value} for {tag.name!r}")
+    if isinstance(value, str):
+        return value
     raw: int | float = value
     if tag.scale != 1 or tag.offset != 0:
         raw = (value - tag.offset) / tag.scale
@@ -211,15 +255,19 @@ def to_raw(tag: ModbusTag, value: bool | int | float) -> bool | int | float:
     return raw
 
 
-def encode_raw(
-    tag: ModbusTag, device: ModbusTcpDevice, raw: bool | int | float
-) -> list[int] | list[bool]:
-    """Raw value -> the registers (or bit) a device would hold."""
+def encode_raw(tag: ModbusTag, device: ModbusDevice, raw: Value) -> list[int] | list[bool]:
+    """Raw value -> the registers (or bit) a device would hold. For a bit of a register,
+    the register with only that bit (set or not): merge it with the others' bits."""
     if TABLES[tag.table].bits:
         return [bool(raw)]
     if tag.type is DataType.BOOL:
-        return [1 if raw else 0]
+        return [(1 << (tag.bit or 0) if tag.bit is not None else 1) if raw else 0]
     lay = layout(tag, device, tag.name, 0)
+    if lay.kind == STRING:
+        if not isinstance(raw, str) or not raw.isascii():
+            raise ValueError(f"{raw!r} is not ASCII text for {tag.name!r}")
+        data = raw.encode("ascii")[: tag.length].ljust(2 * lay.registers, b"\0")
+        return list(struct.unpack(("<" if lay.swapped else ">") + "H" * lay.registers, data))
     try:
         data = struct.pack(lay.fmt, raw)
     except (struct.error, OverflowError) as exc:
@@ -227,8 +275,6 @@ def encode_raw(
     return list(struct.unpack(("<" if lay.swapped else ">") + "H" * lay.registers, data))
 
 
-def encode_value(
-    tag: ModbusTag, device: ModbusTcpDevice, value: bool | int | float
-) -> list[int] | list[bool]:
+def encode_value(tag: ModbusTag, device: ModbusDevice, value: Value) -> list[int] | list[bool]:
     """Engineering value -> registers (or bit): the inverse of the decoder."""
     return encode_raw(tag, device, to_raw(tag, value))

@@ -1,4 +1,5 @@
-"""Modbus TCP driver: one connection to one device, one compiled plan per read."""
+"""Modbus drivers: the read loop they share, the Modbus TCP driver, and ``Driver(dev)``,
+which picks the driver for ``dev.protocol`` (RTU and RTU over TCP are in ``rtu.py``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -13,19 +16,20 @@ from pymodbus.exceptions import ModbusException
 
 from drivers.contract import Batch, ConnectError, Quality, Reading
 
-from .config import ModbusTcpDevice
+from .config import ModbusDevice, ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
 from .decode import DecodeError
+from .pdu import register_fast_responses
 from .plan import ReadPlan, Request
 from .types import Table
 
-__all__ = ["EXCEPTION_NAMES", "ModbusTcpDriver"]
+__all__ = ["EXCEPTION_NAMES", "Driver", "LinkStats", "ModbusDriverBase", "ModbusTcpDriver"]
 
 _BAD_COMM = int(Quality.BAD_COMM)
 _BAD_DEVICE = int(Quality.BAD_DEVICE)
 _BAD_CONFIG = int(Quality.BAD_CONFIG)
 
 # table -> (client method, response attribute holding the values)
-_READS: dict[Table, tuple[str, str]] = {
+READS: dict[Table, tuple[str, str]] = {
     Table.HOLDING: ("read_holding_registers", "registers"),
     Table.INPUT: ("read_input_registers", "registers"),
     Table.COIL: ("read_coils", "bits"),
@@ -45,8 +49,10 @@ EXCEPTION_NAMES: dict[int, str] = {
     11: "gateway target device failed to respond",
 }
 
+RawValues = list[int] | list[bool]
 
-def _where(host: str, port: int) -> str:
+
+def where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -54,21 +60,183 @@ def _bad(tags: tuple[str, ...], ts: int, quality: int, reason: str) -> list[Read
     return [(t, ts, None, quality, reason) for t in tags]
 
 
-class ModbusTcpDriver:
-    """Reads compiled plans from one Modbus TCP device (satisfies ``drivers.contract.Driver``).
+@dataclass(slots=True)
+class LinkStats:
+    """Counters of one driver, for status and metrics (cheap: a few increments per request)."""
+
+    requests: int = 0
+    no_response: int = 0
+    """Requests that timed out (after retries) or lost the link."""
+    exceptions: int = 0
+    """Modbus exception responses (illegal address, busy, ...)."""
+    decode_errors: int = 0
+    last_exception: str | None = None
+
+
+class NoResponse(Exception):
+    """A request got no answer in time (after retries); raised by the links."""
+
+
+class ModbusDriverBase:
+    """The read loop every Modbus driver shares (satisfies ``drivers.contract.Driver``).
+
+    A subclass opens its link in ``connect`` and fills ``_reads`` (table -> coroutine
+    function taking ``(address, count=, device_id=)`` and the response attribute).
+    ``read`` never raises for a device or link fault: faults become bad readings.
+    """
+
+    bus: str | None = None
+    """The shared link this driver's requests go through (``serial:/dev/ttyUSB0``,
+    ``rtu-tcp:host:port``); None when it has a connection of its own."""
+
+    def __init__(self, device: ModbusDevice, where_: str) -> None:
+        self.device = device
+        self.name = device.name
+        self.where = where_
+        self._timeout_s = device.timeout_ms / 1000
+        self._reads: dict[Table, tuple[Any, str]] = {}
+        self._cycle = 0
+        self._silent = False
+        """The device stopped answering: the next connect asks it once before it counts."""
+        self.check_after_silence = True
+        """Set False for tools that talk to many unit ids through one driver (scan)."""
+        self.stats = LinkStats()
+
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def _no_response(self, exc: BaseException) -> str:
+        """Why a request failed without an answer; the subclass also drops its link."""
+        raise NotImplementedError
+
+    async def _check_answers(self) -> None:
+        """After the device went silent, ``connect`` asks it once (one register or bit of
+        its first tag): an answer, even an exception, means it is back. Otherwise
+        ConnectError, so the caller's backoff keeps growing instead of restarting at
+        each successful connect to a device that still does not answer."""
+        if not (self._silent and self.check_after_silence):
+            self._silent = False
+            return
+        tag = self.device.tags[0]
+        call, _ = self._reads[tag.table]
+        try:
+            await call(tag.address, count=1, device_id=self.device.unit_id)
+        except (ModbusException, NoResponse, OSError) as exc:
+            why = self._no_response(exc)
+            unit = self.device.unit_id
+            raise ConnectError(
+                f"{self.where} is open but unit {unit} (device {self.name!r}) does not answer: "
+                f"{why}"
+            ) from None
+        self._silent = False
+
+    async def read(self, plan: ReadPlan) -> Batch:
+        """Read the requests due at this cycle (all of them at the first)."""
+        cycle = self._cycle
+        self._cycle = cycle + 1
+        return await self._read(plan, plan.due(cycle), None)
+
+    async def read_raw(self, plan: ReadPlan) -> tuple[Batch, dict[str, RawValues | None]]:
+        """Opt-in capability for tools (``edgegw read``): read every request and also
+        return each tag's raw registers (or bits); None for a tag whose request failed."""
+        blocks: list[tuple[Request, Sequence[Any]]] = []
+        batch = await self._read(plan, plan.requests, blocks)
+        raw: dict[str, RawValues | None] = dict.fromkeys(plan.tag_names)
+        for req, values in blocks:
+            for name, (offset, n) in zip(req.tags, req.spans, strict=True):
+                raw[name] = list(values[offset : offset + n])
+        return batch, raw
+
+    async def _read(
+        self,
+        plan: ReadPlan,
+        requests: tuple[Request, ...],
+        blocks: list[tuple[Request, Sequence[Any]]] | None,
+    ) -> Batch:
+        batch = Batch(self.name)
+        out = batch.readings
+        unit = plan.unit_id
+        stats = self.stats
+        for i, req in enumerate(requests):
+            if not self.connected:
+                self._fail_rest(batch, requests[i:], f"not connected to {self.where}")
+                break
+            call, attr = self._reads[req.table]
+            stats.requests += 1
+            try:
+                rsp = await call(req.address, count=req.count, device_id=unit)
+            except (ModbusException, NoResponse, OSError) as exc:
+                stats.no_response += 1
+                why = self._no_response(exc)
+                self._fail_rest(batch, requests[i:], f"{why} reading {req.label} from {self.where}")
+                break
+            except asyncio.CancelledError:
+                self._no_response(asyncio.CancelledError())  # the answer may still come
+                raise
+            ts = time.time_ns()
+            if rsp.isError():
+                stats.exceptions += 1
+                reason = self._exception_reason(rsp.exception_code, req)
+                stats.last_exception = reason
+                out += _bad(req.tags, ts, _BAD_DEVICE, reason)
+                batch.error = batch.error or reason
+                continue
+            raw = getattr(rsp, "raw", None)  # pdu.py: the register bytes as sent
+            try:
+                if raw is not None:
+                    out += req.decoder.decode_bytes(raw, ts)  # type: ignore[union-attr]
+                else:
+                    out += req.decoder.decode(getattr(rsp, attr), ts)
+            except DecodeError as exc:
+                stats.decode_errors += 1
+                reason = f"cannot decode {req.label}: {exc}"
+                out += _bad(req.tags, ts, _BAD_CONFIG, reason)
+                batch.error = batch.error or reason
+                continue
+            if blocks is not None:
+                blocks.append((req, getattr(rsp, attr)))
+        return batch
+
+    def _exception_reason(self, code: int, req: Request) -> str:
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        reason = f"modbus exception {code} ({name}) reading {req.label}"
+        if code == 2 and req.unused:
+            reason += (
+                f"; the request also reads {req.unused} unused address(es) to bridge gaps: "
+                "if the device rejects unmapped addresses, set max_gap: 0"
+            )
+        return reason
+
+    def _fail_rest(self, batch: Batch, requests: tuple[Request, ...], reason: str) -> None:
+        ts = time.time_ns()
+        for req in requests:
+            batch.readings += _bad(req.tags, ts, _BAD_COMM, reason)
+        batch.error = reason
+
+
+class ModbusTcpDriver(ModbusDriverBase):
+    """Reads compiled plans from one Modbus TCP device over a connection of its own.
 
     pymodbus's own reconnect is disabled: the gateway reconnects with backoff. A timeout
     or a lost link closes the connection, because a late response could otherwise be
-    taken for the answer to the next request.
+    taken for the answer to the next request. ``retries`` re-sends a request that timed
+    out (same transaction id) before giving up.
     """
 
+    device: ModbusTcpDevice
+
     def __init__(self, device: ModbusTcpDevice) -> None:
-        self.device = device
-        self.name = device.name
-        self.where = _where(device.host, device.port)
-        self._timeout_s = device.timeout_ms / 1000
+        super().__init__(device, where(device.host, device.port))
         self._client: AsyncModbusTcpClient | None = None
-        self._reads: dict[Table, tuple[Any, str]] = {}
+        self._delay_s = device.inter_request_delay_ms / 1000
+        self._quiet_until = 0.0
 
     def __repr__(self) -> str:
         return f"ModbusTcpDriver({self.name!r}, {self.where}, unit {self.device.unit_id})"
@@ -85,7 +253,7 @@ class ModbusTcpDriver:
             port=self.device.port,
             name=self.name,
             timeout=self._timeout_s,
-            retries=0,  # one attempt: timeout_ms is then the real time per request
+            retries=self.device.retries,  # 0: timeout_ms is the real time per request
             reconnect_delay=0,  # 0 disables pymodbus's automatic reconnect
             reconnect_delay_max=0,
         )
@@ -94,8 +262,28 @@ class ModbusTcpDriver:
             client.close()
             reason = await self._why_unreachable(time.monotonic() - started)
             raise ConnectError(f"cannot connect to {self.where} (device {self.name!r}): {reason}")
+        register_fast_responses(client)
         self._client = client
-        self._reads = {t: (getattr(client, m), attr) for t, (m, attr) in _READS.items()}
+        self._reads = {
+            t: (self._delayed(getattr(client, m)) if self._delay_s else getattr(client, m), a)
+            for t, (m, a) in READS.items()
+        }
+        await self._check_answers()
+
+    def _delayed(self, call: Any) -> Any:
+        """``call`` after the device's inter-request delay of quiet on the connection."""
+        loop = asyncio.get_running_loop()
+
+        async def delayed(address: int, *, count: int, device_id: int) -> Any:
+            wait = self._quiet_until - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                return await call(address, count=count, device_id=device_id)
+            finally:
+                self._quiet_until = loop.time() + self._delay_s
+
+        return delayed
 
     async def _why_unreachable(self, elapsed: float) -> str:
         # pymodbus only returns False; one plain connect attempt recovers the OS's reason.
@@ -116,70 +304,21 @@ class ModbusTcpDriver:
         writer.close()
         return "connection failed, but a second attempt succeeded (connection limit?)"
 
-    async def read(self, plan: ReadPlan) -> Batch:
-        """One pymodbus call per request; device and link faults become bad readings."""
-        batch = Batch(self.name)
-        out = batch.readings
-        unit = plan.unit_id
-        requests = plan.requests
-        for i, req in enumerate(requests):
-            client = self._client
-            if client is None or not client.connected:
-                reason = f"not connected to {self.where}"
-                self._fail_rest(batch, requests[i:], reason)
-                break
-            call, attr = self._reads[req.table]
-            try:
-                rsp = await call(req.address, count=req.count, device_id=unit)
-            except ModbusException as exc:
-                # pymodbus raises one exception class for all three; tell them apart.
-                text = str(exc)
-                if "transaction id" in text or "device id" in text:
-                    why = f"mismatched response ({text})"
-                elif not client.connected:
-                    why = "connection lost"
-                else:
-                    why = f"no response within {self.device.timeout_ms} ms"
-                self._drop()
-                self._fail_rest(batch, requests[i:], f"{why} reading {req.label} from {self.where}")
-                break
-            except OSError as exc:
-                self._drop()
-                reason = f"link error ({exc}) reading {req.label} from {self.where}"
-                self._fail_rest(batch, requests[i:], reason)
-                break
-            except asyncio.CancelledError:
-                self._drop()  # the response may still arrive: do not reuse the link
-                raise
-            ts = time.time_ns()
-            if rsp.isError():
-                reason = self._exception_reason(rsp.exception_code, req)
-                out += _bad(req.tags, ts, _BAD_DEVICE, reason)
-                batch.error = batch.error or reason
-                continue
-            try:
-                out += req.decoder.decode(getattr(rsp, attr), ts)
-            except DecodeError as exc:
-                reason = f"cannot decode {req.label}: {exc}"
-                out += _bad(req.tags, ts, _BAD_CONFIG, reason)
-                batch.error = batch.error or reason
-        return batch
-
-    def _exception_reason(self, code: int, req: Request) -> str:
-        name = EXCEPTION_NAMES.get(code, "unknown exception")
-        reason = f"modbus exception {code} ({name}) reading {req.label}"
-        if code == 2 and req.unused:
-            reason += (
-                f"; the request also reads {req.unused} unused address(es) to bridge gaps: "
-                "if the device rejects unmapped addresses, set max_gap: 0"
-            )
-        return reason
-
-    def _fail_rest(self, batch: Batch, requests: tuple[Request, ...], reason: str) -> None:
-        ts = time.time_ns()
-        for req in requests:
-            batch.readings += _bad(req.tags, ts, _BAD_COMM, reason)
-        batch.error = reason
+    def _no_response(self, exc: BaseException) -> str:
+        client = self._client
+        lost = client is None or not client.connected
+        self._drop()
+        if isinstance(exc, OSError):
+            return f"link error ({exc})"
+        # pymodbus raises one exception class for all three; tell them apart.
+        text = str(exc)
+        if "transaction id" in text or "device id" in text:
+            return f"mismatched response ({text})"
+        if lost:
+            return "connection lost"
+        self._silent = True
+        tries = f" ({self.device.retries + 1} attempts)" if self.device.retries else ""
+        return f"no response within {self.device.timeout_ms} ms{tries}"
 
     def _drop(self) -> None:
         if self._client is not None:
@@ -192,4 +331,12 @@ class ModbusTcpDriver:
             client.close()
 
 
-Driver = ModbusTcpDriver  # the name every protocol package uses (see drivers/contract.py)
+def Driver(device: ModbusDevice, **_: Any) -> ModbusDriverBase:
+    """The driver for ``device.protocol`` (the name every protocol package exports)."""
+    if isinstance(device, ModbusTcpDevice):
+        return ModbusTcpDriver(device)
+    if isinstance(device, ModbusRtuDevice | ModbusRtuTcpDevice):
+        from .rtu import ModbusRtuDriver
+
+        return ModbusRtuDriver(device)
+    raise TypeError(f"no Modbus driver for {type(device).__name__}")

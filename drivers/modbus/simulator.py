@@ -1,11 +1,13 @@
-"""A Modbus TCP device simulator on pymodbus's own server, for tests, the demo and benchmarks.
+"""A Modbus device simulator on pymodbus's own server, for tests, the demo and benchmarks.
 
 One server serves many unit ids (one per simulated device), each with its own four tables
 of ``size`` addresses; reading past ``size`` answers exception 2 (illegal data address).
-Values are set directly (``set_registers``/``set_bits``) or follow deterministic
-waveforms derived from a device map (``apply_waveforms``), so a demo shows live values.
-Anomalies (spike, drift, stuck sensor) can be scheduled on top of the waveforms with
-``inject`` or ``anomaly_schedule``; with none scheduled the waveforms are unchanged.
+It speaks Modbus TCP (default), RTU framing over TCP (``framer="rtu"``) or RTU on a
+serial port (``serial_port=``, e.g. one side of a ``PtyBridge``). Values are set directly
+(``set_registers``/``set_bits``) or follow deterministic waveforms derived from a device
+map (``apply_waveforms``), so a demo shows live values. Anomalies (spike, drift, stuck
+sensor; ``anomalies.py``) can be scheduled on top of the waveforms with ``inject`` or
+``anomaly_schedule``; with none scheduled the waveforms are unchanged.
 
 Run ``python -m drivers.modbus.simulator [device-map.yaml]`` to serve a map (by default
 the sample map next to this file) until Ctrl-C.
@@ -15,27 +17,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import random
-import struct
+import signal
 import sys
 import time
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from .config import ModbusTag, ModbusTcpDevice, load_device_map
+from .anomalies import (
+    SCHEDULE_DURATIONS,
+    Anomaly,
+    AnomalyKind,
+    anomalous_raw,
+    anomalous_value,
+    anomaly_schedule,
+    parse_anomaly,
+)
+from .config import Device, ModbusRtuDevice, load_device_map
 from .decode import encode_raw, encode_value
-from .types import TABLES, TYPES, Table, register_count
+from .ptybus import PtyBridge
+from .types import TABLES, Table
+from .waveforms import waveform_raw, waveform_value
 
 __all__ = [
     "SAMPLE_MAP",
+    "SCHEDULE_DURATIONS",
     "Anomaly",
     "AnomalyKind",
     "ModbusSimulator",
@@ -59,7 +70,12 @@ _BLOCKS: dict[Table, str] = {
 
 
 class ModbusSimulator:
-    """A pymodbus TCP server holding ``size`` registers/bits per table per unit id."""
+    """A pymodbus server holding ``size`` registers/bits per table per unit id.
+
+    ``answer_unknown_units``: whether a unit id not served here answers (pymodbus sends
+    exception 4) or stays silent like an absent device on a bus; default: answers over
+    Modbus TCP, silent with RTU framing.
+    """
 
     def __init__(
         self,
@@ -68,6 +84,13 @@ class ModbusSimulator:
         port: int = 0,
         unit_ids: Iterable[int] = (1,),
         size: int = 10000,
+        framer: Literal["socket", "rtu"] = "socket",
+        serial_port: str | None = None,
+        baudrate: int = 19200,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        answer_unknown_units: bool | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -77,7 +100,18 @@ class ModbusSimulator:
         if not self.unit_ids or not all(0 <= u <= 255 for u in self.unit_ids):
             raise ValueError(f"unit_ids {self.unit_ids!r}: need at least one, each 0..255")
         self.size = size
-        self._server: ModbusTcpServer | None = None
+        self.serial_port = serial_port
+        self.framer = "rtu" if serial_port else framer
+        self._line = {
+            "baudrate": baudrate,
+            "parity": parity,
+            "stopbits": stopbits,
+            "bytesize": bytesize,
+        }
+        if answer_unknown_units is None:
+            answer_unknown_units = self.framer == "socket"
+        self.answer_unknown_units = answer_unknown_units
+        self._server: Any = None
         # (device, tag) -> anomalies on that tag; empty means plain waveforms.
         self._anomalies: dict[tuple[str, str], list[Anomaly]] = {}
         # Registers; bits are packed 16 per register, bit 0 first (pymodbus's layout).
@@ -94,18 +128,42 @@ class ModbusSimulator:
         regs = SimData(0, count=self.size, values=0, datatype=SimType.REGISTERS)
         return ([bits], [bits], [regs], [regs])
 
+    def _filter(self, sending: bool, data: bytes) -> bytes:
+        """Drop answers for unit ids not served here (a silent absent device)."""
+        if sending and data:
+            unit = data[0] if self.framer == "rtu" else (data[6] if len(data) > 6 else -1)
+            if unit not in self.unit_ids:
+                return b""
+        return data
+
     async def start(self) -> None:
-        """Listen; returns once the server accepts connections. Keeps values across restarts."""
+        """Listen; returns once the server accepts requests. Keeps values across restarts."""
         if self._server is not None:
             return
         devices = [SimDevice(id=u, simdata=self._simdata()) for u in self.unit_ids]
-        server = ModbusTcpServer(devices, address=(self.host, self.port))
+        trace = None if self.answer_unknown_units else self._filter
+        if trace is not None and 0 not in self.unit_ids:
+            # pymodbus hands unknown ids to device 0 (else it logs a KeyError): its
+            # answers are then dropped by the filter.
+            devices.append(SimDevice(id=0, simdata=self._simdata()))
+        server: Any
+        if self.serial_port is not None:
+            server = ModbusSerialServer(
+                devices, port=self.serial_port, trace_packet=trace, **self._line
+            )
+        else:
+            framer = FramerType.RTU if self.framer == "rtu" else FramerType.SOCKET
+            server = ModbusTcpServer(
+                devices, address=(self.host, self.port), framer=framer, trace_packet=trace
+            )
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self.host}:{self.port}") from exc
+            where = self.serial_port or f"{self.host}:{self.port}"
+            raise OSError(f"cannot listen on {where}") from exc
         self._server = server
-        self.port = server.transport.sockets[0].getsockname()[1]
+        if self.serial_port is None:
+            self.port = server.transport.sockets[0].getsockname()[1]
         # pymodbus keeps each table as (start, count, registers, flags); we write the
         # registers list in place so reads see values at once, without a request.
         for (unit, table), old in self._memory.items():
@@ -186,227 +244,89 @@ class ModbusSimulator:
     def clear_anomalies(self) -> None:
         self._anomalies.clear()
 
-    def apply_waveforms(self, devices: Sequence[ModbusTcpDevice], t: float) -> None:
+    def apply_waveforms(self, devices: Sequence[Device], t: float) -> None:
         """Write every tag of every device served here (by unit id) at time ``t``."""
         for device in devices:
-            if device.unit_id not in self.unit_ids:
+            unit = device.unit_id
+            if unit not in self.unit_ids:
                 continue
             for tag in device.tags:
                 scheduled = self._anomalies.get((device.name, tag.name))
                 raw = (
-                    _anomalous_raw(device.name, tag, t, scheduled)
+                    anomalous_raw(device.name, tag, t, scheduled)
                     if scheduled
-                    else _waveform_raw(device.name, tag, t)
+                    else waveform_raw(device.name, tag, t)
                 )
                 values = encode_raw(tag, device, raw)
+                address = tag.address
+                assert address is not None
                 if TABLES[tag.table].bits:
-                    self.set_bits(device.unit_id, tag.table, tag.address, [bool(values[0])])
+                    self.set_bits(unit, tag.table, address, [bool(values[0])])
+                elif tag.bit is not None:  # one bit of a register: keep the others
+                    (old,) = self.get_registers(unit, tag.table, address, 1)
+                    new = old | (1 << tag.bit) if raw else old & ~(1 << tag.bit)
+                    self.set_registers(unit, tag.table, address, [new])
                 else:
-                    self.set_registers(device.unit_id, tag.table, tag.address, values)
+                    self.set_registers(unit, tag.table, address, [int(v) for v in values])
 
-    async def run_waveforms(
-        self, devices: Sequence[ModbusTcpDevice], interval_s: float = 0.1
-    ) -> None:
+    async def run_waveforms(self, devices: Sequence[Device], interval_s: float = 0.1) -> None:
         """Apply waveforms every ``interval_s`` until cancelled."""
         while True:
             self.apply_waveforms(devices, time.time())
             await asyncio.sleep(interval_s)
 
 
-def _waveform_raw(device_name: str, tag: ModbusTag, t: float) -> bool | int | float:
-    # crc32, not hash(): the same tag gets the same waveform in every process.
-    h = zlib.crc32(f"{device_name}/{tag.name}".encode())
-    period = 10.0 + h % 50  # seconds
-    x = (t / period + (h >> 8) % 1000 / 1000) % 1.0
-    spec = TYPES[tag.type]
-    if spec.is_bool:
-        return x < 0.5
-    shape = (h >> 20) % 3
-    u = (0.5 + 0.5 * math.sin(2 * math.pi * x), x, 1.0 if x < 0.5 else 0.0)[shape]
-    lo, hi = spec.demo
-    raw = lo + u * (hi - lo)
-    if not spec.is_float:
-        return round(raw)
-    if spec.code == "f":  # what a float32 register pair can actually hold
-        return float(struct.unpack("f", struct.pack("f", raw))[0])
-    return raw
-
-
-def waveform_value(device_name: str, tag: ModbusTag, t: float) -> bool | int | float:
-    """The engineering value (after scale/offset) the simulator serves for a tag at ``t``.
-
-    Deterministic; a sine, ramp or square wave chosen per tag, with a period of 10-59 s,
-    whose raw value stays inside the type's range. Equals what the driver decodes.
-    """
-    raw = _waveform_raw(device_name, tag, t)
-    if isinstance(raw, bool) or (tag.scale == 1 and tag.offset == 0):
-        return raw
-    return raw * tag.scale + tag.offset
-
-
-class AnomalyKind(StrEnum):
-    """What a scheduled anomaly does to a tag's value while it is active."""
-
-    SPIKE = "spike"
-    """``magnitude`` (engineering units) is added; a bool tag is inverted instead."""
-    DRIFT = "drift"
-    """An offset growing linearly from 0 to ``magnitude`` over the duration; bools unchanged."""
-    STUCK = "stuck"
-    """The value at ``start_t`` is held (a frozen sensor); ``magnitude`` is unused."""
-
-
-@dataclass(frozen=True, slots=True)
-class Anomaly:
-    """One anomaly on one tag, active for ``start_t <= t < start_t + duration_s``."""
-
-    device: str
-    tag: str
-    kind: AnomalyKind
-    start_t: float
-    duration_s: float
-    magnitude: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
-            raise ValueError(f"anomaly duration_s {self.duration_s!r}: accepted: a number > 0")
-        if not (math.isfinite(self.start_t) and math.isfinite(self.magnitude)):
-            raise ValueError(f"anomaly start_t/magnitude must be finite: {self!r}")
-
-    @property
-    def end_t(self) -> float:
-        return self.start_t + self.duration_s
-
-
-def _anomalous_raw(
-    device_name: str, tag: ModbusTag, t: float, anomalies: Iterable[Anomaly]
-) -> bool | int | float:
-    raw = _waveform_raw(device_name, tag, t)
-    spec = TYPES[tag.type]
-    for a in anomalies:
-        if not a.start_t <= t < a.end_t:
-            continue
-        if a.kind is AnomalyKind.STUCK:
-            raw = _waveform_raw(device_name, tag, a.start_t)
-        elif spec.is_bool:
-            raw = not raw if a.kind is AnomalyKind.SPIKE else raw
-        else:
-            delta = a.magnitude / tag.scale  # engineering units -> raw
-            if a.kind is AnomalyKind.DRIFT:
-                delta *= (t - a.start_t) / a.duration_s
-            # Clamped to the type, so the registers can always hold it.
-            x = min(max(float(raw) + delta, spec.lo), spec.hi)
-            if not spec.is_float:
-                raw = int(min(max(round(x), spec.lo), spec.hi))
-            elif spec.code == "f":
-                raw = float(struct.unpack("f", struct.pack("f", x))[0])
-            else:
-                raw = x
-    return raw
-
-
-def anomalous_value(
-    device_name: str, tag: ModbusTag, t: float, anomalies: Iterable[Anomaly]
-) -> bool | int | float:
-    """``waveform_value`` with the anomalies of this tag applied (the others are ignored):
-    what the driver decodes from a simulator with those anomalies injected."""
-    mine = [a for a in anomalies if a.device == device_name and a.tag == tag.name]
-    raw = _anomalous_raw(device_name, tag, t, mine)
-    if isinstance(raw, bool) or (tag.scale == 1 and tag.offset == 0):
-        return raw
-    return raw * tag.scale + tag.offset
-
-
-# Default durations of anomaly_schedule, per kind (seconds).
-SCHEDULE_DURATIONS: dict[AnomalyKind, float] = {
-    AnomalyKind.SPIKE: 2.0,
-    AnomalyKind.DRIFT: 60.0,
-    AnomalyKind.STUCK: 30.0,
-}
-
-
-def anomaly_schedule(
-    targets: Sequence[tuple[str, ModbusTag]],
-    *,
-    seed: int,
-    start_t: float,
-    end_t: float,
-    every_s: float = 120.0,
-    kinds: Sequence[AnomalyKind] = tuple(AnomalyKind),
-    magnitude: float = 0.5,
-    durations: Mapping[AnomalyKind, float] = SCHEDULE_DURATIONS,
-) -> list[Anomaly]:
-    """A deterministic (by ``seed``) schedule: one anomaly every ``every_s`` seconds from
-    ``start_t`` (the first after one interval) until ``end_t``, kinds taken in turn, each
-    on a tag drawn from ``targets`` ((device name, tag) pairs) early in its slot, so the
-    tag is normal again for a while before the next. Spikes and drifts have a random sign
-    and ``magnitude`` times the tag's demo span (its waveform's range) in engineering
-    units. Anomalies never overlap."""
-    if not targets or not kinds:
-        raise ValueError("anomaly_schedule needs at least one target and one kind")
-    longest = max(durations[k] for k in kinds)
-    if every_s <= longest:
-        raise ValueError(f"every_s {every_s} must exceed the longest duration {longest}")
-    rng = random.Random(seed)
-    out: list[Anomaly] = []
-    slot = start_t + every_s
-    i = 0
-    while slot + every_s <= end_t:
-        device, tag = targets[rng.randrange(len(targets))]
-        kind = kinds[i % len(kinds)]
-        lo, hi = TYPES[tag.type].demo
-        size = magnitude * (hi - lo) * abs(tag.scale) * rng.choice((-1.0, 1.0))
-        # In the first half of what the slot leaves: the tag is normal again for a while.
-        begin = slot + rng.uniform(0.0, (every_s - durations[kind]) / 2)
-        out.append(Anomaly(device, tag.name, kind, begin, durations[kind], size))
-        slot += every_s
-        i += 1
-    return out
-
-
-def parse_anomaly(spec: str, t0: float = 0.0) -> Anomaly:
-    """``device/tag:kind:start_s:duration_s[:magnitude]`` (start relative to ``t0``), the
-    form a command-line flag takes, e.g. ``boiler/temperature:spike:30:2:50``."""
-    parts = spec.split(":")
-    name = parts[0].split("/")
-    try:
-        if len(parts) not in (4, 5) or len(name) != 2 or not all(name):
-            raise ValueError("expected device/tag:kind:start_s:duration_s[:magnitude]")
-        if parts[1] not in AnomalyKind.__members__.values():
-            raise ValueError(f"unknown kind {parts[1]!r}; accepted: {', '.join(AnomalyKind)}")
-        numbers = [float(x) for x in parts[2:]]
-        return Anomaly(name[0], name[1], AnomalyKind(parts[1]), t0 + numbers[0], *numbers[1:])
-    except ValueError as exc:
-        raise ValueError(
-            f"anomaly {spec!r}: {exc} (e.g. boiler/temperature:spike:30:2:50)"
-        ) from None
+def _server_for(group: Sequence[Device], bridges: list[PtyBridge]) -> ModbusSimulator:
+    first = group[0]
+    ends = (t.address + t.registers for d in group for t in d.tags if t.address is not None)
+    size = min(65536, max(10000, *ends))
+    units = [d.unit_id for d in group]
+    if isinstance(first, ModbusRtuDevice):
+        bridge = PtyBridge()
+        bridge.link(first.port)
+        bridges.append(bridge)
+        return ModbusSimulator(
+            unit_ids=units,
+            size=size,
+            serial_port=bridge.server_path,
+            baudrate=first.baudrate,
+            parity=first.parity.value,
+            stopbits=first.stopbits,
+            bytesize=first.bytesize,
+        )
+    framer: Literal["socket", "rtu"] = "rtu" if first.protocol == "modbus_rtu_tcp" else "socket"
+    host, port = first.host, first.port  # type: ignore[union-attr]
+    return ModbusSimulator(host=host, port=port, unit_ids=units, size=size, framer=framer)
 
 
 async def serve_devices(
-    devices: Sequence[ModbusTcpDevice],
+    devices: Sequence[Device],
     stop: asyncio.Event,
     *,
     interval_s: float = 0.1,
     anomalies: Iterable[Anomaly] = (),
 ) -> None:
-    """Simulate devices until ``stop`` is set: one server per (host, port), waveforms on,
-    with ``anomalies`` (e.g. from ``anomaly_schedule``) injected on their tags."""
+    """Simulate devices until ``stop`` is set: one server per TCP host:port and protocol,
+    one per serial port (a ``PtyBridge`` whose client side is linked at the device's
+    ``port``, which must not exist or be a symlink), waveforms on, with ``anomalies``
+    (e.g. from ``anomaly_schedule``) injected on their tags."""
     scheduled = list(anomalies)
-    groups: dict[tuple[str, int], list[ModbusTcpDevice]] = {}
+    groups: dict[tuple[Any, ...], list[Device]] = {}
     for d in devices:
-        groups.setdefault((d.host, d.port), []).append(d)
-    sims = []
-    for (host, port), group in groups.items():
-        ends = (t.address + register_count(t.table, t.type) for d in group for t in d.tags)
-        size = min(65536, max(10000, *ends))
-        sims.append(
-            ModbusSimulator(host=host, port=port, unit_ids=[d.unit_id for d in group], size=size)
-        )
+        key = (d.port,) if isinstance(d, ModbusRtuDevice) else (d.protocol, d.host, d.port)
+        groups.setdefault(key, []).append(d)
+    bridges: list[PtyBridge] = []
+    sims: list[ModbusSimulator] = []
     tasks: list[asyncio.Task[None]] = []
     try:
-        for sim, group in zip(sims, groups.values(), strict=True):
+        for group in groups.values():
+            sims.append(sim := _server_for(group, bridges))
             names = {d.name for d in group}
             sim.add_anomalies(a for a in scheduled if a.device in names)
             sim.apply_waveforms(group, time.time())
+        for bridge in bridges:
+            await bridge.start()
+        for sim, group in zip(sims, groups.values(), strict=True):
             await sim.start()
             tasks.append(asyncio.create_task(sim.run_waveforms(group, interval_s)))
         await stop.wait()
@@ -416,6 +336,8 @@ async def serve_devices(
         await asyncio.gather(*tasks, return_exceptions=True)
         for sim in sims:
             await sim.stop()
+        for bridge in bridges:
+            await bridge.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,11 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args[0]) if args else SAMPLE_MAP
     devices = load_device_map(path)
     for d in devices:
-        host = f"[{d.host}]" if ":" in d.host else d.host
-        print(f"simulating {d.name}: {host}:{d.port} unit {d.unit_id}, {len(d.tags)} tags")
+        if isinstance(d, ModbusRtuDevice):
+            at = f"{d.port} ({d.line})"
+        else:
+            at = f"{f'[{d.host}]' if ':' in d.host else d.host}:{d.port}"
+        print(f"simulating {d.name}: {d.protocol} {at} unit {d.unit_id}, {len(d.tags)} tags")
 
     async def run() -> None:
-        await serve_devices(devices, asyncio.Event())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly: remove pty links
+            loop.add_signal_handler(sig, stop.set)
+        await serve_devices(devices, stop)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

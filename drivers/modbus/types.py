@@ -1,4 +1,4 @@
-"""The one table of Modbus data types and tables.
+"""The one table of Modbus data types, tables and order notations.
 
 The config validator, the decoder, the simulator and the README all read these tables,
 so a type is described in exactly one place.
@@ -22,6 +22,7 @@ class DataType(StrEnum):
     UINT64 = "uint64"
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    STRING = "string"
 
 
 class Table(StrEnum):
@@ -45,7 +46,7 @@ class TypeSpec:
     """Everything the package knows about one data type."""
 
     registers: int
-    """16-bit registers one value occupies in a holding/input table."""
+    """16-bit registers one value occupies in a holding/input table (0: from ``length``)."""
     code: str
     """``struct`` code of the raw value."""
     lo: int | float
@@ -62,7 +63,15 @@ class TypeSpec:
 
     @property
     def is_float(self) -> bool:
-        return self.code in "fd"
+        return self.code in ("f", "d")
+
+    @property
+    def is_string(self) -> bool:
+        return self.code == "s"
+
+    @property
+    def is_number(self) -> bool:
+        return not (self.is_bool or self.is_string)
 
 
 _F32 = 3.4028234663852886e38
@@ -70,7 +79,12 @@ _F64 = 1.7976931348623157e308
 
 TYPES: dict[DataType, TypeSpec] = {
     DataType.BOOL: TypeSpec(
-        1, "?", 0, 1, (0, 1), "coil/discrete: one bit; holding/input: register != 0"
+        1,
+        "?",
+        0,
+        1,
+        (0, 1),
+        "coil/discrete: one bit; holding/input: register != 0, or one bit with `bit: 0..15`",
     ),
     DataType.INT16: TypeSpec(1, "h", -(2**15), 2**15 - 1, (-1000, 1000), "signed"),
     DataType.UINT16: TypeSpec(1, "H", 0, 2**16 - 1, (0, 1000), "unsigned"),
@@ -80,7 +94,19 @@ TYPES: dict[DataType, TypeSpec] = {
     DataType.UINT64: TypeSpec(4, "Q", 0, 2**64 - 1, (0, 1e6), "unsigned"),
     DataType.FLOAT32: TypeSpec(2, "f", -_F32, _F32, (-100.0, 100.0), "IEEE 754 single"),
     DataType.FLOAT64: TypeSpec(4, "d", -_F64, _F64, (-100.0, 100.0), "IEEE 754 double"),
+    DataType.STRING: TypeSpec(
+        0,
+        "s",
+        0,
+        0,
+        (0, 0),
+        "ASCII text of `length` characters, 2 per register; cut at the first NUL, "
+        "trailing spaces stripped",
+    ),
 }
+
+MAX_STRING_LENGTH = 250
+"""Characters: 125 registers, the most one request can read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,46 +117,78 @@ class TableSpec:
     """Modbus read function code."""
     unit: str
     """What ``count`` counts, for messages: "regs" or "bits"."""
+    prefix: int
+    """Leading digit of the table in register-number notation (4 in 40001)."""
     note: str
 
 
 TABLES: dict[Table, TableSpec] = {
-    Table.HOLDING: TableSpec(False, 3, "regs", "16-bit read/write registers"),
-    Table.INPUT: TableSpec(False, 4, "regs", "16-bit read-only registers"),
-    Table.COIL: TableSpec(True, 1, "bits", "read/write bits; type must be bool"),
-    Table.DISCRETE: TableSpec(True, 2, "bits", "read-only bits; type must be bool"),
+    Table.HOLDING: TableSpec(False, 3, "regs", 4, "16-bit read/write registers"),
+    Table.INPUT: TableSpec(False, 4, "regs", 3, "16-bit read-only registers"),
+    Table.COIL: TableSpec(True, 1, "bits", 0, "read/write bits; type must be bool"),
+    Table.DISCRETE: TableSpec(True, 2, "bits", 1, "read-only bits; type must be bool"),
 }
 
-# Telegraf/vendor notation for the four orders of a 32-bit value, for error hints.
+# Vendor notation of byte/word order: the bytes of a value, most significant = A, in the
+# order the device sends them. 2 letters for 16-bit values and strings, 4 for 32-bit,
+# 4 or 8 for 64-bit values (the 4-letter form then applies to each pair of words).
 ORDER_NOTATION: dict[str, tuple[Order, Order]] = {
     "ABCD": (Order.BIG, Order.BIG),
     "CDAB": (Order.BIG, Order.LITTLE),
     "BADC": (Order.LITTLE, Order.BIG),
     "DCBA": (Order.LITTLE, Order.LITTLE),
 }
+ORDER_NOTATION_16: dict[str, Order] = {"AB": Order.BIG, "BA": Order.LITTLE}
+ORDER_NOTATION_64: dict[str, tuple[Order, Order]] = {
+    "ABCDEFGH": (Order.BIG, Order.BIG),
+    "GHEFCDAB": (Order.BIG, Order.LITTLE),
+    "BADCFEHG": (Order.LITTLE, Order.BIG),
+    "HGFEDCBA": (Order.LITTLE, Order.LITTLE),
+}
 
 
-def register_count(table: Table, dtype: DataType) -> int:
+def order_name(byte: Order, word: Order, registers: int) -> str:
+    """The vendor notation of a resolved order, e.g. ``CDAB``; for messages and tools."""
+    if registers <= 1:
+        return "AB" if byte is Order.BIG else "BA"
+    table = ORDER_NOTATION_64 if registers == 4 else ORDER_NOTATION
+    return next(k for k, v in table.items() if v == (byte, word))
+
+
+def string_registers(length: int) -> int:
+    """Registers holding ``length`` characters (2 per register, the last maybe half used)."""
+    return (length + 1) // 2
+
+
+def register_count(table: Table, dtype: DataType, length: int | None = None) -> int:
     """Registers (or bits, in a bit table) one tag of this type occupies."""
-    return 1 if TABLES[table].bits else TYPES[dtype].registers
+    if TABLES[table].bits:
+        return 1
+    if dtype is DataType.STRING:
+        if length is None:
+            raise ValueError("a string's register count needs its length")
+        return string_registers(length)
+    return TYPES[dtype].registers
 
 
 def type_table_markdown() -> str:
     """The type table as Markdown; the README embeds it and a test keeps them equal."""
     yes_no = ("no", "yes")
     lines = [
-        "| type | registers | scale, offset, byte_order | word_order | values |",
-        "|---|---|---|---|---|",
+        "| type | registers | scale, offset | byte order | word order | values |",
+        "|---|---|---|---|---|---|",
     ]
     for dtype, spec in TYPES.items():
-        if spec.is_bool:
+        if spec.is_bool or spec.is_string:
             values = spec.note
         elif spec.is_float:
             values = f"{spec.note}, ±{spec.hi:.4g}"
         else:
             values = f"{spec.lo}..{spec.hi}"
+        registers = "`length`/2, rounded up" if spec.is_string else str(spec.registers)
+        byte = "no" if spec.is_bool else ("AB/BA" if spec.registers <= 1 else "yes")
         lines.append(
-            f"| `{dtype.value}` | {spec.registers} | {yes_no[not spec.is_bool]} "
-            f"| {yes_no[spec.registers > 1]} | {values} |"
+            f"| `{dtype.value}` | {registers} | {yes_no[spec.is_number]} "
+            f"| {byte} | {yes_no[spec.registers > 1]} | {values} |"
         )
     return "\n".join(lines)

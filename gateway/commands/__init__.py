@@ -22,6 +22,9 @@ COMMANDS: tuple[str, ...] = (
     "audit",
     "doctor",
     "status",
+    "read",
+    "scan",
+    "import-csv",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2

@@ -20,7 +20,7 @@ def register(sub: Subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..registry import describe_device
+    from ..registry import describe_device, summarize_device
 
     path = args.config or args.config_opt
     if not path:
@@ -40,5 +40,7 @@ def main(args: argparse.Namespace) -> int:
         )
         for line in lines:
             print(f"  {line}")
+        if summary := summarize_device(dev):
+            print(f"  ({summary})")
     print(f"\n{total} request(s) per cycle in all")
     return 0

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.modbus import ModbusTcpDevice, Table, compile_plan, describe_plan
-from drivers.modbus.types import TYPES, DataType, register_count
+from drivers.modbus.types import TYPES, DataType
 
 
 def device(*tags: dict[str, Any], **kw: Any) -> ModbusTcpDevice:
@@ -158,21 +158,41 @@ def brute_force_minimum(tag_spans: list[tuple[int, int]], limit: int, max_gap: i
 
 
 REGISTER_TYPES = [t for t in DataType if t is not DataType.BOOL] + [DataType.BOOL]
+# Interval sets a device may use: each a whole multiple of the fastest.
+INTERVALS = [(1000,), (1000, 2000), (500, 1500, 3000)]
+
+
+def _registers(tag: dict[str, Any]) -> int:
+    if tag.get("table") == "coil":
+        return 1
+    if tag["type"] == "string":
+        return (int(tag["length"]) + 1) // 2
+    return TYPES[DataType(tag["type"])].registers
 
 
 @st.composite
 def device_maps(draw: st.DrawFn, max_tags: int = 7) -> ModbusTcpDevice:
+    """Random maps: one table (registers or coils), every type incl. strings and bits of
+    a register, and per-tag poll intervals."""
     bits = draw(st.booleans())
+    intervals = draw(st.sampled_from(INTERVALS))
     n = draw(st.integers(1, max_tags))
     tags = []
     for i in range(n):
-        address = draw(st.integers(0, 30))
+        tag: dict[str, Any] = {"name": f"t{i}", "address": draw(st.integers(0, 30))}
         if bits:
-            tags.append({"name": f"t{i}", "table": "coil", "address": address})
+            tag["table"] = "coil"
         else:
             dtype = draw(st.sampled_from(REGISTER_TYPES))
-            tags.append({"name": f"t{i}", "address": address, "type": dtype.value})
-    widest = max(1 if bits else TYPES[DataType(t.get("type", "bool"))].registers for t in tags)
+            tag["type"] = dtype.value
+            if dtype is DataType.STRING:
+                tag["length"] = draw(st.integers(1, 9))
+            elif dtype is DataType.BOOL and draw(st.booleans()):
+                tag["bit"] = draw(st.integers(0, 15))
+        if len(intervals) > 1:
+            tag["poll_interval_ms"] = draw(st.sampled_from(intervals))
+        tags.append(tag)
+    widest = max(_registers(t) for t in tags)
     limit = draw(st.integers(widest, 16))
     return device(
         *tags,
@@ -184,7 +204,8 @@ def device_maps(draw: st.DrawFn, max_tags: int = 7) -> ModbusTcpDevice:
 
 def tag_span(dev: ModbusTcpDevice, name: str) -> tuple[int, int]:
     tag = next(t for t in dev.tags if f"{dev.name}/{t.name}" == name)
-    return tag.address, tag.address + register_count(tag.table, tag.type)
+    assert tag.address is not None
+    return tag.address, tag.address + tag.registers
 
 
 @settings(max_examples=300, deadline=None)
@@ -211,8 +232,35 @@ def test_plan_properties(dev: ModbusTcpDevice) -> None:
 @settings(max_examples=300, deadline=None)
 @given(device_maps())
 def test_plan_uses_the_fewest_requests(dev: ModbusTcpDevice) -> None:
+    """Per poll interval, no grouping of the tags needs fewer requests."""
     plan = compile_plan(dev)
     table = dev.tags[0].table
     limit = dev.max_bits_per_request if table is Table.COIL else dev.max_registers_per_request
-    optimum = brute_force_minimum([tag_span(dev, n) for n in plan.tag_names], limit, dev.max_gap)
+    by_interval: dict[int, list[tuple[int, int]]] = {}
+    for tag, name in zip(dev.tags, plan.tag_names, strict=True):
+        assert tag.poll_interval_ms is not None
+        by_interval.setdefault(tag.poll_interval_ms, []).append(tag_span(dev, name))
+    optimum = sum(brute_force_minimum(s, limit, dev.max_gap) for s in by_interval.values())
     assert len(plan.requests) == optimum
+
+
+@settings(max_examples=200, deadline=None)
+@given(device_maps())
+def test_plan_schedule_reads_each_tag_at_its_interval(dev: ModbusTcpDevice) -> None:
+    """The gateway polls at the fastest interval; over one slowest period, each tag is
+    read exactly slowest/own times, starting at cycle 0, and requests never mix
+    intervals."""
+    plan = compile_plan(dev)
+    own = {f"{dev.name}/{t.name}": int(t.poll_interval_ms or 0) for t in dev.tags}
+    assert dev.poll_interval_ms == plan.interval_ms == min(own.values())
+    for r in plan.requests:
+        assert {own[n] for n in r.tags} == {r.every * plan.interval_ms}
+    slowest = max(own.values())
+    cycles = slowest // plan.interval_ms
+    reads = {n: 0 for n in plan.tag_names}
+    for cycle in range(cycles):
+        for r in plan.due(cycle):
+            for n in r.tags:
+                reads[n] += 1
+    assert {n for r in plan.due(0) for n in r.tags} == set(plan.tag_names)
+    assert reads == {n: slowest // iv for n, iv in own.items()}

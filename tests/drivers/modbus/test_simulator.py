@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
+from pathlib import Path
 
 import pytest
 
 from drivers.contract import Batch, ConnectError, Quality
 from drivers.modbus import ModbusTcpDevice, ModbusTcpDriver, Table, compile_plan, load_device_map
+from drivers.modbus.driver import Driver
 from drivers.modbus.simulator import SAMPLE_MAP, ModbusSimulator, serve_devices, waveform_value
 from drivers.modbus.types import TYPES
 
@@ -74,7 +77,9 @@ def test_waveforms_are_deterministic_in_range_and_change() -> None:
             assert values == [waveform_value(dev.name, tag, t) for t in range(0, 120, 3)]
             assert len(set(values)) > 1, tag.name
             lo, hi = TYPES[tag.type].demo
-            if tag.scale == 1 and tag.offset == 0:
+            if TYPES[tag.type].is_string:  # text cycles through a few states
+                assert all(isinstance(v, str) and len(v) <= (tag.length or 0) for v in values)
+            elif tag.scale == 1 and tag.offset == 0:
                 assert all(lo <= v <= hi for v in values)
 
 
@@ -138,3 +143,49 @@ def test_serve_devices_serves_a_map_until_stopped() -> None:
         assert batch.ok and all(r[3] == Quality.GOOD for r in batch.readings)
     values = [[r[2] for r in b.readings] for b in (first, later) for b in b]
     assert values[: len(first)] != values[len(first) :], "waveforms did not advance"
+
+
+RTU_MAP = SAMPLE_MAP.with_name("sample-rtu-map.yaml")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("serial") is None, reason="pyserial is not installed")
+def test_serve_devices_serves_rtu_on_a_pty_line_and_rtu_over_tcp(tmp_path: Path) -> None:
+    """The RTU sample map: two meters on one simulated serial line (linked where the map
+    says the port is) and a drive behind an RTU-over-TCP server, read by the drivers."""
+    devices = []
+    for d in load_device_map(RTU_MAP):
+        if d.protocol == "modbus_rtu":
+            devices.append(d.model_copy(update={"port": str(tmp_path / "ttyRTU0")}))
+        else:
+            devices.append(d.model_copy(update={"port": _free_port()}))
+
+    async def main() -> list[Batch]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve_devices(devices, stop, interval_s=0.02))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if (tmp_path / "ttyRTU0").exists():
+                break
+        await asyncio.sleep(0.1)
+        batches = []
+        for dev in devices:
+            driver = Driver(dev)
+            for _ in range(50):
+                try:
+                    await driver.connect()
+                    break
+                except ConnectError:
+                    await asyncio.sleep(0.02)
+            batches.append(await driver.read(compile_plan(dev)))
+            await driver.close()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert not (tmp_path / "ttyRTU0").exists()  # the link is removed
+        return batches
+
+    for dev, batch in zip(devices, asyncio.run(main()), strict=True):
+        assert batch.ok, batch.error
+        assert {r[0].split("/")[1] for r in batch.readings} == {t.name for t in dev.tags}
+        for r in batch.readings:
+            tag = next(t for t in dev.tags if t.name == r[0].split("/")[1])
+            assert type(r[2]) is type(waveform_value(dev.name, tag, 0.0)), tag.name

@@ -1,0 +1,298 @@
+"""`edgegw read` and `edgegw scan` against real servers, as a field technician runs them:
+the table they print and their exit codes (0 good, 1 bad quality or unreachable, 2 bad
+input)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.modbus import Table
+from drivers.modbus.simulator import ModbusSimulator
+from gateway.cli import main as edgegw
+
+Sim = Callable[..., ModbusSimulator]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = edgegw(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def config(tmp_path: Path, devices: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"gateway: {{id: gw1, state_dir: {tmp_path / 'state'}}}\ndevices:\n{devices}")
+    return path
+
+
+def _row(out: str, tag: str) -> list[str]:
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith(tag + " "))
+    return line.split()
+
+
+def test_read_ad_hoc_float32_cdab(capsys: pytest.CaptureFixture[str], threaded_sim: Sim) -> None:
+    sim = threaded_sim(unit_ids=(3,))
+    sim.set_registers(3, Table.HOLDING, 0, [0x0000, 0x4120])
+    code, out, err = run(
+        capsys,
+        "read",
+        f"modbus-tcp://127.0.0.1:{sim.port}",
+        "--unit",
+        "3",
+        "--register",
+        "40001",
+        "--type",
+        "float32",
+        "--order",
+        "CDAB",
+        "--eng-unit",
+        "bar",
+    )
+    assert code == 0, err
+    assert "device read (modbus_tcp 127.0.0.1, unit 3): 1 tag(s) in 1 request(s)" in out
+    assert out.splitlines()[1].split() == ["tag", "raw", "value", "unit", "quality"]
+    assert _row(out, "40001") == ["40001", "0x0000", "0x4120", "10.0", "bar", "GOOD"]
+    assert "1 good, 0 bad" in out
+
+
+def test_read_ad_hoc_over_ipv6_counts_and_json(
+    capsys: pytest.CaptureFixture[str], threaded_sim: Sim
+) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    sim = threaded_sim(host="::1")
+    sim.set_registers(1, Table.INPUT, 9, [7, 8, 9])
+    code, out, _ = run(
+        capsys,
+        "read",
+        f"modbus-tcp://[::1]:{sim.port}",
+        "--register",
+        "30010",
+        "--count",
+        "3",
+        "--json",
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["tag"], r["raw"], r["value"], r["quality"]) for r in rows] == [
+        ("30010", [7], 7, "GOOD"),
+        ("30011", [8], 8, "GOOD"),
+        ("30012", [9], 9, "GOOD"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--register", "40001", "--type", "float"], "--type: unknown type 'float'"),
+        (["--register", "50001"], "--register: register '50001' is not a register number"),
+        (["--address", "1", "--register", "40001"], "--register: "),
+        (["--register", "40001", "--unit", "300"], "--unit: unit_id 300 is out of range"),
+        ([], "read: give --register (e.g. 40001) or --address (0-based)"),
+    ],
+)
+def test_read_bad_input_exits_2_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, "read", "modbus-tcp://127.0.0.1:1502", *args)
+    assert code == 2 and out == "" and message in err
+
+
+def test_read_bad_target_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "read", "modbus://plc", "--register", "40001")
+    assert code == 2 and "target 'modbus://plc' is not understood; accepted: modbus-tcp://" in err
+
+
+def test_read_a_device_from_the_config_says_which_tag_is_wrong(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, threaded_sim: Sim
+) -> None:
+    sim = threaded_sim(size=100)
+    sim.set_registers(1, Table.HOLDING, 10, [123, 0x5055, 0x4D50])
+    cfg = config(
+        tmp_path,
+        f"""  - protocol: modbus_tcp
+    name: pump1
+    host: 127.0.0.1
+    port: {sim.port}
+    max_gap: 0
+    tags:
+      - {{name: flow, register: 40011, scale: 0.1, unit: m3/h}}
+      - {{name: serial, register: 40012, type: string, length: 4}}
+      - {{name: missing, register: 40100, type: float32}}
+""",
+    )
+    code, out, _ = run(capsys, "read", "-c", str(cfg), "--device", "pump1")
+    assert code == 1
+    assert _row(out, "flow")[:5] == ["flow", "0x007B", "12.3", "m3/h", "GOOD"]
+    assert _row(out, "serial")[:4] == ["serial", "0x5055", "0x4D50", '"PUMP"']
+    missing = " ".join(_row(out, "missing"))
+    assert "BAD_DEVICE modbus exception 2 (illegal data address) reading holding 99..100" in missing
+    assert "2 good, 1 bad" in out
+    code, out, _ = run(capsys, "read", "-c", str(cfg), "--tag", "pump1/flow")
+    assert code == 0 and "1 tag(s) in 1 request(s)" in out and "missing" not in out
+
+
+def test_read_config_selection_errors_and_unreachable(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once we leave: nothing listens
+    cfg = config(
+        tmp_path,
+        f"  - {{protocol: modbus_tcp, name: gone, host: 127.0.0.1, port: {port}, "
+        "tags: [{name: a, register: 40001}]}\n",
+    )
+    code, _, err = run(capsys, "read", "-c", str(cfg), "--device", "pump9")
+    assert code == 2 and "no device 'pump9' in the config; devices: gone" in err
+    code, _, err = run(capsys, "read", "-c", str(cfg), "--tag", "zz")
+    assert code == 2 and "no tag 'zz' on any device" in err
+    code, out, _ = run(capsys, "read", "-c", str(cfg))
+    assert code == 1
+    assert "UNREACHABLE: cannot connect to 127.0.0.1:" in out and "Connection refused" in out
+    assert _row(out, "a")[:5] == ["a", "-", "-", "BAD_COMM", "cannot"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snap7") is None, reason="python-snap7 missing")
+def test_read_works_for_other_protocols_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An S7 device through the same registry path: values and qualities, raw '-'."""
+    from pydantic import TypeAdapter
+
+    from drivers.s7.config import DeviceConfig as S7Device
+    from drivers.s7.simulator import S7Simulator
+
+    entry = {
+        "protocol": "s7",
+        "name": "plc",
+        "host": "127.0.0.1",
+        "port": 1,
+        "tags": [{"name": "level", "address": "DB1.DBD0", "type": "REAL", "unit": "%"}],
+    }
+    sim = S7Simulator.for_devices([TypeAdapter(S7Device).validate_python(entry)])
+    sim.start()
+    try:
+        cfg = config(
+            tmp_path,
+            f"  - {{protocol: s7, name: plc, host: 127.0.0.1, port: {sim.port}, tags: "
+            "[{name: level, address: DB1.DBD0, type: REAL, unit: '%'}]}\n",
+        )
+        code, out, err = run(capsys, "read", "-c", str(cfg))
+    finally:
+        sim.stop()
+    assert code == 0, out + err
+    assert _row(out, "level") == ["level", "-", "0.0", "%", "GOOD"]
+
+
+# ---- scan -------------------------------------------------------------------------
+
+
+def test_scan_tcp_lists_units_that_answer_even_with_an_exception(
+    capsys: pytest.CaptureFixture[str], threaded_sim: Sim
+) -> None:
+    sim = threaded_sim(unit_ids=(2, 5), size=10, answer_unknown_units=False)
+    sim.set_registers(2, Table.HOLDING, 0, [0x1234])
+    code, out, err = run(
+        capsys,
+        "scan",
+        f"modbus-tcp://127.0.0.1:{sim.port}",
+        "--from",
+        "1",
+        "--to",
+        "6",
+        "--timeout-ms",
+        "100",
+        "--register",
+        "40005",
+    )
+    assert code == 0, err
+    assert out.splitlines() == [
+        "unit 2: answers (0x0000)",
+        "unit 5: answers (0x0000)",
+        "2 of 6 unit id(s) answer: 2, 5",
+    ]
+    assert "scanned 6/6 unit ids, 2 answer" in err
+    code, out, _ = run(
+        capsys,
+        "scan",
+        f"modbus-tcp://127.0.0.1:{sim.port}",
+        "--from",
+        "2",
+        "--to",
+        "2",
+        "--register",
+        "40011",  # past the 10 registers: exception 2, still an answer
+    )
+    assert code == 0 and "unit 2: answers with exception 2 (illegal data address)" in out
+
+
+def test_scan_a_pymodbus_gateway_answer_for_absent_units_is_not_an_answer(
+    capsys: pytest.CaptureFixture[str], threaded_sim: Sim
+) -> None:
+    sim = threaded_sim(unit_ids=(1,))
+    code, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{sim.port}", "--to", "3")
+    # pymodbus answers unknown units with exception 4 (device failure): that unit exists
+    # as far as the protocol can tell, so it is listed
+    assert code == 0 and out.splitlines()[-1] == "3 of 3 unit id(s) answer: 1, 2, 3"
+
+
+def test_scan_bad_range_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "scan", "modbus-tcp://127.0.0.1", "--from", "9", "--to", "3")
+    assert code == 2 and "accepted: 0 <= from <= to <= 255" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("serial") is None, reason="pyserial is not installed")
+def test_scan_a_serial_bus(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """On an RTU bus (a pty here), absent units stay silent: only real ones are listed."""
+    import asyncio
+    import threading
+
+    from drivers.modbus.ptybus import PtyBridge
+
+    ready, stop = threading.Event(), threading.Event()
+    paths: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with PtyBridge() as bridge:
+                paths["client"] = bridge.client_path
+                async with ModbusSimulator(serial_port=bridge.server_path, unit_ids=(3, 4)):
+                    ready.set()
+                    while not stop.is_set():
+                        await asyncio.sleep(0.02)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        code, out, _ = run(
+            capsys,
+            "scan",
+            f"modbus-rtu://{paths['client']}?parity=N&baudrate=115200",
+            "--from",
+            "1",
+            "--to",
+            "5",
+            "--timeout-ms",
+            "80",
+        )
+    finally:
+        stop.set()
+        thread.join(10)
+    assert code == 0 and out.splitlines()[-1] == "2 of 5 unit id(s) answer: 3, 4"
