@@ -48,9 +48,11 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     assert (c["conflicts"], c["signature_failures"], c["malformed"], c["gaps"]) == (0, 0, 0, 0)
     # Per kill: the newest reading that reached the platform vs the kill time. Points
     # polled in between were not yet committed: at most one flush window (plus the poll
-    # in flight and scheduling slack on a loaded 2-core machine).
+    # interval and the time to seal, which a loaded machine stretches).
     connected = connect_times(rig.log())
-    bound_ns = (rig.flush_ms + rig.interval_ms + 250) * 10**6
+    # the open window (flush_ms after its first batch), the poll interval before it, and
+    # the seal itself plus scheduling on a loaded 2-core CI machine (measured up to ~330 ms)
+    bound_ns = (rig.flush_ms + rig.interval_ms + 500) * 10**6
     lost_points = 0
     worst = 0
     for k in kill_times:
