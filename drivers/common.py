@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
+from typing import Any
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -73,3 +75,24 @@ def covered(spans: list[tuple[int, int]]) -> int:
             total += e - max(s, reach)
             reach = e
     return total
+
+
+def duplicate_tag(tags: Sequence[Any]) -> tuple[int, str] | None:
+    """The first tag (index, message) whose name an earlier tag already has."""
+    first: dict[str, int] = {}
+    for i, tag in enumerate(tags):
+        if tag.name in first:
+            return i, (
+                f"duplicate tag name {tag.name!r}: tags[{first[tag.name]}] has it too; "
+                "tag names must be unique within a device"
+            )
+        first[tag.name] = i
+    return None
+
+
+def range_problem(field: str, v: int, lo: int, hi: int | None) -> str | None:
+    """Why ``v`` is outside ``lo..hi`` (``hi`` None: no upper bound), or None."""
+    if v < lo or (hi is not None and v > hi):
+        text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        return f"{field} {v} is out of range; accepted: {text}"
+    return None

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..common import check_device_name, check_host
+from ..common import check_device_name, check_host, duplicate_tag, range_problem
 from .links import check_shared_links
 from .notation import parse_order
 from .tags import ModbusTag, Model, error, fail_at, parse_enum
@@ -160,11 +160,8 @@ class ModbusDevice(Model):
     @classmethod
     def _check_range(cls, v: Any, info: Any) -> Any:
         span = cls.RANGES.get(info.field_name)
-        if span is not None:
-            lo, hi = span
-            if v < lo or (hi is not None and v > hi):
-                text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-                raise error(f"{info.field_name} {v} is out of range; accepted: {text}")
+        if span is not None and (problem := range_problem(info.field_name, v, *span)):
+            raise error(problem)
         return v
 
     @field_validator("tags")
@@ -172,17 +169,9 @@ class ModbusDevice(Model):
     def _check_tags(cls, v: list[ModbusTag]) -> list[ModbusTag]:
         if not v:
             raise error("a device needs at least one tag; 'tags' is empty")
-        first: dict[str, int] = {}
-        for i, tag in enumerate(v):
-            if tag.name in first:
-                fail_at(
-                    cls.__name__,
-                    (i, "name"),
-                    tag.name,  # under ("tags",)
-                    f"duplicate tag name {tag.name!r}: tags[{first[tag.name]}] has it too; "
-                    "tag names must be unique within a device",
-                )
-            first[tag.name] = i
+        if dup := duplicate_tag(v):
+            i, message = dup
+            fail_at(cls.__name__, (i, "name"), v[i].name, message)  # under ("tags",)
         return v
 
     @model_validator(mode="after")

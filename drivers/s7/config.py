@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..common import check_device_name, check_host
+from ..common import check_device_name, check_host, duplicate_tag, range_problem
 from .address import Address, AddressError, parse_address, parse_tsap
 from .types import (
     LETTERS,
@@ -336,10 +336,8 @@ class DeviceConfig(_Model):
     @field_validator(*_RANGES, mode="after")
     @classmethod
     def _check_range(cls, v: int, info: Any) -> int:
-        lo, hi = _RANGES[info.field_name]
-        if v < lo or (hi is not None and v > hi):
-            accepted = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            raise _error(f"{info.field_name} {v} is out of range; accepted: {accepted}")
+        if problem := range_problem(info.field_name, v, *_RANGES[info.field_name]):
+            raise _error(problem)
         return v
 
     @field_validator("tags")
@@ -347,17 +345,9 @@ class DeviceConfig(_Model):
     def _check_tags(cls, v: list[S7Tag]) -> list[S7Tag]:
         if not v:
             raise _error("a device needs at least one tag; 'tags' is empty")
-        first: dict[str, int] = {}
-        for i, tag in enumerate(v):
-            if tag.name in first:
-                _fail_at(
-                    "DeviceConfig",
-                    (i, "name"),  # under ("tags",)
-                    tag.name,
-                    f"duplicate tag name {tag.name!r}: tags[{first[tag.name]}] has it too; "
-                    "tag names must be unique within a device",
-                )
-            first[tag.name] = i
+        if dup := duplicate_tag(v):
+            i, message = dup
+            _fail_at("DeviceConfig", (i, "name"), v[i].name, message)  # under ("tags",)
         return v
 
     @model_validator(mode="after")
