@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .schema import SQLITE_FULL
 
@@ -70,3 +75,22 @@ def is_full(exc: BaseException) -> bool:
     cause = exc.__cause__
     code = getattr(cause, "sqlite_errorcode", None)
     return code is not None and code & 0xFF == SQLITE_FULL
+
+
+class OutboxParts:
+    """What the Outbox mixins (room.py, seqs.py) use of the Outbox class itself."""
+
+    path: Path
+    max_bytes: int | None
+    policy: str
+    min_free_bytes: int
+    _lock: threading.RLock
+    _synchronous: str
+
+    if TYPE_CHECKING:
+
+        @property
+        def _where(self) -> str: ...
+        def _db(self) -> sqlite3.Connection: ...
+        def _fail(self, conn: sqlite3.Connection, exc: sqlite3.Error, doing: str) -> NoReturn: ...
+        def _write(self, doing: str) -> contextlib.AbstractContextManager[Any]: ...

@@ -6,12 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
 
-from .model import Drop, OutboxFull
+from .model import Drop, OutboxFull, OutboxParts
 from .schema import URGENT
 
 # Preallocated beside the outbox and released on ENOSPC: on a full disk even the deletes
@@ -19,23 +17,7 @@ from .schema import URGENT
 BALLAST = 1 << 20
 
 
-class RoomMixin:
-    # Provided by Outbox (buffer/outbox.py): the connection, its lock and write helper.
-    path: Path
-    max_bytes: int | None
-    policy: str
-    min_free_bytes: int
-    _lock: threading.RLock
-    _synchronous: str
-
-    if TYPE_CHECKING:
-
-        @property
-        def _where(self) -> str: ...
-        def _db(self) -> sqlite3.Connection: ...
-        def _fail(self, conn: sqlite3.Connection, exc: sqlite3.Error, doing: str) -> NoReturn: ...
-        def _write(self, doing: str) -> contextlib.AbstractContextManager[Any]: ...
-
+class RoomMixin(OutboxParts):
     @property
     def _ballast(self) -> Path:
         return self.path.with_name(self.path.name + ".ballast")

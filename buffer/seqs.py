@@ -7,33 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
-from .model import OutboxError, OutboxFull, is_full
+from .model import OutboxError, OutboxFull, OutboxParts, is_full
 from .schema import LAST_SEQ
 
 SEQ_BLOCK = 1000
 
 
-class SeqReservationMixin:
-    # Provided by Outbox (buffer/outbox.py): the connection, its lock and write helper.
-    path: Path
-    max_bytes: int | None
-    policy: str
-    min_free_bytes: int
-    _lock: threading.RLock
-    _synchronous: str
-
-    if TYPE_CHECKING:
-
-        @property
-        def _where(self) -> str: ...
-        def _db(self) -> sqlite3.Connection: ...
-        def _fail(self, conn: sqlite3.Connection, exc: sqlite3.Error, doing: str) -> NoReturn: ...
-        def _write(self, doing: str) -> contextlib.AbstractContextManager[Any]: ...
-
+class SeqReservationMixin(OutboxParts):
     _reserved: int
     _last_seq: int
     _conn: sqlite3.Connection | None
