@@ -191,7 +191,7 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[tuple[Mosquitto, int]]:
     tls_port = free_port("::1")
     conf = (
         f"listener {tls_port} ::1\n"
-        f"cafile {pki.ca}\ncertfile {pki.cert}\nkeyfile {pki.key}\n"
+        f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
         "allow_anonymous true\n"
     )
     with Mosquitto(host="::1", workdir=tmp_path / "tlsbroker", extra_conf=conf) as b:
@@ -221,7 +221,7 @@ def test_tls_with_the_wrong_ca_fails(
     cfg = write_config(
         tmp_path / "gw.yaml",
         state,
-        {"host": "::1", "port": tls_port, "tls": {"ca_file": str(pki.other_ca)}},
+        {"host": "::1", "port": tls_port, "tls": {"ca_file": str(pki.rogue_ca)}},
         [("127.0.0.1", free_port("127.0.0.1"))],
     )
     c = by_name(doctor.run_checks(cfg, timeout=3))["broker TLS"]
