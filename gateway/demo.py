@@ -9,6 +9,7 @@ summary compares what was polled with what was verified.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -154,43 +155,48 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
     sd = sd.resolve()
     sd.mkdir(parents=True, exist_ok=True)
     say = print
-    broker = Mosquitto(host="::1", workdir=sd / "broker").start()
-    sim_port, ua_port, s7_port = free_port("::1"), free_port("::1"), free_port("127.0.0.1")
-    cfg_path = sd / "demo.yaml"
-    cfg_path.write_text(
-        DEMO_CONFIG.format(
-            state_dir=sd,
-            broker_port=broker.port,
-            sim_port=sim_port,
-            ua_port=ua_port,
-            s7_port=s7_port,
+    # Everything started is stopped again, in reverse order, whatever fails.
+    with contextlib.ExitStack() as stack:
+        broker = Mosquitto(host="::1", workdir=sd / "broker").start()
+        stack.callback(broker.stop)
+        sim_port, ua_port, s7_port = free_port("::1"), free_port("::1"), free_port("127.0.0.1")
+        cfg_path = sd / "demo.yaml"
+        cfg_path.write_text(
+            DEMO_CONFIG.format(
+                state_dir=sd,
+                broker_port=broker.port,
+                sim_port=sim_port,
+                ua_port=ua_port,
+                s7_port=s7_port,
+            )
         )
-    )
-    cfg = load_config(cfg_path)
-    sim = _SimThread(list(cfg.devices), _anomalies(cfg, duration))
-    sim.start()
-    sim.ready.wait(15)
-    if sim.error:
-        broker.stop()
-        raise SystemExit(f"edgegw demo: the simulator failed: {sim.error}")
-    key, _ = DeviceKey.load_or_create(sd)  # the gateway loads this same key
-    sink = SqliteSink(sd / "received.db")
-    rx = Receiver({key.kid: key.public_key}, cfg.uplink.topic_prefix, sink, track_latency=True)
-    mr = MqttReceiver(rx, "::1", broker.port).start()
-    say(
-        f"edgegw demo: broker [::1]:{broker.port}; simulated PLCs: Modbus [::1]:{sim_port}, "
-        f"OPC UA [::1]:{ua_port}, S7 127.0.0.1:{s7_port}; state in {sd}"
-    )
-    log = open(sd / "gateway.log", "wb")  # noqa: SIM115
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    t0 = time.monotonic()
-    try:
+        cfg = load_config(cfg_path)
+        sim = _SimThread(list(cfg.devices), _anomalies(cfg, duration))
+        sim.start()
+        stack.callback(sim.stop)
+        sim.ready.wait(15)
+        if sim.error:
+            raise SystemExit(f"edgegw demo: the simulator failed: {sim.error}")
+        key, _ = DeviceKey.load_or_create(sd)  # the gateway loads this same key
+        sink = SqliteSink(sd / "received.db")
+        stack.callback(sink.close)
+        rx = Receiver({key.kid: key.public_key}, cfg.uplink.topic_prefix, sink, track_latency=True)
+        mr = MqttReceiver(rx, "::1", broker.port).start()
+        stack.callback(mr.stop)
+        say(
+            f"edgegw demo: broker [::1]:{broker.port}; simulated PLCs: Modbus [::1]:{sim_port}, "
+            f"OPC UA [::1]:{ua_port}, S7 127.0.0.1:{s7_port}; state in {sd}"
+        )
+        log = stack.enter_context(open(sd / "gateway.log", "wb"))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        stack.callback(_kill, gw)
+        t0 = time.monotonic()
         while time.monotonic() - t0 < duration:
             time.sleep(1.0)
             if gw.poll() is not None:
@@ -212,12 +218,6 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
         deadline = time.monotonic() + 15
         while rx.stats.points_verified < sealed and time.monotonic() < deadline:
             time.sleep(0.1)
-    finally:
-        mr.stop()
-        sink.close()
-        sim.stop()
-        broker.stop()
-        log.close()
     res = _result(st, rx, time.monotonic() - t0, sd, gw.returncode)
     say(
         f"edgegw demo: polled {res['points_polled']} points, verified {res['points_verified']} "
@@ -236,6 +236,12 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
     if json_out:
         print(json.dumps(res), flush=True)
     return 0 if res["ok"] else 1
+
+
+def _kill(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait()
 
 
 def _anomalies(cfg: Any, duration: float) -> list[Any]:

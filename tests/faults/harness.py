@@ -77,6 +77,14 @@ class Rig:
         return self.devices * self.tags * 1000 / self.interval_ms
 
     def start(self) -> Rig:
+        """Start everything; if any part fails, stop what already runs."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Rig:
         self.broker = Mosquitto(
             host="::1",
             workdir=self.tmp / "broker",
@@ -203,6 +211,8 @@ class Rig:
             con.close()
 
     def stop(self) -> None:
+        if not hasattr(self, "broker"):
+            return
         for p in (self.gw, self.sim):
             if p is not None and p.poll() is None:
                 p.kill()
