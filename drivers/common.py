@@ -6,7 +6,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -96,3 +99,14 @@ def range_problem(field: str, v: int, lo: int, hi: int | None) -> str | None:
         text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         return f"{field} {v} is out of range; accepted: {text}"
     return None
+
+
+def read_device_list(path: str | Path) -> list[Any]:
+    """The raw device list of a YAML file holding ``devices:`` (a list) or a bare list;
+    ValueError for a file of another shape."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "devices" in data:
+        data = data["devices"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of devices or a mapping with 'devices'")
+    return data

@@ -71,20 +71,7 @@ async def _loop(
 ) -> None:
     while not stop.is_set():
         if not driver.connected:
-            try:
-                await driver.connect()
-            except ConnectError as exc:
-                state.errors += 1
-                _down(state, str(exc))
-                # The platform learns the device is unreachable: one bad batch per attempt.
-                await sink(
-                    Batch(
-                        driver.name,
-                        bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, str(exc)),
-                        str(exc),
-                    )
-                )
-                await asyncio.sleep(backoff.next())
+            if not await _connect(driver, tag_names, sink, state, backoff):
                 next_t = loop.time()
                 continue
             backoff.reset()
@@ -139,19 +126,7 @@ async def subscribe_device(
     try:
         while not stop.is_set():
             if not driver.connected:
-                try:
-                    await driver.connect()
-                except ConnectError as exc:
-                    state.errors += 1
-                    _down(state, str(exc))
-                    await sink(
-                        Batch(
-                            driver.name,
-                            bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, str(exc)),
-                            str(exc),
-                        )
-                    )
-                    await asyncio.sleep(backoff.next())
+                if not await _connect(driver, tag_names, sink, state, backoff):
                     continue
                 log.info("device %s: connected", driver.name)
             state.up = True
@@ -165,6 +140,29 @@ async def subscribe_device(
                 await asyncio.sleep(backoff.next())
     finally:
         await driver.close()
+
+
+async def _connect(
+    driver: Any,
+    tag_names: list[str],
+    sink: Callable[[Batch], Awaitable[None]],
+    state: DeviceState,
+    backoff: Backoff,
+) -> bool:
+    """Connect; on failure report the device down, send one bad batch (the platform
+    learns the device is unreachable, once per attempt) and wait the backoff."""
+    try:
+        await driver.connect()
+        return True
+    except ConnectError as exc:
+        state.errors += 1
+        _down(state, str(exc))
+        why = str(exc)
+        await sink(
+            Batch(driver.name, bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, why), why)
+        )
+        await asyncio.sleep(backoff.next())
+        return False
 
 
 def _down(state: DeviceState, why: str) -> None:

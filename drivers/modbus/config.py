@@ -13,14 +13,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..common import check_device_name, check_host, duplicate_tag, range_problem
+from ..common import check_device_name, check_host, duplicate_tag, range_problem, read_device_list
 from .links import check_shared_links
 from .notation import parse_order
-from .tags import ModbusTag, Model, error, fail_at, parse_enum
+from .tags import ModbusTag, Model, check_order, error, fail_at, parse_enum
 from .types import TABLES, DataType, Order, Table
 
 __all__ = [
@@ -148,13 +147,7 @@ class ModbusDevice(Model):
     @field_validator("order", mode="before")
     @classmethod
     def _check_order(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        try:
-            parse_order(v)
-        except ValueError as exc:
-            raise error(str(exc)) from None
-        return str(v).strip().upper()
+        return check_order(v)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -312,11 +305,7 @@ def load_device_map(path: str | Path) -> list[Device]:
     Raises ``ValidationError`` (locations start with the list index) or ``ValueError``
     for a file of the wrong shape.
     """
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "devices" in data:
-        data = data["devices"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of devices or a mapping with 'devices'")
+    data = read_device_list(path)
     try:
         devices = _DEVICE_LIST.validate_python(data)
     except ValidationError as exc:

@@ -193,13 +193,7 @@ class ModbusTag(Model):
     @field_validator("order", mode="before")
     @classmethod
     def _check_order(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        try:
-            parse_order(v)
-        except ValueError as exc:
-            raise error(str(exc)) from None
-        return str(v).strip().upper()
+        return check_order(v)
 
     @field_validator("length")
     @classmethod
@@ -348,3 +342,14 @@ class ModbusTag(Model):
         self.byte_order = byte
         if word is not None:
             self.word_order = word
+
+
+def check_order(v: Any) -> Any:
+    """An ``order:`` value (ABCD, CDAB, ...), checked and upper-cased; None stays None."""
+    if v is None:
+        return v
+    try:
+        parse_order(v)
+    except ValueError as exc:
+        raise error(str(exc)) from None
+    return str(v).strip().upper()

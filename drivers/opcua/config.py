@@ -15,9 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
+from ..common import read_device_list
 from .connection import (
     Connection,
     Model,
@@ -253,13 +253,8 @@ def load_device_map(path: str | Path) -> list[OpcuaDevice]:
     Relative ``password_file`` and ``server_certificate`` paths are taken relative to
     the file's folder. Raises ``ValidationError`` or ``ValueError`` (wrong shape).
     """
-    p = Path(path)
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "devices" in data:
-        data = data["devices"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of devices or a mapping with 'devices'")
-    resolve_paths(data, p.resolve().parent)
+    data = read_device_list(path)
+    resolve_paths(data, Path(path).resolve().parent)
     return _DEVICE_LIST.validate_python(data)
 
 

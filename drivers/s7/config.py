@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..common import check_device_name, check_host, duplicate_tag, range_problem
+from ..common import check_device_name, check_host, duplicate_tag, range_problem, read_device_list
 from .address import Address, AddressError, parse_address, parse_tsap
 from .types import (
     LETTERS,
@@ -381,11 +380,7 @@ def load_devices(path: str | Path) -> list[DeviceConfig]:
     Raises ``ValidationError`` (locations start with the list index) or ``ValueError``
     for a file of the wrong shape.
     """
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "devices" in data:
-        data = data["devices"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of devices or a mapping with 'devices'")
+    data = read_device_list(path)
     return _DEVICE_LIST.validate_python(data)
 
 
