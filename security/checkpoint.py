@@ -28,6 +28,7 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from security.cose import CoseError, Signer, peek_kid, sign1, verify1
+from security.strictcbor import CborError, strict_loads
 
 __all__ = [
     "CHECKPOINT_AAD",
@@ -65,6 +66,7 @@ CHECKPOINT_AAD = b"edgegw audit checkpoint v1"
 _GENESIS_DOMAIN = b"edgegw audit genesis v1\x00"
 EMPTY_ROOT = hashlib.sha256(b"").digest()  # RFC 9162: the hash of an empty tree
 MAX_RECORD_BYTES = 64 * 1024  # a record is an event, not a payload
+RECORD_MAX_DEPTH = 16  # record map, detail map, and nested lists/maps in detail values
 _COSE_SIGN1_HEAD = 0xD2  # tag 18
 
 
@@ -214,8 +216,8 @@ def decode_record(data: bytes, obj: Any = None) -> Record:
     """Parse and check one record (``obj``: its already-decoded CBOR, if at hand)."""
     if obj is None:
         try:
-            obj = cbor2.loads(data)
-        except Exception as exc:
+            obj = strict_loads(data, max_depth=RECORD_MAX_DEPTH)
+        except CborError as exc:
             raise FormatError(f"record is not valid CBOR: {exc}") from None
     if not isinstance(obj, Mapping):
         raise FormatError("record is not a CBOR map")
@@ -294,8 +296,8 @@ def sign_checkpoint(
 def decode_checkpoint_payload(payload: bytes, kid: bytes, encoded: bytes) -> Checkpoint:
     """Parse a checkpoint payload; the signature must have been checked (or is not needed)."""
     try:
-        obj = cbor2.loads(payload)
-    except Exception as exc:
+        obj = strict_loads(payload, max_depth=2)
+    except CborError as exc:
         raise FormatError(f"checkpoint payload is not valid CBOR: {exc}") from None
     if not isinstance(obj, Mapping) or obj.get("v") != FORMAT_VERSION:
         raise FormatError("checkpoint payload is not a version 1 checkpoint map")

@@ -3,28 +3,41 @@
 Only what edgegw needs: one signer, alg -8, ``kid`` in the protected header, an attached
 payload and an external AAD (the MQTT topic). Messages are emitted tagged (CBOR tag 18);
 tagged and untagged are both accepted. The algorithm is fixed, never taken from the message.
+
+Verification never decodes more than it must before the signature is checked:
+:func:`parse1` walks the envelope by its CBOR heads and decodes only the two header maps
+(bounded, strictly), so a hostile message costs time linear in its size. The unprotected
+``keychain`` header may carry the key certificates that lead from a gateway's enrolled key
+to the key that signed (see security/keyring.py); it is a hint for finding the key, and
+every certificate in it is verified on its own.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache, partial
-from typing import IO, Any, Protocol
+from functools import lru_cache
+from typing import Any, Protocol
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from security.strictcbor import CborError, decode_at
+
 __all__ = [
     "ALG_EDDSA",
+    "KEYCHAIN",
     "BadSignature",
     "CoseError",
+    "Envelope",
     "MalformedMessage",
     "Signer",
     "UnknownKid",
     "Verified",
+    "encode_unprotected",
+    "parse1",
     "peek_kid",
     "sign1",
     "verify1",
@@ -96,13 +109,15 @@ _SIG_STRUCTURE_HEAD = b"\x84\x6aSignature1"
 # Tag 18, array(4): the start of every message we emit.
 _MESSAGE_HEAD = b"\xd2\x84"
 _EMPTY_MAP = b"\xa0"
+# The protected header sign1 writes: map(2) {1: -8, 4: bstr(16) kid}.
+_OUR_PROTECTED_HEAD = b"\xa2\x01\x27\x04\x50"
 
 
 @lru_cache(maxsize=64)
 def _prefixes(kid: bytes) -> tuple[bytes, bytes]:
-    """Per-kid constant parts: (Sig_structure up to external_aad, message up to payload)."""
+    """Per-kid constant parts: (Sig_structure up to external_aad, message up to unprotected)."""
     protected = _bstr(cbor2.dumps({_ALG: ALG_EDDSA, _KID: kid}))
-    return _SIG_STRUCTURE_HEAD + protected, _MESSAGE_HEAD + protected + _EMPTY_MAP
+    return _SIG_STRUCTURE_HEAD + protected, _MESSAGE_HEAD + protected
 
 
 def _sig_structure(
@@ -112,16 +127,35 @@ def _sig_structure(
     return b"".join((prefix, _bstr_head(len(external_aad)), external_aad, payload_head, payload))
 
 
-def sign1(payload: bytes, signer: Signer, external_aad: bytes = b"") -> bytes:
+def encode_unprotected(headers: Mapping[int | str, Any] | None) -> bytes:
+    """The unprotected header map, encoded once (deterministically) for :func:`sign1`."""
+    if not headers:
+        return _EMPTY_MAP
+    if any(label in headers for label in (_ALG, _CRIT, _KID)):
+        raise ValueError("alg, crit and kid belong in the protected header")
+    return bytes(cbor2.dumps(dict(headers), canonical=True))
+
+
+def sign1(
+    payload: bytes, signer: Signer, external_aad: bytes = b"", unprotected: bytes = _EMPTY_MAP
+) -> bytes:
     """Sign ``payload`` into a tagged COSE_Sign1 with protected header {alg: -8, kid}.
 
-    The CBOR around the payload is written by hand from cached per-kid prefixes, so a call
-    is two joins (Sig_structure and message) plus the signature.
+    ``unprotected`` is the encoded unprotected header (:func:`encode_unprotected`; empty by
+    default). The CBOR around the payload is written by hand from cached per-kid prefixes,
+    so a call is two joins (Sig_structure and message) plus the signature.
     """
     tbs_prefix, msg_prefix = _prefixes(signer.kid)
     payload_head = _bstr_head(len(payload))
     signature = signer.sign(_sig_structure(tbs_prefix, external_aad, payload_head, payload))
-    return b"".join((msg_prefix, payload_head, payload, _bstr(signature)))
+    return b"".join((msg_prefix, unprotected, payload_head, payload, _bstr(signature)))
+
+
+MAX_PROTECTED = 256  # bytes: ours is 21; bounds what is decoded before the signature check
+MAX_LABELS = 16  # per header map
+MAX_KEYCHAIN = 16  # key certificates in the keychain header
+MAX_CERT = 512  # bytes per key certificate (ours are ~175)
+KEYCHAIN = "keychain"  # unprotected label: key certificates from the root to the signer
 
 
 def _show(value: object) -> str:
@@ -134,84 +168,158 @@ def _show(value: object) -> str:
     return type(value).__name__
 
 
-def _strict_decoder() -> Callable[[IO[bytes]], cbor2.CBORDecoder]:
-    # RFC 9052 section 3: a label that appears twice in a header map makes the message
-    # malformed. cbor2 >= 6 can refuse duplicate map keys while decoding; cbor2 5 cannot,
-    # and then only the protected header is checked for them (see _map_head_count).
-    strict = partial(cbor2.CBORDecoder, allow_duplicate_keys=False)
-    try:
-        strict(io.BytesIO(b""))
-    except TypeError:
-        return cbor2.CBORDecoder
-    return strict
-
-
-_new_decoder = _strict_decoder()
-
-
-def _decode_one(data: bytes, what: str) -> Any:
-    """Decode exactly one CBOR item; anything else, trailing bytes included, is malformed."""
-    decoder = _new_decoder(io.BytesIO(data))
-    try:
-        obj = decoder.decode()
-    # cbor2 raises many types on hostile input (decode errors, ValueError from semantic tags,
-    # RecursionError, ...): all of them mean "not a message".
-    except Exception as exc:
-        raise MalformedMessage(f"{what} is not valid CBOR: {exc}") from None
-    try:
-        decoder.read(1)
-    except cbor2.CBORDecodeEOF:
-        return obj
-    except Exception as exc:
-        raise MalformedMessage(f"{what}: cannot check for trailing data: {exc}") from None
-    raise MalformedMessage(f"{what} has trailing bytes after the CBOR item")
-
-
-def _map_head_count(data: bytes) -> int | None:
-    """Declared entry count of a definite-length CBOR map at the start of ``data``."""
-    if not data or data[0] >> 5 != 5:
-        return None
-    info = data[0] & 0x1F
+def _head(data: bytes, pos: int, what: str) -> tuple[int, int, int]:
+    """(major type, argument, offset after the head) of the definite-length CBOR item at
+    ``pos``. Reads a few bytes: the envelope is walked by its heads, never decoded whole."""
+    if pos >= len(data):
+        raise MalformedMessage(f"{what}: the message ends early (truncated)")
+    ib = data[pos]
+    major, info = ib >> 5, ib & 0x1F
     if info < 24:
-        return info
-    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
-    if size is None or len(data) < 1 + size:
-        return None  # indefinite length (31) or reserved
-    return int.from_bytes(data[1 : 1 + size], "big")
+        return major, info, pos + 1
+    if info > 27:
+        raise MalformedMessage(f"{what}: indefinite length or reserved value (0x{ib:02x})")
+    end = pos + 1 + (1 << (info - 24))
+    if end > len(data):
+        raise MalformedMessage(f"{what}: the message ends early (truncated)")
+    return major, int.from_bytes(data[pos + 1 : end], "big"), end
 
 
-def _parse(message: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """Check structure and headers; return (kid, protected bstr contents, payload, signature)."""
-    obj = _decode_one(message, "message")
-    if isinstance(obj, cbor2.CBORTag):
-        if obj.tag != COSE_SIGN1_TAG:
-            raise MalformedMessage(f"CBOR tag {obj.tag} is not COSE_Sign1 (18)")
-        obj = obj.value
-    if not isinstance(obj, list | tuple) or len(obj) != 4:
+def _bytes_at(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    major, n, start = _head(data, pos, what)
+    if major != 2:
+        raise MalformedMessage(f"{what} must be a byte string")
+    end = start + n
+    if end > len(data):
+        raise MalformedMessage(f"{what}: the message ends early (truncated)")
+    return data[start:end], end
+
+
+def _label(data: bytes, pos: int, what: str) -> tuple[int | str, int]:
+    major, arg, end = _head(data, pos, what)
+    if major == 0:
+        return arg, end
+    if major == 1:
+        return -1 - arg, end
+    if major == 3 and arg <= 64 and end + arg <= len(data):
+        try:
+            return data[end : end + arg].decode(), end + arg
+        except UnicodeDecodeError:
+            pass
+    raise MalformedMessage(f"{what}: header labels must be integers or short text strings")
+
+
+def _header_map(data: bytes, pos: int, what: str) -> tuple[dict[int | str, Any], int]:
+    """A header map: at most MAX_LABELS labels (ints or text), each once; values decoded
+    strictly (no tags, text keys only, shallow), so no value can cost more than its size."""
+    major, count, pos = _head(data, pos, what)
+    if major != 5:
+        raise MalformedMessage(f"{what} must be a map")
+    if count > MAX_LABELS:
+        raise MalformedMessage(f"{what} has {count} labels; at most {MAX_LABELS} are accepted")
+    out: dict[int | str, Any] = {}
+    for _ in range(count):
+        label, pos = _label(data, pos, what)
+        if label in out:
+            raise MalformedMessage(f"{what}: duplicate label {_show(label)}")
+        try:
+            out[label], pos = decode_at(data, pos, max_depth=4)
+        except CborError as exc:
+            raise MalformedMessage(f"{what}: value of label {_show(label)}: {exc}") from None
+    return out, pos
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A COSE_Sign1 split into its parts, NOT verified. Only the headers were decoded (a
+    few hundred bytes at most); the payload is still opaque bytes."""
+
+    kid: bytes
+    protected: bytes  # the protected header bstr's contents, as received
+    unprotected: Mapping[int | str, Any]
+    payload: bytes
+    signature: bytes
+
+    def to_be_signed(self, external_aad: bytes) -> bytes:
+        """The Sig_structure (RFC 9052 section 4.4) in deterministic encoding."""
+        return _sig_structure(
+            _SIG_STRUCTURE_HEAD + _bstr(self.protected),
+            external_aad,
+            _bstr_head(len(self.payload)),
+            self.payload,
+        )
+
+    def verify(self, key: Ed25519PublicKey, external_aad: bytes) -> Verified:
+        try:
+            key.verify(self.signature, self.to_be_signed(external_aad))
+        except InvalidSignature:
+            raise BadSignature(
+                f"signature does not verify with kid {self.kid.hex()} (altered message, or "
+                "wrong external AAD, i.e. topic)"
+            ) from None
+        return Verified(kid=self.kid, payload=self.payload)
+
+    def signed_digest(self, external_aad: bytes) -> bytes:
+        """SHA-256 of what the signature covers (protected header, AAD, payload): equal for
+        every re-encoding of one signed message (tag or not, unprotected headers added)."""
+        return hashlib.sha256(self.to_be_signed(external_aad)).digest()
+
+    @property
+    def keychain(self) -> list[bytes]:
+        """Key certificates offered in the unprotected header (not authenticated: each one
+        must verify on its own before it is believed)."""
+        chain = self.unprotected.get(KEYCHAIN)
+        if chain is None:
+            return []
+        if (
+            not isinstance(chain, list)
+            or len(chain) > MAX_KEYCHAIN
+            or any(type(c) is not bytes or len(c) > MAX_CERT for c in chain)
+        ):
+            raise MalformedMessage(
+                f"unprotected {KEYCHAIN!r} must be a list of at most {MAX_KEYCHAIN} key "
+                f"certificates of at most {MAX_CERT} bytes"
+            )
+        return chain
+
+
+def parse1(message: bytes) -> Envelope:
+    """Split a COSE_Sign1 (tagged or not) into its parts without verifying it.
+
+    Linear and bounded: the envelope is walked by its CBOR heads; only the two header maps
+    are decoded, strictly. Raises MalformedMessage for anything else."""
+    major, arg, pos = _head(message, 0, "message")
+    if major == 6:
+        if arg != COSE_SIGN1_TAG:
+            raise MalformedMessage(f"CBOR tag {arg} is not COSE_Sign1 (18)")
+        major, arg, pos = _head(message, pos, "message")
+    if major != 4 or arg != 4:
         raise MalformedMessage("COSE_Sign1 must be an array of 4 elements")
-    protected, unprotected, payload, signature = obj
-    if type(protected) is not bytes:
-        raise MalformedMessage("protected header must be a byte string")
-    if not isinstance(unprotected, Mapping):  # cbor2 6 gives a frozendict inside a tag
-        raise MalformedMessage("unprotected header must be a map")
-    if type(payload) is not bytes:
+    protected, pos = _bytes_at(message, pos, "protected header")
+    unprotected, pos = _header_map(message, pos, "unprotected header")
+    major, _, _ = _head(message, pos, "payload")
+    if major != 2:
         raise MalformedMessage("payload must be a byte string (detached payloads unsupported)")
-    if type(signature) is not bytes:
-        raise MalformedMessage("signature must be a byte string")
+    payload, pos = _bytes_at(message, pos, "payload")
+    signature, pos = _bytes_at(message, pos, "signature")
+    if pos != len(message):
+        raise MalformedMessage("the message has trailing bytes after the CBOR item")
     if len(signature) != ED25519_SIG_LEN:
         raise MalformedMessage(f"signature is {len(signature)} bytes; EdDSA needs 64")
 
-    headers = _decode_one(protected, "protected header")
-    if not isinstance(headers, Mapping):
-        raise MalformedMessage("protected header must be an encoded map")
-    # Duplicate labels make a message malformed (RFC 9052 section 3). Older cbor2 keeps the
-    # last one silently, so compare the declared entry count with what was decoded.
-    if _map_head_count(protected) != len(headers):
-        raise MalformedMessage("protected header has duplicate labels or is indefinite-length")
-    # `type(...) is`: in Python True == 1 and -8.0 == -8, and CBOR can encode both.
-    if any(type(label) is not int and type(label) is not str for label in headers):
-        raise MalformedMessage("header labels must be integers or text strings")
+    # A label may not appear in both buckets; alg, crit and kid are only trusted protected.
+    if unprotected and any(label in unprotected for label in (_ALG, _CRIT, _KID)):
+        raise MalformedMessage("alg, crit and kid must not appear in the unprotected header")
+    if len(protected) == 21 and protected[:5] == _OUR_PROTECTED_HEAD:
+        # {1: -8, 4: h'<16 bytes>'}, as sign1 writes it: nothing else to check.
+        return Envelope(protected[5:], protected, unprotected, payload, signature)
+    if len(protected) > MAX_PROTECTED:
+        raise MalformedMessage(f"protected header of {len(protected)} bytes is too large")
+    headers, end = _header_map(protected, 0, "protected header")
+    if end != len(protected):
+        raise MalformedMessage("protected header has trailing bytes")
     alg = headers.get(_ALG)
+    # `type(...) is`: in Python True == 1 and -8.0 == -8, and CBOR can encode both.
     if type(alg) is not int or alg != ALG_EDDSA:
         raise MalformedMessage(f"alg {_show(alg)} is not allowed; only EdDSA (-8)")
     if _CRIT in headers:
@@ -219,10 +327,7 @@ def _parse(message: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     kid = headers.get(_KID)
     if type(kid) is not bytes:
         raise MalformedMessage("protected header must carry kid (label 4) as a byte string")
-    # A label may not appear in both buckets; alg, crit and kid are only trusted protected.
-    if any(label in unprotected for label in (_ALG, _CRIT, _KID)):
-        raise MalformedMessage("alg, crit and kid must not appear in the unprotected header")
-    return kid, protected, payload, signature
+    return Envelope(kid, protected, unprotected, payload, signature)
 
 
 def verify1(
@@ -232,23 +337,13 @@ def verify1(
 
     Raises MalformedMessage, UnknownKid or BadSignature, never another exception for bad input.
     """
-    kid, protected, payload, signature = _parse(message)
-    key = keys.get(kid)
+    env = parse1(message)
+    key = keys.get(env.kid)
     if key is None:
-        raise UnknownKid(kid)
-    tbs = _sig_structure(
-        _SIG_STRUCTURE_HEAD + _bstr(protected), external_aad, _bstr_head(len(payload)), payload
-    )
-    try:
-        key.verify(signature, tbs)
-    except InvalidSignature:
-        raise BadSignature(
-            f"signature does not verify with kid {kid.hex()} (altered message, or wrong "
-            "external AAD, i.e. topic)"
-        ) from None
-    return Verified(kid=kid, payload=payload)
+        raise UnknownKid(env.kid)
+    return env.verify(key, external_aad)
 
 
 def peek_kid(message: bytes) -> bytes:
     """The kid of a well-formed message, WITHOUT verifying it: for routing and diagnostics."""
-    return _parse(message)[0]
+    return parse1(message).kid

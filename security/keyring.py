@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from security.cose import CoseError, Signer, UnknownKid, sign1, verify1
 from security.keys import DeviceKey, KeyFileError, kid_for, load_public_key
+from security.strictcbor import CborError, strict_loads
 
 if TYPE_CHECKING:
     from security.audit import AuditLog
@@ -106,8 +107,8 @@ def open_certificate(encoded: bytes, keys: Mapping[bytes, Ed25519PublicKey]) -> 
     Raises CoseError (UnknownKid when its signer is not in ``keys``) or KeyChainError."""
     v = verify1(encoded, keys, KEYCERT_AAD)
     try:
-        obj: Any = cbor2.loads(v.payload)
-    except Exception as exc:
+        obj: Any = strict_loads(v.payload, max_depth=2)
+    except CborError as exc:
         raise KeyChainError(f"key certificate payload is not CBOR: {exc}") from None
     if not isinstance(obj, Mapping) or obj.get("v") != 1:
         raise KeyChainError("not a version 1 key certificate")
