@@ -112,7 +112,7 @@ def main() -> int:
             def close(self) -> None:
                 pass
 
-        rx = Receiver({key.kid: key.public_key}, "edgegw", LiveLatency())
+        rx = Receiver({"bench-gw": key.public_key}, "edgegw", LiveLatency())
         mr = MqttReceiver(rx, "::1", broker_port).start()
         gw = subprocess.Popen(
             [*exe, "run", "-c", str(live), "--log-level", "WARNING"],

@@ -121,7 +121,7 @@ def main() -> int:
         procs.append(sim)
         wait_listening("127.0.0.1", sim_port, 20)
         key, _ = DeviceKey.load_or_create(state)
-        rx = Receiver({key.kid: key.public_key}, "edgegw", track_latency=True)
+        rx = Receiver({"bench-gw": key.public_key}, "edgegw", track_latency=True)
         mr = MqttReceiver(rx, "::1", broker.port).start()
         gw = subprocess.Popen(
             [*exe, "run", "-c", str(cfg), "--log-level", "WARNING"],

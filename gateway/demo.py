@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from security import DeviceKey
+from security.keyring import init_keys
 
 from .mosquitto import Mosquitto, free_port
-from .receiver import MqttReceiver, Receiver, SqliteSink, summary
+from .receiver import MqttReceiver, Receiver, SqliteStore, summary
 from .status import read_status
 
 DEMO_CONFIG = """\
@@ -177,10 +177,15 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
         sim.ready.wait(15)
         if sim.error:
             raise SystemExit(f"edgegw demo: the simulator failed: {sim.error}")
-        key, _ = DeviceKey.load_or_create(sd)  # the gateway loads this same key
-        sink = SqliteSink(sd / "received.db")
-        stack.callback(sink.close)
-        rx = Receiver({key.kid: key.public_key}, cfg.uplink.topic_prefix, sink, track_latency=True)
+        key, _ = init_keys(sd)  # the gateway loads this same key; its root is enrolled
+        store = SqliteStore(sd / "received.db")
+        stack.callback(store.close)
+        rx = Receiver(
+            {cfg.gateway.id: key.public_key},
+            cfg.uplink.topic_prefix,
+            store=store,
+            track_latency=True,
+        )
         mr = MqttReceiver(rx, "::1", broker.port).start()
         stack.callback(mr.stop)
         say(

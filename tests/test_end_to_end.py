@@ -20,8 +20,7 @@ from drivers.modbus.simulator import ModbusSimulator
 from gateway.config import load_config
 from gateway.daemon import Daemon
 from gateway.mosquitto import Mosquitto, free_port
-from gateway.receiver import MqttReceiver, Receiver
-from gateway.wire import Payload
+from gateway.receiver import MqttReceiver, Payload, Receiver
 from security import AUDIT_FILE, DeviceKey, Outcome
 from security.audit import verify_bytes
 
@@ -121,7 +120,7 @@ def test_every_point_arrives_verified_in_order_and_exact(tmp_path: Path, broker:
     cfg = load_config(cfg_path)
     key, _ = DeviceKey.load_or_create(cfg.state_dir)
     sink = ListSink()
-    rx = Receiver({key.kid: key.public_key}, "edgegw", sink)
+    rx = Receiver({"gw-e2e": key.public_key}, "edgegw", sink)
     daemon = Daemon(cfg)
 
     async def main() -> None:

@@ -246,7 +246,7 @@ def tls_context_for(up: UplinkConfig) -> ssl.SSLContext:
 def test_forwarder_delivers_over_mutual_tls(tmp_path: Path, pki: Pki) -> None:
     key, _ = DeviceKey.load_or_create(tmp_path)
     b = tls_broker(tmp_path / "b", pki, require_certificate=True)
-    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
     mr = MqttReceiver(
         rx, "::1", b.port, tls_context=client_context(pki.ca, pki.client_cert, pki.client_key)
     ).start()

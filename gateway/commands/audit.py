@@ -81,6 +81,34 @@ def register(sub: Subparsers) -> None:
     sh.add_argument("--json", action="store_true", help="one JSON object per line")
     sh.set_defaults(func=show_main)
 
+    ex = add_command(
+        cmds,
+        "export",
+        "write a gateway's audit log as the platform received it (from a receiver's --db)",
+        "edgegw audit export --db received.db --gateway gw1 -o gw1-upstream.cborseq",
+    )
+    ex.epilog = (
+        f"{ex.epilog}\n\nThe entries the gateway published, by byte offset, up to the first "
+        "one missing: the\nsame bytes as the gateway's audit.cborseq, so `edgegw audit verify` "
+        "on the copy gives\nthe verdict it gives on the gateway's file."
+    )
+    ex.add_argument("--db", required=True, help="the receiver's store (edgegw receive --db)")
+    ex.add_argument("--gateway", required=True, metavar="ID", help="the gateway id")
+    ex.add_argument("--log", metavar="HEX", help="a log id (default: the one witnessed now)")
+    ex.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write it")
+    ex.set_defaults(func=export_main)
+
+    al = add_command(
+        cmds,
+        "alerts",
+        "list the security alerts a receiver stored (conflicts, replays, audit witness)",
+        "edgegw audit alerts --db received.db --gateway gw1",
+    )
+    al.add_argument("--db", required=True, help="the receiver's store (edgegw receive --db)")
+    al.add_argument("--gateway", metavar="ID", help="only this gateway")
+    al.add_argument("--json", action="store_true", help="one JSON object per line")
+    al.set_defaults(func=alerts_main)
+
 
 # -- verify ---------------------------------------------------------------------------------
 
@@ -285,3 +313,54 @@ def show_main(args: argparse.Namespace) -> int:
     if parsed.torn:
         print(f"edgegw: {args.file}: ends with an incomplete entry", file=sys.stderr)
     return EXIT_FAILED if parsed.damage else 0
+
+
+# -- from a receiver's store ------------------------------------------------------------------
+
+
+def _store(path: str) -> Any:
+    from ..receiver import SqliteStore, StoreError
+
+    if not Path(path).is_file():
+        raise fail(f"{path}: no such receiver store (the --db of `edgegw receive`)")
+    try:
+        return SqliteStore(path)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def export_main(args: argparse.Namespace) -> int:
+    store = _store(args.db)
+    try:
+        log_id = bytes.fromhex(args.log) if args.log else None
+    except ValueError:
+        raise fail(f"--log {args.log}: not a hex log id") from None
+    try:
+        data = store.audit_copy(args.gateway, log_id)
+    finally:
+        store.close()
+    if not data:
+        raise fail(f"{args.db}: holds no audit log of gateway {args.gateway}", EXIT_FAILED)
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as exc:
+        raise fail(f"{args.output}: cannot write ({exc.strerror})", EXIT_FAILED) from None
+    print(f"{args.output}: {len(data)} bytes of gateway {args.gateway}'s audit log")
+    return 0
+
+
+def alerts_main(args: argparse.Namespace) -> int:
+    store = _store(args.db)
+    try:
+        alerts = store.alerts(args.gateway)
+    finally:
+        store.close()
+    for a in alerts:
+        if args.json:
+            print(json.dumps({**a, "security": bool(a["security"])}))
+        else:
+            level = "SECURITY" if a["security"] else "notice"
+            seq = "-" if a["seq"] is None else a["seq"]
+            when = _iso(a["received_ns"])
+            print(f"{when}  {level:<8} {a['gw']}  seq {seq}  {a['class']}: {a['detail']}")
+    return 0

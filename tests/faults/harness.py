@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.mosquitto import Mosquitto, free_port, wait_listening
-from gateway.receiver import MqttReceiver, Receiver, summary
+from gateway.receiver import MqttReceiver, Payload, Receiver, summary
 from gateway.status import read_status
-from gateway.wire import Payload
 from security import DeviceKey
 from tests.linkproxy import LinkProxy
 
 REPO = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("EDGEGW_FULL") == "1"
+GW = "fault-gw"
 
 
 def scale(ci: float, full: float) -> float:
@@ -100,7 +100,7 @@ class Rig:
         self.cfg = self.tmp / "gw.yaml"
         lines = [
             "gateway:",
-            "  id: fault-gw",
+            f"  id: {GW}",
             f"  state_dir: {state}",
             f"  flush_window_ms: {self.flush_ms}",
             "  shutdown_drain_s: 30",
@@ -132,7 +132,7 @@ class Rig:
         wait_listening("127.0.0.1", sim_port, 20)
         key, _ = DeviceKey.load_or_create(state)
         self.sink = CountingSink()
-        self.rx = Receiver({key.kid: key.public_key}, "edgegw", self.sink)
+        self.rx = Receiver({GW: key.public_key}, "edgegw", self.sink)
         self.connect_receiver()
         return self
 
@@ -177,19 +177,17 @@ class Rig:
         """Until every seq the outbox ever assigned is received or explained."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            tr = self.rx.tracks.get("fault-gw")
             last = self.last_seq()
-            if tr and last and tr.ranges == [[1, last]]:
+            if last and self.rx.received(GW) == [(1, last)]:
                 return True
             time.sleep(0.2)
         return False
 
     def delivery(self) -> str:
         """What arrived vs what was committed, for assertion messages."""
-        tr = self.rx.tracks.get("fault-gw")
         return (
-            f"outbox last seq {self.last_seq()}, received {tr.ranges if tr else None}, "
-            f"missing {tr.missing_ranges() if tr else None}; {self.counts()}"
+            f"outbox last seq {self.last_seq()}, received {self.rx.received(GW)}, "
+            f"missing {self.rx.missing().get(GW)}; {self.counts()}"
         )
 
     def last_seq(self) -> int:

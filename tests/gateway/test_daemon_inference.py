@@ -17,8 +17,7 @@ from drivers.modbus.simulator import ModbusSimulator
 from gateway.config import load_config
 from gateway.daemon import Daemon
 from gateway.mosquitto import Mosquitto, free_port
-from gateway.receiver import MqttReceiver, Receiver
-from gateway.wire import Payload
+from gateway.receiver import MqttReceiver, Payload, Receiver
 from security import AUDIT_FILE, DeviceKey, Outcome, verify
 from tests.inference.conftest import save, score_model
 
@@ -65,7 +64,7 @@ def test_anomaly_event_and_scores_arrive_signed(tmp_path: Path, broker: Mosquitt
     cfg = load_config(config(tmp_path, broker.port, sim.port, sha))
     key, _ = DeviceKey.load_or_create(cfg.state_dir)
     sink = Sink()
-    rx = Receiver({key.kid: key.public_key}, "edgegw", sink)
+    rx = Receiver({"gw-inf": key.public_key}, "edgegw", sink)
     daemon = Daemon(cfg)
 
     async def main() -> None:

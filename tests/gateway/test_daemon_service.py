@@ -57,7 +57,7 @@ def test_notify_metrics_and_reload(tmp_path: Path, broker: Mosquitto) -> None:
     )
     state = tmp_path / "state"
     key, _ = DeviceKey.load_or_create(state)
-    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    rx = Receiver({"gw-svc": key.public_key}, "edgegw")
     mr = MqttReceiver(rx, "::1", broker.port).start()
     messages: list[str] = []
 

@@ -41,7 +41,7 @@ async def wait_until(cond, timeout: float) -> bool:  # type: ignore[no-untyped-d
 
 def test_publishes_in_order_and_acks(tmp_path: Path, broker: Mosquitto) -> None:
     key, _ = DeviceKey.load_or_create(tmp_path)
-    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
     order: list[int] = []
     handle = rx.handle
     rx.handle = lambda t, b, n=None: (order.append(len(order)), handle(t, b, n))[1]  # type: ignore[method-assign]
@@ -77,7 +77,7 @@ def test_link_cut_and_broker_restart_lose_nothing(tmp_path: Path) -> None:
     key, _ = DeviceKey.load_or_create(tmp_path)
     b = Mosquitto(host="::1", workdir=tmp_path / "broker").start()
     proxy = LinkProxy(("::1", b.port))
-    rx = Receiver({key.kid: key.public_key}, "edgegw")
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
     total = 0
 
     async def append(ot: OutboxThread, fwd: Forwarder, n: int) -> None:

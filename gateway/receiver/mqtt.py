@@ -1,0 +1,169 @@
+"""The thin MQTT shell around a Receiver: subscribe, hand each message over, acknowledge.
+
+A QoS 1 message is acknowledged (PUBACK) only after the receiver has handled it, and not
+at all when its store could not commit: the broker then re-delivers it after a reconnect
+(with a persistent session: ``client_id`` and ``session_expiry_s``). Nothing raised in a
+callback may kill paho's network thread; ``health()`` tells whether it still runs, so the
+command can exit (and systemd restart it) instead of silently receiving nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .core import Receiver
+from .outcome import Outcome
+
+log = logging.getLogger("edgegw.receiver")
+
+RECONNECT_AFTER_STORE_ERROR_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    thread_alive: bool  # paho's network thread
+    connected: bool
+    subscribed: bool
+    last_message_ns: int  # 0: none yet
+    unacked: int  # messages not acknowledged because the store failed
+
+    @property
+    def ok(self) -> bool:
+        return self.thread_alive
+
+
+class MqttReceiver:
+    """Subscribes to ``<prefix>/+/+`` (QoS 1) and feeds every message to a Receiver.
+
+    With ``share_group``, several receivers split the stream through an MQTT 5 shared
+    subscription. With a fixed ``client_id`` the session persists on the broker for
+    ``session_expiry_s``, so messages sent while this receiver was away are kept.
+    """
+
+    def __init__(
+        self,
+        rx: Receiver,
+        host: str,
+        port: int,
+        *,
+        client_id: str = "",
+        share_group: str | None = None,
+        session_expiry_s: int = 0,
+        tls_context: Any = None,
+    ) -> None:
+        self.rx = rx
+        self.host, self.port = host, port
+        self.topic = rx.prefix + "+/+"
+        if share_group:
+            self.topic = f"$share/{share_group}/{self.topic}"
+        self.subscribed = threading.Event()
+        self.suback_error: str | None = None
+        self._last_message_ns = 0
+        self._unacked = 0
+        self._reconnect_at = 0.0
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        # paho logs an exception raised in a callback instead of ending its thread.
+        self.client.suppress_exceptions = True
+        self.client.enable_logger(logging.getLogger("edgegw.receiver.paho"))
+        if tls_context is not None:
+            self.client.tls_set_context(tls_context)
+        self.client.reconnect_delay_set(1, 8)  # paho's default grows to 120 s
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self._props = Properties(PacketTypes.CONNECT)
+        self._props.SessionExpiryInterval = session_expiry_s
+        self._clean = not (client_id and session_expiry_s)
+
+    # -- callbacks (paho's thread) -------------------------------------------------------
+
+    def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.error("receiver: broker [%s]:%d refused: %s", self.host, self.port, rc)
+            return
+        log.info("receiver: connected to [%s]:%d", self.host, self.port)
+        c.subscribe(self.topic, qos=1)
+
+    def _on_disconnect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.warning("receiver: disconnected from [%s]:%d: %s", self.host, self.port, rc)
+
+    def _on_subscribe(self, c: Any, u: Any, mid: int, codes: Any, props: Any) -> None:
+        bad = [str(rc) for rc in codes if rc.is_failure]
+        if bad:
+            self.suback_error = ", ".join(bad)
+            log.error("receiver: the broker refused the subscription to %s: %s", self.topic, bad)
+        self.subscribed.set()
+
+    def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        self._last_message_ns = time.time_ns()
+        outcome = self.rx.handle(m.topic, m.payload)
+        if outcome is Outcome.STORE_ERROR:
+            # Not acknowledged: after a reconnect the broker sends it again. Reconnect soon,
+            # from the supervising thread (never from inside paho's loop).
+            self._unacked += 1
+            if not self._reconnect_at:
+                self._reconnect_at = time.monotonic() + RECONNECT_AFTER_STORE_ERROR_S
+            return
+        c.ack(m.mid, m.qos)
+
+    # -- control (the caller's thread) ------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> MqttReceiver:
+        self.client.connect(
+            self.host, self.port, 30, clean_start=self._clean, properties=self._props
+        )
+        self.client.loop_start()
+        if not self.subscribed.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"receiver: no SUBACK from [{self.host}]:{self.port}")
+        if self.suback_error is not None:
+            self.stop()
+            raise PermissionError(
+                f"receiver: the broker refused to subscribe to {self.topic}: {self.suback_error}"
+            )
+        return self
+
+    def supervise(self) -> Health:
+        """Call every few seconds: reconnects after a store failure; returns the health."""
+        if self._reconnect_at and time.monotonic() >= self._reconnect_at:
+            self._reconnect_at = 0.0
+            log.warning(
+                "receiver: %d message(s) not stored; reconnecting so the broker re-delivers them",
+                self._unacked,
+            )
+            self._unacked = 0
+            try:
+                self.client.reconnect()
+            except OSError as exc:
+                log.error("receiver: reconnect failed: %s (paho keeps trying)", exc)
+        return self.health()
+
+    def health(self) -> Health:
+        thread = getattr(self.client, "_thread", None)
+        return Health(
+            thread_alive=thread is not None and thread.is_alive(),
+            connected=self.client.is_connected(),
+            subscribed=self.subscribed.is_set() and self.suback_error is None,
+            last_message_ns=self._last_message_ns,
+            unacked=self._unacked,
+        )
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,283 @@
+"""The signed payload, checked field by field against docs/wire-format.md.
+
+Runs only after the signature verified. A genuine key that signs something outside this
+schema is news (a bug, or a key in the wrong hands): the message is ``malformed`` and a
+security event, never stored. Decoding is strict (no CBOR tags, bounded depth, text keys),
+so even a hostile signed payload costs time linear in its size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from security.strictcbor import CborError, strict_loads
+
+PAYLOAD_VERSION = 1
+KINDS = frozenset({"telemetry", "event", "notice", "audit"})
+GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+U64 = 2**64
+I63 = 2**63  # seq and boot are stored as signed 64-bit integers: 0 <= x < 2**63
+MAX_TAG = 512  # characters in a reading's tag name
+MAX_TEXT = 1024  # characters in a short text field (reason, model, ...)
+DROP_REASONS = frozenset(
+    {
+        "outbox_full",
+        "disk_full",
+        "corrupt_at_rest",
+        "unclean_stop",
+        "refused_outbox_full",
+        "refused_disk_full",
+        "refused_by_broker",
+    }
+)
+HASH = 32
+LOG_ID = 16
+MAX_FRONTIER = 64  # an RFC 9162 compact range has at most one hash per bit of the size
+MAX_ENTRY = 64 * 1024 + 1024  # an audit record is at most 64 KiB; a checkpoint is small
+
+_COMMON = frozenset({"v", "gw", "seq", "boot", "kind", "t"})
+_FIELDS = {
+    "telemetry": _COMMON | {"r"},
+    "event": _COMMON | {"event"},
+    "notice": _COMMON | {"notice", "drops"},
+    "audit": _COMMON | {"log", "offset", "base", "entries", "reset"},
+}
+_REQUIRED = {
+    "telemetry": _COMMON | {"r"},
+    "event": _COMMON | {"event"},
+    "notice": _COMMON | {"notice", "drops"},
+    "audit": _COMMON | {"log", "offset", "base", "entries"},
+}
+_EVENT_FIELDS = frozenset({"model", "kind", "ts_ns", "score", "peak", "window_end_ns", "inputs"})
+_DROP_FIELDS = frozenset({"first_seq", "last_seq", "messages", "points", "bytes", "reason", "at"})
+_VALUE_TYPES = frozenset({bool, int, float, str, bytes, type(None)})
+
+
+class PayloadError(ValueError):
+    """A payload that does not have the documented shape; the message says which field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    first_seq: int | None
+    last_seq: int | None
+    messages: int
+    points: int
+    bytes: int
+    reason: str
+    at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditBatch:
+    """Entries of the gateway's audit log, as published (see docs/wire-format.md)."""
+
+    log: bytes
+    offset: int  # byte offset of the first entry in the device's log file
+    base_size: int  # records before the first entry
+    base_head: bytes  # the chain head before it
+    base_cp_prev: bytes  # hash of the last checkpoint before it (zeros if none)
+    base_frontier: list[bytes]  # RFC 9162 compact range over the records before it
+    entries: list[bytes]
+    reset_old_log: bytes | None = None
+    reset_reason: str | None = None  # set when this log replaces another
+
+    @property
+    def is_reset(self) -> bool:
+        return self.reset_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    gw: str
+    seq: int
+    boot: int
+    kind: str
+    t_ns: int
+    readings: list[list[Any]] = field(default_factory=list)
+    event: dict[str, Any] | None = None
+    drops: list[Drop] = field(default_factory=list)
+    audit: AuditBatch | None = None
+    body: dict[str, Any] = field(repr=False, default_factory=dict)
+    """The whole map, as decoded."""
+
+
+def _uint(v: Any, limit: int = U64) -> bool:
+    return type(v) is int and 0 <= v < limit
+
+
+def _text(v: Any, limit: int = MAX_TEXT) -> bool:
+    return type(v) is str and 0 < len(v) <= limit
+
+
+def _hash(v: Any, size: int = HASH) -> bool:
+    return type(v) is bytes and len(v) == size
+
+
+def decode(data: bytes) -> Payload:
+    """Decode and check a verified payload; raises PayloadError naming the field."""
+    try:
+        m = strict_loads(data, max_depth=6)
+    except CborError as exc:
+        raise PayloadError(f"payload is not strict CBOR: {exc}") from None
+    if type(m) is not dict:
+        raise PayloadError("payload is not a CBOR map")
+    v = m.get("v")
+    if type(v) is not int or v != PAYLOAD_VERSION:
+        raise PayloadError(f"v: unsupported payload version ({type(v).__name__})")
+    kind = m.get("kind")
+    if kind not in KINDS:
+        raise PayloadError("kind: not one of " + ", ".join(sorted(KINDS)))
+    keys = set(m)
+    if missing := _REQUIRED[kind] - keys:
+        raise PayloadError(f"lacks field(s) {', '.join(sorted(missing))}")
+    if extra := keys - _FIELDS[kind]:
+        shown = ", ".join(sorted(repr(k)[:40] for k in extra)[:5])
+        raise PayloadError(f"unknown field(s) for kind {kind}: {shown}")
+    gw, seq, boot, t = m["gw"], m["seq"], m["boot"], m["t"]
+    if type(gw) is not str or not GATEWAY_ID.fullmatch(gw):
+        raise PayloadError("gw: not a gateway id")
+    if not _uint(seq, I63):
+        raise PayloadError("seq: must be an integer 0 <= seq < 2**63")
+    if not _uint(boot, I63):
+        raise PayloadError("boot: must be an integer 0 <= boot < 2**63")
+    if not _uint(t):
+        raise PayloadError("t: must be a uint64 (ns since the epoch)")
+    if kind == "telemetry":
+        _check_readings(m["r"])
+        return Payload(gw, seq, boot, kind, t, readings=m["r"], body=m)
+    if kind == "event":
+        return Payload(gw, seq, boot, kind, t, event=_event(m["event"]), body=m)
+    if kind == "notice":
+        if m["notice"] != "data_dropped":
+            raise PayloadError("notice: must be 'data_dropped'")
+        return Payload(gw, seq, boot, kind, t, drops=_drops(m["drops"], seq), body=m)
+    return Payload(gw, seq, boot, kind, t, audit=_audit(m), body=m)
+
+
+def _check_readings(r: Any) -> None:
+    if type(r) is not list:
+        raise PayloadError("r: must be an array of readings")
+    # One cheap test per reading (this runs for every point); the slow checker below only
+    # runs to name what is wrong. Strict CBOR has no bignums: ints are within +-2**64.
+    types, lo = _VALUE_TYPES, -I63
+    for x in r:
+        if (
+            type(x) is not list
+            or not 4 <= len(x) <= 6
+            or type(x[0]) is not str
+            or type(x[1]) is not int
+            or x[1] < 0
+            or type(x[3]) is not int
+            or not 0 <= x[3] <= 4
+            or type(x[2]) not in types
+            or (type(x[2]) is int and x[2] < lo)
+            or len(x[0]) > MAX_TAG
+            or (len(x) > 4 and not _extras_ok(x))
+        ):
+            _explain_reading(r.index(x), x)
+
+
+def _extras_ok(x: list[Any]) -> bool:
+    reason = x[4]
+    if reason is not None and not _text(reason):
+        return False
+    return len(x) < 6 or x[5] is None or _uint(x[5])
+
+
+def _explain_reading(i: int, x: Any) -> None:
+    if type(x) is not list or not 4 <= len(x) <= 6:
+        raise PayloadError(f"r[{i}]: a reading is an array of 4 to 6 elements")
+    tag, ts, value, q = x[0], x[1], x[2], x[3]
+    if type(tag) is not str or not 0 < len(tag) <= MAX_TAG:
+        raise PayloadError(f"r[{i}].tag: must be text of 1..{MAX_TAG} characters")
+    if type(ts) is not int or not 0 <= ts < U64:
+        raise PayloadError(f"r[{i}].ts: must be a uint64")
+    tv = type(value)
+    if tv not in _VALUE_TYPES:
+        raise PayloadError(f"r[{i}].value: {tv.__name__} is not a reading value")
+    if tv is int and not -I63 <= value < U64:
+        raise PayloadError(f"r[{i}].value: integer outside int64/uint64")
+    if type(q) is not int or not 0 <= q <= 4:
+        raise PayloadError(f"r[{i}].quality: must be 0..4")
+    if len(x) > 4 and x[4] is not None and not _text(x[4]):
+        raise PayloadError(f"r[{i}].reason: must be text or null")
+    raise PayloadError(f"r[{i}].server_ts: must be a uint64 or null")
+
+
+def _event(e: Any) -> dict[str, Any]:
+    if type(e) is not dict or set(e) != _EVENT_FIELDS:
+        raise PayloadError("event: must be a map of " + ", ".join(sorted(_EVENT_FIELDS)))
+    if not _text(e["model"]) or e["kind"] not in ("start", "end"):
+        raise PayloadError("event: model must be text and kind 'start' or 'end'")
+    if not (_uint(e["ts_ns"]) and _uint(e["window_end_ns"])):
+        raise PayloadError("event: ts_ns and window_end_ns must be uint64")
+    if type(e["score"]) not in (float, int) or type(e["peak"]) not in (float, int):
+        raise PayloadError("event: score and peak must be numbers")
+    inputs = e["inputs"]
+    if type(inputs) is not list or not all(_text(x, MAX_TAG) for x in inputs):
+        raise PayloadError("event.inputs: must be an array of tag names")
+    return e
+
+
+def _drops(drops: Any, seq: int) -> list[Drop]:
+    if type(drops) is not list or not drops:
+        raise PayloadError("drops: must be a non-empty array")
+    out: list[Drop] = []
+    for i, d in enumerate(drops):
+        if type(d) is not dict or set(d) != _DROP_FIELDS:
+            raise PayloadError(f"drops[{i}]: must be a map of " + ", ".join(sorted(_DROP_FIELDS)))
+        lo, hi = d["first_seq"], d["last_seq"]
+        if (lo is None) != (hi is None):
+            raise PayloadError(f"drops[{i}]: first_seq and last_seq are both set or both null")
+        if lo is not None and not (_uint(lo, I63) and _uint(hi, I63) and 1 <= lo <= hi < seq):
+            # A gateway can only drop seqs it allocated before it sealed this notice.
+            raise PayloadError(f"drops[{i}]: seq range must satisfy 1 <= first <= last < {seq}")
+        if not all(_uint(d[k], I63) for k in ("messages", "points", "bytes", "at")):
+            raise PayloadError(f"drops[{i}]: messages, points, bytes and at must be uints")
+        if d["reason"] not in DROP_REASONS:
+            raise PayloadError(f"drops[{i}].reason: not a documented reason")
+        out.append(Drop(lo, hi, d["messages"], d["points"], d["bytes"], d["reason"], d["at"]))
+    return out
+
+
+def _audit(m: dict[str, Any]) -> AuditBatch:
+    log, offset, base, entries = m["log"], m["offset"], m["base"], m["entries"]
+    if not _hash(log, LOG_ID):
+        raise PayloadError("log: must be a 16-byte log id")
+    if not _uint(offset, I63):
+        raise PayloadError("offset: must be a uint")
+    if (
+        type(base) is not list
+        or len(base) != 4
+        or not _uint(base[0], I63)
+        or not _hash(base[1])
+        or not _hash(base[2])
+        or type(base[3]) is not list
+        or len(base[3]) > MAX_FRONTIER
+        or not all(_hash(h) for h in base[3])
+    ):
+        raise PayloadError("base: must be [size, head, cp_prev, [frontier hashes]]")
+    if (
+        type(entries) is not list
+        or not entries
+        or not all(type(e) is bytes and 0 < len(e) <= MAX_ENTRY for e in entries)
+    ):
+        raise PayloadError("entries: must be a non-empty array of byte strings")
+    old: bytes | None = None
+    reason: str | None = None
+    if "reset" in m:
+        r = m["reset"]
+        if (
+            type(r) is not dict
+            or set(r) != {"old_log", "reason"}
+            or not (r["old_log"] is None or _hash(r["old_log"], LOG_ID))
+            or not _text(r["reason"])
+        ):
+            raise PayloadError("reset: must be {old_log: 16 bytes or null, reason: text}")
+        if offset != 0:
+            raise PayloadError("reset: only the first message of a log (offset 0) carries it")
+        old, reason = r["old_log"], r["reason"]
+    return AuditBatch(log, offset, base[0], base[1], base[2], base[3], entries, old, reason)
