@@ -379,9 +379,15 @@ class _SqliteTxn:
     def learn_key(self, key: LearnedKey) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO gateway_keys VALUES (?, ?, ?, ?, ?, ?)",
-            (key.kid, self.gw, _public_raw(key.public_key), key.n, key.certified_by,
-             time.time_ns()),
-        )  # fmt: skip
+            (
+                key.kid,
+                self.gw,
+                _public_raw(key.public_key),
+                key.n,
+                key.certified_by,
+                time.time_ns(),
+            ),
+        )
         self.keys[key.kid] = key.public_key
 
     def put_message(self, p: Payload, kid: bytes, digest: bytes, received_ns: int) -> None:
@@ -412,18 +418,36 @@ class _SqliteTxn:
             e = p.event
             db.execute(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (gw, seq, e["model"], e["kind"], e["ts_ns"], e["score"], e["peak"],
-                 e["window_end_ns"], json.dumps(e["inputs"])),
-            )  # fmt: skip
+                (
+                    gw,
+                    seq,
+                    e["model"],
+                    e["kind"],
+                    e["ts_ns"],
+                    e["score"],
+                    e["peak"],
+                    e["window_end_ns"],
+                    json.dumps(e["inputs"]),
+                ),
+            )
         if p.drops:
             db.executemany(
                 "INSERT INTO drops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (gw, seq, d.first_seq, d.last_seq, d.messages, d.points, d.bytes, d.reason,
-                     d.at_ns)
+                    (
+                        gw,
+                        seq,
+                        d.first_seq,
+                        d.last_seq,
+                        d.messages,
+                        d.points,
+                        d.bytes,
+                        d.reason,
+                        d.at_ns,
+                    )
                     for d in p.drops
                 ],
-            )  # fmt: skip
+            )
 
     def put_audit_entries(
         self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int

@@ -191,9 +191,14 @@ def test_entries_that_do_not_chain_are_alerted(gw: tuple[Path, DeviceKey]) -> No
     r = parsed.entries[2].record
     assert r is not None
     forged = encode_record(
-        seq=r.seq, boot=r.boot, ts_ns=r.ts_ns, mono_ns=r.mono_ns, event=r.event,
-        detail={**r.detail, "host": "elsewhere"}, prev=r.prev,
-    )  # fmt: skip
+        seq=r.seq,
+        boot=r.boot,
+        ts_ns=r.ts_ns,
+        mono_ns=r.mono_ns,
+        event=r.event,
+        detail={**r.detail, "host": "elsewhere"},
+        prev=r.prev,
+    )
     edited = b"".join(forged if i == 2 else e.raw for i, e in enumerate(parsed.entries))
     rx = receiver(key)
     for m in audit_messages(edited, key):
