@@ -163,7 +163,7 @@ class AuditLog:
         self._trusted = None if trusted_keys is None else dict(trusted_keys)
         self._lock = threading.RLock()  # on_append may record (e.g. a publish failure)
         self._fd: int | None = None
-        self._length = 0
+        self._length = self._loaded_length = 0
         self._quarantined: _Quarantined | None = None
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -219,6 +219,7 @@ class AuditLog:
         if cut is not None:
             at, reason = cut
             parsed = self._quarantine(parsed, data, at, reason)
+        self._loaded_length = self._length
         self._log_id = b""
         self._size = 0
         self._head = b""
@@ -380,6 +381,12 @@ class AuditLog:
         """Bytes of the file up to the end of the last durable (fsynced) entry: everything
         before it is final and may be read and published."""
         return self._length
+
+    @property
+    def loaded_length(self) -> int:
+        """Bytes of the file as this open found it (less a torn or forged tail it removed),
+        before its "open" checkpoint."""
+        return self._loaded_length
 
     @property
     def head(self) -> bytes:
