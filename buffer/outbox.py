@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NoReturn, Self
@@ -77,6 +77,22 @@ __all__ = [
 ]
 
 Policy = Literal["drop_oldest", "stop_acquisition"]
+
+_MARK_PREFIX = "mark:"  # marks live in the meta table under these keys
+_INT64 = range(-(2**63), 2**63)  # what a SQLite INTEGER holds
+_NO_MARKS: Mapping[str, int] = {}
+
+
+def _check_marks(marks: Mapping[str, int]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for name, value in marks.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"mark names must be non-empty text, not {name!r}")
+        value = operator.index(value)
+        if value not in _INT64:
+            raise ValueError(f"mark {name!r}: {value} does not fit a signed 64-bit integer")
+        out.append((_MARK_PREFIX + name, value))
+    return out
 
 
 class Outbox(RoomMixin, SeqReservationMixin):
@@ -295,6 +311,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         priority: int = 1,
         points: int = 0,
         notifies: Iterable[int] = (),
+        marks: Mapping[str, int] = _NO_MARKS,
     ) -> int:
         """Allocate the next seq, store ``seal(seq)`` under it and commit; return the seq.
 
@@ -304,17 +321,20 @@ class Outbox(RoomMixin, SeqReservationMixin):
         ``seal`` runs with the outbox lock held: keep it to encode + sign. ``points`` is
         how many readings the message holds (counted if it is ever evicted); ``notifies``
         are drop ids that this message reports, marked notified in the same transaction.
-        Raises :class:`OutboxFull` when there is no room under the policy.
+        ``marks`` (name -> signed 64-bit int) are set in the same transaction too: a
+        producer's "published up to here" survives exactly when the message does (see
+        :meth:`mark`). Raises :class:`OutboxFull` when there is no room under the policy.
         """
         if not isinstance(topic, str):
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
         priority = operator.index(priority)
         drop_ids = [operator.index(i) for i in notifies]
+        mark_rows = _check_marks(marks)
         with self._lock:
             if self.min_free_bytes and self._free_disk() < 2 * self.min_free_bytes:
                 self._shrink_wal()  # give the WAL's space back before it counts as full
             try:
-                return self._append(topic, seal, priority, points, drop_ids)
+                return self._append(topic, seal, priority, points, drop_ids, mark_rows)
             except OutboxFull:
                 raise
             except OutboxError as exc:
@@ -325,7 +345,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
                 self._on_disk_full()
                 try:
                     if self.policy == "drop_oldest" and priority != URGENT and self._evict_some():
-                        return self._append(topic, seal, priority, points, drop_ids)
+                        return self._append(topic, seal, priority, points, drop_ids, mark_rows)
                 except OutboxError as again:
                     if not is_full(again):
                         raise
@@ -338,6 +358,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         priority: int,
         points: int,
         drop_ids: list[int],
+        mark_rows: list[tuple[str, int]],
     ) -> int:
         failure: BaseException | None = None
         conn = self._db()
@@ -368,6 +389,12 @@ class Outbox(RoomMixin, SeqReservationMixin):
                         txn.conn.executemany(
                             "UPDATE drops SET notified = 1 WHERE id = ?", ((i,) for i in drop_ids)
                         )
+                    if mark_rows:
+                        txn.conn.executemany(
+                            "INSERT INTO meta (key, value) VALUES (?, ?)"
+                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            mark_rows,
+                        )
                     if reserve:
                         txn.conn.execute(
                             "UPDATE meta SET value = ? WHERE key = 'seq_reserved'",
@@ -389,6 +416,18 @@ class Outbox(RoomMixin, SeqReservationMixin):
 
     def _next_seq_hint(self) -> int:
         return getattr(self, "_last_seq", 0) + 1
+
+    def mark(self, name: str) -> int | None:
+        """The value of mark ``name`` as last committed by :meth:`append`, or None."""
+        with self._lock:
+            conn = self._db()
+            try:
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE key = ?", (_MARK_PREFIX + name,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                self._fail(conn, exc, "mark")
+        return None if row is None else int(row[0])
 
     def pending(
         self,

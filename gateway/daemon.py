@@ -20,10 +20,11 @@ from typing import Any
 
 from drivers.contract import Batch
 from security import AUDIT_FILE, AuditLog, AuditLogCorrupt
-from security.keyring import init_keys
+from security.keyring import Identity, open_identity
 from security.tls import client_context
 
 from . import __version__
+from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, load_config
 from .forwarder import Forwarder
 from .metrics import health_problems, serve_metrics, status_line
@@ -56,8 +57,7 @@ class Daemon:
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self._polls: list[asyncio.Task[Any]] = []
         self._poll_stop = asyncio.Event()
-        self._audit_queue: list[bytes] = []
-        self._audit_ready = asyncio.Event()
+        self.uplink: AuditUplink | None = None
         self._clock_offset = time.time() - time.monotonic()
         self._anomalies: list[dict[str, Any]] = []
 
@@ -68,8 +68,16 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         state_dir = cfg.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        key, created = init_keys(state_dir)
-        log.info("device key %s (kid %s)", "created" if created else "loaded", key.kid.hex())
+        # Before the outbox is touched: a key that cannot be justified from the enrolled
+        # root must not reserve a seq, let alone sign (IdentityRefused: exit 2).
+        ident = open_identity(state_dir)
+        key = ident.key
+        log.info(
+            "device key %s (kid %s%s)",
+            "created" if ident.created else "loaded",
+            key.kid.hex(),
+            f", rotation {len(ident.keychain)}" if ident.keychain else "",
+        )
         self.outbox = OutboxThread(
             cfg.outbox_path,
             cfg.gateway.durability,
@@ -88,13 +96,6 @@ class Daemon:
             stats.rows,
             stats.last_seq,
         )
-        self.audit = self._open_audit(key, state_dir)
-        self._audit("start", version=__version__, pid=os.getpid())
-        self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
-        if created:
-            self._audit("key_created", kid=key.kid.hex())
-
-        self.forwarder = fwd = self._make_forwarder()
         self.pipeline = pipe = Pipeline(
             gw_id=cfg.gateway.id,
             boot=self.boot,
@@ -104,15 +105,24 @@ class Daemon:
             outbox=self.outbox,
             flush_window_s=cfg.gateway.flush_window_ms / 1000,
             max_points=cfg.gateway.max_batch_points,
-            on_sealed=fwd.wake,
             on_drop=lambda d: self._audit("buffer_drop", **d),
+            keychain=ident.keychain,
         )
+        # The audit log goes upstream from its file: first whatever it holds beyond what
+        # the outbox says was published (written while stopped, or just before a crash).
+        self.uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
+        self.audit, replaced = self._open_audit(ident, state_dir)
+        await self.uplink.start(self.audit, replaced=replaced)
+        self.tasks["audit"] = asyncio.create_task(self.uplink.run(), name="audit")
+        self._audit("start", version=__version__, pid=os.getpid())
+        self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
+        if ident.created:
+            self._audit("key_created", kid=key.kid.hex())
+
+        self.forwarder = fwd = self._make_forwarder()
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
-        self.tasks = {
-            "pipeline": asyncio.create_task(pipe.run(), name="pipeline"),
-            "forwarder": asyncio.create_task(fwd.run(), name="forwarder"),
-            "audit": asyncio.create_task(self._audit_pump(), name="audit"),
-        }
+        self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
+        self.tasks["forwarder"] = asyncio.create_task(fwd.run(), name="forwarder")
         await self._start_inference()
         status_task = asyncio.create_task(self._status_loop(), name="status")
         self._start_devices()
@@ -147,7 +157,7 @@ class Daemon:
             self.engine.close()
         self._audit("stop", reason="signal")
         self._close_audit()
-        await self._drain_audit()
+        await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
         drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
@@ -156,7 +166,7 @@ class Daemon:
             log.warning(
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
-        others = [self.tasks["forwarder"], self.tasks["audit"], status_task]
+        others = [self.tasks["forwarder"], status_task]
         for t in others:
             t.cancel()
         await asyncio.gather(*others, return_exceptions=True)
@@ -233,7 +243,8 @@ class Daemon:
 
     # -- audit ----------------------------------------------------------------------------------
 
-    def _open_audit(self, key: Any, state_dir: Path) -> AuditLog:
+    def _open_audit(self, ident: Identity, state_dir: Path) -> tuple[AuditLog, str | None]:
+        """The audit log, and why it replaces another (None when it does not)."""
         path = state_dir / AUDIT_FILE
         kw: dict[str, Any] = {
             "boot": self.boot,
@@ -241,23 +252,24 @@ class Daemon:
             "checkpoint_interval_s": self.cfg.audit.checkpoint_interval_s,
             "origin": f"edgegw/{self.cfg.gateway.id}/audit",
             "on_append": self._on_audit_append,
+            "trusted_keys": ident.keyring,  # trailing checkpoints must be ours
         }
         try:
-            return AuditLog(path, key, **kw)
+            return AuditLog(path, ident.key, **kw), None
         except AuditLogCorrupt as exc:
             aside = AuditLog.set_aside(path)
             log.error(
                 "audit log %s is damaged (%s); kept as %s, a new one starts", path, exc, aside
             )
-            audit = AuditLog(path, key, **kw)
-            audit.record("audit_reset", reason=str(exc), set_aside=str(aside))
-            return audit
+            audit = AuditLog(path, ident.key, **kw)
+            audit.record("audit_reset", file=aside.name, reason=str(exc))
+            return audit, f"the audit log was damaged ({exc}); it is kept as {aside.name}"
 
     def _on_audit_append(self, entry: Any) -> None:
-        # Runs under the audit log's lock, maybe on the outbox thread: only queue the
-        # bytes, and wake the pump through the loop (asyncio.Event is not thread-safe).
-        self._audit_queue.append(entry.encoded)
-        self._loop.call_soon_threadsafe(self._audit_ready.set)
+        # Runs under the audit log's lock, maybe on the outbox thread: only wake the uplink,
+        # which reads the file itself.
+        if self.uplink is not None:
+            self.uplink.wake()
 
     def _audit(self, event: str, **detail: Any) -> None:
         if self.audit is None:
@@ -266,19 +278,6 @@ class Daemon:
             self.audit.record(event, **{k: v for k, v in detail.items() if v is not None})
         except Exception as exc:  # auditing must never stop acquisition; say so loudly
             log.error("cannot write audit record %s: %s", event, exc)
-
-    async def _audit_pump(self) -> None:
-        """Publish audit records and checkpoints upstream, in order, as signed messages."""
-        while True:
-            await self._audit_ready.wait()
-            self._audit_ready.clear()
-            await self._drain_audit()
-
-    async def _drain_audit(self) -> None:
-        if not self._audit_queue or self.pipeline is None:
-            return
-        entries, self._audit_queue = self._audit_queue, []
-        await self.pipeline.seal_message("audit", self.cfg.topic("audit"), {"entries": entries})
 
     def _close_audit(self) -> None:
         if self.audit is not None:
@@ -354,6 +353,8 @@ class Daemon:
         self.pipeline.topic = new.topic("telemetry")
         self.pipeline._aad = self.pipeline.topic.encode()
         self.pipeline.notice_topic = new.topic("notice")
+        if self.uplink is not None:
+            self.uplink.topic = new.topic("audit")
         if new.inference != old.inference:
             if self.engine is not None and new.inference.models:
                 await self.engine.swap(new.inference)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from buffer import URGENT, Drop, OutboxFull
 from drivers.contract import Batch
 from security import DeviceKey, sign1
+from security.cose import KEYCHAIN, encode_unprotected
 
 from .outbox_thread import OutboxThread
 from .wire import encode_payload
@@ -57,8 +58,12 @@ class Pipeline:
         on_sealed: Callable[[], None] = lambda: None,
         on_drop: Callable[[dict[str, Any]], None] = lambda drop: None,
         queue_size: int = 1024,
+        keychain: Sequence[bytes] = (),
     ) -> None:
         self.gw_id, self.boot, self.topic, self.key = gw_id, boot, topic, key
+        # A rotated key sends the certificates from the root to it with every message, so
+        # a receiver can trust it before anything else arrives (encoded once, here).
+        self._unprotected = encode_unprotected({KEYCHAIN: list(keychain)} if keychain else None)
         self._aad = topic.encode()
         self.notice_topic = notice_topic
         self.outbox = outbox
@@ -123,9 +128,16 @@ class Pipeline:
                     await self._record_refused("disk_full")
                 return
 
-    async def seal_message(self, kind: str, topic: str, fields: dict[str, Any]) -> int:
+    async def seal_message(
+        self,
+        kind: str,
+        topic: str,
+        fields: dict[str, Any],
+        marks: Mapping[str, int] | None = None,
+    ) -> int:
         """Seal one urgent message of another kind (anomaly ``event``, ``audit`` records):
-        same seq space, same signature, sent before any telemetry backlog."""
+        same seq space, same signature, sent before any telemetry backlog. ``marks`` are
+        outbox marks committed with it (see buffer.Outbox.append)."""
 
         def seal(seq: int) -> bytes:
             payload = encode_payload(
@@ -136,11 +148,11 @@ class Pipeline:
                 t_ns=time.time_ns(),
                 **fields,
             )
-            return sign1(payload, self.key, topic.encode())
+            return sign1(payload, self.key, topic.encode(), self._unprotected)
 
         def append() -> int:
             assert self.outbox.outbox is not None
-            return self.outbox.outbox.append(topic, seal, priority=URGENT)
+            return self.outbox.outbox.append(topic, seal, priority=URGENT, marks=marks or {})
 
         seq = await self.outbox.run(append)
         self.on_sealed()
@@ -207,7 +219,7 @@ class Pipeline:
                 t_ns=t_ns,
                 readings=readings,
             )
-            return sign1(payload, self.key, self._aad)
+            return sign1(payload, self.key, self._aad, self._unprotected)
 
         seq = ob.append(self.topic, seal, points=len(readings))
         self._notify_sync()
@@ -270,7 +282,7 @@ class Pipeline:
                 for d in drops
             ],
         )
-        return sign1(payload, self.key, self.notice_topic.encode())
+        return sign1(payload, self.key, self.notice_topic.encode(), self._unprotected)
 
 
 def _describe(d: Drop) -> str:

@@ -98,6 +98,8 @@ class AuditEvent(StrEnum):
     MODEL_REFUSED = "model_refused"  # a model failed its checks [name, sha256, reason]
     CLOCK_JUMP = "clock_jump"  # wall clock moved against the monotonic clock [delta_ns]
     AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
+    TAIL_QUARANTINED = "tail_quarantined"  # entries edgegw did not write were cut off at
+    # open and kept beside the log [file, records, bytes, reason]
 
 
 class AuditLogError(Exception):
@@ -130,6 +132,11 @@ class AuditLog:
     Checkpoints are written at open, every ``checkpoint_every`` records, when the oldest
     unsealed record has waited ``checkpoint_interval_s`` (checked by ``record()`` and by
     ``tick()``, which the owner calls periodically), on ``checkpoint()`` and at ``close()``.
+
+    Opening cuts off a tail that edgegw did not write (records after a clean close with no
+    checkpoint after them; with ``trusted_keys``, kid -> public key of this device, also
+    trailing checkpoints that do not verify and what they seal), keeps it beside the log as
+    ``<name>.forged-<ns>``, warns, and records ``tail_quarantined``.
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class AuditLog:
         checkpoint_interval_s: float = 300.0,
         origin: str | None = None,
         on_append: Callable[[Record | Checkpoint], None] | None = None,
+        trusted_keys: Mapping[bytes, Ed25519PublicKey] | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -152,8 +160,11 @@ class AuditLog:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.origin = origin
         self.on_append = on_append
+        self._trusted = None if trusted_keys is None else dict(trusted_keys)
         self._lock = threading.RLock()  # on_append may record (e.g. a publish failure)
         self._fd: int | None = None
+        self._length = self._loaded_length = 0
+        self._quarantined: _Quarantined | None = None
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -166,6 +177,15 @@ class AuditLog:
             self._fd = fd
             torn = self._load()
             self._write_checkpoint("open", torn)
+            if self._quarantined is not None:
+                q = self._quarantined
+                self.record(
+                    "tail_quarantined",
+                    file=q.file.name,
+                    records=q.records,
+                    bytes=q.nbytes,
+                    reason=q.reason,
+                )
         except BaseException:
             self._fd = None
             os.close(fd)
@@ -188,13 +208,18 @@ class AuditLog:
         torn = 0
         if parsed.torn:
             torn = len(data) - parsed.good_length
-            keep = self.path.with_name(f"{self.path.name}.torn-{time.time_ns()}")
-            keep.write_bytes(data[parsed.good_length :])
+            keep = self._keep_beside("torn", data[parsed.good_length :])
             os.ftruncate(self._fd, parsed.good_length)
             os.fsync(self._fd)
             log.warning(
                 "%s: removed a torn final entry of %d bytes (kept in %s)", self.path, torn, keep
             )
+        self._length = parsed.good_length
+        cut = self._forged_tail(parsed.entries)
+        if cut is not None:
+            at, reason = cut
+            parsed = self._quarantine(parsed, data, at, reason)
+        self._loaded_length = self._length
         self._log_id = b""
         self._size = 0
         self._head = b""
@@ -209,6 +234,91 @@ class AuditLog:
             return torn
         self._replay(parsed)
         return torn
+
+    def _keep_beside(self, what: str, data: bytes) -> Path:
+        """Keep cut-off bytes beside the log as ``<name>.<what>-<ns>`` (0600, synced)."""
+        keep = self.path.with_name(f"{self.path.name}.{what}-{time.time_ns()}")
+        fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return keep
+
+    def _forged_tail(self, entries: list[Entry]) -> tuple[int, str] | None:
+        """Where entries that edgegw did not write begin (and why), if anywhere.
+
+        Every program that appends while the daemon is stopped opens and closes the log, so
+        it writes checkpoints: records after a "close" checkpoint with none after them were
+        added by something else. (After an "open", "count", "interval" or "manual" checkpoint
+        they are the tail of a crash, and are adopted.) With trusted keys, the checkpoints at
+        the end must also verify: from the last one that does, what follows is cut if it ends
+        in a checkpoint that does not."""
+        cps = [i for i, e in enumerate(entries) if e.record is None]
+        if not cps:
+            return None  # _replay refuses a log that does not start with a checkpoint
+        last = cps[-1]
+        if self._trusted is not None:
+            good = self._last_verified(entries, cps)
+            if good != last:
+                e = entries[last]
+                return good + 1, (
+                    f"the checkpoint at byte {e.offset} is not signed by a key of this device"
+                )
+        if last + 1 < len(entries) and _unverified_checkpoint(entries[last].raw).why == "close":
+            return last + 1, "records after a clean close that no checkpoint seals"
+        return None
+
+    def _last_verified(self, entries: list[Entry], cps: list[int]) -> int:
+        """Index of the last checkpoint signed by a trusted key (or one the log's key_rotated
+        records certify from a trusted key)."""
+        assert self._trusted is not None
+        certs = [
+            e.record.detail["cert"]
+            for e in entries
+            if e.record is not None
+            and e.record.event == "key_rotated"
+            and type(e.record.detail.get("cert")) is bytes
+        ]
+        keys = learn_keys(self._trusted, certs, strict=False)
+        for i in reversed(cps):
+            try:
+                open_checkpoint(entries[i].raw, keys)
+            except (CoseError, FormatError):
+                continue
+            return i
+        raise AuditLogCorrupt(
+            f"{self.path}: no checkpoint in the log is signed by a key of this device (the "
+            "log belongs to another key, or was rewritten); check it with `edgegw audit "
+            "verify`, then move it away (AuditLog.set_aside) so a new log can start"
+        )
+
+    def _quarantine(self, parsed: ParsedLog, data: bytes, at: int, reason: str) -> ParsedLog:
+        """Cut entries ``at``.. off the log, keeping them beside it, and say so loudly."""
+        assert self._fd is not None
+        start = parsed.entries[at].offset
+        tail = parsed.entries[at:]
+        records = sum(e.record is not None for e in tail)
+        nbytes = parsed.good_length - start
+        keep = self._keep_beside("forged", data[start : parsed.good_length])
+        os.ftruncate(self._fd, start)
+        os.fsync(self._fd)
+        _fsync_dir(self.path.parent)
+        self._length = start
+        self._quarantined = _Quarantined(keep, records, nbytes, reason)
+        log.warning(
+            "%s: %s: cut off %d records (%d bytes) from byte %d that edgegw did not write; "
+            "they are kept in %s. Find out who wrote them (they were added while edgegw was "
+            "stopped)",
+            self.path,
+            reason,
+            records,
+            nbytes,
+            start,
+            keep,
+        )
+        return ParsedLog(parsed.entries[:at], start, False, [])
 
     def _replay(self, parsed: ParsedLog) -> None:
         """Recompute the state from the entries, checking that they are consistent (not that
@@ -265,6 +375,18 @@ class AuditLog:
     def size(self) -> int:
         """Number of records."""
         return self._size
+
+    @property
+    def length(self) -> int:
+        """Bytes of the file up to the end of the last durable (fsynced) entry: everything
+        before it is final and may be read and published."""
+        return self._length
+
+    @property
+    def loaded_length(self) -> int:
+        """Bytes of the file as this open found it (less a torn or forged tail it removed),
+        before its "open" checkpoint."""
+        return self._loaded_length
 
     @property
     def head(self) -> bytes:
@@ -379,6 +501,7 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, end)
             raise AuditLogError(f"{self.path}: cannot append ({exc.strerror})") from exc
+        self._length = end + len(data)
 
     def _emit(self, item: Record | Checkpoint) -> None:
         if self.on_append is None:
@@ -387,6 +510,14 @@ class AuditLog:
             self.on_append(item)
         except Exception:  # the entry is durable; a failing publisher must not undo that
             log.exception("audit on_append callback failed")
+
+
+@dataclass(frozen=True, slots=True)
+class _Quarantined:
+    file: Path
+    records: int
+    nbytes: int
+    reason: str
 
 
 def _read_fd(fd: int) -> bytes:

@@ -38,6 +38,7 @@ __all__ = [
     "Damage",
     "Entry",
     "FormatError",
+    "LogState",
     "MerkleFrontier",
     "ParsedLog",
     "Record",
@@ -46,6 +47,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "genesis_head",
+    "iter_entries",
     "leaf_hash",
     "merkle_root",
     "node_hash",
@@ -53,6 +55,7 @@ __all__ = [
     "parse_entries",
     "peek_checkpoint",
     "sign_checkpoint",
+    "state_at",
 ]
 
 FORMAT_VERSION = 1
@@ -428,6 +431,73 @@ def parse_entries(data: bytes) -> ParsedLog:
         n += entry.record is not None
         off = end
     return ParsedLog(entries, off, False, damage)
+
+
+def iter_entries(data: bytes, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """``(offset, raw)`` of each entry of well-formed log bytes from ``offset``, in one
+    linear pass. For a log this process wrote or already checked (the writer's own file up
+    to its durable length): anything that is not a complete entry raises FormatError, and
+    nothing is searched for past it (that is :func:`parse_entries`' job)."""
+    fp = io.BytesIO(data)
+    fp.seek(offset)
+    decoder = cbor2.CBORDecoder(fp)
+    while offset < len(data):
+        try:
+            decoder.decode()
+        except Exception as exc:  # cbor2 raises many types on damaged input
+            raise FormatError(f"no complete entry at byte {offset}: {exc}") from None
+        end = fp.tell()
+        yield offset, data[offset:end]
+        offset = end
+
+
+@dataclass(slots=True)
+class LogState:
+    """A log's state just before the entry at ``offset``: what a witness needs to check the
+    entries from there on without the ones before (``base`` of an audit message).
+
+    ``size`` records so far, the chain ``head`` (the genesis hash before any record),
+    ``cp_prev`` the hash of the last checkpoint (zeros before any), and ``frontier`` the
+    RFC 9162 compact range over the records' hashes."""
+
+    offset: int
+    size: int
+    head: bytes
+    cp_prev: bytes
+    frontier: MerkleFrontier
+
+    @classmethod
+    def genesis(cls, log_id: bytes) -> LogState:
+        return cls(0, 0, genesis_head(log_id), ZERO_HASH, MerkleFrontier())
+
+    def feed(self, raw: bytes) -> None:
+        """Step over one entry, as stored."""
+        if raw[:1] == bytes((_COSE_SIGN1_HEAD,)):
+            self.cp_prev = checkpoint_hash(raw)
+        else:
+            self.head = leaf_hash(raw)
+            self.frontier.append(self.head)
+            self.size += 1
+        self.offset += len(raw)
+
+    def base(self) -> list[Any]:
+        """``[size, head, cp_prev, [frontier...]]``, as an audit message carries it."""
+        return [self.size, self.head, self.cp_prev, list(self.frontier._stack)]
+
+    def copy(self) -> LogState:
+        return LogState(self.offset, self.size, self.head, self.cp_prev, self.frontier.copy())
+
+
+def state_at(data: bytes, log_id: bytes, offset: int) -> LogState:
+    """The state of the log ``data`` (with id ``log_id``) after its entries that end at or
+    before ``offset``. Its ``offset`` is ``offset`` itself when that is an entry boundary,
+    else the start of the entry that holds it. Linear; raises FormatError for damage."""
+    st = LogState.genesis(log_id)
+    for start, raw in iter_entries(data):
+        if start + len(raw) > offset:
+            break
+        st.feed(raw)
+    return st
 
 
 def iter_records(data: bytes) -> Iterator[Record]:

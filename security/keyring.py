@@ -40,6 +40,8 @@ __all__ = [
     "KEYCERT_AAD",
     "PUBLIC_DIR",
     "ROOT_FILE",
+    "Identity",
+    "IdentityRefused",
     "KeyCertificate",
     "KeyChainError",
     "Keyring",
@@ -50,6 +52,7 @@ __all__ = [
     "learn_keys",
     "load_keyring",
     "open_certificate",
+    "open_identity",
     "read_chain",
     "recover",
     "rotate",
@@ -67,6 +70,11 @@ NEXT_FILE = "keys/next.ed25519.pem"
 class KeyChainError(Exception):
     """A key certificate or chain that does not verify, or a keyring in a state that needs a
     person to look at it. The message says which file and what to do."""
+
+
+class IdentityRefused(KeyChainError):
+    """The device key cannot be justified from the enrolled root (missing, foreign, or a
+    broken chain): the daemon refuses to start rather than sign as someone else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +265,98 @@ def init_keys(state_dir: str | os.PathLike[str]) -> tuple[DeviceKey, bool]:
         _atomic_write(state / ROOT_FILE, key.public_pem(), 0o644)
     _write_public(state, key.public_key)
     return key, created
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The device key the daemon may sign with, and why it may."""
+
+    key: DeviceKey
+    created: bool  # made now, in a pristine state directory
+    keyring: dict[bytes, Ed25519PublicKey]  # every key verified from the root
+    keychain: list[bytes]  # certificates from the root to ``key`` (empty: key is the root)
+
+
+# What shows that a state directory already belongs to an identity.
+_IDENTITY_TRACES = (ROOT_FILE, CHAIN_DIR, PUBLIC_DIR, DeviceKey.PUBLIC_KEY_FILE)
+_REENROL = (
+    "To give this gateway a new identity on purpose, move {state}/keys and the audit log "
+    "({state}/audit.cborseq*) aside, run `edgegw keys init`, and register the new public key "
+    "with the platform"
+)
+
+
+def _traces(state: Path) -> list[str]:
+    from security.audit import AUDIT_FILE  # security.audit imports this module
+
+    found = [name for name in _IDENTITY_TRACES if (state / name).exists()]
+    found += sorted(p.name for p in state.glob(f"{AUDIT_FILE}*"))
+    return found
+
+
+def open_identity(state_dir: str | os.PathLike[str]) -> Identity:
+    """The device key, checked against the enrolled root before anything is signed with it.
+
+    A key is made only in a pristine state directory. Raises :class:`IdentityRefused` (with
+    the files and the fix) when the key is missing where an identity exists (a root, a
+    chain, public keys or an audit log), when it is not reached from ``keys/root.pub.pem``
+    through ``keys/chain``, or when that chain does not verify; KeyFileError for a key file
+    that cannot be used (unreadable, unsafe mode)."""
+    state = Path(state_dir)
+    priv = state / DeviceKey.PRIVATE_KEY_FILE
+    reenrol = _REENROL.format(state=state)
+    if not priv.exists():
+        found = _traces(state)
+        if found:
+            raise IdentityRefused(
+                f"{priv}: the device key is missing, but {state} already holds this gateway's "
+                f"identity ({', '.join(found)}); refusing to make a new key behind your back. "
+                f"Restore {priv} (mode 0600) from a backup. {reenrol}"
+            )
+        key, created = init_keys(state)
+        return Identity(key, created, {key.kid: key.public_key}, [])
+    key = DeviceKey.load(priv)
+    root_file = state / ROOT_FILE
+    certs = sorted((state / CHAIN_DIR).glob("*.cose")) if (state / CHAIN_DIR).is_dir() else []
+    if root_file.exists():
+        try:
+            root = load_public_key(root_file)
+        except KeyFileError as exc:
+            raise IdentityRefused(f"{exc}; restore it from a backup or the platform") from None
+        where = str(root_file)
+    elif certs:
+        raise IdentityRefused(
+            f"{root_file} is missing but {state / CHAIN_DIR} holds certificates; restore the "
+            "root public key (the one registered with the platform)"
+        )
+    else:  # never rotated, written before root.pub.pem existed: the registered key is it
+        pub = state / DeviceKey.PUBLIC_KEY_FILE
+        root = load_public_key(pub) if pub.exists() else key.public_key
+        where = str(pub)
+    keys = {kid_for(root): root}
+    keychain: list[bytes] = []
+    at_key = key.kid in keys
+    for path in certs:
+        try:
+            c = open_certificate(path.read_bytes(), keys)
+        except (CoseError, KeyChainError, OSError) as exc:
+            raise IdentityRefused(
+                f"{path}: key certificate does not verify from {root_file} ({exc}); the chain "
+                "was altered or mixed with another device's. Restore keys/chain from a backup"
+            ) from None
+        keys[c.kid] = c.public_key
+        if not at_key:
+            keychain.append(c.encoded)
+            at_key = c.kid == key.kid
+    if not at_key:
+        raise IdentityRefused(
+            f"{priv}: the device key (kid {key.kid.hex()}) is not reached from {where} (kid "
+            f"{kid_for(root).hex()}) through {state / CHAIN_DIR} ({len(certs)} certificates): "
+            f"it was replaced or copied from another device. Restore the right key from a "
+            f"backup. {reenrol}"
+        )
+    key, created = init_keys(state)  # records the root (first start) and the public key
+    return Identity(key, created, keys, keychain)
 
 
 @dataclass(frozen=True, slots=True)

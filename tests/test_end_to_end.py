@@ -151,7 +151,7 @@ def test_every_point_arrives_verified_in_order_and_exact(tmp_path: Path, broker:
     assert rx.stats.points_verified == polled
     assert (rx.stats.duplicates, rx.stats.gaps, rx.stats.signature_failures) == (0, 0, 0)
     # every seq arrived; telemetry in order (urgent kinds such as audit go first)
-    assert rx.tracks["gw-e2e"].ranges == [[1, max(p.seq for p in sink.payloads)]]
+    assert rx.received("gw-e2e") == [(1, max(p.seq for p in sink.payloads))]
     tele = [p.seq for p in sink.payloads if p.kind == "telemetry"]
     assert tele == sorted(tele)
     assert {p.kind for p in sink.payloads} == {"telemetry", "audit"}

@@ -121,22 +121,25 @@ def _write(text: str, output: str | None) -> None:
 def init_main(args: argparse.Namespace) -> int:
     from security import KeyFileError
     from security.audit import AUDIT_FILE, AuditLog, AuditLogError, last_boot
-    from security.keyring import init_keys
+    from security.keyring import IdentityRefused, open_identity
 
     state, _ = _state(args)
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o750)
-        key, created = init_keys(state)
+        ident = open_identity(state)  # never a new key where an identity exists
+    except IdentityRefused as exc:
+        raise fail(str(exc)) from None
     except (KeyFileError, OSError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
-    if created:
+    key = ident.key
+    if ident.created:
         audit = state / AUDIT_FILE
         try:
-            with AuditLog(audit, key, boot=last_boot(audit)) as log:
+            with AuditLog(audit, key, boot=last_boot(audit), trusted_keys=ident.keyring) as log:
                 log.record("key_created", kid=key.kid.hex())
         except AuditLogError as exc:
             print(f"edgegw: warning: key_created not audited: {exc}", file=sys.stderr)
-    print(f"{'created' if created else 'exists'}: device key {key.kid.hex()}")
+    print(f"{'created' if ident.created else 'exists'}: device key {key.kid.hex()}")
     print(f"public key: {state / key.PUBLIC_KEY_FILE} (register it with the platform)")
     return 0
 
@@ -174,17 +177,21 @@ def show_main(args: argparse.Namespace) -> int:
 def rotate_main(args: argparse.Namespace) -> int:
     from security import DeviceKey, KeyFileError
     from security.audit import AUDIT_FILE, AuditLog, AuditLogBusy, AuditLogError, last_boot
-    from security.keyring import KeyChainError, rotate
+    from security.keyring import KeyChainError, load_keyring, rotate
 
     state, _ = _state(args)
     try:
         old = DeviceKey.load(state / DeviceKey.PRIVATE_KEY_FILE)
     except KeyFileError as exc:
         raise fail(f"{exc} (run `edgegw keys init` first)", EXIT_FAILED) from None
+    try:
+        keyring = load_keyring(state)  # checks the log's checkpoints at open
+    except (KeyChainError, KeyFileError) as exc:
+        raise fail(f"rotation refused: {exc}", EXIT_FAILED) from None
     audit = state / AUDIT_FILE
     try:
         # Opening the log first also takes its lock: a running daemon holds it.
-        log = AuditLog(audit, old, boot=last_boot(audit))
+        log = AuditLog(audit, old, boot=last_boot(audit), trusted_keys=keyring)
     except AuditLogBusy:
         raise fail(
             f"{audit} is held by a running edgegw: stop it first (it would keep signing with "

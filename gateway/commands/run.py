@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import EXIT_FAILED, Subparsers, add_command, fail, load_or_exit
+from . import EXIT_BAD_INPUT, EXIT_FAILED, Subparsers, add_command, fail, load_or_exit
 
 
 def register(sub: Subparsers) -> None:
@@ -18,6 +18,7 @@ def register(sub: Subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from buffer import OutboxError
     from security import AuditLogBusy, KeyFileError
+    from security.keyring import IdentityRefused
 
     from ..daemon import run_async, serve, setup_logging
 
@@ -25,6 +26,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         run_async(serve(cfg, Path(args.config)))
+    except IdentityRefused as exc:
+        # Restarting cannot fix a key that is not ours: exit 2, which systemd does not
+        # restart (RestartPreventExitStatus=2); a person must (see docs/security.md).
+        raise fail(f"refusing to start: {exc}", EXIT_BAD_INPUT) from None
     except (OutboxError, KeyFileError, AuditLogBusy) as exc:
         # The state cannot be used as it is: say what and how to fix it, no traceback.
         raise fail(str(exc), EXIT_FAILED) from None

@@ -110,6 +110,6 @@ def test_notify_metrics_and_reload(tmp_path: Path, broker: Mosquitto) -> None:
     assert final.get("final") and final["boot"] == 1
     assert rx.stats.points_verified == final["pipeline"]["points_polled"]
     assert rx.stats.gaps == 0 and rx.stats.duplicates == 0
-    assert rx.tracks["gw-svc"].ranges == [[1, final["outbox"]["last_seq"]]]
+    assert rx.received("gw-svc") == [(1, final["outbox"]["last_seq"])]
     audit = (state / AUDIT_FILE).read_bytes()
     assert b"config_change" in audit and b"applied" in audit
