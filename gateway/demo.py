@@ -320,5 +320,6 @@ def _result(
         and r["signature_failures"] == 0
         and r["gaps"] == 0
         and r["conflicts"] == 0
+        and r["alerts"] == 0
     )
     return r

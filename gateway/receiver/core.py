@@ -90,6 +90,7 @@ class Receiver:
         """Classify (and store) one message; returns its outcome. Never raises."""
         now = received_ns or time.time_ns()
         with self.lock:
+            self._seq: int | None = None  # for the log line of an unexpected error
             try:
                 outcome = self._handle(topic, body, now)
             except _Rejected as r:
@@ -100,7 +101,12 @@ class Receiver:
                 log.error("cannot store a message on %s: %s (not acknowledged)", topic, exc)
             except Exception:
                 outcome = Outcome.ERROR
-                log.exception("receiver: unexpected error on a message on %s", topic[:200])
+                log.exception(
+                    "receiver: unexpected error on a message on %s (seq %s); counted as "
+                    "'error', reception goes on",
+                    topic[:200],
+                    self._seq,
+                )
             self.stats.count(outcome)
             return outcome
 
@@ -122,6 +128,7 @@ class Receiver:
             try:
                 self._verify(txn, gw, env, aad)
                 p = self._parse(gw, kind, env)
+                self._seq = p.seq
                 outcome = self._classify(txn, p, env.signed_digest(aad), env.kid, now)
             except _Rejected as r:
                 rejected = r  # committed: its alert and any key it taught are kept

@@ -249,3 +249,29 @@ def test_replays_from_an_old_boot_are_flagged(key: DeviceKey) -> None:
     assert rx.handle(TOPIC, msg(key, 8, boot=3)) is Outcome.REPLAY
     assert rx.handle(TOPIC, msg(key, 11, boot=2)) is Outcome.DUPLICATE
     assert rx.stats.replays == 2 and rx.stats.messages_verified == 3
+
+
+def test_nothing_raised_while_handling_escapes(
+    key: DeviceKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a later step (here: the store's message insert) is counted as 'error',
+    logged with the seq, and rolled back; the next message is handled as usual."""
+    store = SqliteStore()
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    real = store.transaction
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def broken(enrolment):  # type: ignore[no-untyped-def]
+        with real(enrolment) as txn:
+            txn.put_message = lambda *a: 1 / 0  # type: ignore[method-assign]
+            yield txn
+
+    store.transaction = broken  # type: ignore[method-assign]
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.ERROR
+    assert "seq 1" in caplog.text and "ZeroDivisionError" in caplog.text
+    store.transaction = real  # type: ignore[method-assign]
+    assert rx.received("gw1") == []  # rolled back: seq 1 is not marked seen
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert (rx.stats.errors, rx.stats.messages_verified) == (1, 1)
