@@ -113,20 +113,17 @@ def explain_refusal(rc: ReasonCode | int, up: UplinkConfig) -> str:
         if up.protocol == "mqtt5":
             return "the broker does not speak MQTT 5: set uplink.protocol: mqtt311"
         return "the broker does not accept MQTT 3.1.1: set uplink.protocol: mqtt5"
-    if code == 0x86:
+    if code in (0x86, 0x87):
+        # mosquitto answers a wrong password with 0x87 (Not authorized), others with 0x86
         if up.username is None:
             return (
                 "the broker requires a login: set uplink.username and the password "
-                "(uplink.password_file), or use a client certificate the broker maps to a user"
+                "(uplink.password_file), or use a client certificate the broker accepts"
             )
         return (
             f"check uplink.username ({up.username!r}) and the password in "
-            f"{password_source(up)} against the broker's user list"
-        )
-    if code == 0x87:
-        return (
-            "the broker does not let this client connect: check the user's rights (ACL) or "
-            "the client certificate, and uplink.client_id"
+            f"{password_source(up)} against the broker's users"
+            + (", and the user's rights to connect" if code == 0x87 else "")
         )
     if code == 0x85:
         return "the broker rejects the client id: set uplink.client_id to one it accepts"
