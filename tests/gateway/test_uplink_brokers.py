@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,11 +22,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from drivers.contract import Batch
 from gateway.config import UplinkConfig
 from gateway.forwarder import Forwarder
-from gateway.mosquitto import Mosquitto, free_port, wait_listening
+from gateway.mosquitto import Mosquitto
 from gateway.outbox_thread import OutboxThread
 from gateway.pipeline import Pipeline
 from gateway.receiver import MqttReceiver, Receiver
 from security import DeviceKey
+from tests.brokers import Amqtt
 
 GW = "gw1"
 TOPIC = f"edgegw/{GW}/telemetry"
@@ -373,44 +371,6 @@ def test_amqtt_speaks_only_311(tmp_path: Path, key: DeviceKey) -> None:
     assert five.fwd.stats.published == 0
     assert rx.stats.points_verified == eleven.polled == 300
     assert eleven.fwd.stats.acked == 10
-
-
-class Amqtt:
-    """amqtt's broker (MQTT 3.1.1 only) on a free [::1] port, as its own process."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port("::1")
-        self.conf = tmp / "amqtt.yaml"
-        self.conf.write_text(
-            "listeners:\n  default:\n    type: tcp\n"
-            f"    bind: '::1:{self.port}'\n"
-            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-            "    allow_anonymous: true\n"
-        )
-        self.log = tmp / "amqtt.log"
-
-    def __enter__(self) -> Amqtt:
-        exe = Path(sys.executable).with_name("amqtt")
-        self.proc = subprocess.Popen(
-            [str(exe), "-c", str(self.conf)],
-            stdout=open(self.log, "wb"),
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_listening("::1", self.port, 20)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Subscriber311:
