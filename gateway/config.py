@@ -101,16 +101,20 @@ class UplinkConfig(_Model):
         "Packet Size when it announces a smaller one",
     )
 
-    @model_validator(mode="before")
+    password: Any = Field(
+        None, exclude=True, description="not accepted: the config is world-readable"
+    )
+
+    @field_validator("password")
     @classmethod
-    def _no_inline_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
+    def _no_inline_password(cls, v: Any) -> None:
+        if v is not None:
             raise ValueError(
                 "an inline password is not accepted (the config is world-readable): put it "
                 "in a file only edgegw can read and name it in uplink.password_file, or use "
                 "password_env / password_credential"
             )
-        return data
+        return None
 
     @model_validator(mode="after")
     def _credentials(self) -> UplinkConfig:
@@ -330,6 +334,7 @@ def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
             msg = "required field is missing"
         elif (
             "input" in err
+            and loc[-1:] != ("password",)  # a secret is never echoed
             and isinstance(err["input"], str | int | float)
             and repr(err["input"]) not in msg
         ):

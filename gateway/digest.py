@@ -94,7 +94,7 @@ class Digest:
             st.timer = None
         if not st.count:
             return
-        now = self.clock()
+        now = min(self.clock(), st.quiet_until)  # late (no event loop): when it was due
         detail = {
             "repeated": st.count,
             "over_s": round(now - st.since, 1),
