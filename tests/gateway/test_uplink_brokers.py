@@ -11,17 +11,20 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.exposition import generate_latest
 
 from drivers.contract import Batch
+from gateway.commands.status import render
 from gateway.config import UplinkConfig
 from gateway.forwarder import Forwarder
+from gateway.metrics import build_registry
 from gateway.mosquitto import Mosquitto
 from gateway.outbox_thread import OutboxThread
 from gateway.pipeline import Pipeline
@@ -166,6 +169,14 @@ def test_login_with_a_password_file_delivers_everything(
     assert gw.fwd.stats.set_aside == 0 and gw.problems == []
     assert gw.fwd.stats.limits["protocol"] == protocol
     assert gw.fwd.stats.limits["announced"] is (protocol == "mqtt5")
+    # the limits in force show in status and metrics
+    snap = {"time_ns": time.time_ns(), "uplink": asdict(gw.fwd.stats)}
+    text = generate_latest(build_registry(lambda: snap, process=False)).decode()
+    assert 'edgegw_uplink_limit{limit="inflight_window"} 64.0' in text
+    assert 'edgegw_uplink_limit{limit="max_message_bytes"} 262144.0' in text
+    shown = "\n".join(render(snap, now_ns=snap["time_ns"], width=200)[0])
+    assert f"limits   {protocol} · window 64" in shown
+    assert ("max QoS 2" in shown) is (protocol == "mqtt5")
 
 
 def test_a_wrong_password_is_one_clear_error_keeps_everything_and_heals(
