@@ -142,6 +142,7 @@ class Forwarder:
         self._strikes: dict[int, int] = {}  # seq -> lone sends that failed
         self._held: dict[int, OutboxRow] = {}  # suspects, sent alone
         self._lone: int | None = None  # the suspect now in flight alone
+        self._condemned: list[int] = []  # refused STRIKES times: set aside at session end
         self._log = Digest(_log_event, first_s=60, max_s=3600)
         self._update_limits()
 
@@ -327,8 +328,14 @@ class Forwarder:
             await self._flush_acks()
         except OutboxError as exc:  # the rows stay and are sent again: duplicates only
             log.error("outbox: cannot delete acknowledged rows: %s", exc)
-        if s.connected.done() and not s.connected.exception():
-            await self._judge_inflight(s)
+        try:
+            if s.connected.done() and not s.connected.exception():
+                await self._judge_inflight(s)
+            if self._condemned:
+                await self._set_aside(self._condemned)
+                self._condemned = []
+        except OutboxError as exc:  # kept, and judged again after the next session
+            log.error("outbox: cannot set a refused message aside yet: %s", exc)
         self._inflight.clear()
         self._lone = None
         self._held.clear()
@@ -512,7 +519,15 @@ class Forwarder:
                 n = self._strikes.get(seq, 0) + 1
                 self._strikes[seq] = n
                 if n >= STRIKES:
-                    self._strikes[seq] = STRIKES
+                    log.error(
+                        "the broker refused seq %d (%d bytes) %d times while it takes other "
+                        "messages (%s): set aside and reported in a notice",
+                        seq,
+                        size,
+                        n,
+                        rc,
+                    )
+                    self._condemned.append(seq)
             # keep the row and start over on a new connection rather than skip it
             s._set(s.lost, f"broker rejected seq {seq}: {rc} (0x{code:02X})")
             return
