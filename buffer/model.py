@@ -34,7 +34,7 @@ class Drop:
     rows: int
     points: int
     bytes: int
-    reason: str  # outbox_full | disk_full | corrupt_at_rest | unclean_stop | not_acquired
+    reason: str  # outbox_full, disk_full, corrupt_at_rest, unclean_stop, refused_by_broker, ...
     at_ns: int
 
 

@@ -143,7 +143,25 @@ class RoomMixin(OutboxParts):
 
     # -- reading, acknowledging -----------------------------------------------------------
 
-    def _quarantine(self, rows: list[tuple]) -> None:  # type: ignore[type-arg]
+    def set_aside(self, seqs: list[int], reason: str) -> int:
+        """Move these rows out of the outbox (to the quarantine table, kept for
+        inspection) and record each as a drop with ``reason``, e.g. a message the broker
+        refuses for good. Returns how many rows were moved; unknown seqs are ignored."""
+        with self._lock:
+            conn = self._db()
+            try:
+                rows = conn.execute(
+                    "SELECT seq, topic, body, priority, created_ns, points FROM outbox"
+                    f" WHERE seq IN ({','.join('?' * len(seqs))})",
+                    list(seqs),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._fail(conn, exc, "set_aside")
+            if rows:
+                self._quarantine(rows, reason)
+        return len(rows)
+
+    def _quarantine(self, rows: list[tuple], reason: str = "corrupt_at_rest") -> None:  # type: ignore[type-arg]
         now = time.time_ns()
         with self._write("quarantine") as txn:
             for r in rows:
@@ -153,4 +171,4 @@ class RoomMixin(OutboxParts):
                     (r[0], r[1], r[2], now),
                 )
                 txn.conn.execute("DELETE FROM outbox WHERE seq = ?", (r[0],))
-                self._record(txn.conn, r[0], r[0], 1, r[5], len(r[2]), "corrupt_at_rest")
+                self._record(txn.conn, r[0], r[0], 1, r[5], len(r[2]), reason)

@@ -70,6 +70,67 @@ class UplinkConfig(_Model):
         None, ge=1024, description="cap on upstream bytes/s (cellular links); none by default"
     )
     tls: TlsConfig | None = None
+    protocol: Literal["mqtt5", "mqtt311"] = Field(
+        "mqtt5",
+        description="mqtt5: reason codes and the broker's limits (CONNACK properties); "
+        "mqtt311: for brokers that speak only MQTT 3.1.1 (same delivery guarantees)",
+    )
+    username: str | None = Field(
+        None,
+        min_length=1,
+        description="MQTT user name (an access token where the platform logs in with one)",
+    )
+    password_file: Path | None = Field(
+        None, description="file holding the MQTT password (one line), readable only by edgegw"
+    )
+    password_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="... or the name of an environment variable that holds it",
+    )
+    password_credential: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="... or the name of a systemd credential (LoadCredential=) that holds it",
+    )
+    max_message_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        le=256 * 2**20,
+        description="largest message sealed; lowered at run time to the broker's Maximum "
+        "Packet Size when it announces a smaller one",
+    )
+
+    password: Any = Field(
+        None, exclude=True, description="not accepted: the config is world-readable"
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _no_inline_password(cls, v: Any) -> None:
+        if v is not None:
+            raise ValueError(
+                "an inline password is not accepted (the config is world-readable): put it "
+                "in a file only edgegw can read and name it in uplink.password_file, or use "
+                "password_env / password_credential"
+            )
+        return None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> UplinkConfig:
+        sources = [
+            k for k in ("password_file", "password_env", "password_credential") if getattr(self, k)
+        ]
+        if len(sources) > 1:
+            raise ValueError(
+                f"give the password one way, not {len(sources)} ({', '.join(sources)})"
+            )
+        if sources and self.username is None:
+            raise ValueError(
+                f"{sources[0]} is set but username is not: MQTT sends a password only "
+                "with a user name"
+            )
+        return self
 
     @field_validator("host")
     @classmethod
@@ -243,6 +304,8 @@ def _resolve_paths(data: Any, base: Path) -> None:
         for k in ("ca_file", "cert_file", "key_file"):
             if isinstance(tls.get(k), str):
                 tls[k] = str(base / tls[k])
+    if isinstance(up, dict) and isinstance(up.get("password_file"), str):
+        up["password_file"] = str(base / up["password_file"])
 
 
 def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
@@ -271,6 +334,7 @@ def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
             msg = "required field is missing"
         elif (
             "input" in err
+            and loc[-1:] != ("password",)  # a secret is never echoed
             and isinstance(err["input"], str | int | float)
             and repr(err["input"]) not in msg
         ):

@@ -26,6 +26,7 @@ from security.tls import client_context
 from . import __version__
 from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, load_config
+from .digest import Digest
 from .forwarder import Forwarder
 from .metrics import health_problems, serve_metrics, status_line
 from .outbox_thread import OutboxThread
@@ -301,9 +302,16 @@ class Daemon:
         assert self.outbox is not None
         up = self.cfg.uplink
         tls = client_context(up.tls.ca_file, up.tls.cert_file, up.tls.key_file) if up.tls else None
+        # Link and TLS/login failures: the first at once, then counts per interval, so a
+        # long outage or a flapping link adds a bounded number of audit records.
+        digest = Digest(lambda event, detail: self._audit(event, **detail))
 
         def on_link(is_up: bool, why: str | None) -> None:
-            self._audit("link_up" if is_up else "link_down", reason=why)
+            digest.note("link_up" if is_up else "link_down", why)
+
+        async def on_set_aside() -> None:  # seal the notice now, not with the next window
+            if self.pipeline is not None:
+                await self.pipeline.notify_drops()
 
         fwd = Forwarder(
             up,
@@ -311,10 +319,12 @@ class Daemon:
             self.outbox,
             tls,
             on_link=on_link,
-            on_problem=lambda kind, why: self._audit(kind, reason=why),
+            on_problem=digest.note,
+            on_set_aside=on_set_aside,
         )
         if self.pipeline is not None:
             self.pipeline.on_sealed = fwd.wake
+            self.pipeline.body_limit = fwd.body_limit
         return fwd
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------

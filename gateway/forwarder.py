@@ -10,6 +10,14 @@ records, drop notices), then live telemetry (sealed since this connection came u
 then the backlog, oldest first. So live data keeps flowing while a long backlog drains,
 and the backlog drains in order as fast as the window and ``max_bytes_per_s`` allow.
 
+The broker's word is law (MQTT 5 CONNACK): nothing is published when it allows only
+QoS 0; the in-flight window never exceeds its Receive Maximum; a stored message larger
+than its Maximum Packet Size is set aside with a signed notice instead of blocking the
+messages behind it, and the pipeline seals new windows to fit (``body_limit``). A
+message the broker keeps refusing on its own (while it acknowledges others) is sent
+alone, and after ``STRIKES`` refusals set aside the same way. Refusals that an operator
+must fix (login, rights, QoS) are retried slowly, up to ``REFUSED_RETRY_MAX_S`` apart.
+
 paho runs its network loop in its own thread; its callbacks only hand events to the
 event loop with ``call_soon_threadsafe``, so all state here is touched by one thread.
 """
@@ -21,21 +29,37 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import OutboxError, OutboxRow
 
 from .backoff import Backoff
 from .config import UplinkConfig
+from .credentials import CredentialError
+from .digest import Digest
+from .mqttlink import (
+    AUTH_CODES,
+    BrokerLimits,
+    connect_kwargs,
+    explain_refusal,
+    new_client,
+    publish_overhead,
+)
 from .outbox_thread import OutboxThread
 
 log = logging.getLogger("edgegw.forwarder")
+
+REFUSED_RETRY_MAX_S = 300.0  # longest wait between attempts the broker refuses
+STRIKES = 3  # lone sends a message may fail before it is set aside
+SET_ASIDE_REASON = "refused_by_broker"
+# PUBACK codes that refuse a topic or this client, not one message: never set aside
+_TOPIC_CODES = {0x87, 0x90}
+_QUOTA = 0x97
 
 
 @dataclass(slots=True)
@@ -47,6 +71,19 @@ class ForwarderStats:
     acked: int = 0
     rejected: int = 0
     last_error: str | None = None
+    set_aside: int = 0  # messages the broker refused for good, reported in a notice
+    limits: dict[str, Any] = field(default_factory=dict)
+    """What is in force: the broker's CONNACK limits, the in-flight window and the
+    largest message the pipeline seals (``max_message_bytes``)."""
+
+
+class BrokerRefused(ConnectionError):
+    """The broker refuses in a way retrying soon will not fix (login, rights, QoS 0,
+    protocol version): an operator must act. Retried slowly."""
+
+
+class AuthRefused(BrokerRefused):
+    """The broker refused our credentials or certificate."""
 
 
 class _Session:
@@ -55,8 +92,11 @@ class _Session:
     def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client) -> None:
         self.loop = loop
         self.client = client
-        self.connected: asyncio.Future[None] = loop.create_future()
+        self.connected: asyncio.Future[BrokerLimits] = loop.create_future()
         self.lost: asyncio.Future[str] = loop.create_future()
+        self.broker_reason: int | None = None  # reason code of the broker's DISCONNECT
+        self.acked_any = False  # the broker acknowledged something on this connection
+        self.refusal: BrokerRefused | None = None  # a refusal an operator must fix
 
     def _set(
         self, fut: asyncio.Future[Any], value: Any = None, exc: BaseException | None = None
@@ -77,58 +117,90 @@ class Forwarder:
         tls_context: ssl.SSLContext | None = None,
         on_link: Callable[[bool, str | None], None] = lambda up, why: None,
         on_problem: Callable[[str, str], None] = lambda kind, why: None,
+        on_set_aside: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.uplink = uplink
         self.client_id = client_id
         self.outbox = outbox
         self.tls_context = tls_context
         self.on_link = on_link
-        self.on_problem = on_problem  # ("tls_failure" | "auth_failure", why): for the audit log
+        # ("tls_failure" | "auth_failure" | "broker_refusal", why): for the audit log
+        self.on_problem = on_problem
+        self.on_set_aside = on_set_aside  # rows were set aside: seal a notice about them
         self.stats = ForwarderStats()
+        self.limits: BrokerLimits | None = None  # of the current (or last) connection
+        self._broker_max_packet: int | None = None  # what the broker last announced
+        self._warned_mps: int | None = None
         self._wake = asyncio.Event()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._inflight: dict[int, tuple[int, int]] = {}  # paho mid -> (outbox seq, bytes)
         self._acks: list[int] = []
         self._cursors = _Cursors()
         self._ack_error = ""
         self._bucket = _TokenBucket(uplink.max_bytes_per_s) if uplink.max_bytes_per_s else None
         self._drained = asyncio.Event()
+        self._max_acked = 0  # largest message the broker ever acknowledged (bytes)
+        self._strikes: dict[int, int] = {}  # seq -> lone sends that failed
+        self._held: dict[int, OutboxRow] = {}  # suspects, sent alone
+        self._lone: int | None = None  # the suspect now in flight alone
+        self._condemned: list[int] = []  # refused STRIKES times: set aside at session end
+        self._log = Digest(_log_event, first_s=60, max_s=3600)
+        self._update_limits()
 
     def wake(self) -> None:
         """New rows were committed."""
         self._drained.clear()
         self._wake.set()
 
+    def body_limit(self, topic: str) -> int:
+        """Largest message body to seal for ``topic``: ``uplink.max_message_bytes``, and
+        never more than the broker's Maximum Packet Size allows."""
+        limit = self.uplink.max_message_bytes
+        if self._broker_max_packet is not None:
+            fit = self._broker_max_packet - publish_overhead(topic, self.uplink.protocol)
+            limit = min(limit, max(fit, 1))
+        return limit
+
     # -- running -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect, pump, reconnect with backoff; runs until cancelled."""
         backoff = Backoff(first=0.5, cap=self.uplink.reconnect_max_s)
-        while True:
-            session: _Session | None = None
-            try:
-                session = await self._connect()
-                backoff.reset()
-                self._link(True, None)
-                await self._pump(session)
-            except OutboxError as exc:
-                # e.g. a full disk refusing even the deletes of acknowledged rows: those
-                # rows are sent again later (duplicates, never losses).
-                log.error("outbox: %s; retrying", exc)
-                why = f"outbox error: {exc}"
-                self._link(False, why)
-            except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
-                why = _describe(exc)
-                if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-                    self.on_problem("tls_failure", why)
-                elif isinstance(exc, AuthRefused):
-                    self.on_problem("auth_failure", why)
-                if self.stats.link_up or self.stats.last_error != why:
-                    log.warning("uplink [%s]:%d: %s", self.uplink.host, self.uplink.port, why)
-                self._link(False, why)
-            finally:
-                if session is not None:
-                    await self._end(session)
-            await asyncio.sleep(backoff.next())
+        slow = Backoff(first=max(5.0, self.uplink.reconnect_max_s), cap=REFUSED_RETRY_MAX_S)
+        try:
+            while True:
+                session: _Session | None = None
+                wait = backoff
+                try:
+                    session = await self._connect()
+                    backoff.reset()
+                    slow.reset()
+                    self._link(True, None)
+                    await self._pump(session)
+                except OutboxError as exc:
+                    # e.g. a full disk refusing even the deletes of acknowledged rows:
+                    # those rows are sent again later (duplicates, never losses).
+                    log.error("outbox: %s; retrying", exc)
+                    self._link(False, f"outbox error: {exc}")
+                except (CredentialError, BrokerRefused) as exc:
+                    why = str(exc)
+                    auth = isinstance(exc, AuthRefused | CredentialError)
+                    self.on_problem("auth_failure" if auth else "broker_refusal", why)
+                    self._failed(why)
+                    wait = slow
+                except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+                    why = _describe(exc, self.uplink)
+                    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+                        self.on_problem("tls_failure", why)
+                    self._failed(why)
+                except Exception as exc:  # a bug here must not stop the uplink for good
+                    log.exception("uplink: unexpected error; reconnecting")
+                    self._failed(f"internal error: {exc!r}")
+                finally:
+                    if session is not None:
+                        await self._end(session)
+                await asyncio.sleep(wait.next())
+        finally:
+            self._log.flush()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the outbox is empty (True) or the timeout passes (False)."""
@@ -138,6 +210,16 @@ class Forwarder:
             return True
         except TimeoutError:
             return False
+
+    def _failed(self, why: str) -> None:
+        """One log line per new problem; repeats are counted (see digest.py)."""
+        if self.stats.link_up or self.stats.last_error != why:
+            log.warning("uplink [%s]:%d: %s", self.uplink.host, self.uplink.port, why)
+            self._log = Digest(_log_event, first_s=60, max_s=3600)  # a new problem
+            self._log.note("failure", why)  # counted from here; not logged twice
+        else:
+            self._log.note("failure", why)
+        self._link(False, why)
 
     def _link(self, up: bool, why: str | None) -> None:
         changed = up != self.stats.link_up
@@ -151,27 +233,43 @@ class Forwarder:
             log.info("uplink %s%s", "up" if up else "down", f": {why}" if why else "")
             self.on_link(up, why)
 
+    def _update_limits(self) -> None:
+        lim = self.limits or BrokerLimits(protocol=self.uplink.protocol)
+        self.stats.limits = {
+            **lim.as_dict(),
+            "inflight_window": min(self.uplink.max_inflight, lim.receive_maximum),
+            "max_message_bytes": self.body_limit(""),
+        }
+
     async def _connect(self) -> _Session:
         loop = asyncio.get_running_loop()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
-        )
-        client.max_inflight_messages_set(self.uplink.max_inflight)
-        if self.tls_context is not None:
-            client.tls_set_context(self.tls_context)
+        up = self.uplink
+        client = new_client(up, self.client_id, self.tls_context)  # may raise CredentialError
+        client.max_inflight_messages_set(up.max_inflight)  # _pump keeps to Receive Maximum
         s = _Session(loop, client)
 
         def on_connect(c: Any, u: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
             if rc.is_failure:
-                err = (AuthRefused if rc.value in _AUTH_CODES else ConnectionError)(
-                    f"broker refused: {rc}"
+                cls = AuthRefused if rc.value in AUTH_CODES else ConnectionError
+                if rc.value == 0x84:
+                    cls = BrokerRefused
+                err = cls(
+                    f"broker refused the connection: {rc} (0x{rc.value:02X}); "
+                    + explain_refusal(rc, up)
                 )
                 loop.call_soon_threadsafe(s._set, s.connected, None, err)
             else:
-                loop.call_soon_threadsafe(s._set, s.connected)
+                lim = BrokerLimits.from_connack(up.protocol, props)
+                loop.call_soon_threadsafe(s._set, s.connected, lim)
 
         def on_disconnect(c: Any, u: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
-            loop.call_soon_threadsafe(s._set, s.lost, f"disconnected: {rc}")
+            from_broker = getattr(flags, "is_disconnect_packet_from_server", False)
+            why = (
+                f"broker disconnected us: {rc} (0x{rc.value:02X})"
+                if from_broker
+                else (f"disconnected: {rc}")
+            )
+            loop.call_soon_threadsafe(self._on_lost, s, why, rc.value if from_broker else None)
 
         def on_publish(c: Any, u: Any, mid: int, rc: ReasonCode, props: Any) -> None:
             loop.call_soon_threadsafe(self._on_puback, s, mid, rc)
@@ -183,52 +281,96 @@ class Forwarder:
         await asyncio.wait_for(
             loop.run_in_executor(
                 None,
-                lambda: client.connect(
-                    self.uplink.host, self.uplink.port, self.uplink.keepalive_s, clean_start=True
-                ),
+                lambda: client.connect(up.host, up.port, up.keepalive_s, **connect_kwargs(up)),
             ),
             timeout=15,
         )
         client.loop_start()
         try:
-            await asyncio.wait_for(asyncio.shield(s.connected), timeout=15)
+            lim = await asyncio.wait_for(asyncio.shield(s.connected), timeout=15)
+            self._accept(s, lim)
         except BaseException:
             await self._end(s)
             raise
         return s
+
+    def _accept(self, s: _Session, lim: BrokerLimits) -> None:
+        """Check what the broker announced in CONNACK; raise when we cannot work with it."""
+        up = self.uplink
+        self.limits = lim
+        if lim.max_packet_size is not None:
+            self._broker_max_packet = lim.max_packet_size
+        self._update_limits()
+        if lim.announced:
+            log.info("broker limits: %s", lim.describe())
+        if lim.max_qos < 1:
+            raise BrokerRefused(
+                "the broker allows only QoS 0 (Maximum QoS 0 in CONNACK): delivery could not "
+                "be acknowledged, so nothing is sent; allow QoS 1 for this client on the "
+                "broker (mosquitto: max_qos 1 on the listener)"
+            )
+        if lim.max_packet_size is not None and up.max_message_bytes > self.body_limit(""):
+            if self._warned_mps != lim.max_packet_size:
+                log.warning(
+                    "the broker's Maximum Packet Size is %d bytes, below uplink."
+                    "max_message_bytes (%d): new messages are sealed to fit; set uplink."
+                    "max_message_bytes: %d or less so data sealed before a connect fits too",
+                    lim.max_packet_size,
+                    up.max_message_bytes,
+                    max(4096, lim.max_packet_size - 256),
+                )
+            self._warned_mps = lim.max_packet_size
+        if lim.assigned_client_id:
+            log.info("the broker assigned client id %r", lim.assigned_client_id)
 
     async def _end(self, s: _Session) -> None:
         try:
             await self._flush_acks()
         except OutboxError as exc:  # the rows stay and are sent again: duplicates only
             log.error("outbox: cannot delete acknowledged rows: %s", exc)
+        try:
+            if s.connected.done() and not s.connected.exception():
+                await self._judge_inflight(s)
+            if self._condemned:
+                await self._set_aside(self._condemned)
+                self._condemned = []
+        except OutboxError as exc:  # kept, and judged again after the next session
+            log.error("outbox: cannot set a refused message aside yet: %s", exc)
         self._inflight.clear()
+        self._lone = None
+        self._held.clear()
         self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
         c = s.client
         await asyncio.get_running_loop().run_in_executor(None, _close_client, c)
+
+    def _on_lost(self, s: _Session, why: str, broker_reason: int | None) -> None:
+        s.broker_reason = broker_reason
+        if not s.connected.done():
+            s._set(s.connected, None, ConnectionError(_before_connack(why, self.uplink)))
+        s._set(s.lost, why)
 
     async def _pump(self, s: _Session) -> None:
         ob = self.outbox.outbox
         assert ob is not None
         c = self._cursors
         c.live_from = (await self.outbox.run(ob.stats)).last_seq
-        window = self.uplink.max_inflight
+        lim = self.limits or BrokerLimits()
+        window = min(self.uplink.max_inflight, lim.receive_maximum)  # the broker's word
         while True:
             if s.lost.done():
-                raise ConnectionError(s.lost.result())
+                raise s.refusal or ConnectionError(s.lost.result())
             room = window - len(self._inflight)
+            if self._lone is not None:
+                room = 0  # a suspect is alone in flight
+            elif self._held and not self._inflight:
+                await self._publish(s, [self._held.pop(min(self._held))], lone=True)
+                room = 0
             if room > 0:
                 await self._flush_acks()
                 rows = await self.outbox.run(self._next_rows, room)
-                for row in rows:
-                    if self._bucket is not None:
-                        await self._bucket.take(len(row.body))
-                    info = s.client.publish(row.topic, row.body, qos=1)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
-                    self._inflight[info.mid] = row.seq
-                self.stats.published += len(rows)
-                if not rows and not self._inflight and not self._acks:
+                rows = await self._screen(rows)
+                await self._publish(s, rows)
+                if not rows and not self._inflight and not self._acks and not self._held:
                     self._drained.set()
                 if len(rows) == room:
                     continue  # more may be waiting; the window is full only if acks lag
@@ -238,6 +380,102 @@ class Forwarder:
                 await asyncio.wait({wake, s.lost}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 wake.cancel()
+
+    async def _publish(self, s: _Session, rows: list[OutboxRow], lone: bool = False) -> None:
+        for row in rows:
+            if self._bucket is not None:
+                await self._bucket.take(len(row.body))
+            info = s.client.publish(row.topic, row.body, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
+            self._inflight[info.mid] = (row.seq, len(row.body))
+            if lone:
+                self._lone = row.seq
+        self.stats.published += len(rows)
+
+    async def _screen(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """Set aside rows larger than the broker takes; hold back suspects (sent alone)."""
+        mps = self._broker_max_packet
+        proto = self.uplink.protocol
+        too_big = [
+            r
+            for r in rows
+            if mps is not None and len(r.body) + publish_overhead(r.topic, proto) > mps
+        ]
+        if too_big:
+            for r in too_big:
+                log.error(
+                    "seq %d (%d bytes, %s) is larger than the broker's Maximum Packet Size "
+                    "(%d bytes): set aside and reported in a notice",
+                    r.seq,
+                    len(r.body),
+                    r.topic,
+                    mps,
+                )
+            await self._set_aside([r.seq for r in too_big])
+        aside = {r.seq for r in too_big}
+        out = []
+        for r in rows:
+            if r.seq in aside:
+                continue
+            if r.seq in self._strikes:
+                self._held[r.seq] = r
+            else:
+                out.append(r)
+        return out
+
+    async def _set_aside(self, seqs: list[int]) -> None:
+        assert self.outbox.outbox is not None
+        n = await self.outbox.run(self.outbox.outbox.set_aside, seqs, SET_ASIDE_REASON)
+        self.stats.set_aside += n
+        for q in seqs:
+            self._strikes.pop(q, None)
+        self.on_problem("message_set_aside", f"seq {', '.join(map(str, seqs))}: {SET_ASIDE_REASON}")
+        if self.on_set_aside is not None:
+            try:
+                await self.on_set_aside()
+            except Exception:  # the drop stays recorded: the next sealed window reports it
+                log.exception("cannot seal the notice about set-aside messages yet")
+
+    async def _judge_inflight(self, s: _Session) -> None:
+        """A session ended with messages in flight. If the broker accepts messages but
+        this one is larger than any it acknowledged, it may be what it refuses: send it
+        alone next time; after STRIKES lone sends that end the connection, set it aside.
+        A broker that acknowledged nothing gives no evidence: nothing is set aside."""
+        if not self._inflight or s.lost.cancelled():
+            return
+        if self._lone is not None:
+            seq = self._lone
+            size = next((b for q, b in self._inflight.values() if q == seq), 0)
+            if size <= self._max_acked or self._max_acked == 0:
+                self._strikes.pop(seq, None)
+                return
+            strikes = self._strikes.get(seq, 0) + (STRIKES if s.broker_reason == 0x95 else 1)
+            self._strikes[seq] = strikes
+            log.warning(
+                "the connection ended while seq %d (%d bytes) was alone in flight "
+                "(%d of %d strikes)",
+                seq,
+                size,
+                min(strikes, STRIKES),
+                STRIKES,
+            )
+            if strikes >= STRIKES:
+                log.error(
+                    "the broker does not take seq %d (%d bytes; the largest it acknowledged "
+                    "is %d bytes): set aside and reported in a notice; see the broker's "
+                    "message size limit and uplink.max_message_bytes",
+                    seq,
+                    size,
+                    self._max_acked,
+                )
+                await self._set_aside([seq])
+            return
+        if self._max_acked == 0:
+            return
+        big = max(self._inflight.values(), key=lambda qb: qb[1])
+        if big[1] > self._max_acked:
+            self._strikes.setdefault(big[0], 0)  # a suspect: sent alone next time
 
     def _next_rows(self, room: int) -> list[OutboxRow]:
         """In the outbox thread: urgent, then live, then backlog rows, at most ``room``."""
@@ -259,15 +497,43 @@ class Forwarder:
         return rows
 
     def _on_puback(self, s: _Session, mid: int, rc: ReasonCode) -> None:
-        seq = self._inflight.pop(mid, None)
-        if seq is None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
             return
+        seq, size = entry
+        if self._lone == seq:
+            self._lone = None
         if rc.is_failure:
-            # The broker refused this message (quota, authorisation): keep the row and
-            # start over on a new connection rather than skip it.
             self.stats.rejected += 1
-            s._set(s.lost, f"broker rejected seq {seq}: {rc}")
+            code = rc.value
+            if code in _TOPIC_CODES:
+                s.refusal = BrokerRefused(
+                    f"broker refused seq {seq}: {rc} (0x{code:02X}): it does not let this "
+                    f"client publish under {self.uplink.topic_prefix}/; allow the user to "
+                    f"write {self.uplink.topic_prefix}/<gateway id>/# (the broker's ACL)"
+                )
+                s._set(s.lost, str(s.refusal))
+                return
+            if code != _QUOTA and s.acked_any:
+                # this message, not the link: it goes alone next time, then aside
+                n = self._strikes.get(seq, 0) + 1
+                self._strikes[seq] = n
+                if n >= STRIKES:
+                    log.error(
+                        "the broker refused seq %d (%d bytes) %d times while it takes other "
+                        "messages (%s): set aside and reported in a notice",
+                        seq,
+                        size,
+                        n,
+                        rc,
+                    )
+                    self._condemned.append(seq)
+            # keep the row and start over on a new connection rather than skip it
+            s._set(s.lost, f"broker rejected seq {seq}: {rc} (0x{code:02X})")
             return
+        s.acked_any = True
+        self._max_acked = max(self._max_acked, size)
+        self._strikes.pop(seq, None)
         self._acks.append(seq)
         self._drained.clear()
         self._wake.set()
@@ -291,12 +557,28 @@ class Forwarder:
         self.stats.acked += len(acks)
 
 
-class AuthRefused(ConnectionError):
-    """The broker refused our credentials or certificate."""
+def _log_event(event: str, detail: dict[str, Any]) -> None:
+    if "repeated" in detail:
+        reasons = "; ".join(f"{n}× {r}" for r, n in detail["reasons"].items())
+        log.warning(
+            "uplink: %d more failed attempts in %.0f s: %s",
+            detail["repeated"],
+            detail["over_s"],
+            reasons,
+        )
 
 
-# CONNACK reason codes: bad user name or password, not authorized, bad auth method
-_AUTH_CODES = {0x86, 0x87, 0x8C}
+def _before_connack(why: str, up: UplinkConfig) -> str:
+    """The broker hung up before CONNACK: say what usually causes it."""
+    hints = []
+    if up.tls is None:
+        hints.append("is this a TLS port? then set uplink.tls")
+    if up.protocol == "mqtt5":
+        hints.append(
+            "a broker that speaks only MQTT 3.1.1 hangs up on MQTT 5: try uplink.protocol: mqtt311"
+        )
+    hints.append("the broker's log says why")
+    return f"the broker closed the connection before answering CONNECT ({why}): " + "; ".join(hints)
 
 
 @dataclass(slots=True)
@@ -336,9 +618,15 @@ def _close_client(c: mqtt.Client) -> None:
     c.loop_stop()
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, up: UplinkConfig) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in text.upper():
+        return (
+            f"TLS handshake failed ({text}): port {up.port} does not speak TLS; use the "
+            "broker's TLS port (usually 8883) or remove uplink.tls"
+        )
+    return text

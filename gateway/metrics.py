@@ -15,7 +15,7 @@ HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
     tasks:    {task name: bool}       is each poll loop / pipeline / forwarder task alive
     pipeline: {points_polled, points_sealed, messages_sealed, last_seq, seal_errors}
     uplink:   {link_up, connects, disconnects, published, acked, rejected,
-               points_acked (optional)}
+               points_acked (optional), set_aside, limits: {name: value}}
     outbox:   {rows, bytes, first_seq, last_seq, oldest_created_ns}
     devices:  {name: {up, reads, errors, overruns, last_latency_ms, last_read_ns, ...}}
     drops:    {reason: {"messages": n, "points": n, "intentional": bool}}
@@ -216,6 +216,30 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
     yield from _counter(
         "edgegw_messages_rejected", "publishes the broker refused", up.get("rejected")
     )
+    yield from _counter(
+        "edgegw_messages_set_aside",
+        "stored messages the broker refused for good, set aside and reported in a notice",
+        up.get("set_aside"),
+    )
+    limits = up.get("limits") or {}
+    if limits:
+        lim = GaugeMetricFamily(
+            "edgegw_uplink_limit",
+            "uplink limits in force (the broker's CONNACK and ours), by name",
+            labels=["limit"],
+        )
+        for name in (
+            "inflight_window",
+            "max_message_bytes",
+            "max_qos",
+            "receive_maximum",
+            "max_packet_size",
+            "topic_alias_maximum",
+            "server_keepalive_s",
+        ):
+            if (v := _num(limits.get(name))) is not None:
+                lim.add_metric([name], v)
+        yield lim
     yield from _counter(
         "edgegw_points_acked",
         "readings in messages the broker acknowledged",

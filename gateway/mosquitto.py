@@ -60,6 +60,19 @@ class Mosquitto:
     workdir: Path | None = None
     persistence: bool = False
     """Keep sessions and queued messages across a restart (saved on SIGTERM)."""
+    users: dict[str, str] | None = None
+    """Require a login on the main listener: user name -> password (a password_file
+    made with ``mosquitto_passwd``); anonymous clients are refused there."""
+    acl: str | None = None
+    """acl_file contents for the main listener, e.g. ``"user gw\ntopic write edgegw/#\n"``."""
+    max_qos: int | None = None
+    """Highest QoS the main listener accepts (announced in an MQTT 5 CONNACK)."""
+    max_packet_size: int | None = None
+    """Largest packet the broker accepts (global; announced in an MQTT 5 CONNACK)."""
+    open_listener: bool = False
+    """Also open a second listener on the same host with no login, ACL or QoS limit (for
+    a test's receiver); its port is ``open_port``."""
+    open_port: int | None = field(default=None, init=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> Mosquitto:
@@ -70,11 +83,10 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} {self.host}\n"
+            self._listeners()
             # Run as root, mosquitto drops to the user 'mosquitto', which cannot write
             # its log or persistence file in our work dir: stay who we are.
-            f"user {getpass.getuser()}\n"
-            "allow_anonymous true\n"
+            + f"user {getpass.getuser()}\n"
             + (
                 f"persistence true\npersistence_location {self.workdir}/\n"
                 if self.persistence
@@ -83,7 +95,9 @@ class Mosquitto:
             + "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
             "log_type error\nlog_type warning\n"
-            f"log_dest file {self.workdir / 'mosquitto.log'}\n" + self.extra_conf
+            + (f"max_packet_size {self.max_packet_size}\n" if self.max_packet_size else "")
+            + f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+            + self.extra_conf
         )
         self.proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(conf)],
@@ -102,6 +116,38 @@ class Mosquitto:
                 f"mosquitto did not start on [{self.host}]:{self.port}: {log}"
             ) from None
         return self
+
+    def _listeners(self) -> str:
+        assert self.workdir is not None
+        if not (
+            self.users is not None or self.acl or self.max_qos is not None or self.open_listener
+        ):
+            return f"listener {self.port} {self.host}\nallow_anonymous true\n"
+        main = f"per_listener_settings true\nlistener {self.port} {self.host}\n"
+        if self.users is not None:
+            pw = self.workdir / "passwords"
+            pw.write_text("")
+            pw.chmod(0o600)
+            for user, password in self.users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(pw), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            main += f"password_file {pw}\nallow_anonymous false\n"
+        else:
+            main += "allow_anonymous true\n"
+        if self.acl is not None:
+            acl = self.workdir / "acl"
+            acl.write_text(self.acl)
+            main += f"acl_file {acl}\n"
+        if self.max_qos is not None:
+            main += f"max_qos {self.max_qos}\n"
+        if self.open_listener:
+            if not self.open_port:
+                self.open_port = free_port(self.host)
+            main += f"listener {self.open_port} {self.host}\nallow_anonymous true\n"
+        return main
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from buffer import URGENT, Drop, OutboxFull
-from drivers.contract import Batch
+from drivers.contract import Batch, Quality
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
 
@@ -30,6 +31,8 @@ from .outbox_thread import OutboxThread
 from .wire import encode_payload
 
 log = logging.getLogger("edgegw.pipeline")
+
+_BAD_CONFIG = int(Quality.BAD_CONFIG)
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class Pipeline:
         on_drop: Callable[[dict[str, Any]], None] = lambda drop: None,
         queue_size: int = 1024,
         keychain: Sequence[bytes] = (),
+        body_limit: Callable[[str], int] | None = None,
     ) -> None:
         self.gw_id, self.boot, self.topic, self.key = gw_id, boot, topic, key
         # A rotated key sends the certificates from the root to it with every message, so
@@ -75,6 +79,10 @@ class Pipeline:
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(queue_size)
         self.stats = PipelineStats()
         self._unrecorded = 0  # refused points not yet recorded as a drop
+        # Largest message body to seal for a topic (the forwarder's ``body_limit``:
+        # uplink.max_message_bytes, lowered to what the broker announced); None: no limit.
+        self.body_limit = body_limit
+        self._bytes_per_point = 0.0  # of the last telemetry message, to pre-split windows
 
     async def put(self, batch: Batch) -> None:
         self.stats.points_polled += len(batch.readings)
@@ -165,32 +173,40 @@ class Pipeline:
 
     async def _seal(self, readings: list[Any]) -> None:
         delay = 0.2
+        done = _Progress()  # what is committed survives a retry: never sealed twice
         while True:
             try:
-                seq = await self.outbox.run(self._seal_sync, readings)
+                await self.outbox.run(self._seal_sync, readings, done)
                 break
             except OutboxFull as exc:
-                # stop_acquisition (or a disk too full to make room): the window is refused.
-                self.stats.points_refused += len(readings)
-                self._unrecorded += len(readings)
-                log.warning("%s; %d points refused", exc, len(readings))
+                # stop_acquisition (or a disk too full to make room): the rest is refused.
+                rest = len(readings) - done.points
+                self.stats.points_refused += rest
+                self._unrecorded += rest
+                log.warning("%s; %d points refused", exc, rest)
+                self._sealed(done)
                 await self._record_refused(exc.reason)
                 return
             except Exception as exc:  # an I/O error must not kill the daemon
                 self.stats.seal_errors += 1
                 log.error(
                     "cannot commit %d points to the outbox: %s; retrying in %.1f s",
-                    len(readings),
+                    len(readings) - done.points,
                     exc,
                     delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self.stats.points_sealed += len(readings)
-        self.stats.messages_sealed += 1
-        self.stats.last_seq = seq
+        self._sealed(done)
         if self._unrecorded:
             await self._record_refused("disk_full")
+
+    def _sealed(self, done: _Progress) -> None:
+        if not done.messages:
+            return
+        self.stats.points_sealed += done.points
+        self.stats.messages_sealed += done.messages
+        self.stats.last_seq = done.last_seq
         self.on_sealed()
 
     async def _record_refused(self, reason: str) -> None:
@@ -204,26 +220,61 @@ class Pipeline:
             return
         self._unrecorded -= n
 
-    def _seal_sync(self, readings: list[Any]) -> int:
-        """Runs in the outbox thread: one transaction, one encoding, one signature."""
+    def _seal_sync(self, readings: list[Any], done: _Progress | None = None) -> int:
+        """Runs in the outbox thread: one transaction, one encoding, one signature per
+        message. A window larger than ``body_limit`` becomes several messages, each
+        committed on its own; ``done`` counts the committed prefix of ``readings``."""
         ob = self.outbox.outbox
         assert ob is not None
+        done = done if done is not None else _Progress()
         t_ns = time.time_ns()
+        limit = self.body_limit(self.topic) if self.body_limit is not None else None
+        todo = deque(self._chunks(readings[done.points :] if done.points else readings, limit))
+        while todo:
+            part = todo.popleft()
+            size = 0
 
-        def seal(seq: int) -> bytes:
-            payload = encode_payload(
-                gw=self.gw_id,
-                seq=seq,
-                boot=self.boot,
-                kind="telemetry",
-                t_ns=t_ns,
-                readings=readings,
-            )
-            return sign1(payload, self.key, self._aad, self._unprotected)
+            def seal(seq: int, part: list[Any] = part) -> bytes:
+                nonlocal size
+                payload = encode_payload(
+                    gw=self.gw_id,
+                    seq=seq,
+                    boot=self.boot,
+                    kind="telemetry",
+                    t_ns=t_ns,
+                    readings=part,
+                )
+                body = sign1(payload, self.key, self._aad, self._unprotected)
+                size = len(body)
+                if limit is not None and size > limit:
+                    raise _TooLarge(size)  # rolls the append back: the seq is not used
+                return body
 
-        seq = ob.append(self.topic, seal, points=len(readings))
+            try:
+                seq = ob.append(self.topic, seal, points=len(part))
+            except _TooLarge as big:
+                self._bytes_per_point = max(self._bytes_per_point, big.size / len(part))
+                assert limit is not None
+                todo.extendleft(reversed(_split(part, big.size, limit)))
+                continue
+            self._bytes_per_point = size / len(part)
+            done.points += len(part)
+            done.messages += 1
+            done.last_seq = seq
         self._notify_sync()
-        return seq
+        return done.last_seq
+
+    def _chunks(self, readings: list[Any], limit: int | None) -> list[list[Any]]:
+        """The window in parts that should fit ``limit``, from the bytes per point of the
+        last message (so a window that never fits is not encoded twice every time)."""
+        if limit is None or not self._bytes_per_point:
+            return [readings]
+        per = max(1, int(limit * 0.9 / self._bytes_per_point))
+        if len(readings) <= per:
+            return [readings]
+        n = -(-len(readings) // per)
+        step = -(-len(readings) // n)
+        return [readings[i : i + step] for i in range(0, len(readings), step)]
 
     def _refuse_sync(self, points: int, reason: str) -> None:
         ob = self.outbox.outbox
@@ -288,3 +339,39 @@ class Pipeline:
 def _describe(d: Drop) -> str:
     seqs = f"seq {d.first_seq}..{d.last_seq}" if d.first_seq is not None else "no seq"
     return f"{d.reason}: {d.rows} messages, {d.points} points ({seqs})"
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How much of a window is committed (a prefix of its readings)."""
+
+    points: int = 0
+    messages: int = 0
+    last_seq: int = 0
+
+
+class _TooLarge(Exception):
+    """A sealed message came out larger than the limit: split the part and try again."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+def _split(part: list[Any], size: int, limit: int) -> list[list[Any]]:
+    """Split readings that sealed to ``size`` bytes into parts that should fit; one
+    reading that alone is too large becomes a bad reading saying so (never a giant
+    message, and its tag still shows up on the platform)."""
+    if len(part) == 1:
+        r = part[0]
+        return [[(r[0], r[1], None, _BAD_CONFIG, _too_large(size, limit))]]
+    n = min(len(part), max(2, -(-size * 11 // (limit * 10))))
+    step = -(-len(part) // n)
+    return [part[i : i + step] for i in range(0, len(part), step)]
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"value too large: the reading takes {size} bytes sealed, more than one message may "
+        f"carry ({limit} bytes: uplink.max_message_bytes, or the broker's limit)"
+    )

@@ -177,6 +177,13 @@ class OpcuaDevice(Connection):
         description="subscribe mode: how often the server samples each node (0: as fast as "
         "it can); default: publishing interval",
     )
+    max_value_bytes: int = Field(
+        65536,
+        ge=16,
+        le=16 * 2**20,
+        description="largest string or byte string value passed on; a larger one becomes a "
+        "BAD_CONFIG reading saying so (never a giant message)",
+    )
     deadband: Deadband | None = Field(
         None, description="subscribe mode: default data-change filter of numeric tags"
     )

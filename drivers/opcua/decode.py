@@ -73,7 +73,7 @@ def status_name(code: int) -> str:
 class Decoder:
     """Turns the DataValues of a fixed list of tags into readings."""
 
-    __slots__ = ("_reasons", "expected", "index", "names", "nodes")
+    __slots__ = ("_reasons", "expected", "index", "max_value_bytes", "names", "nodes")
 
     def __init__(
         self,
@@ -81,7 +81,9 @@ class Decoder:
         nodes: Sequence[str],
         expected: Sequence[int | None],
         index: Sequence[int | None] | None = None,
+        max_value_bytes: int = 65536,
     ) -> None:
+        self.max_value_bytes = max_value_bytes
         self.names = tuple(names)
         self.nodes = tuple(nodes)
         self.expected = tuple(expected)
@@ -173,6 +175,13 @@ class Decoder:
                 f"value is {type_name} but the tag's type is {TYPE_BY_ID[want].name}; "
                 "correct the type (or the node)"
             )
+        if isinstance(value, str | bytes) and len(value) > self.max_value_bytes // 4:
+            size = len(value.encode()) if isinstance(value, str) else len(value)
+            if size > self.max_value_bytes:
+                return _BAD_CONFIG, (
+                    f"value too large: {size} bytes of {type_name}, more than max_value_bytes "
+                    f"({self.max_value_bytes}); raise the device's max_value_bytes if it is meant"
+                )
         return value if f is None else f(value)
 
     def _bad(self, i: int, code: int) -> str:

@@ -101,6 +101,7 @@ class OpcuaDriver:
             [t.node_text for t in plan.tags],
             [t.expected_type for t in plan.tags],
             [None if t.index_range is None else int(t.index_range) for t in plan.tags],
+            max_value_bytes=self.device.max_value_bytes,
         )
         rt = Runtime(plan, self._generation, decoder, nodes, unresolved, Reads(list(nodes), items))
         self._rt = rt

@@ -61,7 +61,8 @@ def register(sub: Subparsers) -> None:
     s = add_command(
         sub,
         "doctor",
-        "check config, state directory, key, clock, DNS, broker, TLS, devices and disk",
+        "check config, state directory, key, clock, DNS, broker (TCP, TLS, MQTT login and "
+        "limits), devices and disk",
         "sudo edgegw doctor -c /etc/edgegw/config.yaml",
     )
     s.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
@@ -559,6 +560,147 @@ def check_tls(cfg: Config, working: tuple[int, str] | None, timeout: float) -> C
     return Check(name, PASS, detail)
 
 
+def check_mqtt(cfg: Config, working: tuple[int, str] | None, timeout: float) -> Check:
+    """Speak MQTT as the forwarder does (TLS, credentials, protocol): the CONNACK result,
+    the broker's limits, and one QoS 1 probe publish to <prefix>/<id>/doctor/probe (a
+    topic the platform's receiver does not subscribe to) to check the rights to publish."""
+    name = "broker MQTT"
+    up = cfg.uplink
+    if working is None:
+        return Check(name, SKIP, "the broker is not reachable over TCP (see above)")
+    from ..credentials import CredentialError
+    from ..mqttlink import (
+        PROTOCOL_NAMES,
+        BrokerLimits,
+        connect_kwargs,
+        explain_refusal,
+        new_client,
+        publish_overhead,
+    )
+
+    tls = None
+    if up.tls is not None:
+        from security.tls import client_context
+
+        try:
+            tls = client_context(up.tls.ca_file, up.tls.cert_file, up.tls.key_file)
+        except (OSError, ssl.SSLError, ValueError):
+            return Check(name, SKIP, "the TLS files cannot be loaded (see broker TLS)")
+    try:
+        client = new_client(up, f"edgegw-doctor-{cfg.gateway.id}", tls)
+    except CredentialError as exc:
+        return Check(name, FAIL, str(exc), "fix the password source named above")
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        box["rc"], box["props"] = rc, props
+        done.set()
+
+    def on_disconnect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        box.setdefault("lost", rc)
+        done.set()
+
+    def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+        box["puback"] = rc
+        done.set()
+
+    client.on_connect, client.on_disconnect = on_connect, on_disconnect
+    client.on_publish = on_publish
+    proto = PROTOCOL_NAMES[up.protocol]
+    where = f"{_show(working[1], up.port)} ({proto}{', TLS' if tls else ''}"
+    where += f", user {up.username!r})" if up.username else ")"
+    try:
+        # by name, as the forwarder does: TLS checks the certificate against it
+        client.connect(up.host, up.port, up.keepalive_s, **connect_kwargs(up))
+    except (OSError, ssl.SSLError) as exc:
+        return Check(name, FAIL, f"{where}: {exc}", "see the TCP and TLS rows above")
+    client.loop_start()
+    try:
+        done.wait(timeout)
+        rc = box.get("rc")
+        if rc is None:
+            lost = box.get("lost")
+            hints = []
+            if tls is None:
+                hints.append("if it is a TLS port (usually 8883), set uplink.tls")
+            if up.protocol == "mqtt5":
+                hints.append("if the broker speaks only MQTT 3.1.1, set uplink.protocol: mqtt311")
+            return Check(
+                name,
+                FAIL,
+                f"{where}: no CONNACK"
+                + (
+                    f": the broker closed the connection ({lost})" if lost else f" in {timeout:g} s"
+                ),
+                "; ".join(hints) or "see the broker's log",
+            )
+        if rc.is_failure:
+            return Check(
+                name,
+                FAIL,
+                f"{where}: the broker refused the connection: {rc} (0x{rc.value:02X})",
+                explain_refusal(rc, up),
+            )
+        lim = BrokerLimits.from_connack(up.protocol, box.get("props"))
+        detail = f"{where}: connected; {lim.describe()}"
+        if lim.max_qos < 1:
+            return Check(
+                name,
+                FAIL,
+                detail,
+                "the broker allows only QoS 0, so no delivery can be acknowledged and the "
+                "gateway sends nothing: allow QoS 1 for this client (mosquitto: max_qos 1 on "
+                "the listener)",
+            )
+        topic = f"{up.topic_prefix}/{cfg.gateway.id}/telemetry"
+        if lim.max_packet_size is not None:
+            fit = lim.max_packet_size - publish_overhead(topic, up.protocol)
+            if up.max_message_bytes > fit:
+                return Check(
+                    name,
+                    FAIL,
+                    detail + f"; uplink.max_message_bytes is {up.max_message_bytes}",
+                    f"set uplink.max_message_bytes: {max(4096, fit - 256)} (at most {fit}): "
+                    "larger messages would be refused by the broker",
+                )
+        done.clear()
+        probe = f"{up.topic_prefix}/{cfg.gateway.id}/doctor/probe"
+        client.publish(probe, b"edgegw doctor probe", qos=1)
+        done.wait(timeout)
+        ack = box.get("puback")
+        if ack is None:
+            return Check(
+                name,
+                FAIL,
+                f"{detail}; a QoS 1 publish to {probe} got no PUBACK"
+                + (f" (the broker hung up: {box['lost']})" if "lost" in box else ""),
+                "an MQTT 3.1.1 broker hangs up on a publish it refuses: allow this user to "
+                f"publish to {up.topic_prefix}/{cfg.gateway.id}/# with QoS 1 (ACL, max_qos)",
+            )
+        if ack.is_failure:
+            return Check(
+                name,
+                FAIL,
+                f"{detail}; a QoS 1 publish to {probe} was refused: {ack} (0x{ack.value:02X})",
+                f"allow this user to publish to {up.topic_prefix}/{cfg.gateway.id}/# (ACL)",
+            )
+        if not lim.announced:
+            return Check(
+                name,
+                WARN,
+                detail + f"; QoS 1 publish to {probe} acknowledged",
+                "MQTT 3.1.1 brokers announce no limits and may acknowledge what their ACL "
+                "discards: check the broker's packet size limit against "
+                "uplink.max_message_bytes and the user's rights by hand, or use mqtt5",
+            )
+        return Check(name, PASS, detail + "; QoS 1 publish acknowledged")
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        client.loop_stop()
+
+
 def check_device(dev: Any, timeout: float) -> Check:
     name = f"device {dev.name}"
     host, port = getattr(dev, "host", None), getattr(dev, "port", None)
@@ -690,6 +832,7 @@ def run_checks(config: str, timeout: float = 3.0) -> list[Check]:
         tcp, working = check_broker_tcp(cfg.uplink.host, cfg.uplink.port, addrs, timeout)
         checks += tcp
         checks.append(check_tls(cfg, working, timeout))
+        checks.append(check_mqtt(cfg, working, timeout))
         checks += list(devices)
     checks.append(check_daemon(state))
     return checks

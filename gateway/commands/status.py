@@ -183,6 +183,23 @@ def render(
     if not up.get("link_up") and up.get("last_error"):
         line += f" · {up['last_error']}"
     lines.append(_clip(line, width))
+    lim = up.get("limits") or {}
+    if lim:  # what is in force: ours, and what the broker announced in CONNACK
+        mps = lim.get("max_packet_size")
+        lines.append(
+            _clip(
+                f"limits   {lim.get('protocol')} · window {lim.get('inflight_window')} · "
+                f"message ≤ {human_bytes(lim.get('max_message_bytes') or 0)} · broker: "
+                + (
+                    f"max QoS {lim.get('max_qos')}, receive max {lim.get('receive_maximum')}, "
+                    f"packet ≤ {human_bytes(mps) if mps else 'any'}"
+                    if lim.get("announced")
+                    else "announces nothing"
+                )
+                + (f" · {up['set_aside']} set aside" if up.get("set_aside") else ""),
+                width,
+            )
+        )
 
     ob = snap.get("outbox") or {}
     oldest = ob.get("oldest_created_ns")
