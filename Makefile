@@ -10,7 +10,7 @@ DEB_PACKAGES := mosquitto systemd debootstrap
 EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 export EDGEGW_DEB_TEST
 
-.PHONY: demo test setup deps lint bench clean deb
+.PHONY: demo test setup deps lint bench clean deb mutate
 
 setup: deps $(STAMP)
 
@@ -50,6 +50,13 @@ bench: setup
 
 deb:
 	images/build-deb.sh
+
+# Mutation testing (not in CI: it takes a while): [tool.mutmut] in pyproject.toml says what
+# is mutated and which tests judge it. Prints the survivors.
+mutate: setup
+	$(BIN)/pip install --quiet 'mutmut>=3.8,<4'
+	$(BIN)/mutmut run || true
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

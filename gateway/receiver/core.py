@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from .outcome import SECURITY, Alert, AlertClass, Outcome, ReceiverStats
 from .schema import Payload, PayloadError
 from .store import GatewayTxn, SqliteStore, Store, StoreError
 from .trust import Enrolments
-from .witness import learn_from_keychain, witness
+from .witness import compare, learn_from_keychain, witness
 
 log = logging.getLogger("edgegw.receiver")
 
@@ -47,9 +47,12 @@ class Sink(Protocol):
 
 
 class _Rejected(Exception):
-    def __init__(self, outcome: Outcome, why: str, alert: Alert | None = None) -> None:
+    def __init__(
+        self, outcome: Outcome, why: str, alert: Alert | None = None, more: Sequence[Alert] = ()
+    ) -> None:
         super().__init__(why)
         self.outcome, self.why, self.alert = outcome, why, alert
+        self.alerts = ([alert] if alert is not None else []) + list(more)
 
 
 class Receiver:
@@ -131,10 +134,12 @@ class Receiver:
                 self._seq = p.seq
                 outcome = self._classify(txn, p, env.signed_digest(aad), env.kid, now)
             except _Rejected as r:
-                rejected = r  # committed: its alert and any key it taught are kept
-                if r.alert is not None:
-                    txn.alert(r.alert, now)
+                rejected = r  # committed: its alerts and any key it taught are kept
+                for a in r.alerts:
+                    txn.alert(a, now)
                     self.stats.alerts += 1
+                for a in r.alerts[1:]:
+                    log.error("SECURITY: gateway %s, seq %s: %s: %s", gw, a.seq, a.cls, a.detail)
         if rejected is not None:
             raise rejected
         if outcome is Outcome.VALID:
@@ -207,12 +212,18 @@ class Receiver:
             if prior == digest or not prior:  # b"": stored before digests were kept
                 return Outcome.DUPLICATE
             why = f"two different messages with seq {p.seq}"
-            raise _Rejected(Outcome.CONFLICT, why, Alert(AlertClass.CONFLICT, p.gw, p.seq, why))
+            raise _Rejected(
+                Outcome.CONFLICT,
+                why,
+                Alert(AlertClass.CONFLICT, p.gw, p.seq, why),
+                self._compare(txn, p),
+            )
         if p.seq in st.seen and p.seq not in st.explained:
             return Outcome.DUPLICATE  # seen, its row gone (e.g. a store without an index)
         problem = st.order_problem(p.boot, p.seq)
         if problem is not None:
-            raise _Rejected(Outcome.REPLAY, problem, Alert(AlertClass.REPLAY, p.gw, p.seq, problem))
+            alert = Alert(AlertClass.REPLAY, p.gw, p.seq, problem)
+            raise _Rejected(Outcome.REPLAY, problem, alert, self._compare(txn, p))
         # Valid: a new message (or a late one whose seq a notice had given up on).
         st.seen.add(p.seq, p.seq)
         st.note_boot(p.boot, p.seq)
@@ -240,6 +251,11 @@ class Receiver:
             )
         self._missing[p.gw] = st.seen.missing()
         return Outcome.VALID
+
+    @staticmethod
+    def _compare(txn: GatewayTxn, p: Payload) -> list[Alert]:
+        """A refused audit message still shows the witness whether the log was rewritten."""
+        return compare(txn, p.gw, p.seq, p.audit) if p.audit is not None else []
 
     def _apply_notice(self, txn: GatewayTxn, p: Payload) -> None:
         """A signed drop notice explains holes: those seqs will never come."""

@@ -62,9 +62,10 @@ class GatewayTxn(Protocol):
     def learn_key(self, key: LearnedKey) -> None: ...
     def put_message(self, p: Payload, kid: bytes, digest: bytes, received_ns: int) -> None: ...
     def put_audit_entries(
-        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int
+        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int, *, insert: bool = True
     ) -> list[tuple[int, bytes, bytes]]:
-        """Store entries by offset; returns (offset, stored, offered) where they differ."""
+        """Store entries by offset (only compare them, without ``insert``); returns
+        (offset, stored, offered) where they differ from what is stored."""
         ...
 
     def audit_entries(self, log_id: bytes, from_offset: int) -> Iterator[tuple[int, bytes]]: ...
@@ -450,7 +451,7 @@ class _SqliteTxn:
             )
 
     def put_audit_entries(
-        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int
+        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int, *, insert: bool = True
     ) -> list[tuple[int, bytes, bytes]]:
         rewritten: list[tuple[int, bytes, bytes]] = []
         for offset, entry in entries:
@@ -459,6 +460,8 @@ class _SqliteTxn:
                 (self.gw, log_id, offset),
             ).fetchone()
             if row is None:
+                if not insert:
+                    continue
                 self.db.execute(
                     "INSERT INTO audit_entries VALUES (?, ?, ?, ?, ?)",
                     (self.gw, log_id, offset, entry, seq),

@@ -78,6 +78,23 @@ def witness(txn: GatewayTxn, gw: str, seq: int, batch: AuditBatch) -> tuple[list
     return alerts, learned
 
 
+def compare(txn: GatewayTxn, gw: str, seq: int, batch: AuditBatch) -> list[Alert]:
+    """For an audit message the classification refused (a conflict or a replay: the
+    gateway reuses seqs, e.g. after its state was rolled back): compare its entries with
+    what the witness holds, without storing them. A rollback shows here too."""
+    offsets, off = [], batch.offset
+    for e in batch.entries:
+        offsets.append((off, e))
+        off += len(e)
+    w = txn.state.logs.get(batch.log)
+    found = txn.put_audit_entries(batch.log, offsets, seq, insert=False)
+    alerts = []
+    for o, stored, offered in found[:1]:  # one is enough to say it
+        cls, detail = _rewrite(txn, batch.log, o, stored, offered, w)
+        alerts.append(Alert(cls, gw, seq, detail))
+    return alerts
+
+
 def _base(b: AuditBatch) -> tuple[int, bytes, bytes, list[bytes]]:
     return b.base_size, b.base_head, b.base_cp_prev, list(b.base_frontier)
 

