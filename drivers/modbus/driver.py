@@ -97,8 +97,6 @@ class LinkStats:
     exceptions: dict[int, int] = field(default_factory=dict)
     """Modbus exception responses by exception code (2 illegal address, 6 busy, ...)."""
     decode_errors: int = 0
-    bad_readings: int = 0
-    """Readings this driver produced with a bad quality (counted per failed request)."""
     last_ok_ns: int | None = None
     """When a request was last answered with data."""
     last_exception: str | None = None
@@ -292,7 +290,6 @@ class ModbusDriverBase:
                     )
                 reason = self._exception_reason(code, req)
                 stats.last_exception = reason
-                stats.bad_readings += len(req.tags)
                 out += _bad(req.tags, ts, _BAD_DEVICE, reason)
                 batch.error = batch.error or reason
                 continue
@@ -307,7 +304,6 @@ class ModbusDriverBase:
                     out += req.decoder.decode(getattr(rsp, attr), ts)
             except DecodeError as exc:
                 stats.decode_errors += 1
-                stats.bad_readings += len(req.tags)
                 reason = f"cannot decode {req.label}: {exc}"
                 out += _bad(req.tags, ts, _BAD_CONFIG, reason)
                 batch.error = batch.error or reason
@@ -347,7 +343,6 @@ class ModbusDriverBase:
         ts = time.time_ns()
         for req in requests:
             batch.readings += _bad(req.tags, ts, _BAD_COMM, reason)
-            self.stats.bad_readings += len(req.tags)
         batch.error = reason
 
 
