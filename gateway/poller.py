@@ -50,6 +50,15 @@ class DeviceState:
     ``LinkStats``: requests, timeouts, exceptions by code, what it learned)."""
 
 
+def carry_counters(old: Any, new: Any) -> None:
+    """A device restarted by a reload gets a new driver: its counters go on from the old
+    driver's, where the driver's stats know how (``carry_from``)."""
+    if old is not None and new is not None and type(old) is type(new):
+        carry = getattr(new, "carry_from", None)
+        if carry is not None:
+            carry(old)
+
+
 def count_read(state: DeviceState, batch: Batch, now_ns: int) -> None:
     """Count one batch: reads, bad readings, last good read (per batch, not per reading,
     unless the batch failed)."""

@@ -107,6 +107,18 @@ class LinkStats:
     learned: list[str] = field(default_factory=list)
     """What was learned about the device's map, one human line each."""
 
+    def carry_from(self, old: LinkStats) -> None:
+        """Go on counting from ``old`` (the driver a reload replaced)."""
+        self.requests += old.requests
+        self.timeouts += old.timeouts
+        self.link_errors += old.link_errors
+        self.decode_errors += old.decode_errors
+        self.splits += old.splits
+        for code, n in old.exceptions.items():
+            self.exceptions[code] = self.exceptions.get(code, 0) + n
+        self.last_ok_ns = self.last_ok_ns or old.last_ok_ns
+        self.last_exception = self.last_exception or old.last_exception
+
 
 # Exceptions that mean "this address range is not readable" and make the driver split.
 _SPLIT_CODES = (2, 3)
