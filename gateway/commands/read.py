@@ -114,6 +114,9 @@ def main(args: argparse.Namespace) -> int:
             _relearn(devices, state_dir)
     else:
         raise fail("read: give a target (e.g. modbus-tcp://HOST:502) or -c CONFIG")
+    from .scan import quiet_libraries
+
+    quiet_libraries()  # a one-shot read says what failed itself
     outcomes = asyncio.run(_read_all(devices, state_dir))
     bad = 0
     for out in outcomes:
