@@ -7,6 +7,7 @@ bunched up, and counted as overruns.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,12 @@ class DeviceState:
     driver: Any = None
     """The driver's own counters, when it keeps some (a dataclass, e.g. Modbus
     ``LinkStats``: requests, timeouts, exceptions by code, what it learned)."""
+
+
+def _driver_stats(driver: Any) -> Any:
+    """The driver's counters, if it keeps them as a dataclass (copied into the snapshot)."""
+    stats = getattr(driver, "stats", None)
+    return stats if dataclasses.is_dataclass(stats) and not isinstance(stats, type) else None
 
 
 def carry_counters(old: Any, new: Any) -> None:
@@ -96,7 +103,7 @@ async def poll_device(
     loop = asyncio.get_running_loop()
     backoff = Backoff()
     next_t = loop.time()
-    state.driver = getattr(driver, "stats", None)
+    state.driver = _driver_stats(driver)
     try:
         await _loop(driver, plan, tag_names, interval_s, sink, state, loop, backoff, next_t, stop)
     finally:
@@ -169,7 +176,7 @@ async def subscribe_device(
         await sink(batch)
 
     backoff = Backoff()
-    state.driver = getattr(driver, "stats", None)
+    state.driver = _driver_stats(driver)
     try:
         while not stop.is_set():
             if not driver.connected:

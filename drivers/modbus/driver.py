@@ -175,6 +175,7 @@ class ModbusDriverBase:
         if plan is not self._given:
             self._given, self._plan_version = plan, -1
             self._own = plan.device == self.name and plan.tag_names == self._tag_names
+            self.stats.plan_requests = len(plan.requests)
         learned = self.learned
         if learned is None or not self._own or not learned.barriers:
             return plan
@@ -193,7 +194,7 @@ class ModbusDriverBase:
         if self.learned is not None and self.learned.path is not None:
             self.learned = Learned.load(self.device, self.learned.path)
             self.stats.learned = self.learned.lines()
-            self._plan_version = -1
+            self._given, self._plan_version = None, -1
 
     async def connect(self) -> None:
         raise NotImplementedError

@@ -76,7 +76,12 @@ class Learned:
         except FileNotFoundError:
             return own
         except (OSError, ValueError) as exc:
-            log.warning("modbus %s: ignoring %s (%s); learning again", device.name, path, exc)
+            log.warning(
+                "modbus %s: cannot use what was learned in %s (%s); starting without it",
+                device.name,
+                path,
+                exc,
+            )
             return own
         if not isinstance(data, dict) or data.get("version") != _VERSION:
             log.warning(
