@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the demo and the tests use: the broker, systemd-analyze (the unit's
-# hardening score), debootstrap (the .deb is installed into a Debian chroot).
-DEB_PACKAGES := mosquitto systemd debootstrap
+# hardening score), debootstrap (the .deb is installed into a Debian chroot), gcc and
+# libmodbus-dev (a Modbus server on libmodbus, a second implementation to test against).
+DEB_PACKAGES := mosquitto systemd debootstrap gcc pkg-config libmodbus-dev
 # The .deb build-and-install test needs root (debootstrap): on by default as root.
 EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 export EDGEGW_DEB_TEST
@@ -27,6 +28,9 @@ deps:
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	$(PY) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
+	pkg-config --exists libmodbus 2>/dev/null || missing="$$missing libmodbus-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing (apt):$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

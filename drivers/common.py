@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,20 @@ def check_host(v: str) -> str:
     raise ValueError(f"host {v!r} is not valid; accepted: an IPv4/IPv6 literal or a host name")
 
 
-def partition(spans: list[tuple[int, int]], limit: int, max_gap: int) -> list[tuple[int, int]]:
+def partition(
+    spans: list[tuple[int, int]],
+    limit: int,
+    max_gap: int,
+    joinable: Callable[[int, int], bool] | None = None,
+) -> list[tuple[int, int]]:
     """Cut spans ``(start, end)`` sorted by (start, end) into runs ``(first, last+1)``.
 
     Greedy: each run covers at most ``limit`` units (registers, bytes; unless it is one
     span that alone is longer) and leaves no hole wider than ``max_gap`` between its
-    spans. For intervals sorted by start this gives the fewest runs.
+    spans; with ``joinable``, a run of two or more spans must also satisfy
+    ``joinable(run_start, run_end)`` (e.g. not cross an address the device refuses).
+    Every rule is kept by any part of a run that keeps it, so for intervals sorted by
+    start this gives the fewest runs.
     """
     runs: list[tuple[int, int]] = []
     i, n = 0, len(spans)
@@ -61,9 +69,12 @@ def partition(spans: list[tuple[int, int]], limit: int, max_gap: int) -> list[tu
         j = i + 1
         while j < n:
             s, e = spans[j]
-            if s - end > max_gap or max(end, e) - start > limit:
+            top = max(end, e)
+            if s - end > max_gap or top - start > limit:
                 break
-            end = max(end, e)
+            if joinable is not None and not joinable(start, top):
+                break
+            end = top
             j += 1
         runs.append((i, j))
         i = j

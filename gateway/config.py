@@ -3,6 +3,11 @@
 Everything is checked at load time, before anything connects (``edgegw validate`` and
 ``edgegw run`` share this one code path). Relative paths in the file are taken
 relative to the file's own folder, so a config means the same wherever it is run from.
+
+``devices_dir`` (e.g. ``devices.d``) adds the devices of every ``*.yaml``/``*.yml`` file
+in that folder, in name order, after the config's own ``devices`` (what
+``edgegw import-csv`` writes is such a file). Each file holds ``devices:`` (a list) or a
+bare list; an error in one names that file, its line and column.
 """
 
 from __future__ import annotations
@@ -224,6 +229,11 @@ class Config(_Model):
     inference: InferenceConfig = InferenceConfig()
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
+    devices_dir: Path | None = Field(
+        None,
+        description="a folder of device files (*.yaml, *.yml) whose devices are added, "
+        "in file name order; relative to the config file",
+    )
     devices: list[Device] = Field(min_length=1)
     base_dir: Path = Field(Path("."), exclude=True, description="set from the file's folder")
 
@@ -261,11 +271,27 @@ class Config(_Model):
     @field_validator("devices")
     @classmethod
     def _unique(cls, v: list[Device]) -> list[Device]:
-        seen: set[str] = set()
-        for d in v:
+        seen: dict[str, int] = {}
+        problems = []
+        for i, d in enumerate(v):
             if d.name in seen:
-                raise ValueError(f"device name {d.name!r} is used twice; names must be unique")
-            seen.add(d.name)
+                problems.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "duplicate_device",
+                            "{message}",
+                            {
+                                "message": f"device name {d.name!r} is used twice; names "
+                                f"must be unique (the first is devices[{seen[d.name]}])"
+                            },
+                        ),
+                        loc=(i, "name"),
+                        input=d.name,
+                    )
+                )
+            seen.setdefault(d.name, i)
+        if problems:
+            raise ValidationError.from_exception_data("devices", problems)
         return v
 
     @property
@@ -308,11 +334,25 @@ def _resolve_paths(data: Any, base: Path) -> None:
         up["password_file"] = str(base / up["password_file"])
 
 
-def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
-    """Pydantic errors as ``file:line:col: field: message`` lines."""
+Source = tuple[SourceMap, tuple[str | int, ...]]
+"""Where included devices came from: the file's source map and the path of their list in it."""
+
+
+def explain(
+    exc: ValidationError, smap: SourceMap, included: dict[int, tuple[Source, int]] | None = None
+) -> list[str]:
+    """Pydantic errors as ``file:line:col: field: message`` lines. ``included`` maps the
+    index of a device that came from a ``devices_dir`` file to that file and its index
+    there, so the error names that file."""
     lines = []
+    main = smap
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
+        smap = main
+        if included and len(loc) >= 2 and loc[0] == "devices" and loc[1] in included:
+            # a device from a devices_dir file: its file, its path there
+            (smap, at), local = included[int(loc[1])]
+            loc = (*at, local, *loc[2:])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             ctx = err.get("ctx", {})
@@ -344,7 +384,8 @@ def explain(exc: ValidationError, smap: SourceMap) -> list[str]:
 
 
 def load_config(path: str | Path) -> Config:
-    """Load and check a config file; raises :class:`ConfigError` naming file, line and field."""
+    """Load and check a config file (and its ``devices_dir``); raises :class:`ConfigError`
+    naming file, line and field."""
     p = Path(path)
     try:
         data, smap = load_yaml(p)
@@ -354,12 +395,96 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             [f"{p}:1:1: the top level must be a mapping with gateway, uplink, devices"]
         )
-    _resolve_paths(data, p.resolve().parent)
-    resolve_paths(data.get("devices"), p.resolve().parent)
+    base = p.resolve().parent
+    _resolve_paths(data, base)
+    resolve_paths(data.get("devices"), base)
     if "base_dir" in data:
         raise ConfigError([f"{p}:1:1: base_dir: unknown field"])
-    data["base_dir"] = str(p.resolve().parent)
+    data["base_dir"] = str(base)
+    included = _include_devices(data, smap, base)
+    _check_unique_names(data.get("devices"), smap, included)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(explain(exc, smap)) from None
+        raise ConfigError(explain(exc, smap, included)) from None
+
+
+DEVICE_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def _check_unique_names(
+    devices: Any, smap: SourceMap, included: dict[int, tuple[Source, int]]
+) -> None:
+    """Device names are unique across the config and its device files; a duplicate names
+    both places (the model only sees one list)."""
+    if not isinstance(devices, list):
+        return
+
+    def where(i: int) -> str:
+        fmap, loc = smap, ("devices", i, "name")
+        if i in included:
+            (fmap, at), local = included[i]
+            loc = (*at, local, "name")
+        mark = fmap.marks.get(loc)
+        return f"{fmap.file}:{mark.line}:{mark.column}" if mark else fmap.file
+
+    seen: dict[str, int] = {}
+    problems = []
+    for i, d in enumerate(devices):
+        name = d.get("name") if isinstance(d, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(
+                f"{where(i)}: name: device name {name!r} is used twice; names must be unique "
+                f"(also at {where(seen[name])})"
+            )
+        seen.setdefault(name, i)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _include_devices(
+    data: dict[str, Any], smap: SourceMap, base: Path
+) -> dict[int, tuple[Source, int]]:
+    """Append the devices of the ``devices_dir`` files to ``data["devices"]``; returns,
+    for each appended index, its file's source map, list path and index there."""
+    folder = data.get("devices_dir")
+    if folder is None:
+        return {}
+    mark = smap.marks.get(("devices_dir",))
+    here = f"{smap.file}:{mark.line}:{mark.column}" if mark else smap.file
+    if not isinstance(folder, str) or not folder.strip():
+        raise ConfigError([f"{here}: devices_dir: give a folder, e.g. devices.d"])
+    path = Path(folder) if Path(folder).is_absolute() else base / folder
+    data["devices_dir"] = str(path)
+    if not path.is_dir():
+        raise ConfigError(
+            [f"{here}: devices_dir: {path} is not a folder (create it, or remove devices_dir)"]
+        )
+    devices = data.setdefault("devices", [])
+    if not isinstance(devices, list):
+        return {}  # the model reports the shape of `devices`
+    included: dict[int, tuple[Source, int]] = {}
+    problems: list[str] = []
+    for file in sorted(f for f in path.iterdir() if f.suffix in DEVICE_FILE_SUFFIXES):
+        try:
+            part, fmap = load_yaml(file)
+        except YamlError as exc:
+            problems.append(str(exc))
+            continue
+        at: tuple[str | int, ...] = ("devices",) if isinstance(part, dict) else ()
+        items = part.get("devices") if isinstance(part, dict) else part
+        if not isinstance(items, list) or (isinstance(part, dict) and set(part) != {"devices"}):
+            problems.append(
+                f"{file}:1:1: a device file holds 'devices:' (a list of devices) or a bare "
+                "list, nothing else"
+            )
+            continue
+        resolve_paths(items, file.resolve().parent)
+        for local, item in enumerate(items):
+            included[len(devices)] = ((fmap, at), local)
+            devices.append(item)
+    if problems:
+        raise ConfigError(problems)
+    return included

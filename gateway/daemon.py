@@ -31,8 +31,8 @@ from .forwarder import Forwarder
 from .metrics import health_problems, serve_metrics, status_line
 from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
-from .poller import DeviceState, poll_device, subscribe_device
-from .registry import build_device
+from .poller import DeviceState, carry_counters, poll_device, subscribe_device
+from .registry import DeviceRuntime, build_device
 from .sdnotify import Notifier
 from .status import write_status
 
@@ -59,6 +59,8 @@ class Daemon:
         self._polls: list[asyncio.Task[Any]] = []
         self._poll_stop = asyncio.Event()
         self.uplink: AuditUplink | None = None
+        self._device_stops: dict[str, asyncio.Event] = {}
+        self._runtimes: dict[str, DeviceRuntime] = {}
         self._clock_offset = time.time() - time.monotonic()
         self._anomalies: list[dict[str, Any]] = []
 
@@ -179,29 +181,78 @@ class Daemon:
     # -- devices ------------------------------------------------------------------------------
 
     def _start_devices(self) -> None:
-        assert self.pipeline is not None
         self._poll_stop = asyncio.Event()
-        put = self._observed_put
         for dev in self.cfg.devices:
-            rt = build_device(dev, self.cfg.state_dir)
-            st = self.devices[dev.name] = DeviceState(dev.name)
-            if rt.subscribe:
-                coro = subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, self._poll_stop)
-            else:
-                coro = poll_device(
-                    rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, self._poll_stop
-                )
-            task = asyncio.create_task(coro, name=f"poll:{dev.name}")
-            self._polls.append(task)
-            self.tasks[f"poll:{dev.name}"] = task
+            self._start_device(dev)
         log.info("polling %d devices", len(self._polls))
+
+    def _start_device(self, dev: Any) -> None:
+        """One device's poll (or subscribe) task, with a stop event of its own. A device
+        that was running before (a reload) keeps its state: its counters go on."""
+        assert self.pipeline is not None
+        put = self._observed_put
+        rt = build_device(dev, self.cfg.state_dir)
+        st = self.devices.get(dev.name)
+        if st is None:
+            st = self.devices[dev.name] = DeviceState(dev.name)
+        else:
+            carry_counters(st.driver, getattr(rt.driver, "stats", None))
+        stop = self._device_stops[dev.name] = asyncio.Event()
+        if rt.subscribe:
+            coro = subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, stop)
+        else:
+            coro = poll_device(rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, stop)
+        task = asyncio.create_task(coro, name=f"poll:{dev.name}")
+        self._runtimes[dev.name] = rt
+        self._polls.append(task)
+        self.tasks[f"poll:{dev.name}"] = task
+
+    async def _stop_device(self, name: str) -> None:
+        """Stop one device's task (its driver closes its link); its state stays."""
+        stop = self._device_stops.pop(name, None)
+        if stop is not None:
+            stop.set()
+        task = self.tasks.pop(f"poll:{name}", None)
+        self._runtimes.pop(name, None)
+        if task is not None:
+            await _cancel_all([task])
+            self._polls = [t for t in self._polls if t is not task]
 
     async def _stop_devices(self) -> None:
         self._poll_stop.set()
+        for stop in self._device_stops.values():
+            stop.set()
         await _cancel_all(self._polls)
         for t in self._polls:
             self.tasks.pop(t.get_name(), None)
         self._polls = []
+        self._device_stops.clear()
+        self._runtimes.clear()
+
+    async def _apply_devices(self, old: Config, new: Config) -> tuple[int, int, int]:
+        """Reload: restart only the devices whose config changed (and their counters go
+        on), stop removed ones, start added ones; unchanged devices keep their link.
+        Returns (changed, added, removed)."""
+        before = {d.name: d for d in old.devices}
+        after = {d.name: d for d in new.devices}
+        changed = [n for n in after if n in before and after[n] != before[n]]
+        removed = [n for n in before if n not in after]
+        added = [n for n in after if n not in before]
+        for name in [*changed, *removed]:
+            await self._stop_device(name)
+        for name in removed:
+            self.devices.pop(name, None)
+        # what a driver learned may have been forgotten meanwhile (edgegw read --relearn)
+        for rt in self._runtimes.values():
+            reload_learned = getattr(rt.driver, "reload_learned", None)
+            if reload_learned is not None:
+                reload_learned()
+        for dev in new.devices:  # config order, so the status lists them as written
+            if dev.name in changed or dev.name in added:
+                self._start_device(dev)
+        order = {d.name: i for i, d in enumerate(new.devices)}
+        self.devices = dict(sorted(self.devices.items(), key=lambda kv: order[kv[0]]))
+        return len(changed), len(added), len(removed)
 
     async def _observed_put(self, batch: Any) -> None:
         assert self.pipeline is not None
@@ -331,7 +382,8 @@ class Daemon:
 
     async def reload(self) -> None:
         """Apply a changed config without losing buffered data: the outbox, the boot and
-        the seq stay; devices restart, models swap, the uplink reconnects if it changed."""
+        the seq stay; only devices whose config changed restart (counters go on), models
+        swap, the uplink reconnects if it changed."""
         if self.config_path is None:
             log.warning("reload: no config file to read again")
             return
@@ -357,7 +409,6 @@ class Daemon:
             self._audit("config_change", outcome="refused", reason="needs a restart")
             self.notify.ready(status_line(self.last_snapshot))
             return
-        await self._stop_devices()
         self.cfg = new
         assert self.pipeline is not None
         self.pipeline.topic = new.topic("telemetry")
@@ -379,10 +430,15 @@ class Daemon:
             await asyncio.gather(self.tasks["forwarder"], return_exceptions=True)
             self.forwarder = self._make_forwarder()
             self.tasks["forwarder"] = asyncio.create_task(self.forwarder.run(), name="forwarder")
-        self.devices = {}
-        self._start_devices()
+        changed, added, removed = await self._apply_devices(old, new)
         self._audit("config_change", outcome="applied", sha256=self._config_hash())
-        log.info("config reloaded")
+        log.info(
+            "config reloaded: %d device(s) changed, %d added, %d removed, %d unchanged",
+            changed,
+            added,
+            removed,
+            len(new.devices) - changed - added,
+        )
         self.notify.ready(status_line(self.last_snapshot))
 
     # -- status ---------------------------------------------------------------------------------

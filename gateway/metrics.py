@@ -4,7 +4,10 @@ One small HTTP server (stdlib, own thread, bound to 127.0.0.1 by default: expose
 further only on purpose) serves:
 
 ``GET /metrics``  Prometheus text format, computed at scrape time from ``snapshot()``
-``GET /healthz``  200 ``{"healthy": true, ...}`` or 503 with the list of problems
+``GET /livez``    200 while our own loops run (what systemd's watchdog is fed on), else 503
+``GET /readyz``   200 once live and acquiring (not starting, not stopping), else 503
+``GET /healthz``  for monitoring: 200 ``ok``; 429 ``degraded`` (live, but the uplink or a
+                  device is down: Consul's "warning" code); 503 ``unhealthy`` (not live)
 
 The snapshot is the dict ``Daemon.snapshot()`` builds (also written to status.json every
 second). The daemon keeps its latest one and passes ``lambda: daemon.last_snapshot``; the
@@ -17,34 +20,53 @@ HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
     uplink:   {link_up, connects, disconnects, published, acked, rejected,
                points_acked (optional), set_aside, limits: {name: value}}
     outbox:   {rows, bytes, first_seq, last_seq, oldest_created_ns}
-    devices:  {name: {up, reads, errors, overruns, last_latency_ms, last_read_ns, ...}}
+               bytes_published, puback_latency (a histogram, optional)}
+    outbox:   {rows, bytes, first_seq, last_seq, oldest_created_ns}
+    devices:  {name: {up, reads, errors, overruns, last_latency_ms, last_read_ns,
+                      bad_readings, last_ok_ns, latency (histogram),
+                      driver: {requests, timeouts, link_errors, exceptions: {code: n},
+                               decode_errors, splits, plan_requests, learned} (optional)}}
     drops:    {reason: {"messages": n, "points": n, "intentional": bool}}
-    inference: {model: {"score": x, "threshold": x, "anomalous": bool,
-                        "inferences": n, "events": n}}
+    inference: {model: {"score": x, "threshold": x, "anomalous": bool, "inferences": n,
+                        "events": n, "windows_skipped": n, "windows_failed": n}}
+    host:     {outbox_limit_bytes, disk_free_bytes: {path: n},
+               cert_expiry: {name: unix seconds}}   (optional: :func:`host_facts`)
 
-Health means "our own loops are running", not "the PLCs and the broker answer": a dead
-PLC or a broker outage is normal operation for a store-and-forward gateway (it shows in
-``edgegw_device_up`` and ``edgegw_uplink_up``), and restarting would not fix it. The
-same :func:`health_problems` decides whether the daemon pings systemd's watchdog.
+A histogram is ``{"bounds": [s, ...], "counts": [n, ..., n_above], "sum": s, "count": n}``
+(``gateway.histogram.Histogram``).
+
+Live means "our own loops are running", not "the PLCs and the broker answer": a dead
+PLC or a broker outage is normal operation for a store-and-forward gateway, and
+restarting would not fix it. The same :func:`health_problems` decides whether the
+daemon pings systemd's watchdog. Degraded (:func:`degraded_reasons`) is what monitoring
+wants to hear about: the uplink or a device is down.
 
 Names follow ``edgegw_<subject>_<unit>_total`` for counters; gauges drop ``_total``.
-Units are base units: seconds and bytes.
+Units are base units: seconds and bytes. The README's metrics table lists every name
+(a test fails when they drift apart).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -101,6 +123,46 @@ def health_problems(
     return problems
 
 
+def degraded_reasons(snap: Snapshot | None) -> list[str]:
+    """What is down while the daemon itself is fine: the uplink, devices. Empty: all up."""
+    if snap is None:
+        return []
+    reasons = []
+    up = snap.get("uplink") or {}
+    if up.get("link_up") is False:
+        why = up.get("last_error")
+        reasons.append("uplink down" + (f": {why}" if why else ""))
+    for name, d in sorted((snap.get("devices") or {}).items()):
+        if isinstance(d, Mapping) and d.get("up") is False:
+            why = d.get("last_error")
+            reasons.append(f"device {name} down" + (f": {why}" if why else ""))
+    return reasons
+
+
+def health_doc(
+    snap: Snapshot | None, *, max_age_s: float = STALE_AFTER_S
+) -> tuple[int, dict[str, Any]]:
+    """``/healthz``: (HTTP status, body). 200 ok, 429 degraded, 503 unhealthy."""
+    problems = health_problems(snap, max_age_s=max_age_s)
+    degraded = degraded_reasons(snap) if not problems else []
+    status = "unhealthy" if problems else "degraded" if degraded else "ok"
+    doc: dict[str, Any] = {
+        "status": status,
+        "live": not problems,
+        "ready": not problems and snap is not None,
+        "healthy": not problems,  # kept for tools written before live/ready/degraded
+        "problems": problems,
+        "degraded": degraded,
+    }
+    if snap is not None:
+        doc.update(
+            gateway=snap.get("gateway"),
+            pid=snap.get("pid"),
+            status_age_s=round(snapshot_age_s(snap), 3),
+        )
+    return {"ok": 200, "degraded": 429, "unhealthy": 503}[status], doc
+
+
 def status_line(snap: Snapshot | None) -> str:
     """One line for systemd's STATUS= (shown by `systemctl status edgegw`)."""
     if snap is None:
@@ -131,11 +193,16 @@ class SnapshotCollector(Collector):
         problems = health_problems(snap, max_age_s=self.max_age_s)
         yield GaugeMetricFamily(
             "edgegw_healthy",
-            "1 when every poll loop and the forwarder run and the status is fresh (/healthz)",
+            "1 when every poll loop and the forwarder run and the status is fresh (/livez)",
             value=0.0 if problems else 1.0,
         )
         if snap is None:
             return
+        yield GaugeMetricFamily(
+            "edgegw_degraded",
+            "1 while the uplink or a device is down (/healthz answers 429)",
+            value=1.0 if degraded_reasons(snap) else 0.0,
+        )
         yield from _metrics(snap)
 
 
@@ -149,6 +216,22 @@ def _gauge(name: str, doc: str, value: Any) -> Iterable[Metric]:
     v = _num(value)
     if v is not None:
         yield GaugeMetricFamily(name, doc, value=v)
+
+
+def _histogram_sample(h: Any) -> tuple[list[tuple[str, float]], float] | None:
+    """Cumulative Prometheus buckets and the sum from a snapshot histogram, or None."""
+    if not isinstance(h, Mapping):
+        return None
+    bounds, counts, total = h.get("bounds"), h.get("counts"), _num(h.get("sum"))
+    if not isinstance(bounds, list | tuple) or not isinstance(counts, list | tuple):
+        return None
+    if len(counts) != len(bounds) + 1 or total is None:
+        return None
+    buckets, running = [], 0.0
+    for bound, n in zip([*bounds, float("inf")], counts, strict=True):
+        running += float(n)
+        buckets.append(("+Inf" if bound == float("inf") else f"{float(bound):g}", running))
+    return buckets, total
 
 
 def _metrics(snap: Snapshot) -> Iterable[Metric]:
@@ -245,6 +328,17 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         "readings in messages the broker acknowledged",
         up.get("points_acked"),
     )
+    yield from _counter(
+        "edgegw_uplink_bytes_sent",
+        "bytes of message bodies published (re-sends included)",
+        up.get("bytes_published"),
+    )
+    if (hist := _histogram_sample(up.get("puback_latency"))) is not None:
+        fam = HistogramMetricFamily(
+            "edgegw_uplink_puback_latency_seconds", "time from publish to the broker's PUBACK"
+        )
+        fam.add_metric([], hist[0], hist[1])
+        yield fam
 
     ob = snap.get("outbox") or {}
     yield from _gauge(
@@ -265,6 +359,35 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
             "age of the oldest unsent message (0 when empty)",
             value=age,
         )
+
+    host = snap.get("host") or {}
+    yield from _gauge(
+        "edgegw_outbox_limit_bytes",
+        "the outbox's byte cap (outbox.max_mib); at it, outbox.when_full applies",
+        host.get("outbox_limit_bytes"),
+    )
+    disks = host.get("disk_free_bytes") or {}
+    if disks:
+        fam = GaugeMetricFamily(
+            "edgegw_disk_free_bytes",
+            "free bytes on the filesystem of the state dir and of the outbox",
+            labels=["path"],
+        )
+        for path, free in sorted(disks.items()):
+            if (v := _num(free)) is not None:
+                fam.add_metric([str(path)], v)
+        yield fam
+    certs = host.get("cert_expiry") or {}
+    if certs:
+        fam = GaugeMetricFamily(
+            "edgegw_certificate_expiry_timestamp_seconds",
+            "when each certificate the gateway uses expires (unix time)",
+            labels=["certificate"],
+        )
+        for name, when in sorted(certs.items()):
+            if (v := _num(when)) is not None:
+                fam.add_metric([str(name)], v)
+        yield fam
 
     drops = snap.get("drops") or {}
     if drops:
@@ -288,41 +411,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
 
     devices = snap.get("devices") or {}
     if devices:
-        fams = {
-            "up": GaugeMetricFamily(
-                "edgegw_device_up", "1 while the device answers", labels=["device"]
-            ),
-            "reads": CounterMetricFamily(
-                "edgegw_device_reads", "poll cycles that read the device", labels=["device"]
-            ),
-            "errors": CounterMetricFamily(
-                "edgegw_device_errors", "failed connects and reads", labels=["device"]
-            ),
-            "overruns": CounterMetricFamily(
-                "edgegw_device_overruns",
-                "poll periods skipped because a read took too long",
-                labels=["device"],
-            ),
-            "latency": GaugeMetricFamily(
-                "edgegw_device_latency_seconds", "duration of the last read", labels=["device"]
-            ),
-            "last": GaugeMetricFamily(
-                "edgegw_device_last_read_timestamp_seconds",
-                "when the device was last read (unix time)",
-                labels=["device"],
-            ),
-        }
-        for name, d in sorted(devices.items()):
-            if isinstance(d.get("up"), bool):
-                fams["up"].add_metric([name], float(d["up"]))
-            for key in ("reads", "errors", "overruns"):
-                if (v := _num(d.get(key))) is not None:
-                    fams[key].add_metric([name], v)
-            if (v := _num(d.get("last_latency_ms"))) is not None:
-                fams["latency"].add_metric([name], v / 1e3)
-            if (v := _num(d.get("last_read_ns"))) is not None:
-                fams["last"].add_metric([name], v / 1e9)
-        yield from fams.values()
+        yield from _device_metrics(devices)
 
     models = snap.get("inference") or {}
     if models:
@@ -344,6 +433,14 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
             "events": CounterMetricFamily(
                 "edgegw_anomaly_events", "anomaly events raised", labels=["model"]
             ),
+            "windows_skipped": CounterMetricFamily(
+                "edgegw_model_windows_skipped",
+                "windows not scored (incomplete data, dropped under load)",
+                labels=["model"],
+            ),
+            "windows_failed": CounterMetricFamily(
+                "edgegw_model_windows_failed", "windows whose scoring failed", labels=["model"]
+            ),
         }
         for name, m in sorted(models.items()):
             for key, fam in fams.items():
@@ -352,6 +449,138 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
                 if v is not None:
                     fam.add_metric([name], v)
         yield from fams.values()
+
+
+# Device counters: snapshot key -> (metric name, help). From the poller's DeviceState...
+_DEVICE_COUNTERS = {
+    "reads": ("edgegw_device_reads", "poll cycles that read the device"),
+    "errors": ("edgegw_device_errors", "failed connects and reads"),
+    "overruns": ("edgegw_device_overruns", "poll periods skipped because a read took too long"),
+    "bad_readings": ("edgegw_device_bad_readings", "readings with a bad quality"),
+}
+# ... and from the driver's own counters (``driver``), where it keeps them (Modbus).
+_DRIVER_COUNTERS = {
+    "requests": ("edgegw_device_requests", "requests sent to the device"),
+    "timeouts": ("edgegw_device_timeouts", "requests without an answer in time (after retries)"),
+    "link_errors": (
+        "edgegw_device_link_errors",
+        "requests that lost the link or got a mismatched answer",
+    ),
+    "decode_errors": ("edgegw_device_decode_errors", "answers that did not fit the request"),
+    "splits": (
+        "edgegw_device_splits",
+        "refused requests split to isolate addresses the device refuses",
+    ),
+}
+
+
+def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
+    up = GaugeMetricFamily("edgegw_device_up", "1 while the device answers", labels=["device"])
+    counters = {
+        key: CounterMetricFamily(name, doc, labels=["device"])
+        for key, (name, doc) in (_DEVICE_COUNTERS | _DRIVER_COUNTERS).items()
+    }
+    exceptions = CounterMetricFamily(
+        "edgegw_device_exceptions",
+        "protocol exception answers, by code (Modbus: 2 illegal address, 6 busy, ...)",
+        labels=["device", "code"],
+    )
+    plan = GaugeMetricFamily(
+        "edgegw_device_plan_requests",
+        "requests per cycle of the plan in use (after what was learned about the device)",
+        labels=["device"],
+    )
+    latency = GaugeMetricFamily(
+        "edgegw_device_latency_seconds", "duration of the last read", labels=["device"]
+    )
+    durations = HistogramMetricFamily(
+        "edgegw_device_read_duration_seconds", "duration of each read", labels=["device"]
+    )
+    last = GaugeMetricFamily(
+        "edgegw_device_last_read_timestamp_seconds",
+        "when the device was last read (unix time)",
+        labels=["device"],
+    )
+    last_ok = GaugeMetricFamily(
+        "edgegw_device_last_success_timestamp_seconds",
+        "when a read last brought a good reading (unix time)",
+        labels=["device"],
+    )
+    for name, d in sorted(devices.items()):
+        if not isinstance(d, Mapping):
+            continue
+        if isinstance(d.get("up"), bool):
+            up.add_metric([name], float(d["up"]))
+        drv = d.get("driver") if isinstance(d.get("driver"), Mapping) else {}
+        for key, fam in counters.items():
+            if (v := _num((drv if key in _DRIVER_COUNTERS else d).get(key))) is not None:
+                fam.add_metric([name], v)
+        codes = drv.get("exceptions")
+        if isinstance(codes, Mapping):
+            for code, n in sorted(codes.items(), key=lambda x: int(x[0])):
+                if (v := _num(n)) is not None:
+                    exceptions.add_metric([name, str(code)], v)
+        if (v := _num(drv.get("plan_requests"))) is not None and v > 0:
+            plan.add_metric([name], v)
+        if (v := _num(d.get("last_latency_ms"))) is not None:
+            latency.add_metric([name], round(v / 1e3, 6))
+        if (hist := _histogram_sample(d.get("latency"))) is not None:
+            durations.add_metric([name], hist[0], hist[1])
+        if (v := _num(d.get("last_read_ns"))) is not None:
+            last.add_metric([name], v / 1e9)
+        if (v := _num(d.get("last_ok_ns"))) is not None:
+            last_ok.add_metric([name], v / 1e9)
+    yield up
+    yield from counters.values()
+    yield from (exceptions, plan, latency, durations, last, last_ok)
+
+
+def host_facts(
+    cfg: Any, _cache: dict[tuple[str, int], float | None] | None = None
+) -> dict[str, Any]:
+    """What the snapshot's ``host`` section holds, from the config and the system: the
+    outbox limit, free disk under the state dir and the outbox, and when each configured
+    certificate expires (read again only when its file changes)."""
+    cache = _CERT_CACHE if _cache is None else _cache
+    free: dict[str, int] = {}
+    for path in dict.fromkeys([cfg.state_dir, Path(cfg.outbox_path).parent]):
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        free[str(path)] = st.f_bavail * st.f_frsize
+    certs: dict[str, float] = {}
+    tls = getattr(cfg.uplink, "tls", None)
+    for name in ("cert_file", "ca_file"):
+        path = getattr(tls, name, None) if tls is not None else None
+        if path is not None and (when := _cert_expiry(Path(path), cache)) is not None:
+            certs[f"uplink.tls.{name}"] = when
+    return {
+        "outbox_limit_bytes": int(cfg.outbox.max_mib * 2**20),
+        "disk_free_bytes": free,
+        "cert_expiry": certs,
+    }
+
+
+_CERT_CACHE: dict[tuple[str, int], float | None] = {}
+
+
+def _cert_expiry(path: Path, cache: dict[tuple[str, int], float | None]) -> float | None:
+    """notAfter of the first certificate in a PEM file, as unix time; None if unreadable."""
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in cache:
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cache[key] = cert.not_valid_after_utc.timestamp()
+        except (OSError, ValueError) as exc:
+            log.warning("metrics: cannot read certificate %s: %s", path, exc)
+            cache[key] = None
+    return cache[key]
 
 
 def build_registry(
@@ -381,27 +610,38 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, "text/plain; charset=utf-8", f"error: {exc}\n".encode())
                 return
             self._send(200, CONTENT_TYPE_LATEST, body)
-        elif path in ("/healthz", "/health"):
+        elif path in ("/healthz", "/health", "/livez", "/readyz"):
             try:
                 snap = self.server.snapshot()
-                problems = health_problems(snap, max_age_s=self.server.max_age_s)
+                code, doc = health_doc(snap, max_age_s=self.server.max_age_s)
             except Exception as exc:  # the daemon's callable failed: that is unhealthy
                 log.exception("health: cannot read the snapshot")
-                snap, problems = None, [f"cannot read the status: {exc}"]
-            doc: dict[str, Any] = {"healthy": not problems, "problems": problems}
-            if snap is not None:
-                doc.update(
-                    gateway=snap.get("gateway"),
-                    pid=snap.get("pid"),
-                    status_age_s=round(snapshot_age_s(snap), 3),
+                code, doc = (
+                    503,
+                    {
+                        "status": "unhealthy",
+                        "live": False,
+                        "ready": False,
+                        "healthy": False,
+                        "problems": [f"cannot read the status: {exc}"],
+                        "degraded": [],
+                    },
                 )
-            self._send(
-                503 if problems else 200, "application/json", json.dumps(doc).encode() + b"\n"
-            )
+            if path == "/livez":
+                code = 200 if doc["live"] else 503
+            elif path == "/readyz":
+                code = 200 if doc["ready"] else 503
+            self._send(code, "application/json", json.dumps(doc).encode() + b"\n")
         elif path == "/":
-            self._send(200, "text/plain; charset=utf-8", b"edgegw: /metrics /healthz\n")
+            self._send(
+                200, "text/plain; charset=utf-8", b"edgegw: /metrics /healthz /livez /readyz\n"
+            )
         else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+            self._send(
+                404,
+                "text/plain; charset=utf-8",
+                b"not found: try /metrics, /healthz, /livez or /readyz\n",
+            )
 
     def _send(self, code: int, ctype: str, body: bytes) -> None:
         self.send_response(code)

@@ -7,21 +7,30 @@ bunched up, and counted as overruns.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.contract import Batch, ConnectError, Driver, Quality, bad_readings
 
 from .backoff import Backoff
+from .histogram import Histogram
 
 log = logging.getLogger("edgegw.poller")
 
 
+_GOOD = int(Quality.GOOD)
+_UNCERTAIN = int(Quality.UNCERTAIN)
+
+
 @dataclass(slots=True)
 class DeviceState:
+    """What the status view, the metrics and the health endpoint show of one device
+    (copied into the status snapshot with ``asdict`` once a second)."""
+
     name: str
     up: bool = False
     reads: int = 0
@@ -30,6 +39,49 @@ class DeviceState:
     last_error: str | None = None
     last_latency_ms: float | None = None
     last_read_ns: int | None = None
+    bad_readings: int = 0
+    """Readings with a bad quality (counted on failed reads only: a read without error
+    has none)."""
+    last_ok_ns: int | None = None
+    """When a read last brought at least one good reading."""
+    latency: Histogram = field(default_factory=Histogram)
+    """Duration of each read, seconds."""
+    driver: Any = None
+    """The driver's own counters, when it keeps some (a dataclass, e.g. Modbus
+    ``LinkStats``: requests, timeouts, exceptions by code, what it learned)."""
+
+
+def _driver_stats(driver: Any) -> Any:
+    """The driver's counters, if it keeps them as a dataclass (copied into the snapshot)."""
+    stats = getattr(driver, "stats", None)
+    return stats if dataclasses.is_dataclass(stats) and not isinstance(stats, type) else None
+
+
+def carry_counters(old: Any, new: Any) -> None:
+    """A device restarted by a reload gets a new driver: its counters go on from the old
+    driver's, where the driver's stats know how (``carry_from``)."""
+    if old is not None and new is not None and type(old) is type(new):
+        carry = getattr(new, "carry_from", None)
+        if carry is not None:
+            carry(old)
+
+
+def count_read(state: DeviceState, batch: Batch, now_ns: int) -> None:
+    """Count one batch: reads, bad readings, last good read (per batch, not per reading,
+    unless the batch failed)."""
+    state.reads += 1
+    state.last_read_ns = now_ns
+    if batch.error is None:
+        if batch.readings:
+            state.last_ok_ns = now_ns
+        return
+    bad = 0
+    for r in batch.readings:
+        if r[3] != _GOOD and r[3] != _UNCERTAIN:
+            bad += 1
+    state.bad_readings += bad
+    if bad < len(batch.readings):
+        state.last_ok_ns = now_ns
 
 
 async def poll_device(
@@ -51,6 +103,7 @@ async def poll_device(
     loop = asyncio.get_running_loop()
     backoff = Backoff()
     next_t = loop.time()
+    state.driver = _driver_stats(driver)
     try:
         await _loop(driver, plan, tag_names, interval_s, sink, state, loop, backoff, next_t, stop)
     finally:
@@ -79,9 +132,10 @@ async def _loop(
                 log.info("device %s: connected", driver.name)
         t0 = loop.time()
         batch = await driver.read(plan)
-        state.last_latency_ms = (loop.time() - t0) * 1e3
-        state.last_read_ns = time.time_ns()
-        state.reads += 1
+        took = loop.time() - t0
+        state.last_latency_ms = round(took * 1e3, 3)  # µs: finer is clock noise
+        state.latency.observe(took)
+        count_read(state, batch, time.time_ns())
         await sink(batch)
         if batch.error:
             state.errors += 1
@@ -117,12 +171,12 @@ async def subscribe_device(
     link drops (it raises ConnectError, having reported the tags BAD_COMM), and again."""
 
     async def counted(batch: Batch) -> None:
-        state.reads += 1
-        state.last_read_ns = time.time_ns()
+        count_read(state, batch, time.time_ns())
         state.last_error = batch.error
         await sink(batch)
 
     backoff = Backoff()
+    state.driver = _driver_stats(driver)
     try:
         while not stop.is_set():
             if not driver.connected:

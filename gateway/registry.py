@@ -39,12 +39,20 @@ def _package(protocol: str) -> ModuleType:
         raise ValueError(f"no driver for protocol {protocol!r}") from None
 
 
-def build_device(dev: Any, state_dir: Path) -> DeviceRuntime:
+def build_device(dev: Any, state_dir: Path | None, *, read_only: bool = False) -> DeviceRuntime:
+    """The driver and compiled plan of ``dev``. ``state_dir``: where drivers keep what they
+    learn about a device (None: nowhere); ``read_only``: load it but never write (tools)."""
     pkg = _package(dev.protocol)
     plan = pkg.compile_plan(dev)
     cls = importlib.import_module(pkg.__name__ + ".driver").Driver
-    # OPC UA keeps its client certificate and trust list per device
-    extra = {"pki_dir": state_dir / "pki" / dev.name} if dev.protocol == "opcua" else {}
+    extra: dict[str, Any] = {}
+    if dev.protocol == "opcua" and state_dir is not None:
+        # OPC UA keeps its client certificate and trust list per device
+        extra["pki_dir"] = state_dir / "pki" / dev.name
+    learned = getattr(pkg, "learned_file", None)
+    if learned is not None and state_dir is not None:
+        extra["learned_file"] = learned(state_dir, dev.name)
+        extra["read_only"] = read_only
     driver = cls(dev, **extra)
     return DeviceRuntime(
         driver,
@@ -55,15 +63,41 @@ def build_device(dev: Any, state_dir: Path) -> DeviceRuntime:
     )
 
 
-def describe_device(dev: Any) -> list[str]:
-    """The compiled read plan, without connecting."""
+def _plan(dev: Any, state_dir: Path | None) -> tuple[Any, Any, list[str]]:
+    """The package, the plan the driver would read (with what it learned about the
+    device, when the protocol learns) and the learned facts as lines."""
     pkg = _package(dev.protocol)
-    lines: list[str] = pkg.describe_plan(pkg.compile_plan(dev))
-    return lines
+    learned_plan = getattr(pkg, "learned_plan", None)
+    if learned_plan is not None and state_dir is not None:
+        plan, notes = learned_plan(dev, state_dir)
+        return pkg, plan, notes
+    return pkg, pkg.compile_plan(dev), []
 
 
-def summarize_device(dev: Any) -> str | None:
+def describe_device(dev: Any, state_dir: Path | None = None) -> list[str]:
+    """The compiled read plan, without connecting; with ``state_dir``, as adapted to what
+    the driver learned about the device, followed by ``learned: ...`` lines."""
+    pkg, plan, notes = _plan(dev, state_dir)
+    lines: list[str] = pkg.describe_plan(plan)
+    return lines + [f"learned: {n}" for n in notes]
+
+
+def summarize_device(dev: Any, state_dir: Path | None = None) -> str | None:
     """One line on what the plan saves (e.g. requests merged), if the protocol says."""
-    pkg = _package(dev.protocol)
+    pkg, plan, _ = _plan(dev, state_dir)
     summarize = getattr(pkg, "summarize_plan", None)
-    return summarize(pkg.compile_plan(dev)) if summarize else None
+    return summarize(plan) if summarize else None
+
+
+def forget_learned(dev: Any, state_dir: Path) -> bool:
+    """Delete what the driver learned about ``dev`` (``edgegw read --relearn``); True if
+    there was something."""
+    learned = getattr(_package(dev.protocol), "learned_file", None)
+    if learned is None:
+        return False
+    path: Path = learned(state_dir, dev.name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

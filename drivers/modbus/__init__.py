@@ -9,6 +9,7 @@ this package must stay cheap (``drivers/contract.py``); the gateway imports
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import (
@@ -25,6 +26,7 @@ from .config import (
     load_device_map,
 )
 from .decode import DecodeError, decode_value, encode_value
+from .learn import Learned, learned_file
 from .plan import ReadPlan, Request, compile_plan, describe_plan, summarize_plan
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ __all__ = [
     "DataType",
     "DecodeError",
     "DeviceConfig",
+    "Learned",
     "ModbusDevice",
     "ModbusRtuDevice",
     "ModbusRtuDriver",
@@ -60,9 +63,18 @@ __all__ = [
     "decode_value",
     "describe_plan",
     "encode_value",
+    "learned_file",
+    "learned_plan",
     "load_device_map",
     "summarize_plan",
 ]
+
+
+def learned_plan(device: ModbusDevice, state_dir: Path) -> tuple[ReadPlan, list[str]]:
+    """The plan the driver reads after what it learned about the device's map (kept in
+    ``state_dir``), and what it learned as lines; for ``edgegw validate``."""
+    learned = Learned.load(device, learned_file(state_dir, device.name), read_only=True)
+    return compile_plan(device, learned.barriers), learned.lines()
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ __all__ = [
     "ModbusRtuTcpDevice",
     "ModbusTag",
     "ModbusTcpDevice",
+    "OnIllegalAddress",
     "Order",
     "Parity",
     "Table",
@@ -68,6 +69,17 @@ def _bounded(default: int, span: Range, description: str) -> Any:
         extra["maximum"] = hi
     text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
     return Field(default, description=f"{description} ({text})", json_schema_extra=extra)
+
+
+class OnIllegalAddress(StrEnum):
+    """What a refused request (Modbus exception 2, or 3 on some devices) of several tags
+    does. ``split`` (default): bisect it until every readable tag is read again and the
+    refused addresses are isolated, and remember that (a few extra requests once, then a
+    plan that avoids them). ``fail``: every tag of the request is bad while it is refused
+    (the device map must then avoid unmapped addresses, e.g. with ``max_gap: 0``)."""
+
+    SPLIT = "split"
+    FAIL = "fail"
 
 
 class Parity(StrEnum):
@@ -122,7 +134,13 @@ class ModbusDevice(Model):
         8,
         _RANGES["max_gap"],
         "unused registers (or bits) read to merge two requests into one: fewer round trips, "
-        "slightly larger responses; set 0 for devices that reject reads of unmapped addresses",
+        "slightly larger responses; a device that refuses unmapped addresses is handled by "
+        "on_illegal_address",
+    )
+    on_illegal_address: OnIllegalAddress = Field(
+        OnIllegalAddress.SPLIT,
+        description="a request of several tags refused with exception 2/3: 'split' "
+        "(bisect, read every readable tag, remember the refused addresses) or 'fail'",
     )
     order: str | None = Field(
         None, description="vendor notation of the default orders, e.g. CDAB (or AB/BA)"
@@ -143,6 +161,11 @@ class ModbusDevice(Model):
     @classmethod
     def _parse_order(cls, v: Any) -> Order:
         return parse_enum(Order, v, "order")
+
+    @field_validator("on_illegal_address", mode="before")
+    @classmethod
+    def _parse_on_illegal(cls, v: Any) -> OnIllegalAddress:
+        return parse_enum(OnIllegalAddress, v, "on_illegal_address")
 
     @field_validator("order", mode="before")
     @classmethod

@@ -1,15 +1,19 @@
-"""Register maps from spreadsheets: a CSV file -> a validated device -> a YAML device block.
+"""Register maps from spreadsheets: a CSV file -> a validated device -> a YAML device file.
 
 Engineers keep register maps in spreadsheets. One row per tag, a header row naming the
 columns (any order, case and spaces ignored, ``,`` ``;`` or tab separated, UTF-8 with
-or without BOM). Empty cells take the defaults; rows that are empty or whose first cell
-starts with ``#`` are skipped, and so are columns whose header starts with ``#``
-(notes). Every bad row is reported, as ``FILE:LINE: column: problem``.
+or without BOM). Vendors' own words are met halfway (``csvcells.py``): column aliases
+(``Data Type``, ``Register``, ``Access``), type words (``FLOAT``, ``UINT32 CDAB``,
+``STRING(16)``), hex and ``4x00001`` addresses, ranges (``40001-40002``). Empty cells
+take the defaults; rows that are empty or whose first cell starts with ``#`` are
+skipped, and so are columns whose header starts with ``#`` (notes) and write-only rows.
+Every problem of every row is reported, as ``FILE:LINE: column: problem``.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import io
 import re
@@ -22,15 +26,34 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from .config import ModbusTag, validate_device
-from .types import MAX_STRING_LENGTH
+from .csvcells import (
+    COLUMN_ALIASES,
+    TYPE_ALIASES,
+    parse_access,
+    parse_address,
+    parse_register,
+    parse_type,
+    slugify,
+    valid_name,
+)
+from .types import MAX_STRING_LENGTH, TYPES, DataType
 
 __all__ = ["COLUMNS", "CsvProblem", "RegisterMap", "device_yaml", "read_register_map"]
 
 # column -> (tag field, parser, documentation). The README's table is generated from it.
 COLUMNS: dict[str, tuple[str, str, str]] = {
     "name": ("name", "text", "tag name, unique: letters, digits and _ . : - (required)"),
-    "address": ("address", "int", "0-based address 0..65535 (or give `register`)"),
-    "register": ("register", "text", "register number as in manuals: 40001, 30001, 10001, 00001"),
+    "address": (
+        "address",
+        "int",
+        "0-based address 0..65535, decimal or hex (`0x0010`); or give `register`",
+    ),
+    "register": (
+        "register",
+        "text",
+        "register number as in manuals: 40001 or 400001 (also 30001, 10001, 00001), or "
+        "`4x00001`/`3x`/`1x`/`0x`; a range `40001-40002` must match the type's size",
+    ),
     "table": ("table", "text", "holding (default), input, coil, discrete; implied by register"),
     "type": (
         "type",
@@ -45,16 +68,34 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "bit": ("bit", "int", "bit 0..15 of a holding/input register, with type bool"),
     "poll_ms": ("poll_interval_ms", "int", "this tag's poll interval, ms (default: device's)"),
     "description": ("description", "text", "free text"),
+    "access": ("", "access", "R, RO, R/W, RW: read; W, WO (write-only): the row is skipped"),
 }
-_BY_FIELD = {field: column for column, (field, _, _) in COLUMNS.items()}
+_BY_FIELD = {field: column for column, (field, _, _) in COLUMNS.items() if field}
 _BY_FIELD |= {"byte_order": "order", "word_order": "order", "register_number": "register"}
 _TAG = TypeAdapter(ModbusTag)
 
 
 def columns_markdown() -> str:
     """The column table for the README (a test keeps them equal)."""
-    lines = ["| column | meaning |", "|---|---|"]
-    lines += [f"| `{c}` | {doc} |" for c, (_, _, doc) in COLUMNS.items()]
+    aliases: dict[str, list[str]] = {}
+    for alias, column in COLUMN_ALIASES.items():
+        aliases.setdefault(column, []).append(alias)
+    lines = ["| column | meaning | also accepted |", "|---|---|---|"]
+    lines += [
+        f"| `{c}` | {doc} | {', '.join(f'`{a}`' for a in aliases.get(c, [])) or '-'} |"
+        for c, (_, _, doc) in COLUMNS.items()
+    ]
+    return "\n".join(lines)
+
+
+def types_markdown() -> str:
+    """The type words accepted in the ``type`` column, for the README (kept equal)."""
+    words: dict[DataType, list[str]] = {}
+    for word, dtype in TYPE_ALIASES.items():
+        if word != dtype.value:
+            words.setdefault(dtype, []).append(word.upper())
+    lines = ["| type | also accepted |", "|---|---|"]
+    lines += [f"| `{t.value}` | {', '.join(words.get(t, [])) or '-'} |" for t in DataType]
     return "\n".join(lines)
 
 
@@ -80,10 +121,18 @@ class RegisterMap:
     lines: list[int]
     """The line number of each entry in ``tags``."""
     problems: list[CsvProblem]
+    skipped: list[CsvProblem] = dataclasses.field(default_factory=list)
+    """Rows left out on purpose (write-only registers), to say so."""
+    slugify: bool = False
+    """Turn names the gateway does not accept into ones it does."""
 
 
 def _header(cell: str) -> str:
-    return re.sub(r"[\s-]+", "_", cell.strip().lower())
+    text = cell.strip()
+    if text.startswith("#"):
+        return text
+    name = re.sub(r"[^a-z0-9#]+", "_", text.lower()).strip("_")
+    return COLUMN_ALIASES.get(name, name)
 
 
 def _cell(kind: str, text: str) -> Any:
@@ -100,12 +149,15 @@ def _cell(kind: str, text: str) -> Any:
     return text
 
 
-def read_register_map(path: str | Path, text: str | None = None) -> RegisterMap:
-    """Read a CSV register map; ``problems`` lists every bad header, cell and row."""
+def read_register_map(
+    path: str | Path, text: str | None = None, *, slugify: bool = False
+) -> RegisterMap:
+    """Read a CSV register map; ``problems`` lists every bad header, cell and row.
+    ``slugify``: names with spaces or other characters become accepted names."""
     file = str(path)
     if text is None:
         text = Path(path).read_text(encoding="utf-8-sig")
-    out = RegisterMap(file, [], [], [])
+    out = RegisterMap(file, [], [], [], slugify=slugify)
     first = next((ln for ln in text.splitlines() if ln.strip() and ln[:1] != "#"), "")
     try:
         dialect: Any = csv.Sniffer().sniff(first, delimiters=",;\t")
@@ -139,15 +191,15 @@ def _check_header(file: str, line: int, header: list[str]) -> list[CsvProblem]:
             if name in header[:i] and not name.startswith("#"):
                 problems.append(CsvProblem(file, line, name, "this column appears twice"))
             continue
-        close = difflib.get_close_matches(name, list(COLUMNS), n=1)
+        close = difflib.get_close_matches(name, [*COLUMNS, *COLUMN_ALIASES], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(
             CsvProblem(
                 file,
                 line,
                 name or f"column {i + 1}",
-                f"unknown column{hint}; accepted: {', '.join(COLUMNS)} "
-                "(columns starting with # are ignored)",
+                f"unknown column{hint}; accepted: {', '.join(COLUMNS)} and the aliases in "
+                "the README (columns starting with # are ignored)",
             )
         )
     return problems
@@ -156,30 +208,92 @@ def _check_header(file: str, line: int, header: list[str]) -> list[CsvProblem]:
 def _row(
     out: RegisterMap, file: str, line: int, header: list[str], row: list[str]
 ) -> list[CsvProblem]:
+    """One row: every problem of every cell, then of the tag as a whole (for the cells
+    that parsed), so one run shows all there is to fix."""
     problems = []
     if len(row) > len(header) and any(c.strip() for c in row[len(header) :]):
         problems.append(
             CsvProblem(file, line, "row", f"{len(row)} cells but the header has {len(header)}")
         )
     entry: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # tag field -> the column it came from
+    span: int | None = None
     for column, value in zip(header, row, strict=False):
         value = value.strip()
         if not value or column.startswith("#") or column not in COLUMNS:
             continue
-        field, kind, _ = COLUMNS[column]
         try:
-            entry[field] = _cell(kind, value)
+            fields = _cell_fields(column, value, out.slugify)
         except ValueError as exc:
             problems.append(CsvProblem(file, line, column, str(exc)))
-    if not problems:
-        try:
-            _TAG.validate_python(entry)
-        except ValidationError as exc:
-            problems += _located(file, exc, {(): line}, ())
+            continue
+        if fields is None:  # a write-only register: the gateway only reads
+            out.skipped.append(
+                CsvProblem(
+                    file, line, column, f"{value!r}: write-only, skipped (the gateway reads)"
+                )
+            )
+            return []
+        span = fields.pop("_span", span)
+        for key, v in fields.items():
+            if key in entry and entry[key] != v:
+                problems.append(
+                    CsvProblem(
+                        file,
+                        line,
+                        column,
+                        f"{key} {v!r} contradicts {key} {entry[key]!r} from column {origin[key]!r}",
+                    )
+                )
+                continue
+            entry[key] = v
+            origin.setdefault(key, column)
+    reported = {p.column for p in problems}
+    tag = None
+    try:
+        tag = _TAG.validate_python(entry)
+    except ValidationError as exc:
+        problems += [p for p in _located(file, exc, {(): line}, ()) if p.column not in reported]
+    if tag is not None and span is not None and span != tag.registers:
+        column = origin.get("register_number", origin.get("register", "address"))
+        fits = [t.value for t, spec in TYPES.items() if spec.registers == span]
+        hint = f" (types of {span}: {', '.join(fits)})" if fits and "type" not in entry else ""
+        problems.append(
+            CsvProblem(
+                file,
+                line,
+                column,
+                f"the range covers {span} register(s) but {tag.type.value} takes "
+                f"{tag.registers}; fix the range or give the type{hint}",
+            )
+        )
     if not problems:
         out.tags.append(entry)
         out.lines.append(line)
     return problems
+
+
+def _cell_fields(column: str, value: str, slug: bool) -> dict[str, Any] | None:
+    """The tag fields one cell gives; None for a write-only access mark."""
+    if column == "type":
+        return parse_type(value)
+    if column == "address":
+        return parse_address(value)
+    if column == "register":
+        return parse_register(value)
+    if column == "access":
+        return {} if parse_access(value) else None
+    if column == "name":
+        if slug:  # every name, so they read alike
+            return {"name": slugify(value)}
+        if valid_name(value):
+            return {"name": value}
+        raise ValueError(
+            f"tag name {value!r} is not allowed; accepted: letters, digits and _ . : - "
+            f"(--slugify makes it {slugify(value)!r})"
+        )
+    field, kind, _ = COLUMNS[column]
+    return {field: _cell(kind, value)}
 
 
 def _located(
@@ -259,15 +373,24 @@ def _flow(entry: Mapping[str, Any]) -> str:
 
 
 def device_yaml(
-    fields: Mapping[str, Any], rmap: RegisterMap, *, comment: Iterable[str] = ()
+    fields: Mapping[str, Any],
+    rmap: RegisterMap,
+    *,
+    comment: Iterable[str] = (),
+    gateway: Mapping[str, Any] | None = None,
 ) -> str:
-    """A YAML list holding one device: ``fields`` then ``tags:``, one flow mapping per tag,
-    as written in the CSV (register numbers stay register numbers)."""
+    """A device file: ``devices:`` holding one device, ``fields`` then ``tags:``, one flow
+    mapping per tag, as written in the CSV (register numbers stay register numbers). It
+    goes in a config's ``devices_dir`` as it is. With ``gateway`` (the ``gateway:``
+    section), a complete config instead."""
     lines = [f"# {c}" for c in comment]
+    if gateway is not None:
+        lines += yaml.safe_dump({"gateway": dict(gateway)}, sort_keys=False).splitlines()
+    lines.append("devices:")
     head = yaml.safe_dump([dict(fields)], sort_keys=False, allow_unicode=True).rstrip("\n")
-    lines += head.splitlines()
-    lines.append("  tags:")
+    lines += [f"  {line}" for line in head.splitlines()]
+    lines.append("    tags:")
     for entry in rmap.tags:
         ordered = {k: _yaml_value(k, entry[k]) for k in _ORDER if k in entry}
-        lines.append(f"    - {_flow(ordered)}")
+        lines.append(f"      - {_flow(ordered)}")
     return "\n".join(lines) + "\n"

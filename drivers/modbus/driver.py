@@ -4,11 +4,14 @@ which picks the driver for ``dev.protocol`` (RTU and RTU over TCP are in ``rtu.p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -16,13 +19,22 @@ from pymodbus.exceptions import ModbusException
 
 from drivers.contract import Batch, ConnectError, Quality, Reading
 
-from .config import ModbusDevice, ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
+from .config import (
+    ModbusDevice,
+    ModbusRtuDevice,
+    ModbusRtuTcpDevice,
+    ModbusTcpDevice,
+    OnIllegalAddress,
+)
 from .decode import DecodeError
+from .learn import Learned
 from .pdu import register_fast_responses
-from .plan import ReadPlan, Request
+from .plan import ReadPlan, Request, compile_plan, split_request
 from .types import Table
 
 __all__ = ["EXCEPTION_NAMES", "Driver", "LinkStats", "ModbusDriverBase", "ModbusTcpDriver"]
+
+log = logging.getLogger("edgegw.modbus")
 
 _BAD_COMM = int(Quality.BAD_COMM)
 _BAD_DEVICE = int(Quality.BAD_DEVICE)
@@ -52,6 +64,18 @@ EXCEPTION_NAMES: dict[int, str] = {
 RawValues = list[int] | list[bool]
 
 
+def _settle(splits: dict[int, list[Any]], req: Request, ok: bool, learned: Any) -> None:
+    """A half of a split request was read (``ok``: answered with data); when both halves
+    of a split were answered, the barrier between them is proven and learned."""
+    record = splits.pop(id(req), None)
+    if record is None:
+        return
+    record[1] -= 1
+    record[2] = record[2] and ok
+    if record[1] == 0 and record[2] and learned is not None:
+        learned.add_barrier(record[0])
+
+
 def where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -62,15 +86,42 @@ def _bad(tags: tuple[str, ...], ts: int, quality: int, reason: str) -> list[Read
 
 @dataclass(slots=True)
 class LinkStats:
-    """Counters of one driver, for status and metrics (cheap: a few increments per request)."""
+    """Counters of one driver, for status and metrics (cheap: a few increments per
+    request, none per reading)."""
 
     requests: int = 0
-    no_response: int = 0
-    """Requests that timed out (after retries) or lost the link."""
-    exceptions: int = 0
-    """Modbus exception responses (illegal address, busy, ...)."""
+    timeouts: int = 0
+    """Requests that got no answer in time (after retries)."""
+    link_errors: int = 0
+    """Requests that lost the link (connection closed, port gone) or got a mismatched answer."""
+    exceptions: dict[int, int] = field(default_factory=dict)
+    """Modbus exception responses by exception code (2 illegal address, 6 busy, ...)."""
     decode_errors: int = 0
+    last_ok_ns: int | None = None
+    """When a request was last answered with data."""
     last_exception: str | None = None
+    splits: int = 0
+    """Refused requests split in two to isolate refused addresses."""
+    plan_requests: int = 0
+    """Requests of the plan in use (after what was learned)."""
+    learned: list[str] = field(default_factory=list)
+    """What was learned about the device's map, one human line each."""
+
+    def carry_from(self, old: LinkStats) -> None:
+        """Go on counting from ``old`` (the driver a reload replaced)."""
+        self.requests += old.requests
+        self.timeouts += old.timeouts
+        self.link_errors += old.link_errors
+        self.decode_errors += old.decode_errors
+        self.splits += old.splits
+        for code, n in old.exceptions.items():
+            self.exceptions[code] = self.exceptions.get(code, 0) + n
+        self.last_ok_ns = self.last_ok_ns or old.last_ok_ns
+        self.last_exception = self.last_exception or old.last_exception
+
+
+# Exceptions that mean "this address range is not readable" and make the driver split.
+_SPLIT_CODES = (2, 3)
 
 
 class NoResponse(Exception):
@@ -89,7 +140,7 @@ class ModbusDriverBase:
     """The shared link this driver's requests go through (``serial:/dev/ttyUSB0``,
     ``rtu-tcp:host:port``); None when it has a connection of its own."""
 
-    def __init__(self, device: ModbusDevice, where_: str) -> None:
+    def __init__(self, device: ModbusDevice, where_: str, learned: Learned | None = None) -> None:
         self.device = device
         self.name = device.name
         self.where = where_
@@ -101,10 +152,49 @@ class ModbusDriverBase:
         self.check_after_silence = True
         """Set False for tools that talk to many unit ids through one driver (scan)."""
         self.stats = LinkStats()
+        self.learned = learned
+        """What was learned about the device's map (None: the driver does not split)."""
+        if device.on_illegal_address is OnIllegalAddress.FAIL:
+            self.learned = None
+        elif learned is None:
+            self.learned = Learned.load(device, None)
+        self._tag_names = tuple(f"{device.name}/{t.name}" for t in device.tags)
+        self._given: ReadPlan | None = None
+        self._own = False
+        self._plan: ReadPlan | None = None
+        self._plan_version = -1
 
     @property
     def connected(self) -> bool:
         raise NotImplementedError
+
+    def _adapted(self, plan: ReadPlan) -> ReadPlan:
+        """The plan to read: ``plan`` itself, or, once something was learned, the device's
+        plan compiled again around the learned barriers (cached until more is learned).
+        Only a plan of this driver's own device learns (tools may pass others)."""
+        if plan is not self._given:
+            self._given, self._plan_version = plan, -1
+            self._own = plan.device == self.name and plan.tag_names == self._tag_names
+            self.stats.plan_requests = len(plan.requests)
+        learned = self.learned
+        if learned is None or not self._own or not learned.barriers:
+            return plan
+        if learned.version != self._plan_version:
+            self._plan_version = learned.version
+            self._plan = compile_plan(self.device, learned.barriers)
+            if plan.unit_id != self._plan.unit_id:
+                self._plan = dataclasses.replace(self._plan, unit_id=plan.unit_id)
+            self.stats.plan_requests = len(self._plan.requests)
+            self.stats.learned = learned.lines()
+        assert self._plan is not None
+        return self._plan
+
+    def reload_learned(self) -> None:
+        """Read the learned file again (after ``edgegw read --relearn`` deleted it)."""
+        if self.learned is not None and self.learned.path is not None:
+            self.learned = Learned.load(self.device, self.learned.path)
+            self.stats.learned = self.learned.lines()
+            self._given, self._plan_version = None, -1
 
     async def connect(self) -> None:
         raise NotImplementedError
@@ -141,12 +231,14 @@ class ModbusDriverBase:
         """Read the requests due at this cycle (all of them at the first)."""
         cycle = self._cycle
         self._cycle = cycle + 1
+        plan = self._adapted(plan)
         return await self._read(plan, plan.due(cycle), None)
 
     async def read_raw(self, plan: ReadPlan) -> tuple[Batch, dict[str, RawValues | None]]:
         """Opt-in capability for tools (``edgegw read``): read every request and also
         return each tag's raw registers (or bits); None for a tag whose request failed."""
         blocks: list[tuple[Request, Sequence[Any]]] = []
+        plan = self._adapted(plan)
         batch = await self._read(plan, plan.requests, blocks)
         raw: dict[str, RawValues | None] = dict.fromkeys(plan.tag_names)
         for req, values in blocks:
@@ -164,30 +256,59 @@ class ModbusDriverBase:
         out = batch.readings
         unit = plan.unit_id
         stats = self.stats
-        for i, req in enumerate(requests):
+        learned = self.learned if self._own else None
+        before = learned.version if learned is not None else 0
+        todo = list(reversed(requests))  # a stack: a split request's halves go on top
+        # id(half of a split request) -> [barrier, halves not yet read, both answered]
+        splits: dict[int, list[Any]] = {}
+        while todo:
+            req = todo.pop()
             if not self.connected:
-                self._fail_rest(batch, requests[i:], f"not connected to {self.where}")
+                self._fail_rest(batch, [req, *reversed(todo)], f"not connected to {self.where}")
                 break
             call, attr = self._reads[req.table]
             stats.requests += 1
             try:
                 rsp = await call(req.address, count=req.count, device_id=unit)
             except (ModbusException, NoResponse, OSError) as exc:
-                stats.no_response += 1
                 why = self._no_response(exc)
-                self._fail_rest(batch, requests[i:], f"{why} reading {req.label} from {self.where}")
+                if self._silent:
+                    stats.timeouts += 1
+                else:
+                    stats.link_errors += 1
+                reason = f"{why} reading {req.label} from {self.where}"
+                self._fail_rest(batch, [req, *reversed(todo)], reason)
                 break
             except asyncio.CancelledError:
                 self._no_response(asyncio.CancelledError())  # the answer may still come
                 raise
             ts = time.time_ns()
             if rsp.isError():
-                stats.exceptions += 1
-                reason = self._exception_reason(rsp.exception_code, req)
+                code = rsp.exception_code
+                stats.exceptions[code] = stats.exceptions.get(code, 0) + 1
+                if splits:
+                    _settle(splits, req, False, learned)
+                if learned is not None and code in _SPLIT_CODES:
+                    if len(req.tags) > 1:
+                        # Bisect: read both halves now. Only a split whose halves are
+                        # both answered proves the device refuses what lies between them.
+                        left, right, barrier = split_request(self.device, req)
+                        todo += (right, left)
+                        splits[id(left)] = splits[id(right)] = [barrier, 2, True]
+                        stats.splits += 1
+                        continue
+                    name = req.tags[0].split("/", 1)[1]
+                    learned.add_refused(
+                        name, code, (req.table, req.address, req.address + req.count)
+                    )
+                reason = self._exception_reason(code, req)
                 stats.last_exception = reason
                 out += _bad(req.tags, ts, _BAD_DEVICE, reason)
                 batch.error = batch.error or reason
                 continue
+            stats.last_ok_ns = ts
+            if splits:
+                _settle(splits, req, True, learned)
             raw = getattr(rsp, "raw", None)  # pdu.py: the register bytes as sent
             try:
                 if raw is not None:
@@ -202,19 +323,36 @@ class ModbusDriverBase:
                 continue
             if blocks is not None:
                 blocks.append((req, getattr(rsp, attr)))
+        if learned is not None and learned.version != before:
+            self._learned_more(plan)
         return batch
+
+    def _learned_more(self, plan: ReadPlan) -> None:
+        """Something new was learned this cycle: save it, and say what changed once."""
+        learned = self.learned
+        assert learned is not None
+        learned.save()
+        adapted = self._adapted(plan)
+        log.warning(
+            "modbus %s: the device refuses some addresses; the plan now has %d request(s): %s",
+            self.name,
+            len(adapted.requests),
+            "; ".join(learned.lines()),
+        )
+        self.stats.learned = learned.lines()
+        self.stats.plan_requests = len(adapted.requests)
 
     def _exception_reason(self, code: int, req: Request) -> str:
         name = EXCEPTION_NAMES.get(code, "unknown exception")
         reason = f"modbus exception {code} ({name}) reading {req.label}"
-        if code == 2 and req.unused:
+        if code == 2 and req.unused and self.learned is None:
             reason += (
                 f"; the request also reads {req.unused} unused address(es) to bridge gaps: "
                 "if the device rejects unmapped addresses, set max_gap: 0"
             )
         return reason
 
-    def _fail_rest(self, batch: Batch, requests: tuple[Request, ...], reason: str) -> None:
+    def _fail_rest(self, batch: Batch, requests: Sequence[Request], reason: str) -> None:
         ts = time.time_ns()
         for req in requests:
             batch.readings += _bad(req.tags, ts, _BAD_COMM, reason)
@@ -232,8 +370,8 @@ class ModbusTcpDriver(ModbusDriverBase):
 
     device: ModbusTcpDevice
 
-    def __init__(self, device: ModbusTcpDevice) -> None:
-        super().__init__(device, where(device.host, device.port))
+    def __init__(self, device: ModbusTcpDevice, learned: Learned | None = None) -> None:
+        super().__init__(device, where(device.host, device.port), learned)
         self._client: AsyncModbusTcpClient | None = None
         self._delay_s = device.inter_request_delay_ms / 1000
         self._quiet_until = 0.0
@@ -331,12 +469,18 @@ class ModbusTcpDriver(ModbusDriverBase):
             client.close()
 
 
-def Driver(device: ModbusDevice, **_: Any) -> ModbusDriverBase:
-    """The driver for ``device.protocol`` (the name every protocol package exports)."""
+def Driver(
+    device: ModbusDevice, *, learned_file: Path | None = None, read_only: bool = False, **_: Any
+) -> ModbusDriverBase:
+    """The driver for ``device.protocol`` (the name every protocol package exports).
+
+    ``learned_file``: where what the driver learns about the device's map is kept
+    (``learn.py``); ``read_only``: load it but never write it (tools)."""
+    learned = Learned.load(device, learned_file, read_only=read_only)
     if isinstance(device, ModbusTcpDevice):
-        return ModbusTcpDriver(device)
+        return ModbusTcpDriver(device, learned)
     if isinstance(device, ModbusRtuDevice | ModbusRtuTcpDevice):
         from .rtu import ModbusRtuDriver
 
-        return ModbusRtuDriver(device)
+        return ModbusRtuDriver(device, learned)
     raise TypeError(f"no Modbus driver for {type(device).__name__}")

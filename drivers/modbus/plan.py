@@ -11,10 +11,16 @@ Per-tag poll intervals live in the plan, not in the gateway: the gateway polls t
 device at its fastest interval (``device.poll_interval_ms`` after loading), and a
 request whose tags are N times slower is due every N-th cycle (``ReadPlan.due``). Tags of
 different intervals never share a request.
+
+Barriers are what the driver learned about a device (``learn.py``): address ranges a
+request of two or more tags must not touch, because the device refused such a read
+(Modbus exception 2 or 3 for an unmapped address). ``split_request`` halves a refused
+request for the driver's bisection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..common import covered, partition
@@ -22,7 +28,23 @@ from .config import ModbusDevice, ModbusTag
 from .decode import BitDecoder, RegisterDecoder, layout
 from .types import TABLES, Table
 
-__all__ = ["ReadPlan", "Request", "compile_plan", "describe_plan", "partition", "summarize_plan"]
+__all__ = [
+    "Barrier",
+    "ReadPlan",
+    "Request",
+    "compile_plan",
+    "describe_plan",
+    "partition",
+    "split_request",
+    "summarize_plan",
+]
+
+Barrier = tuple[Table, int, int]
+"""``(table, lo, hi)``: a request of two or more tags may not read across ``[lo, hi)``:
+it may neither read an address in it nor, when ``lo == hi``, both ``lo - 1`` and ``lo``.
+A single tag is always read (a tag is never split)."""
+
+_Entry = tuple[int, int, int, ModbusTag]  # start, end, index in device.tags, tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +65,8 @@ class Request:
     """(offset in the response, registers or bits) of each tag, in the order of ``tags``."""
     every: int = 1
     """Due every N-th cycle of the device (1: every cycle)."""
+    indexes: tuple[int, ...] = ()
+    """Index in ``device.tags`` of each tag, in the order of ``tags`` (for splitting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +90,14 @@ class ReadPlan:
         return tuple(r for r in self.requests if cycle % r.every == 0)
 
 
-def compile_plan(device: ModbusDevice) -> ReadPlan:
-    """Compile a device's tags into the fewest requests under its limits."""
+def compile_plan(device: ModbusDevice, barriers: Iterable[Barrier] = ()) -> ReadPlan:
+    """Compile a device's tags into the fewest requests under its limits and ``barriers``."""
     prefix = device.name + "/"
     base = device.poll_interval_ms
-    groups: dict[tuple[int, Table], list[tuple[int, int, int, ModbusTag]]] = {}
+    blocked: dict[Table, list[tuple[int, int]]] = {}
+    for table, lo, hi in barriers:
+        blocked.setdefault(table, []).append((lo, hi))
+    groups: dict[tuple[int, Table], list[_Entry]] = {}
     for index, tag in enumerate(device.tags):
         start = tag.address
         assert start is not None  # set by validation, from address or register
@@ -84,25 +111,15 @@ def compile_plan(device: ModbusDevice) -> ReadPlan:
         spec = TABLES[table]
         limit = device.max_bits_per_request if spec.bits else device.max_registers_per_request
         spans = [(a, e) for a, e, _, _ in entries]
-        for first, last in partition(spans, limit, device.max_gap):
-            run = entries[first:last]
-            address = run[0][0]
-            count = max(e for _, e, _, _ in run) - address
-            layouts = [layout(t, device, prefix + t.name, a - address) for a, _, _, t in run]
-            compile_decoder = BitDecoder.compile if spec.bits else RegisterDecoder.compile
-            requests.append(
-                Request(
-                    table=table,
-                    address=address,
-                    count=count,
-                    tags=tuple(x.name for x in layouts),
-                    unused=count - covered(spans[first:last]),
-                    label=f"{table.value} {address}..{address + count - 1}",
-                    decoder=compile_decoder(count, layouts),
-                    spans=tuple((a - address, e - a) for a, e, _, _ in run),
-                    every=every,
-                )
-            )
+        walls = blocked.get(table)
+        joinable = None
+        if walls:
+
+            def joinable(start: int, end: int, walls: list[tuple[int, int]] = walls) -> bool:
+                return not any(start < hi and end > lo for lo, hi in walls)
+
+        for first, last in partition(spans, limit, device.max_gap, joinable):
+            requests.append(_request(device, prefix, table, entries[first:last], every))
     return ReadPlan(
         device=device.name,
         unit_id=device.unit_id,
@@ -110,6 +127,52 @@ def compile_plan(device: ModbusDevice) -> ReadPlan:
         tag_names=tuple(prefix + t.name for t in device.tags),
         interval_ms=base,
         uniform=all(r.every == 1 for r in requests),
+    )
+
+
+def _request(
+    device: ModbusDevice, prefix: str, table: Table, run: list[_Entry], every: int
+) -> Request:
+    """One request reading ``run`` (entries sorted by start), with its decoder."""
+    address = run[0][0]
+    count = max(e for _, e, _, _ in run) - address
+    layouts = [layout(t, device, prefix + t.name, a - address) for a, _, _, t in run]
+    compile_decoder = BitDecoder.compile if TABLES[table].bits else RegisterDecoder.compile
+    return Request(
+        table=table,
+        address=address,
+        count=count,
+        tags=tuple(x.name for x in layouts),
+        unused=count - covered([(a, e) for a, e, _, _ in run]),
+        label=f"{table.value} {address}..{address + count - 1}",
+        decoder=compile_decoder(count, layouts),
+        spans=tuple((a - address, e - a) for a, e, _, _ in run),
+        every=every,
+        indexes=tuple(i for _, _, i, _ in run),
+    )
+
+
+def split_request(device: ModbusDevice, req: Request) -> tuple[Request, Request, Barrier]:
+    """Halve a request of two or more tags at the tag nearest the middle of its span,
+    and the barrier that keeps the halves apart in later plans (what lies between
+    them: the unused addresses, or the boundary of two adjacent tags)."""
+    assert len(req.indexes) > 1, "a single tag is never split"
+    prefix = device.name + "/"
+    run = sorted(
+        (t.address or 0, (t.address or 0) + t.registers, i, t)
+        for i in req.indexes
+        for t in (device.tags[i],)
+    )
+    middle = req.address + req.count / 2
+    k = sum(1 for start, _, _, _ in run if start < middle)
+    k = min(max(k, 1), len(run) - 1)
+    left, right = run[:k], run[k:]
+    end_left, start_right = max(e for _, e, _, _ in left), right[0][0]
+    lo, hi = min(end_left, start_right), max(end_left, start_right)
+    return (
+        _request(device, prefix, req.table, left, req.every),
+        _request(device, prefix, req.table, right, req.every),
+        (req.table, lo, hi),
     )
 
 

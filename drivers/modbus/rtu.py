@@ -31,6 +31,7 @@ from drivers.contract import ConnectError
 
 from .config import ModbusRtuDevice, ModbusRtuTcpDevice
 from .driver import READS, ModbusDriverBase, NoResponse, where
+from .learn import Learned
 from .links import link_key
 from .pdu import register_fast_responses
 
@@ -246,8 +247,10 @@ class ModbusRtuDriver(ModbusDriverBase):
 
     device: ModbusRtuDevice | ModbusRtuTcpDevice
 
-    def __init__(self, device: ModbusRtuDevice | ModbusRtuTcpDevice) -> None:
-        super().__init__(device, _describe(device))
+    def __init__(
+        self, device: ModbusRtuDevice | ModbusRtuTcpDevice, learned: Learned | None = None
+    ) -> None:
+        super().__init__(device, _describe(device), learned)
         self.bus = link_key(device)
         self._link: SharedLink | None = None
         self._up = False

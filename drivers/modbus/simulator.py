@@ -1,7 +1,9 @@
 """A Modbus device simulator on pymodbus's own server, for tests, the demo and benchmarks.
 
 One server serves many unit ids (one per simulated device), each with its own four tables
-of ``size`` addresses; reading past ``size`` answers exception 2 (illegal data address).
+of ``size`` addresses; reading past ``size`` answers exception 2 (illegal data address),
+and so does a read touching a *hole* (``holes=`` or ``add_hole``: unmapped addresses, as
+many meters have).
 It speaks Modbus TCP (default), RTU framing over TCP (``framer="rtu"``) or RTU on a
 serial port (``serial_port=``, e.g. one side of a ``PtyBridge``). Values are set directly
 (``set_registers``/``set_bits``) or follow deterministic waveforms derived from a device
@@ -20,10 +22,11 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
@@ -69,12 +72,22 @@ _BLOCKS: dict[Table, str] = {
 }
 
 
+# Read function code -> table, for holes answered with another code than 2.
+_FUNCTION_TABLES = {1: Table.COIL, 2: Table.DISCRETE, 3: Table.HOLDING, 4: Table.INPUT}
+
+
 class ModbusSimulator:
     """A pymodbus server holding ``size`` registers/bits per table per unit id.
 
     ``answer_unknown_units``: whether a unit id not served here answers (pymodbus sends
     exception 4) or stays silent like an absent device on a bus; default: answers over
     Modbus TCP, silent with RTU framing.
+
+    ``holes``: per table, ``(start, end)`` address ranges (end excluded) that are not
+    mapped on any unit: a read touching one answers exception 2, like a device that
+    refuses unmapped registers. Coil and discrete holes cover whole groups of 16 bits
+    (pymodbus keeps bits by register). ``hole_exception``: the exception code holes
+    answer; 2 (illegal data address) by default, 3 (illegal data value) as some devices do.
     """
 
     def __init__(
@@ -91,6 +104,8 @@ class ModbusSimulator:
         stopbits: int = 1,
         bytesize: int = 8,
         answer_unknown_units: bool | None = None,
+        holes: Mapping[Table, Iterable[tuple[int, int]]] | None = None,
+        hole_exception: int = 2,
     ) -> None:
         self.host = host
         self.port = port
@@ -112,6 +127,11 @@ class ModbusSimulator:
             answer_unknown_units = self.framer == "socket"
         self.answer_unknown_units = answer_unknown_units
         self._server: Any = None
+        self.holes: list[tuple[Table, int, int]] = []
+        self.hole_exception = hole_exception
+        for table, spans in (holes or {}).items():
+            for start, end in spans:
+                self.add_hole(table, start, end)
         # (device, tag) -> anomalies on that tag; empty means plain waveforms.
         self._anomalies: dict[tuple[str, str], list[Anomaly]] = {}
         # Registers; bits are packed 16 per register, bit 0 first (pymodbus's layout).
@@ -140,7 +160,8 @@ class ModbusSimulator:
         """Listen; returns once the server accepts requests. Keeps values across restarts."""
         if self._server is not None:
             return
-        devices = [SimDevice(id=u, simdata=self._simdata()) for u in self.unit_ids]
+        action = self._hole_action if self.hole_exception != 2 else None
+        devices = [SimDevice(id=u, simdata=self._simdata(), action=action) for u in self.unit_ids]
         trace = None if self.answer_unknown_units else self._filter
         if trace is not None and 0 not in self.unit_ids:
             # pymodbus hands unknown ids to device 0 (else it logs a KeyError): its
@@ -170,6 +191,35 @@ class ModbusSimulator:
             live: list[int] = server.context.devices[unit].block[_BLOCKS[table]][2]
             live[: len(old)] = old
             self._memory[unit, table] = live
+        for hole in self.holes:
+            self._mark_hole(*hole)
+
+    def add_hole(self, table: Table, start: int, end: int) -> None:
+        """Make ``start..end-1`` of ``table`` unmapped on every unit (exception 2 when read)."""
+        if not 0 <= start < end <= self.size:
+            raise ValueError(f"hole {start}..{end - 1} is outside 0..{self.size - 1}")
+        self.holes.append((table, start, end))
+        if self._server is not None:
+            self._mark_hole(table, start, end)
+
+    async def _hole_action(
+        self, fc: int, _start: int, address: int, count: int, _regs: Any, _values: Any
+    ) -> ExcCodes | None:
+        table = _FUNCTION_TABLES.get(fc)
+        for t, lo, hi in self.holes:
+            if t is table and address < hi and address + count > lo:
+                return ExcCodes(self.hole_exception)
+        return None
+
+    def _mark_hole(self, table: Table, start: int, end: int) -> None:
+        if self.hole_exception != 2:
+            return  # answered by _hole_action with its own code
+        # pymodbus checks a per-register flag on every read: INVALID answers exception 2.
+        if TABLES[table].bits:
+            start, end = start // 16, (end + 15) // 16
+        for unit in self.unit_ids:
+            flags: list[int] = self._server.context.devices[unit].block[_BLOCKS[table]][3]
+            flags[start:end] = [int(SimType.INVALID)] * (end - start)
 
     async def stop(self) -> None:
         """Stop listening and drop every client connection."""

@@ -78,6 +78,12 @@ def register(sub: Subparsers) -> None:
     adhoc.add_argument("--count", type=int, default=1, help="this many values in a row")
     adhoc.add_argument("--timeout-ms", type=int, default=1000, help="per request (default 1000)")
     s.add_argument("--json", action="store_true", help="one JSON object per tag instead")
+    s.add_argument(
+        "--relearn",
+        action="store_true",
+        help="with -c: forget what the gateway learned about the devices' maps (addresses "
+        "they refuse) and learn again; a running daemon forgets at its next reload",
+    )
     s.set_defaults(func=main)
 
 
@@ -89,23 +95,52 @@ class Outcome:
     raw: dict[str, Any] = field(default_factory=dict)
     elapsed_ms: float = 0.0
     requests: int = 0
+    learned: list[str] = field(default_factory=list)
+    """What the driver knows about addresses the device refuses (Modbus)."""
 
 
 def main(args: argparse.Namespace) -> int:
     if args.target and args.config:
         raise fail("read: give a target or -c CONFIG, not both")
+    state_dir: Path | None
     if args.target:
-        devices, state_dir = [_adhoc(args)], Path(".")
+        if args.relearn:
+            raise fail("read: --relearn goes with -c CONFIG (an ad-hoc read learns nothing)")
+        devices, state_dir = [_adhoc(args)], None
     elif args.config:
         cfg = load_or_exit(args.config)
         devices, state_dir = _select(cfg, args.device, args.tag), cfg.state_dir
+        if args.relearn:
+            _relearn(devices, state_dir)
     else:
         raise fail("read: give a target (e.g. modbus-tcp://HOST:502) or -c CONFIG")
+    from .scan import quiet_libraries
+
+    quiet_libraries()  # a one-shot read says what failed itself
     outcomes = asyncio.run(_read_all(devices, state_dir))
     bad = 0
     for out in outcomes:
         bad += _print_json(out) if args.json else _print_table(out)
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def _relearn(devices: list[Any], state_dir: Path) -> None:
+    from gateway.registry import forget_learned
+
+    for dev in devices:
+        try:
+            forgot = forget_learned(dev, state_dir)
+        except OSError as exc:
+            raise fail(
+                f"read: --relearn: cannot delete what was learned about {dev.name}: "
+                f"{exc.strerror or exc} (run as the gateway's user or root)"
+            ) from None
+        if forgot:
+            print(
+                f"{dev.name}: forgot what was learned about its map; a running daemon "
+                "forgets it at its next reload (systemctl reload edgegw)",
+                file=sys.stderr,
+            )
 
 
 # -- choosing what to read ------------------------------------------------------------
@@ -181,16 +216,17 @@ def _adhoc(args: argparse.Namespace) -> Any:
 # -- reading --------------------------------------------------------------------------
 
 
-async def _read_all(devices: list[Any], state_dir: Path) -> list[Outcome]:
+async def _read_all(devices: list[Any], state_dir: Path | None) -> list[Outcome]:
     return list(await asyncio.gather(*(_read_one(d, state_dir) for d in devices)))
 
 
-async def _read_one(dev: Any, state_dir: Path) -> Outcome:
+async def _read_one(dev: Any, state_dir: Path | None) -> Outcome:
     from drivers.contract import ConnectError
     from gateway.registry import build_device
 
     out = Outcome(dev)
-    rt = build_device(dev, state_dir)
+    # What the daemon learned about the map is used, not written: the daemon owns it.
+    rt = build_device(dev, state_dir, read_only=True)
     driver = rt.driver
     out.requests = len(getattr(rt.plan, "requests", ()))
     started = time.monotonic()
@@ -208,6 +244,10 @@ async def _read_one(dev: Any, state_dir: Path) -> Outcome:
         out.elapsed_ms = (time.monotonic() - started) * 1e3
         await driver.close()
     out.readings = {r[0]: r for r in batch.readings}
+    stats = getattr(driver, "stats", None)
+    if stats is not None:
+        out.requests = stats.requests
+        out.learned = list(stats.learned)
     return out
 
 
@@ -273,6 +313,8 @@ def _print_table(out: Outcome) -> int:
         cells = "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True))
         print(f"  {cells}  {r[5]}".rstrip())
     bad = sum(1 for r in rows if r[4] != "GOOD")
+    for line in out.learned:
+        print(f"  learned: {line}")
     print(f"  {len(rows) - bad} good, {bad} bad\n" if rows else "")
     return bad + (1 if out.error else 0)
 

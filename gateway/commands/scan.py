@@ -1,10 +1,15 @@
 """`edgegw scan`: find the unit ids that answer on a Modbus bus or host.
 
 Each unit id of the range gets one read of one register (by default holding 40001). A
-unit that answers with data, or with a Modbus exception (illegal address, busy, ...)
-responds: it is there, it only does not have that register. Exceptions 10 and 11 come
-from a TCP gateway saying the unit behind it did not answer, so they do not count.
-Progress goes to stderr, results to stdout.
+unit counts as present only when its answer proves it processed the request: data, or
+an exception such as illegal function (1), illegal address (2), illegal value (3) or
+busy (5, 6). Exception 4 (server device failure) is what many servers and gateways
+answer for a unit id they do not serve, and 10/11 are a gateway saying the unit behind
+it is silent: those are listed apart, not counted. A server that answers every unit id
+the same way ignores the unit id (a plain Modbus TCP device): said once, not 247 times.
+With no answer at all, the likely causes are printed (for TCP, after asking the port
+what it speaks). Library messages stay off the terminal. Progress goes to stderr,
+results to stdout.
 
 Exit status: 0 some unit answered, 1 none did (or the link failed), 2 bad input.
 """
@@ -14,14 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import re
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Subparsers, add_command, fail
 
-_GATEWAY_SILENT = (10, 11)  # gateway path unavailable, target device failed to respond
+# Exceptions that prove the unit id exists: it decoded the request and refused it.
+_PROOF = {1, 2, 3, 5, 6, 7, 8}
 
 
 def register(sub: Subparsers) -> None:
@@ -77,34 +86,66 @@ def main(args: argparse.Namespace) -> int:
             flag = {"timeout_ms": "--timeout-ms", "register": "--register"}.get(name, name)
             print(f"edgegw: scan: {flag}: {err['msg']}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return asyncio.run(_scan(dev, args.first, args.last))
+    answers = asyncio.run(_scan(dev, args.first, args.last))
+    if answers is None:
+        return EXIT_FAILED
+    return _report(dev, answers, args.last - args.first + 1)
 
 
-def _classify(reading: tuple[Any, ...], raw: Any) -> str | None:
-    """What a unit's answer says, or None if it did not answer."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one unit id answered: data (``code`` None), an exception, or nothing."""
+
+    unit: int
+    code: int | None = None
+    text: str = ""
+    silent: bool = False
+
+    @property
+    def proves(self) -> bool:
+        return not self.silent and (self.code is None or self.code in _PROOF)
+
+    @property
+    def kind(self) -> str:
+        return "silent" if self.silent else "data" if self.code is None else f"exc{self.code}"
+
+
+def _classify(unit: int, reading: tuple[Any, ...], raw: Any) -> Answer:
     if reading[3] == 0:
         shown = " ".join(
             f"0x{v:04X}" if not isinstance(v, bool) else str(int(v)) for v in raw or ()
         )
-        return f"answers ({shown})"
+        return Answer(unit, None, f"answers ({shown})")
     m = re.match(r"modbus exception (\d+) \(([^)]*)\)", reading[4] if len(reading) > 4 else "")
-    if m and int(m.group(1)) not in _GATEWAY_SILENT:
-        return f"answers with exception {m.group(1)} ({m.group(2)})"
-    return None
+    if m:
+        code = int(m.group(1))
+        return Answer(unit, code, f"answers with exception {code} ({m.group(2)})")
+    return Answer(unit, silent=True)
 
 
-async def _scan(dev: Any, first: int, last: int) -> int:
+def quiet_libraries() -> None:
+    """pymodbus logs hex dumps and "No response received" at its own levels; a scan
+    expects silence from most ids, so its messages are of no use on the terminal."""
+    lib = logging.getLogger("pymodbus")
+    lib.setLevel(logging.CRITICAL + 1)
+    lib.propagate = False
+
+
+async def _scan(dev: Any, first: int, last: int) -> list[Answer] | None:
+    """Every unit id's answer, or None when the link cannot be opened (said on stderr)."""
     from drivers.contract import ConnectError
     from drivers.modbus import compile_plan
     from drivers.modbus.driver import Driver
 
+    quiet_libraries()
     plan = compile_plan(dev)
     driver = Driver(dev)
     driver.check_after_silence = False  # one driver, many unit ids: silence is expected
-    found: list[int] = []
+    answers: list[Answer] = []
     total = last - first + 1
     tty = sys.stderr.isatty()
     last_note = 0.0
+    found = 0
     try:
         for i, unit in enumerate(range(first, last + 1), 1):
             if not driver.connected:
@@ -112,22 +153,166 @@ async def _scan(dev: Any, first: int, last: int) -> int:
                     await driver.connect()
                 except ConnectError as exc:
                     print(f"edgegw: scan: {exc}", file=sys.stderr)
-                    return EXIT_FAILED
+                    return None
             batch, raw = await driver.read_raw(dataclasses.replace(plan, unit_id=unit))
             (reading,) = batch.readings
-            what = _classify(reading, raw.get(reading[0]))
-            if what:
-                found.append(unit)
-                print(f"unit {unit}: {what}", flush=True)
+            answer = _classify(unit, reading, raw.get(reading[0]))
+            answers.append(answer)
+            if answer.proves:
+                found += 1
+                if found <= _SHOWN_BEFORE_SAME:
+                    print(f"unit {unit}: {answer.text}", flush=True)
             now = time.monotonic()
             if tty or now - last_note >= 2 or i == total:
                 last_note = now
                 end = "\r" if tty and i < total else "\n"
-                print(
-                    f"scanned {i}/{total} unit ids, {len(found)} answer", end=end, file=sys.stderr
-                )
+                print(f"scanned {i}/{total} unit ids, {found} answer", end=end, file=sys.stderr)
     finally:
         await driver.close()
-    listed = ", ".join(map(str, found)) or "none"
-    print(f"{len(found)} of {total} unit id(s) answer: {listed}")
-    return EXIT_OK if found else EXIT_FAILED
+    return answers
+
+
+_SHOWN_BEFORE_SAME = 16  # then, if every id answers alike, it is one server, said once
+
+
+def _report(dev: Any, answers: list[Answer], total: int) -> int:
+    present = [a for a in answers if a.proves]
+    kinds = {a.kind for a in answers}
+    if len(answers) >= 3 and len(kinds) == 1 and not answers[0].silent:
+        what = "data" if answers[0].code is None else f"exception {answers[0].code}"
+        note = (
+            f"every unit id answers the same way ({what}): the server ignores the unit id. "
+            "It is one device, not a gateway to a bus; any unit_id reaches it (1 is usual)."
+        )
+        if not answers[0].proves:
+            note += (
+                f" Exception {answers[0].code} for every id proves no unit exists: try "
+                "another --register the device has (its manual's first register)."
+            )
+        print(note)
+        if answers[0].proves:
+            print(f"{total} of {total} unit id(s) answer alike: the device itself")
+            return EXIT_OK
+        print(f"0 of {total} unit id(s) answer")
+        return EXIT_FAILED
+    if len(present) > _SHOWN_BEFORE_SAME:
+        for a in present[_SHOWN_BEFORE_SAME:]:
+            print(f"unit {a.unit}: {a.text}")
+    doubtful = [a for a in answers if not a.silent and not a.proves]
+    if doubtful:
+        by_code: dict[int, list[int]] = {}
+        for a in doubtful:
+            by_code.setdefault(a.code or 0, []).append(a.unit)
+        for code, units in sorted(by_code.items()):
+            print(
+                f"not counted: {_ids(units)} answered exception {code} "
+                f"({EXCEPTION_WHY.get(code, 'does not prove the unit exists')})"
+            )
+    listed = ", ".join(str(a.unit) for a in present) or "none"
+    print(f"{len(present)} of {total} unit id(s) answer: {listed}")
+    if not present:
+        for cause in _likely_causes(dev, doubtful):
+            print(f"  - {cause}")
+    return EXIT_OK if present else EXIT_FAILED
+
+
+EXCEPTION_WHY = {
+    4: "server device failure: what servers and gateways answer for a unit id they do not serve",
+    10: "gateway path unavailable: the gateway has no route to that unit",
+    11: "gateway target failed to respond: nothing answers behind the gateway",
+}
+
+
+def _ids(units: list[int]) -> str:
+    """1, 2, 3, 7 -> '1..3, 7'."""
+    runs: list[list[int]] = []
+    for u in units:
+        if runs and u == runs[-1][-1] + 1:
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    text = ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+    return ("unit " if len(units) == 1 else "units ") + text
+
+
+def _likely_causes(dev: Any, doubtful: list[Answer]) -> list[str]:
+    """Why nothing answered, most likely first."""
+    causes: list[str] = []
+    if dev.protocol in ("modbus_tcp", "modbus_rtu_tcp"):
+        spoken = _what_the_port_speaks(dev.host, dev.port, dev.timeout_ms / 1000)
+        if spoken:
+            causes.append(spoken)
+    if dev.protocol == "modbus_rtu":
+        causes += [
+            f"line settings: the devices may use another baud rate or parity than "
+            f"{dev.line} (common: 9600 8N1, 19200 8E1); set them in the target, e.g. "
+            f"'modbus-rtu://{dev.port}?baudrate=9600&parity=N'",
+            "wiring: RS-485 A and B swapped, no common ground, or a missing terminator",
+        ]
+    if doubtful:
+        causes.append(
+            "the server answered, but only with exceptions that do not prove a unit: the "
+            "devices behind it may be off, or on other ids"
+        )
+    causes += [
+        "the unit ids are outside the range scanned (--from/--to; many devices use 1, "
+        "some 0 or 255)",
+        f"the devices answer slower than --timeout-ms {dev.timeout_ms} (radio links and "
+        "busy gateways: try 1000)",
+    ]
+    return causes
+
+
+def _what_the_port_speaks(host: str, port: int, timeout: float) -> str | None:
+    """Ask the port in both framings (Modbus TCP's MBAP, then RTU with its CRC) and say
+    what answered, when it is not what was scanned."""
+    mbap = bytes.fromhex("456700000006010300000001")  # tid 0x4567, unit 1, read 1 reg
+    rtu = bytes.fromhex("010300000001") + _crc(bytes.fromhex("010300000001"))
+    first = _exchange(host, port, mbap, timeout)
+    if first is None:
+        return f"nothing accepts connections on {host} port {port} any more"
+    if first[:2] == mbap[:2] and len(first) >= 8:
+        return (
+            f"{host} port {port} answers Modbus TCP (MBAP) framing: scan it as "
+            f"modbus-tcp://{_where(host, port)}"
+        )
+    if first.startswith(b"HTTP") or first.startswith(b"<"):
+        return f"{host} port {port} speaks HTTP, not Modbus: a web interface? (Modbus is often 502)"
+    if first.startswith(b"SSH-"):
+        return f"{host} port {port} is an SSH server, not Modbus"
+    second = _exchange(host, port, rtu, timeout)
+    if second and len(second) >= 5 and second[0] == 1 and _crc(second[:-2]) == second[-2:]:
+        return (
+            f"{host} port {port} answers RTU framing (a serial device server): scan it as "
+            f"modbus-rtu-tcp://{_where(host, port)}"
+        )
+    if first:
+        return f"{host} port {port} answers with bytes that are not Modbus: {first[:16].hex(' ')}"
+    return None
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _exchange(host: str, port: int, data: bytes, timeout: float) -> bytes | None:
+    """Send ``data`` on a fresh connection and return what comes back within
+    ``timeout`` (b"" for nothing); None if the connection fails."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(data)
+            try:
+                return sock.recv(256)
+            except TimeoutError:
+                return b""
+    except OSError:
+        return None
+
+
+def _crc(data: bytes) -> bytes:
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")

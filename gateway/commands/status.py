@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,11 @@ def register(sub: Subparsers) -> None:
     where.add_argument("--state-dir", help="the daemon's state directory, instead of a config")
     s.add_argument("--once", action="store_true", help="print one frame and exit")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
+    s.add_argument(
+        "--wide",
+        action="store_true",
+        help="one line per device with every counter and the whole last error (no wrapping)",
+    )
     s.set_defaults(func=main)
 
 
@@ -76,6 +82,24 @@ def _int(v: Any) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _wrap(text: str, width: int, indent: str = "  ", max_lines: int = 3) -> list[str]:
+    """``text`` on lines of at most ``width`` (continuations indented), at most
+    ``max_lines``, the last clipped with an ellipsis; a wide console gets it whole."""
+    if len(text) <= width:
+        return [text]
+    lines = textwrap.wrap(
+        text, width, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False
+    )
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = (
+            _clip(lines[-1] + " …", width)
+            if len(lines[-1]) < width - 1
+            else (lines[-1][: width - 1] + "…")
+        )
+    return lines
 
 
 # -- reading --------------------------------------------------------------------------
@@ -146,8 +170,14 @@ def render(
     now_ns: int | None = None,
     width: int = 100,
     source: str = "",
+    wide: bool = False,
 ) -> tuple[list[str], bool]:
-    """The lines of one frame, and whether the daemon looks alive (fresh, not stopped)."""
+    """The lines of one frame, and whether the daemon looks alive (fresh, not stopped).
+
+    Every line fits ``width`` (a console is often 80 columns): long texts wrap onto
+    indented lines, a device's last error goes on its own line under the device. With
+    ``wide``, nothing is wrapped or cut and the device table has every counter."""
+    fit = (lambda text: [text]) if wide else (lambda text: _wrap(text, width))
     now = time.time_ns() if now_ns is None else now_ns
     age = status_age_s(snap, now)
     started = snap.get("started_ns")
@@ -167,11 +197,7 @@ def render(
     if uptime is not None and alive:
         head += f" · up {human_duration(uptime)}"
     when = datetime.fromtimestamp(now / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-    lines = [
-        _clip(head, width),
-        _clip(f"{source} · status {human_duration(age)} old · {when}", width),
-        "",
-    ]
+    lines = [*fit(head), *fit(f"{source} · status {human_duration(age)} old · {when}"), ""]
 
     up = snap.get("uplink") or {}
     link = "up" if up.get("link_up") else "DOWN"
@@ -182,23 +208,20 @@ def render(
     )
     if not up.get("link_up") and up.get("last_error"):
         line += f" · {up['last_error']}"
-    lines.append(_clip(line, width))
+    lines += fit(line)
     lim = up.get("limits") or {}
     if lim:  # what is in force: ours, and what the broker announced in CONNACK
         mps = lim.get("max_packet_size")
-        lines.append(
-            _clip(
-                f"limits   {lim.get('protocol')} · window {lim.get('inflight_window')} · "
-                f"message ≤ {human_bytes(lim.get('max_message_bytes') or 0)} · broker: "
-                + (
-                    f"max QoS {lim.get('max_qos')}, receive max {lim.get('receive_maximum')}, "
-                    f"packet ≤ {human_bytes(mps) if mps else 'any'}"
-                    if lim.get("announced")
-                    else "announces nothing"
-                )
-                + (f" · {up['set_aside']} set aside" if up.get("set_aside") else ""),
-                width,
+        lines += fit(
+            f"limits   {lim.get('protocol')} · window {lim.get('inflight_window')} · "
+            f"message ≤ {human_bytes(lim.get('max_message_bytes') or 0)} · broker: "
+            + (
+                f"max QoS {lim.get('max_qos')}, receive max {lim.get('receive_maximum')}, "
+                f"packet ≤ {human_bytes(mps) if mps else 'any'}"
+                if lim.get("announced")
+                else "announces nothing"
             )
+            + (f" · {up['set_aside']} set aside" if up.get("set_aside") else "")
         )
 
     ob = snap.get("outbox") or {}
@@ -208,7 +231,7 @@ def render(
     if rows and isinstance(oldest, int):
         backlog += f", oldest {human_duration((int(snap['time_ns']) - oldest) / 1e9)}"
     backlog += f" · last seq {_int(ob.get('last_seq'))}"
-    lines.append(_clip(backlog, width))
+    lines += fit(backlog)
 
     pipe = snap.get("pipeline") or {}
     rate, basis = _rate(snap, prev, ("pipeline", "points_polled"))
@@ -219,10 +242,11 @@ def render(
     pts += f" ({basis}) · {_int(pipe.get('points_polled'))} polled in all"
     if pipe.get("seal_errors"):
         pts += f" · SEAL ERRORS {_int(pipe['seal_errors'])}"
-    lines.append(_clip(pts, width))
+    lines += fit(pts)
 
-    lines += ["", *_device_table(snap, width)]
-    lines += _inference(snap, width)
+    lines += ["", *_device_table(snap, width, wide)]
+    lines += _learned(snap, fit)
+    lines += _inference(snap, width, wide)
     return lines, alive
 
 
@@ -243,17 +267,20 @@ def _rate(
     return None, "no data"
 
 
-def _device_table(snap: dict[str, Any], width: int) -> list[str]:
+def _device_table(snap: dict[str, Any], width: int, wide: bool) -> list[str]:
     devices = snap.get("devices") or {}
     if not devices:
         return ["no devices"]
     t = int(snap["time_ns"])
-    nw = max(6, *(len(n) for n in devices))
+    longest = max(6, *(len(n) for n in devices))
+    nw = longest if wide else min(longest, 16)
     head = (
         f"{'DEVICE':<{nw}}  STATE  {'LATENCY':>9}  {'READS':>9}  {'ERRORS':>7}  "
-        f"{'OVERRUNS':>8}  {'LAST READ':<11}  LAST ERROR"
+        f"{'OVERRUNS':>8}  LAST READ"
     )
-    out = [_clip(head, width)]
+    if wide:
+        head += f"    {'BAD':>7}  {'REQUESTS':>9}  {'TIMEOUTS':>8}  EXCEPTIONS  LAST ERROR"
+    out = [head if wide else _clip(head, width)]
     down = 0
     for name, d in sorted(devices.items()):
         up = bool(d.get("up"))
@@ -262,17 +289,48 @@ def _device_table(snap: dict[str, Any], width: int) -> list[str]:
         last = d.get("last_read_ns")
         seen = human_duration((t - last) / 1e9) + " ago" if isinstance(last, int) else "never"
         row = (
-            f"{name:<{nw}}  {'up' if up else 'DOWN':<5}  "
+            f"{_clip(name, nw):<{nw}}  {'up' if up else 'DOWN':<5}  "
             f"{f'{lat:.1f} ms' if isinstance(lat, int | float) else '-':>9}  "
             f"{_int(d.get('reads')):>9}  {_int(d.get('errors')):>7}  {_int(d.get('overruns')):>8}  "
-            f"{seen:<11}  "
+            f"{seen}"
         )
-        out.append(_clip(row + (d.get("last_error") or ""), width).rstrip())
+        error = d.get("last_error") or ""
+        if wide:
+            drv = d.get("driver") if isinstance(d.get("driver"), dict) else {}
+            codes = drv.get("exceptions") or {}
+            exc = ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())) or "-"
+            row = (
+                f"{row:<{nw + 61}}  {_int(d.get('bad_readings')):>7}  "
+                f"{_int(drv.get('requests')):>9}  {_int(drv.get('timeouts')):>8}  "
+                f"{exc:<10}  {error}"
+            )
+            out.append(row.rstrip())
+            continue
+        out.append(_clip(row, width))
+        if error:  # the right column wraps under the device: a technician needs all of it
+            out += _wrap("  " + error, width, indent="  ")
     out.append(f"{len(devices) - down} of {len(devices)} devices up")
     return out
 
 
-def _inference(snap: dict[str, Any], width: int) -> list[str]:
+def _learned(snap: dict[str, Any], fit: Any) -> list[str]:
+    """What the drivers learned about the devices' maps, with the plan it gave."""
+    out: list[str] = []
+    for name, d in sorted((snap.get("devices") or {}).items()):
+        drv = d.get("driver") if isinstance(d.get("driver"), dict) else {}
+        notes = drv.get("learned") or []
+        if not notes:
+            continue
+        if not out:
+            out.append("")
+        plan = drv.get("plan_requests")
+        out += fit(f"{name}: plan of {plan} request(s) per cycle after what was learned:")
+        for note in notes:
+            out += fit(f"  {note}")
+    return out
+
+
+def _inference(snap: dict[str, Any], width: int, wide: bool) -> list[str]:
     out: list[str] = []
     models = snap.get("inference") or {}
     if models:
@@ -284,25 +342,35 @@ def _inference(snap: dict[str, Any], width: int) -> list[str]:
             th = f"{thr:.3f}" if isinstance(thr, int | float) else "-"
             state = "ANOMALY" if m.get("anomalous") else "normal"
             row = f"{name:<{mw}}  {sc:>6}  {th:>9}  {state:<9}  {_int(m.get('events')):>6}"
-            out.append(_clip(row, width))
+            out.append(row if wide else _clip(row, width))
     anomalies = snap.get("anomalies") or []
     if anomalies:
-        out += ["", "recent anomalies"]
+        out += ["", "recent anomalies (time, start/end, model, tags, score)"]
         for a in anomalies[-ANOMALIES_SHOWN:]:
-            when = a.get("time_ns")
-            stamp = (
-                datetime.fromtimestamp(when / 1e9).strftime("%H:%M:%S")
-                if isinstance(when, int)
-                else "--:--:--"
-            )
-            score = a.get("score")
-            text = f"{stamp}  {a.get('model', '?')}"
-            if isinstance(score, int | float):
-                text += f"  score {score:.3f}"
-            if a.get("message"):
-                text += f"  {a['message']}"
-            out.append(_clip(text, width))
+            out.append(_anomaly_line(a) if wide else _clip(_anomaly_line(a), width))
     return out
+
+
+def _anomaly_line(a: dict[str, Any]) -> str:
+    """e.g. ``14:03:07  start  pump-vibration  pump1/flow +2 more  score 0.930``; the
+    time is when the anomaly began (start) or cleared (end): the event's ``ts_ns``."""
+    when = a.get("ts_ns")
+    stamp = (
+        datetime.fromtimestamp(when / 1e9).strftime("%H:%M:%S")
+        if isinstance(when, int)
+        else "--:--:--"
+    )
+    kind = str(a.get("kind") or "?")
+    inputs = [str(t) for t in a.get("inputs") or []]
+    tags = inputs[0] + (f" +{len(inputs) - 1} more" if len(inputs) > 1 else "") if inputs else "-"
+    text = f"{stamp}  {kind:<5}  {a.get('model', '?')}  {tags}"
+    score = a.get("score")
+    if isinstance(score, int | float):
+        text += f"  score {score:.3f}"
+    peak = a.get("peak")
+    if kind == "end" and isinstance(peak, int | float):
+        text += f" (peak {peak:.3f})"
+    return text
 
 
 # -- the command ----------------------------------------------------------------------
@@ -316,7 +384,8 @@ def main(args: argparse.Namespace) -> int:
     before: dict[str, Any] | None = None
     try:
         while True:
-            width = shutil.get_terminal_size((100, 24)).columns if tty else 200
+            # not a terminal (a pipe, a log): 80 columns, as a serial console has
+            width = shutil.get_terminal_size((80, 24)).columns if tty else 80
             snap, problem = read_snapshot(state_dir)
             if snap is None:
                 lines, alive = [f"edgegw: {problem}"], False
@@ -324,7 +393,11 @@ def main(args: argparse.Namespace) -> int:
                 if last is None or last["time_ns"] != snap["time_ns"]:
                     before, last = last, snap
                 lines, alive = render(
-                    snap, prev=before, width=width, source=str(state_dir / STATUS_FILE)
+                    snap,
+                    prev=before,
+                    width=width,
+                    source=str(state_dir / STATUS_FILE),
+                    wide=args.wide,
                 )
             frame = "\n".join(lines)
             if args.once:

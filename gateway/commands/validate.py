@@ -32,7 +32,9 @@ def main(args: argparse.Namespace) -> int:
         f"uplink [{cfg.uplink.host}]:{cfg.uplink.port}, topic {cfg.topic('telemetry')}"
     )
     for dev in cfg.devices:
-        lines = describe_device(dev)
+        lines = describe_device(dev, cfg.state_dir)
+        learned = [ln for ln in lines if ln.startswith("learned: ")]
+        lines = lines[: len(lines) - len(learned)]
         total += len(lines)
         print(
             f"\ndevice {dev.name} ({dev.protocol}, every {dev.poll_interval_ms} ms): "
@@ -40,7 +42,14 @@ def main(args: argparse.Namespace) -> int:
         )
         for line in lines:
             print(f"  {line}")
-        if summary := summarize_device(dev):
+        if learned:
+            print(
+                f"  what the gateway learned about the device ({len(learned)}; forget it: "
+                f"edgegw read -c {path} --device {dev.name} --relearn):"
+            )
+            for line in learned:
+                print(f"    {line.removeprefix('learned: ')}")
+        if summary := summarize_device(dev, cfg.state_dir):
             print(f"  ({summary})")
     print(f"\n{total} request(s) per cycle in all")
     return 0

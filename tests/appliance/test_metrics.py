@@ -103,13 +103,41 @@ def test_empty_outbox_has_zero_oldest_age() -> None:
         assert scrape(srv.url)[("edgegw_outbox_oldest_age_seconds", ())] == 0
 
 
-def test_health_is_200_while_fresh_and_every_task_alive() -> None:
+def test_health_is_200_while_fresh_every_task_alive_and_everything_up() -> None:
     snap = make_snapshot(tasks={"poll:boiler": True, "pipeline": True, "forwarder": True})
+    snap["devices"] = {"boiler": snap["devices"]["boiler"]}  # type: ignore[index]
     with MetricsServer(lambda: snap, port=0) as srv:
         status, ctype, body = get(srv.url + "/healthz")
     assert status == 200 and ctype == "application/json"
     doc = json.loads(body)
     assert doc["healthy"] is True and doc["problems"] == [] and doc["gateway"] == "gw-test"
+    assert doc["status"] == "ok" and doc["live"] and doc["ready"] and doc["degraded"] == []
+
+
+def test_a_device_or_the_uplink_down_is_degraded_429_but_live_and_ready() -> None:
+    snap = make_snapshot()  # device press is down
+    with MetricsServer(lambda: snap, port=0) as srv:
+        status, _, body = get(srv.url + "/healthz")
+        live, ready = get(srv.url + "/livez")[0], get(srv.url + "/readyz")[0]
+        snap["uplink"] = {"link_up": False, "last_error": "connection refused"}
+        status2, _, body2 = get(srv.url + "/healthz")
+        m = scrape(srv.url)
+    assert (status, live, ready) == (429, 200, 200)
+    doc = json.loads(body)
+    assert doc["status"] == "degraded" and doc["healthy"] is True
+    assert doc["degraded"] == ["device press down: connect [::1]:1502: connection refused"]
+    assert status2 == 429
+    assert json.loads(body2)["degraded"][0] == "uplink down: connection refused"
+    assert m[("edgegw_degraded", ())] == 1 and m[("edgegw_healthy", ())] == 1
+
+
+def test_livez_and_readyz_are_503_when_not_live_or_stopping() -> None:
+    dead = make_snapshot(tasks={"forwarder": False})
+    with MetricsServer(lambda: dead, port=0) as srv:
+        assert [get(srv.url + p)[0] for p in ("/healthz", "/livez", "/readyz")] == [503] * 3
+    with MetricsServer(lambda: None, port=0) as srv:
+        assert get(srv.url + "/readyz")[0] == 503
+        assert json.loads(get(srv.url + "/healthz")[2])["status"] == "unhealthy"
 
 
 def test_a_dead_poll_loop_or_forwarder_makes_health_503() -> None:

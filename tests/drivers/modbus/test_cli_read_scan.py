@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,14 +243,111 @@ def test_scan_tcp_lists_units_that_answer_even_with_an_exception(
     assert code == 0 and "unit 2: answers with exception 2 (illegal data address)" in out
 
 
-def test_scan_a_pymodbus_gateway_answer_for_absent_units_is_not_an_answer(
+def test_scan_exception_4_for_absent_units_is_not_an_answer(
     capsys: pytest.CaptureFixture[str], threaded_sim: Sim
 ) -> None:
-    sim = threaded_sim(unit_ids=(1,))
-    code, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{sim.port}", "--to", "3")
-    # pymodbus answers unknown units with exception 4 (device failure): that unit exists
-    # as far as the protocol can tell, so it is listed
-    assert code == 0 and out.splitlines()[-1] == "3 of 3 unit id(s) answer: 1, 2, 3"
+    """pymodbus's server answers exception 4 for unit ids it does not serve: ghosts,
+    listed apart and not counted."""
+    sim = threaded_sim(unit_ids=(1, 5))
+    code, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{sim.port}", "--to", "8")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "2 of 8 unit id(s) answer: 1, 5"
+    assert "unit 1: answers (0x0000)" in lines and "unit 5: answers (0x0000)" in lines
+    assert (
+        "not counted: units 2..4, 6..8 answered exception 4 (server device failure: what "
+        "servers and gateways answer for a unit id they do not serve)" in lines
+    )
+
+
+def test_scan_all_247_ids_with_exception_4_is_no_unit_and_gives_causes(
+    capsys: pytest.CaptureFixture[str], threaded_sim: Sim
+) -> None:
+    sim = threaded_sim(unit_ids=(250,))
+    code, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{sim.port}")
+    assert code == 1
+    assert "every unit id answers the same way (exception 4)" in out
+    assert "0 of 247 unit id(s) answer" in out
+    assert "unit 1:" not in out
+
+
+def _serve_http(stop: threading.Event) -> int:
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.1)
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(256)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        srv.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return int(srv.getsockname()[1])
+
+
+def test_scan_with_no_answer_says_what_the_port_speaks(
+    capsys: pytest.CaptureFixture[str], threaded_sim: Sim
+) -> None:
+    stop = threading.Event()
+    port = _serve_http(stop)
+    try:
+        code, out, _ = run(
+            capsys, "scan", f"modbus-tcp://127.0.0.1:{port}", "--to", "2", "--timeout-ms", "100"
+        )
+    finally:
+        stop.set()
+    assert code == 1 and "0 of 2 unit id(s) answer: none" in out
+    assert f"  - 127.0.0.1 port {port} speaks HTTP, not Modbus" in out
+    # an RTU-over-TCP server scanned as Modbus TCP: told to scan it as RTU over TCP
+    sim = threaded_sim(framer="rtu", unit_ids=(1,))
+    code, out, _ = run(
+        capsys, "scan", f"modbus-tcp://127.0.0.1:{sim.port}", "--to", "2", "--timeout-ms", "100"
+    )
+    assert code == 1
+    assert f"scan it as modbus-rtu-tcp://127.0.0.1:{sim.port}" in out
+
+
+def test_scan_keeps_library_messages_off_the_terminal(threaded_sim: Sim) -> None:
+    """As a technician runs it (a process, stderr and stdout both shown): only our lines,
+    even while most ids time out (pymodbus logs "No response received" and hex dumps)."""
+    sim = threaded_sim(unit_ids=(2,), answer_unknown_units=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "scan",
+            f"modbus-tcp://127.0.0.1:{sim.port}",
+            "--to",
+            "4",
+            "--timeout-ms",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parents[3]),
+    )
+    assert r.returncode == 0, r.stderr
+    for line in (r.stdout + r.stderr).splitlines():
+        assert line.startswith(("unit ", "not counted: ", "scanned ", "1 of 4")), line
+    assert "pymodbus" not in r.stderr.lower() and "no response" not in r.stderr.lower()
+
+
+def test_scan_libmodbus_server_ignores_the_unit_id(
+    capsys: pytest.CaptureFixture[str], libmodbus_server: Callable[..., tuple[str, int]]
+) -> None:
+    """libmodbus's TCP server answers every unit id with the same registers: one device."""
+    host, port = libmodbus_server(size=10)
+    code, out, _ = run(capsys, "scan", f"modbus-tcp://[{host}]:{port}", "--to", "40")
+    assert code == 0
+    assert "every unit id answers the same way (data): the server ignores the unit id" in out
+    assert "40 of 40 unit id(s) answer alike: the device itself" in out
+    assert sum(line.startswith("unit ") for line in out.splitlines()) <= 16
 
 
 def test_scan_bad_range_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,7 +61,8 @@ def test_round_trip_csv_to_yaml_to_config_to_a_read(
     sim.set_registers(7, Table.HOLDING, 109, [0x8001])
     sim.set_bits(7, Table.COIL, 2, [True])
     csv_path = write(tmp_path, GOOD)
-    out_path = tmp_path / "em-7.yaml"
+    (tmp_path / "devices.d").mkdir()
+    out_path = tmp_path / "devices.d" / "em-7.yaml"
     code, _, err = run(
         capsys,
         "import-csv",
@@ -82,9 +83,9 @@ def test_round_trip_csv_to_yaml_to_config_to_a_read(
     text = out_path.read_text()
     assert "- {name: voltage_l1, register: 30001, type: float32, order: CDAB, unit: V, " in text
     assert "{name: relay, register: '00003', description: Relay output}" in text
-    body = "".join(f"  {line}\n" for line in text.splitlines())
+    # a drop-in device file: the config names its folder and is otherwise untouched
     cfg_path = tmp_path / "config.yaml"
-    cfg_path.write_text(f"gateway: {{id: gw1, state_dir: {tmp_path}}}\ndevices:\n{body}")
+    cfg_path.write_text(f"gateway: {{id: gw1, state_dir: {tmp_path}}}\ndevices_dir: devices.d\n")
     cfg = load_config(cfg_path)
     (dev,) = cfg.devices
     names = ["voltage_l1", "energy", "serial", "running", "alarm", "relay"]
@@ -111,7 +112,7 @@ def test_every_bad_row_is_reported_with_line_and_column(
     text = (
         "name,address,register,type,scale,bit,poll_ms\n"  # 1
         "ok,0,,uint16,,,\n"  # 2
-        "t2,1,,float,,,\n"  # 3
+        "t2,1,,flaot,,,\n"  # 3
         "# a comment row\n"  # 4
         "t4,ten,,uint16,,,\n"  # 5
         "ok,2,,uint16,,,\n"  # 6
@@ -128,8 +129,8 @@ def test_every_bad_row_is_reported_with_line_and_column(
     lines = err.splitlines()
     assert lines[-1] == f"{path}: 7 problem(s); nothing written"
     expected = [
-        (3, "type", "unknown type 'float'"),
-        (5, "address", "'ten' is not a whole number"),
+        (3, "type", "unknown type 'flaot'"),
+        (5, "address", "'ten' is not an address"),
         (7, "bit", "bit 4 is read as type 'bool'"),
         (8, "register", "give register or address, not both"),
         (9, "scale", "'x1' is not a number"),
@@ -197,8 +198,118 @@ def test_options_are_checked(capsys: pytest.CaptureFixture[str], tmp_path: Path)
         "--set",
         "baudrate=9600",
     )
-    assert code == 0 and "  port: /dev/ttyUSB0\n  baudrate: 9600\n" in out
+    assert code == 0 and "    port: /dev/ttyUSB0\n    baudrate: 9600\n" in out
 
 
 def test_readme_documents_the_columns() -> None:
     assert columns_markdown() in README.read_text()
+
+
+# A vendor sheet as exported, with the vendor's own words: column names, type words,
+# hex and Modicon addresses, ranges, STRING(n), names with spaces, an access column.
+VENDOR = (
+    "Tag Name,Register,Data Type,Access,Units,Multiplier,Comment\n"  # 1
+    "Voltage L1-N,30001-30002,FLOAT CDAB,R,V,,Phase voltage\n"  # 2
+    "Active Energy,3x00011,UINT32 CDAB,RO,kWh,0.01,\n"  # 3
+    "Serial Number,40101-40108,STRING(16),R,,,\n"  # 4
+    "Frequency,0x0020,WORD,R/W,Hz,0.01,holding 32\n"  # 5
+    "Reset,40200,UINT16,W,,,write-only command\n"  # 6
+    "Relay 1,0x00003,BOOL,R,,,coil 3\n"  # 7
+)
+
+
+def test_a_vendor_sheet_as_exported_imports_in_one_run(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    threaded_sim: Callable[..., ModbusSimulator],
+) -> None:
+    """Aliases, vendor type words, hex and 4x notation, ranges, STRING(n) and --slugify:
+    no hand fixes; the complete config it writes reads the right values from a server."""
+    sim = threaded_sim(unit_ids=(1,), size=300)
+    sim.set_registers(1, Table.INPUT, 0, [0x0000, 0x4366])  # 230.0 CDAB
+    sim.set_registers(1, Table.INPUT, 10, [0x3039, 0x0000])  # 12345 CDAB
+    sim.set_registers(1, Table.HOLDING, 100, [0x454D, 0x372D, 0x3031, 0, 0, 0, 0, 0])
+    sim.set_registers(1, Table.HOLDING, 32, [5000])
+    sim.set_bits(1, Table.COIL, 2, [True])
+    path = write(tmp_path, VENDOR, "EM-7 map.csv")
+    code, _, err = run(capsys, "import-csv", str(path), "--host", "127.0.0.1")
+    assert code == 2
+    assert (
+        f"{path}:2: name: tag name 'Voltage L1-N' is not allowed; accepted: letters, digits "
+        "and _ . : - (--slugify makes it 'voltage_l1-n')" in err
+    )
+    assert err.count(": name: tag name") == 4  # every row at once, not one per run
+    out_path = tmp_path / "gw.yaml"
+    code, _, err = run(
+        capsys,
+        "import-csv",
+        str(path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(sim.port),
+        "--slugify",
+        "--as",
+        "config",
+        "--gateway-id",
+        "gw-7",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "-o",
+        str(out_path),
+    )
+    assert code == 0, err
+    assert f"{path}:6: access: 'W': write-only, skipped (the gateway reads)" in err
+    text = out_path.read_text()
+    assert "{name: voltage_l1-n, register: 30001, type: float32, order: CDAB, unit: V," in text
+    assert "{name: active_energy, register: 30011, type: uint32, order: CDAB, scale: 0.01" in text
+    assert "{name: serial_number, register: 40101, type: string, length: 16}" in text
+    assert "{name: frequency, address: 32, type: uint16, scale: 0.01, unit: Hz" in text
+    assert "{name: relay_1, register: '00003', type: bool" in text
+    cfg = load_config(out_path)
+    assert cfg.gateway.id == "gw-7" and [t.name for t in cfg.devices[0].tags] == [
+        "voltage_l1-n",
+        "active_energy",
+        "serial_number",
+        "frequency",
+        "relay_1",
+    ]
+    code, out, err = run(capsys, "read", "-c", str(out_path), "--json")
+    assert code == 0, out + err
+    values = {r["tag"]: r["value"] for r in map(json.loads, out.splitlines())}
+    assert values == {
+        "voltage_l1-n": 230.0,
+        "active_energy": pytest.approx(123.45),
+        "serial_number": "EM7-01",
+        "frequency": pytest.approx(50.0),
+        "relay_1": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "fragment"),
+    [
+        ("a,40001-40002,uint16", "register", "the range covers 2 register(s) but uint16 takes 1"),
+        ("a,40001-40002,", "register", "types of 2: int32, uint32, float32"),
+        ("a,40010-40001,uint16", "register", "does not go upwards"),
+        ("a,4x0,uint16", "register", "register numbers start at 1"),
+        ("a,40001,FLOAT WXYZ", "type", "'WXYZ' is neither an order"),
+        ("a,40001,flaot", "type", "did you mean 'float'"),
+    ],
+)
+def test_vendor_cell_problems(tmp_path: Path, row: str, column: str, fragment: str) -> None:
+    path = write(tmp_path, f"name,register,type\n{row}\n", "v.csv")
+    problems = [str(p) for p in read_register_map(path).problems]
+    assert any(p.startswith(f"{path}:2: {column}: ") and fragment in p for p in problems), problems
+
+
+def test_every_problem_of_one_row_in_one_run(tmp_path: Path) -> None:
+    path = write(tmp_path, "name,address,type,scale,bit\nbad name,ten,flaot,x,3\n", "r.csv")
+    columns = [p.column for p in read_register_map(path).problems]
+    assert columns == ["name", "address", "type", "scale"]
+
+
+def test_readme_documents_the_type_words() -> None:
+    from drivers.modbus.csvmap import types_markdown
+
+    assert types_markdown() in README.read_text()

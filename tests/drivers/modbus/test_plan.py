@@ -264,3 +264,44 @@ def test_plan_schedule_reads_each_tag_at_its_interval(dev: ModbusTcpDevice) -> N
                 reads[n] += 1
     assert {n for r in plan.due(0) for n in r.tags} == set(plan.tag_names)
     assert reads == {n: slowest // iv for n, iv in own.items()}
+
+
+def feasible_with(
+    block: list[tuple[int, int]], limit: int, max_gap: int, walls: list[tuple[int, int]]
+) -> bool:
+    if not feasible(block, limit, max_gap):
+        return False
+    lo, hi = min(s for s, _ in block), max(e for _, e in block)
+    return len(block) == 1 or not any(lo < w_hi and hi > w_lo for w_lo, w_hi in walls)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    device_maps(max_tags=6), st.lists(st.tuples(st.integers(0, 36), st.integers(0, 4)), max_size=3)
+)
+def test_plan_with_learned_barriers_is_valid_and_uses_the_fewest_requests(
+    dev: ModbusTcpDevice, raw_walls: list[tuple[int, int]]
+) -> None:
+    """With barriers (what the driver learned), no request of two or more tags touches
+    one, every tag is still read, and no grouping needs fewer requests."""
+    table = dev.tags[0].table
+    walls = [(lo, lo + n) for lo, n in raw_walls]
+    plan = compile_plan(dev, [(table, lo, hi) for lo, hi in walls])
+    limit = dev.max_bits_per_request if table is Table.COIL else dev.max_registers_per_request
+    assert sorted(n for r in plan.requests for n in r.tags) == sorted(plan.tag_names)
+    for r in plan.requests:
+        assert feasible_with([tag_span(dev, n) for n in r.tags], limit, dev.max_gap, walls)
+    by_interval: dict[int, list[tuple[int, int]]] = {}
+    for tag, name in zip(dev.tags, plan.tag_names, strict=True):
+        assert tag.poll_interval_ms is not None
+        by_interval.setdefault(tag.poll_interval_ms, []).append(tag_span(dev, name))
+    optimum = 0
+    for spans_ in by_interval.values():
+        best = len(spans_)
+        for part in set_partitions(list(range(len(spans_)))):
+            if len(part) < best and all(
+                feasible_with([spans_[i] for i in b], limit, dev.max_gap, walls) for b in part
+            ):
+                best = len(part)
+        optimum += best
+    assert len(plan.requests) == optimum

@@ -204,7 +204,7 @@ def test_silent_unit_is_bad_comm_and_only_that_device_goes_down() -> None:
     assert r["state"] == [True, True, False]
     assert r["to_9"] == 2 and 0.3 <= r["elapsed"] < 1.5
     assert r["again"].ok and r["still_up"]
-    assert (r["stats"].requests, r["stats"].no_response) == (1, 1)
+    assert (r["stats"].requests, r["stats"].timeouts, r["stats"].link_errors) == (1, 1, 0)
     # Reconnecting asks the unit once: still silent, so the connect fails and the
     # gateway's backoff keeps growing; the port stays open for the others.
     assert (
