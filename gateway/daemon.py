@@ -28,7 +28,7 @@ from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, load_config
 from .digest import Digest
 from .forwarder import Forwarder
-from .metrics import health_problems, serve_metrics, status_line
+from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
 from .poller import DeviceState, carry_counters, poll_device, subscribe_device
@@ -469,6 +469,7 @@ class Daemon:
                 "refused": {"messages": 0, "points": pipe.points_refused, "intentional": True},
             },
             "devices": {n: asdict(s) for n, s in self.devices.items()},
+            "host": host_facts(self.cfg),
         }
         if self.engine is not None:
             snap["inference"] = self.engine.model_stats()

@@ -42,6 +42,7 @@ from .backoff import Backoff
 from .config import UplinkConfig
 from .credentials import CredentialError
 from .digest import Digest
+from .histogram import Histogram
 from .mqttlink import (
     AUTH_CODES,
     BrokerLimits,
@@ -75,6 +76,8 @@ class ForwarderStats:
     limits: dict[str, Any] = field(default_factory=dict)
     """What is in force: the broker's CONNACK limits, the in-flight window and the
     largest message the pipeline seals (``max_message_bytes``)."""
+    bytes_published: int = 0  # message bodies published, re-sends included
+    puback_latency: Histogram = field(default_factory=Histogram)  # publish to PUBACK, s
 
 
 class BrokerRefused(ConnectionError):
@@ -133,6 +136,7 @@ class Forwarder:
         self._warned_mps: int | None = None
         self._wake = asyncio.Event()
         self._inflight: dict[int, tuple[int, int]] = {}  # paho mid -> (outbox seq, bytes)
+        self._sent_at: dict[int, float] = {}  # paho mid -> time.monotonic() at publish
         self._acks: list[int] = []
         self._cursors = _Cursors()
         self._ack_error = ""
@@ -337,6 +341,7 @@ class Forwarder:
         except OutboxError as exc:  # kept, and judged again after the next session
             log.error("outbox: cannot set a refused message aside yet: %s", exc)
         self._inflight.clear()
+        self._sent_at.clear()
         self._lone = None
         self._held.clear()
         self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
@@ -389,6 +394,8 @@ class Forwarder:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
             self._inflight[info.mid] = (row.seq, len(row.body))
+            self._sent_at[info.mid] = time.monotonic()
+            self.stats.bytes_published += len(row.body)
             if lone:
                 self._lone = row.seq
         self.stats.published += len(rows)
@@ -498,8 +505,11 @@ class Forwarder:
 
     def _on_puback(self, s: _Session, mid: int, rc: ReasonCode) -> None:
         entry = self._inflight.pop(mid, None)
+        sent = self._sent_at.pop(mid, None)
         if entry is None:
             return
+        if sent is not None:
+            self.stats.puback_latency.observe(time.monotonic() - sent)
         seq, size = entry
         if self._lone == seq:
             self._lone = None

@@ -117,6 +117,11 @@ def test_status_doctor_and_metrics_on_a_live_daemon(
     assert samples[("edgegw_device_up", (("device", "boiler"),))] == 1
     assert samples[("edgegw_uplink_up", ())] == 1
     assert samples[("edgegw_points_polled_total", ())] > 0
+    # the forwarder's and the host's figures come from the real daemon too
+    assert samples[("edgegw_uplink_bytes_sent_total", ())] > 0
+    assert samples[("edgegw_uplink_puback_latency_seconds_count", ())] > 0
+    assert samples[("edgegw_outbox_limit_bytes", ())] > 0
+    assert any(name == "edgegw_disk_free_bytes" and v > 0 for (name, _), v in samples.items())
     assert (
         samples[("edgegw_build_info", (("gateway", "gw-live"), ("version", real["version"])))] == 1
     )
