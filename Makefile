@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the demo and the tests use: the broker, systemd-analyze (the unit's
-# hardening score), debootstrap (the .deb is installed into a Debian chroot).
-DEB_PACKAGES := mosquitto systemd debootstrap
+# hardening score), debootstrap (the .deb is installed into a Debian chroot), PostgreSQL
+# (the receiver's fleet store; tests run a private server as an unprivileged user).
+DEB_PACKAGES := mosquitto systemd debootstrap postgresql
 # The .deb build-and-install test needs root (debootstrap): on by default as root.
 EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 export EDGEGW_DEB_TEST
@@ -26,6 +27,7 @@ deps:
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	$(PY) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing (apt):$$missing"; \
