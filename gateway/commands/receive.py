@@ -287,18 +287,16 @@ def main(args: argparse.Namespace) -> int:
         now = time.monotonic()
         if now - last_stats >= args.stats_interval:
             last_stats = now
-            with rx.lock:  # not in the middle of a message's transaction
-                publish_stats(health)
+            publish_stats(health)  # the store serialises it with the messages' transactions
         if deadline and now >= deadline:
             break
     mr.stop()
-    with rx.lock:
-        publish_stats(mr.health())
-        out: dict[str, Any] = {"receiver": summary(rx)}
-        try:
-            out["store"] = store.report().to_json()
-        except StoreError as exc:
-            out["store_error"] = str(exc)
+    publish_stats(mr.health())
+    out: dict[str, Any] = {"receiver": summary(rx)}
+    try:
+        out["store"] = store.report().to_json()
+    except StoreError as exc:
+        out["store_error"] = str(exc)
     store.close()
     print(json.dumps(out), file=sys.stderr)
     return rc
