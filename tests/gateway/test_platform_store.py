@@ -373,3 +373,31 @@ def test_postgres_down_is_a_store_error_then_it_reconnects(
     assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
     assert rx.received("gw1") == [(1, 2)]
     store.close()
+
+
+def test_the_readme_grafana_queries_run(key: DeviceKey, pg_url: str) -> None:
+    """The SQL of the README's "Platform" section, as written there, on a real store."""
+    import re
+
+    from tests.conftest import REPO
+
+    store = open_store(pg_url)
+    rx = Receiver({"gw-press-1": key.public_key}, "edgegw", store=store)
+    t = "edgegw/gw-press-1/telemetry"
+    for seq in (1, 2, 3):
+        r = [
+            ["press/pressure", seq * 10**9, float(seq), 0],
+            ["press/temp", seq * 10**9, 20.0 + seq, 0],
+            ["oven/temp", seq * 10**9, 99.0, 0],
+        ]
+        assert rx.handle(t, msg(key, seq, r, topic=t, gw="gw-press-1")) is Outcome.VALID
+    readme = (REPO / "README.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    assert len(queries) == 2
+    one_tag = (
+        queries[0].replace("$__timeFrom()", "'1970-01-01'").replace("$__timeTo()", "'2100-01-01'")
+    )
+    assert [r[1] for r in _sql(store, one_tag)] == [1.0, 2.0, 3.0]
+    latest = _sql(store, queries[1])
+    assert [(r[0], r[2]) for r in latest] == [("press/pressure", 3.0), ("press/temp", 23.0)]
+    store.close()
