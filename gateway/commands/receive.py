@@ -54,6 +54,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--cert-file", metavar="PEM", help="client certificate (mutual TLS)")
     s.add_argument("--key-file", metavar="PEM", help="client certificate's key")
     s.add_argument("--username", help="broker user name")
+    # Refused with a reason (and so never taken as an abbreviation of --password-file).
+    s.add_argument("--password", help=argparse.SUPPRESS)
     s.add_argument(
         "--password-file",
         metavar="FILE",
@@ -127,6 +129,11 @@ def register(sub: Subparsers) -> None:
 
 
 def _password(args: argparse.Namespace) -> str | None:
+    if args.password is not None:
+        raise fail(
+            "--password: a password on the command line shows in `ps` and the shell's "
+            f"history; put it in a file (--password-file FILE, mode 0600) or in {PASSWORD_ENV}"
+        )
     if args.password_file:
         try:
             lines = Path(args.password_file).read_text().splitlines()
@@ -179,6 +186,7 @@ def report_main(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.report:
         return report_main(args)
+    password = _password(args)
     from ..receiver import (
         DEFAULT_MAX_MESSAGE_BYTES,
         EnrolmentChanged,
@@ -209,7 +217,6 @@ def main(args: argparse.Namespace) -> int:
     if max_bytes < 1024:
         raise fail("--max-message-bytes: at least 1024")
     tls = _tls(args)
-    password = _password(args)
     port = args.port or (8883 if tls is not None else 1883)
     try:
         store = open_store(args.db, readings=not args.no_readings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -55,9 +56,15 @@ class Fleet:
 class Publisher:
     """One MQTT 5 client publishing QoS 1 messages (waits for every PUBACK)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self, port: int, tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None
+    ) -> None:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.c.max_inflight_messages_set(200)
+        if tls is not None:
+            self.c.tls_set_context(tls)
+        if login is not None:
+            self.c.username_pw_set(*login)
         self.c.connect("::1", port)
         self.c.loop_start()
 
