@@ -683,7 +683,7 @@ class _PgTxn:
             )
 
     def put_audit_entries(
-        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int
+        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int, *, insert: bool = True
     ) -> list[tuple[int, bytes, bytes]]:
         rewritten: list[tuple[int, bytes, bytes]] = []
         for offset, entry in entries:
@@ -692,6 +692,8 @@ class _PgTxn:
                 (self.gw, log_id, offset),
             ).fetchone()
             if row is None:
+                if not insert:
+                    continue
                 self.cur.execute(
                     "INSERT INTO audit_entries VALUES (%s, %s, %s, %s, %s)",
                     (self.gw, log_id, offset, entry, seq),

@@ -617,7 +617,7 @@ class _SqliteTxn:
             )
 
     def put_audit_entries(
-        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int
+        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int, *, insert: bool = True
     ) -> list[tuple[int, bytes, bytes]]:
         rewritten: list[tuple[int, bytes, bytes]] = []
         for offset, entry in entries:
@@ -626,6 +626,8 @@ class _SqliteTxn:
                 (self.gw, log_id, offset),
             ).fetchone()
             if row is None:
+                if not insert:
+                    continue
                 self.db.execute(
                     "INSERT INTO audit_entries VALUES (?, ?, ?, ?, ?)",
                     (self.gw, log_id, offset, entry, seq),

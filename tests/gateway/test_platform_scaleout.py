@@ -17,7 +17,7 @@ import pytest
 from gateway.mosquitto import Mosquitto
 from gateway.pgserver import PgServer
 from gateway.receiver import open_store
-from tests.gateway.platform_rig import Fleet, Publisher, ReceiverProc, start_receiver, wait_for
+from tests.gateway.fleet_rig import Fleet, Publisher, ReceiverProc, start_receiver, wait_for
 
 POINTS = 20
 

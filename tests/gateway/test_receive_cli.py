@@ -16,7 +16,7 @@ from gateway.mosquitto import Mosquitto
 from gateway.receiver import JsonLinesSink, Outcome, Receiver
 from security import DeviceKey
 from tests.conftest import REPO
-from tests.gateway.platform_rig import Fleet, Publisher
+from tests.gateway.fleet_rig import Fleet, Publisher
 from tests.gateway.test_receiver import TOPIC, msg, notice
 from tests.tlscerts import make_pki
 
