@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the demo and the tests use: the broker, systemd-analyze (the unit's
 # hardening score), debootstrap (the .deb is installed into a Debian chroot), gcc and
-# libmodbus-dev (a Modbus server on libmodbus, a second implementation to test against).
-DEB_PACKAGES := mosquitto systemd debootstrap gcc pkg-config libmodbus-dev
+# libmodbus-dev (a Modbus server on libmodbus, a second implementation to test against),
+# PostgreSQL (the receiver's fleet store; tests run a private server as an unprivileged user).
+DEB_PACKAGES := mosquitto systemd debootstrap gcc pkg-config libmodbus-dev postgresql
 # The .deb build-and-install test needs root (debootstrap): on by default as root.
 EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 export EDGEGW_DEB_TEST
@@ -27,6 +28,7 @@ deps:
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	$(PY) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \

@@ -319,12 +319,12 @@ def show_main(args: argparse.Namespace) -> int:
 
 
 def _store(path: str) -> Any:
-    from ..receiver import SqliteStore, StoreError
+    from ..receiver import StoreError, open_store
 
-    if not Path(path).is_file():
+    if "://" not in path and not Path(path).is_file():
         raise fail(f"{path}: no such receiver store (the --db of `edgegw receive`)")
     try:
-        return SqliteStore(path)
+        return open_store(path)
     except StoreError as exc:
         raise fail(str(exc)) from None
 

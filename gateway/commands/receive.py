@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from . import EXIT_FAILED, Subparsers, add_command, fail
 
+log = logging.getLogger("edgegw.receiver")
+
 DEFAULT_DB = "received.db"
+PASSWORD_ENV = "EDGEGW_MQTT_PASSWORD"
 
 
 def register(sub: Subparsers) -> None:
@@ -21,7 +27,12 @@ def register(sub: Subparsers) -> None:
         sub,
         "receive",
         "platform side: verify, de-duplicate, witness and store the gateways' messages",
-        "edgegw receive --host ::1 --enrol /etc/edgegw/enrolled/ --db received.db",
+        "edgegw receive --host ::1 --enrol /etc/edgegw/enrolled/ --db received.db\n"
+        "  edgegw receive --host broker.plant --port 8883 --ca-file ca.pem --username rx "
+        "--password-file /etc/edgegw/mqtt.pw \\\n"
+        "      --enrol enrolled/ --db postgresql://edgegw@db.plant/edgegw --share rx "
+        "--client-id rx-$(hostname)\n"
+        "  edgegw receive --report --db postgresql://edgegw@db.plant/edgegw",
     )
     s.epilog = (
         f"{s.epilog}\n\nEnrolment: a directory of <gateway id>.pub.pem files (from `edgegw keys "
@@ -30,10 +41,26 @@ def register(sub: Subparsers) -> None:
         "its topic names: the enrolled root, or a\nkey the gateway rotated to (certified from "
         "that root). State survives restarts in --db.\nExit status: 0 after --duration or a "
         "signal, 1 when reception stopped (broker refused,\nthe network thread died), 2 bad "
-        "input (enrolment, options)."
+        "input (enrolment, options).\n\nPostgreSQL: --db postgresql://USER@HOST/DB (libpq URL; "
+        "the password from PGPASSWORD or\n~/.pgpass, TLS with ?sslmode=verify-full&sslrootcert="
+        "...). Any number of receivers in one\n--share group against one database behave as "
+        "one: give each its own --client-id.\nBroker password: --password-file FILE or the "
+        f"environment variable {PASSWORD_ENV}\n(never on the command line)."
     )
     s.add_argument("--host", default="::1", help="broker address (default ::1)")
-    s.add_argument("--port", type=int, default=1883)
+    s.add_argument("--port", type=int, default=None, help="default 1883, 8883 with TLS")
+    s.add_argument("--tls", action="store_true", help="TLS to the broker (system CA store)")
+    s.add_argument("--ca-file", metavar="PEM", help="CA to verify the broker (implies --tls)")
+    s.add_argument("--cert-file", metavar="PEM", help="client certificate (mutual TLS)")
+    s.add_argument("--key-file", metavar="PEM", help="client certificate's key")
+    s.add_argument("--username", help="broker user name")
+    # Refused with a reason (and so never taken as an abbreviation of --password-file).
+    s.add_argument("--password", help=argparse.SUPPRESS)
+    s.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help=f"broker password, first line of FILE (or the environment: {PASSWORD_ENV})",
+    )
     s.add_argument("--prefix", default="edgegw", help="topic prefix (default edgegw)")
     s.add_argument(
         "--enrol",
@@ -52,14 +79,25 @@ def register(sub: Subparsers) -> None:
     s.add_argument(
         "--db",
         default=DEFAULT_DB,
-        help=f"the store: state, messages and readings (SQLite file; default {DEFAULT_DB})",
+        help="the store: state, messages and readings: postgresql://... for a fleet, or a "
+        f"SQLite file (default {DEFAULT_DB})",
+    )
+    s.add_argument(
+        "--report",
+        action="store_true",
+        help="print what --db holds (messages, points, gaps, alerts, over every receiver "
+        "that shares it) as JSON and exit",
     )
     s.add_argument(
         "--no-readings",
         action="store_true",
         help="keep only the state and message index in --db, not the readings",
     )
-    s.add_argument("--jsonl", action="store_true", help="also print readings as JSON lines")
+    s.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="also print readings, events and notices as JSON lines on stdout",
+    )
     s.add_argument(
         "--max-message-bytes",
         type=int,
@@ -68,12 +106,17 @@ def register(sub: Subparsers) -> None:
         help="reject larger messages before parsing them (default 2 MiB)",
     )
     s.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription group")
-    s.add_argument("--client-id", help="fixed client id: keeps a broker session")
+    s.add_argument(
+        "--client-id",
+        help="MQTT client id, one per receiver process (default edgegw-receive-<host>"
+        "[-<share group>]); the broker keeps its session for --session-expiry",
+    )
     s.add_argument(
         "--session-expiry",
         type=int,
         default=3600,
-        help="seconds the broker keeps the session of a fixed client id",
+        help="seconds the broker keeps this receiver's session and its unacknowledged "
+        "messages while it is away (0: a clean session)",
     )
     s.add_argument("--duration", type=float, default=0, help="stop after S seconds")
     s.add_argument(
@@ -85,7 +128,65 @@ def register(sub: Subparsers) -> None:
     s.set_defaults(func=main)
 
 
+def _password(args: argparse.Namespace) -> str | None:
+    if args.password is not None:
+        raise fail(
+            "--password: a password on the command line shows in `ps` and the shell's "
+            f"history; put it in a file (--password-file FILE, mode 0600) or in {PASSWORD_ENV}"
+        )
+    if args.password_file:
+        try:
+            lines = Path(args.password_file).read_text().splitlines()
+        except OSError as exc:
+            raise fail(
+                f"--password-file {args.password_file}: cannot read ({exc.strerror})"
+            ) from None
+        if not lines or not lines[0]:
+            raise fail(f"--password-file {args.password_file}: the first line is empty")
+        return lines[0]
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def _tls(args: argparse.Namespace) -> Any:
+    if not (args.tls or args.ca_file or args.cert_file or args.key_file):
+        return None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise fail("--cert-file and --key-file go together (mutual TLS), or neither")
+    from security.tls import client_context
+
+    try:
+        return client_context(args.ca_file, args.cert_file, args.key_file)
+    except (OSError, ValueError) as exc:
+        raise fail(f"TLS: cannot load the CA or client certificate: {exc}") from None
+
+
+def _client_id(args: argparse.Namespace) -> str:
+    if args.client_id:
+        return str(args.client_id)
+    base = f"edgegw-receive-{socket.gethostname()}"
+    return f"{base}-{args.share}" if args.share else base
+
+
+def report_main(args: argparse.Namespace) -> int:
+    from ..receiver import StoreError, open_store
+
+    if "://" not in args.db and not Path(args.db).is_file():
+        raise fail(f"{args.db}: no such receiver store (the --db of `edgegw receive`)")
+    try:
+        store = open_store(args.db)
+        try:
+            print(json.dumps(store.report().to_json()))
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.report:
+        return report_main(args)
+    password = _password(args)
     from ..receiver import (
         DEFAULT_MAX_MESSAGE_BYTES,
         EnrolmentChanged,
@@ -94,8 +195,8 @@ def main(args: argparse.Namespace) -> int:
         JsonLinesSink,
         MqttReceiver,
         Receiver,
-        SqliteStore,
         StoreError,
+        open_store,
         summary,
     )
 
@@ -115,10 +216,18 @@ def main(args: argparse.Namespace) -> int:
     max_bytes = args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
     if max_bytes < 1024:
         raise fail("--max-message-bytes: at least 1024")
+    tls = _tls(args)
+    port = args.port or (8883 if tls is not None else 1883)
     try:
-        store = SqliteStore(Path(args.db), readings=not args.no_readings)
+        store = open_store(args.db, readings=not args.no_readings)
     except StoreError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
+    except ImportError as exc:
+        raise fail(
+            f"--db {args.db.split('://')[0]}://: needs psycopg ({exc}); install the "
+            "platform extra: pip install 'edgegw[platform]'",
+            EXIT_FAILED,
+        ) from None
     try:
         rx = Receiver(
             trust,
@@ -130,14 +239,21 @@ def main(args: argparse.Namespace) -> int:
     except EnrolmentChanged as exc:
         store.close()
         raise fail(str(exc)) from None
+    except StoreError as exc:
+        store.close()
+        raise fail(str(exc), EXIT_FAILED) from None
     host = args.host.strip("[]")
+    client_id = _client_id(args)
     mr = MqttReceiver(
         rx,
         host,
-        args.port,
-        client_id=args.client_id or "",
+        port,
+        client_id=client_id,
         share_group=args.share,
         session_expiry_s=args.session_expiry,
+        tls_context=tls,
+        username=args.username,
+        password=password,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -146,12 +262,22 @@ def main(args: argparse.Namespace) -> int:
         mr.start()
     except (OSError, TimeoutError) as exc:
         store.close()
-        raise fail(f"cannot subscribe at [{host}]:{args.port}: {exc}", EXIT_FAILED) from None
+        raise fail(f"cannot subscribe at [{host}]:{port}: {exc}", EXIT_FAILED) from None
+    where = getattr(store, "where", args.db)
     print(
-        f"receiving {mr.topic} from [{host}]:{args.port} for {len(trust)} gateway(s), "
-        f"store {args.db}",
+        f"receiving {mr.topic} from [{host}]:{port} as {client_id} for {len(trust)} "
+        f"gateway(s), store {where}",
         file=sys.stderr,
     )
+
+    def publish_stats(health: Any) -> None:
+        stats = summary(rx)
+        try:
+            store.record_stats(client_id, stats)
+        except StoreError as exc:
+            log.warning("cannot record this receiver's counters: %s", exc)
+        print(json.dumps({**stats, "connected": health.connected}), file=sys.stderr)
+
     rc = 0
     deadline = time.monotonic() + args.duration if args.duration else None
     last_stats = time.monotonic()
@@ -168,12 +294,16 @@ def main(args: argparse.Namespace) -> int:
         now = time.monotonic()
         if now - last_stats >= args.stats_interval:
             last_stats = now
-            print(json.dumps({**summary(rx), "connected": health.connected}), file=sys.stderr)
+            publish_stats(health)  # the store serialises it with the messages' transactions
         if deadline and now >= deadline:
             break
     mr.stop()
-    out = summary(rx)
-    out["missing"] = {gw: [list(r) for r in rs] for gw, rs in rx.missing().items()}
+    publish_stats(mr.health())
+    out: dict[str, Any] = {"receiver": summary(rx)}
+    try:
+        out["store"] = store.report().to_json()
+    except StoreError as exc:
+        out["store_error"] = str(exc)
     store.close()
     print(json.dumps(out), file=sys.stderr)
     return rc

@@ -3,7 +3,8 @@
 
 One module per job: ``trust`` (enrolments), ``schema`` (the signed payload), ``core``
 (find the key, verify, parse, classify), ``witness`` (audit log consistency), ``state``
-and ``store`` (what survives a restart), ``mqtt`` (the thin shell), ``sinks`` (outputs).
+and ``store`` (what survives a restart; ``sqlite_store``, ``pg_store``), ``rows`` (a
+reading as a row), ``mqtt`` (the thin shell), ``sinks`` (outputs).
 """
 
 from .core import DEFAULT_MAX_MESSAGE_BYTES, Receiver, Sink, summary
@@ -13,7 +14,15 @@ from .outcome import Alert, AlertClass, Outcome, ReceiverStats
 from .schema import Payload, PayloadError
 from .sinks import JsonLinesSink
 from .state import GatewayState
-from .store import EnrolmentChanged, SqliteStore, Store, StoreError
+from .store import (
+    EnrolmentChanged,
+    Reading,
+    SqliteStore,
+    Store,
+    StoreError,
+    StoreReport,
+    open_store,
+)
 from .trust import Enrolment, EnrolmentError, Enrolments
 
 __all__ = [
@@ -32,11 +41,14 @@ __all__ = [
     "Outcome",
     "Payload",
     "PayloadError",
+    "Reading",
     "Receiver",
     "ReceiverStats",
     "Sink",
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreReport",
+    "open_store",
     "summary",
 ]

@@ -59,6 +59,8 @@ class MqttReceiver:
         share_group: str | None = None,
         session_expiry_s: int = 0,
         tls_context: Any = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.rx = rx
         self.host, self.port = host, port
@@ -67,6 +69,7 @@ class MqttReceiver:
             self.topic = f"$share/{share_group}/{self.topic}"
         self.subscribed = threading.Event()
         self.suback_error: str | None = None
+        self.connack_error: str | None = None
         self._last_message_ns = 0
         self._unacked = 0
         self._reconnect_at = 0.0
@@ -81,6 +84,8 @@ class MqttReceiver:
         self.client.enable_logger(logging.getLogger("edgegw.receiver.paho"))
         if tls_context is not None:
             self.client.tls_set_context(tls_context)
+        if username is not None or password is not None:
+            self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(1, 8)  # paho's default grows to 120 s
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -94,8 +99,11 @@ class MqttReceiver:
 
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
+            self.connack_error = str(rc)
             log.error("receiver: broker [%s]:%d refused: %s", self.host, self.port, rc)
+            self.subscribed.set()  # wakes start(), which reports it
             return
+        self.connack_error = None
         log.info("receiver: connected to [%s]:%d", self.host, self.port)
         c.subscribe(self.topic, qos=1)
 
@@ -132,6 +140,12 @@ class MqttReceiver:
         if not self.subscribed.wait(timeout):
             self.stop()
             raise TimeoutError(f"receiver: no SUBACK from [{self.host}]:{self.port}")
+        if self.connack_error is not None:
+            self.stop()
+            raise PermissionError(
+                f"receiver: the broker [{self.host}]:{self.port} refused the connection: "
+                f"{self.connack_error} (check --username / --password-file and the broker's ACL)"
+            )
         if self.suback_error is not None:
             self.stop()
             raise PermissionError(
@@ -159,7 +173,9 @@ class MqttReceiver:
         return Health(
             thread_alive=thread is not None and thread.is_alive(),
             connected=self.client.is_connected(),
-            subscribed=self.subscribed.is_set() and self.suback_error is None,
+            subscribed=self.subscribed.is_set()
+            and self.suback_error is None
+            and self.connack_error is None,
             last_message_ns=self._last_message_ns,
             unacked=self._unacked,
         )

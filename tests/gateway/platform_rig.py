@@ -117,9 +117,12 @@ class PlatformRig:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def summary(self, run: int) -> dict[str, Any]:
+        """This process's counters, with the store's gaps and missing ranges."""
         for line in reversed(self.rx_log(run).splitlines()):
-            if line.startswith("{") and '"missing"' in line:
-                return json.loads(line)  # type: ignore[no-any-return]
+            if line.startswith('{"receiver"'):
+                final = json.loads(line)
+                store = final["store"]
+                return {**final["receiver"], "gaps": store["gaps"], "missing": store["missing"]}
         raise AssertionError(f"no final summary in rx{run}.log:\n{self.rx_log(run)[-3000:]}")
 
     # -- the gateway -----------------------------------------------------------------

@@ -150,7 +150,9 @@ def test_sqlite_store_and_resume(key: DeviceKey, tmp_path: Path) -> None:
     bad = ["plc/x", 5, None, 2, "modbus exception 2"]
     rx.handle(TOPIC, msg(key, 1, [["plc/t", 5, 1.25, 0], bad]))
     rx.handle(TOPIC, msg(key, 2))
-    rows = store.db.execute("SELECT tag, value, quality, reason FROM readings ORDER BY rowid")
+    rows = store.db.execute(
+        "SELECT tag, value, quality, reason FROM readings_view ORDER BY seq, rowid"
+    )
     assert list(rows) == [
         ("plc/t", 1.25, 0, None),
         ("plc/x", None, 2, "modbus exception 2"),

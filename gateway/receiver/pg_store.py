@@ -1,0 +1,729 @@
+"""The platform's store for a fleet: PostgreSQL (psycopg 3), shared by any number of
+receivers.
+
+One message is one transaction: it locks the gateway's row (``SELECT ... FOR UPDATE``),
+takes the gateway's state from this process's cache when the row's version is the one
+this process last committed (another receiver's commit bumps it, and then the state is
+read again), and commits the message row, its readings (binary COPY), event, notices,
+audit entries, alerts and the new state together. ``(gw, seq)`` is the primary key of
+``messages``, so a message delivered twice is stored once, whichever receiver got it.
+
+The connection is made again after any error (a restarted server, a dropped link); a
+message that could not be committed raises StoreError and is not acknowledged, so the
+broker delivers it again. Connection settings come from the URL and libpq's environment
+(``PGPASSWORD``, ``PGPASSFILE``, ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import struct
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .outcome import Alert
+from .rows import device_of, join_ns, value_of
+from .schema import Payload
+from .state import GatewayState
+from .store import (
+    Cached,
+    EnrolmentChanged,
+    GatewayTxn,
+    LearnedKey,
+    Reading,
+    StoreError,
+    StoreReport,
+    fill_from_states,
+    public_raw,
+)
+from .trust import Enrolment
+
+log = logging.getLogger("edgegw.receiver")
+
+SCHEMA_VERSION = 2
+_MIGRATION_LOCK = 0x6564676577  # pg_advisory_xact_lock key: one migrating receiver at a time
+
+_V2 = """
+CREATE TABLE gateways (
+    gw       text PRIMARY KEY,
+    root_kid bytea NOT NULL,
+    state    bytea NOT NULL,
+    version  bigint NOT NULL,
+    updated  timestamptz NOT NULL
+);
+CREATE TABLE gateway_keys (
+    kid          bytea PRIMARY KEY,
+    gw           text NOT NULL,
+    public_key   bytea NOT NULL,
+    n            integer NOT NULL,
+    certified_by bytea,
+    learned      timestamptz NOT NULL
+);
+CREATE TABLE messages (
+    gw       text NOT NULL,
+    seq      bigint NOT NULL,
+    kind     text NOT NULL,
+    boot     bigint NOT NULL,
+    kid      bytea NOT NULL,
+    digest   bytea NOT NULL,
+    sealed   timestamptz NOT NULL,
+    received timestamptz NOT NULL,
+    points   integer NOT NULL,
+    PRIMARY KEY (gw, seq)
+);
+CREATE TABLE series (
+    id     integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    gw     text NOT NULL,
+    tag    text NOT NULL,
+    device text,
+    unit   text,
+    UNIQUE (gw, tag)
+);
+CREATE INDEX series_device ON series (gw, device);
+CREATE TABLE readings (
+    series          integer NOT NULL,
+    seq             bigint NOT NULL,
+    ts              timestamptz NOT NULL,
+    ts_nanos        smallint NOT NULL,
+    quality         smallint NOT NULL,
+    vtype           text NOT NULL,
+    value           double precision,
+    value_int       numeric(20, 0),
+    value_text      text,
+    value_bytes     bytea,
+    reason          text,
+    server_ts       timestamptz,
+    server_ts_nanos smallint
+);
+CREATE INDEX readings_series_ts ON readings (series, ts);
+CREATE TABLE events (
+    gw               text NOT NULL,
+    seq              bigint NOT NULL,
+    model            text NOT NULL,
+    kind             text NOT NULL,
+    ts               timestamptz NOT NULL,
+    ts_nanos         smallint NOT NULL,
+    window_end       timestamptz NOT NULL,
+    window_end_nanos smallint NOT NULL,
+    score            double precision,
+    peak             double precision,
+    inputs           text[] NOT NULL,
+    PRIMARY KEY (gw, seq)
+);
+CREATE INDEX events_ts ON events (gw, ts);
+CREATE TABLE notices (
+    gw        text NOT NULL,
+    seq       bigint NOT NULL,
+    n         smallint NOT NULL,
+    first_seq bigint,
+    last_seq  bigint,
+    messages  bigint NOT NULL,
+    points    bigint NOT NULL,
+    bytes     bigint NOT NULL,
+    reason    text NOT NULL,
+    at        timestamptz NOT NULL,
+    PRIMARY KEY (gw, seq, n)
+);
+CREATE TABLE audit_entries (
+    gw       text NOT NULL,
+    log      bytea NOT NULL,
+    "offset" bigint NOT NULL,
+    entry    bytea NOT NULL,
+    seq      bigint NOT NULL,
+    PRIMARY KEY (gw, log, "offset")
+);
+CREATE TABLE alerts (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    gw       text,
+    seq      bigint,
+    class    text NOT NULL,
+    security boolean NOT NULL,
+    detail   text NOT NULL,
+    received timestamptz NOT NULL
+);
+CREATE INDEX alerts_gw ON alerts (gw, id);
+CREATE TABLE receivers (
+    name    text PRIMARY KEY,
+    stats   jsonb NOT NULL,
+    updated timestamptz NOT NULL
+);
+CREATE VIEW readings_view AS
+    SELECT s.gw, s.device, s.tag, s.unit, r.*
+    FROM readings r JOIN series s ON s.id = r.series;
+"""
+
+MIGRATIONS = {2: _V2}  # version -> the script that makes it from the one before
+
+# -- binary COPY of readings ---------------------------------------------------------------
+
+_PG_EPOCH_US = 946_684_800 * 1_000_000  # timestamptz counts µs from 2000-01-01 UTC
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_TRAILER = b"\xff\xff"
+_NULL = b"\xff\xff\xff\xff"
+_COPY = (
+    "COPY readings (series, seq, ts, ts_nanos, quality, vtype, value, value_int, value_text,"
+    " value_bytes, reason, server_ts, server_ts_nanos) FROM STDIN (FORMAT BINARY)"
+)
+# field count, series, seq, ts, ts_nanos, quality: the head of every row
+_HEAD = struct.Struct(">hiiiqiqihih")
+_VFLOAT = struct.Struct(">i1sid")  # vtype "f", value
+_VNUM = struct.Struct(">i1sid")  # vtype "i" or "b", value (then value_int)
+_SERVER = struct.Struct(">iqih")
+_NULL2 = _NULL * 2
+_NULL3 = _NULL * 3
+_NUMERIC_CACHE: dict[int, bytes] = {}
+
+
+def _numeric(v: int) -> bytes:
+    """An integer as PostgreSQL's binary numeric (base-10000 digits), with its length."""
+    cached = _NUMERIC_CACHE.get(v)
+    if cached is not None:
+        return cached
+    sign = 0x4000 if v < 0 else 0
+    a = -v if v < 0 else v
+    digits: list[int] = []
+    while a:
+        a, d = divmod(a, 10000)
+        digits.append(d)
+    digits.reverse()
+    weight = len(digits) - 1
+    while digits and digits[-1] == 0:
+        digits.pop()
+    n = len(digits)
+    body = struct.pack(f">hhhh{n}H", n, max(weight, 0), sign, 0, *digits)
+    out = struct.pack(">i", len(body)) + body
+    if -1024 <= v < 65536:
+        _NUMERIC_CACHE[v] = out
+    return out
+
+
+def _field(b: bytes) -> bytes:
+    return struct.pack(">i", len(b)) + b
+
+
+def copy_data(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
+    """The whole binary COPY stream of one message's readings (13 fields a row: the head,
+    vtype, value, value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
+    head, vfloat, vnum = _HEAD.pack, _VFLOAT.pack, _VNUM.pack
+    out = [_SIGNATURE]
+    add = out.append
+    epoch = _PG_EPOCH_US
+    for r in readings:
+        us, nanos = divmod(r[1], 1000)
+        add(head(13, 4, ids[r[0]], 8, seq, 8, us - epoch, 2, nanos, 2, r[3]))
+        v = r[2]
+        t = type(v)
+        if t is float:
+            add(vfloat(1, b"f", 8, v) + _NULL3)
+        elif t is int:
+            add(vnum(1, b"i", 8, float(v)) + _numeric(v) + _NULL2)
+        elif t is bool:
+            add(vnum(1, b"b", 8, 1.0 if v else 0.0) + _NULL3)
+        elif t is str:
+            add(b"\x00\x00\x00\x01s" + _NULL2 + _field(v.encode()) + _NULL)
+        elif t is bytes:
+            add(b"\x00\x00\x00\x01x" + _NULL3 + _field(v))
+        else:
+            add(b"\x00\x00\x00\x01n" + _NULL * 4)
+        if len(r) == 4:
+            add(_NULL3)  # reason, server_ts, server_ts_nanos
+            continue
+        reason = r[4]
+        add(_NULL if reason is None else _field(reason.encode()))
+        server = r[5] if len(r) > 5 else None
+        if server is None:
+            add(_NULL2)
+        else:
+            s_us, s_nanos = divmod(server, 1000)
+            add(_SERVER.pack(8, s_us - epoch, 2, s_nanos))
+    add(_TRAILER)
+    return b"".join(out)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def when(ns: int) -> datetime:
+    """A uint64 ns timestamp as a datetime, to the µs (for per-message columns)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def redact(url: str) -> str:
+    """The connection string without its password, for messages."""
+    try:
+        d = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "the --db connection string"
+    d.pop("password", None)
+    return make_conninfo(**{k: v for k, v in d.items() if v is not None})
+
+
+class PgStore:
+    """The fleet store. ``url``: a libpq connection string or ``postgresql://`` URL.
+    ``readings=False`` keeps the state and message index only."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        readings: bool = True,
+        connect_timeout_s: int = 10,
+        application_name: str = "edgegw-receive",
+    ) -> None:
+        self.url = url
+        self.where = redact(url)
+        self.keep_readings = readings
+        self.connect_timeout_s = connect_timeout_s
+        self.application_name = application_name
+        self._conn: psycopg.Connection[Any] | None = None
+        self._cache: dict[str, Cached] = {}
+        self._series: dict[tuple[str, str], int] = {}
+        self._lock = threading.RLock()
+        self.timescale = False
+        with self._lock:
+            try:
+                self._migrate(self._connect())
+            except psycopg.Error as exc:
+                self._drop()
+                raise StoreError(f"{self.where}: cannot set up the receiver store: {exc}") from exc
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop()
+        try:
+            conn = psycopg.connect(
+                self.url,
+                connect_timeout=self.connect_timeout_s,
+                application_name=self.application_name,
+            )
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: cannot connect: {exc}".strip()) from exc
+        self._conn = conn
+        # What another receiver committed while we were away is read again.
+        self._cache.clear()
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS edgegw_schema "
+                "(version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT max(version) FROM edgegw_schema").fetchone()
+            version = (row[0] if row else None) or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.where}: store schema {version} was written by a newer edgegw "
+                    f"(this one knows {SCHEMA_VERSION}); upgrade edgegw or use another --db"
+                )
+            for v in sorted(MIGRATIONS):
+                if v > version:
+                    for stmt in MIGRATIONS[v].split(";\n"):
+                        if stmt.strip():
+                            conn.execute(stmt)  # type: ignore[arg-type]
+                    conn.execute("INSERT INTO edgegw_schema (version) VALUES (%s)", (v,))
+                    log.info("%s: receiver store schema %d applied", self.where, v)
+        self._try_timescale(conn)
+
+    def _try_timescale(self, conn: psycopg.Connection[Any]) -> None:
+        """Readings become a hypertable where the TimescaleDB extension is installed."""
+        with conn.transaction():
+            if not conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone():
+                return
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                conn.execute(
+                    "SELECT create_hypertable('readings', 'ts', if_not_exists => TRUE, "
+                    "migrate_data => TRUE)"
+                )
+            self.timescale = True
+        except psycopg.Error as exc:
+            log.warning(
+                "%s: TimescaleDB is available but readings stay a plain table: %s",
+                self.where,
+                exc,
+            )
+
+    # -- transactions -----------------------------------------------------------------
+
+    def check_enrolment(self, enrolment: Enrolment) -> None:
+        with self._lock:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    row = conn.execute(
+                        "SELECT root_kid FROM gateways WHERE gw = %s", (enrolment.gw,)
+                    ).fetchone()
+            except psycopg.Error as exc:
+                self._drop()
+                raise StoreError(f"{self.where}: {exc}") from exc
+        if row is not None and bytes(row[0]) != enrolment.root_kid:
+            raise EnrolmentChanged(
+                f"gateway {enrolment.gw}: enrolled with key {enrolment.root_kid.hex()} "
+                f"({enrolment.source}), but {self.where} holds data verified with root key "
+                f"{bytes(row[0]).hex()}. A re-enrolled gateway is a new identity: restore the "
+                "old enrolment, or receive it into another database"
+            )
+
+    @contextlib.contextmanager
+    def transaction(self, enrolment: Enrolment) -> Iterator[GatewayTxn]:
+        with self._lock:
+            try:
+                conn = self._connect()
+                txn = self._open(conn, enrolment)
+            except psycopg.Error as exc:
+                self._fail(enrolment.gw)
+                raise StoreError(f"{self.where}: cannot begin a transaction: {exc}") from exc
+            try:
+                yield txn
+                txn.save()
+                conn.commit()
+            except BaseException as exc:
+                self._fail(enrolment.gw)
+                if isinstance(exc, psycopg.Error):
+                    raise StoreError(f"{self.where}: {exc}") from exc
+                raise
+            self._cache[enrolment.gw] = Cached(txn.version, txn.state, txn.keys)
+            self._series.update(txn.new_series)
+
+    def _fail(self, gw: str) -> None:
+        """After an error: the state may be half-changed, the connection may be gone."""
+        self._cache.pop(gw, None)
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            self._drop()
+        if conn.broken:
+            self._drop()
+
+    def _open(self, conn: psycopg.Connection[Any], e: Enrolment) -> _PgTxn:
+        cur = conn.cursor()
+        lock = "SELECT version, root_kid FROM gateways WHERE gw = %s FOR UPDATE"
+        row = cur.execute(lock, (e.gw,)).fetchone()
+        if row is None:
+            # A new gateway; another receiver may be adding it at this very moment: the
+            # insert waits for it, and the second SELECT locks whichever row won.
+            cur.execute(
+                "INSERT INTO gateways (gw, root_kid, state, version, updated) "
+                "VALUES (%s, %s, %s, 0, now()) ON CONFLICT (gw) DO NOTHING",
+                (e.gw, e.root_kid, GatewayState().to_bytes()),
+            )
+            cur.execute(
+                "INSERT INTO gateway_keys VALUES (%s, %s, %s, 0, NULL, now()) "
+                "ON CONFLICT (kid) DO NOTHING",
+                (e.root_kid, e.gw, public_raw(e.root)),
+            )
+            row = cur.execute(lock, (e.gw,)).fetchone()
+            assert row is not None
+        version, root_kid = row
+        if bytes(root_kid) != e.root_kid:
+            conn.rollback()
+            self.check_enrolment(e)
+        cached = self._cache.get(e.gw)
+        if cached is not None and cached.version == version:
+            return _PgTxn(self, cur, e.gw, version, cached.state, cached.keys)
+        (blob,) = cur.execute("SELECT state FROM gateways WHERE gw = %s", (e.gw,)).fetchone()  # type: ignore[misc]
+        keys = {
+            bytes(kid): Ed25519PublicKey.from_public_bytes(bytes(pub))
+            for kid, pub in cur.execute(
+                "SELECT kid, public_key FROM gateway_keys WHERE gw = %s", (e.gw,)
+            ).fetchall()
+        }
+        return _PgTxn(self, cur, e.gw, version, GatewayState.from_bytes(bytes(blob)), keys)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+            except psycopg.Error as exc:
+                self._drop()
+                raise StoreError(f"{self.where}: {exc}") from exc
+
+    def states(self) -> dict[str, GatewayState]:
+        rows = self._query("SELECT gw, state FROM gateways ORDER BY gw")
+        return {gw: GatewayState.from_bytes(bytes(blob)) for gw, blob in rows}
+
+    def alerts(self, gw: str | None = None) -> list[dict[str, Any]]:
+        q = (
+            "SELECT gw, seq, class, security::int, detail, "
+            "(extract(epoch FROM received) * 1e6)::bigint * 1000 FROM alerts"
+        )
+        args: tuple[Any, ...] = ()
+        if gw is not None:
+            q, args = q + " WHERE gw = %s", (gw,)
+        keys = ("gw", "seq", "class", "security", "detail", "received_ns")
+        return [dict(zip(keys, r, strict=True)) for r in self._query(q + " ORDER BY id", args)]
+
+    def audit_copy(self, gw: str, log_id: bytes | None = None) -> bytes:
+        if log_id is None:
+            rows = self._query("SELECT state FROM gateways WHERE gw = %s", (gw,))
+            if not rows:
+                return b""
+            log_id = GatewayState.from_bytes(bytes(rows[0][0])).current_log
+            if log_id is None:
+                return b""
+        out = bytearray()
+        for offset, entry in self._query(
+            'SELECT "offset", entry FROM audit_entries WHERE gw = %s AND log = %s '
+            'ORDER BY "offset"',
+            (gw, log_id),
+        ):
+            if offset != len(out):
+                break
+            out += entry
+        return bytes(out)
+
+    def readings(self, gw: str, tag: str | None = None) -> list[Reading]:
+        q = (
+            "SELECT r.seq, s.tag, (extract(epoch FROM r.ts) * 1e6)::bigint, r.ts_nanos, r.vtype,"
+            " r.value, r.value_int, r.value_text, r.value_bytes, r.quality, r.reason,"
+            " (extract(epoch FROM r.server_ts) * 1e6)::bigint, r.server_ts_nanos"
+            " FROM readings r JOIN series s ON s.id = r.series WHERE s.gw = %s"
+        )
+        args: tuple[Any, ...] = (gw,)
+        if tag is not None:
+            q, args = q + " AND s.tag = %s", (gw, tag)
+        return [
+            Reading(
+                seq,
+                t,
+                join_ns(us, nanos),  # type: ignore[arg-type]
+                value_of(vt, v, vi, vs, vb),
+                q,
+                reason,
+                join_ns(s_us, s_nanos),
+            )
+            for seq, t, us, nanos, vt, v, vi, vs, vb, q, reason, s_us, s_nanos in self._query(
+                q + " ORDER BY r.seq, r.ctid", args
+            )
+        ]
+
+    def record_stats(self, receiver: str, stats: dict[str, Any]) -> None:
+        with self._lock:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    conn.execute(
+                        "INSERT INTO receivers VALUES (%s, %s, now()) ON CONFLICT (name) "
+                        "DO UPDATE SET stats = excluded.stats, updated = excluded.updated",
+                        (receiver, json.dumps(stats)),
+                    )
+            except psycopg.Error as exc:
+                self._drop()
+                raise StoreError(f"{self.where}: {exc}") from exc
+
+    def report(self) -> StoreReport:
+        r = StoreReport()
+        ((r.messages, r.points),) = self._query(  # type: ignore[misc]
+            "SELECT count(*), coalesce(sum(points), 0) FROM messages"
+        )
+        r.events = self._query("SELECT count(*) FROM events")[0][0]
+        r.notices = self._query("SELECT count(*) FROM notices")[0][0]
+        ((r.alerts, r.security_alerts),) = self._query(  # type: ignore[misc]
+            "SELECT count(*), count(*) FILTER (WHERE security) FROM alerts"
+        )
+        r.receivers = dict(self._query("SELECT name, stats FROM receivers"))  # type: ignore[arg-type]
+        fill_from_states(r, self.states())
+        return r
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+class _PgTxn:
+    def __init__(
+        self,
+        store: PgStore,
+        cur: psycopg.Cursor[Any],
+        gw: str,
+        version: int,
+        state: GatewayState,
+        keys: dict[bytes, Ed25519PublicKey],
+    ) -> None:
+        self.store, self.cur, self.gw = store, cur, gw
+        self.version, self.state, self.keys = version, state, keys
+        self.dirty = False
+        self.new_series: dict[tuple[str, str], int] = {}  # cached only after the commit
+
+    def stored_digest(self, seq: int) -> bytes | None:
+        row = self.cur.execute(
+            "SELECT digest FROM messages WHERE gw = %s AND seq = %s", (self.gw, seq)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def key_owner(self, kid: bytes) -> tuple[str, Ed25519PublicKey] | None:
+        row = self.cur.execute(
+            "SELECT gw, public_key FROM gateway_keys WHERE kid = %s", (kid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return row[0], Ed25519PublicKey.from_public_bytes(bytes(row[1]))
+
+    def learn_key(self, key: LearnedKey) -> None:
+        self.cur.execute(
+            "INSERT INTO gateway_keys VALUES (%s, %s, %s, %s, %s, now()) "
+            "ON CONFLICT (kid) DO NOTHING",
+            (key.kid, self.gw, public_raw(key.public_key), key.n, key.certified_by),
+        )
+        self.keys[key.kid] = key.public_key
+
+    def _series_ids(self, readings: list[list[Any]]) -> dict[str, int]:
+        known, gw = self.store._series, self.gw
+        ids: dict[str, int] = {}
+        new: list[str] = []
+        for r in readings:
+            tag = r[0]
+            if tag not in ids:
+                sid = known.get((gw, tag))
+                if sid is None:
+                    new.append(tag)
+                    sid = 0
+                ids[tag] = sid
+        if new:
+            # The gateway's row is locked: no other receiver adds this gateway's series now.
+            self.cur.execute(
+                "INSERT INTO series (gw, tag, device) SELECT %s, t, d "
+                "FROM unnest(%s::text[], %s::text[]) AS u (t, d) ON CONFLICT DO NOTHING",
+                (gw, new, [device_of(t) for t in new]),
+            )
+            for sid, tag in self.cur.execute(
+                "SELECT id, tag FROM series WHERE gw = %s AND tag = ANY(%s)", (gw, new)
+            ).fetchall():
+                ids[tag] = sid
+                self.new_series[(gw, tag)] = sid
+        return ids
+
+    def put_message(self, p: Payload, kid: bytes, digest: bytes, received_ns: int) -> None:
+        self.dirty = True
+        cur, gw, seq = self.cur, self.gw, p.seq
+        cur.execute(
+            "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                gw,
+                seq,
+                p.kind,
+                p.boot,
+                kid,
+                digest,
+                when(p.t_ns),
+                when(received_ns),
+                len(p.readings),
+            ),
+        )
+        if p.readings and self.store.keep_readings:
+            data = copy_data(self._series_ids(p.readings), seq, p.readings)
+            with cur.copy(_COPY) as cp:
+                cp.write(data)
+        if p.event is not None:
+            e = p.event
+            cur.execute(
+                "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    gw,
+                    seq,
+                    e["model"],
+                    e["kind"],
+                    when(e["ts_ns"]),
+                    e["ts_ns"] % 1000,
+                    when(e["window_end_ns"]),
+                    e["window_end_ns"] % 1000,
+                    float(e["score"]),
+                    float(e["peak"]),
+                    list(e["inputs"]),
+                ),
+            )
+        if p.drops:
+            cur.executemany(
+                "INSERT INTO notices VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        gw,
+                        seq,
+                        n,
+                        d.first_seq,
+                        d.last_seq,
+                        d.messages,
+                        d.points,
+                        d.bytes,
+                        d.reason,
+                        when(d.at_ns),
+                    )
+                    for n, d in enumerate(p.drops)
+                ],
+            )
+
+    def put_audit_entries(
+        self, log_id: bytes, entries: list[tuple[int, bytes]], seq: int, *, insert: bool = True
+    ) -> list[tuple[int, bytes, bytes]]:
+        rewritten: list[tuple[int, bytes, bytes]] = []
+        for offset, entry in entries:
+            row = self.cur.execute(
+                'SELECT entry FROM audit_entries WHERE gw = %s AND log = %s AND "offset" = %s',
+                (self.gw, log_id, offset),
+            ).fetchone()
+            if row is None:
+                if not insert:
+                    continue
+                self.cur.execute(
+                    "INSERT INTO audit_entries VALUES (%s, %s, %s, %s, %s)",
+                    (self.gw, log_id, offset, entry, seq),
+                )
+            elif bytes(row[0]) != entry:
+                rewritten.append((offset, bytes(row[0]), entry))
+        return rewritten
+
+    def audit_entries(self, log_id: bytes, from_offset: int) -> Iterator[tuple[int, bytes]]:
+        rows = self.cur.execute(
+            'SELECT "offset", entry FROM audit_entries WHERE gw = %s AND log = %s '
+            'AND "offset" >= %s ORDER BY "offset"',
+            (self.gw, log_id, from_offset),
+        ).fetchall()
+        for offset, entry in rows:
+            yield offset, bytes(entry)
+
+    def alert(self, a: Alert, received_ns: int) -> None:
+        self.cur.execute(
+            "INSERT INTO alerts (gw, seq, class, security, detail, received) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (a.gw, a.seq, a.cls.value, a.security, a.detail, when(received_ns)),
+        )
+
+    def save(self) -> None:
+        """Write the state back if a message changed it (a rejected message changes nothing)."""
+        if not self.dirty:
+            return
+        self.cur.execute(
+            "UPDATE gateways SET state = %s, version = version + 1, updated = now() WHERE gw = %s",
+            (self.state.to_bytes(), self.gw),
+        )
+        self.version += 1

@@ -1,0 +1,62 @@
+"""How a reading becomes a row, the same in both stores (docs: README "Platform").
+
+A reading's value keeps its type (``vtype``) and its exact value, and also gets one
+chartable number:
+
+=====  ==================  ===============================================================
+vtype  the gateway sent    columns
+=====  ==================  ===============================================================
+``f``  a float             ``value`` (NaN, ±Inf and −0.0 included; SQLite cannot hold NaN:
+                           there a NaN is ``value`` NULL with vtype ``f``)
+``i``  an integer          ``value_int`` exact (int64 and uint64 up to 2^64−1), ``value``
+                           the nearest double (exact up to 2^53)
+``b``  a bool              ``value`` 0 or 1
+``s``  text                ``value_text``
+``x``  bytes               ``value_bytes``
+``n``  no value            (quality says why)
+=====  ==================  ===============================================================
+
+Timestamps are nanoseconds in a uint64 on the wire. A store keeps them as microseconds
+(``timestamptz`` in PostgreSQL, an integer in SQLite) plus ``*_nanos`` (0..999), so the
+exact nanosecond is always there and every uint64 fits (2^64 ns is the year 2554).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VTYPES = {float: "f", int: "i", bool: "b", str: "s", bytes: "x", type(None): "n"}
+
+
+def device_of(tag: str) -> str | None:
+    """Tags are ``<device>/<tag>`` as named in the gateway's config."""
+    device, sep, _ = tag.partition("/")
+    return device if sep else None
+
+
+def split_ns(ns: int | None) -> tuple[int | None, int | None]:
+    """uint64 ns -> (µs, the remaining ns 0..999)."""
+    if ns is None:
+        return None, None
+    return divmod(ns, 1000)  # type: ignore[return-value]
+
+
+def join_ns(us: int | None, nanos: int | None) -> int | None:
+    return None if us is None else us * 1000 + (nanos or 0)
+
+
+def value_of(
+    vtype: str, value: Any, value_int: Any, value_text: str | None, value_bytes: Any
+) -> Any:
+    """The reading's value as the gateway sent it, from its stored columns."""
+    if vtype == "f":
+        return float("nan") if value is None else float(value)
+    if vtype == "i":
+        return int(value_int)
+    if vtype == "b":
+        return bool(value)
+    if vtype == "s":
+        return value_text
+    if vtype == "x":
+        return bytes(value_bytes)
+    return None

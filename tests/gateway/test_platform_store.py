@@ -1,0 +1,403 @@
+"""Both receiver stores (SQLite, and PostgreSQL from Debian's package) hold exactly what
+the gateway sent: every value type round-trips, timestamps to the nanosecond, quality as
+sent; events and notices have tables of their own; a re-delivery is a no-op; the schema is
+made by migrations, from an empty database and from the previous schema."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.receiver import Outcome, Receiver, SqliteStore, Store, StoreError, open_store
+from gateway.receiver.store import public_raw
+from security import DeviceKey
+from tests.gateway.test_receiver import TOPIC, msg, notice
+
+U64_MAX = 2**64 - 1
+F32 = struct.unpack("<f", struct.pack("<f", 0.1))[0]  # a float32 value, widened exactly
+
+# (value, quality, reason, server_ts) in every form the wire format allows
+VALUES: list[list[Any]] = [
+    [True, 0],
+    [False, 0],
+    [0, 0],
+    [-(2**63), 0],
+    [2**63 - 1, 0],
+    [2**63, 0],
+    [U64_MAX, 0],
+    [2**53 + 1, 0],  # not exact as a double
+    [1.5, 0],
+    [F32, 0],
+    [-0.0, 0],
+    [0.0, 0],
+    [math.inf, 0],
+    [-math.inf, 0],
+    [math.nan, 4, "sensor says NaN"],
+    [5e-324, 0],
+    [1.7976931348623157e308, 0],
+    ["", 0],
+    ["Grüße, 温度 ✓", 0],
+    ["NaN", 0],  # text that looks like a number stays text
+    [str(U64_MAX), 0],
+    [b"", 0],
+    [b"\x00\xff\x10", 0],
+    [None, 1, "timeout"],
+    [None, 2, None],
+    [None, 3, "cannot decode"],
+    [7, 4, None, 1_700_000_000_123_456_789],  # OPC UA server timestamp
+    [8, 0, None, None],
+]
+TS = [0, 1, 999, 1_700_000_000_123_456_789, 2**63 - 1, 2**63, U64_MAX]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> DeviceKey:
+    return DeviceKey.load_or_create(tmp_path / "gw")[0]
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, with the same type; NaN equals NaN and -0.0 is not 0.0."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        return (math.isnan(a) and math.isnan(b)) or struct.pack("<d", a) == struct.pack("<d", b)
+    return bool(a == b)
+
+
+def test_every_value_type_round_trips(key: DeviceKey, store: Store) -> None:
+    readings = []
+    for i, v in enumerate(VALUES):
+        r = [f"plc/tag{i}", TS[i % len(TS)], *v]
+        readings.append(r)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1, readings)) is Outcome.VALID
+    got = store.readings("gw1")
+    assert len(got) == len(readings)
+    for r, g in zip(readings, got, strict=True):
+        assert (g.seq, g.tag, g.ts_ns, g.quality) == (1, r[0], r[1], r[3]), r
+        assert same(g.value, r[2]), (r, g)
+        assert g.reason == (r[4] if len(r) > 4 else None), r
+        assert g.server_ts_ns == (r[5] if len(r) > 5 else None), r
+
+
+def test_readings_are_chartable_by_series(key: DeviceKey, store: Store) -> None:
+    """One number to chart (``value``) for every numeric type, the device from the tag."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    r = [
+        ["press/temp", 1_000_000_000, 21.5, 0],
+        ["press/count", 1_000_000_000, 2**64 - 1, 0],
+        ["press/on", 1_000_000_000, True, 0],
+        ["press/name", 1_000_000_000, "A", 0],
+        ["loose", 1_000_000_000, None, 1, "timeout"],
+    ]
+    assert rx.handle(TOPIC, msg(key, 1, r)) is Outcome.VALID
+    sql = "SELECT device, tag, vtype, value FROM readings_view WHERE gw = 'gw1' ORDER BY tag"
+    rows = _sql(store, sql)
+    assert [tuple(x) for x in rows] == [
+        (None, "loose", "n", None),
+        ("press", "press/count", "i", float(2**64)),
+        ("press", "press/name", "s", None),
+        ("press", "press/on", "b", 1.0),
+        ("press", "press/temp", "f", 21.5),
+    ]
+
+
+def test_events_and_notices_are_stored(key: DeviceKey, store: Store) -> None:
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    event = {
+        "model": "pump-ae",
+        "kind": "start",
+        "ts_ns": 1_700_000_000_123_456_789,
+        "score": 3.25,
+        "peak": 4.5,
+        "window_end_ns": 1_700_000_001_000_000_001,
+        "inputs": ["pump/flow", "pump/pressure"],
+    }
+    ev = msg(key, 1, kind="event", topic="edgegw/gw1/event", event=event)
+    assert rx.handle("edgegw/gw1/event", ev) is Outcome.VALID
+    assert rx.handle("edgegw/gw1/notice", notice(key, 9, 2, 8)) is Outcome.VALID
+    rows = _sql(
+        store,
+        "SELECT model, kind, ts_nanos, window_end_nanos, score, peak, inputs FROM events",
+    )
+    (model, kind, nanos, end_nanos, score, peak, inputs) = rows[0]
+    assert (model, kind, nanos, end_nanos, score, peak) == ("pump-ae", "start", 789, 1, 3.25, 4.5)
+    assert list(inputs) == ["pump/flow", "pump/pressure"] or inputs == (
+        '["pump/flow", "pump/pressure"]'
+    )
+    assert [
+        tuple(x) for x in _sql(store, "SELECT seq, first_seq, last_seq, points FROM notices")
+    ] == [(9, 2, 8, 30)]
+    rep = store.report()
+    assert (rep.messages, rep.events, rep.notices, rep.gaps) == (2, 1, 1, 0)
+
+
+def test_a_redelivery_is_a_no_op_and_a_conflict_is_refused(key: DeviceKey, store: Store) -> None:
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    m = msg(key, 1, [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]])
+    assert rx.handle(TOPIC, m) is Outcome.VALID
+    assert rx.handle(TOPIC, m) is Outcome.DUPLICATE
+    assert rx.handle(TOPIC, msg(key, 1, [["plc/a", 1, 9.0, 0]])) is Outcome.CONFLICT
+    assert len(store.readings("gw1")) == 2
+    rep = store.report()
+    assert (rep.messages, rep.points, rep.alerts, rep.security_alerts) == (1, 2, 1, 1)
+
+
+def test_a_restart_reloads_state_and_series(key: DeviceKey, store_url: str) -> None:
+    s1 = open_store(store_url)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=s1)
+    assert rx.handle(TOPIC, msg(key, 1, [["plc/a", 1, 1.0, 0]])) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 3, [["plc/a", 3, 3.0, 0]])) is Outcome.VALID
+    s1.close()
+    s2 = open_store(store_url)
+    rx2 = Receiver({"gw1": key.public_key}, "edgegw", store=s2)
+    assert rx2.stats.gaps == 1
+    assert rx2.handle(TOPIC, msg(key, 3, [["plc/a", 3, 3.0, 0]])) is Outcome.DUPLICATE
+    assert rx2.handle(TOPIC, msg(key, 2, [["plc/a", 2, 2.0, 0]])) is Outcome.VALID
+    assert [r.value for r in s2.readings("gw1", "plc/a")] == [1.0, 2.0, 3.0]
+    assert s2.report().gaps == 0
+    s2.close()
+
+
+def _sql(store: Store, sql: str) -> list[Any]:
+    if isinstance(store, SqliteStore):
+        return store.db.execute(sql).fetchall()
+    return store._query(sql)  # type: ignore[attr-defined]
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+# Schema 1 of the SQLite store, as the receiver of the platform-trust issue wrote it.
+V1 = """
+CREATE TABLE gateways (gw TEXT PRIMARY KEY, root_kid BLOB NOT NULL, state BLOB NOT NULL,
+    version INTEGER NOT NULL, updated_ns INTEGER NOT NULL);
+CREATE TABLE gateway_keys (kid BLOB PRIMARY KEY, gw TEXT NOT NULL, public_key BLOB NOT NULL,
+    n INTEGER NOT NULL, certified_by BLOB, learned_ns INTEGER NOT NULL);
+CREATE TABLE messages (gw TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+    boot INTEGER NOT NULL, kid BLOB NOT NULL, digest BLOB NOT NULL, t INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL, points INTEGER NOT NULL, PRIMARY KEY (gw, seq)) WITHOUT ROWID;
+CREATE TABLE readings (gw TEXT, seq INTEGER, tag TEXT, ts INTEGER, value BLOB, quality INTEGER,
+    reason TEXT, server_ts INTEGER);
+CREATE TABLE events (gw TEXT NOT NULL, seq INTEGER NOT NULL, model TEXT NOT NULL,
+    kind TEXT NOT NULL, ts_ns INTEGER NOT NULL, score REAL, peak REAL, window_end_ns INTEGER,
+    inputs TEXT);
+CREATE TABLE drops (gw TEXT NOT NULL, seq INTEGER NOT NULL, first_seq INTEGER,
+    last_seq INTEGER, messages INTEGER, points INTEGER, bytes INTEGER, reason TEXT,
+    at_ns INTEGER);
+CREATE TABLE audit_entries (gw TEXT NOT NULL, log BLOB NOT NULL, offset INTEGER NOT NULL,
+    entry BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (gw, log, offset)) WITHOUT ROWID;
+CREATE TABLE alerts (id INTEGER PRIMARY KEY, gw TEXT, seq INTEGER, class TEXT NOT NULL,
+    security INTEGER NOT NULL, detail TEXT NOT NULL, received_ns INTEGER NOT NULL);
+PRAGMA user_version = 1;
+"""
+
+
+def test_sqlite_migrates_from_schema_1(key: DeviceKey, tmp_path: Path) -> None:
+    """A store written by schema 1 (values in one column, 'NaN' and big uint64 as text)
+    opens as schema 2 with every reading, event, notice and the state kept."""
+    db = tmp_path / "v1.db"
+    # Made by a schema-1 receiver: seqs 1 and 3 (so a gap at 2), state saved.
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
+    rx.handle(TOPIC, msg(key, 1))
+    rx.handle(TOPIC, msg(key, 3))
+    state = rx.store.states()["gw1"].to_bytes()
+    c = sqlite3.connect(db)
+    c.executescript(V1)
+    c.execute("INSERT INTO gateways VALUES ('gw1', ?, ?, 2, 0)", (key.kid, state))
+    c.execute(
+        "INSERT INTO gateway_keys VALUES (?, 'gw1', ?, 0, NULL, 0)",
+        (key.kid, public_raw(key.public_key)),
+    )
+    for seq in (1, 3):
+        c.execute(
+            "INSERT INTO messages VALUES ('gw1', ?, 'telemetry', 1, ?, x'01', 5000, 7000, 3)",
+            (seq, key.kid),
+        )
+    rows = [
+        ("gw1", 1, "plc/f", 1_000_000_001_234, 1.25, 0, None, None),
+        ("gw1", 1, "plc/nan", 1_000_000_001_234, "NaN", 0, None, None),
+        ("gw1", 1, "plc/big", 1_000_000_001_234, str(U64_MAX), 0, None, 55_555),
+        ("gw1", 3, "plc/f", 3_000_000_000_000, 7, 2, "oops", None),
+        ("gw1", 3, "plc/s", 3_000_000_000_000, "hello", 0, None, None),
+        ("gw1", 3, "plc/none", 3_000_000_000_000, None, 1, "timeout", None),
+    ]
+    c.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    c.execute("INSERT INTO events VALUES ('gw1', 3, 'm', 'end', 4001, 1.0, 2.0, 5002, '[\"a\"]')")
+    c.execute("INSERT INTO drops VALUES ('gw1', 3, 2, 2, 1, 10, 100, 'outbox_full', 9000)")
+    c.commit()
+    c.close()
+
+    store = SqliteStore(db)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    got = [
+        (r.seq, r.tag, r.ts_ns, r.value, r.quality, r.reason, r.server_ts_ns)
+        for r in store.readings("gw1")
+    ]
+    assert got[0] == (1, "plc/f", 1_000_000_001_234, 1.25, 0, None, None)
+    assert got[1][1] == "plc/nan" and math.isnan(got[1][3])
+    assert got[2] == (1, "plc/big", 1_000_000_001_234, U64_MAX, 0, None, 55_555)
+    assert got[3:] == [
+        (3, "plc/f", 3_000_000_000_000, 7, 2, "oops", None),
+        (3, "plc/s", 3_000_000_000_000, "hello", 0, None, None),
+        (3, "plc/none", 3_000_000_000_000, None, 1, "timeout", None),
+    ]
+    assert store.db.execute("SELECT sealed, received FROM messages WHERE seq = 1").fetchone() == (
+        5,
+        7,
+    )
+    assert store.db.execute(
+        "SELECT ts, ts_nanos, window_end, window_end_nanos FROM events"
+    ).fetchone() == (4, 1, 5, 2)
+    assert store.db.execute("SELECT seq, n, first_seq, points, at FROM notices").fetchone() == (
+        3,
+        0,
+        2,
+        10,
+        9,
+    )
+    # the state came along: seq 2 is still a gap, seq 3 a duplicate (its digest is x'01':
+    # another digest under it is a conflict), new data goes into the new tables
+    rx2 = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx2.stats.gaps == 1
+    assert rx2.handle(TOPIC, msg(key, 3)) is Outcome.CONFLICT
+    assert rx2.handle(TOPIC, msg(key, 2, [["plc/f", 2, 2.5, 0]])) is Outcome.VALID
+    assert [r.value for r in store.readings("gw1", "plc/f")] == [1.25, 2.5, 7]
+    store.close()
+
+
+def test_sqlite_migrates_from_the_first_format(key: DeviceKey, tmp_path: Path) -> None:
+    db = tmp_path / "v0.db"
+    c = sqlite3.connect(db)
+    c.executescript(
+        """
+        CREATE TABLE messages (gw TEXT, seq INTEGER, boot INTEGER, kind TEXT, t INTEGER,
+            kid TEXT, received_ns INTEGER, points INTEGER, PRIMARY KEY (gw, seq));
+        CREATE TABLE readings (gw TEXT, seq INTEGER, tag TEXT, ts INTEGER, value BLOB,
+            quality INTEGER, reason TEXT, server_ts INTEGER);
+        INSERT INTO messages VALUES ('gw1', 1, 1, 'telemetry', 10, 'ab', 20, 1);
+        INSERT INTO readings VALUES ('gw1', 1, 'plc/x', 1000, 4.5, 0, NULL, NULL);
+        """
+    )
+    c.commit()
+    c.close()
+    store = SqliteStore(db)
+    assert [(r.tag, r.value) for r in store.readings("gw1")] == [("plc/x", 4.5)]
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.DUPLICATE  # stored before digests
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    store.close()
+
+
+def test_a_newer_schema_is_refused(store_url: str) -> None:
+    s = open_store(store_url)
+    if isinstance(s, SqliteStore):
+        s.db.execute("PRAGMA user_version = 99")
+    else:
+        s._query("INSERT INTO edgegw_schema (version) VALUES (99) RETURNING version")  # type: ignore[attr-defined]
+    s.close()
+    with pytest.raises(StoreError, match="newer edgegw"):
+        open_store(store_url)
+
+
+def test_postgres_from_empty_and_again(pg_url: str) -> None:
+    """The first start makes schema 2; later starts (several at once) change nothing."""
+    import threading
+
+    stores: list[Any] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            stores.append(open_store(pg_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(stores) == 4
+    versions = stores[0]._query("SELECT version FROM edgegw_schema ORDER BY version")
+    assert [v for (v,) in versions] == [2]
+    tables = {
+        t
+        for (t,) in stores[0]._query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
+    assert {"messages", "readings", "series", "events", "notices", "alerts"} <= tables
+    indexes = {i for (i,) in stores[0]._query("SELECT indexname FROM pg_indexes")}
+    assert {"readings_series_ts", "series_device", "events_ts"} <= indexes
+    for s in stores:
+        s.close()
+
+
+def test_postgres_down_is_a_store_error_then_it_reconnects(
+    key: DeviceKey, pg_url: str, pg_server: Any
+) -> None:
+    """A lost connection: the message is not stored (STORE_ERROR, not acknowledged); the
+    next message reconnects."""
+    import psycopg
+
+    store = open_store(pg_url)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    # kill our backend, as a server restart would
+    admin = pg_server.url
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'edgegw-receive' AND datname = %s",
+            (pg_url.rsplit("/", 1)[1],),
+        )
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.STORE_ERROR
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    assert rx.received("gw1") == [(1, 2)]
+    store.close()
+
+
+def test_the_readme_grafana_queries_run(key: DeviceKey, pg_url: str) -> None:
+    """The SQL of the README's "Platform" section, as written there, on a real store."""
+    import re
+
+    from tests.conftest import REPO
+
+    store = open_store(pg_url)
+    rx = Receiver({"gw-press-1": key.public_key}, "edgegw", store=store)
+    t = "edgegw/gw-press-1/telemetry"
+    for seq in (1, 2, 3):
+        r = [
+            ["press/pressure", seq * 10**9, float(seq), 0],
+            ["press/temp", seq * 10**9, 20.0 + seq, 0],
+            ["oven/temp", seq * 10**9, 99.0, 0],
+        ]
+        assert rx.handle(t, msg(key, seq, r, topic=t, gw="gw-press-1")) is Outcome.VALID
+    readme = (REPO / "README.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    assert len(queries) == 2
+    one_tag = (
+        queries[0].replace("$__timeFrom()", "'1970-01-01'").replace("$__timeTo()", "'2100-01-01'")
+    )
+    assert [r[1] for r in _sql(store, one_tag)] == [1.0, 2.0, 3.0]
+    latest = _sql(store, queries[1])
+    assert [(r[0], r[2]) for r in latest] == [("press/pressure", 3.0), ("press/temp", 23.0)]
+    store.close()
