@@ -174,7 +174,7 @@ def _check_readings(r: Any) -> None:
             or not 0 <= x[3] <= 4
             or type(x[2]) not in types
             or (type(x[2]) is int and x[2] < lo)
-            or len(x[0]) > MAX_TAG
+            or not 0 < len(x[0]) <= MAX_TAG
             or (len(x) > 4 and not _extras_ok(x))
         ):
             _explain_reading(r.index(x), x)
