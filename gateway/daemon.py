@@ -110,10 +110,10 @@ class Daemon:
         )
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).
-        self.uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
+        self.uplink = uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
         self.audit, replaced = self._open_audit(ident, state_dir)
-        await self.uplink.start(self.audit, replaced=replaced)
-        self.tasks["audit"] = asyncio.create_task(self.uplink.run(), name="audit")
+        await uplink.start(self.audit, replaced=replaced)
+        self.tasks["audit"] = asyncio.create_task(uplink.run(), name="audit")
         self._audit("start", version=__version__, pid=os.getpid())
         self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
         if ident.created:
@@ -157,7 +157,7 @@ class Daemon:
             self.engine.close()
         self._audit("stop", reason="signal")
         self._close_audit()
-        await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
+        await uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
         drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
