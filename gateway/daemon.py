@@ -123,7 +123,11 @@ class Daemon:
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
         self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
         self.tasks["forwarder"] = asyncio.create_task(fwd.run(), name="forwarder")
-        await self._start_inference()
+        try:
+            await self._start_inference()
+        except BaseException:
+            await self._abort_start()
+            raise
         status_task = asyncio.create_task(self._status_loop(), name="status")
         self._start_devices()
         metrics = self._start_metrics()
@@ -174,6 +178,15 @@ class Daemon:
             metrics.stop()
         write_status(state_dir, await self.snapshot(final=True))
         await self.outbox.close()
+
+    async def _abort_start(self) -> None:
+        """A start refused after the tasks began (a changed model): end them for certain
+        (asyncio.run's own cancellation waits forever on a task that lost its cancellation
+        in one of Python 3.11's races), seal the audit log and close the outbox."""
+        await _cancel_all(list(self.tasks.values()))
+        self._close_audit()
+        if self.outbox is not None:
+            await self.outbox.close()
 
     # -- devices ------------------------------------------------------------------------------
 
