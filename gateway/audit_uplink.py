@@ -76,6 +76,7 @@ class AuditUplink:
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._closing = False
+        self._error: str | None = None  # the failure last logged, until publishing resumes
 
     # -- start --------------------------------------------------------------------------
 
@@ -191,10 +192,14 @@ class AuditUplink:
                 self._fd = None
 
     def _failed(self, exc: BaseException, retry_s: float | None) -> None:
+        """Log a failure once (ERROR), and its repetitions quietly until it changes."""
         st, audit = self._state, self._audit
         where = f"byte {st.offset if st else 0} of {audit.path if audit else 'the audit log'}"
         then = "it goes at the next start" if retry_s is None else f"retrying in {retry_s:.1f} s"
-        log.error("cannot publish the audit log from %s: %s; %s", where, exc, then)
+        what = f"cannot publish the audit log from {where}: {exc}"
+        level = logging.DEBUG if what == self._error and retry_s is not None else logging.ERROR
+        log.log(level, "%s; %s", what, then)
+        self._error = what
 
     async def _publish_pending(self) -> None:
         assert self._audit is not None and self._state is not None
@@ -235,3 +240,6 @@ class AuditUplink:
         self._state = nxt
         self._reset = None
         self.messages += 1
+        if self._error is not None:
+            log.info("publishing the audit log again (up to byte %d)", nxt.offset)
+            self._error = None

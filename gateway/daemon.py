@@ -113,10 +113,10 @@ class Daemon:
         )
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).
-        self.uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
+        self.uplink = uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
         self.audit, replaced = self._open_audit(ident, state_dir)
-        await self.uplink.start(self.audit, replaced=replaced)
-        self.tasks["audit"] = asyncio.create_task(self.uplink.run(), name="audit")
+        await uplink.start(self.audit, replaced=replaced)
+        self.tasks["audit"] = asyncio.create_task(uplink.run(), name="audit")
         self._audit("start", version=__version__, pid=os.getpid())
         self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
         if ident.created:
@@ -126,7 +126,11 @@ class Daemon:
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
         self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
         self.tasks["forwarder"] = asyncio.create_task(fwd.run(), name="forwarder")
-        await self._start_inference()
+        try:
+            await self._start_inference()
+        except BaseException:
+            await self._abort_start()
+            raise
         status_task = asyncio.create_task(self._status_loop(), name="status")
         self._start_devices()
         metrics = self._start_metrics()
@@ -160,7 +164,7 @@ class Daemon:
             self.engine.close()
         self._audit("stop", reason="signal")
         self._close_audit()
-        await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
+        await uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
         drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
@@ -177,6 +181,15 @@ class Daemon:
             metrics.stop()
         write_status(state_dir, await self.snapshot(final=True))
         await self.outbox.close()
+
+    async def _abort_start(self) -> None:
+        """A start refused after the tasks began (a changed model): end them for certain
+        (asyncio.run's own cancellation waits forever on a task that lost its cancellation
+        in one of Python 3.11's races), seal the audit log and close the outbox."""
+        await _cancel_all(list(self.tasks.values()))
+        self._close_audit()
+        if self.outbox is not None:
+            await self.outbox.close()
 
     # -- devices ------------------------------------------------------------------------------
 

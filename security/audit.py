@@ -308,7 +308,7 @@ class AuditLog:
         self._length = start
         self._quarantined = _Quarantined(keep, records, nbytes, reason)
         log.warning(
-            "%s: %s: cut off %d records (%d bytes) from byte %d that edgegw did not write; "
+            "%s: %s: cut off %d record(s) (%d bytes) from byte %d that edgegw did not write; "
             "they are kept in %s. Find out who wrote them (they were added while edgegw was "
             "stopped)",
             self.path,

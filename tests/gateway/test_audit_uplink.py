@@ -280,7 +280,7 @@ def test_a_forged_tail_is_quarantined_named_and_reported_upstream(site: Site) ->
     (kept,) = site.state.glob(f"{AUDIT_FILE}.forged-*")
     assert kept.read_bytes() == forged
     warning = [ln for ln in site.gw.text().splitlines() if "WARNING" in ln and str(kept) in ln]
-    assert warning and "1 records" in warning[0] and f"{len(forged)} bytes" in warning[0]
+    assert warning and "1 record(s)" in warning[0] and f"{len(forged)} bytes" in warning[0]
     up = assert_same_and_verified(site)
     copy = next(iter(up.logs.values()))
     assert forged not in copy

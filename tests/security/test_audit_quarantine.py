@@ -92,7 +92,7 @@ def test_records_after_a_clean_close_are_cut_kept_and_named(
     assert kept.stat().st_mode & 0o777 == 0o600
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1
-    assert str(kept) in warning[0] and "2 records" in warning[0]
+    assert str(kept) in warning[0] and "2 record(s)" in warning[0]
     assert f"{len(forged)} bytes" in warning[0]
     data = path.read_bytes()
     assert data.startswith(closed) and forged not in data

@@ -117,3 +117,15 @@ def test_a_missing_root_with_a_chain_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IdentityRefused, match="root public key"):
         open_identity(tmp_path)
     assert not (tmp_path / ROOT_FILE).exists()  # not re-made from the current key
+
+
+def test_keys_init_refuses_to_replace_a_lost_key(tmp_path: Path) -> None:
+    from tests.security.test_keyring import run_cli
+
+    sd = ("--state-dir", str(tmp_path))
+    code, out, _ = run_cli("keys", "init", *sd)
+    assert code == 0 and out.startswith("created: ")
+    (tmp_path / DeviceKey.PRIVATE_KEY_FILE).unlink()
+    code, _, err = run_cli("keys", "init", *sd)
+    assert code == 2 and "missing" in err and "behind your back" in err
+    assert not (tmp_path / DeviceKey.PRIVATE_KEY_FILE).exists()
