@@ -34,6 +34,7 @@ from .rows import device_of, join_ns, value_of
 from .schema import Payload
 from .state import GatewayState
 from .store import (
+    Batch,
     Cached,
     EnrolmentChanged,
     GatewayTxn,
@@ -210,10 +211,15 @@ def _field(b: bytes) -> bytes:
 
 
 def copy_data(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
-    """The whole binary COPY stream of one message's readings (13 fields a row: the head,
-    vtype, value, value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
+    """The whole binary COPY stream of one message's readings."""
+    return _SIGNATURE + copy_rows(ids, seq, readings) + _TRAILER
+
+
+def copy_rows(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
+    """One message's readings as binary COPY rows (13 fields a row: the head, vtype, value,
+    value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
     head, vfloat, vnum = _HEAD.pack, _VFLOAT.pack, _VNUM.pack
-    out = [_SIGNATURE]
+    out: list[bytes] = []
     add = out.append
     epoch = _PG_EPOCH_US
     for r in readings:
@@ -244,7 +250,6 @@ def copy_data(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes
         else:
             s_us, s_nanos = divmod(server, 1000)
             add(_SERVER.pack(8, s_us - epoch, 2, s_nanos))
-    add(_TRAILER)
     return b"".join(out)
 
 
@@ -389,28 +394,38 @@ class PgStore:
 
     @contextlib.contextmanager
     def transaction(self, enrolment: Enrolment) -> Iterator[GatewayTxn]:
+        with self.batch() as b:
+            yield b.gateway(enrolment)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """One transaction for several messages (group commit): the gateways' rows are
+        locked in gateway order (so receivers sharing the database never deadlock), the
+        messages' rows and readings go in with one statement and one COPY at the end, and
+        everything commits together or nothing does."""
         with self._lock:
             try:
                 conn = self._connect()
-                txn = self._open(conn, enrolment)
             except psycopg.Error as exc:
-                self._fail(enrolment.gw)
                 raise StoreError(f"{self.where}: cannot begin a transaction: {exc}") from exc
+            b = _PgBatch(self, conn)
             try:
-                yield txn
-                txn.save()
+                yield b
+                b.flush()
                 conn.commit()
             except BaseException as exc:
-                self._fail(enrolment.gw)
+                self._fail(list(b.txns))
                 if isinstance(exc, psycopg.Error):
                     raise StoreError(f"{self.where}: {exc}") from exc
                 raise
-            self._cache[enrolment.gw] = Cached(txn.version, txn.state, txn.keys)
-            self._series.update(txn.new_series)
+            for gw, txn in b.txns.items():
+                self._cache[gw] = Cached(txn.version, txn.state, txn.keys)
+                self._series.update(txn.new_series)
 
-    def _fail(self, gw: str) -> None:
-        """After an error: the state may be half-changed, the connection may be gone."""
-        self._cache.pop(gw, None)
+    def _fail(self, gws: list[str]) -> None:
+        """After an error: the states may be half-changed, the connection may be gone."""
+        for gw in gws:
+            self._cache.pop(gw, None)
         conn = self._conn
         if conn is None:
             return
@@ -442,8 +457,7 @@ class PgStore:
             assert row is not None
         version, root_kid = row
         if bytes(root_kid) != e.root_kid:
-            conn.rollback()
-            self.check_enrolment(e)
+            self.check_enrolment(e)  # raises EnrolmentChanged; the batch rolls back
         cached = self._cache.get(e.gw)
         if cached is not None and cached.version == version:
             return _PgTxn(self, cur, e.gw, version, cached.state, cached.keys)
@@ -560,6 +574,98 @@ class PgStore:
             self._drop()
 
 
+class _PgBatch(Batch):
+    """The gateways one transaction holds, and what it writes at its end in bulk."""
+
+    def __init__(self, store: PgStore, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(self._open_one)
+        self.store, self.conn = store, conn
+        self.cur = conn.cursor()
+        self.messages: list[tuple[Any, ...]] = []
+        self.rows: list[bytes] = []  # binary COPY rows of readings
+
+    def _open_one(self, e: Enrolment) -> _PgTxn:
+        try:
+            txn = self.store._open(self.conn, e)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.store.where}: cannot lock gateway {e.gw}: {exc}") from exc
+        txn.batch = self
+        return txn
+
+    def open_all(self, enrolments: list[Enrolment]) -> None:
+        """Lock every gateway of the batch with one statement, in gateway order; load the
+        states this process has no current copy of with two more."""
+        todo = sorted({e.gw: e for e in enrolments if e.gw not in self.txns}.values(),
+                      key=lambda e: e.gw)  # fmt: skip
+        if not todo:
+            return
+        store, cur = self.store, self.cur
+        try:
+            found = {
+                gw: (version, bytes(root))
+                for gw, version, root in cur.execute(
+                    "SELECT gw, version, root_kid FROM gateways WHERE gw = ANY(%s) "
+                    "ORDER BY gw FOR UPDATE",
+                    ([e.gw for e in todo],),
+                ).fetchall()
+            }
+            stale = []
+            for e in todo:
+                if e.gw not in found:
+                    continue  # a new gateway: created at first use
+                version, root = found[e.gw]
+                if root != e.root_kid:
+                    store.check_enrolment(e)  # raises EnrolmentChanged
+                cached = store._cache.get(e.gw)
+                if cached is not None and cached.version == version:
+                    txn = _PgTxn(store, cur, e.gw, version, cached.state, cached.keys)
+                    txn.batch = self
+                    self.txns[e.gw] = txn
+                else:
+                    stale.append((e.gw, version))
+            if stale:
+                names = [gw for gw, _ in stale]
+                blobs = dict(
+                    cur.execute(
+                        "SELECT gw, state FROM gateways WHERE gw = ANY(%s)", (names,)
+                    ).fetchall()
+                )
+                keys: dict[str, dict[bytes, Ed25519PublicKey]] = {gw: {} for gw in names}
+                for gw, kid, pub in cur.execute(
+                    "SELECT gw, kid, public_key FROM gateway_keys WHERE gw = ANY(%s)", (names,)
+                ).fetchall():
+                    keys[gw][bytes(kid)] = Ed25519PublicKey.from_public_bytes(bytes(pub))
+                for gw, version in stale:
+                    state = GatewayState.from_bytes(bytes(blobs[gw]))
+                    txn = _PgTxn(store, cur, gw, version, state, keys[gw])
+                    txn.batch = self
+                    self.txns[gw] = txn
+        except psycopg.Error as exc:
+            raise StoreError(f"{store.where}: cannot lock the batch's gateways: {exc}") from exc
+
+    def flush(self) -> None:
+        """Write what the messages left for the end, then the changed states."""
+        cur = self.cur
+        if self.messages:
+            cur.executemany(
+                "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.messages
+            )
+            self.messages = []
+        if self.rows:
+            with cur.copy(_COPY) as cp:
+                cp.write(b"".join((_SIGNATURE, *self.rows, _TRAILER)))  # one write: one wait
+            self.rows = []
+        dirty = [t for t in self.txns.values() if t.dirty]
+        if dirty:
+            cur.executemany(
+                "UPDATE gateways SET state = %s, version = version + 1, updated = now() "
+                "WHERE gw = %s",
+                [(t.state.to_bytes(), t.gw) for t in dirty],
+            )
+            for t in dirty:
+                t.version += 1
+
+
 class _PgTxn:
     def __init__(
         self,
@@ -574,8 +680,12 @@ class _PgTxn:
         self.version, self.state, self.keys = version, state, keys
         self.dirty = False
         self.new_series: dict[tuple[str, str], int] = {}  # cached only after the commit
+        self.batch: _PgBatch | None = None
+        self.pending: dict[int, bytes] = {}  # digests of messages written at the batch's end
 
     def stored_digest(self, seq: int) -> bytes | None:
+        if seq in self.pending:
+            return self.pending[seq]
         row = self.cur.execute(
             "SELECT digest FROM messages WHERE gw = %s AND seq = %s", (self.gw, seq)
         ).fetchone()
@@ -626,24 +736,14 @@ class _PgTxn:
     def put_message(self, p: Payload, kid: bytes, digest: bytes, received_ns: int) -> None:
         self.dirty = True
         cur, gw, seq = self.cur, self.gw, p.seq
-        cur.execute(
-            "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                gw,
-                seq,
-                p.kind,
-                p.boot,
-                kid,
-                digest,
-                when(p.t_ns),
-                when(received_ns),
-                len(p.readings),
-            ),
-        )
+        assert self.batch is not None
+        self.pending[seq] = digest
+        self.batch.messages.append(
+            (gw, seq, p.kind, p.boot, kid, digest, when(p.t_ns), when(received_ns),
+             len(p.readings))
+        )  # fmt: skip
         if p.readings and self.store.keep_readings:
-            data = copy_data(self._series_ids(p.readings), seq, p.readings)
-            with cur.copy(_COPY) as cp:
-                cp.write(data)
+            self.batch.rows.append(copy_rows(self._series_ids(p.readings), seq, p.readings))
         if p.event is not None:
             e = p.event
             cur.execute(
@@ -719,11 +819,4 @@ class _PgTxn:
         )
 
     def save(self) -> None:
-        """Write the state back if a message changed it (a rejected message changes nothing)."""
-        if not self.dirty:
-            return
-        self.cur.execute(
-            "UPDATE gateways SET state = %s, version = version + 1, updated = now() WHERE gw = %s",
-            (self.state.to_bytes(), self.gw),
-        )
-        self.version += 1
+        """The state is written back by the batch's flush (one statement for all)."""

@@ -27,6 +27,7 @@ from .rows import device_of, join_ns, value_of
 from .schema import I63, Payload
 from .state import GatewayState
 from .store import (
+    Batch,
     Cached,
     EnrolmentChanged,
     GatewayTxn,
@@ -340,26 +341,36 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def transaction(self, enrolment: Enrolment) -> Iterator[GatewayTxn]:
+        with self.batch() as b:
+            yield b.gateway(enrolment)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """One transaction for several messages (group commit): each gateway's row is
+        opened once, and everything commits at the end or nothing does."""
         with self._lock:
             db = self.db
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot begin a transaction: {exc}") from exc
+            b = Batch(self._open)
             try:
-                txn = self._open(enrolment)
-                yield txn
-                txn.save()
+                yield b
+                for txn in b.txns.values():
+                    txn.save()
                 db.execute("COMMIT")
             except BaseException as exc:
-                self._cache.pop(enrolment.gw, None)  # state may be half-changed: reload
+                for gw in b.txns:
+                    self._cache.pop(gw, None)  # state may be half-changed: reload
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"{self.path}: {exc}") from exc
                 raise
-            self._cache[enrolment.gw] = Cached(txn.version, txn.state, txn.keys)
-            self._series.update(txn.new_series)
+            for gw, txn in b.txns.items():
+                self._cache[gw] = Cached(txn.version, txn.state, txn.keys)
+                self._series.update(txn.new_series)
 
     def _open(self, e: Enrolment) -> _SqliteTxn:
         row = self.db.execute(

@@ -15,7 +15,7 @@ same tables (README "Platform").
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,9 +68,34 @@ class GatewayTxn(Protocol):
     def alert(self, a: Alert, received_ns: int) -> None: ...
 
 
+class Batch:
+    """The gateways one store transaction has opened (locked) so far."""
+
+    def __init__(self, open_gateway: Callable[[Enrolment], Any]) -> None:
+        self._open = open_gateway
+        self.txns: dict[str, Any] = {}
+
+    def gateway(self, enrolment: Enrolment) -> GatewayTxn:
+        """The gateway's state and data in this transaction (locked at first use)."""
+        txn = self.txns.get(enrolment.gw)
+        if txn is None:
+            txn = self.txns[enrolment.gw] = self._open(enrolment)
+        return txn  # type: ignore[no-any-return]
+
+    def open_all(self, enrolments: list[Enrolment]) -> None:
+        """Open (lock) these gateways now, in gateway order; a store may do it in one go."""
+        for e in sorted({e.gw: e for e in enrolments}.values(), key=lambda e: e.gw):
+            self.gateway(e)
+
+
 class Store(Protocol):
     def transaction(self, enrolment: Enrolment) -> AbstractContextManager[GatewayTxn]:
         """Lock the gateway's row, hand its state over; commit on a clean exit."""
+        ...
+
+    def batch(self) -> AbstractContextManager[Batch]:
+        """One transaction for several messages: open gateways with ``gateway()``, in a
+        fixed order; everything commits at the end or nothing does."""
         ...
 
     def check_enrolment(self, enrolment: Enrolment) -> None: ...
@@ -170,6 +195,7 @@ def open_store(url: str, *, readings: bool = True) -> Store:
 from .sqlite_store import SqliteStore  # noqa: E402  (re-exported: the embedded default)
 
 __all__ = [
+    "Batch",
     "Cached",
     "EnrolmentChanged",
     "GatewayTxn",

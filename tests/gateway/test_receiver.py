@@ -260,20 +260,105 @@ def test_nothing_raised_while_handling_escapes(
     logged with the seq, and rolled back; the next message is handled as usual."""
     store = SqliteStore()
     rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
-    real = store.transaction
+    real = store.batch
 
     import contextlib
 
     @contextlib.contextmanager
-    def broken(enrolment):  # type: ignore[no-untyped-def]
-        with real(enrolment) as txn:
-            txn.put_message = lambda *a: 1 / 0  # type: ignore[method-assign]
-            yield txn
+    def broken():  # type: ignore[no-untyped-def]
+        with real() as b:
+            opener = b._open
 
-    store.transaction = broken  # type: ignore[method-assign]
+            def open_broken(e):  # type: ignore[no-untyped-def]
+                txn = opener(e)
+                txn.put_message = lambda *a: 1 / 0
+                return txn
+
+            b._open = open_broken
+            yield b
+
+    store.batch = broken  # type: ignore[method-assign]
     assert rx.handle(TOPIC, msg(key, 1)) is Outcome.ERROR
     assert "seq 1" in caplog.text and "ZeroDivisionError" in caplog.text
-    store.transaction = real  # type: ignore[method-assign]
+    store.batch = real  # type: ignore[method-assign]
     assert rx.received("gw1") == []  # rolled back: seq 1 is not marked seen
     assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
     assert (rx.stats.errors, rx.stats.messages_verified) == (1, 1)
+
+
+def test_a_group_of_messages_commits_once_and_classifies_as_one_by_one(
+    key: DeviceKey, tmp_path: Path
+) -> None:
+    """handle_many: one transaction for several messages (any gateways, any kinds, any
+    order), outcomes in the order given, the same as handling them one at a time."""
+    key2 = DeviceKey.load_or_create(tmp_path / "k2")[0]
+    t2 = "edgegw/gw2/telemetry"
+    items = [
+        (TOPIC, msg(key, 2)),
+        (t2, msg(key2, 1, gw="gw2", topic=t2)),
+        (TOPIC, msg(key, 1)),
+        (TOPIC, msg(key, 2)),  # the same again in the same group
+        (TOPIC, msg(key, 1, [["plc/t", 1, 9.0, 0]])),  # a conflict inside the group
+        (TOPIC, b"garbage"),
+        (t2, msg(key, 9, gw="gw2", topic=t2)),  # gw1's key for gw2
+    ]
+    expected = [
+        Outcome.VALID,
+        Outcome.VALID,
+        Outcome.VALID,
+        Outcome.DUPLICATE,
+        Outcome.CONFLICT,
+        Outcome.MALFORMED,
+        Outcome.WRONG_GATEWAY,
+    ]
+    trust = {"gw1": key.public_key, "gw2": key2.public_key}
+    one = Receiver(trust, "edgegw")
+    assert [one.handle(t, b) for t, b in items] == expected
+    grouped = Receiver(trust, "edgegw", store=SqliteStore(tmp_path / "g.db"))
+    assert grouped.handle_many([(t, b, None) for t, b in items]) == expected
+    assert summary_of(grouped) == summary_of(one)
+    assert grouped.received("gw1") == [(1, 2)] and grouped.received("gw2") == [(1, 1)]
+    assert [a["class"] for a in grouped.store.alerts()] == ["conflict", "wrong_gateway"]
+
+
+def summary_of(rx: Receiver) -> dict[str, int]:
+    from gateway.receiver import summary
+
+    return summary(rx)
+
+
+def test_a_group_that_fails_is_stored_one_by_one(key: DeviceKey, tmp_path: Path) -> None:
+    """A bug on one message rolls the group back: the others are stored on their own,
+    nothing is counted twice, the bad one is an error."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    import contextlib
+
+    real = store.batch
+
+    @contextlib.contextmanager
+    def fails_on_seq_3():  # type: ignore[no-untyped-def]
+        with real() as b:
+            opener = b._open
+
+            def open_gw(e):  # type: ignore[no-untyped-def]
+                txn = opener(e)
+                put = txn.put_message
+
+                def put_message(p, *a):  # type: ignore[no-untyped-def]
+                    if p.seq == 3:
+                        raise RuntimeError("a bug on seq 3")
+                    return put(p, *a)
+
+                txn.put_message = put_message
+                return txn
+
+            b._open = open_gw
+            yield b
+
+    store.batch = fails_on_seq_3  # type: ignore[method-assign]
+    out = rx.handle_many([(TOPIC, msg(key, s), None) for s in (1, 2, 3, 4)])
+    assert out == [Outcome.VALID, Outcome.VALID, Outcome.ERROR, Outcome.VALID]
+    assert (rx.stats.messages_verified, rx.stats.points_verified, rx.stats.errors) == (3, 3, 1)
+    store.batch = real  # type: ignore[method-assign]
+    assert rx.received("gw1") == [(1, 2), (4, 4)]

@@ -14,7 +14,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Receiver, SqliteStore, StoreError
-from gateway.receiver.trust import Enrolment
 from security import DeviceKey
 from tests.gateway.test_receiver import msg
 
@@ -28,9 +27,9 @@ class FailingStore(SqliteStore):
     failing = False
 
     @contextlib.contextmanager
-    def transaction(self, enrolment: Enrolment) -> Iterator:  # type: ignore[override]
-        with super().transaction(enrolment) as txn:
-            yield txn
+    def batch(self) -> Iterator:  # type: ignore[override]
+        with super().batch() as b:
+            yield b
             if self.failing:
                 raise StoreError("disk full (injected)")
 
