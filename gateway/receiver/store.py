@@ -152,6 +152,17 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 """
 
+# Command results (kind "command_result"): one row per message, the gateway's answer to a
+# signed command. Created on open whatever the schema version (an addition, not a change).
+_COMMAND_RESULTS = """
+CREATE TABLE IF NOT EXISTS command_results (
+    gw TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT, op TEXT, outcome TEXT NOT NULL,
+    reason TEXT, detail TEXT, tag TEXT, value BLOB, before BLOB, after BLOB,
+    version INTEGER, digest BLOB NOT NULL, kid BLOB, received_ns INTEGER, done_ns INTEGER,
+    again INTEGER NOT NULL
+)
+"""
+
 # The first receiver (before schema versions) had messages(gw, seq, boot, kind, t, kid as
 # hex text, received_ns, points) and the same readings table: keep both, add the rest.
 _FROM_V0 = (
@@ -202,6 +213,7 @@ class SqliteStore:
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self.db.execute(_COMMAND_RESULTS)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the receiver store: {exc}") from exc
         self._cache: dict[str, _Cached] = {}
@@ -448,6 +460,32 @@ class _SqliteTxn:
                     )
                     for d in p.drops
                 ],
+            )
+
+        if p.command_result is not None:
+            r = p.command_result
+            db.execute(
+                "INSERT INTO command_results VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    gw,
+                    seq,
+                    r["id"],
+                    r["op"],
+                    r["outcome"],
+                    r["reason"],
+                    r["detail"],
+                    r["tag"],
+                    _sql_value(r["value"]),
+                    _sql_value(r["before"]),
+                    _sql_value(r["after"]),
+                    r["version"],
+                    r["digest"],
+                    r["kid"],
+                    _sql_value(r["received"]),
+                    _sql_value(r["done"]),
+                    int(r["again"]),
+                ),
             )
 
     def put_audit_entries(

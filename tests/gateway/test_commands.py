@@ -1,0 +1,235 @@
+"""Signed commands end to end: the platform signs and publishes through a real mosquitto,
+the gateway (the daemon, polling a pymodbus, an asyncua and a snap7 server) verifies,
+authorises, writes, reads back, seals a signed result through its outbox and audits;
+the platform verifies the result from the gateway's enrolled key. Every refusal has its
+reason, is audited, and writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from drivers.modbus.types import Table
+from drivers.s7.types import Area
+from gateway.mosquitto import Mosquitto
+from gateway.receiver import MqttReceiver, Receiver, SqliteStore
+from tests.gateway.commandrig import Rig
+
+
+def f32_cdab(regs: list[int]) -> float:
+    value: float = struct.unpack(">f", struct.pack(">HH", regs[1], regs[0]))[0]
+    return value
+
+
+def test_writes_through_every_driver_are_read_back_signed_stored_and_audited(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        store = SqliteStore(tmp_path / "received.db")
+        async with Rig(tmp_path, broker.port) as rig:
+            rx = Receiver(rig.trust, "edgegw", store=store)
+            mr = MqttReceiver(rx, "::1", broker.port).start()
+            try:
+                assert rig.mb is not None and rig.s7 is not None and rig.ua is not None
+                rig.s7.set_bytes(Area.DB, 2, bytes([0x81]), db=1)
+                for name, tag, value in (
+                    ("mb_sp", "plc/sp", 42.5),
+                    ("mb_run", "plc/run", True),
+                    ("ua_sp", "ua/sp", 61.25),
+                    ("ua_mode", "ua/mode", 2),
+                    ("s7_bit", "s7/bit", True),
+                    ("s7_level", "s7/level", -12.5),
+                ):
+                    out[name] = await rig.send(rig.message("write", {"tag": tag, "value": value}))
+                out["mb_regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+                out["mb_coil"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+                out["s7_byte"] = rig.s7.get_bytes(Area.DB, 2, 1, db=1)[0]
+                out["s7_level_raw"] = struct.unpack(">f", rig.s7.get_bytes(Area.DB, 4, 4, db=1))[0]
+                # the receiver stores the results with the other kinds
+                await rig.until(
+                    lambda: (
+                        store.db.execute("SELECT count(*) FROM command_results").fetchone()[0] >= 6
+                    ),
+                    20,
+                    "the receiver did not store the results",
+                )
+            finally:
+                mr.stop()
+            out["stored"] = store.db.execute(
+                "SELECT id, outcome, tag, after FROM command_results ORDER BY seq"
+            ).fetchall()
+            out["rx"] = rx.stats
+        out["audit"] = rig.audit_records()
+        store.close()
+        return out
+
+    out = asyncio.run(main())
+    for name, tag, value in (
+        ("mb_sp", "plc/sp", 42.5),
+        ("mb_run", "plc/run", True),
+        ("ua_sp", "ua/sp", 61.25),
+        ("ua_mode", "ua/mode", 2),
+        ("s7_bit", "s7/bit", True),
+        ("s7_level", "s7/level", -12.5),
+    ):
+        r = out[name]
+        assert r is not None, f"no result for {name}"
+        assert (r["outcome"], r["reason"], r["tag"], r["value"]) == ("done", None, tag, value), r
+        after = r["after"]
+        assert after == value or abs(after - value) < 1e-6, (name, r)
+        assert r["again"] is False and r["op"] == "write" and len(r["kid"]) == 16
+    assert abs(f32_cdab(out["mb_regs"]) - 425.0) < 1e-3  # scale 0.1 inverted, word order CDAB
+    assert out["mb_coil"] == [True]
+    assert out["s7_byte"] == 0x81 | 0x20  # bit 5 set, bits 0 and 7 kept
+    assert out["s7_level_raw"] == -12.5
+    assert len(out["stored"]) == 6 and all(row[1] == "done" for row in out["stored"])
+    assert out["rx"].signature_failures == 0 and out["rx"].malformed == 0
+    done = [r for r in out["audit"] if r.event == "command_done"]
+    assert len(done) == 6
+    assert {r.detail["tag"] for r in done} == {
+        "plc/sp", "plc/run", "ua/sp", "ua/mode", "s7/bit", "s7/level",
+    }  # fmt: skip
+    assert all(r.detail["key"] == "ops" and r.detail["verified"] for r in done)
+    assert all(len(r.detail["digest"]) == 64 for r in done)
+
+
+def test_every_refusal_has_its_reason_is_audited_and_writes_nothing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.mb is not None
+            now = time.time_ns()
+            good = rig.message("write", {"tag": "plc/sp", "value": 10.0})
+            forged = good[:-1] + bytes([good[-1] ^ 1])  # one bit of the signature
+            tampered_payload = rig.message("write", {"tag": "plc/sp", "value": 11.0})
+            cases: dict[str, bytes] = {
+                "bad_signature": forged,
+                "unknown_key": rig.message(
+                    "write", {"tag": "plc/sp", "value": 12.0}, key=rig.rogue
+                ),
+                "expired": rig.message(
+                    "write",
+                    {"tag": "plc/sp", "value": 13.0},
+                    iat_ns=now - 120 * 10**9,
+                    lifetime_s=60,
+                ),
+                "not_yet_valid": rig.message(
+                    "write", {"tag": "plc/sp", "value": 14.0}, iat_ns=now + 600 * 10**9
+                ),
+                "lifetime_too_long": rig.message(
+                    "write", {"tag": "plc/sp", "value": 14.5}, lifetime_s=30 * 86400
+                ),
+                "not_authorised": rig.message("write", {"tag": "plc/other", "value": 3}),
+                "not_writable": rig.message("write", {"tag": "plc/fixed", "value": 3}),
+                "out_of_range": rig.message("write", {"tag": "plc/sp", "value": 80.5}),
+                "not_allowed": rig.message("write", {"tag": "ua/mode", "value": 5}),
+                "bad_value": rig.message("write", {"tag": "plc/run", "value": 1}),
+                "unknown_tag": rig.message("write", {"tag": "plc/nope", "value": 1}),
+                "wrong_gateway": rig.message(
+                    "write", {"tag": "plc/sp", "value": 15.0}, gw="gw-other"
+                ),
+                "op_not_authorised": rig.message(
+                    "config", {"version": 9, "config": "gateway: {id: x}"}
+                ),
+            }
+            for reason, message in cases.items():
+                out[reason] = await rig.send(message)
+            # a trusted key signing something that is not a command
+            garbage = cbor2.dumps({"v": 1, "hello": "world"})
+            out["bad_payload"] = await rig.send(rig.signed_raw(garbage, rig.ops))
+            # too frequent: the second write of a tag with min_interval_s 60
+            out["slow_first"] = await rig.send(
+                rig.message("write", {"tag": "plc/slow", "value": 1})
+            )
+            out["too_frequent"] = await rig.send(
+                rig.message("write", {"tag": "plc/slow", "value": 2})
+            )
+            # a command id used again by another command
+            first = rig.message("write", {"tag": "plc/sp", "value": 20.0}, id="same-id")
+            out["first"] = await rig.send(first)
+            out["replayed_id"] = await rig.send(
+                rig.message("write", {"tag": "plc/sp", "value": 21.0}, id="same-id")
+            )
+            # the same command delivered again: its result again, never a second write
+            rig.mb.set_registers(1, Table.HOLDING, 10, [0, 0])
+            out["again"] = await rig.send(first)
+            out["sp_after_again"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            out["slow_regs"] = rig.mb.get_registers(1, Table.HOLDING, 12, 1)
+            out["other_regs"] = rig.mb.get_registers(1, Table.HOLDING, 14, 3)
+            out["run"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+            del tampered_payload
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    expect = {
+        "bad_signature": "bad_signature",
+        "unknown_key": "unknown_key",
+        "expired": "expired",
+        "not_yet_valid": "not_yet_valid",
+        "lifetime_too_long": "lifetime_too_long",
+        "not_authorised": "not_authorised",
+        "not_writable": "not_writable",
+        "out_of_range": "out_of_range",
+        "not_allowed": "not_allowed",
+        "bad_value": "bad_value",
+        "unknown_tag": "unknown_tag",
+        "wrong_gateway": "wrong_gateway",
+        "op_not_authorised": "not_authorised",
+        "bad_payload": "bad_payload",
+        "too_frequent": "too_frequent",
+        "replayed_id": "replayed_id",
+    }
+    for case, reason in expect.items():
+        r = out[case]
+        assert r is not None, f"{case}: no result"
+        assert (r["outcome"], r["reason"]) == ("refused", reason), (case, r)
+        assert r["detail"], case
+    # unverified refusals do not claim to know the command
+    assert out["bad_signature"]["id"] is None and out["bad_signature"]["kid"] is None
+    assert out["unknown_key"]["id"] is None
+    assert out["slow_first"]["outcome"] == "done"
+    assert out["first"]["outcome"] == "done" and out["first"]["after"] == 20.0
+    again = out["again"]
+    assert again["again"] is True and again["outcome"] == "done" and again["after"] == 20.0
+    # nothing was written by a refused command, and the re-delivery wrote nothing either
+    assert out["sp_after_again"] == [0, 0]
+    assert out["slow_regs"] == [1] and out["other_regs"] == [0, 0, 0] and out["run"] == [False]
+    refused = [r for r in out["audit"] if r.event == "command_refused"]
+    reasons = {r.detail.get("reason") for r in refused}
+    assert set(expect.values()) <= reasons
+    unverified = [r for r in refused if r.detail.get("verified") is False]
+    assert {r.detail["reason"] for r in unverified} == {"bad_signature", "unknown_key"}
+    # the re-delivery is audited too, marked as such
+    assert any(r.detail.get("again") for r in out["audit"] if r.event == "command_done")
+
+
+def test_results_survive_restart_and_a_seen_command_never_runs_twice(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.mb is not None
+            msg = rig.message("write", {"tag": "plc/sp", "value": 33.0}, lifetime_s=600)
+            out["first"] = await rig.send(msg)
+            await rig.stop_daemon()
+            rig.mb.set_registers(1, Table.HOLDING, 10, [7, 7])
+            await rig.start_daemon()
+            out["again"] = await rig.send(msg)
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+        return out
+
+    out = asyncio.run(main())
+    assert out["first"]["outcome"] == "done"
+    assert out["again"]["again"] is True and out["again"]["outcome"] == "done"
+    assert out["again"]["received"] == out["first"]["received"]  # the stored result
+    assert out["regs"] == [7, 7]  # not written again after the restart
