@@ -233,3 +233,45 @@ def test_results_survive_restart_and_a_seen_command_never_runs_twice(
     assert out["again"]["again"] is True and out["again"]["outcome"] == "done"
     assert out["again"]["received"] == out["first"]["received"]  # the stored result
     assert out["regs"] == [7, 7]  # not written again after the restart
+
+
+def test_a_command_sent_while_the_link_is_down_runs_once_when_it_returns_or_expires(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The gateway's session persists on the broker: commands published while its link is
+    cut wait there. When the link returns, one executes (once), the other has expired and
+    is refused as such; both results go through the outbox."""
+    from tests.linkproxy import LinkProxy
+
+    proxy = LinkProxy(("::1", broker.port))
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port, uplink_port=proxy.port) as rig:
+            assert rig.mb is not None and rig.daemon is not None
+            proxy.cut()
+            fwd = rig.daemon.forwarder
+            await rig.until(lambda: fwd is not None and not fwd.stats.link_up, 20, "link still up")
+            lasting = rig.message("write", {"tag": "plc/sp", "value": 55.0}, lifetime_s=120)
+            brief = rig.message("write", {"tag": "plc/run", "value": True}, lifetime_s=1)
+            sends = [asyncio.create_task(rig.send(m, timeout=40)) for m in (lasting, brief)]
+            await asyncio.sleep(3.0)  # the brief one expires meanwhile, on the broker
+            out["sp_while_down"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            proxy.restore()
+            out["lasting"], out["brief"] = await asyncio.gather(*sends)
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            out["run"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+            dl = rig.daemon.downlink
+            assert dl is not None
+            out["accepted"] = dl.counts.get("accepted", 0)
+        return out
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        proxy.close()
+    assert out["sp_while_down"] == [0, 0]
+    assert out["lasting"]["outcome"] == "done" and out["lasting"]["after"] == 55.0
+    assert (out["brief"]["outcome"], out["brief"]["reason"]) == ("refused", "expired")
+    assert abs(f32_cdab(out["regs"]) - 550.0) < 1e-3 and out["run"] == [False]
+    assert out["accepted"] == 1
