@@ -356,13 +356,25 @@ class Config(_Model):
         import fnmatch
 
         known = self.input_tags()
-        for i, key in enumerate(self.commands.keys):
-            for pattern in key.tags:
-                if not any(fnmatch.fnmatchcase(t, pattern) for t in known):
-                    raise ValueError(
-                        f"commands.keys[{i}] ({key.name!r}): tags pattern {pattern!r} matches "
-                        "no tag of any device; write '<device>/<tag>', '*' for any part"
-                    )
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "no_such_tags",
+                    "{message}",
+                    {
+                        "message": f"pattern {pattern!r} matches no tag of any device; write "
+                        "'<device>/<tag>', with '*' for any part"
+                    },
+                ),
+                loc=("commands", "keys", i, "tags", j),
+                input=pattern,
+            )
+            for i, key in enumerate(self.commands.keys)
+            for j, pattern in enumerate(key.tags)
+            if not any(fnmatch.fnmatchcase(t, pattern) for t in known)
+        ]
+        if problems:
+            raise ValidationError.from_exception_data("Config", problems)
         return self
 
     @field_validator("devices")

@@ -347,7 +347,7 @@ class ModbusTag(Model):
         if self.table in (Table.INPUT, Table.DISCRETE):
             self._fail(
                 "write",
-                "write",
+                write,
                 f"the {self.table.value} table is read-only in Modbus; only holding "
                 "registers and coils can be written: remove write",
             )
@@ -358,7 +358,7 @@ class ModbusTag(Model):
             ends = (spec.lo * self.scale + self.offset, spec.hi * self.scale + self.offset)
             lo, hi = min(ends), max(ends)
         if problem := spec_problem(write, self.write_kind(), lo, hi):
-            self._fail("write", "write", f"{problem}")
+            self._fail("write", write, problem)
 
     def _apply_order(self, given: set[str]) -> None:
         registers = 1 if TYPES[self.type].is_string else self.registers

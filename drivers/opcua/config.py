@@ -163,7 +163,7 @@ class OpcuaTag(Model):
 
     def _check_write(self, write: WriteSpec) -> None:
         def fail(message: str) -> None:
-            fail_at("OpcuaTag", ("write",), "write", f"tag {self.name!r}: {message}")
+            fail_at("OpcuaTag", ("write",), write, f"tag {self.name!r}: {message}")
 
         if self.index is not None:
             fail("writing one element of an array is not supported; remove write or index")

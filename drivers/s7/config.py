@@ -246,7 +246,7 @@ class S7Tag(_Model):
         if at.area is Area.I:
             self._fail(
                 "write",
-                "write",
+                write,
                 f"tag {self.name!r}: the input area (I/E) is written by the PLC's inputs, not "
                 "by clients; only DB, M and Q tags can be written: remove write",
             )
@@ -257,7 +257,7 @@ class S7Tag(_Model):
             ends = (spec.lo * self.scale + self.offset, spec.hi * self.scale + self.offset)
             lo, hi = min(ends), max(ends)
         if problem := spec_problem(write, self.write_kind(), lo, hi):
-            self._fail("write", "write", f"tag {self.name!r}: {problem}")
+            self._fail("write", write, f"tag {self.name!r}: {problem}")
 
     def _contradiction(self, at: Address) -> str:
         assert self.type is not None
