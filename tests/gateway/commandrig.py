@@ -76,6 +76,7 @@ class Rig:
     broker_port: int
     uplink_port: int | None = None  # where the gateway connects (a LinkProxy), default broker
     health_s: float = 3.0
+    protocol: str = "mqtt5"
     extra_devices: str = ""
     mb: ModbusSimulator | None = None
     ua: OpcuaSimulator | None = None
@@ -100,7 +101,7 @@ class Rig:
         return (
             f"gateway: {{id: {GW}, state_dir: {self.state}, flush_window_ms: 50}}\n"
             f"uplink: {{host: '::1', port: {self.uplink_port or self.broker_port}, "
-            "reconnect_max_s: 1}\n"
+            f"reconnect_max_s: 1, protocol: {self.protocol}}}\n"
             "metrics: {enabled: false}\n"
             "commands:\n"
             f"  config_health_s: {self.health_s}\n"

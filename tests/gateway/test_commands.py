@@ -18,7 +18,7 @@ from drivers.modbus.types import Table
 from drivers.s7.types import Area
 from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Receiver, SqliteStore
-from tests.gateway.commandrig import Rig
+from tests.gateway.commandrig import GW, Rig
 
 
 def f32_cdab(regs: list[int]) -> float:
@@ -275,3 +275,87 @@ def test_a_command_sent_while_the_link_is_down_runs_once_when_it_returns_or_expi
     assert (out["brief"]["outcome"], out["brief"]["reason"]) == ("refused", "expired")
     assert abs(f32_cdab(out["regs"]) - 550.0) < 1e-3 and out["run"] == [False]
     assert out["accepted"] == 1
+
+
+def test_the_command_tool_and_command_keys_as_an_operator_runs_them(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """`edgegw keys command-key` makes a key pair (never overwriting one); `edgegw command
+    write` signs, publishes, waits for the verified result and exits 0 / 1 / 2."""
+    import json
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(p.communicate(), 90)
+        assert p.returncode is not None
+        return p.returncode, out.decode(), err.decode()
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        keyfile = tmp_path / "new.ed25519.pem"
+        out["make"] = await cli("keys", "command-key", "-o", str(keyfile), "--name", "new")
+        out["mode"] = keyfile.stat().st_mode & 0o777
+        out["pub"] = (tmp_path / "new.pub.pem").read_text()
+        out["again"] = await cli("keys", "command-key", "-o", str(keyfile))
+        async with Rig(tmp_path / "rig", broker.port) as rig:
+            assert rig.mb is not None
+            common = [
+                "--gateway", GW, "--key", str(tmp_path / "rig" / "ops.ed25519.pem"),
+                "--pubkey", f"{GW}={rig.state / 'keys' / 'device.pub.pem'}",
+                "--port", str(broker.port), "--timeout", "30",
+            ]  # fmt: skip
+            out["done"] = await cli(
+                "command", "write", *common, "--tag", "plc/sp", "--value", "12.5"
+            )
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            out["refused"] = await cli(
+                "command", "write", *common, "--tag", "plc/sp", "--value", "99", "--json"
+            )
+            out["no_enrolment"] = await cli(
+                "command", "write", "--gateway", GW, "--key", str(keyfile),
+                "--tag", "plc/sp", "--value", "1", "--port", str(broker.port),
+            )  # fmt: skip
+            out["unknown_key"] = await cli(
+                "command", "write", *common[:2], "--key", str(keyfile), *common[4:],
+                "--tag", "plc/sp", "--value", "1",
+            )  # fmt: skip
+        return out
+
+    (tmp_path / "rig").mkdir()
+    out = asyncio.run(main())
+    code, stdout, _ = out["make"]
+    assert code == 0 and "public_key: new.pub.pem" in stdout and "BEGIN PUBLIC KEY" in out["pub"]
+    assert out["mode"] == 0o600
+    assert out["again"][0] == 1 and "never overwritten" in out["again"][2]
+    code, stdout, _ = out["done"]
+    assert code == 0, out["done"]
+    assert ": done: plc/sp = 12.5, read back 12.5" in stdout
+    assert abs(f32_cdab(out["regs"]) - 125.0) < 1e-3
+    code, stdout, _ = out["refused"]
+    res = json.loads(stdout)
+    assert code == 1 and (res["outcome"], res["reason"]) == ("refused", "out_of_range")
+    assert out["no_enrolment"][0] == 2 and "not enrolled" in out["no_enrolment"][2]
+    code, stdout, _ = out["unknown_key"]
+    assert code == 1 and "refused (unknown_key)" in stdout
+
+
+def test_commands_over_mqtt_311_with_a_persistent_session(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        async with Rig(tmp_path, broker.port, protocol="mqtt311") as rig:
+            r = await rig.send(rig.message("write", {"tag": "ua/sp", "value": 7.5}))
+            assert rig.daemon is not None and rig.daemon.forwarder is not None
+            return {"r": r, "limits": rig.daemon.forwarder.stats.limits}
+
+    out = asyncio.run(main())
+    assert out["limits"]["protocol"] == "mqtt311"
+    assert out["r"]["outcome"] == "done" and out["r"]["after"] == 7.5
