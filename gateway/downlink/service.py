@@ -44,7 +44,7 @@ from .policy import (
     check_write,
     trusted_keys,
 )
-from .state import FILE, CommandState, Seen
+from .state import FILE, CommandState, Seen, StateError
 from .wire import Command, CommandError, decode_command, result
 
 log = logging.getLogger("edgegw.downlink")
@@ -100,12 +100,16 @@ class Downlink:
         self.result_topic = cfg.topic("command_result")
         self._aad = self.topic.encode()
         self.keys: dict[bytes, TrustedKey] = trusted_keys(cfg.commands)
-        if self.enabled and self.state is None:
-            self.state = CommandState(cfg.state_dir / FILE)
+        if cfg.commands.enabled and self.state is None:
+            try:
+                self.state = CommandState(cfg.state_dir / FILE)
+            except StateError as exc:  # acquisition goes on; commands cannot
+                log.error("commands are off: %s", exc)
 
     @property
     def enabled(self) -> bool:
-        return self.cfg.commands.enabled
+        """Commands are configured and their state is usable: subscribe."""
+        return self.cfg.commands.enabled and self.state is not None
 
     @property
     def session_expiry_s(self) -> int:

@@ -16,8 +16,10 @@ import cbor2
 
 from drivers.modbus.types import Table
 from drivers.s7.types import Area
+from gateway.downlink.state import CommandState
 from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Receiver, SqliteStore
+from security.cose import parse1
 from tests.gateway.commandrig import GW, Rig
 
 
@@ -223,9 +225,19 @@ def test_results_survive_restart_and_a_seen_command_never_runs_twice(
             out["first"] = await rig.send(msg)
             await rig.stop_daemon()
             rig.mb.set_registers(1, Table.HOLDING, 10, [7, 7])
+            # a command that was accepted and recorded when the gateway died, before it
+            # wrote: at the next start it is answered as interrupted, never run
+            crashed = rig.message("write", {"tag": "plc/sp", "value": 44.0}, id="crash-1")
+            env = parse1(crashed)
+            st = CommandState(rig.state / "commands.db")
+            st.begin("crash-1", env.signed_digest(rig.topic.encode()), env.kid, "write",
+                     time.time_ns() + 60 * 10**9, time.time_ns(), "plc/sp")  # fmt: skip
+            st.close()
             await rig.start_daemon()
             out["again"] = await rig.send(msg)
+            out["crashed"] = await rig.send(crashed)
             out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+        out["audit"] = rig.audit_records()
         return out
 
     out = asyncio.run(main())
@@ -233,6 +245,16 @@ def test_results_survive_restart_and_a_seen_command_never_runs_twice(
     assert out["again"]["again"] is True and out["again"]["outcome"] == "done"
     assert out["again"]["received"] == out["first"]["received"]  # the stored result
     assert out["regs"] == [7, 7]  # not written again after the restart
+    crashed = out["crashed"]
+    assert (crashed["outcome"], crashed["reason"], crashed["again"]) == (
+        "failed",
+        "interrupted",
+        True,
+    )
+    assert any(
+        r.event == "command_failed" and r.detail.get("reason") == "interrupted"
+        for r in out["audit"]
+    )
 
 
 def test_a_command_sent_while_the_link_is_down_runs_once_when_it_returns_or_expires(
