@@ -342,7 +342,10 @@ class Forwarder:
                 if qos:
                     c.ack(mid, qos)  # a closed client ignores it: re-delivered, then seen
 
-            loop.call_soon_threadsafe(inlet.offer, topic, payload, ack)
+            try:
+                loop.call_soon_threadsafe(inlet.offer, topic, payload, ack)
+            except RuntimeError:  # the loop is closing: the broker delivers it again
+                log.warning("a command arrived while stopping; the broker keeps it")
 
         def on_subscribe(c: Any, u: Any, mid: int, codes: Any, props: Any) -> None:
             refused = [rc for rc in codes if getattr(rc, "is_failure", False)]
@@ -351,7 +354,8 @@ class Forwarder:
                 if refused
                 else None
             )
-            loop.call_soon_threadsafe(inlet.subscribed, not refused, why)
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(inlet.subscribed, not refused, why)
 
         client.on_message = on_message
         client.on_subscribe = on_subscribe

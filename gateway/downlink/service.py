@@ -84,6 +84,7 @@ class Downlink:
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._config_lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
+        self._writing: set[asyncio.Task[Any]] = set()  # writes past the config gate
         self._unverified = Digest(self._audit_unverified, first_s=60, max_s=3600)
         self._last_unverified_result: dict[str, float] = {}
         self.counts: dict[str, int] = {}
@@ -336,6 +337,17 @@ class Downlink:
         while self._config_lock.locked():  # a config push runs alone
             async with self._config_lock:
                 pass
+        me = asyncio.current_task()
+        assert me is not None
+        self._writing.add(me)  # no await since the gate: a push now waits for this write
+        try:
+            return await self._write_device(cmd, t, base)
+        finally:
+            self._writing.discard(me)
+
+    async def _write_device(
+        self, cmd: Command, t: WriteTarget, base: dict[str, Any]
+    ) -> dict[str, Any]:
         lock = self._device_locks.setdefault(t.device, asyncio.Lock())
         value = cmd.args["value"]
         async with lock:
@@ -403,9 +415,8 @@ class Downlink:
     async def _config(self, cmd: Command, base: dict[str, Any]) -> dict[str, Any]:
         assert self.push_config is not None and self.state is not None
         async with self._config_lock:
-            others = [t for t in self._running if t is not asyncio.current_task()]
-            if others:
-                await asyncio.wait(others)
+            if self._writing:  # writes already under way finish first
+                await asyncio.wait(set(self._writing))
             if cmd.exp_ns <= time.time_ns():
                 return result(
                     **base,

@@ -30,7 +30,11 @@ def test_config_push_applies_a_good_config_and_rolls_back_a_bad_one(
                 "poll_interval_ms: 50\n    timeout_ms: 500",
             )
             assert faster != original
-            out["good"] = await rig.send(push(faster, 2), timeout=30)
+            # a write that arrives while the push is being applied waits for it
+            pushing = asyncio.create_task(rig.send(push(faster, 2), timeout=30))
+            await asyncio.sleep(0.5)
+            write = rig.message("write", {"tag": "ua/sp", "value": 5.0})
+            out["good"], out["write_during"] = await asyncio.gather(pushing, rig.send(write))
             out["after_good"] = rig.cfg_path.read_text()
             out["interval"] = next(
                 d for d in rig.daemon.cfg.devices if d.name == "plc"
@@ -61,6 +65,9 @@ def test_config_push_applies_a_good_config_and_rolls_back_a_bad_one(
     good = out["good"]
     assert (good["outcome"], good["version"]) == ("done", 2), good
     assert "poll_interval_ms: 50" in out["after_good"] and out["interval"] == 50
+    during = out["write_during"]
+    assert during["outcome"] == "done" and during["after"] == 5.0
+    assert during["done"] >= good["done"]  # it ran after the push was settled
     assert (out["invalid"]["outcome"], out["invalid"]["reason"]) == ("refused", "invalid_config")
     assert "float" in out["invalid"]["detail"] and "pushed config" in out["invalid"]["detail"]
     assert out["after_invalid"] == out["after_good"]
