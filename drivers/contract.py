@@ -67,6 +67,11 @@ class ConnectError(DriverError):
     """The device could not be reached (refused, timeout, DNS)."""
 
 
+class ValueRejected(DriverError):
+    """A value cannot be written to a tag as configured (it does not fit the tag's type
+    or length); nothing was sent to the device."""
+
+
 @runtime_checkable
 class Driver(Protocol):
     """One connection to one device.
@@ -114,10 +119,29 @@ class Subscriber(Protocol):
     async def subscribe(self, plan: Any, sink: Callable[[Batch], Awaitable[None]]) -> None: ...
 
 
+@runtime_checkable
+class Writer(Protocol):
+    """Opt-in capability: tags can be written (setpoints, commands). Only tags whose
+    config has a ``write`` block are ever passed here; the gateway checks the value
+    against that block first. Both calls share the connection (and, on a serial bus,
+    the bus lock) with ``read``, and the driver serialises them with its reads.
+
+    ``read_tag`` and ``write`` take the tag's short name (as in the config). ``write``
+    encodes the engineering value as the tag is read (type, byte and word order, scale
+    and offset inverted) and raises :class:`ValueRejected` before sending anything when
+    it cannot; :class:`ConnectError` when the link is down or lost; :class:`DriverError`
+    when the device refuses (the message carries the device's own error).
+    """
+
+    async def read_tag(self, tag: str) -> Value: ...
+
+    async def write(self, tag: str, value: Value) -> None: ...
+
+
 # Every protocol package ``drivers.<proto>`` exports, for the gateway's registry:
 #   PROTOCOL: str                      the config's ``protocol:`` value
 #   DeviceConfig                       its pydantic model (importing it must stay cheap:
 #                                      no protocol library is imported until a driver is built)
 #   compile_plan(device) -> plan       pure; plan.tag_names: tuple[str, ...] full names
 #   describe_plan(plan) -> list[str]   human lines, one per request
-#   Driver(device)                     satisfies Driver (and maybe Subscriber)
+#   Driver(device)                     satisfies Driver (and maybe Subscriber, Writer)

@@ -222,6 +222,105 @@ class AuditConfig(_Model):
     checkpoint_interval_s: float = Field(300, gt=0, description="... or every T seconds")
 
 
+COMMAND_OPERATIONS = ("write", "config")
+
+
+class CommandKey(_Model):
+    """A platform key trusted to sign commands, and what it may do."""
+
+    name: str = Field(
+        pattern=ID_RE, description="a name for this key in results, logs and the audit log"
+    )
+    public_key: Path = Field(
+        description="its Ed25519 public key (PEM), e.g. from `edgegw keys command-key`; "
+        "relative to the config file"
+    )
+    operations: list[Literal["write", "config"]] = Field(
+        min_length=1,
+        description="write: set tags that have a write block; config: replace the whole "
+        "config (which includes these keys: an administrator's key)",
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        description="for write: the tags this key may write, as '<device>/<tag>' patterns "
+        "('boiler/*', '*/setpoint'); a tag must also have a write block",
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _key_file(cls, v: Path) -> Path:
+        from security import KeyFileError, load_public_key
+
+        try:
+            load_public_key(v)
+        except KeyFileError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _scope(self) -> CommandKey:
+        if len(set(self.operations)) != len(self.operations):
+            raise ValueError("operations: each operation once")
+        if "write" in self.operations and not self.tags:
+            raise ValueError(
+                "a key with operation 'write' needs tags: the '<device>/<tag>' patterns it "
+                "may write (e.g. ['boiler/setpoint'] or ['boiler/*'])"
+            )
+        if "write" not in self.operations and self.tags:
+            raise ValueError("tags apply to operation 'write', which this key does not have")
+        return self
+
+
+class CommandsConfig(_Model):
+    """Signed commands from the platform (see the README's "Commands" section)."""
+
+    keys: list[CommandKey] = Field(
+        default_factory=list,
+        description="platform keys trusted to sign commands; none: the gateway takes no "
+        "commands (and does not subscribe to its command topic)",
+    )
+    max_clock_skew_s: float = Field(
+        60, ge=0, le=3600, description="a command issued this far in our future is accepted"
+    )
+    max_lifetime_s: float = Field(
+        3600,
+        gt=0,
+        le=7 * 86400,
+        description="a command valid for longer than this (expires-at minus issued-at) is refused",
+    )
+    config_health_s: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="after a config push, how long health is watched before it is kept "
+        "(else the previous config comes back)",
+    )
+    max_message_bytes: int = Field(
+        1024 * 1024, ge=4096, le=16 * 2**20, description="larger command messages are refused"
+    )
+    session_expiry_s: int = Field(
+        7 * 86400,
+        ge=60,
+        le=2**32 - 1,
+        description="how long the broker keeps our session, and commands sent while the "
+        "link is down (MQTT 5 Session Expiry Interval)",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CommandsConfig:
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("keys: every key needs its own name")
+        files = [k.public_key.resolve() for k in self.keys]
+        if len(set(files)) != len(files):
+            raise ValueError("keys: a public key file is listed twice")
+        return self
+
+
 class Config(_Model):
     gateway: GatewaySection
     uplink: UplinkConfig = UplinkConfig()
@@ -229,6 +328,7 @@ class Config(_Model):
     inference: InferenceConfig = InferenceConfig()
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
+    commands: CommandsConfig = CommandsConfig()
     devices_dir: Path | None = Field(
         None,
         description="a folder of device files (*.yaml, *.yml) whose devices are added, "
@@ -247,6 +347,34 @@ class Config(_Model):
                     f"inference.models[{i}] ({m.name!r}): input tags {missing} are not tags of "
                     f"any device; write them as '<device>/<tag>'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _command_scopes(self) -> Config:
+        """Each key's tag patterns must name tags of this config (a typo would silently
+        grant nothing, or, after a later edit, something else)."""
+        import fnmatch
+
+        known = self.input_tags()
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "no_such_tags",
+                    "{message}",
+                    {
+                        "message": f"pattern {pattern!r} matches no tag of any device; write "
+                        "'<device>/<tag>', with '*' for any part"
+                    },
+                ),
+                loc=("commands", "keys", i, "tags", j),
+                input=pattern,
+            )
+            for i, key in enumerate(self.commands.keys)
+            for j, pattern in enumerate(key.tags)
+            if not any(fnmatch.fnmatchcase(t, pattern) for t in known)
+        ]
+        if problems:
+            raise ValidationError.from_exception_data("Config", problems)
         return self
 
     @field_validator("devices")
@@ -332,6 +460,11 @@ def _resolve_paths(data: Any, base: Path) -> None:
                 tls[k] = str(base / tls[k])
     if isinstance(up, dict) and isinstance(up.get("password_file"), str):
         up["password_file"] = str(base / up["password_file"])
+    commands = data.get("commands")
+    keys = commands.get("keys") if isinstance(commands, dict) else None
+    for key in keys if isinstance(keys, list) else ():
+        if isinstance(key, dict) and isinstance(key.get("public_key"), str):
+            key["public_key"] = str(base / key["public_key"])
 
 
 Source = tuple[SourceMap, tuple[str | int, ...]]

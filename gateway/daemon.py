@@ -27,6 +27,8 @@ from . import __version__
 from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, load_config
 from .digest import Digest
+from .downlink import Downlink
+from .downlink.config_push import push_config
 from .forwarder import Forwarder
 from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
@@ -63,6 +65,8 @@ class Daemon:
         self._runtimes: dict[str, DeviceRuntime] = {}
         self._clock_offset = time.time() - time.monotonic()
         self._anomalies: list[dict[str, Any]] = []
+        self.downlink: Downlink | None = None  # signed commands (gateway/downlink/)
+        self._reload_lock = asyncio.Lock()  # SIGHUP and a config push never overlap
 
     # -- running --------------------------------------------------------------------------
 
@@ -122,6 +126,8 @@ class Daemon:
         if ident.created:
             self._audit("key_created", kid=key.kid.hex())
 
+        self.downlink = self._make_downlink()
+        self.tasks["downlink"] = asyncio.create_task(self.downlink.run(), name="downlink")
         self.forwarder = fwd = self._make_forwarder()
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
         self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
@@ -153,6 +159,9 @@ class Daemon:
         self.notify.stopping("sealing the last window, draining the outbox")
         if cfg.gateway.shutdown_drain_s > 30:
             self.notify.extend_timeout(cfg.gateway.shutdown_drain_s + 15)
+        # commands first: a write under way finishes while its device still runs
+        if self.downlink is not None:
+            await self.downlink.stop(self.tasks["downlink"])
         await self._stop_devices()
         log.debug("stop: polling ended")
         await pipe.close()
@@ -181,6 +190,8 @@ class Daemon:
             metrics.stop()
         write_status(state_dir, await self.snapshot(final=True))
         await self.outbox.close()
+        if self.downlink is not None:
+            self.downlink.close()
 
     async def _abort_start(self) -> None:
         """A start refused after the tasks began (a changed model): end them for certain
@@ -360,6 +371,26 @@ class Daemon:
         except OSError:
             return None
 
+    # -- downlink (signed commands) -----------------------------------------------------------
+
+    def _make_downlink(self) -> Downlink:
+        async def seal(res: dict[str, Any]) -> int:
+            assert self.pipeline is not None
+            topic = self.cfg.topic("command_result")
+            return await self.pipeline.seal_message("command_result", topic, {"result": res})
+
+        def writer(device: str) -> Any:
+            rt = self._runtimes.get(device)
+            return rt.driver if rt is not None and hasattr(rt.driver, "write") else None
+
+        return Downlink(
+            self.cfg,
+            seal=seal,
+            audit=lambda event, detail: self._audit(event, **detail),
+            writer=writer,
+            push_config=lambda cmd: push_config(self, cmd, self.cfg.commands.config_health_s),
+        )
+
     # -- uplink -------------------------------------------------------------------------------
 
     def _make_forwarder(self) -> Forwarder:
@@ -385,6 +416,7 @@ class Daemon:
             on_link=on_link,
             on_problem=digest.note,
             on_set_aside=on_set_aside,
+            commands=self.downlink,
         )
         if self.pipeline is not None:
             self.pipeline.on_sealed = fwd.wake
@@ -393,13 +425,17 @@ class Daemon:
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------
 
-    async def reload(self) -> None:
+    async def reload(self) -> bool:
         """Apply a changed config without losing buffered data: the outbox, the boot and
         the seq stay; only devices whose config changed restart (counters go on), models
-        swap, the uplink reconnects if it changed."""
+        swap, the uplink reconnects if it changed. True when the new config is applied."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if self.config_path is None:
             log.warning("reload: no config file to read again")
-            return
+            return False
         self.notify.reloading()
         try:
             new = load_config(self.config_path)
@@ -408,7 +444,7 @@ class Daemon:
                 log.error("reload refused: %s", line)
             self._audit("config_change", outcome="refused", reason=exc.lines[0])
             self.notify.ready(status_line(self.last_snapshot))
-            return
+            return False
         old = self.cfg
         fixed = ("gateway.id", "state_dir", "outbox path")
         if (new.gateway.id, new.state_dir, new.outbox_path) != (
@@ -421,8 +457,10 @@ class Daemon:
             )
             self._audit("config_change", outcome="refused", reason="needs a restart")
             self.notify.ready(status_line(self.last_snapshot))
-            return
+            return False
         self.cfg = new
+        if self.downlink is not None:
+            self.downlink.update(new)
         assert self.pipeline is not None
         self.pipeline.topic = new.topic("telemetry")
         self.pipeline._aad = self.pipeline.topic.encode()
@@ -438,7 +476,10 @@ class Daemon:
                 self.engine = None
             else:
                 await self._start_inference()
-        if new.uplink != old.uplink:
+        if new.uplink != old.uplink or (
+            (new.commands.enabled, new.commands.session_expiry_s)
+            != (old.commands.enabled, old.commands.session_expiry_s)
+        ):
             self.tasks["forwarder"].cancel()
             await asyncio.gather(self.tasks["forwarder"], return_exceptions=True)
             self.forwarder = self._make_forwarder()
@@ -453,6 +494,7 @@ class Daemon:
             len(new.devices) - changed - added,
         )
         self.notify.ready(status_line(self.last_snapshot))
+        return True
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -80,6 +80,25 @@ class ForwarderStats:
     puback_latency: Histogram = field(default_factory=Histogram)  # publish to PUBACK, s
 
 
+class CommandInlet(Protocol):
+    """Where this connection hands the messages it receives (gateway/downlink/): the
+    forwarder subscribes to ``topic`` (QoS 1) with a persistent session while
+    ``enabled``, and passes each message on without looking at it; ``ack`` sends its
+    PUBACK and is called once the inlet has recorded the message. Runs on the loop."""
+
+    topic: str
+
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def session_expiry_s(self) -> int: ...
+
+    def offer(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None: ...
+
+    def subscribed(self, ok: bool, why: str | None) -> None: ...
+
+
 class BrokerRefused(ConnectionError):
     """The broker refuses in a way retrying soon will not fix (login, rights, QoS 0,
     protocol version): an operator must act. Retried slowly."""
@@ -121,8 +140,10 @@ class Forwarder:
         on_link: Callable[[bool, str | None], None] = lambda up, why: None,
         on_problem: Callable[[str, str], None] = lambda kind, why: None,
         on_set_aside: Callable[[], Awaitable[None]] | None = None,
+        commands: CommandInlet | None = None,
     ) -> None:
         self.uplink = uplink
+        self.commands = commands  # the downlink: subscribed to on each connect
         self.client_id = client_id
         self.outbox = outbox
         self.tls_context = tls_context
@@ -248,7 +269,10 @@ class Forwarder:
     async def _connect(self) -> _Session:
         loop = asyncio.get_running_loop()
         up = self.uplink
-        client = new_client(up, self.client_id, self.tls_context)  # may raise CredentialError
+        inlet = self.commands if self.commands is not None and self.commands.enabled else None
+        client = new_client(  # may raise CredentialError
+            up, self.client_id, self.tls_context, persistent=inlet is not None
+        )
         client.max_inflight_messages_set(up.max_inflight)  # _pump keeps to Receive Maximum
         s = _Session(loop, client)
 
@@ -281,11 +305,15 @@ class Forwarder:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        expiry = None
+        if inlet is not None:
+            expiry = inlet.session_expiry_s
+            self._hook_commands(loop, client, inlet)
+        kw = connect_kwargs(up, expiry)
         # connect() resolves the name and opens the socket: blocking, so off the loop.
         await asyncio.wait_for(
             loop.run_in_executor(
-                None,
-                lambda: client.connect(up.host, up.port, up.keepalive_s, **connect_kwargs(up)),
+                None, lambda: client.connect(up.host, up.port, up.keepalive_s, **kw)
             ),
             timeout=15,
         )
@@ -293,10 +321,44 @@ class Forwarder:
         try:
             lim = await asyncio.wait_for(asyncio.shield(s.connected), timeout=15)
             self._accept(s, lim)
+            if inlet is not None:
+                client.subscribe(inlet.topic, qos=1)
         except BaseException:
             await self._end(s)
             raise
         return s
+
+    @staticmethod
+    def _hook_commands(
+        loop: asyncio.AbstractEventLoop, client: mqtt.Client, inlet: CommandInlet
+    ) -> None:
+        """Messages on the command topic go to the inlet on the loop, untouched; each is
+        acknowledged when the inlet says (a crash before that: the broker sends it again)."""
+
+        def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+            topic, payload, mid, qos = msg.topic, bytes(msg.payload), msg.mid, msg.qos
+
+            def ack() -> None:
+                if qos:
+                    c.ack(mid, qos)  # a closed client ignores it: re-delivered, then seen
+
+            try:
+                loop.call_soon_threadsafe(inlet.offer, topic, payload, ack)
+            except RuntimeError:  # the loop is closing: the broker delivers it again
+                log.warning("a command arrived while stopping; the broker keeps it")
+
+        def on_subscribe(c: Any, u: Any, mid: int, codes: Any, props: Any) -> None:
+            refused = [rc for rc in codes if getattr(rc, "is_failure", False)]
+            why = (
+                f"the broker refused the subscription to {inlet.topic}: {refused[0]}"
+                if refused
+                else None
+            )
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(inlet.subscribed, not refused, why)
+
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
 
     def _accept(self, s: _Session, lim: BrokerLimits) -> None:
         """Check what the broker announced in CONNACK; raise when we cannot work with it."""

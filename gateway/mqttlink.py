@@ -78,11 +78,22 @@ class BrokerLimits:
         return ", ".join(parts)
 
 
-def new_client(up: UplinkConfig, client_id: str, tls_context: ssl.SSLContext | None) -> mqtt.Client:
+def new_client(
+    up: UplinkConfig,
+    client_id: str,
+    tls_context: ssl.SSLContext | None,
+    *,
+    persistent: bool = False,
+) -> mqtt.Client:
     """A paho client set up as ``uplink`` says; raises CredentialError for a password
-    that cannot be read. The password is read here, at every connect."""
+    that cannot be read. The password is read here, at every connect. ``persistent``:
+    the broker keeps the session (subscriptions, QoS 1 messages for us) while we are
+    away (MQTT 3.1.1: clean session off; MQTT 5: see ``connect_kwargs``), and incoming
+    messages are acknowledged by the caller (``client.ack``) once handled."""
     proto = PROTOCOLS[up.protocol]
-    kw: dict[str, Any] = {} if proto == mqtt.MQTTv5 else {"clean_session": True}
+    kw: dict[str, Any] = {} if proto == mqtt.MQTTv5 else {"clean_session": not persistent}
+    if persistent:
+        kw["manual_ack"] = True
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kw)
     if up.username is not None:
         client.username_pw_set(up.username, read_password(up))
@@ -91,9 +102,20 @@ def new_client(up: UplinkConfig, client_id: str, tls_context: ssl.SSLContext | N
     return client
 
 
-def connect_kwargs(up: UplinkConfig) -> dict[str, Any]:
-    """paho ``connect`` arguments that depend on the protocol version."""
-    return {"clean_start": True} if up.protocol == "mqtt5" else {}
+def connect_kwargs(up: UplinkConfig, session_expiry_s: int | None = None) -> dict[str, Any]:
+    """paho ``connect`` arguments that depend on the protocol version. With
+    ``session_expiry_s`` (MQTT 5) the session is resumed and kept that long after a
+    disconnect (for the command subscription); otherwise every connect starts clean."""
+    if up.protocol != "mqtt5":
+        return {}
+    if session_expiry_s is None:
+        return {"clean_start": True}
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    return {"clean_start": False, "properties": props}
 
 
 def publish_overhead(topic: str, protocol: str) -> int:

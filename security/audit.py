@@ -100,6 +100,13 @@ class AuditEvent(StrEnum):
     AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
     TAIL_QUARANTINED = "tail_quarantined"  # entries edgegw did not write were cut off at
     # open and kept beside the log [file, records, bytes, reason]
+    # Signed commands from the platform, one record each, with what the command result
+    # says [id, op, key, kid, digest, outcome, reason, detail, tag, value, before, after,
+    # version, done, again, verified]; refusals before verification are digested
+    # [reason, verified: false, detail | repeated, over_s, reasons]
+    COMMAND_DONE = "command_done"  # executed: a tag written and read back, a config applied
+    COMMAND_REFUSED = "command_refused"  # not executed: unverified, out of scope, out of range...
+    COMMAND_FAILED = "command_failed"  # tried: the device refused or failed, or rolled back
 
 
 class AuditLogError(Exception):

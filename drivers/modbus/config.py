@@ -33,6 +33,7 @@ __all__ = [
     "Order",
     "Parity",
     "Table",
+    "WriteFunctions",
     "check_shared_links",
     "load_device_map",
     "validate_device",
@@ -80,6 +81,15 @@ class OnIllegalAddress(StrEnum):
 
     SPLIT = "split"
     FAIL = "fail"
+
+
+class WriteFunctions(StrEnum):
+    """Which Modbus functions write tags. ``single`` (default): 5 for a coil, 6 for a
+    one-register value, 16 for wider values, 22 (mask write) for a bit of a register.
+    ``multiple``: 15 and 16 always, for devices that implement only those."""
+
+    SINGLE = "single"
+    MULTIPLE = "multiple"
 
 
 class Parity(StrEnum):
@@ -142,6 +152,11 @@ class ModbusDevice(Model):
         description="a request of several tags refused with exception 2/3: 'split' "
         "(bisect, read every readable tag, remember the refused addresses) or 'fail'",
     )
+    write_functions: WriteFunctions = Field(
+        WriteFunctions.SINGLE,
+        description="writes of tags with a write block: 'single' (functions 5/6 where one "
+        "coil or register, 16 otherwise) or 'multiple' (15/16 always)",
+    )
     order: str | None = Field(
         None, description="vendor notation of the default orders, e.g. CDAB (or AB/BA)"
     )
@@ -166,6 +181,11 @@ class ModbusDevice(Model):
     @classmethod
     def _parse_on_illegal(cls, v: Any) -> OnIllegalAddress:
         return parse_enum(OnIllegalAddress, v, "on_illegal_address")
+
+    @field_validator("write_functions", mode="before")
+    @classmethod
+    def _parse_write_functions(cls, v: Any) -> WriteFunctions:
+        return parse_enum(WriteFunctions, v, "write_functions")
 
     @field_validator("order", mode="before")
     @classmethod

@@ -17,20 +17,30 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.contract import Batch, ConnectError, Quality, Reading
+from drivers.contract import (
+    Batch,
+    ConnectError,
+    DriverError,
+    Quality,
+    Reading,
+    Value,
+    ValueRejected,
+)
 
 from .config import (
     ModbusDevice,
     ModbusRtuDevice,
     ModbusRtuTcpDevice,
+    ModbusTag,
     ModbusTcpDevice,
     OnIllegalAddress,
+    WriteFunctions,
 )
-from .decode import DecodeError
+from .decode import DecodeError, decode_value, encode_value
 from .learn import Learned
 from .pdu import register_fast_responses
 from .plan import ReadPlan, Request, compile_plan, split_request
-from .types import Table
+from .types import TABLES, DataType, Table
 
 __all__ = ["EXCEPTION_NAMES", "Driver", "LinkStats", "ModbusDriverBase", "ModbusTcpDriver"]
 
@@ -159,6 +169,10 @@ class ModbusDriverBase:
         elif learned is None:
             self.learned = Learned.load(device, None)
         self._tag_names = tuple(f"{device.name}/{t.name}" for t in device.tags)
+        self._tags = {t.name: t for t in device.tags}
+        # One request at a time on this driver: a write (and its read-back) never
+        # interleaves with a poll cycle's requests.
+        self._io = asyncio.Lock()
         self._given: ReadPlan | None = None
         self._own = False
         self._plan: ReadPlan | None = None
@@ -232,7 +246,94 @@ class ModbusDriverBase:
         cycle = self._cycle
         self._cycle = cycle + 1
         plan = self._adapted(plan)
-        return await self._read(plan, plan.due(cycle), None)
+        async with self._io:
+            return await self._read(plan, plan.due(cycle), None)
+
+    # -- writes (drivers.contract.Writer) ------------------------------------------------
+
+    def _call(self, method: str) -> Any:
+        """The client's ``method`` as this driver sends requests (delay, bus lock)."""
+        raise NotImplementedError
+
+    def _tag(self, name: str) -> ModbusTag:
+        tag = self._tags.get(name)
+        if tag is None:
+            raise ValueRejected(f"device {self.name!r} has no tag {name!r}")
+        return tag
+
+    async def _exchange(self, doing: str, method: str, *args: Any, **kw: Any) -> Any:
+        """One request outside the read plan; link faults raise ConnectError, an
+        exception answer DriverError, both naming the device's own words."""
+        if not self.connected:
+            raise ConnectError(f"not connected to {self.where}")
+        self.stats.requests += 1
+        try:
+            rsp = await self._call(method)(*args, device_id=self.device.unit_id, **kw)
+        except (ModbusException, NoResponse, OSError) as exc:
+            why = self._no_response(exc)
+            if self._silent:
+                self.stats.timeouts += 1
+            else:
+                self.stats.link_errors += 1
+            raise ConnectError(f"{why} {doing} on {self.where}") from None
+        except asyncio.CancelledError:
+            self._no_response(asyncio.CancelledError())  # the answer may still come
+            raise
+        if rsp.isError():
+            code = rsp.exception_code
+            self.stats.exceptions[code] = self.stats.exceptions.get(code, 0) + 1
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            raise DriverError(f"modbus exception {code} ({name}) {doing}")
+        self.stats.last_ok_ns = time.time_ns()
+        return rsp
+
+    async def read_tag(self, name: str) -> Value:
+        """Read one tag now (its own request), decoded as a poll would."""
+        tag = self._tag(name)
+        bits = TABLES[tag.table].bits
+        count = 1 if bits or tag.bit is not None else tag.registers
+        method, attr = READS[tag.table]
+        async with self._io:
+            rsp = await self._exchange(f"reading {tag.name}", method, tag.address, count=count)
+        values = list(getattr(rsp, attr))[:count]
+        try:
+            return decode_value(tag, self.device, values)
+        except DecodeError as exc:
+            self.stats.decode_errors += 1
+            raise DriverError(f"cannot decode {tag.name}: {exc}") from None
+
+    async def write(self, name: str, value: Value) -> None:
+        """Write one holding register tag or coil, encoded as the tag is read."""
+        tag = self._tag(name)
+        if tag.table not in (Table.HOLDING, Table.COIL):
+            raise ValueRejected(f"tag {tag.name!r} is in the read-only {tag.table.value} table")
+        if isinstance(value, str) and tag.length is not None and len(value) > tag.length:
+            raise ValueRejected(f"{len(value)} characters; tag {tag.name!r} holds {tag.length}")
+        try:
+            raw = encode_value(tag, self.device, value)
+        except ValueError as exc:
+            raise ValueRejected(str(exc)) from None
+        multiple = self.device.write_functions is WriteFunctions.MULTIPLE
+        doing = f"writing {tag.name} ({tag.table.value} {tag.address})"
+        async with self._io:
+            if tag.table is Table.COIL:
+                if multiple:
+                    await self._exchange(doing, "write_coils", tag.address, [bool(raw[0])])
+                else:
+                    await self._exchange(doing, "write_coil", tag.address, bool(raw[0]))
+            elif tag.type is DataType.BOOL and tag.bit is not None:
+                mask = 1 << tag.bit  # function 22: only this bit changes, in the device
+                await self._exchange(
+                    doing,
+                    "mask_write_register",
+                    address=tag.address,
+                    and_mask=0xFFFF ^ mask,
+                    or_mask=mask if value else 0,
+                )
+            elif len(raw) == 1 and not multiple:
+                await self._exchange(doing, "write_register", tag.address, int(raw[0]))
+            else:
+                await self._exchange(doing, "write_registers", tag.address, [int(r) for r in raw])
 
     async def read_raw(self, plan: ReadPlan) -> tuple[Batch, dict[str, RawValues | None]]:
         """Opt-in capability for tools (``edgegw read``): read every request and also
@@ -412,16 +513,21 @@ class ModbusTcpDriver(ModbusDriverBase):
         """``call`` after the device's inter-request delay of quiet on the connection."""
         loop = asyncio.get_running_loop()
 
-        async def delayed(address: int, *, count: int, device_id: int) -> Any:
+        async def delayed(*args: Any, **kw: Any) -> Any:
             wait = self._quiet_until - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
-                return await call(address, count=count, device_id=device_id)
+                return await call(*args, **kw)
             finally:
                 self._quiet_until = loop.time() + self._delay_s
 
         return delayed
+
+    def _call(self, method: str) -> Any:
+        assert self._client is not None
+        call = getattr(self._client, method)
+        return self._delayed(call) if self._delay_s else call
 
     async def _why_unreachable(self, elapsed: float) -> str:
         # pymodbus only returns False; one plain connect attempt recovers the OS's reason.

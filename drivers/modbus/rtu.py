@@ -102,8 +102,29 @@ class SharedLink:
         delay_s: float,
         retries: int,
     ) -> Any:
-        """One request under the bus lock, after ``delay_s`` of quiet, re-sent up to
+        """One read request under the bus lock, after ``delay_s`` of quiet, re-sent up to
         ``retries`` times on timeout. Raises NoResponse, or ConnectionError if closed."""
+        return await self.call(
+            method,
+            (address,),
+            {"count": count, "device_id": unit},
+            timeout_s=timeout_s,
+            delay_s=delay_s,
+            retries=retries,
+        )
+
+    async def call(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout_s: float,
+        delay_s: float,
+        retries: int,
+    ) -> Any:
+        """Any client request (reads, and writes, which are idempotent: the same value
+        again) under the bus lock, as ``request`` describes."""
         loop = self.loop
         async with self.lock:
             for attempt in range(retries + 1):
@@ -116,7 +137,7 @@ class SharedLink:
                 self.requests += 1
                 try:
                     return await asyncio.wait_for(
-                        getattr(client, method)(address, count=count, device_id=unit), timeout_s
+                        getattr(client, method)(*args, **kwargs), timeout_s
                     )
                 except TimeoutError:
                     await asyncio.sleep(_SETTLE_S)
@@ -294,6 +315,20 @@ class ModbusRtuDriver(ModbusDriverBase):
         except ConnectError:
             self._up = False
             raise
+
+    def _call(self, method: str) -> Any:
+        link = self._link
+        assert link is not None
+        opts = {
+            "timeout_s": self._timeout_s,
+            "delay_s": self._delay_s,
+            "retries": self.device.retries,
+        }
+
+        async def call(*args: Any, **kw: Any) -> Any:
+            return await link.call(method, args, kw, **opts)
+
+        return call
 
     def _no_response(self, exc: BaseException) -> str:
         # This device is down; the bus stays open for the others.

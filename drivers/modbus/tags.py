@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..write import WriteKind, WriteSpec, spec_problem
 from .notation import order_for_width, parse_order, parse_register
 from .types import (
     MAX_STRING_LENGTH,
@@ -143,6 +144,11 @@ class ModbusTag(Model):
         None,
         description="read this tag every N ms (>= 10); unset: the device's poll_interval_ms. "
         "Must be a whole multiple of the device's fastest interval",
+    )
+    write: WriteSpec | None = Field(
+        None,
+        description="makes the tag writable by signed commands (holding and coil tables "
+        "only): {min, max} or values, min_interval_s; see drivers/write.py",
     )
 
     @property
@@ -322,7 +328,37 @@ class ModbusTag(Model):
                 f"({self.address}..{self.address + count - 1}) but the last address is "
                 f"65535; accepted: address 0..{65536 - count}",
             )
+        if self.write is not None:
+            self._check_write(self.write)
         return self
+
+    def write_kind(self) -> WriteKind:
+        """What a command's value must be for this tag (see drivers/write.py)."""
+        spec = TYPES[self.type]
+        if spec.is_bool:
+            return "bool"
+        if spec.is_string:
+            return "string"
+        if spec.is_float or self.scale != 1 or self.offset != 0:
+            return "float"
+        return "int"
+
+    def _check_write(self, write: WriteSpec) -> None:
+        if self.table in (Table.INPUT, Table.DISCRETE):
+            self._fail(
+                "write",
+                write,
+                f"the {self.table.value} table is read-only in Modbus; only holding "
+                "registers and coils can be written: remove write",
+            )
+        spec = TYPES[self.type]
+        lo: float | None = None
+        hi: float | None = None
+        if spec.is_number:
+            ends = (spec.lo * self.scale + self.offset, spec.hi * self.scale + self.offset)
+            lo, hi = min(ends), max(ends)
+        if problem := spec_problem(write, self.write_kind(), lo, hi):
+            self._fail("write", write, problem)
 
     def _apply_order(self, given: set[str]) -> None:
         registers = 1 if TYPES[self.type].is_string else self.registers

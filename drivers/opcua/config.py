@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from ..common import read_device_list
+from ..write import WriteKind, WriteSpec, spec_problem
 from .connection import (
     Connection,
     Model,
@@ -107,6 +108,17 @@ class OpcuaTag(Model):
     )
     deadband: Deadband | None = Field(None, description="overrides the device's deadband")
     unit: str | None = Field(None, description="engineering unit, informational")
+    write: WriteSpec | None = Field(
+        None,
+        description="makes the tag writable by signed commands (written with the node's "
+        "data type); see drivers/write.py",
+    )
+
+    def write_kind(self) -> WriteKind:
+        """What a command's value must be for this tag (see drivers/write.py)."""
+        if self.type is None:
+            return "any"
+        return _WRITE_KINDS.get(self.type, "any")
 
     @field_validator("name")
     @classmethod
@@ -145,7 +157,35 @@ class OpcuaTag(Model):
                 f"tag {self.name!r}: a deadband compares numbers but the tag's type is "
                 f"{self.type!r}; remove the deadband or correct the type",
             )
+        if self.write is not None:
+            self._check_write(self.write)
         return self
+
+    def _check_write(self, write: WriteSpec) -> None:
+        def fail(message: str) -> None:
+            fail_at("OpcuaTag", ("write",), write, f"tag {self.name!r}: {message}")
+
+        if self.index is not None:
+            fail("writing one element of an array is not supported; remove write or index")
+        if self.type is not None and self.type not in _WRITE_KINDS:
+            fail(
+                f"writing type {self.type} is not supported; writable types: "
+                + ", ".join(_WRITE_KINDS)
+            )
+        if problem := spec_problem(write, self.write_kind(), None, None):
+            fail(problem)
+
+
+# OPC UA types a command can write, and what the command's value must be.
+_WRITE_KINDS: dict[str, WriteKind] = {
+    "Boolean": "bool",
+    **dict.fromkeys(
+        ("SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64"), "int"
+    ),
+    "Float": "float",
+    "Double": "float",
+    "String": "string",
+}
 
 
 # Bounds of the device's timing fields: one table read by the validator and the docs.

@@ -18,12 +18,12 @@ from typing import Any
 
 from asyncua import ua
 
-from drivers.contract import Batch, Quality
+from drivers.contract import Batch, ConnectError, DriverError, Quality, Value, ValueRejected
 
 from .client import OpcuaClient
 from .config import OpcuaDevice
 from .decode import Decoder, status_name
-from .plan import OpcuaPlan
+from .plan import OpcuaPlan, TagPlan, compile_plan
 from .runtime import LINK_CODES, LINK_ERRORS, TOO_MUCH, Reads, Runtime
 from .subscription import SubscriptionRun
 
@@ -46,6 +46,7 @@ class OpcuaDriver:
         self._rt: Runtime | None = None
         self.subscription: int | None = None
         self._logged: set[str] = set()
+        self._own_plan: OpcuaPlan | None = None  # for writes: tag -> node
 
     def __repr__(self) -> str:
         return f"OpcuaDriver({self.name!r}, {self.device.endpoint})"
@@ -218,6 +219,98 @@ class OpcuaDriver:
         """
         await SubscriptionRun(self, plan, sink).run()
 
+    # --- writes (drivers.contract.Writer) ------------------------------------------------
+
+    async def _node(self, name: str) -> tuple[TagPlan, ua.NodeId]:
+        if self._own_plan is None:
+            self._own_plan = compile_plan(self.device)
+        full = f"{self.name}/{name}"
+        tag = next((t for t in self._own_plan.tags if t.full_name == full), None)
+        if tag is None:
+            raise ValueRejected(f"device {self.name!r} has no tag {name!r}")
+        if not self.connected:
+            raise ConnectError(f"not connected to {self.device.endpoint}")
+        try:
+            (node,) = await self.client.resolve([tag.node])
+        except LINK_ERRORS as exc:
+            raise self._link_error(exc, f"resolving {tag.node_text}") from None
+        if isinstance(node, str):
+            raise DriverError(f"tag {name!r}: {node}")
+        return tag, node
+
+    def _link_error(self, exc: BaseException, doing: str) -> ConnectError:
+        batch = Batch(self.name)
+        self.link_failed(batch, (), exc, doing)
+        return ConnectError(batch.error or f"link error {doing}")
+
+    async def _read_value(self, tag: TagPlan, node: ua.NodeId) -> ua.DataValue:
+        params = ua.ReadParameters(
+            NodesToRead=[
+                ua.ReadValueId(
+                    NodeId=node, AttributeId=ua.AttributeIds.Value, IndexRange=tag.index_range
+                )
+            ],
+            TimestampsToReturn=ua.TimestampsToReturn.Both,
+        )
+        try:
+            (dv,) = await self.client.read(params)
+        except ua.UaStatusCodeError as exc:
+            if exc.code in LINK_CODES:
+                raise self._link_error(exc, f"reading {tag.node_text}") from None
+            raise DriverError(f"the server answered {status_name(exc.code)}") from None
+        except LINK_ERRORS as exc:
+            raise self._link_error(exc, f"reading {tag.node_text}") from None
+        return dv
+
+    async def read_tag(self, name: str) -> Value:
+        """Read one tag now, decoded as a poll would."""
+        tag, node = await self._node(name)
+        dv = await self._read_value(tag, node)
+        decoder = Decoder(
+            [tag.full_name],
+            [tag.node_text],
+            [tag.expected_type],
+            [None if tag.index_range is None else int(tag.index_range)],
+            max_value_bytes=self.device.max_value_bytes,
+        )
+        out: list[Any] = []
+        decoder.decode([dv], [0], out, time.time_ns())
+        reading = out[0]
+        if reading[3] not in (int(Quality.GOOD), int(Quality.UNCERTAIN)):
+            raise DriverError(str(reading[4]))
+        value: Value = reading[2]
+        return value
+
+    async def write(self, name: str, value: Value) -> None:
+        """Write a tag's Value attribute with the node's own data type (the one its value
+        has now, or the tag's declared ``type``)."""
+        tag, node = await self._node(name)
+        vtype = tag.expected_type
+        if vtype is None:
+            dv = await self._read_value(tag, node)
+            if dv.Value is None or dv.Value.VariantType is None:
+                raise DriverError(f"the server gives no value (and so no type) for {name!r}")
+            vtype = dv.Value.VariantType.value
+        variant = _variant(name, vtype, value)
+        wv = ua.WriteValue(
+            NodeId=node,
+            AttributeId=ua.AttributeIds.Value,
+            Value=ua.DataValue(variant),
+            IndexRange=tag.index_range,
+        )
+        try:
+            (status,) = await self.client.uaclient.write(ua.WriteParameters(NodesToWrite=[wv]))
+        except ua.UaStatusCodeError as exc:
+            if exc.code in LINK_CODES:
+                raise self._link_error(exc, f"writing {tag.node_text}") from None
+            raise DriverError(f"the server refused the write: {status_name(exc.code)}") from None
+        except LINK_ERRORS as exc:
+            raise self._link_error(exc, f"writing {tag.node_text}") from None
+        if not status.is_good():
+            raise DriverError(
+                f"the server refused the write of {tag.node_text}: {status_name(status.value)}"
+            )
+
     async def unsubscribe(self) -> None:
         sub, self.subscription = self.subscription, None
         if sub is None or not self.connected:
@@ -225,5 +318,56 @@ class OpcuaDriver:
         with contextlib.suppress(LINK_ERRORS):
             await asyncio.wait_for(self.client.delete_subscriptions([sub]), self.client.timeout_s)
 
+
+def _variant(name: str, vtype: int, value: Value) -> ua.Variant:
+    """The command's value as a Variant of the node's type; ValueRejected when it does not
+    fit (asyncua would fail later, while encoding the request)."""
+    kind = _KINDS.get(vtype)
+    vt = ua.VariantType(vtype)
+    if kind is None:
+        raise ValueRejected(f"tag {name!r}: writing OPC UA type {vt.name} is not supported")
+    if kind is bool:
+        if type(value) is not bool:
+            raise ValueRejected(f"tag {name!r} is a Boolean; got {type(value).__name__}")
+        return ua.Variant(value, vt)
+    if kind is str:
+        if type(value) is not str:
+            raise ValueRejected(f"tag {name!r} is a String; got {type(value).__name__}")
+        return ua.Variant(value, vt)
+    if type(value) not in (int, float):
+        raise ValueRejected(f"tag {name!r} is a {vt.name}; got {type(value).__name__}")
+    if kind is float:
+        v = float(value)
+        if vtype == ua.VariantType.Float.value and abs(v) > 3.4028234663852886e38:
+            raise ValueRejected(f"{value!r} does not fit a Float")
+        return ua.Variant(v, vt)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueRejected(f"tag {name!r} is a {vt.name} (whole numbers); got {value!r}")
+    lo, hi = _INT_RANGES[vtype]
+    if not lo <= int(value) <= hi:
+        raise ValueRejected(f"{value!r} does not fit {vt.name} ({lo}..{hi})")
+    return ua.Variant(int(value), vt)
+
+
+_V = ua.VariantType
+_KINDS: dict[int, type] = {
+    _V.Boolean.value: bool,
+    **{t.value: int for t in (_V.SByte, _V.Byte, _V.Int16, _V.UInt16, _V.Int32, _V.UInt32)},
+    _V.Int64.value: int,
+    _V.UInt64.value: int,
+    _V.Float.value: float,
+    _V.Double.value: float,
+    _V.String.value: str,
+}
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    _V.SByte.value: (-(2**7), 2**7 - 1),
+    _V.Byte.value: (0, 2**8 - 1),
+    _V.Int16.value: (-(2**15), 2**15 - 1),
+    _V.UInt16.value: (0, 2**16 - 1),
+    _V.Int32.value: (-(2**31), 2**31 - 1),
+    _V.UInt32.value: (0, 2**32 - 1),
+    _V.Int64.value: (-(2**63), 2**63 - 1),
+    _V.UInt64.value: (0, 2**64 - 1),
+}
 
 Driver = OpcuaDriver

@@ -237,16 +237,25 @@ class OpcuaSimulator:
                 await self._add(bulk, ua.NodeId(f"Bulk.{k:04d}", ns), f"{k:04d}", "Double")
 
     async def _add(
-        self, parent: Any, node_id: ua.NodeId, name: str, type_name: str, length: int = 0
+        self,
+        parent: Any,
+        node_id: ua.NodeId,
+        name: str,
+        type_name: str,
+        length: int = 0,
+        writable: bool = False,
     ) -> None:
-        """A variable; ``length`` > 0: an array of that many elements."""
+        """A variable; ``length`` > 0: an array of that many elements. Clients may write
+        it when ``writable`` (a device map's tags with a ``write`` block)."""
         text = node_text(node_id)
         if text in self._vars:
             return  # a device map already made it
         value = values(type_name, text, time.time(), length)
         qname = ua.QualifiedName(name, node_id.NamespaceIndex)
         variant = ua.Variant(value, _VT[type_name], is_array=length > 0)
-        await parent.add_variable(node_id, qname, variant)
+        var = await parent.add_variable(node_id, qname, variant)
+        if writable:
+            await var.set_writable()
         self._vars[text] = (node_id, type_name, length)
 
     async def _add_device(self, server: Server, device: OpcuaDevice) -> None:
@@ -267,7 +276,9 @@ class OpcuaSimulator:
                     path = ".".join(e.name for e in ref.elements[: k + 1])
                     node_id = ua.NodeId(f"{device.name}:{path}", el.namespace)
                     if k == len(ref.elements) - 1:
-                        await self._add(parent, node_id, el.name, type_name, length)
+                        await self._add(
+                            parent, node_id, el.name, type_name, length, tag.write is not None
+                        )
                     else:
                         parent = await parent.add_object(node_id, qname)
                 continue
@@ -280,7 +291,7 @@ class OpcuaSimulator:
                 )
             node_id = to_ua_node(ref, ns)
             if node_text(node_id) not in self._vars:
-                await self._add(folder, node_id, tag.name, type_name, length)
+                await self._add(folder, node_id, tag.name, type_name, length, tag.write is not None)
 
     async def stop(self) -> None:
         """Stop listening and drop every session (as a server process that exits)."""

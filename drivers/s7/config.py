@@ -25,12 +25,14 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..common import check_device_name, check_host, duplicate_tag, range_problem, read_device_list
+from ..write import WriteKind, WriteSpec, spec_problem
 from .address import Address, AddressError, parse_address, parse_tsap
 from .types import (
     LETTERS,
     MAX_BYTE,
     STRING_MAX,
     TYPES,
+    Area,
     DataType,
     parse_type,
     type_size,
@@ -95,6 +97,11 @@ class S7Tag(_Model):
     )
     offset: float = Field(0.0, allow_inf_nan=False, description="added after scaling")
     unit: str | None = Field(None, description="engineering unit, informational (e.g. 'degC')")
+    write: WriteSpec | None = Field(
+        None,
+        description="makes the tag writable by signed commands (DB, M and Q areas): "
+        "{min, max} or values, min_interval_s; see drivers/write.py",
+    )
 
     _location: Address = PrivateAttr()
 
@@ -220,7 +227,37 @@ class S7Tag(_Model):
                 f"({at.byte}..{at.byte + self.size - 1}) but the area ends at byte {MAX_BYTE}; "
                 f"accepted: start byte 0..{last}",
             )
+        if self.write is not None:
+            self._check_write(self.write, at)
         return self
+
+    def write_kind(self) -> WriteKind:
+        """What a command's value must be for this tag (see drivers/write.py)."""
+        dtype = self.data_type
+        if dtype is DataType.BOOL:
+            return "bool"
+        if dtype is DataType.STRING:
+            return "string"
+        if TYPES[dtype].is_float or self.scale != 1 or self.offset != 0:
+            return "float"
+        return "int"
+
+    def _check_write(self, write: WriteSpec, at: Address) -> None:
+        if at.area is Area.I:
+            self._fail(
+                "write",
+                write,
+                f"tag {self.name!r}: the input area (I/E) is written by the PLC's inputs, not "
+                "by clients; only DB, M and Q tags can be written: remove write",
+            )
+        spec = TYPES[self.data_type]
+        lo: float | None = None
+        hi: float | None = None
+        if spec.numeric:
+            ends = (spec.lo * self.scale + self.offset, spec.hi * self.scale + self.offset)
+            lo, hi = min(ends), max(ends)
+        if problem := spec_problem(write, self.write_kind(), lo, hi):
+            self._fail("write", write, f"tag {self.name!r}: {problem}")
 
     def _contradiction(self, at: Address) -> str:
         assert self.type is not None

@@ -17,15 +17,27 @@ import socket
 import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from snap7.connection import ISOTCPConnection
 from snap7.error import S7ConnectionError, S7Error, S7TimeoutError, get_protocol_error_message
 from snap7.s7protocol import S7Protocol
 
-from drivers.contract import Batch, ConnectError, Quality, Reading, bad_readings
+from drivers.contract import (
+    Batch,
+    ConnectError,
+    DriverError,
+    Quality,
+    Reading,
+    Value,
+    ValueRejected,
+    bad_readings,
+)
 
-from .config import DeviceConfig
-from .plan import ReadPlan, Request
+from .config import DeviceConfig, S7Tag
+from .decode import encode_value
+from .plan import ReadPlan, Request, single_tag_plan
+from .types import AREAS, DataType
 
 __all__ = ["ITEM_ERRORS", "Driver"]
 
@@ -92,9 +104,13 @@ class _Link:
 
     def exchange(self, req: Request) -> tuple[bytes, int]:
         """Send one request and receive its response PDU; raises ``_BadResponse``."""
+        return self.send(req.head, req.tail)
+
+    def send(self, head: bytes, tail: bytes) -> tuple[bytes, int]:
+        """Send ``head + <sequence number> + tail``; the response PDU and the number."""
         self.seq = seq = self.seq % 0xFFFF + 1
         try:
-            self.conn.send_data(req.head + seq.to_bytes(2, "big") + req.tail)
+            self.conn.send_data(head + seq.to_bytes(2, "big") + tail)
             return self.conn.receive_data(), seq
         except S7TimeoutError:
             raise _BadResponse(f"no response within {round(self.conn.timeout * 1000)} ms") from None
@@ -300,6 +316,76 @@ class Driver:
                 return False
         return True
 
+    # --- writes (drivers.contract.Writer) ------------------------------------------------
+    # They run on the connection's one worker thread, so they never interleave with a
+    # read: the PLC sees one job at a time, as negotiated.
+
+    def _tag(self, name: str) -> S7Tag:
+        tag = next((t for t in self.device.tags if t.name == name), None)
+        if tag is None:
+            raise ValueRejected(f"device {self.name!r} has no tag {name!r}")
+        return tag
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        link, pool = self._link, self._pool
+        if link is None or pool is None or not link.conn.connected:
+            raise ConnectError(f"not connected to {self.where}")
+        self._job = job = pool.submit(fn, link, *args)
+        return await asyncio.wrap_future(job)
+
+    async def read_tag(self, name: str) -> Value:
+        """Read one tag now (its own request), decoded as a poll would."""
+        tag = self._tag(name)
+        batch: Batch = await self._run(self._read_one, tag)
+        reading = batch.readings[0]
+        if reading[3] == _BAD_COMM:
+            raise ConnectError(str(reading[4]))
+        if reading[3] != int(Quality.GOOD):
+            raise DriverError(str(reading[4]))
+        value: Value = reading[2]
+        return value
+
+    async def write(self, name: str, value: Value) -> None:
+        """Write one tag with one WriteVar request: a BOOL as a single bit (only that bit
+        changes, in the PLC), anything else as its bytes."""
+        tag = self._tag(name)
+        if tag.data_type is DataType.STRING and isinstance(value, str):
+            if len(value) > (tag.length or 0):
+                raise ValueRejected(f"{len(value)} characters; tag {name!r} holds {tag.length}")
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueRejected(
+                    f"tag {name!r}: an S7 STRING holds one byte per character (latin-1)"
+                ) from None
+        try:
+            data = encode_value(tag, value)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            raise ValueRejected(str(exc)) from None
+        head, tail = write_request(tag, data)
+        link = self._link
+        if link is not None and len(head) + 2 + len(tail) > link.pdu:
+            raise ValueRejected(
+                f"tag {name!r}: {len(data)} bytes do not fit one write in the PDU of "
+                f"{link.pdu} bytes the PLC granted"
+            )
+        problem = await self._run(self._write, head, tail, tag)
+        if problem is not None:
+            raise DriverError(problem)
+
+    def _read_one(self, link: _Link, tag: S7Tag) -> Batch:
+        batch = Batch(self.name)
+        self._execute(link, single_tag_plan(self.device, tag, link.pdu), batch, isolate=False)
+        return batch
+
+    def _write(self, link: _Link, head: bytes, tail: bytes, tag: S7Tag) -> str | None:
+        try:
+            pdu, seq = link.send(head, tail)
+            return parse_write_response(pdu, seq)
+        except _BadResponse as exc:
+            link.close()
+            return f"{exc} writing {tag.address} on {self.where}"
+
     async def close(self) -> None:
         """Close the connection; safe to call twice, and while a read is running."""
         link, self._link = self._link, None
@@ -311,6 +397,48 @@ class Driver:
             await asyncio.wrap_future(pool.submit(link.close))
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+_WRITE_VAR = 0x05
+_TS_BIT, _TS_BYTE = 0x01, 0x02  # transport sizes of an address specification
+_DATA_BIT, _DATA_BYTES = 0x03, 0x04  # ... and of a data item (length in bits for both)
+
+
+def write_request(tag: S7Tag, data: bytes) -> tuple[bytes, bytes]:
+    """(head, tail) of a WriteVar job for one tag: the PDU around its sequence number."""
+    at = tag.location
+    if tag.data_type is DataType.BOOL:
+        spec = struct.pack(">BBBBHHB", 0x12, 0x0A, 0x10, _TS_BIT, 1, at.db, AREAS[at.area].code) + (
+            at.byte * 8 + (at.bit or 0)
+        ).to_bytes(3, "big")
+        item = struct.pack(">BBH", 0x00, _DATA_BIT, 1) + bytes([1 if data[0] else 0])
+    else:
+        spec = struct.pack(
+            ">BBBBHHB", 0x12, 0x0A, 0x10, _TS_BYTE, len(data), at.db, AREAS[at.area].code
+        ) + (at.byte * 8).to_bytes(3, "big")
+        item = struct.pack(">BBH", 0x00, _DATA_BYTES, len(data) * 8) + data
+    param = bytes([_WRITE_VAR, 1]) + spec
+    return b"\x32\x01\x00\x00", struct.pack(">HH", len(param), len(item)) + param + item
+
+
+def parse_write_response(pdu: bytes, seq: int) -> str | None:
+    """Why the PLC refused a one-item write, or None when it took it. Raises
+    ``_BadResponse`` for a response that does not belong to the request."""
+    if len(pdu) < 12:
+        raise _BadResponse(f"invalid response: {len(pdu)}-byte PDU")
+    proto, kind, _, rseq, plen, dlen, err_class, err_code = _HEADER.unpack_from(pdu)
+    if proto != 0x32 or rseq != seq:
+        raise _BadResponse(f"invalid response: protocol {proto:#04x}, reference {rseq} != {seq}")
+    if err_class or err_code:
+        code = err_class << 8 | err_code
+        return f"PLC refused the write: error {code:#06x} ({get_protocol_error_message(code)})"
+    if kind != 3 or plen != 2 or dlen < 1 or len(pdu) < 14 + dlen or pdu[12] != _WRITE_VAR:
+        raise _BadResponse("invalid response: not a write answer")
+    rc = pdu[14]
+    if rc != 0xFF:
+        why = ITEM_ERRORS.get(rc, "unknown reason")
+        return f"PLC refused the write: {why}, return code {rc:#04x}"
+    return None
 
 
 def _close_opened(job: Future[_Link]) -> None:

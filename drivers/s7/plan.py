@@ -45,6 +45,7 @@ __all__ = [
     "partition",
     "request_bytes",
     "response_bytes",
+    "single_tag_plan",
 ]
 
 _AREA_ORDER = {Area.DB: 0, Area.M: 1, Area.I: 2, Area.Q: 3}
@@ -260,6 +261,11 @@ def compile_plan(device: DeviceConfig, pdu_size: int | None = None) -> ReadPlan:
     return _compile(
         device, list(enumerate(device.tags)), pdu_size or device.pdu_size, device.max_gap
     )
+
+
+def single_tag_plan(device: DeviceConfig, tag: S7Tag, pdu_size: int) -> ReadPlan:
+    """One tag alone, for the PDU the PLC granted (the read-back after a write)."""
+    return _compile(device, [(device.tags.index(tag), tag)], pdu_size, max_gap=None)
 
 
 def _compile(

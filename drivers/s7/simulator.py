@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from snap7.server import Server
-from snap7.type import SrvArea
+from snap7.type import SrvArea, WordLen
 
 from .config import DeviceConfig, S7Tag, load_devices
 from .decode import encode_raw, encode_value
@@ -48,6 +48,7 @@ _SRV_AREAS: dict[Area, SrvArea] = {
     Area.I: SrvArea.PE,
     Area.Q: SrvArea.PA,
 }
+_S7_BIT = WordLen.Bit
 AREA_SIZE = 1024
 """Default size of the M, I and Q areas (an S7-1200 has 1024 bytes of I and Q)."""
 
@@ -73,6 +74,29 @@ class _Server(Server):
         finally:
             with self._sockets_lock:
                 self._sockets.discard(client_socket)
+
+    def _parse_address_specification(self, addr_spec: bytes) -> dict[str, Any]:
+        parsed: dict[str, Any] = super()._parse_address_specification(addr_spec)
+        if len(addr_spec) >= 12:
+            parsed["bit"] = addr_spec[11] & 7  # snap7 keeps only the byte of a bit address
+        return parsed
+
+    def _handle_write_area(self, request: dict[str, Any], client_address: Any) -> bytes:
+        """As a PLC does it: a bit write (transport size BIT) changes that one bit of its
+        byte; snap7 3.3 would store the data byte over the whole byte."""
+        spec = request.get("parameters", {}).get("address_spec") or {}
+        data = request.get("data", {}).get("data", b"")
+        if spec.get("word_len") == _S7_BIT and data:
+            key = (spec["area"], spec["db_number"])
+            memory = self.memory_areas.get(key)
+            start, mask = spec["start"], 1 << spec.get("bit", 0)
+            if memory is not None and start < len(memory):
+                with self.area_locks[key]:
+                    now = memory[start]
+                    new = now | mask if data[0] & 1 else now & ~mask & 0xFF
+                request["data"]["data"] = bytes([new])
+        reply: bytes = super()._handle_write_area(request, client_address)
+        return reply
 
     def drop_clients(self) -> None:
         with self._sockets_lock:

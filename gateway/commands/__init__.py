@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "read",
     "scan",
     "import-csv",
+    "command",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2

@@ -99,6 +99,24 @@ def register(sub: Subparsers) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=csr_main)
 
+    p = add_command(
+        cmds,
+        "command-key",
+        "make a platform command key (Ed25519): the private key signs `edgegw command`, the "
+        "public key goes into the gateways' commands.keys",
+        "edgegw keys command-key -o /etc/edgegw-platform/ops.ed25519.pem --name ops",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the private key file to create (mode 0600; never overwritten); the public key "
+        "is written beside it as <name>.pub.pem",
+    )
+    p.add_argument("--name", help="the key's name in gateway configs (default: from FILE)")
+    p.set_defaults(func=command_key_main)
+
 
 def _state(args: argparse.Namespace) -> tuple[Path, str | None]:
     """The state directory, and the gateway id when a config was given."""
@@ -247,4 +265,54 @@ def csr_main(args: argparse.Namespace) -> int:
     except (KeyFileError, OSError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     _write(pem.decode(), args.output)
+    return 0
+
+
+def command_key_main(args: argparse.Namespace) -> int:
+    """Make a command key on the platform side; print the config lines that enrol it."""
+    import os
+    import re
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from security import kid_for
+
+    out = Path(args.output)
+    stem = out.name.split(".", 1)[0] or "platform"
+    name = args.name or stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise fail(f"--name {name!r}: letters, digits, '_', '.', '-' (at most 64)")
+    pub_path = out.with_name(f"{stem}.pub.pem")
+    if pub_path == out:
+        raise fail(f"{out}: name the private key FILE e.g. {stem}.ed25519.pem")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise fail(f"{out} exists; a command key is never overwritten", EXIT_FAILED) from None
+    except OSError as exc:
+        raise fail(f"{out}: cannot create ({exc.strerror})", EXIT_FAILED) from None
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(pem)
+    try:
+        pub_path.write_bytes(pub)
+    except OSError as exc:
+        raise fail(f"{pub_path}: cannot write ({exc.strerror})", EXIT_FAILED) from None
+    print(f"private key: {out} (mode 0600: it signs commands; keep it on the platform)")
+    print(f"public key:  {pub_path} (kid {kid_for(key.public_key()).hex()})")
+    print("enrol it on a gateway: copy the public key there and add to its config:")
+    print("  commands:")
+    print("    keys:")
+    print(f"      - name: {name}")
+    print(f"        public_key: {pub_path.name}")
+    print("        operations: [write]            # and/or config (an administrator's key)")
+    print("        tags: ['<device>/<tag>']       # what it may write; each needs a write block")
     return 0

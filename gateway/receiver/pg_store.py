@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .outcome import Alert
-from .rows import device_of, join_ns, value_of
+from .rows import command_result_row, device_of, join_ns, value_of
 from .schema import Payload
 from .state import GatewayState
 from .store import (
@@ -210,6 +210,18 @@ def _field(b: bytes) -> bytes:
     return struct.pack(">i", len(b)) + b
 
 
+# Command results (kind "command_result"), the gateway's answers to signed commands.
+_COMMAND_RESULTS = """
+CREATE TABLE IF NOT EXISTS command_results (
+    gw text NOT NULL, seq bigint NOT NULL, id text, op text, outcome text NOT NULL,
+    reason text, detail text, tag text, value jsonb, before jsonb, after jsonb,
+    version bigint, digest bytea NOT NULL, kid bytea, received timestamptz,
+    received_nanos smallint, done timestamptz, done_nanos smallint, again boolean NOT NULL,
+    PRIMARY KEY (gw, seq)
+)
+"""
+
+
 def copy_data(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
     """The whole binary COPY stream of one message's readings."""
     return _SIGNATURE + copy_rows(ids, seq, readings) + _TRAILER
@@ -347,6 +359,7 @@ class PgStore:
                             conn.execute(stmt)  # type: ignore[arg-type]
                     conn.execute("INSERT INTO edgegw_schema (version) VALUES (%s)", (v,))
                     log.info("%s: receiver store schema %d applied", self.where, v)
+            conn.execute(_COMMAND_RESULTS)  # an addition (no version change), under the lock
         self._try_timescale(conn)
 
     def _try_timescale(self, conn: psycopg.Connection[Any]) -> None:
@@ -761,6 +774,15 @@ class _PgTxn:
                     float(e["peak"]),
                     list(e["inputs"]),
                 ),
+            )
+        if p.command_result is not None:
+            r = list(command_result_row(gw, seq, p.command_result))
+            r[14] = None if r[14] is None else when(r[14] * 1000)  # µs -> timestamptz
+            r[16] = None if r[16] is None else when(r[16] * 1000)
+            cur.execute(
+                "INSERT INTO command_results VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                r,
             )
         if p.drops:
             cur.executemany(

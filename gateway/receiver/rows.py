@@ -60,3 +60,29 @@ def value_of(
     if vtype == "x":
         return bytes(value_bytes)
     return None
+
+
+def json_cell(v: Any) -> str | None:
+    """A command result's value as exact JSON text (bytes as hex, NaN and ±Inf as text)."""
+    import json
+    import math
+
+    if v is None:
+        return None
+    if type(v) is bytes:
+        return json.dumps({"hex": v.hex()})
+    if type(v) is float and not math.isfinite(v):
+        return json.dumps(str(v))
+    return json.dumps(v)
+
+
+def command_result_row(gw: str, seq: int, r: dict[str, Any]) -> tuple[Any, ...]:
+    """One ``command_results`` row (both stores; times in µs + ns like the readings)."""
+    received_us, received_nanos = split_ns(r["received"])
+    done_us, done_nanos = split_ns(r["done"])
+    return (
+        gw, seq, r["id"], r["op"], r["outcome"], r["reason"], r["detail"], r["tag"],
+        json_cell(r["value"]), json_cell(r["before"]), json_cell(r["after"]), r["version"],
+        r["digest"], r["kid"], received_us, received_nanos, done_us, done_nanos,
+        bool(r["again"]),
+    )  # fmt: skip

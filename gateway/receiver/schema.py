@@ -15,7 +15,7 @@ from typing import Any
 from security.strictcbor import CborError, strict_loads
 
 PAYLOAD_VERSION = 1
-KINDS = frozenset({"telemetry", "event", "notice", "audit"})
+KINDS = frozenset({"telemetry", "event", "notice", "audit", "command_result"})
 GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 U64 = 2**64
 I63 = 2**63  # seq and boot are stored as signed 64-bit integers: 0 <= x < 2**63
@@ -43,12 +43,14 @@ _FIELDS = {
     "event": _COMMON | {"event"},
     "notice": _COMMON | {"notice", "drops"},
     "audit": _COMMON | {"log", "offset", "base", "entries", "reset"},
+    "command_result": _COMMON | {"result"},
 }
 _REQUIRED = {
     "telemetry": _COMMON | {"r"},
     "event": _COMMON | {"event"},
     "notice": _COMMON | {"notice", "drops"},
     "audit": _COMMON | {"log", "offset", "base", "entries"},
+    "command_result": _COMMON | {"result"},
 }
 _EVENT_FIELDS = frozenset({"model", "kind", "ts_ns", "score", "peak", "window_end_ns", "inputs"})
 _DROP_FIELDS = frozenset({"first_seq", "last_seq", "messages", "points", "bytes", "reason", "at"})
@@ -100,6 +102,8 @@ class Payload:
     event: dict[str, Any] | None = None
     drops: list[Drop] = field(default_factory=list)
     audit: AuditBatch | None = None
+    command_result: dict[str, Any] | None = None
+    """kind "command_result": the gateway's answer to a signed command (its ``result``)."""
     body: dict[str, Any] = field(repr=False, default_factory=dict)
     """The whole map, as decoded."""
 
@@ -154,6 +158,8 @@ def decode(data: bytes) -> Payload:
         if m["notice"] != "data_dropped":
             raise PayloadError("notice: must be 'data_dropped'")
         return Payload(gw, seq, boot, kind, t, drops=_drops(m["drops"], seq), body=m)
+    if kind == "command_result":
+        return Payload(gw, seq, boot, kind, t, command_result=_result(m["result"]), body=m)
     return Payload(gw, seq, boot, kind, t, audit=_audit(m), body=m)
 
 
@@ -281,3 +287,64 @@ def _audit(m: dict[str, Any]) -> AuditBatch:
             raise PayloadError("reset: only the first message of a log (offset 0) carries it")
         old, reason = r["old_log"], r["reason"]
     return AuditBatch(log, offset, base[0], base[1], base[2], base[3], entries, old, reason)
+
+
+_RESULT_FIELDS = frozenset(
+    {
+        "id",
+        "digest",
+        "kid",
+        "op",
+        "outcome",
+        "reason",
+        "detail",
+        "tag",
+        "value",
+        "before",
+        "after",
+        "version",
+        "received",
+        "done",
+        "again",
+    }
+)
+COMMAND_OUTCOMES = frozenset({"done", "refused", "failed", "rolled_back"})
+_SHORT = 128  # reason codes, command ids
+
+
+def _opt(v: Any, ok: Any) -> bool:
+    return v is None or ok(v)
+
+
+def _result(r: Any) -> dict[str, Any]:
+    """The ``result`` of a command_result (docs/wire-format.md, "Commands")."""
+    if type(r) is not dict or set(r) != _RESULT_FIELDS:
+        raise PayloadError("result: must be a map of " + ", ".join(sorted(_RESULT_FIELDS)))
+    if r["outcome"] not in COMMAND_OUTCOMES:
+        raise PayloadError("result.outcome: not one of " + ", ".join(sorted(COMMAND_OUTCOMES)))
+    if not _hash(r["digest"]):
+        raise PayloadError("result.digest: must be 32 bytes")
+    if not _opt(r["kid"], lambda v: _hash(v, 16)):
+        raise PayloadError("result.kid: must be 16 bytes or null")
+    if not _opt(r["op"], lambda v: v in ("write", "config")):
+        raise PayloadError("result.op: must be 'write', 'config' or null")
+    for k in ("id", "reason"):
+        if not _opt(r[k], lambda v: _text(v, _SHORT)):
+            raise PayloadError(f"result.{k}: must be short text or null")
+    if not _opt(r["detail"], lambda v: type(v) is str and len(v) <= 4 * MAX_TEXT):
+        raise PayloadError("result.detail: must be text or null")
+    if not _opt(r["tag"], lambda v: _text(v, MAX_TAG)):
+        raise PayloadError("result.tag: must be a tag name or null")
+    for k in ("value", "before", "after"):
+        v = r[k]
+        if type(v) not in _VALUE_TYPES or (type(v) is int and not -I63 <= v < U64):
+            raise PayloadError(f"result.{k}: not a reading value")
+        if type(v) in (str, bytes) and len(v) > 4 * MAX_TEXT:
+            raise PayloadError(f"result.{k}: too long")
+    if not _opt(r["version"], lambda v: _uint(v, I63)):
+        raise PayloadError("result.version: must be a uint or null")
+    if not (_uint(r["received"]) and _uint(r["done"])):
+        raise PayloadError("result.received and result.done: must be uint64 (ns)")
+    if type(r["again"]) is not bool:
+        raise PayloadError("result.again: must be a bool")
+    return r

@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .outcome import Alert
-from .rows import device_of, join_ns, value_of
+from .rows import command_result_row, device_of, join_ns, value_of
 from .schema import I63, Payload
 from .state import GatewayState
 from .store import (
@@ -272,6 +272,19 @@ def reading_row(sid: int, seq: int, r: list[Any]) -> tuple[Any, ...]:
     return (sid, seq, ts_us, ts_nanos, r[3], *row, reason, s_us, s_nanos)
 
 
+# Command results (kind "command_result"): one row per message, the gateway's answer to a
+# signed command. Created on open whatever the schema version (an addition, not a change).
+_COMMAND_RESULTS = """
+CREATE TABLE IF NOT EXISTS command_results (
+    gw TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT, op TEXT, outcome TEXT NOT NULL,
+    reason TEXT, detail TEXT, tag TEXT, value TEXT, before TEXT, after TEXT,
+    version INTEGER, digest BLOB NOT NULL, kid BLOB, received INTEGER, received_nanos INTEGER,
+    done INTEGER, done_nanos INTEGER, again INTEGER NOT NULL,
+    PRIMARY KEY (gw, seq)
+)
+"""
+
+
 class SqliteStore:
     """The embedded store. ``readings=False`` keeps the state and the message index only
     (enough to classify), not the data: for receivers that hand readings elsewhere."""
@@ -287,6 +300,7 @@ class SqliteStore:
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self.db.execute(_COMMAND_RESULTS)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the receiver store: {exc}") from exc
         self._cache: dict[str, Cached] = {}
@@ -606,6 +620,12 @@ class _SqliteTxn:
                     e["peak"],
                     json.dumps(e["inputs"]),
                 ),
+            )
+        if p.command_result is not None:
+            db.execute(
+                "INSERT INTO command_results VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                command_result_row(gw, seq, p.command_result),
             )
         if p.drops:
             db.executemany(

@@ -28,8 +28,9 @@ def test_drop_oldest_evicts_exactly_enough_and_records_it(tmp_path: Path) -> Non
         assert st.bytes == 1000 and st.rows == 10
         assert [r.seq for r in ob.pending(limit=100)] == seqs[3:] + new
         drops = ob.pending_drops()
-        assert [(d.first_seq, d.last_seq, d.rows, d.points, d.bytes, d.reason) for d in drops] \
-            == [(s, s, 1, 10, 100, "outbox_full") for s in seqs[:3]]
+        assert [(d.first_seq, d.last_seq, d.rows, d.points, d.bytes, d.reason) for d in drops] == [
+            (s, s, 1, 10, 100, "outbox_full") for s in seqs[:3]
+        ]
         assert (st.dropped_rows, st.dropped_points) == (3, 30)
 
 

@@ -1,0 +1,383 @@
+"""Signed commands end to end: the platform signs and publishes through a real mosquitto,
+the gateway (the daemon, polling a pymodbus, an asyncua and a snap7 server) verifies,
+authorises, writes, reads back, seals a signed result through its outbox and audits;
+the platform verifies the result from the gateway's enrolled key. Every refusal has its
+reason, is audited, and writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from drivers.modbus.types import Table
+from drivers.s7.types import Area
+from gateway.downlink.state import CommandState
+from gateway.mosquitto import Mosquitto
+from gateway.receiver import MqttReceiver, Receiver, SqliteStore
+from security.cose import parse1
+from tests.gateway.commandrig import GW, Rig
+
+
+def f32_cdab(regs: list[int]) -> float:
+    value: float = struct.unpack(">f", struct.pack(">HH", regs[1], regs[0]))[0]
+    return value
+
+
+def test_writes_through_every_driver_are_read_back_signed_stored_and_audited(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        store = SqliteStore(tmp_path / "received.db")
+        async with Rig(tmp_path, broker.port) as rig:
+            rx = Receiver(rig.trust, "edgegw", store=store)
+            mr = MqttReceiver(rx, "::1", broker.port).start()
+            try:
+                assert rig.mb is not None and rig.s7 is not None and rig.ua is not None
+                rig.s7.set_bytes(Area.DB, 2, bytes([0x81]), db=1)
+                for name, tag, value in (
+                    ("mb_sp", "plc/sp", 42.5),
+                    ("mb_run", "plc/run", True),
+                    ("ua_sp", "ua/sp", 61.25),
+                    ("ua_mode", "ua/mode", 2),
+                    ("s7_bit", "s7/bit", True),
+                    ("s7_level", "s7/level", -12.5),
+                ):
+                    out[name] = await rig.send(rig.message("write", {"tag": tag, "value": value}))
+                out["mb_regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+                out["mb_coil"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+                out["s7_byte"] = rig.s7.get_bytes(Area.DB, 2, 1, db=1)[0]
+                out["s7_level_raw"] = struct.unpack(">f", rig.s7.get_bytes(Area.DB, 4, 4, db=1))[0]
+                # the receiver stores the results with the other kinds
+                await rig.until(
+                    lambda: (
+                        store.db.execute("SELECT count(*) FROM command_results").fetchone()[0] >= 6
+                    ),
+                    20,
+                    "the receiver did not store the results",
+                )
+            finally:
+                mr.stop()
+            out["stored"] = store.db.execute(
+                "SELECT id, outcome, tag, after FROM command_results ORDER BY seq"
+            ).fetchall()
+            out["rx"] = rx.stats
+        out["audit"] = rig.audit_records()
+        store.close()
+        return out
+
+    out = asyncio.run(main())
+    for name, tag, value in (
+        ("mb_sp", "plc/sp", 42.5),
+        ("mb_run", "plc/run", True),
+        ("ua_sp", "ua/sp", 61.25),
+        ("ua_mode", "ua/mode", 2),
+        ("s7_bit", "s7/bit", True),
+        ("s7_level", "s7/level", -12.5),
+    ):
+        r = out[name]
+        assert r is not None, f"no result for {name}"
+        assert (r["outcome"], r["reason"], r["tag"], r["value"]) == ("done", None, tag, value), r
+        after = r["after"]
+        assert after == value or abs(after - value) < 1e-6, (name, r)
+        assert r["again"] is False and r["op"] == "write" and len(r["kid"]) == 16
+    assert abs(f32_cdab(out["mb_regs"]) - 425.0) < 1e-3  # scale 0.1 inverted, word order CDAB
+    assert out["mb_coil"] == [True]
+    assert out["s7_byte"] == 0x81 | 0x20  # bit 5 set, bits 0 and 7 kept
+    assert out["s7_level_raw"] == -12.5
+    assert len(out["stored"]) == 6 and all(row[1] == "done" for row in out["stored"])
+    assert out["rx"].signature_failures == 0 and out["rx"].malformed == 0
+    done = [r for r in out["audit"] if r.event == "command_done"]
+    assert len(done) == 6
+    assert {r.detail["tag"] for r in done} == {
+        "plc/sp", "plc/run", "ua/sp", "ua/mode", "s7/bit", "s7/level",
+    }  # fmt: skip
+    assert all(r.detail["key"] == "ops" and r.detail["verified"] for r in done)
+    assert all(len(r.detail["digest"]) == 64 for r in done)
+
+
+def test_every_refusal_has_its_reason_is_audited_and_writes_nothing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.mb is not None
+            now = time.time_ns()
+            good = rig.message("write", {"tag": "plc/sp", "value": 10.0})
+            forged = good[:-1] + bytes([good[-1] ^ 1])  # one bit of the signature
+            tampered_payload = rig.message("write", {"tag": "plc/sp", "value": 11.0})
+            cases: dict[str, bytes] = {
+                "bad_signature": forged,
+                "unknown_key": rig.message(
+                    "write", {"tag": "plc/sp", "value": 12.0}, key=rig.rogue
+                ),
+                "expired": rig.message(
+                    "write",
+                    {"tag": "plc/sp", "value": 13.0},
+                    iat_ns=now - 120 * 10**9,
+                    lifetime_s=60,
+                ),
+                "not_yet_valid": rig.message(
+                    "write", {"tag": "plc/sp", "value": 14.0}, iat_ns=now + 600 * 10**9
+                ),
+                "lifetime_too_long": rig.message(
+                    "write", {"tag": "plc/sp", "value": 14.5}, lifetime_s=30 * 86400
+                ),
+                "not_authorised": rig.message("write", {"tag": "plc/other", "value": 3}),
+                "not_writable": rig.message("write", {"tag": "plc/fixed", "value": 3}),
+                "out_of_range": rig.message("write", {"tag": "plc/sp", "value": 80.5}),
+                "not_allowed": rig.message("write", {"tag": "ua/mode", "value": 5}),
+                "bad_value": rig.message("write", {"tag": "plc/run", "value": 1}),
+                "unknown_tag": rig.message("write", {"tag": "plc/nope", "value": 1}),
+                "wrong_gateway": rig.message(
+                    "write", {"tag": "plc/sp", "value": 15.0}, gw="gw-other"
+                ),
+                "op_not_authorised": rig.message(
+                    "config", {"version": 9, "config": "gateway: {id: x}"}
+                ),
+            }
+            for reason, message in cases.items():
+                out[reason] = await rig.send(message)
+            # a trusted key signing something that is not a command
+            garbage = cbor2.dumps({"v": 1, "hello": "world"})
+            out["bad_payload"] = await rig.send(rig.signed_raw(garbage, rig.ops))
+            # too frequent: the second write of a tag with min_interval_s 60
+            out["slow_first"] = await rig.send(
+                rig.message("write", {"tag": "plc/slow", "value": 1})
+            )
+            out["too_frequent"] = await rig.send(
+                rig.message("write", {"tag": "plc/slow", "value": 2})
+            )
+            # a command id used again by another command
+            first = rig.message("write", {"tag": "plc/sp", "value": 20.0}, id="same-id")
+            out["first"] = await rig.send(first)
+            out["replayed_id"] = await rig.send(
+                rig.message("write", {"tag": "plc/sp", "value": 21.0}, id="same-id")
+            )
+            # the same command delivered again: its result again, never a second write
+            rig.mb.set_registers(1, Table.HOLDING, 10, [0, 0])
+            out["again"] = await rig.send(first)
+            out["sp_after_again"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            out["slow_regs"] = rig.mb.get_registers(1, Table.HOLDING, 12, 1)
+            out["other_regs"] = rig.mb.get_registers(1, Table.HOLDING, 14, 3)
+            out["run"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+            del tampered_payload
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    expect = {
+        "bad_signature": "bad_signature",
+        "unknown_key": "unknown_key",
+        "expired": "expired",
+        "not_yet_valid": "not_yet_valid",
+        "lifetime_too_long": "lifetime_too_long",
+        "not_authorised": "not_authorised",
+        "not_writable": "not_writable",
+        "out_of_range": "out_of_range",
+        "not_allowed": "not_allowed",
+        "bad_value": "bad_value",
+        "unknown_tag": "unknown_tag",
+        "wrong_gateway": "wrong_gateway",
+        "op_not_authorised": "not_authorised",
+        "bad_payload": "bad_payload",
+        "too_frequent": "too_frequent",
+        "replayed_id": "replayed_id",
+    }
+    for case, reason in expect.items():
+        r = out[case]
+        assert r is not None, f"{case}: no result"
+        assert (r["outcome"], r["reason"]) == ("refused", reason), (case, r)
+        assert r["detail"], case
+    # unverified refusals do not claim to know the command
+    assert out["bad_signature"]["id"] is None and out["bad_signature"]["kid"] is None
+    assert out["unknown_key"]["id"] is None
+    assert out["slow_first"]["outcome"] == "done"
+    assert out["first"]["outcome"] == "done" and out["first"]["after"] == 20.0
+    again = out["again"]
+    assert again["again"] is True and again["outcome"] == "done" and again["after"] == 20.0
+    # nothing was written by a refused command, and the re-delivery wrote nothing either
+    assert out["sp_after_again"] == [0, 0]
+    assert out["slow_regs"] == [1] and out["other_regs"] == [0, 0, 0] and out["run"] == [False]
+    refused = [r for r in out["audit"] if r.event == "command_refused"]
+    reasons = {r.detail.get("reason") for r in refused}
+    assert set(expect.values()) <= reasons
+    unverified = [r for r in refused if r.detail.get("verified") is False]
+    assert {r.detail["reason"] for r in unverified} == {"bad_signature", "unknown_key"}
+    # the re-delivery is audited too, marked as such
+    assert any(r.detail.get("again") for r in out["audit"] if r.event == "command_done")
+
+
+def test_results_survive_restart_and_a_seen_command_never_runs_twice(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.mb is not None
+            msg = rig.message("write", {"tag": "plc/sp", "value": 33.0}, lifetime_s=600)
+            out["first"] = await rig.send(msg)
+            await rig.stop_daemon()
+            rig.mb.set_registers(1, Table.HOLDING, 10, [7, 7])
+            # a command that was accepted and recorded when the gateway died, before it
+            # wrote: at the next start it is answered as interrupted, never run
+            crashed = rig.message("write", {"tag": "plc/sp", "value": 44.0}, id="crash-1")
+            env = parse1(crashed)
+            st = CommandState(rig.state / "commands.db")
+            st.begin("crash-1", env.signed_digest(rig.topic.encode()), env.kid, "write",
+                     time.time_ns() + 60 * 10**9, time.time_ns(), "plc/sp")  # fmt: skip
+            st.close()
+            await rig.start_daemon()
+            out["again"] = await rig.send(msg)
+            out["crashed"] = await rig.send(crashed)
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    assert out["first"]["outcome"] == "done"
+    assert out["again"]["again"] is True and out["again"]["outcome"] == "done"
+    assert out["again"]["received"] == out["first"]["received"]  # the stored result
+    assert out["regs"] == [7, 7]  # not written again after the restart
+    crashed = out["crashed"]
+    assert (crashed["outcome"], crashed["reason"], crashed["again"]) == (
+        "failed",
+        "interrupted",
+        True,
+    )
+    assert any(
+        r.event == "command_failed" and r.detail.get("reason") == "interrupted"
+        for r in out["audit"]
+    )
+
+
+def test_a_command_sent_while_the_link_is_down_runs_once_when_it_returns_or_expires(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The gateway's session persists on the broker: commands published while its link is
+    cut wait there. When the link returns, one executes (once), the other has expired and
+    is refused as such; both results go through the outbox."""
+    from tests.linkproxy import LinkProxy
+
+    proxy = LinkProxy(("::1", broker.port))
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port, uplink_port=proxy.port) as rig:
+            assert rig.mb is not None and rig.daemon is not None
+            proxy.cut()
+            fwd = rig.daemon.forwarder
+            await rig.until(lambda: fwd is not None and not fwd.stats.link_up, 20, "link still up")
+            lasting = rig.message("write", {"tag": "plc/sp", "value": 55.0}, lifetime_s=120)
+            brief = rig.message("write", {"tag": "plc/run", "value": True}, lifetime_s=1)
+            sends = [asyncio.create_task(rig.send(m, timeout=40)) for m in (lasting, brief)]
+            await asyncio.sleep(3.0)  # the brief one expires meanwhile, on the broker
+            out["sp_while_down"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            proxy.restore()
+            out["lasting"], out["brief"] = await asyncio.gather(*sends)
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            out["run"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+            dl = rig.daemon.downlink
+            assert dl is not None
+            out["accepted"] = dl.counts.get("accepted", 0)
+        return out
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        proxy.close()
+    assert out["sp_while_down"] == [0, 0]
+    assert out["lasting"]["outcome"] == "done" and out["lasting"]["after"] == 55.0
+    assert (out["brief"]["outcome"], out["brief"]["reason"]) == ("refused", "expired")
+    assert abs(f32_cdab(out["regs"]) - 550.0) < 1e-3 and out["run"] == [False]
+    assert out["accepted"] == 1
+
+
+def test_the_command_tool_and_command_keys_as_an_operator_runs_them(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """`edgegw keys command-key` makes a key pair (never overwriting one); `edgegw command
+    write` signs, publishes, waits for the verified result and exits 0 / 1 / 2."""
+    import json
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(p.communicate(), 90)
+        assert p.returncode is not None
+        return p.returncode, out.decode(), err.decode()
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        keyfile = tmp_path / "new.ed25519.pem"
+        out["make"] = await cli("keys", "command-key", "-o", str(keyfile), "--name", "new")
+        out["mode"] = keyfile.stat().st_mode & 0o777
+        out["pub"] = (tmp_path / "new.pub.pem").read_text()
+        out["again"] = await cli("keys", "command-key", "-o", str(keyfile))
+        async with Rig(tmp_path / "rig", broker.port) as rig:
+            assert rig.mb is not None
+            common = [
+                "--gateway", GW, "--key", str(tmp_path / "rig" / "ops.ed25519.pem"),
+                "--pubkey", f"{GW}={rig.state / 'keys' / 'device.pub.pem'}",
+                "--port", str(broker.port), "--timeout", "30",
+            ]  # fmt: skip
+            out["done"] = await cli(
+                "command", "write", *common, "--tag", "plc/sp", "--value", "12.5"
+            )
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+            out["refused"] = await cli(
+                "command", "write", *common, "--tag", "plc/sp", "--value", "99", "--json"
+            )
+            out["no_enrolment"] = await cli(
+                "command", "write", "--gateway", GW, "--key", str(keyfile),
+                "--tag", "plc/sp", "--value", "1", "--port", str(broker.port),
+            )  # fmt: skip
+            out["unknown_key"] = await cli(
+                "command", "write", *common[:2], "--key", str(keyfile), *common[4:],
+                "--tag", "plc/sp", "--value", "1",
+            )  # fmt: skip
+        return out
+
+    (tmp_path / "rig").mkdir()
+    out = asyncio.run(main())
+    code, stdout, _ = out["make"]
+    assert code == 0 and "public_key: new.pub.pem" in stdout and "BEGIN PUBLIC KEY" in out["pub"]
+    assert out["mode"] == 0o600
+    assert out["again"][0] == 1 and "never overwritten" in out["again"][2]
+    code, stdout, _ = out["done"]
+    assert code == 0, out["done"]
+    assert ": done: plc/sp = 12.5, read back 12.5" in stdout
+    assert abs(f32_cdab(out["regs"]) - 125.0) < 1e-3
+    code, stdout, _ = out["refused"]
+    res = json.loads(stdout)
+    assert code == 1 and (res["outcome"], res["reason"]) == ("refused", "out_of_range")
+    assert out["no_enrolment"][0] == 2 and "not enrolled" in out["no_enrolment"][2]
+    code, stdout, _ = out["unknown_key"]
+    assert code == 1 and "refused (unknown_key)" in stdout
+
+
+def test_commands_over_mqtt_311_with_a_persistent_session(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async def main() -> dict[str, Any]:
+        async with Rig(tmp_path, broker.port, protocol="mqtt311") as rig:
+            r = await rig.send(rig.message("write", {"tag": "ua/sp", "value": 7.5}))
+            assert rig.daemon is not None and rig.daemon.forwarder is not None
+            return {"r": r, "limits": rig.daemon.forwarder.stats.limits}
+
+    out = asyncio.run(main())
+    assert out["limits"]["protocol"] == "mqtt311"
+    assert out["r"]["outcome"] == "done" and out["r"]["after"] == 7.5
