@@ -259,6 +259,18 @@ class Envelope:
             ) from None
         return Verified(kid=self.kid, payload=self.payload)
 
+    def verify_digest(self, key: Ed25519PublicKey, external_aad: bytes) -> bytes:
+        """Verify, and return :meth:`signed_digest` from the same Sig_structure (built once)."""
+        tbs = self.to_be_signed(external_aad)
+        try:
+            key.verify(self.signature, tbs)
+        except InvalidSignature:
+            raise BadSignature(
+                f"signature does not verify with kid {self.kid.hex()} (altered message, or "
+                "wrong external AAD, i.e. topic)"
+            ) from None
+        return hashlib.sha256(tbs).digest()
+
     def signed_digest(self, external_aad: bytes) -> bytes:
         """SHA-256 of what the signature covers (protected header, AAD, payload): equal for
         every re-encoding of one signed message (tag or not, unprotected headers added)."""

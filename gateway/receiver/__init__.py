@@ -7,7 +7,7 @@ and ``store`` (what survives a restart; ``sqlite_store``, ``pg_store``), ``rows`
 reading as a row), ``mqtt`` (the thin shell), ``sinks`` (outputs).
 """
 
-from .core import DEFAULT_MAX_MESSAGE_BYTES, Receiver, Sink, summary
+from .core import DEFAULT_MAX_MESSAGE_BYTES, Prepared, Receiver, Sink, summary
 from .intervals import Intervals
 from .mqtt import Health, MqttReceiver
 from .outcome import Alert, AlertClass, Outcome, ReceiverStats
@@ -41,6 +41,7 @@ __all__ = [
     "Outcome",
     "Payload",
     "PayloadError",
+    "Prepared",
     "Reading",
     "Receiver",
     "ReceiverStats",

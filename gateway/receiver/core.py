@@ -16,7 +16,7 @@ import threading
 import time
 from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,7 +27,7 @@ from . import schema
 from .outcome import SECURITY, Alert, AlertClass, Outcome, ReceiverStats
 from .schema import Payload, PayloadError
 from .store import Batch, GatewayTxn, SqliteStore, Store, StoreError
-from .trust import Enrolment, Enrolments
+from .trust import Enrolments
 from .witness import compare, learn_from_keychain, witness
 
 log = logging.getLogger("edgegw.receiver")
@@ -54,6 +54,25 @@ class _Rejected(Exception):
         super().__init__(why)
         self.outcome, self.why, self.alert = outcome, why, alert
         self.alerts = ([alert] if alert is not None else []) + list(more)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A message checked as far as it can be without its gateway's state (no store, no
+    lock): size, topic, envelope, and, when this process already trusts the signing key
+    for that gateway, the signature and the payload. The MQTT shell prepares a message in
+    its network thread while the previous group is being stored; classification and
+    storing happen in the store transaction."""
+
+    topic: str
+    body: bytes
+    received_ns: int
+    rejected: _Rejected | None = None
+    gw: str = ""
+    kind: str = ""
+    env: Envelope | None = None
+    payload: Payload | None = None  # verified and decoded here
+    digest: bytes = b""  # of the signed content, when verified here
 
 
 class Receiver:
@@ -86,6 +105,8 @@ class Receiver:
         self.lock = threading.Lock()
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._valid: list[tuple[Payload, bytes, int]] = []  # committed: outputs to run
+        # Keys each gateway is known to have (only ever grows): what prepare() verifies with.
+        self._trusted: dict[str, dict[bytes, Ed25519PublicKey]] = {}
         self._seq: int | None = None
         self._missing = {gw: st.seen.missing() for gw, st in self.store.states().items()}
         self.stats.gaps = sum(self._missing.values())
@@ -96,15 +117,43 @@ class Receiver:
         """Classify (and store) one message; returns its outcome. Never raises."""
         return self.handle_many([(topic, body, received_ns)])[0]
 
-    def handle_many(self, items: Sequence[tuple[str, bytes, int | None]]) -> list[Outcome]:
+    def prepare(self, topic: str, body: bytes, received_ns: int | None = None) -> Prepared:
+        """The checks that need no store (any thread, no lock; never raises)."""
+        pr = Prepared(topic, body, received_ns or time.time_ns())
+        try:
+            if len(body) > self.max_message_bytes:
+                why = f"{len(body)} bytes > --max-message-bytes {self.max_message_bytes}"
+                raise _Rejected(Outcome.OVERSIZE, why)
+            pr.gw, pr.kind = self._route(topic)
+            try:
+                pr.env = env = parse1(body)
+            except CoseError as exc:
+                raise _Rejected(Outcome.MALFORMED, str(exc)) from None
+            if pr.gw not in self.trust:
+                raise _Rejected(Outcome.UNKNOWN_GATEWAY, f"gateway {pr.gw} is not enrolled")
+            key = self._trusted.get(pr.gw, {}).get(env.kid)
+            if key is not None:
+                try:
+                    pr.digest = env.verify_digest(key, topic.encode())
+                except BadSignature as exc:
+                    raise _Rejected(Outcome.BAD_SIGNATURE, str(exc)) from None
+                pr.payload = self._parse(pr.gw, pr.kind, env)
+        except _Rejected as r:
+            pr.rejected = r
+        except Exception:  # left to the store path, which reports it with its context
+            pr.env = pr.payload = None
+        return pr
+
+    def handle_many(
+        self, items: Sequence[tuple[str, bytes, int | None] | Prepared]
+    ) -> list[Outcome]:
         """Classify and store several messages in ONE store transaction (group commit: one
         commit, one fsync), outcomes in the order given. Each message's rows still commit
         together or not at all. If the transaction fails, nothing of it counted: each
         message is handled again in a transaction of its own, so one bad message never
         costs the others. Never raises."""
         with self.lock:
-            now = time.time_ns()
-            todo = [(t, b, r or now) for t, b, r in items]
+            todo = [i if isinstance(i, Prepared) else self.prepare(*i) for i in items]
             if len(todo) > 1:
                 saved = copy.copy(self.stats), dict(self._missing), self._logged.copy()
                 try:
@@ -116,36 +165,37 @@ class Receiver:
                         len(todo),
                         exc,
                     )
-            return [self._one(t, b, r) for t, b, r in todo]
+            return [self._one(pr) for pr in todo]
 
-    def _many(self, todo: list[tuple[str, bytes, int]]) -> list[Outcome]:
+    def _many(self, todo: list[Prepared]) -> list[Outcome]:
         # Gateways in a fixed order: receivers sharing a database lock rows in the same
         # order, so they never deadlock. A stable sort keeps each gateway's own order.
-        order = sorted(range(len(todo)), key=lambda i: todo[i][0])
+        order = sorted(range(len(todo)), key=lambda i: todo[i].gw)
         outcomes: list[Outcome] = [Outcome.ERROR] * len(todo)
         rejected: list[tuple[str, _Rejected]] = []
         self._valid: list[tuple[Payload, bytes, int]] = []
         with self.store.batch() as b:
-            b.open_all([e for t, _, _ in todo if (e := self._enrolment_of(t)) is not None])
+            b.open_all([self.trust[pr.gw] for pr in todo if pr.gw in self.trust])
             for i in order:
-                topic, body, now = todo[i]
+                pr = todo[i]
                 self._seq = None
                 try:
-                    outcomes[i] = self._handle(b, topic, body, now)
+                    outcomes[i] = self._handle(b, pr)
                 except _Rejected as r:
                     outcomes[i] = r.outcome
-                    rejected.append((topic, r))
+                    rejected.append((pr.topic, r))
         self._committed(outcomes, rejected)
         return outcomes
 
-    def _one(self, topic: str, body: bytes, now: int) -> Outcome:
+    def _one(self, pr: Prepared) -> Outcome:
         self._seq: int | None = None  # for the log line of an unexpected error
         self._valid = []
         rejected: list[tuple[str, _Rejected]] = []
+        topic = pr.topic
         try:
             with self.store.batch() as b:
                 try:
-                    outcome = self._handle(b, topic, body, now)
+                    outcome = self._handle(b, pr)
                 except _Rejected as r:  # committed: its alerts and any key it taught
                     outcome = r.outcome
                     rejected.append((topic, r))
@@ -175,41 +225,42 @@ class Receiver:
         for o in outcomes:
             self.stats.count(o)
 
-    def _handle(self, b: Batch, topic: str, body: bytes, now: int) -> Outcome:
+    def _handle(self, b: Batch, pr: Prepared) -> Outcome:
         """One message in an open store transaction; raises _Rejected (its alerts and any
         keys it taught already written to the transaction)."""
-        if len(body) > self.max_message_bytes:
-            why = f"{len(body)} bytes > --max-message-bytes {self.max_message_bytes}"
-            raise _Rejected(Outcome.OVERSIZE, why)
-        gw, kind = self._route(topic)
+        r = pr.rejected
+        if r is not None and r.alert is None:
+            raise r  # rejected before its gateway's state matters: nothing to write
+        if pr.env is None:  # prepare() could not finish: do it all here, to report it
+            pr = self.prepare(pr.topic, pr.body, pr.received_ns)
+            if pr.rejected is not None and pr.rejected.alert is None:
+                raise pr.rejected
+            if pr.env is None:
+                pr.env = parse1(pr.body)  # raises: an 'error' with its traceback
+        gw, env, now = pr.gw, pr.env, pr.received_ns
+        aad = pr.topic.encode()
+        txn = b.gateway(self.trust[gw])
         try:
-            env = parse1(body)
-        except CoseError as exc:
-            raise _Rejected(Outcome.MALFORMED, str(exc)) from None
-        enrolment = self.trust.get(gw)
-        if enrolment is None:
-            raise _Rejected(Outcome.UNKNOWN_GATEWAY, f"gateway {gw} is not enrolled")
-        aad = topic.encode()
-        txn = b.gateway(enrolment)
-        try:
-            self._verify(txn, gw, env, aad)
-            p = self._parse(gw, kind, env)
+            if pr.rejected is not None:
+                raise pr.rejected  # signed, but off the schema or the topic: alerted
+            p = pr.payload
+            if p is None:  # a key prepare() did not know yet: find (or learn) it here
+                self._verify(txn, gw, env, aad)
+                self._trusted[gw] = dict(txn.keys)
+                p = self._parse(gw, pr.kind, env)
             self._seq = p.seq
-            outcome = self._classify(txn, p, env.signed_digest(aad), env.kid, now)
-        except _Rejected as r:
-            for a in r.alerts:
+            digest = pr.digest or env.signed_digest(aad)
+            outcome = self._classify(txn, p, digest, env.kid, now)
+        except _Rejected as rj:
+            for a in rj.alerts:
                 txn.alert(a, now)
                 self.stats.alerts += 1
-            for a in r.alerts[1:]:
+            for a in rj.alerts[1:]:
                 log.error("SECURITY: gateway %s, seq %s: %s: %s", gw, a.seq, a.cls, a.detail)
             raise
         if outcome is Outcome.VALID:
             self._valid.append((p, env.kid, now))
         return outcome
-
-    def _enrolment_of(self, topic: str) -> Enrolment | None:
-        gw = topic[len(self.prefix) :].split("/", 1)[0] if topic.startswith(self.prefix) else ""
-        return self.trust.get(gw)
 
     def _route(self, topic: str) -> tuple[str, str]:
         parts = topic[len(self.prefix) :].split("/") if topic.startswith(self.prefix) else []

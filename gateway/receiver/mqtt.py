@@ -1,6 +1,7 @@
 """The thin MQTT shell around a Receiver: subscribe, hand messages over, acknowledge.
 
-paho's thread only queues each message; one worker thread takes what has queued (up to
+paho's thread checks what needs no store (size, envelope, signature, payload) and
+queues each message; one worker thread takes what has queued (up to
 ``BATCH_MAX``) and hands it to the receiver as one store transaction (group commit: one
 commit per batch instead of one per message, the receiver's throughput against a real
 database). A QoS 1 message is acknowledged (PUBACK) only after its transaction
@@ -26,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .core import Receiver
+from .core import Prepared, Receiver
 from .outcome import Outcome
 
 log = logging.getLogger("edgegw.receiver")
@@ -39,11 +40,9 @@ QUEUE_MAX = 1024  # received, not yet handled: beyond this paho's thread waits
 @dataclass(frozen=True, slots=True)
 class _Received:
     generation: int  # which connection it came on: an ack is only valid on that one
-    topic: str
-    payload: bytes
     mid: int
     qos: int
-    received_ns: int
+    prepared: Prepared  # verified and decoded in paho's thread, while the worker stores
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +142,8 @@ class MqttReceiver:
 
     def _on_message(self, c: Any, u: Any, m: Any) -> None:
         self._last_message_ns = now = time.time_ns()
-        item = _Received(self._generation, m.topic, m.payload, m.mid, m.qos, now)
+        # The checks that need no store run here, overlapping the worker's database time.
+        item = _Received(self._generation, m.mid, m.qos, self.rx.prepare(m.topic, m.payload, now))
         while not self._stopping.is_set():
             try:
                 self._queue.put(item, timeout=1.0)  # full: the broker waits for us
@@ -173,7 +173,7 @@ class MqttReceiver:
                 self._store_failed(len(batch))
 
     def _handle(self, batch: list[_Received]) -> None:
-        outcomes = self.rx.handle_many([(m.topic, m.payload, m.received_ns) for m in batch])
+        outcomes = self.rx.handle_many([m.prepared for m in batch])
         failed = 0
         for m, outcome in zip(batch, outcomes, strict=True):
             if outcome is Outcome.STORE_ERROR:
