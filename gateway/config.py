@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -459,9 +460,34 @@ def explain(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where each part of a loaded config was written, for messages about it after load
+    (``edgegw validate``'s file and overlap checks)."""
+
+    smap: SourceMap
+    included: dict[int, tuple[Source, int]]
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``file:line:col: field`` of a config path such as ``("devices", 2, "tags", 0)``
+        (a device from a devices_dir file is named in its own file)."""
+        fmap = self.smap
+        if len(loc) >= 2 and loc[0] == "devices" and loc[1] in self.included:
+            (fmap, at), local = self.included[int(loc[1])]
+            loc = (*at, local, *loc[2:])
+        _, mark = fmap.locate(loc)
+        place = f"{fmap.file}:{mark.line}:{mark.column}" if mark else fmap.file
+        return f"{place}: {_dotted(loc)}"
+
+
 def load_config(path: str | Path) -> Config:
     """Load and check a config file (and its ``devices_dir``); raises :class:`ConfigError`
     naming file, line and field."""
+    return load_config_sourced(path)[0]
+
+
+def load_config_sourced(path: str | Path) -> tuple[Config, Sources]:
+    """:func:`load_config`, and where each part of the config was written."""
     p = Path(path)
     try:
         data, smap = load_yaml(p)
@@ -480,7 +506,7 @@ def load_config(path: str | Path) -> Config:
     included = _include_devices(data, smap, base)
     _check_unique_names(data.get("devices"), smap, included)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data), Sources(smap, included)
     except ValidationError as exc:
         raise ConfigError(explain(exc, smap, included)) from None
 
