@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -33,6 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `edgegw validate ... | head`: the reader is gone; nothing more to say to it.
+        _quiet_stdout()
+        return 141
+    except PermissionError as exc:
+        # Never a traceback: the path, who owns it, who we are, and the fix.
+        from .permissions import explain_permission
+
+        print(f"edgegw: {explain_permission(exc)}", file=sys.stderr)
+        return 1
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush to the closed pipe
+    does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
