@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .commands import COMMANDS
@@ -31,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        from .permissions import state_files_keep_owner
+
+        state_dir = _state_dir_as_root(args)
+        if state_dir is None:
+            return int(args.func(args) or 0)
+        with state_files_keep_owner(state_dir):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -44,6 +51,28 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"edgegw: {explain_permission(exc)}", file=sys.stderr)
         return 1
+
+
+def _state_dir_as_root(args: argparse.Namespace) -> Path | None:
+    """Run as root, the state directory the command works on (from -c CONFIG, or keys'
+    --state-dir): what it creates there goes to the directory's owner afterwards."""
+    if os.geteuid() != 0:
+        return None
+    if args.command == "keys" and getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    path = getattr(args, "config", None) or getattr(args, "config_opt", None)
+    if isinstance(path, str) and args.command != "demo":
+        from .config import ConfigError, load_config
+
+        try:
+            return load_config(path).state_dir
+        except (ConfigError, OSError):
+            return None  # the command itself says what is wrong with it
+    if args.command == "keys":
+        from .commands.keys import DEFAULT_STATE_DIR
+
+        return Path(DEFAULT_STATE_DIR)
+    return None
 
 
 def _quiet_stdout() -> None:

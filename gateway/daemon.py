@@ -262,7 +262,9 @@ class Daemon:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
             return open_identity(state_dir)
         except PermissionError as exc:
-            raise StartRefused([explain_permission(exc, state_dir)]) from None
+            raise StartRefused(
+                [explain_permission(exc, state_dir, service_dir=state_dir)]
+            ) from None
 
     async def _abort_start(self) -> None:
         """Undo a start that failed half-way: cancel the tasks, close the logs and the

@@ -33,36 +33,38 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
-def _existing(path: Path) -> Path:
-    """``path`` or its nearest existing parent."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _blocker(path: Path) -> Path:
-    """The first folder on the way to ``path`` that we may not enter, else ``path``."""
+def _blocker(path: Path) -> tuple[Path, os.stat_result] | None:
+    """Where access to ``path`` stops: the first folder on the way that we may not
+    enter, else the deepest part that exists (the file itself, when it does)."""
     parts = path.absolute().parts
-    for i in range(2, len(parts)):
-        folder = Path(*parts[:i])
-        if folder.is_dir() and not os.access(folder, os.X_OK):
-            return folder
-    return path
+    found: tuple[Path, os.stat_result] | None = None
+    for i in range(1, len(parts) + 1):
+        here = Path(*parts[:i])
+        try:
+            st = here.stat()
+        except OSError:
+            break
+        found = (here, st)
+        if i < len(parts) and stat.S_ISDIR(st.st_mode) and not os.access(here, os.X_OK):
+            break
+    return found
 
 
-def explain_permission(exc: PermissionError, hint: Path | None = None) -> str:
-    """``PATH: permission denied for user U (PATH belongs to O:G, mode M): FIX``."""
+def explain_permission(
+    exc: PermissionError, hint: Path | None = None, *, service_dir: Path | None = None
+) -> str:
+    """``PATH: permission denied for user U (WHERE belongs to O:G, mode M): FIX``.
+    ``service_dir``: the state directory of a daemon run as this user, whose fix is to
+    give the directory to the user rather than to run as someone else."""
     raw = exc.filename if exc.filename is not None else hint
     path = Path(os.fsdecode(raw)) if raw is not None else Path(".")
     me = user_name(os.geteuid())
-    try:
-        where = _blocker(_existing(path))
-        st = where.stat()
-    except OSError:
-        return f"{path}: permission denied for user {me}: run as root, or as the file's owner"
+    found = _blocker(path)
+    if found is None:
+        return f"{path}: permission denied for user {me}: run it with sudo"
+    where, st = found
     owner, group = user_name(st.st_uid), group_name(st.st_gid)
-    mode = stat.S_IMODE(st.st_mode)
-    shown = f"{where} belongs to {owner}:{group}, mode {mode:04o}"
+    shown = f"{where} belongs to {owner}:{group}, mode {stat.S_IMODE(st.st_mode):04o}"
     if os.geteuid() == 0:
         # root is refused: a read-only mount, an immutable file, or a security module
         return (
@@ -70,14 +72,18 @@ def explain_permission(exc: PermissionError, hint: Path | None = None) -> str:
             "(mount), an immutable file (lsattr) or a security policy (AppArmor/SELinux) "
             "refuses it"
         )
-    if owner != me:
-        fix = (
-            f"run it as {owner} (sudo -u {owner} edgegw ...) or with sudo"
-            if owner != "root"
-            else "run it with sudo"
-        )
-    else:
+    if service_dir is not None:
+        mine = f"{me}:{group_name(os.getegid())}"
+        fix = f"the daemon runs as {me}: sudo chown -R {mine} {service_dir}"
+    elif st.st_uid == os.geteuid():
         fix = f"give yourself access: chmod u+rwX {where}"
+    elif owner == "root":
+        fix = "run it with sudo"
+    else:
+        fix = (
+            f"run it as {owner} (sudo -u {owner} edgegw ...) or with sudo; to read only, "
+            f"join group {group} (sudo usermod -aG {group} {me}, then log in again)"
+        )
     return f"{path}: permission denied for user {me} ({shown}): {fix}"
 
 

@@ -21,13 +21,11 @@ def main(args: argparse.Namespace) -> int:
     from security.keyring import IdentityRefused
 
     from ..daemon import StartRefused, run_async, serve, setup_logging
-    from ..permissions import state_files_keep_owner
 
     cfg, sources = load_or_exit(args.config, sourced=True)
     setup_logging(args.log_level)
     try:
-        with state_files_keep_owner(cfg.state_dir):
-            run_async(serve(cfg, Path(args.config), sources))
+        run_async(serve(cfg, Path(args.config), sources))
     except StartRefused as exc:
         # A missing driver, file or model: restarting cannot fix it. Exit 2, which
         # systemd does not restart (RestartPreventExitStatus=2); nothing was written.
