@@ -90,6 +90,10 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceMap]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except PermissionError as exc:
+        from .permissions import explain_permission
+
+        raise YamlError(explain_permission(exc)) from None
     except OSError as exc:
         raise YamlError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

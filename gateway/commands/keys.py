@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -182,6 +183,8 @@ def rotate_main(args: argparse.Namespace) -> int:
     from security.keyring import KeyChainError, load_keyring, rotate
 
     state, _ = _state(args)
+    with contextlib.suppress(FileNotFoundError):  # said by load; a PermissionError is
+        (state / DeviceKey.PRIVATE_KEY_FILE).open("rb").close()  # said with owner and fix
     try:
         old = DeviceKey.load(state / DeviceKey.PRIVATE_KEY_FILE)
     except KeyFileError as exc:
