@@ -107,7 +107,7 @@ def check_drivers(cfg: Config, sources: Sources) -> Iterator[Finding]:
         except ImportError as exc:
             extra, what = EXTRAS.get(protocol, ("", protocol))
             users = [d.name for d in cfg.devices if d.protocol == protocol]
-            fix = install_hint(extra, what) if extra else "reinstall edgegw"
+            fix = install_hint(extra, what) if extra and _absent(exc) else "reinstall edgegw"
             yield Finding(
                 ERROR,
                 sources.where(("devices", i, "protocol")),
@@ -123,13 +123,28 @@ def check_drivers(cfg: Config, sources: Sources) -> Iterator[Finding]:
                 sources.where(("inference", "models")),
                 f"{len(cfg.inference.models)} model(s) are bound but the inference engine "
                 f"cannot be loaded: {_missing(exc)}; "
-                + install_hint("inference", "ONNX inference (onnxruntime)"),
+                + (
+                    install_hint("inference", "ONNX inference (onnxruntime)")
+                    if _absent(exc)
+                    else "reinstall edgegw"
+                ),
             )
 
 
+def _absent(exc: ImportError) -> bool:
+    return _missing(exc).endswith("is not installed")
+
+
 def _missing(exc: ImportError) -> str:
+    """What an ImportError means: a module that is not there, or one that is there but
+    does not load (a broken install: its last line says why)."""
     name = getattr(exc, "name", None)
-    return f"the Python module {name.split('.')[0]!r} is not installed" if name else str(exc)
+    if isinstance(exc, ModuleNotFoundError) and name:
+        return f"the Python module {name.split('.')[0]!r} is not installed"
+    if name and "halted; None in sys.modules" in str(exc):  # blocked, as if not installed
+        return f"the Python module {name.split('.')[0]!r} is not installed"
+    last = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"it is installed but does not load ({last[-1] if last else type(exc).__name__})"
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ PY
             --implementation cp --python-version "$PYVER" --abi "cp${PYVER/./}" \
             "${PLATFORMS[@]}" "$req" >/dev/null 2>&1 || gone="$gone $req;"
     done <<<"$missing"
-    die "pip could not get wheels for $ARCH/python$PYVER (see above). Without a $CPU wheel on PyPI:${gone:- (only transitive dependencies, see the pip message above)}"
+    die "pip could not get wheels for $ARCH/python$PYVER (see above). No $CPU wheel on PyPI for:${gone:- (only transitive dependencies, see the pip message above)}"
 fi
 rm -rf "$ROOT$SITE/bin"  # console scripts with the build machine's interpreter path
 # sqlite-utils lists pip for its `install` sub-command, which edgegw never runs: a
@@ -178,7 +178,9 @@ if ! command -v "$STRIP" >/dev/null && [ "$ARCH" = "$(dpkg --print-architecture 
 fi
 find "$ROOT$SITE" -type f \( -name '*.so' -o -name '*.so.*' \) -exec chmod 0644 {} +
 if command -v "$STRIP" >/dev/null; then
-    find "$ROOT$SITE" -type f \( -name '*.so' -o -name '*.so.*' \) -print0 \
+    # Not the libraries auditwheel vendored into *.libs/: patchelf laid them out in a way
+    # strip breaks ("ELF load command address/offset not page-aligned" at import).
+    find "$ROOT$SITE" -type f \( -name '*.so' -o -name '*.so.*' \) ! -path '*.libs/*' -print0 \
         | xargs -0 -r "$STRIP" --strip-unneeded 2>/dev/null || true
 else
     echo "build-deb: warning: no $STRIP: shared objects are left unstripped" >&2
