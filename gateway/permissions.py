@@ -51,11 +51,16 @@ def _blocker(path: Path) -> tuple[Path, os.stat_result] | None:
 
 
 def explain_permission(
-    exc: PermissionError, hint: Path | None = None, *, service_dir: Path | None = None
+    exc: PermissionError,
+    hint: Path | None = None,
+    *,
+    service_dir: Path | None = None,
+    daemon: bool = False,
 ) -> str:
     """``PATH: permission denied for user U (WHERE belongs to O:G, mode M): FIX``.
     ``service_dir``: the state directory of a daemon run as this user, whose fix is to
-    give the directory to the user rather than to run as someone else."""
+    give the directory to the user rather than to run as someone else; ``daemon``: the
+    same for the place where access stops."""
     raw = exc.filename if exc.filename is not None else hint
     path = Path(os.fsdecode(raw)) if raw is not None else Path(".")
     me = user_name(os.geteuid())
@@ -72,6 +77,8 @@ def explain_permission(
             "(mount), an immutable file (lsattr) or a security policy (AppArmor/SELinux) "
             "refuses it"
         )
+    if daemon and service_dir is None:
+        service_dir = where
     if service_dir is not None:
         mine = f"{me}:{group_name(os.getegid())}"
         fix = f"the daemon runs as {me}: sudo chown -R {mine} {service_dir}"

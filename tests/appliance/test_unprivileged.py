@@ -232,3 +232,57 @@ def test_root_keeps_the_state_dir_owner(site: Path) -> None:
     assert root_owned == [], root_owned
     r = as_nobody("keys", "show", "-c", str(site / "gw.yaml"))
     assert r.returncode == 0 and "rotations:" in r.stdout, r.stderr
+
+
+def test_a_driver_file_the_service_may_not_use_is_a_device_error(site: Path) -> None:
+    """An OPC UA PKI folder left to root (0700) in the service's state dir: the device is
+    DOWN with the path and the fix in its error, and the daemon runs on; no dead task."""
+    state = site / "state"
+    shutil.rmtree(state)
+    state.mkdir(mode=0o750)
+    os.chown(state, NOBODY, NOBODY)
+    (state / "pki" / "ua").mkdir(parents=True, mode=0o700)  # root's, as `sudo edgegw read` left it
+    with Mosquitto(host="::1", workdir=site / "broker") as broker:
+        cfg = (site / "gw.yaml").read_text()
+        old = cfg.split("uplink: ")[1].split("\n")[0]
+        (site / "gw.yaml").write_text(cfg.replace(old, f"{{host: '::1', port: {broker.port}}}"))
+        log = open(site / "run.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "-c",
+                str(site / "gw.yaml"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        try:
+            err = ""
+            deadline = time.monotonic() + 30  # generous: a cold start on a loaded machine
+            while time.monotonic() < deadline and proc.poll() is None:
+                dev = ((read_status(state) or {}).get("devices") or {}).get("ua") or {}
+                err = dev.get("last_error") or ""
+                if "permission denied" in err:
+                    break
+                time.sleep(0.2)
+            assert proc.poll() is None, (site / "run.log").read_text()
+            st = read_status(state) or {}
+            assert all(st["tasks"].values()), st["tasks"]  # every task alive
+            proc.terminate()
+            assert proc.wait(60) == 0, (site / "run.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    assert f"{state / 'pki' / 'ua'}" in err and "permission denied for user nobody" in err, err
+    assert "sudo chown -R nobody:nogroup" in err, err
+    assert "Traceback" not in (site / "run.log").read_text()
