@@ -9,8 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -350,3 +353,88 @@ def test_an_expired_certificate_on_a_synchronised_clock_is_the_certificate(
         tls = rows(cfg)["broker TLS"]
     assert tls.outcome == "fail" and "synchronised by NTP" in tls.detail
     assert "ask the platform team to renew it" in tls.fix
+
+
+class SlotCheckingPlc:
+    """snap7's server accepts any rack and slot; a real PLC refuses a connection request
+    (COTP CR) for a TSAP that is not its CPU's. This proxy in front of the simulator does
+    what the PLC does: it reads the CR's destination TSAP and hangs up unless it is rack
+    0, slot 1 (0x0101); everything else is passed through."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            first = client.recv(4096)
+            params, tsap = first[11:], None
+            while len(params) >= 2:
+                code, n = params[0], params[1]
+                if code == 0xC2:
+                    tsap = int.from_bytes(params[2 : 2 + n], "big")
+                params = params[2 + n :]
+            if tsap != 0x0101:
+                self.refused += 1
+                return  # hang up, as the CPU does for a TSAP it does not serve
+            with socket.create_connection(("127.0.0.1", self.target)) as up:
+                up.sendall(first)
+                pipes = [(client, up), (up, client)]
+                for a, b in pipes:
+                    threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+                while True:
+                    time.sleep(0.2)
+                    if client.fileno() < 0 or up.fileno() < 0:
+                        return
+                    try:
+                        if client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                            return
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+
+
+def test_a_wrong_s7_slot_fails(tmp_path: Path, state: Path, s7: S7Simulator) -> None:
+    plc = SlotCheckingPlc(s7.port)
+    try:
+        dev = {
+            "name": "press",
+            "protocol": "s7",
+            "host": "127.0.0.1",
+            "port": plc.port,
+            "rack": 0,
+            "slot": 1,
+            "tags": [{"name": "f", "address": "DB1.DBD0"}],
+        }
+        c = rows(write(tmp_path, state, [dev]))["device press"]
+        assert c.outcome == "pass", c
+        dev["slot"] = 3
+        c = rows(write(tmp_path, state, [dev]))["device press"]
+        assert c.outcome == "fail" and "s7 exchange failed" in c.detail, c
+        assert "rack and slot" in c.fix
+        assert plc.refused >= 1
+    finally:
+        plc.close()
