@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .commands import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"edgegw {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .commands import COMMANDS  # here: `run` takes its signals over before this import
+
     for name in COMMANDS:
         importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
+        from .early_stop import remember_signals
+
+        remember_signals()  # before the imports: a SIGTERM while starting is not fatal
     args = build_parser().parse_args(argv)
     try:
         from .permissions import state_files_keep_owner

@@ -27,6 +27,7 @@ from . import __version__
 from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, Sources, load_config
 from .digest import Digest
+from .early_stop import stop_requested
 from .forwarder import Forwarder
 from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
@@ -655,6 +656,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stop_requested():
+        log.info("stop requested while starting: starting and stopping cleanly")
+        stop.set()
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await Daemon(cfg, config_path, sources).run(stop, reload)

@@ -21,7 +21,9 @@ def main(args: argparse.Namespace) -> int:
     from security.keyring import IdentityRefused
 
     from ..daemon import StartRefused, run_async, serve, setup_logging
+    from ..early_stop import remember_signals
 
+    remember_signals()  # again, in case main() was entered another way than the CLI
     cfg, sources = load_or_exit(args.config, sourced=True)
     setup_logging(args.log_level)
     try:

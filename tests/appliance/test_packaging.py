@@ -71,13 +71,13 @@ def test_deb_installs_and_works_in_a_debian_chroot(tmp_path: Path) -> None:
     for tool, package in (("debootstrap", "debootstrap"), ("dpkg-deb", "dpkg")):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: apt-get install {package}")
-    r = test_deb(tmp_path)
+    r = run_test_deb(tmp_path)
     assert r.returncode == 0 and "test-deb: OK" in r.stdout, r.stdout + r.stderr[-8000:]
     assert "test-deb: footprint amd64:" in r.stdout
     assert "demo: " in r.stderr and "points verified of" in r.stderr
 
 
-def test_deb(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_test_deb(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """images/test-deb.sh with the demo, a fast compression, and the chroot cache."""
     args = ["bash", str(IMAGES / "test-deb.sh"), "--demo", "--compress", "gzip", *extra]
     if os.environ.get("EDGEGW_DEB_CACHE"):
@@ -114,7 +114,7 @@ def test_arm64_package_runs_the_demo_under_emulation(tmp_path: Path) -> None:
     """Proof by running, not by reading ELF headers: the arm64 package installed with apt
     into a Debian 12 arm64 chroot runs the demo there (every polled point verified)."""
     _emulation_ready("aarch64")
-    r = test_deb(tmp_path, "--arch", "arm64")
+    r = run_test_deb(tmp_path, "--arch", "arm64")
     assert r.returncode == 0 and "test-deb: OK" in r.stdout, r.stdout + r.stderr[-8000:]
     assert "test-deb: footprint arm64:" in r.stdout and "points verified of" in r.stderr
 

@@ -8,14 +8,17 @@ refused starts in a row all end on their own."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.mosquitto import Mosquitto, free_port
+from gateway.status import read_status
 from inference.config import SHIPPED_MODELS
 
 from .upstream import REPO, Gateway
@@ -177,3 +180,35 @@ def test_twenty_refused_starts_end_twenty_times(site: tuple[Path, Callable[..., 
         ended += 1
     assert ended == 20
     assert snapshot(tmp / "state") == before
+
+
+def test_a_sigterm_while_starting_is_a_clean_stop(site: tuple[Path, Callable[..., str]]) -> None:
+    """systemd may stop a unit that is still starting: a SIGTERM that arrives while the
+    process is still importing is remembered, and the daemon starts and stops cleanly
+    (exit 0, a final status), instead of dying by the signal."""
+    _, write = site
+    cfg = write(model())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", cfg],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    # as soon as the process catches SIGTERM (SigCgt), long before it is ready
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not catches_sigterm(proc.pid):
+        time.sleep(0.01)
+    assert (read_status(Path(cfg).parent / "state") or {}).get("pid") != proc.pid  # not up
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)  # catches a hang
+    assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+    assert b"stop requested while starting" in out
+
+
+def catches_sigterm(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt")), 16)
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
