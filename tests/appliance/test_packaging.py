@@ -3,7 +3,7 @@
 EDGEGW_DEB_TEST=1 or EDGEGW_FULL=1 (on by default as root in `make test`): it installs the
 package into a Debian 12 chroot and runs `edgegw demo --duration 20 --json` there, every
 protocol and the model from the package. The same for arm64 under qemu-user-static, and
-the armhf build's refusal, run with EDGEGW_ARM_TEST=1 (slow: about 15 minutes; figures in
+the armhf build's refusal, run with EDGEGW_ARM_TEST=1 (slow: 4-8 minutes; figures in
 images/README.md)."""
 
 from __future__ import annotations
