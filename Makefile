@@ -12,7 +12,7 @@ DEB_PACKAGES := mosquitto systemd debootstrap gcc pkg-config libmodbus-dev postg
 EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 export EDGEGW_DEB_TEST
 
-.PHONY: demo test setup deps lint bench clean deb mutate
+.PHONY: demo test setup deps lint bench clean deb mutate config-doc
 
 setup: deps $(STAMP)
 
@@ -66,3 +66,7 @@ mutate: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# docs/config.md is written from the config models (a test fails when they drift).
+config-doc: $(STAMP)
+	$(BIN)/python -m gateway.configdoc > docs/config.md

@@ -12,10 +12,13 @@ bare list; an error in one names that file, its line and column.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -61,10 +64,14 @@ class TlsConfig(_Model):
 
 class UplinkConfig(_Model):
     host: str = Field("::1", description="broker: IPv6 literal, IPv4 literal or host name")
-    port: int = Field(1883, ge=1, le=65535)
+    port: int = Field(
+        1883, ge=1, le=65535, description="broker port: 1883 plain MQTT, usually 8883 with TLS"
+    )
     topic_prefix: str = Field("edgegw", description="messages go to <prefix>/<gateway id>/<kind>")
     client_id: str | None = Field(None, description="MQTT client id; default edgegw-<gateway id>")
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    keepalive_s: int = Field(
+        30, ge=5, le=3600, description="MQTT keep-alive: a silent link is noticed within 1.5x this"
+    )
     max_inflight: int = Field(
         64, ge=1, le=65535, description="messages published but not yet acknowledged (PUBACK)"
     )
@@ -74,7 +81,11 @@ class UplinkConfig(_Model):
     max_bytes_per_s: int | None = Field(
         None, ge=1024, description="cap on upstream bytes/s (cellular links); none by default"
     )
-    tls: TlsConfig | None = None
+    tls: TlsConfig | None = Field(
+        None,
+        description="TLS to the broker (`tls: {}`: verified against the system's CA store); "
+        "none: plain MQTT",
+    )
     protocol: Literal["mqtt5", "mqtt311"] = Field(
         "mqtt5",
         description="mqtt5: reason codes and the broker's limits (CONNACK properties); "
@@ -212,9 +223,9 @@ Device = Annotated[
 
 
 class MetricsConfig(_Model):
-    enabled: bool = True
+    enabled: bool = Field(True, description="serve /metrics, /livez, /readyz and /healthz")
     host: str = Field("127.0.0.1", description="bind address; expose beyond localhost on purpose")
-    port: int = Field(9810, ge=0, le=65535)
+    port: int = Field(9810, ge=0, le=65535, description="HTTP port (0: any free port)")
 
 
 class AuditConfig(_Model):
@@ -322,19 +333,33 @@ class CommandsConfig(_Model):
 
 
 class Config(_Model):
-    gateway: GatewaySection
-    uplink: UplinkConfig = UplinkConfig()
-    outbox: OutboxConfig = OutboxConfig()
-    inference: InferenceConfig = InferenceConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    audit: AuditConfig = AuditConfig()
-    commands: CommandsConfig = CommandsConfig()
+    gateway: GatewaySection = Field(description="this gateway: its id and where its state lives")
+    uplink: UplinkConfig = Field(
+        UplinkConfig(), description="the MQTT broker the signed messages go to"
+    )
+    outbox: OutboxConfig = Field(
+        OutboxConfig(), description="the SQLite outbox that keeps every message until acknowledged"
+    )
+    inference: InferenceConfig = Field(
+        InferenceConfig(), description="ONNX anomaly models on the live data (needs onnxruntime)"
+    )
+    metrics: MetricsConfig = Field(
+        MetricsConfig(), description="the Prometheus metrics and health HTTP endpoint"
+    )
+    audit: AuditConfig = Field(AuditConfig(), description="the signed, hash-chained audit log")
+    commands: CommandsConfig = Field(
+        CommandsConfig(), description="signed commands from the platform: who may write what"
+    )
     devices_dir: Path | None = Field(
         None,
         description="a folder of device files (*.yaml, *.yml) whose devices are added, "
         "in file name order; relative to the config file",
     )
-    devices: list[Device] = Field(min_length=1)
+    devices: list[Device] = Field(
+        min_length=1,
+        description="the devices to poll, at least one (here or in devices_dir); `protocol` "
+        "selects the driver and the keys below",
+    )
     base_dir: Path = Field(Path("."), exclude=True, description="set from the file's folder")
 
     @model_validator(mode="after")
@@ -438,6 +463,57 @@ class Config(_Model):
         return f"{self.uplink.topic_prefix}/{self.gateway.id}/{kind}"
 
 
+CONFIG_REFERENCE = "config.md: /usr/share/doc/edgegw/, or docs/ in the source"
+
+
+def _unwrap(t: Any) -> list[Any]:
+    """The concrete types behind an annotation: Optional, unions and Annotated undone."""
+    while get_origin(t) is Annotated:
+        t = get_args(t)[0]
+    if get_origin(t) in (Union, UnionType):
+        return [u for a in get_args(t) for u in _unwrap(a) if u is not type(None)]
+    return [t]
+
+
+def fields_at(loc: tuple[str | int, ...], root: type[BaseModel] | None = None) -> list[str]:
+    """The keys accepted in the mapping at ``loc`` (a pydantic error location, whose
+    union members appear as their tag, e.g. ``devices, 0, modbus_tcp, tags, 0``)."""
+    types: list[Any] = [root or Config]
+    for part in loc:
+        nxt: list[Any] = []
+        for t in types:
+            if isinstance(part, int) and get_origin(t) in (list, tuple):
+                nxt += _unwrap(get_args(t)[0])
+            elif isinstance(t, type) and issubclass(t, BaseModel):
+                f = t.model_fields.get(str(part))
+                if f is not None:
+                    nxt += _unwrap(f.annotation)
+                elif (tag := t.model_fields.get("protocol")) is not None and part in get_args(
+                    tag.annotation
+                ):
+                    nxt.append(t)  # a union member named by its tag: stay on it
+        types = [u for t in nxt for u in _unwrap(t)] or types[:0]
+    names: list[str] = []
+    for t in types:
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            names += [
+                f.alias or n for n, f in t.model_fields.items() if not f.exclude and n not in names
+            ]
+    return names
+
+
+def unknown_field(loc: tuple[str | int, ...]) -> str:
+    """ "unknown field" with the likely intended key, or the accepted ones."""
+    key = str(loc[-1])
+    known = fields_at(loc[:-1])
+    close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean {' or '.join(map(repr, close))}?"
+    if known and len(known) <= 16:
+        return f"unknown field; accepted here: {', '.join(known)} (see {CONFIG_REFERENCE})"
+    return f"unknown field (see {CONFIG_REFERENCE})"
+
+
 def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
@@ -477,7 +553,7 @@ def explain(
     """Pydantic errors as ``file:line:col: field: message`` lines. ``included`` maps the
     index of a device that came from a ``devices_dir`` file to that file and its index
     there, so the error names that file."""
-    lines = []
+    lines: list[tuple[str, int, int, str, tuple[str | int, ...]]] = []
     main = smap
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -500,9 +576,8 @@ def explain(
             mark = smap.key_marks[found]
         # keep the part of the location that is in the file, plus a missing key's name
         shown = found + tuple(p for p in loc[len(found) :] if err["type"] == "missing")
-        where = f"{smap.file}:{mark.line}:{mark.column}" if mark else smap.file
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (a typo? see the README's config reference)"
+            msg = unknown_field(loc)
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif (
@@ -512,13 +587,42 @@ def explain(
             and repr(err["input"]) not in msg
         ):
             msg += f" (got {err['input']!r})"
-        lines.append(f"{where}: {_dotted(shown)}: {msg}")
-    return lines
+        lines.append((smap.file, mark.line if mark else 0, mark.column if mark else 0, msg, shown))
+    # in file order, as an editor shows them
+    return [
+        f"{f}:{ln}:{col}: {_dotted(shown)}: {msg}" if ln else f"{f}: {_dotted(shown)}: {msg}"
+        for f, ln, col, msg, shown in sorted(lines, key=lambda x: (x[0] != main.file, x[:3]))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where each part of a loaded config was written, for messages about it after load
+    (``edgegw validate``'s file and overlap checks)."""
+
+    smap: SourceMap
+    included: dict[int, tuple[Source, int]]
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``file:line:col: field`` of a config path such as ``("devices", 2, "tags", 0)``
+        (a device from a devices_dir file is named in its own file)."""
+        fmap = self.smap
+        if len(loc) >= 2 and loc[0] == "devices" and loc[1] in self.included:
+            (fmap, at), local = self.included[int(loc[1])]
+            loc = (*at, local, *loc[2:])
+        _, mark = fmap.locate(loc)
+        place = f"{fmap.file}:{mark.line}:{mark.column}" if mark else fmap.file
+        return f"{place}: {_dotted(loc)}"
 
 
 def load_config(path: str | Path) -> Config:
     """Load and check a config file (and its ``devices_dir``); raises :class:`ConfigError`
     naming file, line and field."""
+    return load_config_sourced(path)[0]
+
+
+def load_config_sourced(path: str | Path) -> tuple[Config, Sources]:
+    """:func:`load_config`, and where each part of the config was written."""
     p = Path(path)
     try:
         data, smap = load_yaml(p)
@@ -537,7 +641,7 @@ def load_config(path: str | Path) -> Config:
     included = _include_devices(data, smap, base)
     _check_unique_names(data.get("devices"), smap, included)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data), Sources(smap, included)
     except ValidationError as exc:
         raise ConfigError(explain(exc, smap, included)) from None
 
@@ -553,13 +657,14 @@ def _check_unique_names(
     if not isinstance(devices, list):
         return
 
-    def where(i: int) -> str:
+    def where(i: int, field: bool = False) -> str:
         fmap, loc = smap, ("devices", i, "name")
         if i in included:
             (fmap, at), local = included[i]
             loc = (*at, local, "name")
         mark = fmap.marks.get(loc)
-        return f"{fmap.file}:{mark.line}:{mark.column}" if mark else fmap.file
+        place = f"{fmap.file}:{mark.line}:{mark.column}" if mark else fmap.file
+        return f"{place}: {_dotted(loc)}" if field else place
 
     seen: dict[str, int] = {}
     problems = []
@@ -569,7 +674,7 @@ def _check_unique_names(
             continue
         if name in seen:
             problems.append(
-                f"{where(i)}: name: device name {name!r} is used twice; names must be unique "
+                f"{where(i, field=True)}: device name {name!r} is used twice; names must be unique "
                 f"(also at {where(seen[name])})"
             )
         seen.setdefault(name, i)

@@ -25,13 +25,15 @@ from security.tls import client_context
 
 from . import __version__
 from .audit_uplink import AuditUplink
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, Sources, load_config
 from .digest import Digest
 from .downlink import Downlink
 from .downlink.config_push import push_config
+from .early_stop import stop_requested
 from .forwarder import Forwarder
 from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
+from .permissions import explain_permission
 from .pipeline import Pipeline
 from .poller import DeviceState, carry_counters, poll_device, subscribe_device
 from .registry import DeviceRuntime, build_device
@@ -43,10 +45,23 @@ log = logging.getLogger("edgegw.daemon")
 CLOCK_JUMP_S = 2.0  # wall clock vs monotonic clock drift that is audited as a jump
 
 
+class StartRefused(Exception):
+    """The daemon will not start with this config or state (a driver, file or model that
+    is missing or wrong, a state directory it may not write). Raised before anything is
+    started or written; ``problems`` holds one line each. `edgegw run` exits 2."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 class Daemon:
-    def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
+    def __init__(
+        self, cfg: Config, config_path: Path | None = None, sources: Sources | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.sources = sources  # where each part of the config was written, for messages
         self.devices: dict[str, DeviceState] = {}
         self.started_ns = time.time_ns()
         self.pipeline: Pipeline | None = None
@@ -67,6 +82,8 @@ class Daemon:
         self._anomalies: list[dict[str, Any]] = []
         self.downlink: Downlink | None = None  # signed commands (gateway/downlink/)
         self._reload_lock = asyncio.Lock()  # SIGHUP and a config push never overlap
+        self._metrics: Any = None  # the metrics HTTP server, when enabled
+        self._status_task: asyncio.Task[Any] | None = None
 
     # -- running --------------------------------------------------------------------------
 
@@ -74,10 +91,14 @@ class Daemon:
         cfg = self.cfg
         self._loop = asyncio.get_running_loop()
         state_dir = cfg.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        # Before the outbox is touched: a key that cannot be justified from the enrolled
-        # root must not reserve a seq, let alone sign (IdentityRefused: exit 2).
-        ident = open_identity(state_dir)
+        # Everything that can refuse a start comes first, before a task starts or a seq
+        # is reserved: drivers, files, models (StartRefused), the device key
+        # (IdentityRefused). A refused start exits 2, leaves the state as it was (no boot,
+        # no seq, no notice, no audit record) and has nothing to cancel.
+        self._preflight()
+        engine = self._load_models()
+        runtimes = self._build_devices()
+        ident = self._open_identity(state_dir)
         key = ident.key
         log.info(
             "device key %s (kid %s%s)",
@@ -85,6 +106,73 @@ class Daemon:
             key.kid.hex(),
             f", rotation {len(ident.keychain)}" if ident.keychain else "",
         )
+        try:
+            await self._start(state_dir, ident, engine, runtimes)
+        except BaseException:
+            # Whatever failed after the first task started: stop what runs, so the
+            # process ends instead of hanging on a task or the outbox thread.
+            await self._abort_start()
+            if engine is not None and self.engine is None:
+                engine.close()
+            raise
+        while not stop.is_set():
+            waits = [asyncio.ensure_future(stop.wait())]
+            if reload is not None:
+                waits.append(asyncio.ensure_future(reload.wait()))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if reload is not None and reload.is_set() and not stop.is_set():
+                reload.clear()
+                await self.reload()
+
+        log.info("stopping: polling ends, sealing the last window, draining the outbox")
+        self.notify.stopping("sealing the last window, draining the outbox")
+        if cfg.gateway.shutdown_drain_s > 30:
+            self.notify.extend_timeout(cfg.gateway.shutdown_drain_s + 15)
+        # commands first: a write under way finishes while its device still runs
+        if self.downlink is not None:
+            await self.downlink.stop(self.tasks["downlink"])
+        await self._stop_devices()
+        log.debug("stop: polling ended")
+        assert self.pipeline and self.uplink and self.forwarder and self.outbox
+        assert self.outbox.outbox is not None
+        ob = self.outbox.outbox
+        await self.pipeline.close()
+        await self.tasks["pipeline"]
+        log.debug("stop: last window sealed")
+        if self.engine is not None:
+            self.tasks["inference"].cancel()
+            await asyncio.gather(self.tasks["inference"], return_exceptions=True)
+            self.engine.close()
+        self._audit("stop", reason="signal")
+        self._close_audit()
+        await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
+        drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
+        left = await self.outbox.run(ob.stats)
+        if drained:
+            log.info("outbox drained")
+        else:
+            log.warning(
+                "stopped with %d messages unsent; they are kept and sent after restart", left.rows
+            )
+        others = [self.tasks["forwarder"], *([self._status_task] if self._status_task else [])]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        if self._metrics is not None:
+            self._metrics.stop()
+        write_status(state_dir, await self.snapshot(final=True))
+        await self.outbox.close()
+        if self.downlink is not None:
+            self.downlink.close()
+
+    async def _start(
+        self, state_dir: Path, ident: Identity, engine: Any, runtimes: dict[str, DeviceRuntime]
+    ) -> None:
+        """Open the outbox and the audit log, start every task; ready for systemd."""
+        cfg = self.cfg
+        key = ident.key
         self.outbox = OutboxThread(
             cfg.outbox_path,
             cfg.gateway.durability,
@@ -132,90 +220,99 @@ class Daemon:
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
         self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
         self.tasks["forwarder"] = asyncio.create_task(fwd.run(), name="forwarder")
-        try:
-            await self._start_inference()
-        except BaseException:
-            await self._abort_start()
-            raise
-        status_task = asyncio.create_task(self._status_loop(), name="status")
-        self._start_devices()
-        metrics = self._start_metrics()
+        await self._start_inference(engine)
+        self._status_task = asyncio.create_task(self._status_loop(), name="status")
+        self._start_devices(runtimes)
+        self._metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
         write_status(state_dir, self.last_snapshot)
         self.notify.ready(status_line(self.last_snapshot))
 
-        while not stop.is_set():
-            waits = [asyncio.ensure_future(stop.wait())]
-            if reload is not None:
-                waits.append(asyncio.ensure_future(reload.wait()))
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
-            if reload is not None and reload.is_set() and not stop.is_set():
-                reload.clear()
-                await self.reload()
+    # -- before anything starts ------------------------------------------------------------
 
-        log.info("stopping: polling ends, sealing the last window, draining the outbox")
-        self.notify.stopping("sealing the last window, draining the outbox")
-        if cfg.gateway.shutdown_drain_s > 30:
-            self.notify.extend_timeout(cfg.gateway.shutdown_drain_s + 15)
-        # commands first: a write under way finishes while its device still runs
-        if self.downlink is not None:
-            await self.downlink.stop(self.tasks["downlink"])
-        await self._stop_devices()
-        log.debug("stop: polling ended")
-        await pipe.close()
-        await self.tasks["pipeline"]
-        log.debug("stop: last window sealed")
+    def _preflight(self) -> None:
+        """What the files tell: drivers and libraries installed, referenced files
+        readable, model pins (gateway/preflight.py, as `edgegw validate` shows them)."""
+        from .config import Sources
+        from .preflight import check, errors
+        from .yamlsource import SourceMap
+
+        sources = self.sources or Sources(SourceMap(str(self.config_path or "config")), {})
+        found = check(self.cfg, sources, service=True)
+        for f in found:
+            if f.level != "error":
+                log.warning("%s", f)
+        bad = errors(found)
+        if bad:
+            raise StartRefused([str(f) for f in bad])
+
+    def _load_models(self) -> Any:
+        """The inference engine with every model loaded and checked, or None."""
+        if not self.cfg.inference.models:
+            return None
+        from inference import InferenceEngine, ModelRefused
+
+        try:
+            return InferenceEngine(self.cfg.inference, base_dir=self.cfg.base_dir)
+        except ModelRefused as exc:
+            raise StartRefused([str(exc)]) from None
+
+    def _build_devices(self) -> dict[str, DeviceRuntime]:
+        """Each device's driver and compiled plan (this imports the protocol libraries)."""
+        runtimes = {}
+        for dev in self.cfg.devices:
+            try:
+                runtimes[dev.name] = build_device(dev, self.cfg.state_dir)
+            except (ImportError, ValueError, OSError) as exc:
+                raise StartRefused([f"device {dev.name} ({dev.protocol}): {exc}"]) from None
+        return runtimes
+
+    def _open_identity(self, state_dir: Path) -> Identity:
+        """The state directory and the device key; a key that cannot be justified from the
+        enrolled root raises IdentityRefused, before the outbox is touched."""
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            return open_identity(state_dir)
+        except PermissionError as exc:
+            raise StartRefused(
+                [explain_permission(exc, state_dir, service_dir=state_dir)]
+            ) from None
+
+    async def _abort_start(self) -> None:
+        """Undo a start that failed half-way: cancel the tasks, close the logs and the
+        outbox (its thread would keep the process alive)."""
+        tasks = [*self.tasks.values(), *self._polls]
+        if self._status_task is not None:
+            tasks.append(self._status_task)
+        await _cancel_all([t for t in tasks if t is not asyncio.current_task()])
+        if self._metrics is not None:
+            self._metrics.stop()
         if self.engine is not None:
-            self.tasks["inference"].cancel()
-            await asyncio.gather(self.tasks["inference"], return_exceptions=True)
             self.engine.close()
-        self._audit("stop", reason="signal")
+            self.engine = None
         self._close_audit()
-        await uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
-        drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
-        left = await self.outbox.run(ob.stats)
-        if drained:
-            log.info("outbox drained")
-        else:
-            log.warning(
-                "stopped with %d messages unsent; they are kept and sent after restart", left.rows
-            )
-        others = [self.tasks["forwarder"], status_task]
-        for t in others:
-            t.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        if metrics is not None:
-            metrics.stop()
-        write_status(state_dir, await self.snapshot(final=True))
-        await self.outbox.close()
+        if self.outbox is not None:
+            try:
+                await self.outbox.close()
+            except Exception as exc:
+                log.error("closing the outbox after a failed start: %s", exc)
         if self.downlink is not None:
             self.downlink.close()
 
-    async def _abort_start(self) -> None:
-        """A start refused after the tasks began (a changed model): end them for certain
-        (asyncio.run's own cancellation waits forever on a task that lost its cancellation
-        in one of Python 3.11's races), seal the audit log and close the outbox."""
-        await _cancel_all(list(self.tasks.values()))
-        self._close_audit()
-        if self.outbox is not None:
-            await self.outbox.close()
-
     # -- devices ------------------------------------------------------------------------------
 
-    def _start_devices(self) -> None:
+    def _start_devices(self, runtimes: dict[str, DeviceRuntime]) -> None:
         self._poll_stop = asyncio.Event()
         for dev in self.cfg.devices:
-            self._start_device(dev)
+            self._start_device(dev, runtimes.get(dev.name))
         log.info("polling %d devices", len(self._polls))
 
-    def _start_device(self, dev: Any) -> None:
+    def _start_device(self, dev: Any, rt: DeviceRuntime | None = None) -> None:
         """One device's poll (or subscribe) task, with a stop event of its own. A device
         that was running before (a reload) keeps its state: its counters go on."""
         assert self.pipeline is not None
         put = self._observed_put
-        rt = build_device(dev, self.cfg.state_dir)
+        rt = rt or build_device(dev, self.cfg.state_dir)
         st = self.devices.get(dev.name)
         if st is None:
             st = self.devices[dev.name] = DeviceState(dev.name)
@@ -286,13 +383,15 @@ class Daemon:
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def _start_inference(self) -> None:
+    async def _start_inference(self, engine: Any = None) -> None:
+        """Start scoring: with ``engine`` (loaded before the start), or load the models
+        now (a reload that adds the first model)."""
         if not self.cfg.inference.models:
             return
         from inference import InferenceEngine, ModelRefused
 
         try:
-            self.engine = InferenceEngine(self.cfg.inference, base_dir=self.cfg.base_dir)
+            self.engine = engine or InferenceEngine(self.cfg.inference, base_dir=self.cfg.base_dir)
         except ModelRefused as exc:
             self._audit("model_refused", reason=str(exc))
             raise
@@ -593,15 +692,20 @@ def run_async(coro: Any) -> Any:
         return runner.run(coro)
 
 
-async def serve(cfg: Config, config_path: Path | None = None) -> None:
+async def serve(
+    cfg: Config, config_path: Path | None = None, sources: Sources | None = None
+) -> None:
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stop_requested():
+        log.info("stop requested while starting: starting and stopping cleanly")
+        stop.set()
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    await Daemon(cfg, config_path).run(stop, reload)
+    await Daemon(cfg, config_path, sources).run(stop, reload)
 
 
 def dump_tasks() -> None:

@@ -112,6 +112,10 @@ inference:
 """
 
 
+START_LIMIT_S = 600.0
+"""How long the demo waits for the gateway to come up (generous: emulated machines)."""
+
+
 class _SimThread(threading.Thread):
     """The simulated PLCs, on their own event loop in a background thread."""
 
@@ -201,6 +205,16 @@ def run_demo(duration: float, state_dir: str | None, json_out: bool) -> int:
             env=env,
         )
         stack.callback(_kill, gw)
+        # --duration counts polling, not start-up: on a slow machine (a Pi Zero, or an
+        # arm image under qemu) importing the protocol and model libraries takes a while.
+        started = time.monotonic()
+        while gw.poll() is None and time.monotonic() - started < START_LIMIT_S:
+            st = read_status(sd) or {}
+            if st.get("pid") == gw.pid and not st.get("final"):
+                break
+            time.sleep(0.2)
+        if time.monotonic() - started > 5:
+            say(f"edgegw demo: the gateway took {time.monotonic() - started:.0f} s to start")
         t0 = time.monotonic()
         while time.monotonic() - t0 < duration:
             time.sleep(1.0)

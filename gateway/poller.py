@@ -18,6 +18,7 @@ from drivers.contract import Batch, ConnectError, Driver, Quality, bad_readings
 
 from .backoff import Backoff
 from .histogram import Histogram
+from .permissions import explain_permission
 
 log = logging.getLogger("edgegw.poller")
 
@@ -208,10 +209,12 @@ async def _connect(
     try:
         await driver.connect()
         return True
-    except ConnectError as exc:
+    except (ConnectError, PermissionError) as exc:
+        # A file the driver needs that the service may not use (an OPC UA PKI made by
+        # root): the device is down with the path and the fix, not a dead task.
+        why = explain_permission(exc, daemon=True) if isinstance(exc, PermissionError) else str(exc)
         state.errors += 1
-        _down(state, str(exc))
-        why = str(exc)
+        _down(state, why)
         await sink(
             Batch(driver.name, bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, why), why)
         )

@@ -90,6 +90,10 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceMap]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except PermissionError as exc:
+        from .permissions import explain_permission
+
+        raise YamlError(explain_permission(exc)) from None
     except OSError as exc:
         raise YamlError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -102,10 +106,101 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceMap]:
             raise YamlError(f"{p}: the file is empty")
         return _build(node, (), smap, loader), smap
     except yaml.MarkedYAMLError as exc:
-        m = exc.problem_mark
-        where = f"{p}:{m.line + 1}:{m.column + 1}" if m else str(p)
-        raise YamlError(f"{where}: YAML syntax error: {exc.problem}") from None
+        line, col, why = explain_syntax(exc, text.splitlines())
+        raise YamlError(f"{p}:{line}:{col}: {why}") from None
     except yaml.YAMLError as exc:
         raise YamlError(f"{p}: YAML error: {exc}") from None
     finally:
         loader.dispose()
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _previous(lines: list[str], i: int) -> int | None:
+    """The index of the last non-blank, non-comment line before line ``i`` (0-based)."""
+    for j in range(i - 1, -1, -1):
+        if lines[j].strip() and not lines[j].lstrip().startswith("#"):
+            return j
+    return None
+
+
+def explain_syntax(exc: yaml.MarkedYAMLError, lines: list[str]) -> tuple[int, int, str]:
+    """(line, column, what is wrong and how to fix it) for a PyYAML syntax error: the
+    common mistakes of hand-written maps (tabs, indentation, a missing or extra ':')
+    in words, at the place to fix."""
+    m, ctx = exc.problem_mark, exc.context_mark
+    line, col = (m.line + 1, m.column + 1) if m else (1, 1)
+    problem = exc.problem or ""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "'\\t'" in problem or "\t" in text[: max(col, 1)]:
+        tab = text.find("\t")
+        return (
+            line,
+            (tab + 1) if tab >= 0 else col,
+            "a tab character: YAML indents with spaces only; replace the tab with spaces",
+        )
+    if "could not find expected ':'" in problem and ctx is not None:
+        return (
+            ctx.line + 1,
+            ctx.column + 1,
+            "this line has no ':' after its key (write 'key: value'), or is indented "
+            "wrongly so it continues the line above",
+        )
+    if "mapping values are not allowed here" in problem:
+        before = _previous(lines, line - 1)
+        if (
+            before is not None
+            and ":" not in lines[before]
+            and not lines[before].lstrip().startswith("-")
+        ):
+            return (
+                before + 1,
+                _indent(lines[before]) + 1,
+                f"this line has no ':' (write 'key: value'): {lines[before].strip()!r}",
+            )
+        if text[: col - 1].count(": ") >= 1 and text[: col - 1].strip():
+            return (
+                line,
+                col,
+                "a second ': ' on one line: quote a value that contains ': ' "
+                "(e.g. note: 'a: b'), or put the nested key on its own, indented line",
+            )
+        return (
+            line,
+            col,
+            "a ':' where none is expected: this line is indented more than a key above "
+            "that already has a value; align it with the keys of its block",
+        )
+    if "expected <block end>" in problem:
+        before = _previous(lines, line - 1)
+        above = (
+            f", the line above (line {before + 1}) at column {_indent(lines[before]) + 1}"
+            if before is not None
+            else ""
+        )
+        return (
+            line,
+            col,
+            f"wrong indentation: this line starts at column {col}{above}; the keys (or '-' "
+            "items) of one block start in the same column, a nested block further right",
+        )
+    if "end of stream" in problem and ctx is not None and "quoted" in (exc.context or ""):
+        return (
+            ctx.line + 1,
+            ctx.column + 1,
+            "this quote is never closed: end the value with the same quote character",
+        )
+    if ("flow mapping" in (exc.context or "") or "flow sequence" in (exc.context or "")) and (
+        ctx is not None
+    ):
+        what = "{" if "mapping" in (exc.context or "") else "["
+        return (
+            line,
+            col,
+            f"inside the '{what}' opened at line {ctx.line + 1}, column {ctx.column + 1}: "
+            f"{problem}; separate items with ', ' and close it on the same line or with "
+            "matching brackets",
+        )
+    return line, col, f"YAML syntax error: {problem}"

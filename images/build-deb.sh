@@ -3,7 +3,12 @@
 # own under /opt/edgegw, run by Debian's python3.11 (see images/README.md for why).
 #
 #   images/build-deb.sh [--arch amd64|arm64|armhf] [--out DIR] [--constraints FILE]
-#                       [--extras all|opcua,s7,inference] [--revision N] [--python-version 3.11]
+#                       [--extras all|none|opcua,s7,inference] [--revision N]
+#                       [--python-version 3.11] [--compress xz|gzip]
+#
+# Every part is in by default (--extras all: Modbus, OPC UA, S7, ONNX inference), so a
+# config that `edgegw validate` passes runs. A smaller package (--extras none: Modbus
+# only) says so in its description, and `edgegw validate` names what it lacks.
 #
 # Needs: bash, a Python >= 3.11 with pip (PYTHON=..., default python3), dpkg-deb, and
 # PyPI (wheels only: nothing is compiled, so any architecture builds on any machine).
@@ -18,8 +23,11 @@ OUT="$REPO/build/deb"
 CONSTRAINTS=""
 REVISION=1
 PYVER=3.11
-EXTRAS=""
-MAINTAINER=${EDGEGW_MAINTAINER:-"edgegw maintainers <edgegw@localhost>"}
+EXTRAS=all
+COMPRESS=xz
+# Who answers for the package: EDGEGW_MAINTAINER, else the last commit's author.
+MAINTAINER=${EDGEGW_MAINTAINER:-$(git -C "$(dirname "$0")" log -1 --format='%an <%ae>' 2>/dev/null || true)}
+[ -n "$MAINTAINER" ] || MAINTAINER="edgegw maintainers <edgegw@users.noreply.github.com>"
 
 die() { echo "build-deb: $*" >&2; exit 1; }
 
@@ -31,7 +39,8 @@ while [ $# -gt 0 ]; do
     --revision) REVISION=$2; shift 2 ;;
     --extras) EXTRAS=$2; shift 2 ;;
     --python-version) PYVER=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --compress) COMPRESS=$2; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (try --help)" ;;
     esac
 done
@@ -77,9 +86,54 @@ PIP_ARGS=(install --quiet --no-compile --target "$ROOT$SITE" --only-binary=:all:
     --implementation cp --python-version "$PYVER" --abi "cp${PYVER/./}" "${PLATFORMS[@]}")
 [ -z "$CONSTRAINTS" ] || PIP_ARGS+=(--constraint "$CONSTRAINTS")
 WHEEL=$(ls "$WORK"/wheels/edgegw-*.whl)
-"$PYTHON" -m pip "${PIP_ARGS[@]}" "$WHEEL${EXTRAS:+[$EXTRAS]}" >&2 \
-    || die "pip could not get wheels for $ARCH/python$PYVER (see above): a dependency has no binary wheel for this platform"
+[ "$EXTRAS" != none ] || EXTRAS=""
+if ! "$PYTHON" -m pip "${PIP_ARGS[@]}" "$WHEEL${EXTRAS:+[$EXTRAS]}" >&2; then
+    # Name the requirements that have no wheel for this platform (e.g. armv7l).
+    cat >"$WORK/requires.py" <<'PY'
+import re, sys, zipfile
+from email.parser import Parser
+
+wheel = zipfile.ZipFile(sys.argv[1])
+name = next(n for n in wheel.namelist() if n.endswith("METADATA"))
+meta = Parser().parsestr(wheel.read(name).decode())
+extras = set(sys.argv[2].split(",")) if sys.argv[2] else set()
+if "all" in extras:  # what pyproject's `all` extra names (not `test`)
+    extras |= {"opcua", "s7", "inference"}
+for req in meta.get_all("Requires-Dist") or []:
+    m = re.search(r"extra == .(\w+).", req)
+    if m is None or m.group(1) in extras:
+        print(req.split(";")[0].strip())
+PY
+    missing=$("$PYTHON" "$WORK/requires.py" "$WHEEL" "${EXTRAS:-}")
+    gone=""
+    while IFS= read -r req; do
+        case "$req" in edgegw*) continue ;; esac
+        "$PYTHON" -m pip download --quiet --no-deps -d "$WORK/probe" --only-binary=:all: \
+            --implementation cp --python-version "$PYVER" --abi "cp${PYVER/./}" \
+            "${PLATFORMS[@]}" "$req" >/dev/null 2>&1 || gone="$gone $req;"
+    done <<<"$missing"
+    die "pip could not get wheels for $ARCH/python$PYVER (see above). No $CPU wheel on PyPI for:${gone:- (only transitive dependencies, see the pip message above)}"
+fi
 rm -rf "$ROOT$SITE/bin"  # console scripts with the build machine's interpreter path
+# sqlite-utils lists pip for its `install` sub-command, which edgegw never runs: a
+# bundled pip would only be a second, unpatched installer on the gateway.
+rm -rf "$ROOT$SITE"/pip "$ROOT$SITE"/pip-*.dist-info
+
+# What is in the package, for `edgegw validate` and doctor (gateway/preflight.py).
+"$PYTHON" - "$ROOT$SITE" "$ARCH" "${EXTRAS:-none}" <<'PY'
+import json, pathlib, sys
+site, arch, extras = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+have = {p: any(site.glob(f"{m}/__init__.py")) for p, m in
+        (("opcua", "asyncua"), ("s7", "snap7"), ("inference", "onnxruntime"))}
+left_out = {p: "the package was built without it (images/build-deb.sh --extras)"
+            for p, ok in have.items() if not ok}
+info = {"package": "deb", "arch": arch, "extras": extras, "parts": sorted(p for p, ok in have.items() if ok),
+        "left_out": left_out, "full_on": ["amd64", "arm64"]}
+(site / "gateway" / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
+PY
+PARTS=$("$PYTHON" -c 'import json, sys; i = json.load(open(sys.argv[1]))
+names = {"opcua": "OPC UA", "s7": "Siemens S7", "inference": "ONNX inference"}
+print(", ".join(["Modbus TCP/RTU"] + [names[p] for p in i["parts"]]))' "$ROOT$SITE/gateway/build_info.json")
 
 # 3. Make it a venv: pyvenv.cfg and bin/python pointing at Debian's interpreter. This is
 #    all `python -m venv` would create (without pip), so python3-venv is not needed.
@@ -113,6 +167,27 @@ else
     echo "build-deb: warning: $PYTHON is not python$PYVER: no bytecode in the package" >&2
 fi
 
+# Shared objects: not executable, and without their symbol tables (lintian:
+# unstripped-binary-or-object; a Pi's disk is small). Needs this architecture's strip
+# (binutils, or binutils-aarch64-linux-gnu / binutils-arm-linux-gnueabihf to cross-build).
+case "$ARCH" in
+amd64) STRIP=x86_64-linux-gnu-strip ;;
+arm64) STRIP=aarch64-linux-gnu-strip ;;
+armhf) STRIP=arm-linux-gnueabihf-strip ;;
+esac
+if ! command -v "$STRIP" >/dev/null && [ "$ARCH" = "$(dpkg --print-architecture 2>/dev/null)" ]; then
+    STRIP=strip
+fi
+find "$ROOT$SITE" -type f \( -name '*.so' -o -name '*.so.*' \) -exec chmod 0644 {} +
+if command -v "$STRIP" >/dev/null; then
+    # Not the libraries auditwheel vendored into *.libs/: patchelf laid them out in a way
+    # strip breaks ("ELF load command address/offset not page-aligned" at import).
+    find "$ROOT$SITE" -type f \( -name '*.so' -o -name '*.so.*' \) ! -path '*.libs/*' -print0 \
+        | xargs -0 -r "$STRIP" --strip-unneeded 2>/dev/null || true
+else
+    echo "build-deb: warning: no $STRIP: shared objects are left unstripped" >&2
+fi
+
 # 4. System integration.
 install -D -m 0644 "$REPO/systemd/edgegw.service" "$ROOT/usr/lib/systemd/system/edgegw.service"
 install -D -m 0644 "$REPO/systemd/edgegw.sysusers" "$ROOT/usr/lib/sysusers.d/edgegw.conf"
@@ -121,6 +196,19 @@ install -D -m 0644 "$REPO/images/debian/config.yaml" "$ROOT/etc/edgegw/config.ya
 mkdir -p "$ROOT/usr/bin"
 ln -s "$PREFIX/bin/edgegw" "$ROOT/usr/bin/edgegw"
 install -D -m 0644 "$REPO/images/debian/copyright" "$ROOT$DOC/copyright"
+install -D -m 0644 "$REPO/docs/config.md" "$ROOT$DOC/config.md"
+install -D -m 0644 "$REPO/images/debian/lintian-overrides" "$ROOT/usr/share/lintian/overrides/edgegw"
+# A Debian changelog (policy 12.7), compressed reproducibly.
+mkdir -p "$ROOT$DOC"
+{
+    echo "edgegw ($VERSION-$REVISION) unstable; urgency=medium"
+    echo
+    echo "  * edgegw $VERSION packaged with its Python dependencies under /opt/edgegw."
+    echo "    Parts: $PARTS."
+    echo
+    echo " -- $MAINTAINER  $(date -u -R -d "@$SOURCE_DATE_EPOCH")"
+} | gzip -9n >"$ROOT$DOC/changelog.Debian.gz"
+chmod 0644 "$ROOT$DOC/changelog.Debian.gz"
 install -D -m 0644 "$REPO/README.md" "$ROOT$DOC/README.md"
 install -D -m 0644 "$REPO/images/README.md" "$ROOT$DOC/README.images.md"
 install -D -m 0644 "$REPO/systemd/edgegw-serial.conf.example" \
@@ -166,21 +254,28 @@ Recommends: systemd, systemd-timesyncd | time-daemon
 Section: net
 Priority: optional
 Description: industrial edge gateway: PLC polling, signed store-and-forward over MQTT
- edgegw polls PLCs and sensors (Modbus TCP), signs every batch of readings when it
- is acquired (COSE_Sign1, Ed25519), keeps it in a SQLite outbox until the platform
- has acknowledged it, and forwards it over MQTT (TLS, IPv6 first).
+ edgegw polls PLCs and sensors, signs every batch of readings when it is
+ acquired (COSE_Sign1, Ed25519), keeps it in a SQLite outbox until the
+ platform has acknowledged it, and forwards it over MQTT (TLS, IPv6 first).
  .
- The application and its Python dependencies live in a venv of their own under
- /opt/edgegw, run by Debian's python$PYVER. The systemd unit edgegw.service runs it
- hardened as user edgegw; it is not started until configured:
- edit /etc/edgegw/config.yaml, run 'edgegw doctor', then
- 'systemctl enable --now edgegw'.
+ This package includes: $PARTS.
+ .
+ The application and its Python dependencies live in a venv of their own
+ under /opt/edgegw, run by Debian's python$PYVER. The systemd unit
+ edgegw.service runs it hardened as user edgegw; it is not started until
+ configured: edit /etc/edgegw/config.yaml, run 'edgegw validate' and
+ 'edgegw doctor', then 'systemctl enable --now edgegw'.
 EOF
 (cd "$ROOT" && find . -type f ! -path ./DEBIAN/\* -printf '%P\0' | LC_ALL=C sort -z \
     | xargs -0 md5sum) >"$ROOT/DEBIAN/md5sums"
 
 mkdir -p "$OUT"
 DEB="$OUT/edgegw_${VERSION}-${REVISION}_${ARCH}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >&2
+case "$COMPRESS" in
+xz) ZARGS=(-Zxz) ;;
+gzip) ZARGS=(-Zgzip -z1) ;;  # fast, for tests; the content is the same
+*) die "--compress: xz or gzip" ;;
+esac
+dpkg-deb --root-owner-group "${ZARGS[@]}" --build "$ROOT" "$DEB" >&2
 echo "build-deb: $(du -h "$DEB" | cut -f1) $(basename "$DEB"), installed size $((SIZE / 1024)) MiB" >&2
 echo "$DEB"

@@ -3,12 +3,18 @@
 # Debian 12 (bookworm) chroot made by debootstrap, and use it there the way a technician
 # would; then remove and purge it.
 #
-#   sudo images/test-deb.sh [--deb FILE] [--keep] [--cache DIR]
+#   sudo images/test-deb.sh [--deb FILE] [--arch amd64|arm64|armhf] [--demo] [--keep]
+#                           [--cache DIR] [--compress xz|gzip]
 #
 # Needs root (chroot, mount), debootstrap and dpkg-deb, and Debian's and PyPI's package
-# repositories. --cache DIR keeps the bare chroot as a tarball there, so that later runs
-# skip debootstrap. EDGEGW_DEBIAN_MIRROR overrides http://deb.debian.org/debian.
-# Ends with "test-deb: OK (N s)", or "test-deb: FAILED: why" and exit status 1.
+# repositories; for another architecture also qemu-user-static and binfmt-support (the
+# chroot's programs run under emulation). --demo installs mosquitto in the chroot and runs
+# `edgegw demo --duration 20 --json` there (simulated Modbus, OPC UA and S7 PLCs, the
+# shipped model, a verifying receiver), requiring every polled point verified, and prints
+# the footprint (disk, peak RSS of the gateway process). --cache DIR keeps the bare chroot
+# as a tarball there, so that later runs skip debootstrap. EDGEGW_DEBIAN_MIRROR overrides
+# http://deb.debian.org/debian. Ends with "test-deb: OK (N s)", or "test-deb: FAILED:
+# why" and exit status 1.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +23,9 @@ SUITE=bookworm
 DEB=""
 KEEP=0
 CACHE=""
+ARCH=""
+DEMO=0
+COMPRESS=xz
 START=$(date +%s)
 
 fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
@@ -27,7 +36,10 @@ while [ $# -gt 0 ]; do
     --deb) DEB=$(realpath "$2"); shift 2 ;;
     --keep) KEEP=1; shift ;;
     --cache) CACHE=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --arch) ARCH=$2; shift 2 ;;
+    --demo) DEMO=1; shift ;;
+    --compress) COMPRESS=$2; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) fail "unknown argument '$1' (try --help)" ;;
     esac
 done
@@ -39,6 +51,7 @@ command -v dpkg-deb >/dev/null || fail "dpkg-deb is missing: apt-get install dpk
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/edgegw-test-deb.XXXXXX")
 ROOT=$WORK/root
 cleanup() {
+    [ -z "${SAMPLER:-}" ] || kill "$SAMPLER" 2>/dev/null || true
     umount "$ROOT/proc" 2>/dev/null || true
     if [ "$KEEP" = 1 ]; then
         echo "test-deb: kept $WORK (chroot in $ROOT)" >&2
@@ -52,11 +65,18 @@ in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LA
 
 # 1. The package.
 if [ -z "$DEB" ]; then
-    step "building the package"
-    DEB=$(PYTHON=${PYTHON:-python3} "$REPO/images/build-deb.sh" --out "$WORK/dist" | tail -1)
+    step "building the package${ARCH:+ for $ARCH}"
+    DEB=$(PYTHON=${PYTHON:-python3} "$REPO/images/build-deb.sh" --out "$WORK/dist" \
+        --compress "$COMPRESS" ${ARCH:+--arch "$ARCH"} | tail -1) || fail "building the package"
 fi
 [ -f "$DEB" ] || fail "no package at '$DEB'"
 ARCH=$(dpkg-deb -f "$DEB" Architecture)
+if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
+    case "$ARCH" in arm64) EMU=aarch64 ;; armhf) EMU=arm ;; *) EMU=$ARCH ;; esac
+    [ -e "/proc/sys/fs/binfmt_misc/qemu-$EMU" ] || fail "$ARCH programs cannot run here: \
+apt-get install qemu-user-static binfmt-support (and mount binfmt_misc: \
+mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable)"
+fi
 
 # 2. A bare Debian 12: what a fresh gateway has before edgegw (minbase: no systemd).
 TARBALL=${CACHE:+$CACHE/$SUITE-minbase-$ARCH.tar}
@@ -135,7 +155,49 @@ sed 's/^/  | /' "$WORK/status.log" >&2
 [ "$rc" = 1 ] && grep -q "not running" "$WORK/status.log" \
     || fail "edgegw status --once without a daemon: exit $rc, not 1 with 'not running'"
 
-# 5. Remove keeps the config; purge removes it and keeps the device's identity.
+# 5. The whole chain on this architecture: simulated PLCs of every protocol, the model,
+#    mosquitto and a verifying receiver, all from the installed package.
+if [ "$DEMO" = 1 ]; then
+    step "edgegw demo --duration 20 --json ($ARCH)"
+    in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        mosquitto >"$WORK/mosquitto.log" 2>&1 || { tail -20 "$WORK/mosquitto.log" >&2; fail "installing mosquitto"; }
+    # Peak RSS of the gateway process (under emulation: qemu's own memory included).
+    (
+        peak=0
+        while sleep 0.5; do
+            for d in /proc/[0-9]*; do
+                [ "$(readlink "$d/root" 2>/dev/null)" = "$ROOT" ] || continue
+                tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q "gateway.cli run" || continue
+                kb=$(awk '/^VmHWM/ {print $2}' "$d/status" 2>/dev/null || echo 0)
+                [ "${kb:-0}" -le "$peak" ] || { peak=$kb; echo "$peak" >"$WORK/rss.kb"; }
+            done
+        done
+    ) &
+    SAMPLER=$!
+    demo_failed() {
+        tail -30 "$WORK/demo.log" >&2
+        for f in "$ROOT"/tmp/edgegw-demo-*/gateway.log; do
+            [ -f "$f" ] && { echo "  gateway.log:" >&2; tail -30 "$f" | sed 's/^/  | /' >&2; }
+        done
+        fail "$1"
+    }
+    in_root env HOME=/root edgegw demo --duration 20 --json >"$WORK/demo.log" 2>&1 \
+        || demo_failed "edgegw demo on $ARCH"
+    kill "$SAMPLER" 2>/dev/null || true; SAMPLER=""
+    result=$(tail -1 "$WORK/demo.log")
+    grep -q '^edgegw demo: OK' "$WORK/demo.log" || demo_failed "demo not OK"
+    echo "$result" | "${PYTHON:-python3}" -c 'import json, sys
+r = json.loads(sys.stdin.read())
+assert r["ok"] and r["points_polled"] > 0 and r["points_verified"] == r["points_polled"], r
+print("  demo:", r["points_verified"], "points verified of", r["points_polled"], "polled;",
+      r["messages_verified"], "messages; gaps", r["gaps"], "; anomaly events", r["anomaly_events"])' >&2 \
+        || fail "the demo did not verify every polled point: $result"
+    rss=$(( $(cat "$WORK/rss.kb" 2>/dev/null || echo 0) / 1024 ))
+    opt=$(du -sm "$ROOT/opt/edgegw" | cut -f1)
+    echo "test-deb: footprint $ARCH: package $(du -h "$DEB" | cut -f1), installed $(( $(dpkg-deb -f "$DEB" Installed-Size) / 1024 )) MiB (/opt/edgegw $opt MiB), gateway peak RSS $rss MiB$([ "$ARCH" = "$(dpkg --print-architecture)" ] || echo ' (under qemu-user)')"
+fi
+
+# 6. Remove keeps the config; purge removes it and keeps the device's identity.
 step "remove and purge"
 in_root env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q edgegw >"$WORK/remove.log" 2>&1 \
     || { tail -20 "$WORK/remove.log" >&2; fail "apt-get remove"; }

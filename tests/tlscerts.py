@@ -95,11 +95,14 @@ def issue(
     names: tuple[str, ...],
     *,
     client: bool,
+    valid: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A leaf certificate for ``names`` (DNS names or IP literals) signed by ``ca``."""
+    """A leaf certificate for ``names`` (DNS names or IP literals) signed by ``ca``;
+    ``valid``: its notBefore and notAfter (default: from 5 minutes ago for 90 days)."""
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    start, end = valid or (now - dt.timedelta(minutes=5), now + dt.timedelta(days=90))
     sans: list[x509.GeneralName] = []
     for n in names:
         try:
@@ -112,8 +115,8 @@ def issue(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=90))
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Literal, overload
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, Sources, load_config_sourced
 
 COMMANDS: tuple[str, ...] = (
     "run",
@@ -45,10 +45,18 @@ def add_command(sub: Subparsers, name: str, help_: str, example: str) -> argpars
     return p
 
 
-def load_or_exit(path: str) -> Config:
-    """Load a config; on error print ``file:line:col: field: problem`` lines, exit 2."""
+@overload
+def load_or_exit(path: str) -> Config: ...
+@overload
+def load_or_exit(path: str, sourced: Literal[True]) -> tuple[Config, Sources]: ...
+
+
+def load_or_exit(path: str, sourced: bool = False) -> Any:
+    """Load a config; on error print ``file:line:col: field: problem`` lines, exit 2.
+    ``sourced``: also return where each part was written."""
     try:
-        return load_config(path)
+        loaded = load_config_sourced(path)
+        return loaded if sourced else loaded[0]
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -147,6 +148,8 @@ def init_main(args: argparse.Namespace) -> int:
         ident = open_identity(state)  # never a new key where an identity exists
     except IdentityRefused as exc:
         raise fail(str(exc)) from None
+    except PermissionError:
+        raise  # said with the path, its owner and the fix (gateway/cli.py)
     except (KeyFileError, OSError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     key = ident.key
@@ -198,6 +201,8 @@ def rotate_main(args: argparse.Namespace) -> int:
     from security.keyring import KeyChainError, load_keyring, rotate
 
     state, _ = _state(args)
+    with contextlib.suppress(FileNotFoundError):  # said by load; a PermissionError is
+        (state / DeviceKey.PRIVATE_KEY_FILE).open("rb").close()  # said with owner and fix
     try:
         old = DeviceKey.load(state / DeviceKey.PRIVATE_KEY_FILE)
     except KeyFileError as exc:
@@ -221,6 +226,8 @@ def rotate_main(args: argparse.Namespace) -> int:
     try:
         with log:
             rot = rotate(state, audit=log)
+    except PermissionError:
+        raise  # said with the path, its owner and the fix (gateway/cli.py)
     except (KeyChainError, KeyFileError, OSError) as exc:
         raise fail(f"rotation failed: {exc}", EXIT_FAILED) from None
     print(f"rotated: {rot.old_kid.hex()} -> {rot.new_kid.hex()} (rotation {rot.n})")
@@ -244,6 +251,8 @@ def export_main(args: argparse.Namespace) -> int:
             text = (root if root.exists() else state / DeviceKey.PUBLIC_KEY_FILE).read_text()
         else:
             text = (state / DeviceKey.PUBLIC_KEY_FILE).read_text()
+    except PermissionError:
+        raise  # said with the path, its owner and the fix (gateway/cli.py)
     except (OSError, KeyFileError) as exc:
         raise fail(f"{exc} (run `edgegw keys init` first)", EXIT_FAILED) from None
     _write(text, args.output)
@@ -262,6 +271,8 @@ def csr_main(args: argparse.Namespace) -> int:
         pem = make_csr(state, gw_id, dns_names=tuple(args.san))
     except ValueError as exc:
         raise fail(str(exc)) from None
+    except PermissionError:
+        raise  # said with the path, its owner and the fix (gateway/cli.py)
     except (KeyFileError, OSError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     _write(pem.decode(), args.output)

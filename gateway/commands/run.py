@@ -20,12 +20,24 @@ def main(args: argparse.Namespace) -> int:
     from security import AuditLogBusy, KeyFileError
     from security.keyring import IdentityRefused
 
-    from ..daemon import run_async, serve, setup_logging
+    from ..daemon import StartRefused, run_async, serve, setup_logging
+    from ..early_stop import remember_signals
 
-    cfg = load_or_exit(args.config)
+    remember_signals()  # again, in case main() was entered another way than the CLI
+    cfg, sources = load_or_exit(args.config, sourced=True)
     setup_logging(args.log_level)
     try:
-        run_async(serve(cfg, Path(args.config)))
+        run_async(serve(cfg, Path(args.config), sources))
+    except StartRefused as exc:
+        # A missing driver, file or model: restarting cannot fix it. Exit 2, which
+        # systemd does not restart (RestartPreventExitStatus=2); nothing was written.
+        first, *more = exc.problems
+        raise fail(
+            f"refusing to start: {first}"
+            + "".join(f"\n  {m}" for m in more)
+            + f"\n(`edgegw validate {args.config}` shows the same)",
+            EXIT_BAD_INPUT,
+        ) from None
     except IdentityRefused as exc:
         # Restarting cannot fix a key that is not ours: exit 2, which systemd does not
         # restart (RestartPreventExitStatus=2); a person must (see docs/security.md).
@@ -33,8 +45,4 @@ def main(args: argparse.Namespace) -> int:
     except (OutboxError, KeyFileError, AuditLogBusy) as exc:
         # The state cannot be used as it is: say what and how to fix it, no traceback.
         raise fail(str(exc), EXIT_FAILED) from None
-    except Exception as exc:
-        if type(exc).__name__ != "ModelRefused":  # inference is imported only when used
-            raise
-        raise fail(f"refusing to start: {exc}", EXIT_FAILED) from None
     return 0

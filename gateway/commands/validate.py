@@ -1,17 +1,25 @@
-"""`edgegw validate`: check a config and print the compiled read plan."""
+"""`edgegw validate`: check a config and print the compiled read plan.
+
+Beyond the syntax it checks what the files can tell (gateway/preflight.py): the drivers
+and libraries the config needs are installed, every file it names is there and readable,
+models match their pins; overlapping tags are warned about. Exit 0 (warnings shown on
+stderr), 2 on any error: the same checks make `edgegw run` refuse to start.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from . import Subparsers, add_command, fail, load_or_exit
+from . import EXIT_BAD_INPUT, Subparsers, add_command, fail, load_or_exit
 
 
 def register(sub: Subparsers) -> None:
     s = add_command(
         sub,
         "validate",
-        "check a config file and print the compiled read plan",
+        "check a config file (syntax, files it names, drivers and models it needs, "
+        "overlapping tags) and print the compiled read plan",
         "edgegw validate /etc/edgegw/config.yaml",
     )
     s.add_argument("config", nargs="?", help="YAML config file")
@@ -25,10 +33,20 @@ def main(args: argparse.Namespace) -> int:
     path = args.config or args.config_opt
     if not path:
         raise fail("validate: give a config file")
-    cfg = load_or_exit(path)
+    from ..preflight import ERROR, check
+
+    cfg, sources = load_or_exit(path, sourced=True)
+    findings = check(cfg, sources)
+    for f in findings:
+        print(f, file=sys.stderr)
+    bad = sum(f.level == ERROR for f in findings)
+    if bad:
+        print(f"{path}: {bad} problem(s) that would stop `edgegw run`", file=sys.stderr)
+        return EXIT_BAD_INPUT
     total = 0
+    warned = f" ({len(findings)} warning(s) above)" if findings else ""
     print(
-        f"{path}: OK — gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
+        f"{path}: OK{warned} — gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
         f"uplink [{cfg.uplink.host}]:{cfg.uplink.port}, topic {cfg.topic('telemetry')}"
     )
     for dev in cfg.devices:

@@ -18,6 +18,7 @@ from gateway.commands import doctor
 from gateway.mosquitto import Mosquitto, free_port, wait_listening
 from gateway.status import write_status
 from security import DeviceKey
+from tests.drivers.modbus.conftest import ThreadedSimulator
 
 from .conftest import Pki, make_snapshot, run_command
 
@@ -30,7 +31,14 @@ def _owner_is_whoever_runs_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def device_port() -> Iterator[int]:
-    """A listening TCP port on 127.0.0.1 standing in for a PLC's Modbus server."""
+    """A PLC's Modbus server on 127.0.0.1 (pymodbus's, unit 1): doctor reads from it."""
+    with ThreadedSimulator() as sim:
+        yield sim.port
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers: no Modbus server."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         s.listen(8)
@@ -96,6 +104,7 @@ def test_a_healthy_site_passes(
     assert (
         c["device plc1"].outcome == "pass" and f"127.0.0.1:{device_port}" in c["device plc1"].detail
     )
+    assert "first request read: 1 tag(s)" in c["device plc1"].detail  # a real Modbus read
     assert c["disk"].outcome in ("pass", "warn")
     assert c["daemon"].outcome == "pass" and "1 of 2 devices up" in c["daemon"].detail
     assert "gateway id" not in c
@@ -250,7 +259,7 @@ def test_missing_ca_file_fails(tmp_path: Path, state: Path, broker: Mosquitto) -
         [("127.0.0.1", free_port("127.0.0.1"))],
     )
     c = by_name(doctor.run_checks(cfg, timeout=2))["broker TLS"]
-    assert c.outcome == "fail" and "cannot load the TLS files" in c.detail
+    assert c.outcome == "fail" and f"{tmp_path / 'missing-ca.pem'} does not exist" in c.detail
 
 
 def test_the_unedited_example_config_fails_without_touching_the_network(
@@ -313,7 +322,9 @@ def test_json_output(
     run_command(doctor, "doctor", "-c", cfg, "--json")
     rows = json.loads(capsys.readouterr().out)
     assert {"name", "outcome", "detail", "fix"} <= set(rows[0])
-    assert any(r["name"] == "device plc1" and r["outcome"] == "pass" for r in rows)
+    # the "device" is the MQTT broker: its port connects, but it speaks no Modbus
+    dev = next(r for r in rows if r["name"] == "device plc1")
+    assert dev["outcome"] == "fail" and "Modbus TCP server" in dev["fix"], dev
 
 
 def test_exit_code_ignores_warnings() -> None:
