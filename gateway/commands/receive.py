@@ -103,7 +103,8 @@ def register(sub: Subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="reject larger messages before parsing them (default 2 MiB)",
+        help="reject larger messages before parsing them (default 2 MiB: 8x a gateway's "
+        "default uplink.max_message_bytes; raise it for gateways configured above 2 MiB)",
     )
     s.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription group")
     s.add_argument(

@@ -32,8 +32,10 @@ from .witness import compare, learn_from_keychain, witness
 
 log = logging.getLogger("edgegw.receiver")
 
-# Sized to the gateway's largest message: max_batch_points (10,000) readings of up to a
-# few hundred bytes each, with room to spare. Larger is rejected before anything is parsed.
+# Sized to the gateway's largest message: a gateway seals at most uplink.max_message_bytes
+# (default 256 KiB; an audit message is at most 64 KiB of entries plus its base and
+# keychain). 8x that, for gateways configured above the default. Larger is rejected
+# before anything is parsed.
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 2**20
 # Topic kinds under the prefix that are not a gateway's messages (the platform's downlink).
 IGNORED_KINDS = frozenset({"command"})
