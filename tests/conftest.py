@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,3 +44,34 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     yield pg_server.url.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def traversable(*paths: Path) -> Iterator[None]:
+    """Let other users enter the directories above ``paths`` (add o+x where it is missing)
+    while the block runs, then put every mode back. A CI runner may clone the repository
+    into a 0700 directory, and the tests that run as ``nobody`` need the repository and
+    its venv."""
+    changed: list[tuple[Path, int]] = []
+    try:
+        for p in paths:
+            for d in [p, *p.parents]:
+                try:
+                    st = d.stat()
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IXOTH:
+                    d.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+                    changed.append((d, stat.S_IMODE(st.st_mode)))
+        yield
+    finally:
+        for d, mode in reversed(changed):
+            with contextlib.suppress(OSError):
+                d.chmod(mode)
+
+
+@pytest.fixture(scope="module")
+def reachable_by_others() -> Iterator[None]:
+    """The repository and the interpreter can be used by an unprivileged user."""
+    with traversable(REPO, Path(sys.executable).parent):
+        yield

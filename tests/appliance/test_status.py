@@ -168,6 +168,7 @@ def test_config_gives_the_state_dir(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "gateway gw-test" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("reachable_by_others")
 def test_unreadable_status_says_how_to_get_access(tmp_path: Path) -> None:
     """Run as an unprivileged user (root reads any file): drop to nobody when root."""
     import subprocess

@@ -30,7 +30,10 @@ from gateway.status import read_status
 from tests.conftest import REPO
 
 NOBODY = 65534
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="setpriv needs root")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="setpriv needs root"),
+    pytest.mark.usefixtures("reachable_by_others"),
+]
 
 
 def as_nobody(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
