@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# benchmarks/platform.py would shadow the stdlib's `platform`: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
 
 from gateway.mosquitto import Mosquitto, free_port, wait_listening  # noqa: E402

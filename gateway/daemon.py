@@ -110,6 +110,7 @@ class Daemon:
             max_points=cfg.gateway.max_batch_points,
             on_drop=lambda d: self._audit("buffer_drop", **d),
             keychain=ident.keychain,
+            payload_version=cfg.gateway.payload_version,
         )
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).

@@ -21,7 +21,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -209,7 +209,7 @@ def _field(b: bytes) -> bytes:
     return struct.pack(">i", len(b)) + b
 
 
-def copy_data(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
+def copy_data(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
     """The whole binary COPY stream of one message's readings (13 fields a row: the head,
     vtype, value, value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
     head, vfloat, vnum = _HEAD.pack, _VFLOAT.pack, _VNUM.pack
@@ -597,18 +597,17 @@ class _PgTxn:
         )
         self.keys[key.kid] = key.public_key
 
-    def _series_ids(self, readings: list[list[Any]]) -> dict[str, int]:
+    def _series_ids(self, tags: list[str]) -> dict[str, int]:
+        """Series id of each distinct tag of a message (``Payload.tags``)."""
         known, gw = self.store._series, self.gw
         ids: dict[str, int] = {}
         new: list[str] = []
-        for r in readings:
-            tag = r[0]
-            if tag not in ids:
-                sid = known.get((gw, tag))
-                if sid is None:
-                    new.append(tag)
-                    sid = 0
-                ids[tag] = sid
+        for tag in tags:
+            sid = known.get((gw, tag))
+            if sid is None:
+                new.append(tag)
+                sid = 0
+            ids[tag] = sid
         if new:
             # The gateway's row is locked: no other receiver adds this gateway's series now.
             self.cur.execute(
@@ -641,7 +640,7 @@ class _PgTxn:
             ),
         )
         if p.readings and self.store.keep_readings:
-            data = copy_data(self._series_ids(p.readings), seq, p.readings)
+            data = copy_data(self._series_ids(p.tags), seq, p.readings)
             with cur.copy(_COPY) as cp:
                 cp.write(data)
         if p.event is not None:

@@ -16,7 +16,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +249,7 @@ def _i64(v: int) -> int | str:
     return v if -I63 <= v < I63 else str(v)
 
 
-def reading_row(sid: int, seq: int, r: list[Any]) -> tuple[Any, ...]:
+def reading_row(sid: int, seq: int, r: Sequence[Any]) -> tuple[Any, ...]:
     ts_us, ts_nanos = divmod(r[1], 1000)
     v = r[2]
     t = type(v)
@@ -536,14 +536,12 @@ class _SqliteTxn:
         )
         self.keys[key.kid] = key.public_key
 
-    def _series_ids(self, readings: list[list[Any]]) -> dict[str, int]:
+    def _series_ids(self, tags: list[str]) -> dict[str, int]:
+        """Series id of each distinct tag of a message (``Payload.tags``)."""
         known = self.store._series
         gw = self.gw
         ids: dict[str, int] = {}
-        for r in readings:
-            tag = r[0]
-            if tag in ids:
-                continue
+        for tag in tags:
             sid = known.get((gw, tag))
             if sid is None:
                 self.db.execute(
@@ -575,7 +573,7 @@ class _SqliteTxn:
             ),
         )
         if p.readings and self.store.keep_readings:
-            ids = self._series_ids(p.readings)
+            ids = self._series_ids(p.tags)
             db.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [reading_row(ids[r[0]], seq, r) for r in p.readings],
