@@ -27,13 +27,30 @@ from security import DeviceKey
 from security.cose import parse1
 
 TS = 1_700_000_000_000_000_000
+DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
+
+
+def doc_readings() -> Any:
+    """The ``readings(body)`` of docs/wire-format.md, run as written."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    (code,) = [b for b in blocks if "def readings(" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    return namespace["readings"]
+
+
+READINGS = doc_readings()
 
 
 def norm(r: Any) -> tuple[Any, ...]:
     """A reading as the platform stores it: (tag, ts, value type and bits, quality, reason,
-    server_ts); a missing reason or server_ts is null, NaN compares equal to NaN."""
+    server_ts); a missing reason or server_ts is null. Floats compare bit for bit (-0.0 is
+    not 0.0), except that every NaN is one: version 2 sends the deterministic NaN."""
     v = r[2]
-    value = (type(v).__name__, struct.pack(">d", v) if type(v) is float else v)
+    if type(v) is float:
+        value: Any = ("float", "nan" if math.isnan(v) else struct.pack(">d", v))
+    else:
+        value = (type(v).__name__, v)
     reason = r[4] if len(r) > 4 else None
     server = r[5] if len(r) > 5 else None
     return (r[0], r[1], value, r[3], reason, server)
@@ -81,6 +98,13 @@ def test_version_2_carries_exactly_what_version_1_does(groups: list[list[Any]]) 
     assert [norm(r) for r in v2.readings] == flat
     assert v1.tags == v2.tags == list(dict.fromkeys(r[0] for r in flat))
     assert (v1.version, v2.version) == (1, 2)
+    # the documented recipe, with a plain CBOR decoder, reads the same
+    for version in (1, 2):
+        body = cbor2.loads(
+            encode_payload(gw="g", seq=1, boot=1, kind="telemetry", t_ns=1, groups=groups,
+                           version=version)
+        )  # fmt: skip
+        assert [norm(r) for r in READINGS(body)] == flat
 
 
 def test_a_device_read_is_one_block_with_one_timestamp_and_quality() -> None:
