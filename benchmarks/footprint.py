@@ -1,8 +1,8 @@
 """What the gateway costs a small machine: RSS and start-up time, by config and tag count.
 
-    python benchmarks/footprint.py                        # Modbus only and every driver, 1k and 10k tags
-    python benchmarks/footprint.py --tags 10000 --configs modbus --duration 60
-    python benchmarks/footprint.py --imports              # RSS each runtime dependency adds
+    python benchmarks/footprint.py               # Modbus only and every driver, 1k and 10k tags
+    python benchmarks/footprint.py --tags 10000 --configs modbus --duration 3600
+    python benchmarks/footprint.py --imports     # RSS each runtime dependency adds
 
 For each config the simulators (each protocol library's own server), mosquitto and the
 gateway (``edgegw run``, its own process) start; start-up time is from the gateway's
@@ -117,8 +117,9 @@ def write_config(path: Path, state: Path, kind: str, tags: int, ports: dict[str,
             "    poll_interval_ms: 1000",
             "    tags:",
         ]
-        lines += [
-            f"      - {{name: r{i:04d}, address: DB{1 + i // 2000}.DBD{4 * (i % 2000)}, type: REAL}}"
+        lines += [  # 2,000 REALs a data block
+            f"      - {{name: r{i:04d}, address: DB{1 + i // 2000}.DBD{4 * (i % 2000)}, "
+            "type: REAL}"
             for i in range(other)
         ]
         lines += [
@@ -210,8 +211,8 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             "duration_s": duration,
         }
         print(
-            f"{kind:6} {tags:6} tags: ready in {startup:5.2f} s, RSS {rss_ready:6.1f} MiB at ready, "
-            f"max {max(samples):6.1f}, end {samples[-1]:6.1f} MiB",
+            f"{kind:6} {tags:6} tags: ready in {startup:5.2f} s, RSS {rss_ready:6.1f} MiB at "
+            f"ready, max {max(samples):6.1f}, end {samples[-1]:6.1f} MiB",
             flush=True,
         )
         print(json.dumps(res), flush=True)

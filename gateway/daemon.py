@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from .pipeline import Pipeline
 from .poller import DeviceState, carry_counters, poll_device, subscribe_device
 from .registry import DeviceRuntime, build_device
 from .sdnotify import Notifier
-from .status import write_status
+from .status import plain, write_status
 
 log = logging.getLogger("edgegw.daemon")
 
@@ -471,9 +470,9 @@ class Daemon:
             "monotonic_ns": time.monotonic_ns(),
             "started_ns": self.started_ns,
             "tasks": {name: not t.done() for name, t in self.tasks.items()},
-            "pipeline": asdict(pipe),
-            "uplink": asdict(self.forwarder.stats),
-            "outbox": asdict(ob),
+            "pipeline": plain(pipe),
+            "uplink": plain(self.forwarder.stats),
+            "outbox": plain(ob),
             "drops": {
                 "outbox": {
                     "messages": ob.dropped_rows,
@@ -482,7 +481,7 @@ class Daemon:
                 },
                 "refused": {"messages": 0, "points": pipe.points_refused, "intentional": True},
             },
-            "devices": {n: asdict(s) for n, s in self.devices.items()},
+            "devices": {n: plain(s) for n, s in self.devices.items()},
             "host": host_facts(self.cfg),
         }
         if self.engine is not None:
