@@ -9,6 +9,7 @@ committed in the outbox and goes first after the next start.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -136,6 +137,7 @@ class Daemon:
         metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
         write_status(state_dir, self.last_snapshot)
+        freeze_startup_objects()
         self.notify.ready(status_line(self.last_snapshot))
 
         while not stop.is_set():
@@ -526,6 +528,23 @@ class Daemon:
             return None
         log.info("metrics on http://%s:%d/metrics", m.host, m.port)
         return server
+
+
+GC_GEN0_THRESHOLD = 10_000
+"""Allocations between young-generation collections (CPython's default: 700). Readings
+are tuples, tracked by the collector until a collection finds them acyclic: at tens of
+thousands of points a second the default ran a collection every few hundred."""
+
+
+def freeze_startup_objects() -> None:
+    """Move what start-up built (modules, config models, plans) out of the collector's
+    way: ``gc.freeze`` puts it in a permanent generation that full collections no longer
+    walk (at 10,000 tags that is hundreds of thousands of objects walked about once a
+    second), and the young generation is collected less often."""
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
