@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from itertools import groupby
 from typing import Any
 
 import cbor2
@@ -82,7 +83,10 @@ def columns(groups: Iterable[Sequence[Any]]) -> tuple[list[Any], list[Any]]:
     sets: list[Any] = []
     index: dict[tuple[str, ...], int] = {}
     blocks: list[Any] = []
-    for g in groups:
+    todo = list(groups)
+    todo.reverse()
+    while todo:
+        g = todo.pop()
         n = len(g)
         if not n:
             continue
@@ -91,13 +95,25 @@ def columns(groups: Iterable[Sequence[Any]]) -> tuple[list[Any], list[Any]]:
         if len(widths) > 1:  # some readings carry a reason (or server time), others not
             g = [(*r, *(None,) * (width - len(r))) for r in g]
         cols = tuple(zip(*g, strict=True))
+        ts = cols[1]
+        t0 = ts[0]
+        if ts.count(t0) != n:
+            # A device read of several requests has one timestamp per request: a block
+            # per request keeps one timestamp a block (else 9 bytes a reading).
+            runs = [sum(1 for _ in run) for _, run in groupby(ts)]
+            if len(runs) * 8 <= n:
+                at = n
+                for length in reversed(runs):
+                    todo.append(g[at - length : at])
+                    at -= length
+                continue
         names: tuple[str, ...] = cols[0]
         k = index.get(names)
         if k is None:
             k = index[names] = len(sets)
             sets.append(tag_set(names))
-        ts, qs = cols[1], cols[3]
-        t0, q0 = ts[0], qs[0]
+        qs = cols[3]
+        q0 = qs[0]
         block = [k, t0 if ts.count(t0) == n else ts, cols[2], q0 if qs.count(q0) == n else qs]
         if width > 4:
             reasons = cols[4]

@@ -128,6 +128,24 @@ def test_a_device_read_is_one_block_with_one_timestamp_and_quality() -> None:
     ]
 
 
+def test_a_read_of_several_requests_keeps_one_timestamp_a_block() -> None:
+    """A device read of 2 requests (e.g. 200 registers) has 2 timestamps: 2 blocks, not a
+    timestamp per reading; readings whose timestamps differ all over keep one each."""
+    read = [(f"d/t{i:03d}", TS + (i >= 60), float(i), 0) for i in range(100)]
+    body = cbor2.loads(
+        encode_payload(gw="g", seq=1, boot=1, kind="telemetry", t_ns=1, groups=[read])
+    )
+    assert [(b[0], b[1], len(b[2])) for b in body["b"]] == [(0, TS, 60), (1, TS + 1, 40)]
+    scattered = [(f"d/t{i}", TS + i % 3, float(i), 0) for i in range(12)]
+    body = cbor2.loads(
+        encode_payload(gw="g", seq=1, boot=1, kind="telemetry", t_ns=1, readings=scattered)
+    )
+    assert body["b"][0][1] == [TS + i % 3 for i in range(12)]
+    for groups in ([read], [scattered]):
+        payload = encode_payload(gw="g", seq=1, boot=1, kind="telemetry", t_ns=1, groups=groups)
+        assert [norm(r) for r in schema.decode(payload).readings] == [norm(r) for r in groups[0]]
+
+
 def test_floats_take_their_shortest_exact_width() -> None:
     f32 = struct.unpack(">f", struct.pack(">f", 20.1))[0]
     for value, size in ((1.5, 3), (f32, 5), (20.1, 9), (math.inf, 3), (-0.0, 3)):
