@@ -29,7 +29,7 @@ from .config import (
 from .decode import DecodeError
 from .learn import Learned
 from .pdu import register_fast_responses
-from .plan import ReadPlan, Request, compile_plan, split_request
+from .plan import ReadPlan, Request, compile_plan, full_name, split_request
 from .types import Table
 
 __all__ = ["EXCEPTION_NAMES", "Driver", "LinkStats", "ModbusDriverBase", "ModbusTcpDriver"]
@@ -158,7 +158,7 @@ class ModbusDriverBase:
             self.learned = None
         elif learned is None:
             self.learned = Learned.load(device, None)
-        self._tag_names = tuple(f"{device.name}/{t.name}" for t in device.tags)
+        self._tag_names = tuple(full_name(device.name + "/", t.name) for t in device.tags)
         self._given: ReadPlan | None = None
         self._own = False
         self._plan: ReadPlan | None = None
