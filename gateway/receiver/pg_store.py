@@ -597,7 +597,12 @@ class _PgTxn:
         )
         self.keys[key.kid] = key.public_key
 
-    def _series_ids(self, tags: list[str]) -> dict[str, int]:
+    def _series_ids(self, readings: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """Series id of each tag of ``readings`` (one pass over them: ``_tag_ids`` with
+        the payload's distinct ``tags`` does without)."""
+        return self._tag_ids(list(dict.fromkeys([r[0] for r in readings])))
+
+    def _tag_ids(self, tags: list[str]) -> dict[str, int]:
         """Series id of each distinct tag of a message (``Payload.tags``)."""
         known, gw = self.store._series, self.gw
         ids: dict[str, int] = {}
@@ -640,7 +645,7 @@ class _PgTxn:
             ),
         )
         if p.readings and self.store.keep_readings:
-            data = copy_data(self._series_ids(p.tags), seq, p.readings)
+            data = copy_data(self._tag_ids(p.tags), seq, p.readings)
             with cur.copy(_COPY) as cp:
                 cp.write(data)
         if p.event is not None:

@@ -536,7 +536,12 @@ class _SqliteTxn:
         )
         self.keys[key.kid] = key.public_key
 
-    def _series_ids(self, tags: list[str]) -> dict[str, int]:
+    def _series_ids(self, readings: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """Series id of each tag of ``readings`` (one pass over them: ``_tag_ids`` with
+        the payload's distinct ``tags`` does without)."""
+        return self._tag_ids(list(dict.fromkeys([r[0] for r in readings])))
+
+    def _tag_ids(self, tags: list[str]) -> dict[str, int]:
         """Series id of each distinct tag of a message (``Payload.tags``)."""
         known = self.store._series
         gw = self.gw
@@ -573,7 +578,7 @@ class _SqliteTxn:
             ),
         )
         if p.readings and self.store.keep_readings:
-            ids = self._series_ids(p.tags)
+            ids = self._tag_ids(p.tags)
             db.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [reading_row(ids[r[0]], seq, r) for r in p.readings],
