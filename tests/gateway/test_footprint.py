@@ -24,7 +24,8 @@ def test_plain_is_asdict_without_sharing_anything_mutable() -> None:
     link = LinkStats(requests=7, exceptions={2: 3, 6: 1}, learned=["holding 10..11 refused"])
     state = DeviceState("plc", up=True, last_error="timeout", driver=link)
     state.latency.observe(0.004)
-    for obj in (state, PipelineStats(points_polled=5), ForwarderStats(), OutboxStats(3, 4, 1, 3, 9)):
+    stats = (PipelineStats(points_polled=5), ForwarderStats(), OutboxStats(3, 4, 1, 3, 9))
+    for obj in (state, *stats):
         assert plain(obj) == asdict(obj)
     snap = plain(state)
     link.exceptions[2] += 1
