@@ -10,7 +10,7 @@ exec to its ``/readyz`` answering 200 (config loaded, key, outbox, every device 
 running). Then RSS is sampled every second for ``--duration`` seconds while it polls
 every tag once a second: ``rss_ready`` at ready, ``rss_max`` the largest sample,
 ``rss_growth`` the last minus the first third's median (for the hour-long check:
-``--duration 3600``). Configs:
+``--duration 3600``), ``rss_anon_end`` the anonymous part at the end. Configs:
 
 - ``modbus``: Modbus TCP devices of 100 float32 tags each;
 - ``all``: the same with one OPC UA server (5% of the tags, subscription), one S7 PLC
@@ -136,9 +136,10 @@ def write_config(path: Path, state: Path, kind: str, tags: int, ports: dict[str,
     path.write_text("\n".join(lines) + "\n")
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS, or RssAnon (heap and stacks: what is not file-backed library code)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -208,6 +209,7 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             "rss_max_mib": round(max(samples), 1),
             "rss_end_mib": round(samples[-1], 1),
             "rss_growth_mib": round(samples[-1] - statistics.median(third), 1),
+            "rss_anon_end_mib": round(rss_mib(gw.pid, "RssAnon"), 1),
             "duration_s": duration,
         }
         print(
