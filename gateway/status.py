@@ -42,8 +42,8 @@ def plain(obj: Any) -> Any:
 def write_status(state_dir: Path, data: dict[str, Any]) -> None:
     path = state_dir / STATUS_FILE
     tmp = path.with_suffix(".tmp")
-    # compact and without the cycle check: a third cheaper, and this runs every second
-    tmp.write_text(json.dumps(data, default=str, separators=(",", ":"), check_circular=False))
+    # without the cycle check (the snapshot is plain data): cheaper, and this runs every second
+    tmp.write_text(json.dumps(data, default=str, check_circular=False))
     os.replace(tmp, path)
 
 
