@@ -5,8 +5,11 @@
 
 The simulator, the broker and the gateway are separate processes, so the gateway's CPU
 time and RSS are its own. The receiver runs here and verifies every signature.
-Prints points/s delivered, gateway CPU µs per point, sample→verified latency p50/p99
-and gateway RSS; the last line is JSON. Bounded: it stops after --duration seconds.
+Prints points/s delivered, gateway CPU µs per point, sample→verified latency p50/p99,
+gateway RSS (peak, and its anonymous part: what is not shared library code) and bytes on
+the wire per point (sealed telemetry messages as published, COSE envelope included,
+before any compression); the last line is JSON. Bounded: it stops after --duration
+seconds. ``--payload-version 1`` measures the older payload format.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# benchmarks/platform.py would shadow the stdlib's `platform`: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
 
 from gateway.mosquitto import Mosquitto, free_port, wait_listening  # noqa: E402
@@ -38,6 +44,7 @@ def write_config(
     tags: int,
     interval_ms: int,
     flush_ms: int,
+    payload_version: int | None = None,
 ) -> None:
     lines = [
         "gateway:",
@@ -45,6 +52,7 @@ def write_config(
         f"  state_dir: {state}",
         f"  flush_window_ms: {flush_ms}",
         "  max_batch_points: 20000",
+        *([f"  payload_version: {payload_version}"] if payload_version else []),
         "uplink:",
         "  host: '::1'",
         f"  port: {broker_port}",
@@ -72,9 +80,10 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_rss_mib(pid: int) -> float:
+def proc_rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS, or RssAnon (heap and stacks: what is not file-backed library code)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -99,6 +108,9 @@ def main() -> int:
     ap.add_argument("--flush-ms", type=int, default=250)
     ap.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument(
+        "--payload-version", type=int, choices=(1, 2), help="gateway.payload_version to send"
+    )
     a = ap.parse_args()
     interval = 10 if a.max_rate else a.interval_ms
 
@@ -109,7 +121,17 @@ def main() -> int:
     try:
         sim_port = free_port("127.0.0.1")
         cfg = work / "bench.yaml"
-        write_config(cfg, state, broker.port, sim_port, a.devices, a.tags, interval, a.flush_ms)
+        write_config(
+            cfg,
+            state,
+            broker.port,
+            sim_port,
+            a.devices,
+            a.tags,
+            interval,
+            a.flush_ms,
+            a.payload_version,
+        )
         exe = [sys.executable, "-m", "gateway.cli"]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         sim = subprocess.Popen(
@@ -122,6 +144,15 @@ def main() -> int:
         wait_listening("127.0.0.1", sim_port, 20)
         key, _ = DeviceKey.load_or_create(state)
         rx = Receiver({"bench-gw": key.public_key}, "edgegw", track_latency=True)
+        wire = [0]  # bytes of telemetry messages received (the paho thread adds)
+        handle = rx.handle
+
+        def counted(topic: str, body: bytes, received_ns: int | None = None) -> Any:
+            if topic.endswith("/telemetry"):
+                wire[0] += len(body)
+            return handle(topic, body, received_ns)
+
+        rx.handle = counted  # type: ignore[method-assign]
         mr = MqttReceiver(rx, "::1", broker.port).start()
         gw = subprocess.Popen(
             [*exe, "run", "-c", str(cfg), "--log-level", "WARNING"],
@@ -143,11 +174,13 @@ def main() -> int:
         with rx.lock:
             del rx.latencies_ms[:]
             p0 = rx.stats.points_verified
+            b0 = wire[0]
         c0, t0 = proc_cpu_s(gw.pid), time.monotonic()
-        rss_max = 0.0
+        rss_max = anon_max = 0.0
         while time.monotonic() - t0 < a.duration:
             time.sleep(1.0)
             rss_max = max(rss_max, proc_rss_mib(gw.pid))
+            anon_max = max(anon_max, proc_rss_mib(gw.pid, "RssAnon"))
             el = time.monotonic() - t0
             print(
                 f"  {el:5.1f}s  {(rx.stats.points_verified - p0) / el:10.0f} points/s  "
@@ -158,6 +191,7 @@ def main() -> int:
         c1, t1 = proc_cpu_s(gw.pid), time.monotonic()
         with rx.lock:
             p1 = rx.stats.points_verified
+            b1 = wire[0]
             lat = list(rx.latencies_ms)
         points = p1 - p0
         gw.send_signal(signal.SIGTERM)
@@ -174,6 +208,8 @@ def main() -> int:
             "latency_p50_ms": round(pct(lat, 0.5), 2),
             "latency_p99_ms": round(pct(lat, 0.99), 2),
             "rss_mib": round(rss_max, 1),
+            "rss_anon_mib": round(anon_max, 1),
+            "bytes_per_point": round((b1 - b0) / max(points, 1), 2),
             **{
                 k: v
                 for k, v in summary(rx).items()
@@ -183,7 +219,9 @@ def main() -> int:
         print(
             f"delivered {res['points_per_s']:.0f} points/s; gateway {res['cpu_us_per_point']} "
             f"µs CPU per point ({res['gateway_cpu_percent']}% of a core); latency p50 "
-            f"{res['latency_p50_ms']} ms, p99 {res['latency_p99_ms']} ms; RSS {res['rss_mib']} MiB"
+            f"{res['latency_p50_ms']} ms, p99 {res['latency_p99_ms']} ms; "
+            f"RSS {res['rss_mib']} MiB ({res['rss_anon_mib']} anonymous); "
+            f"{res['bytes_per_point']} bytes per point on the wire"
         )
         print(json.dumps(res), flush=True)
         return 0

@@ -214,6 +214,11 @@ class GatewaySection(_Model):
     shutdown_drain_s: float = Field(
         10.0, ge=0, le=3600, description="on stop, keep sending the backlog this long"
     )
+    payload_version: Literal[1, 2] = Field(
+        2,
+        description="payload format sent (docs/wire-format.md): 2 names each tag once per "
+        "message (about 4x fewer bytes); 1 for a platform whose receiver reads only version 1",
+    )
 
 
 Device = Annotated[

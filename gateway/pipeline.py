@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
 
 from .outbox_thread import OutboxThread
-from .wire import encode_payload
+from .wire import PAYLOAD_VERSION, encode_payload
 
 log = logging.getLogger("edgegw.pipeline")
 
@@ -63,6 +64,7 @@ class Pipeline:
         queue_size: int = 1024,
         keychain: Sequence[bytes] = (),
         body_limit: Callable[[str], int] | None = None,
+        payload_version: int = PAYLOAD_VERSION,
     ) -> None:
         self.gw_id, self.boot, self.topic, self.key = gw_id, boot, topic, key
         # A rotated key sends the certificates from the root to it with every message, so
@@ -83,6 +85,7 @@ class Pipeline:
         # uplink.max_message_bytes, lowered to what the broker announced); None: no limit.
         self.body_limit = body_limit
         self._bytes_per_point = 0.0  # of the last telemetry message, to pre-split windows
+        self.payload_version = payload_version
 
     async def put(self, batch: Batch) -> None:
         self.stats.points_polled += len(batch.readings)
@@ -110,27 +113,27 @@ class Pipeline:
                 if self._unrecorded:
                     await self._record_refused("disk_full")
                 return
+            # One flat list, and where each batch ends in it: a batch (one device read)
+            # becomes one block of payload version 2, sharing its timestamp and tag set.
             readings: list[Any] = list(first.readings)
-            deadline = loop.time() + self.window
+            ends = [len(readings)]
             stopping = False
-            while len(readings) < self.max_points:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    b = (
-                        q.get_nowait()
-                        if not q.empty()
-                        else await asyncio.wait_for(q.get(), remaining)
-                    )
-                except TimeoutError:
-                    break
-                if b is None:
-                    stopping = True
-                    break
-                readings.extend(b.readings)
+            # One timer for the whole window (not a wait_for, which makes a task, per
+            # batch): at 100 devices a second that was a few hundred µs every second.
+            deadline = loop.time() + self.window
+            try:
+                async with asyncio.timeout_at(deadline):
+                    while len(readings) < self.max_points and loop.time() < deadline:
+                        b = q.get_nowait() if not q.empty() else await q.get()
+                        if b is None:
+                            stopping = True
+                            break
+                        readings.extend(b.readings)
+                        ends.append(len(readings))
+            except TimeoutError:
+                pass
             if readings:
-                await self._seal(readings)
+                await self._seal(readings, ends)
             if stopping:
                 if self._unrecorded:  # refused while the disk was full: say so now
                     await self._record_refused("disk_full")
@@ -154,6 +157,7 @@ class Pipeline:
                 boot=self.boot,
                 kind=kind,
                 t_ns=time.time_ns(),
+                version=self.payload_version,
                 **fields,
             )
             return sign1(payload, self.key, topic.encode(), self._unprotected)
@@ -171,12 +175,12 @@ class Pipeline:
         if await self.outbox.run(self._notify_sync):
             self.on_sealed()
 
-    async def _seal(self, readings: list[Any]) -> None:
+    async def _seal(self, readings: list[Any], ends: list[int] | None = None) -> None:
         delay = 0.2
         done = _Progress()  # what is committed survives a retry: never sealed twice
         while True:
             try:
-                await self.outbox.run(self._seal_sync, readings, done)
+                await self.outbox.run(self._seal_sync, readings, done, ends)
                 break
             except OutboxFull as exc:
                 # stop_acquisition (or a disk too full to make room): the rest is refused.
@@ -220,21 +224,27 @@ class Pipeline:
             return
         self._unrecorded -= n
 
-    def _seal_sync(self, readings: list[Any], done: _Progress | None = None) -> int:
+    def _seal_sync(
+        self, readings: list[Any], done: _Progress | None = None, ends: list[int] | None = None
+    ) -> int:
         """Runs in the outbox thread: one transaction, one encoding, one signature per
         message. A window larger than ``body_limit`` becomes several messages, each
-        committed on its own; ``done`` counts the committed prefix of ``readings``."""
+        committed on its own; ``done`` counts the committed prefix of ``readings``;
+        ``ends``: where each batch ends in ``readings`` (None: one batch)."""
         ob = self.outbox.outbox
         assert ob is not None
         done = done if done is not None else _Progress()
+        ends = ends if ends else [len(readings)]
         t_ns = time.time_ns()
         limit = self.body_limit(self.topic) if self.body_limit is not None else None
-        todo = deque(self._chunks(readings[done.points :] if done.points else readings, limit))
+        todo = deque(self._chunks(done.points, len(readings), limit))
         while todo:
             part = todo.popleft()
             size = 0
+            groups = part.groups(readings, ends)
+            points = part.points
 
-            def seal(seq: int, part: list[Any] = part) -> bytes:
+            def seal(seq: int, groups: list[list[Any]] = groups) -> bytes:
                 nonlocal size
                 payload = encode_payload(
                     gw=self.gw_id,
@@ -242,7 +252,8 @@ class Pipeline:
                     boot=self.boot,
                     kind="telemetry",
                     t_ns=t_ns,
-                    readings=part,
+                    groups=groups,
+                    version=self.payload_version,
                 )
                 body = sign1(payload, self.key, self._aad, self._unprotected)
                 size = len(body)
@@ -251,30 +262,31 @@ class Pipeline:
                 return body
 
             try:
-                seq = ob.append(self.topic, seal, points=len(part))
+                seq = ob.append(self.topic, seal, points=points)
             except _TooLarge as big:
-                self._bytes_per_point = max(self._bytes_per_point, big.size / len(part))
+                self._bytes_per_point = max(self._bytes_per_point, big.size / points)
                 assert limit is not None
-                todo.extendleft(reversed(_split(part, big.size, limit)))
+                todo.extendleft(reversed(_split(part, groups, big.size, limit)))
                 continue
-            self._bytes_per_point = size / len(part)
-            done.points += len(part)
+            self._bytes_per_point = size / points
+            done.points += points
             done.messages += 1
             done.last_seq = seq
         self._notify_sync()
         return done.last_seq
 
-    def _chunks(self, readings: list[Any], limit: int | None) -> list[list[Any]]:
-        """The window in parts that should fit ``limit``, from the bytes per point of the
-        last message (so a window that never fits is not encoded twice every time)."""
+    def _chunks(self, lo: int, hi: int, limit: int | None) -> list[_Part]:
+        """The window ``[lo, hi)`` in parts that should fit ``limit``, from the bytes per
+        point of the last message (so a window that never fits is not encoded twice every
+        time)."""
         if limit is None or not self._bytes_per_point:
-            return [readings]
+            return [_Part(lo, hi)]
         per = max(1, int(limit * 0.9 / self._bytes_per_point))
-        if len(readings) <= per:
-            return [readings]
-        n = -(-len(readings) // per)
-        step = -(-len(readings) // n)
-        return [readings[i : i + step] for i in range(0, len(readings), step)]
+        if hi - lo <= per:
+            return [_Part(lo, hi)]
+        n = -(-(hi - lo) // per)
+        step = -(-(hi - lo) // n)
+        return [_Part(i, min(i + step, hi)) for i in range(lo, hi, step)]
 
     def _refuse_sync(self, points: int, reason: str) -> None:
         ob = self.outbox.outbox
@@ -319,6 +331,7 @@ class Pipeline:
             boot=self.boot,
             kind="notice",
             t_ns=time.time_ns(),
+            version=self.payload_version,
             notice="data_dropped",
             drops=[
                 {
@@ -358,16 +371,44 @@ class _TooLarge(Exception):
         self.size = size
 
 
-def _split(part: list[Any], size: int, limit: int) -> list[list[Any]]:
-    """Split readings that sealed to ``size`` bytes into parts that should fit; one
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """Readings ``[lo, hi)`` of a window, sealed as one message; ``only``: instead, these
+    readings (a reading too large to send, replaced by a bad one saying so)."""
+
+    lo: int
+    hi: int
+    only: list[Any] | None = None
+
+    @property
+    def points(self) -> int:
+        return self.hi - self.lo
+
+    def groups(self, readings: list[Any], ends: list[int]) -> list[list[Any]]:
+        """The part cut at batch ends: one list per batch (or piece of one)."""
+        if self.only is not None:
+            return [self.only]
+        out = []
+        lo, hi = self.lo, self.hi
+        i = bisect_right(ends, lo)
+        while lo < hi:
+            end = min(ends[i], hi) if i < len(ends) else hi
+            out.append(readings[lo:end])
+            lo, i = end, i + 1
+        return out
+
+
+def _split(part: _Part, groups: list[list[Any]], size: int, limit: int) -> list[_Part]:
+    """Split a part that sealed to ``size`` bytes into parts that should fit; one
     reading that alone is too large becomes a bad reading saying so (never a giant
     message, and its tag still shows up on the platform)."""
-    if len(part) == 1:
-        r = part[0]
-        return [[(r[0], r[1], None, _BAD_CONFIG, _too_large(size, limit))]]
-    n = min(len(part), max(2, -(-size * 11 // (limit * 10))))
-    step = -(-len(part) // n)
-    return [part[i : i + step] for i in range(0, len(part), step)]
+    if part.points == 1:
+        r = groups[0][0]
+        bad = (r[0], r[1], None, _BAD_CONFIG, _too_large(size, limit))
+        return [_Part(part.lo, part.hi, [bad])]
+    n = min(part.points, max(2, -(-size * 11 // (limit * 10))))
+    step = -(-part.points // n)
+    return [_Part(i, min(i + step, part.hi)) for i in range(part.lo, part.hi, step)]
 
 
 def _too_large(size: int, limit: int) -> str:

@@ -3,6 +3,8 @@ atomically every second: what `edgegw demo` (and later `edgegw status`) read."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,11 +12,38 @@ from typing import Any
 
 STATUS_FILE = "status.json"
 
+_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def plain(obj: Any) -> Any:
+    """A dataclass (and what it holds) as dicts, lists, tuples and scalars, like
+    ``dataclasses.asdict`` but about 6x cheaper: scalars are taken as they are instead of
+    deep-copied (the status snapshot of 100 devices took 6 ms of every second)."""
+    t = type(obj)
+    if t is dict:
+        return {k: v if type(v) in _SCALARS else plain(v) for k, v in obj.items()}
+    if t is list:
+        return [v if type(v) in _SCALARS else plain(v) for v in obj]
+    if t is tuple:
+        return tuple([v if type(v) in _SCALARS else plain(v) for v in obj])
+    names = _FIELDS.get(t)
+    if names is None:
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return obj if t in _SCALARS else copy.deepcopy(obj)
+        names = _FIELDS[t] = tuple(f.name for f in dataclasses.fields(obj))
+    out = {}
+    for n in names:
+        v = getattr(obj, n)
+        out[n] = v if type(v) in _SCALARS else plain(v)
+    return out
+
 
 def write_status(state_dir: Path, data: dict[str, Any]) -> None:
     path = state_dir / STATUS_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=str))
+    # without the cycle check (the snapshot is plain data): cheaper, and this runs every second
+    tmp.write_text(json.dumps(data, default=str, check_circular=False))
     os.replace(tmp, path)
 
 

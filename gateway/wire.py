@@ -1,24 +1,45 @@
 """The payload inside each signed message (see docs/wire-format.md).
 
 One CBOR map per message with text keys, readable by any CBOR library. The receiver's
-strict decoder is gateway/receiver/schema.py. Readings are
-encoded as they come from the drivers (tuples become arrays), so building a payload is
-one C-level ``cbor2.dumps`` call however many points it holds.
+strict decoder is gateway/receiver/schema.py.
 
-Kinds: ``telemetry`` carries readings in ``r``; ``notice`` tells the platform about
-the gateway's own handling of data (``data_dropped`` with the seq ranges and point
-count lost to a full outbox); ``event`` carries anomaly events. Every kind shares the
+Kinds: ``telemetry`` carries readings; ``notice`` tells the platform about the gateway's
+own handling of data (``data_dropped`` with the seq ranges and point count lost to a full
+outbox); ``event`` carries anomaly events; ``audit`` the audit log. Every kind shares the
 one seq space, so the platform sees every message in one sequence.
+
+Two payload versions (``v``); the gateway sends ``gateway.payload_version`` (2 unless a
+platform still needs 1):
+
+- **1**: readings in ``r``, each ``[tag, ts, value, quality, reason?, server_ts?]``,
+  encoded as they come from the drivers. About 32 bytes a float32 point, most of it the
+  tag name repeated in every reading.
+- **2**: the same readings in columns. ``tags`` names each tag once per message (tag
+  sets: a common prefix and the rest of each name), and ``b`` holds one block per batch
+  (one device read): the set it reads, one timestamp for the block (or one per reading),
+  the values, one quality for the block (or one each), reasons and server timestamps only
+  when there are some. Floats take their shortest exact CBOR width (a float32 register
+  is 5 bytes, not 9). Building it is a few C-level passes per batch (``zip``,
+  ``tuple.count``), never per-point Python.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
+from itertools import groupby
 from typing import Any
 
 import cbor2
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
+"""What the gateway sends unless configured otherwise."""
+VERSIONS = (1, 2)
+MAX_PREFIX = 64
+"""Characters of a tag set's common prefix (bounds what a receiver expands)."""
+
+_SET_CACHE_MAX = 4096
+_set_cache: dict[tuple[str, ...], list[Any]] = {}
 
 
 def encode_payload(
@@ -29,10 +50,17 @@ def encode_payload(
     kind: str,
     t_ns: int,
     readings: Sequence[Any] = (),
+    groups: Iterable[Sequence[Any]] | None = None,
+    version: int = PAYLOAD_VERSION,
     **extra: Any,
 ) -> bytes:
+    """One payload. Telemetry readings come as ``readings`` (one flat list) or as
+    ``groups`` (one list per batch: each becomes a version-2 block, so a device read
+    shares one timestamp and one tag set)."""
+    if version not in VERSIONS:
+        raise ValueError(f"payload version {version} is not one of {VERSIONS}")
     body: dict[str, Any] = {
-        "v": PAYLOAD_VERSION,
+        "v": version,
         "gw": gw,
         "seq": seq,
         "boot": boot,
@@ -40,6 +68,80 @@ def encode_payload(
         "t": t_ns,
     }
     if kind == "telemetry":
-        body["r"] = readings
+        if version == 1:
+            body["r"] = readings if groups is None else [r for g in groups for r in g]
+        else:
+            body["tags"], body["b"] = columns([readings] if groups is None else groups)
     body.update(extra)
-    return cbor2.dumps(body)
+    # Version 2 is encoded deterministically (RFC 8949 §4.2.1): sorted keys and each float
+    # in the shortest width that holds it exactly.
+    return cbor2.dumps(body, canonical=version >= 2)
+
+
+def columns(groups: Iterable[Sequence[Any]]) -> tuple[list[Any], list[Any]]:
+    """Readings, one sequence per batch -> (tag sets, blocks) of payload version 2."""
+    sets: list[Any] = []
+    index: dict[tuple[str, ...], int] = {}
+    blocks: list[Any] = []
+    todo = list(groups)
+    todo.reverse()
+    while todo:
+        g = todo.pop()
+        n = len(g)
+        if not n:
+            continue
+        widths = set(map(len, g))
+        width = max(widths)
+        if len(widths) > 1:  # some readings carry a reason (or server time), others not
+            g = [(*r, *(None,) * (width - len(r))) for r in g]
+        cols = tuple(zip(*g, strict=True))
+        ts = cols[1]
+        t0 = ts[0]
+        if ts.count(t0) != n:
+            # A device read of several requests has one timestamp per request: a block
+            # per request keeps one timestamp a block (else 9 bytes a reading).
+            runs = [sum(1 for _ in run) for _, run in groupby(ts)]
+            if len(runs) * 8 <= n:
+                at = n
+                for length in reversed(runs):
+                    todo.append(g[at - length : at])
+                    at -= length
+                continue
+        names: tuple[str, ...] = cols[0]
+        k = index.get(names)
+        if k is None:
+            k = index[names] = len(sets)
+            sets.append(tag_set(names))
+        qs = cols[3]
+        q0 = qs[0]
+        block = [k, t0 if ts.count(t0) == n else ts, cols[2], q0 if qs.count(q0) == n else qs]
+        if width > 4:
+            reasons = cols[4]
+            r0 = reasons[0]
+            server = cols[5] if width > 5 else None
+            if server is not None and server.count(None) == n:
+                server = None
+            if reasons.count(r0) != n:
+                block.append(reasons)
+            elif r0 is not None or server is not None:
+                block.append(r0)
+            if server is not None:
+                block.append(server)
+        blocks.append(block)
+    return sets, blocks
+
+
+def tag_set(names: tuple[str, ...]) -> list[Any]:
+    """``[prefix, [rest of each name]]``: the names' common prefix once (cached: a
+    device's plan reads the same names every cycle)."""
+    cached = _set_cache.get(names)
+    if cached is not None:
+        return cached
+    # Characters, not path parts: "plc7/t0" is the prefix of "plc7/t01" .. "plc7/t09".
+    prefix = os.path.commonprefix([min(names), max(names)])[:MAX_PREFIX]  # noqa: RUF071
+    cut = len(prefix)
+    out = [prefix, [n[cut:] for n in names]]
+    if len(_set_cache) >= _SET_CACHE_MAX:
+        _set_cache.clear()
+    _set_cache[names] = out
+    return out

@@ -39,7 +39,7 @@ from .config import (
 from .decode import DecodeError, decode_value, encode_value
 from .learn import Learned
 from .pdu import register_fast_responses
-from .plan import ReadPlan, Request, compile_plan, split_request
+from .plan import ReadPlan, Request, compile_plan, full_name, split_request
 from .types import TABLES, DataType, Table
 
 __all__ = ["EXCEPTION_NAMES", "Driver", "LinkStats", "ModbusDriverBase", "ModbusTcpDriver"]
@@ -168,7 +168,7 @@ class ModbusDriverBase:
             self.learned = None
         elif learned is None:
             self.learned = Learned.load(device, None)
-        self._tag_names = tuple(f"{device.name}/{t.name}" for t in device.tags)
+        self._tag_names = tuple(full_name(device.name + "/", t.name) for t in device.tags)
         self._tags = {t.name: t for t in device.tags}
         # One request at a time on this driver: a write (and its read-back) never
         # interleaves with a poll cycle's requests.

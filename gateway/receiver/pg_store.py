@@ -21,7 +21,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -222,12 +222,12 @@ CREATE TABLE IF NOT EXISTS command_results (
 """
 
 
-def copy_data(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
+def copy_data(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
     """The whole binary COPY stream of one message's readings."""
     return _SIGNATURE + copy_rows(ids, seq, readings) + _TRAILER
 
 
-def copy_rows(ids: dict[str, int], seq: int, readings: list[list[Any]]) -> bytes:
+def copy_rows(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
     """One message's readings as binary COPY rows (13 fields a row: the head, vtype, value,
     value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
     head, vfloat, vnum = _HEAD.pack, _VFLOAT.pack, _VNUM.pack
@@ -720,18 +720,22 @@ class _PgTxn:
         )
         self.keys[key.kid] = key.public_key
 
-    def _series_ids(self, readings: list[list[Any]]) -> dict[str, int]:
+    def _series_ids(self, readings: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """Series id of each tag of ``readings`` (one pass over them: ``_tag_ids`` with
+        the payload's distinct ``tags`` does without)."""
+        return self._tag_ids(list(dict.fromkeys([r[0] for r in readings])))
+
+    def _tag_ids(self, tags: list[str]) -> dict[str, int]:
+        """Series id of each distinct tag of a message (``Payload.tags``)."""
         known, gw = self.store._series, self.gw
         ids: dict[str, int] = {}
         new: list[str] = []
-        for r in readings:
-            tag = r[0]
-            if tag not in ids:
-                sid = known.get((gw, tag))
-                if sid is None:
-                    new.append(tag)
-                    sid = 0
-                ids[tag] = sid
+        for tag in tags:
+            sid = known.get((gw, tag))
+            if sid is None:
+                new.append(tag)
+                sid = 0
+            ids[tag] = sid
         if new:
             # The gateway's row is locked: no other receiver adds this gateway's series now.
             self.cur.execute(
@@ -756,7 +760,7 @@ class _PgTxn:
              len(p.readings))
         )  # fmt: skip
         if p.readings and self.store.keep_readings:
-            self.batch.rows.append(copy_rows(self._series_ids(p.readings), seq, p.readings))
+            self.batch.rows.append(copy_rows(self._tag_ids(p.tags), seq, p.readings))
         if p.event is not None:
             e = p.event
             cur.execute(

@@ -9,18 +9,22 @@ so even a hostile signed payload costs time linear in its size.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from security.strictcbor import CborError, strict_loads
 
-PAYLOAD_VERSION = 1
+VERSIONS = (1, 2)  # payload versions accepted (docs/wire-format.md); the gateway sends 2
+PAYLOAD_VERSION = 2
 KINDS = frozenset({"telemetry", "event", "notice", "audit", "command_result"})
 GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 U64 = 2**64
 I63 = 2**63  # seq and boot are stored as signed 64-bit integers: 0 <= x < 2**63
 MAX_TAG = 512  # characters in a reading's tag name
 MAX_TEXT = 1024  # characters in a short text field (reason, model, ...)
+MAX_PREFIX = 64  # characters of a version-2 tag set's common prefix
 DROP_REASONS = frozenset(
     {
         "outbox_full",
@@ -52,9 +56,13 @@ _REQUIRED = {
     "audit": _COMMON | {"log", "offset", "base", "entries"},
     "command_result": _COMMON | {"result"},
 }
+# Version 2 differs in telemetry only: readings in columns (tag sets and blocks).
+_FIELDS_V2 = {**_FIELDS, "telemetry": _COMMON | {"tags", "b"}}
+_REQUIRED_V2 = {**_REQUIRED, "telemetry": _COMMON | {"tags", "b"}}
 _EVENT_FIELDS = frozenset({"model", "kind", "ts_ns", "score", "peak", "window_end_ns", "inputs"})
 _DROP_FIELDS = frozenset({"first_seq", "last_seq", "messages", "points", "bytes", "reason", "at"})
 _VALUE_TYPES = frozenset({bool, int, float, str, bytes, type(None)})
+_NONE = type(None)
 
 
 class PayloadError(ValueError):
@@ -98,7 +106,13 @@ class Payload:
     boot: int
     kind: str
     t_ns: int
-    readings: list[list[Any]] = field(default_factory=list)
+    readings: list[Sequence[Any]] = field(default_factory=list)
+    """``[tag, ts, value, quality, reason?, server_ts?]`` each (lists from version 1,
+    tuples from version 2), in message order."""
+    tags: list[str] = field(default_factory=list)
+    """The distinct tag names of ``readings`` (for the stores' series, without a pass over
+    every reading)."""
+    version: int = 1
     event: dict[str, Any] | None = None
     drops: list[Drop] = field(default_factory=list)
     audit: AuditBatch | None = None
@@ -129,15 +143,16 @@ def decode(data: bytes) -> Payload:
     if type(m) is not dict:
         raise PayloadError("payload is not a CBOR map")
     v = m.get("v")
-    if type(v) is not int or v != PAYLOAD_VERSION:
-        raise PayloadError(f"v: unsupported payload version ({type(v).__name__})")
+    if type(v) is not int or v not in VERSIONS:
+        shown = v if type(v) is int else type(v).__name__
+        raise PayloadError(f"v: unsupported payload version ({shown}); accepted: 1, 2")
     kind = m.get("kind")
     if kind not in KINDS:
         raise PayloadError("kind: not one of " + ", ".join(sorted(KINDS)))
     keys = set(m)
-    if missing := _REQUIRED[kind] - keys:
+    if missing := (_REQUIRED if v == 1 else _REQUIRED_V2)[kind] - keys:
         raise PayloadError(f"lacks field(s) {', '.join(sorted(missing))}")
-    if extra := keys - _FIELDS[kind]:
+    if extra := keys - (_FIELDS if v == 1 else _FIELDS_V2)[kind]:
         shown = ", ".join(sorted(repr(k)[:40] for k in extra)[:5])
         raise PayloadError(f"unknown field(s) for kind {kind}: {shown}")
     gw, seq, boot, t = m["gw"], m["seq"], m["boot"], m["t"]
@@ -150,17 +165,24 @@ def decode(data: bytes) -> Payload:
     if not _uint(t):
         raise PayloadError("t: must be a uint64 (ns since the epoch)")
     if kind == "telemetry":
-        _check_readings(m["r"])
-        return Payload(gw, seq, boot, kind, t, readings=m["r"], body=m)
+        if v == 1:
+            r = m["r"]
+            _check_readings(r)
+            tags = list(dict.fromkeys([x[0] for x in r]))
+            return Payload(gw, seq, boot, kind, t, readings=r, tags=tags, version=1, body=m)
+        readings, tags = _columns(m["tags"], m["b"], len(data))
+        return Payload(gw, seq, boot, kind, t, readings=readings, tags=tags, version=2, body=m)
     if kind == "event":
-        return Payload(gw, seq, boot, kind, t, event=_event(m["event"]), body=m)
+        return Payload(gw, seq, boot, kind, t, event=_event(m["event"]), version=v, body=m)
     if kind == "notice":
         if m["notice"] != "data_dropped":
             raise PayloadError("notice: must be 'data_dropped'")
-        return Payload(gw, seq, boot, kind, t, drops=_drops(m["drops"], seq), body=m)
+        return Payload(gw, seq, boot, kind, t, drops=_drops(m["drops"], seq), version=v, body=m)
     if kind == "command_result":
-        return Payload(gw, seq, boot, kind, t, command_result=_result(m["result"]), body=m)
-    return Payload(gw, seq, boot, kind, t, audit=_audit(m), body=m)
+        return Payload(
+            gw, seq, boot, kind, t, command_result=_result(m["result"]), version=v, body=m
+        )
+    return Payload(gw, seq, boot, kind, t, audit=_audit(m), version=v, body=m)
 
 
 def _check_readings(r: Any) -> None:
@@ -211,6 +233,114 @@ def _explain_reading(i: int, x: Any) -> None:
     if len(x) > 4 and x[4] is not None and not _text(x[4]):
         raise PayloadError(f"r[{i}].reason: must be text or null")
     raise PayloadError(f"r[{i}].server_ts: must be a uint64 or null")
+
+
+def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Sequence[Any]], list[str]]:
+    """Version 2: check the tag sets and blocks, and give the readings as version 1 has
+    them. Checks are per block with C-level passes over each column (``map``, ``min``,
+    ``count``); what a block costs is linear in its bytes."""
+    if type(sets) is not list:
+        raise PayloadError("tags: must be an array of tag sets")
+    if type(blocks) is not list:
+        raise PayloadError("b: must be an array of blocks")
+    names: list[tuple[str, ...]] = []
+    chars = 0
+    for i, ts in enumerate(sets):
+        if type(ts) is not list or len(ts) != 2 or type(ts[0]) is not str:
+            raise PayloadError(f"tags[{i}]: a tag set is [prefix, [names]]")
+        prefix, rest = ts
+        if len(prefix) > MAX_PREFIX:
+            raise PayloadError(f"tags[{i}].prefix: more than {MAX_PREFIX} characters")
+        if type(rest) is not list or not rest or set(map(type, rest)) != {str}:
+            raise PayloadError(f"tags[{i}].names: must be a non-empty array of text")
+        lens = list(map(len, rest))
+        if min(lens) + len(prefix) < 1 or max(lens) + len(prefix) > MAX_TAG:
+            raise PayloadError(
+                f"tags[{i}].names: a tag name (prefix + name) is 1..{MAX_TAG} characters"
+            )
+        chars += len(prefix) * len(rest) + sum(lens)
+        names.append(tuple([prefix + n for n in rest]) if prefix else tuple(rest))
+    used = [False] * len(names)
+    readings: list[Sequence[Any]] = []
+    for i, b in enumerate(blocks):
+        if type(b) is not list or not 4 <= len(b) <= 6:
+            raise PayloadError(
+                f"b[{i}]: a block is [set, ts, values, quality, reason?, server_ts?]"
+            )
+        k, ts, values, q = b[0], b[1], b[2], b[3]
+        if type(k) is not int or not 0 <= k < len(names):
+            raise PayloadError(f"b[{i}].set: not an index into tags (0..{len(names) - 1})")
+        used[k] = True
+        tags = names[k]
+        n = len(tags)
+        if type(values) is not list or len(values) != n:
+            raise PayloadError(
+                f"b[{i}].values: must be an array of {n} values, one per tag of its set"
+            )
+        _check_values(i, values)
+        cols: list[Any] = [
+            tags,
+            _column(i, "ts", ts, n, U64),
+            values,
+            _column(i, "quality", q, n, 5),
+        ]
+        if len(b) > 4:
+            cols.append(_reasons(i, b[4], n))
+        if len(b) > 5:
+            cols.append(_server_ts(i, b[5], n))
+        readings += zip(*cols, strict=False)  # lengths checked; one value for all: repeat()
+    if not all(used):
+        raise PayloadError(f"tags[{used.index(False)}]: a tag set no block reads")
+    if chars > 64 * size:  # the prefixes cannot make the names much larger than the message
+        raise PayloadError("tags: the tag names expand to more than 64 characters per byte")
+    tag_names = list(dict.fromkeys([t for group in names for t in group]))
+    return readings, tag_names
+
+
+def _check_values(i: int, values: list[Any]) -> None:
+    types = set(map(type, values))
+    if not types <= _VALUE_TYPES:
+        bad = sorted(t.__name__ for t in types - _VALUE_TYPES)[0]
+        raise PayloadError(f"b[{i}].values: {bad} is not a reading value")
+    if int in types and min([x for x in values if type(x) is int]) < -I63:
+        raise PayloadError(f"b[{i}].values: integer outside int64/uint64")
+
+
+def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
+    """One uint below ``limit`` for every reading, or an array of ``n`` of them."""
+    if type(x) is int:
+        if not 0 <= x < limit:
+            raise PayloadError(f"b[{i}].{name}: must be an integer 0..{limit - 1}")
+        return repeat(x, n)
+    if (
+        type(x) is not list
+        or len(x) != n
+        or set(map(type, x)) != {int}
+        or min(x) < 0
+        or max(x) >= limit
+    ):
+        raise PayloadError(f"b[{i}].{name}: must be an integer 0..{limit - 1} or an array of {n}")
+    return x
+
+
+def _reasons(i: int, x: Any, n: int) -> Any:
+    if x is None or (type(x) is str and _text(x)):
+        return repeat(x, n)
+    if type(x) is list and len(x) == n and set(map(type, x)) <= {str, _NONE}:
+        texts = [r for r in x if r is not None]
+        if not texts or (min(map(len, texts)) > 0 and max(map(len, texts)) <= MAX_TEXT):
+            return x
+    raise PayloadError(
+        f"b[{i}].reason: must be text of 1..{MAX_TEXT} characters, null, or an array of {n}"
+    )
+
+
+def _server_ts(i: int, x: Any, n: int) -> Any:
+    if type(x) is list and len(x) == n and set(map(type, x)) <= {int, _NONE}:
+        ints = [t for t in x if t is not None]
+        if not ints or min(ints) >= 0:
+            return x
+    raise PayloadError(f"b[{i}].server_ts: must be an array of {n} uint64 or null")
 
 
 def _event(e: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,7 @@ def _i64(v: int) -> int | str:
     return v if -I63 <= v < I63 else str(v)
 
 
-def reading_row(sid: int, seq: int, r: list[Any]) -> tuple[Any, ...]:
+def reading_row(sid: int, seq: int, r: Sequence[Any]) -> tuple[Any, ...]:
     ts_us, ts_nanos = divmod(r[1], 1000)
     v = r[2]
     t = type(v)
@@ -561,14 +561,17 @@ class _SqliteTxn:
         )
         self.keys[key.kid] = key.public_key
 
-    def _series_ids(self, readings: list[list[Any]]) -> dict[str, int]:
+    def _series_ids(self, readings: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """Series id of each tag of ``readings`` (one pass over them: ``_tag_ids`` with
+        the payload's distinct ``tags`` does without)."""
+        return self._tag_ids(list(dict.fromkeys([r[0] for r in readings])))
+
+    def _tag_ids(self, tags: list[str]) -> dict[str, int]:
+        """Series id of each distinct tag of a message (``Payload.tags``)."""
         known = self.store._series
         gw = self.gw
         ids: dict[str, int] = {}
-        for r in readings:
-            tag = r[0]
-            if tag in ids:
-                continue
+        for tag in tags:
             sid = known.get((gw, tag))
             if sid is None:
                 self.db.execute(
@@ -600,7 +603,7 @@ class _SqliteTxn:
             ),
         )
         if p.readings and self.store.keep_readings:
-            ids = self._series_ids(p.readings)
+            ids = self._tag_ids(p.tags)
             db.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [reading_row(ids[r[0]], seq, r) for r in p.readings],

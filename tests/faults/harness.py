@@ -239,6 +239,19 @@ class Rig:
             )
         }
 
+    def delivered_and_dropped(self) -> int:
+        """Points of telemetry messages that arrived and are also named in a drop notice:
+        published, then evicted from a full outbox before the broker's PUBACK came (the
+        platform stores them: a notice's seq may still arrive). Counted once."""
+        store = self.rx.store
+        with store._lock:  # type: ignore[attr-defined]
+            row = store.db.execute(  # type: ignore[attr-defined]
+                "SELECT coalesce(sum(m.points), 0) FROM messages m WHERE m.kind = 'telemetry'"
+                " AND EXISTS (SELECT 1 FROM notices n WHERE n.gw = m.gw"
+                " AND m.seq BETWEEN n.first_seq AND n.last_seq)"
+            ).fetchone()
+        return int(row[0])
+
     def log(self) -> str:
         return (self.tmp / "gateway.log").read_text(errors="replace")
 

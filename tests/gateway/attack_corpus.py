@@ -51,13 +51,68 @@ class Keys:
 
 
 def telemetry(
-    key: DeviceKey, seq: int, *, gw: str = GW, boot: int = 1, n: int = 3, on: str | None = None
+    key: DeviceKey,
+    seq: int,
+    *,
+    gw: str = GW,
+    boot: int = 1,
+    n: int = 3,
+    on: str | None = None,
+    version: int = 2,
 ) -> bytes:
     readings = [
         [f"plc/t{i}", 1_700_000_000_000_000_000 + seq, float(seq * 10 + i), 0] for i in range(n)
     ]
-    p = encode_payload(gw=gw, seq=seq, boot=boot, kind="telemetry", t_ns=1, readings=readings)
+    p = encode_payload(
+        gw=gw, seq=seq, boot=boot, kind="telemetry", t_ns=1, readings=readings, version=version
+    )
     return sign1(p, key, (on or topic("telemetry", gw)).encode())
+
+
+def telemetry_v2(key: DeviceKey, seq: int, tags: Any, blocks: Any) -> bytes:
+    """A version-2 telemetry payload with these tag sets and blocks, as signed by ``key``."""
+    body = {"v": 2, "gw": GW, "seq": seq, "boot": 2, "kind": "telemetry", "t": 1}
+    return signed_raw(key, {**body, "tags": tags, "b": blocks}, topic("telemetry"))
+
+
+def v2_attacks(k: DeviceKey) -> list[Case]:
+    """Version-2 payloads a genuine key could sign that no gateway would: columns that do
+    not line up, indexes out of range, counts that claim more than the message holds."""
+    t_tel = topic("telemetry")
+    ok_set = [["plc/", ["a", "b"]]]
+    ts = 1_700_000_000_000_000_000
+    bad = {
+        "set index out of range": (ok_set, [[1, ts, [1.0, 2.0], 0]]),
+        "negative set index": (ok_set, [[-1, ts, [1.0, 2.0], 0]]),
+        "fewer values than tags": (ok_set, [[0, ts, [1.0], 0]]),
+        "more values than tags": (ok_set, [[0, ts, [1.0, 2.0, 3.0], 0]]),
+        "ts column too short": (ok_set, [[0, [ts], [1.0, 2.0], 0]]),
+        "quality column too long": (ok_set, [[0, ts, [1.0, 2.0], [0, 0, 0]]]),
+        "quality 5": (ok_set, [[0, ts, [1.0, 2.0], [0, 5]]]),
+        "reason column too short": (ok_set, [[0, ts, [None, None], 1, ["x"]]]),
+        "server_ts negative": (ok_set, [[0, ts, [1.0, 2.0], 0, None, [1, -1]]]),
+        "a value that is an array": (ok_set, [[0, ts, [1.0, [2.0]], 0]]),
+        "tag set never read": ([*ok_set, ["x/", ["y"]]], [[0, ts, [1.0, 2.0], 0]]),
+        "empty tag set": ([["plc/", []]], []),
+        "prefix of 65 characters": ([["p" * 65, ["a"]]], [[0, ts, [1.0], 0]]),
+        "empty tag name": ([["", ["a", ""]]], [[0, ts, [1.0, 2.0], 0]]),
+        "a block of 7 elements": (ok_set, [[0, ts, [1.0, 2.0], 0, None, None, 1]]),
+        "blocks not an array": (ok_set, {"0": 1}),
+    }
+    cases = [
+        Case(f"v2: {name}", t_tel, telemetry_v2(k, 910 + i, tags, blocks), Outcome.MALFORMED)
+        for i, (name, (tags, blocks)) in enumerate(bad.items())
+    ]
+    # Counts that claim far more than the message holds: refused without allocating them.
+    body = cbor2.dumps({"v": 2, "gw": GW, "seq": 950, "boot": 2, "kind": "telemetry", "t": 1})
+    tags = b"\x64tags" + cbor2.dumps([["plc/", ["a"]]])
+    for name, tail in (
+        ("v2: 2**32 tag sets claimed", b"\x64tags\x9a\xff\xff\xff\xff"),
+        ("v2: 2**64-1 values claimed", tags + b"\x61b\x81\x84\x00\x01\x9b" + b"\xff" * 8),
+    ):
+        huge = b"\xa8" + body[1:] + tail
+        cases.append(Case(name, t_tel, sign1(huge, k, t_tel.encode()), Outcome.MALFORMED))
+    return cases
 
 
 def signed_raw(key: DeviceKey, body: dict[str, Any], t: str) -> bytes:
@@ -89,7 +144,8 @@ def corpus(keys: Keys, genuine_count: int = 40) -> list[Case]:
     genuine: dict[int, bytes] = {}
     for seq in range(1, genuine_count + 1):
         boot = 1 if seq <= 20 else 2
-        genuine[seq] = telemetry(k, seq, boot=boot)
+        # A gateway not yet upgraded sends payload version 1: both are accepted.
+        genuine[seq] = telemetry(k, seq, boot=boot, version=1 if seq % 7 == 0 else 2)
     g5 = parse1(genuine[5])
     attacks = [
         # -- unauthenticated: anyone on the broker ------------------------------------
@@ -293,6 +349,17 @@ def corpus(keys: Keys, genuine_count: int = 40) -> list[Case]:
             "nesting bomb in payload",
             t_tel,
             sign1(b"\xa1\x61r" + b"\x81" * 100_000 + b"\x00", k, t_tel.encode()),
+            Outcome.MALFORMED,
+        ),
+        *v2_attacks(k),
+        Case(
+            "payload version 3",
+            t_tel,
+            signed_raw(
+                k,
+                {"v": 3, "gw": GW, "seq": 960, "boot": 2, "kind": "telemetry", "t": 1, "r": []},
+                t_tel,
+            ),
             Outcome.MALFORMED,
         ),
     ]

@@ -327,7 +327,7 @@ def test_a_broker_packet_limit_never_wedges_the_link(
 
         async def main() -> Gateway:
             gw = await Gateway(tmp_path, up, key).start()
-            await gw.put(3, 400)  # ~12 KB per window: split in two or more messages
+            await gw.put(3, 2000)  # ~12 KB per window (payload version 2): split in 2 or more
             await gw.pipe.put(Batch("plc", [("plc/blob", time.time_ns(), "z" * 50_000, 0)]))
             gw.polled += 1
             assert await until(lambda: rx.stats.points_verified == seeded - 1 + gw.polled, 60), (
