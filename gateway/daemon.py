@@ -33,10 +33,11 @@ from .forwarder import Forwarder
 from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
-from .poller import DeviceState, carry_counters, poll_device, subscribe_device
+from .poller import DeviceState, carry_counters, failed_batch, poll_device, subscribe_device
 from .registry import DeviceRuntime, build_device
 from .sdnotify import Notifier
 from .status import write_status
+from .supervisor import Supervisor, cancel_all
 
 log = logging.getLogger("edgegw.daemon")
 
@@ -57,7 +58,11 @@ class Daemon:
         self.boot = 0
         self.notify = Notifier.from_env()
         self.last_snapshot: dict[str, Any] | None = None
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        # Every long-running task runs under the supervisor (logged at once, restarted
+        # with backoff); ``tasks`` is its name -> task map.
+        self._task_digest = Digest(self._audit_task_failure)
+        self.sup = Supervisor(on_failure=self._task_failed)
+        self.tasks: dict[str, asyncio.Task[Any]] = self.sup.tasks  # type: ignore[assignment]
         self._polls: list[asyncio.Task[Any]] = []
         self._poll_stop = asyncio.Event()
         self.uplink: AuditUplink | None = None
@@ -120,24 +125,24 @@ class Daemon:
         self.uplink = uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
         self.audit, replaced = self._open_audit(ident, state_dir)
         await uplink.start(self.audit, replaced=replaced)
-        self.tasks["audit"] = asyncio.create_task(uplink.run(), name="audit")
+        self.sup.start("audit", uplink.run)
         self._audit("start", version=__version__, pid=os.getpid())
         self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
         if ident.created:
             self._audit("key_created", kid=key.kid.hex())
 
         self.downlink = self._make_downlink()
-        self.tasks["downlink"] = asyncio.create_task(self.downlink.run(), name="downlink")
+        self.sup.start("downlink", self.downlink.run)
         self.forwarder = fwd = self._make_forwarder()
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
-        self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
-        self.tasks["forwarder"] = asyncio.create_task(fwd.run(), name="forwarder")
+        self.sup.start("pipeline", pipe.run)
+        self.sup.start("forwarder", fwd.run)
         try:
             await self._start_inference()
         except BaseException:
             await self._abort_start()
             raise
-        status_task = asyncio.create_task(self._status_loop(), name="status")
+        self.sup.start("status", self._status_loop)
         self._start_devices()
         metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
@@ -168,8 +173,7 @@ class Daemon:
         await self.tasks["pipeline"]
         log.debug("stop: last window sealed")
         if self.engine is not None:
-            self.tasks["inference"].cancel()
-            await asyncio.gather(self.tasks["inference"], return_exceptions=True)
+            await self.sup.stop(["inference"])
             self.engine.close()
         self._audit("stop", reason="signal")
         self._close_audit()
@@ -182,10 +186,7 @@ class Daemon:
             log.warning(
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
-        others = [self.tasks["forwarder"], status_task]
-        for t in others:
-            t.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await self.sup.stop(["forwarder", "status"])
         if metrics is not None:
             metrics.stop()
         write_status(state_dir, await self.snapshot(final=True))
@@ -197,7 +198,7 @@ class Daemon:
         """A start refused after the tasks began (a changed model): end them for certain
         (asyncio.run's own cancellation waits forever on a task that lost its cancellation
         in one of Python 3.11's races), seal the audit log and close the outbox."""
-        await _cancel_all(list(self.tasks.values()))
+        await self.sup.stop()
         self._close_audit()
         if self.outbox is not None:
             await self.outbox.close()
@@ -223,13 +224,25 @@ class Daemon:
             carry_counters(st.driver, getattr(rt.driver, "stats", None))
         stop = self._device_stops[dev.name] = asyncio.Event()
         if rt.subscribe:
-            coro = subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, stop)
+
+            def task() -> Any:
+                return subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, stop)
         else:
-            coro = poll_device(rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, stop)
-        task = asyncio.create_task(coro, name=f"poll:{dev.name}")
+
+            def task() -> Any:
+                return poll_device(rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, stop)
+
+        async def failed(name: str, exc: BaseException) -> None:
+            # The platform sees the device is not being read, and why; then a restart.
+            batch = failed_batch(dev.name, list(rt.tag_names), exc)
+            st.errors += 1
+            st.up = False
+            st.last_error = batch.error
+            await put(batch)
+
+        task_ = self.sup.start(f"poll:{dev.name}", task, on_failure=failed)
         self._runtimes[dev.name] = rt
-        self._polls.append(task)
-        self.tasks[f"poll:{dev.name}"] = task
+        self._polls.append(task_)
 
     async def _stop_device(self, name: str) -> None:
         """Stop one device's task (its driver closes its link); its state stays."""
@@ -239,14 +252,14 @@ class Daemon:
         task = self.tasks.pop(f"poll:{name}", None)
         self._runtimes.pop(name, None)
         if task is not None:
-            await _cancel_all([task])
+            await cancel_all([task])
             self._polls = [t for t in self._polls if t is not task]
 
     async def _stop_devices(self) -> None:
         self._poll_stop.set()
         for stop in self._device_stops.values():
             stop.set()
-        await _cancel_all(self._polls)
+        await cancel_all(self._polls)
         for t in self._polls:
             self.tasks.pop(t.get_name(), None)
         self._polls = []
@@ -266,6 +279,7 @@ class Daemon:
             await self._stop_device(name)
         for name in removed:
             self.devices.pop(name, None)
+            self.sup.forget(f"poll:{name}")
         # what a driver learned may have been forgotten meanwhile (edgegw read --relearn)
         for rt in self._runtimes.values():
             reload_learned = getattr(rt.driver, "reload_learned", None)
@@ -298,9 +312,8 @@ class Daemon:
             raise
         for m in self.cfg.inference.models:
             self._audit("model_loaded", model=m.name, sha256=m.sha256)
-        self.tasks["inference"] = asyncio.create_task(
-            self.engine.run(self._on_event, self._on_score), name="inference"
-        )
+        engine = self.engine
+        self.sup.start("inference", lambda: engine.run(self._on_event, self._on_score))
 
     def _on_score(self, model: str, score: float, window_end_ns: int) -> None:
         """A model with ``publish_scores``: its score goes out as telemetry, tag
@@ -340,6 +353,13 @@ class Daemon:
             audit = AuditLog(path, ident.key, **kw)
             audit.record("audit_reset", file=aside.name, reason=str(exc))
             return audit, f"the audit log was damaged ({exc}); it is kept as {aside.name}"
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        """Every failure of a supervised task: audited (repeats counted, see digest.py)."""
+        self._task_digest.note(f"task_failed:{name}", f"{type(exc).__name__}: {exc}"[:300])
+
+    def _audit_task_failure(self, event: str, detail: dict[str, Any]) -> None:
+        self._audit("task_failed", task=event.split(":", 1)[1], **detail)
 
     def _on_audit_append(self, entry: Any) -> None:
         # Runs under the audit log's lock, maybe on the outbox thread: only wake the uplink,
@@ -471,7 +491,8 @@ class Daemon:
             if self.engine is not None and new.inference.models:
                 await self.engine.swap(new.inference)
             elif self.engine is not None:
-                self.tasks.pop("inference").cancel()
+                await self.sup.stop(["inference"])
+                self.sup.forget("inference")
                 self.engine.close()
                 self.engine = None
             else:
@@ -480,10 +501,9 @@ class Daemon:
             (new.commands.enabled, new.commands.session_expiry_s)
             != (old.commands.enabled, old.commands.session_expiry_s)
         ):
-            self.tasks["forwarder"].cancel()
-            await asyncio.gather(self.tasks["forwarder"], return_exceptions=True)
+            await self.sup.stop(["forwarder"])
             self.forwarder = self._make_forwarder()
-            self.tasks["forwarder"] = asyncio.create_task(self.forwarder.run(), name="forwarder")
+            self.sup.start("forwarder", self.forwarder.run)
         changed, added, removed = await self._apply_devices(old, new)
         self._audit("config_change", outcome="applied", sha256=self._config_hash())
         log.info(
@@ -512,6 +532,16 @@ class Daemon:
             "monotonic_ns": time.monotonic_ns(),
             "started_ns": self.started_ns,
             "tasks": {name: not t.done() for name, t in self.tasks.items()},
+            "task_health": {
+                name: {
+                    "restarts": h.restarts,
+                    "failures": h.failures,
+                    "failing": h.failing,
+                    "last_error": h.last_error,
+                    "last_failure_ns": h.last_failure_ns,
+                }
+                for name, h in self.sup.health.items()
+            },
             "pipeline": asdict(pipe),
             "uplink": asdict(self.forwarder.stats),
             "outbox": asdict(ob),
@@ -570,17 +600,7 @@ class Daemon:
         return server
 
 
-async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel until every task has ended: a cancellation can be lost in a race on
-    Python 3.11 (see poller.poll_device)."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-    for t in tasks:  # surface anything other than cancellation in the log
-        if not t.cancelled() and t.exception() is not None:
-            log.error("task %s failed: %r", t.get_name(), t.exception())
+_cancel_all = cancel_all  # the name tests and tools know
 
 
 def run_async(coro: Any) -> Any:

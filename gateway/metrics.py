@@ -16,6 +16,7 @@ HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
     gateway, version, pid, boot, final, time_ns, started_ns
     monotonic_ns                      time.monotonic_ns() when the snapshot was taken
     tasks:    {task name: bool}       is each poll loop / pipeline / forwarder task alive
+    task_health: {task name: {restarts, failures, failing, last_error}}  (gateway.supervisor)
     pipeline: {points_polled, points_sealed, messages_sealed, last_seq, seal_errors}
     uplink:   {link_up, connects, disconnects, published, acked, rejected,
                points_acked (optional), set_aside, limits: {name: value}}
@@ -120,7 +121,25 @@ def health_problems(
     tasks = snap.get("tasks") or {}
     for name in sorted(t for t, alive in tasks.items() if not alive):
         problems.append(f"task {name} has ended")
+    # A task of the daemon's own that keeps failing is a reason to stop feeding the
+    # watchdog (a restart may clear what it trips on); a device's poll task is not: a
+    # restart of the whole gateway would not fix one device, so that one is "degraded".
+    for name, h in _failing_tasks(snap):
+        if not name.startswith("poll:"):
+            problems.append(
+                f"task {name} keeps failing ({h.get('restarts')} restarts; last: "
+                f"{h.get('last_error')})"
+            )
     return problems
+
+
+def _failing_tasks(snap: Snapshot) -> list[tuple[str, Mapping[str, Any]]]:
+    health = snap.get("task_health") or {}
+    return [
+        (name, h)
+        for name, h in sorted(health.items())
+        if isinstance(h, Mapping) and h.get("failing")
+    ]
 
 
 def degraded_reasons(snap: Snapshot | None) -> list[str]:
@@ -136,6 +155,9 @@ def degraded_reasons(snap: Snapshot | None) -> list[str]:
         if isinstance(d, Mapping) and d.get("up") is False:
             why = d.get("last_error")
             reasons.append(f"device {name} down" + (f": {why}" if why else ""))
+    for name, h in _failing_tasks(snap):
+        if name.startswith("poll:"):
+            reasons.append(f"task {name} keeps failing: {h.get('last_error')}")
     return reasons
 
 
@@ -273,6 +295,18 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         "windows that could not be sealed or committed",
         pipe.get("seal_errors"),
     )
+
+    health = snap.get("task_health") or {}
+    if health:
+        restarts = CounterMetricFamily(
+            "edgegw_task_restarts",
+            "times a task of the daemon failed and was started again",
+            labels=["task"],
+        )
+        for name, h in sorted(health.items()):
+            if isinstance(h, Mapping) and (n := _num(h.get("restarts"))) is not None:
+                restarts.add_metric([str(name)], n)
+        yield restarts
 
     up = snap.get("uplink") or {}
     link = up.get("link_up")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buffer import URGENT, Drop, OutboxFull
+from buffer import URGENT, Drop, OutboxError, OutboxFull
 from drivers.contract import Batch, Quality
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
@@ -44,6 +44,10 @@ class PipelineStats:
     seal_errors: int = 0
     points_refused: int = 0
     notices: int = 0
+    seal_failures: int = 0
+    """Windows (or their rest) that could not be sealed at all: dropped with a notice."""
+    readings_unsealable: int = 0
+    """Readings that could not be encoded, sent as bad readings saying why."""
 
 
 class Pipeline:
@@ -83,6 +87,9 @@ class Pipeline:
         # uplink.max_message_bytes, lowered to what the broker announced); None: no limit.
         self.body_limit = body_limit
         self._bytes_per_point = 0.0  # of the last telemetry message, to pre-split windows
+        self._held: list[Any] = []  # taken off the queue, not yet committed
+        self._closing = False  # close() was taken off the queue
+        self._unsealable = ""  # the last "cannot be sealed" logged
 
     async def put(self, batch: Batch) -> None:
         self.stats.points_polled += len(batch.readings)
@@ -102,17 +109,21 @@ class Pipeline:
         await self.queue.put(None)
 
     async def run(self) -> None:
+        """Collect windows and seal them until ``close()``. Restartable: the window taken
+        off the queue when a run failed (``_held``) is sealed first by the next run, and a
+        ``close()`` already taken is honoured, so a supervisor's restart loses nothing."""
         loop = asyncio.get_running_loop()
         q = self.queue
-        while True:
+        if self._held:
+            await self._seal(self._held)
+        while not self._closing:
             first = await q.get()
             if first is None:
-                if self._unrecorded:
-                    await self._record_refused("disk_full")
-                return
-            readings: list[Any] = list(first.readings)
+                self._closing = True
+                break
+            # Held from the moment it leaves the queue: kept across a failure of run().
+            readings = self._held = list(first.readings)
             deadline = loop.time() + self.window
-            stopping = False
             while len(readings) < self.max_points:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -126,15 +137,15 @@ class Pipeline:
                 except TimeoutError:
                     break
                 if b is None:
-                    stopping = True
+                    self._closing = True
                     break
                 readings.extend(b.readings)
             if readings:
                 await self._seal(readings)
-            if stopping:
-                if self._unrecorded:  # refused while the disk was full: say so now
-                    await self._record_refused("disk_full")
-                return
+            else:
+                self._held = []
+        if self._unrecorded:  # refused while the disk was full: say so now
+            await self._record_refused("disk_full")
 
     async def seal_message(
         self,
@@ -172,31 +183,55 @@ class Pipeline:
             self.on_sealed()
 
     async def _seal(self, readings: list[Any]) -> None:
+        """Commit ``readings`` (held in ``_held`` until they are). An outbox error (I/O,
+        a locked or vanished file) is transient: retried with backoff, the same data. A
+        failure to encode or sign is deterministic: ``_seal_sync`` isolates the readings
+        that cause it, and what cannot be sealed at all is dropped with a signed notice;
+        acquisition goes on either way."""
         delay = 0.2
         done = _Progress()  # what is committed survives a retry: never sealed twice
-        while True:
-            try:
-                await self.outbox.run(self._seal_sync, readings, done)
-                break
-            except OutboxFull as exc:
-                # stop_acquisition (or a disk too full to make room): the rest is refused.
-                rest = len(readings) - done.points
-                self.stats.points_refused += rest
-                self._unrecorded += rest
-                log.warning("%s; %d points refused", exc, rest)
-                self._sealed(done)
-                await self._record_refused(exc.reason)
-                return
-            except Exception as exc:  # an I/O error must not kill the daemon
-                self.stats.seal_errors += 1
-                log.error(
-                    "cannot commit %d points to the outbox: %s; retrying in %.1f s",
-                    len(readings) - done.points,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        self._held = readings
+        try:
+            while True:
+                try:
+                    await self.outbox.run(self._seal_sync, readings, done)
+                    break
+                except OutboxFull as exc:
+                    # stop_acquisition (or a disk too full to make room): the rest is refused.
+                    rest = len(readings) - done.points
+                    self.stats.points_refused += rest
+                    self._unrecorded += rest
+                    log.warning("%s; %d points refused", exc, rest)
+                    self._sealed(done)
+                    await self._record_refused(exc.reason)
+                    return
+                except SealFailed as exc:
+                    rest = len(readings) - done.points
+                    self.stats.seal_failures += 1
+                    log.error(
+                        "cannot seal %d points (%s); they are dropped and reported in a notice",
+                        rest,
+                        exc,
+                        exc_info=exc.__cause__,
+                    )
+                    self._sealed(done)
+                    await self._record_drop(rest, "seal_failed")
+                    return
+                except OutboxError as exc:  # an I/O error must not kill the daemon
+                    self.stats.seal_errors += 1
+                    log.error(
+                        "cannot commit %d points to the outbox: %s; retrying in %.1f s",
+                        len(readings) - done.points,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        except BaseException:
+            self._held = readings[done.points :]  # the next run() seals the rest first
+            self._sealed(done)
+            raise
+        self._held = []
         self._sealed(done)
         if self._unrecorded:
             await self._record_refused("disk_full")
@@ -208,6 +243,18 @@ class Pipeline:
         self.stats.messages_sealed += done.messages
         self.stats.last_seq = done.last_seq
         self.on_sealed()
+
+    async def _record_drop(self, points: int, reason: str) -> None:
+        try:
+            await self.outbox.run(self._drop_sync, points, reason)
+        except Exception as exc:
+            log.error("cannot record %d dropped points (%s): %s", points, reason, exc)
+
+    def _drop_sync(self, points: int, reason: str) -> None:
+        ob = self.outbox.outbox
+        assert ob is not None
+        ob.record_drop(points, reason)
+        self._notify_sync()
 
     async def _record_refused(self, reason: str) -> None:
         """Record refused points as a drop; on a full disk even that can fail: keep
@@ -257,12 +304,44 @@ class Pipeline:
                 assert limit is not None
                 todo.extendleft(reversed(_split(part, big.size, limit)))
                 continue
+            except OutboxError:
+                raise
+            except Exception as exc:  # encoding or signing: the same data fails again
+                todo.extendleft(reversed(self._isolate(part, exc)))
+                continue
             self._bytes_per_point = size / len(part)
             done.points += len(part)
             done.messages += 1
             done.last_seq = seq
-        self._notify_sync()
+        try:
+            self._notify_sync()
+        except OutboxError:
+            raise
+        except Exception:  # the drops stay recorded: the next window tries again
+            log.exception("cannot seal a drop notice")
         return done.last_seq
+
+    def _isolate(self, part: list[Any], exc: Exception) -> list[list[Any]]:
+        """``part`` cannot be sealed: halve it until the readings that cause it are
+        alone, and replace each by a bad reading saying why (one bad value must not cost
+        its neighbours). A replacement that cannot be sealed either (the key, not the
+        data): SealFailed, and the rest of the window is dropped with a notice."""
+        if isinstance(part, _Replaced):
+            raise SealFailed(f"{type(exc).__name__}: {exc}") from exc
+        if len(part) > 1:
+            half = len(part) // 2
+            return [part[:half], part[half:]]
+        r = part[0]
+        why = f"cannot be sealed: {type(exc).__name__}: {exc}"
+        self.stats.readings_unsealable += 1
+        if why != self._unsealable:  # once until it changes: no log flood
+            log.error("reading %.200r %s; sent as a bad reading", r, why)
+            self._unsealable = why
+        try:
+            tag, ts = str(r[0]), int(r[1])
+        except Exception:
+            tag, ts = repr(r)[:200], time.time_ns()
+        return [_Replaced([(tag, ts, None, _BAD_CONFIG, why[:500])])]
 
     def _chunks(self, readings: list[Any], limit: int | None) -> list[list[Any]]:
         """The window in parts that should fit ``limit``, from the bytes per point of the
@@ -348,6 +427,15 @@ class _Progress:
     points: int = 0
     messages: int = 0
     last_seq: int = 0
+
+
+class _Replaced(list[Any]):
+    """A bad reading standing in for one that could not be sealed."""
+
+
+class SealFailed(Exception):
+    """Nothing of a window could be sealed, not even a bad reading saying so (the
+    signing key, not the data): its points are dropped with a notice."""
 
 
 class _TooLarge(Exception):

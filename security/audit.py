@@ -97,6 +97,8 @@ class AuditEvent(StrEnum):
     MODEL_LOADED = "model_loaded"  # [name, sha256]
     MODEL_REFUSED = "model_refused"  # a model failed its checks [name, sha256, reason]
     CLOCK_JUMP = "clock_jump"  # wall clock moved against the monotonic clock [delta_ns]
+    TASK_FAILED = "task_failed"  # a task of the daemon failed and was restarted [task, reason
+    # | repeated, over_s, reasons]
     AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
     TAIL_QUARANTINED = "tail_quarantined"  # entries edgegw did not write were cut off at
     # open and kept beside the log [file, records, bytes, reason]
