@@ -27,6 +27,7 @@ from . import __version__
 from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, load_config
 from .digest import Digest
+from .diskroom import outbox_room
 from .downlink import Downlink
 from .downlink.config_push import push_config
 from .forwarder import Forwarder
@@ -95,7 +96,7 @@ class Daemon:
             cfg.gateway.durability,
             max_bytes=int(cfg.outbox.max_mib * 2**20),
             policy=cfg.outbox.when_full,
-            min_free_bytes=int(cfg.outbox.min_free_mib * 2**20),
+            min_free_bytes=self._reserve_bytes(),
         )
         ob = await self.outbox.open()
         self.boot = await self.outbox.run(ob.next_boot)
@@ -193,6 +194,27 @@ class Daemon:
         await self.outbox.close()
         if self.downlink is not None:
             self.downlink.close()
+
+    def _reserve_bytes(self) -> int:
+        """outbox.min_free_mib in bytes; said loudly at start when it cannot work on the
+        outbox's filesystem (a tenth of it is kept instead, so data keeps flowing) or
+        when that filesystem is full (the start goes on: it can still send and delete)."""
+        room = outbox_room(self.cfg.outbox_path, self.cfg.outbox.min_free_mib)
+        reserve = room.reserve
+        if (problem := room.problem()) is not None:
+            reserve = room.fallback
+            log.error("%s; keeping %.1f MiB free instead until then", problem, reserve / 2**20)
+        if room.free <= reserve + 2 * 2**20:
+            log.warning(
+                "the filesystem of the outbox is full: %s. Acquisition goes on: acknowledged "
+                "messages are still deleted and their room reused; new data %s until there "
+                "is room (free space there, or lower outbox.max_mib)",
+                room.describe(),
+                "evicts the oldest telemetry"
+                if self.cfg.outbox.when_full == "drop_oldest"
+                else "is refused (counted, and reported in a signed notice)",
+            )
+        return reserve
 
     async def _abort_start(self) -> None:
         """A start refused after the tasks began (a changed model): end them for certain

@@ -374,8 +374,9 @@ class Pipeline:
                 lambda seq: self._notice(seq, drops),
                 priority=URGENT,
                 notifies=[d.id for d in drops],
+                essential=True,  # may spend the disk reserve: a loss is always told
             )
-        except OutboxFull:  # urgent rows only fail on a truly full disk: retried next seal
+        except OutboxFull:  # not even the reserve was enough: retried with the next seal
             return False
         self.stats.notices += 1
         for d in drops:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import Config, ConfigError, load_config
+from ..diskroom import outbox_room
 from ..status import STATUS_FILE
 from . import EXIT_FAILED, EXIT_OK, Subparsers, add_command
 from .status import STALE_AFTER_S, human_bytes, human_duration, read_snapshot, status_age_s
@@ -788,6 +789,25 @@ def check_disk(state_dir: Path) -> Check:
     return Check(name, PASS, detail)
 
 
+def check_outbox_room(outbox_path: Path, min_free_mib: float) -> Check:
+    """The filesystem the outbox is on (its own partition, maybe): room, and whether
+    outbox.min_free_mib can work there."""
+    name = "outbox disk"
+    room = outbox_room(outbox_path, min_free_mib)
+    detail = room.describe()
+    if (problem := room.problem()) is not None:
+        return Check(name, FAIL, detail, problem)
+    if room.free <= room.reserve + 2 * 2**20:
+        return Check(
+            name,
+            WARN,
+            detail,
+            "the outbox's filesystem is full: new data is evicted or refused until there is "
+            "room; free space there or lower outbox.max_mib",
+        )
+    return Check(name, PASS, detail)
+
+
 def check_daemon(state_dir: Path) -> Check:
     name = "daemon"
     snap, problem = read_snapshot(state_dir)
@@ -824,7 +844,8 @@ def run_checks(config: str, timeout: float = 3.0) -> list[Check]:
     if cfg is None:
         return [*checks, check_clock()]
     state = cfg.state_dir
-    checks += [check_state_dir(state), check_key(state), check_disk(state), check_clock()]
+    checks += [check_state_dir(state), check_key(state), check_disk(state)]
+    checks += [check_outbox_room(cfg.outbox_path, cfg.outbox.min_free_mib), check_clock()]
     dns, addrs = check_dns(cfg.uplink.host, cfg.uplink.port, timeout)
     checks.append(dns)
     with ThreadPoolExecutor(max_workers=8) as pool:
