@@ -119,6 +119,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         if policy not in ("drop_oldest", "stop_acquisition"):
             raise ValueError(f"policy must be 'drop_oldest' or 'stop_acquisition', not {policy!r}")
         self.path = Path(path)
+        self._dir = self.path.parent
         self._synchronous = synchronous
         self.max_bytes = max_bytes
         self.policy: Policy = policy

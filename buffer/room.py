@@ -36,6 +36,9 @@ class Disk:
     """What the outbox asks of its filesystem, in one place: a seam for tests, which
     pass one whose free space they choose (the real full disk is in tests/faults)."""
 
+    generation = 0
+    """A fake disk bumps it when it changes its free space: looked at again at once."""
+
     def free(self, path: Path) -> int:
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
@@ -59,6 +62,9 @@ class Disk:
 class RoomMixin(OutboxParts):
     disk: Disk
     _reserve_ok: bool
+    _room_budget: int = 0  # bytes new data may take before the disk is looked at again
+    _room_until: float = 0.0
+    _room_generation = 0
 
     @property
     def _ballast(self) -> Path:
@@ -107,6 +113,7 @@ class RoomMixin(OutboxParts):
         with contextlib.suppress(OSError):
             self.disk.release(self._ballast)
         self._reserve_ok = False
+        self._room_budget = 0
         self._shrink_wal()
 
     def _shrink_wal(self) -> None:
@@ -118,7 +125,7 @@ class RoomMixin(OutboxParts):
             self._db().execute("PRAGMA wal_checkpoint(RESTART)")
 
     def _free_disk(self) -> int:
-        return self.disk.free(self.path.parent)
+        return self.disk.free(self._dir)
 
     def _essential(self, doing: str, write: Callable[[], T]) -> T:
         """A write that must proceed on a full disk: on SQLITE_FULL, spend the reserve
@@ -135,10 +142,24 @@ class RoomMixin(OutboxParts):
         """May new data of ``size`` bytes be written without spending the reserve, the
         configured free-disk reserve (``min_free_bytes``) or the WAL's room? Free pages
         inside the file count: new rows reuse them without growing it."""
+        now = time.monotonic()
+        if (
+            size <= self._room_budget
+            and now < self._room_until
+            and self.disk.generation == self._room_generation
+        ):
+            self._room_budget -= size  # room known from the last look, a second ago at most
+            return True
         owed = self.min_free_bytes + WAL_ROOM + (0 if self._reserve_ok else BALLAST)
         free = self._free_disk()
         if free >= owed + size:
+            # Half of what is left may be written before looking again (a statvfs per
+            # message is a fifth of an append); another program filling the disk in
+            # between meets SQLITE_FULL, which is handled as well.
+            self._room_budget, self._room_until = (free - owed - size) // 2, now + 1.0
+            self._room_generation = self.disk.generation
             return True
+        self._room_budget = 0
         page = conn.execute("PRAGMA page_size").fetchone()[0]
         freelist = conn.execute("PRAGMA freelist_count").fetchone()[0] * page
         wal = self._wal_bytes()  # already allocated: reused after the next checkpoint

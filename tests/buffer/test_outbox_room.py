@@ -38,6 +38,7 @@ class FakeDisk(Disk):
 
     def full(self, slack: int = 0) -> None:
         self.quota = self.used() + slack
+        self.generation += 1
 
     def free(self, path: Path) -> int:
         return max(0, self.quota - self.used())
