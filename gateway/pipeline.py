@@ -217,7 +217,7 @@ class Pipeline:
                     self._sealed(done)
                     await self._record_drop(rest, "seal_failed")
                     return
-                except OutboxError as exc:  # an I/O error must not kill the daemon
+                except (OutboxError, OSError) as exc:  # I/O: must not kill the daemon
                     self.stats.seal_errors += 1
                     log.error(
                         "cannot commit %d points to the outbox: %s; retrying in %.1f s",
@@ -254,7 +254,12 @@ class Pipeline:
         ob = self.outbox.outbox
         assert ob is not None
         ob.record_drop(points, reason)
-        self._notify_sync()
+        try:
+            self._notify_sync()
+        except (OutboxError, OSError):
+            raise
+        except Exception:  # recorded: the notice goes with the next window that seals
+            log.exception("cannot seal the notice of %d dropped points yet", points)
 
     async def _record_refused(self, reason: str) -> None:
         """Record refused points as a drop; on a full disk even that can fail: keep
@@ -304,7 +309,7 @@ class Pipeline:
                 assert limit is not None
                 todo.extendleft(reversed(_split(part, big.size, limit)))
                 continue
-            except OutboxError:
+            except (OutboxError, OSError):  # I/O (a key in hardware too): transient
                 raise
             except Exception as exc:  # encoding or signing: the same data fails again
                 todo.extendleft(reversed(self._isolate(part, exc)))
