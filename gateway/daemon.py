@@ -36,6 +36,7 @@ from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
 from .poller import DeviceState, carry_counters, failed_batch, poll_device, subscribe_device
 from .registry import DeviceRuntime, build_device
+from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
 from .status import write_status
 from .supervisor import Supervisor, cancel_all
@@ -73,6 +74,8 @@ class Daemon:
         self._anomalies: list[dict[str, Any]] = []
         self.downlink: Downlink | None = None  # signed commands (gateway/downlink/)
         self._reload_lock = asyncio.Lock()  # SIGHUP and a config push never overlap
+        self._metrics: Any = None  # the metrics server, when enabled
+        self.last_reload: dict[str, Any] | None = None  # what the last reload did
 
     # -- running --------------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class Daemon:
             raise
         self.sup.start("status", self._status_loop)
         self._start_devices()
-        metrics = self._start_metrics()
+        self._metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
         write_status(state_dir, self.last_snapshot)
         self.notify.ready(status_line(self.last_snapshot))
@@ -163,8 +166,9 @@ class Daemon:
 
         log.info("stopping: polling ends, sealing the last window, draining the outbox")
         self.notify.stopping("sealing the last window, draining the outbox")
-        if cfg.gateway.shutdown_drain_s > 30:
-            self.notify.extend_timeout(cfg.gateway.shutdown_drain_s + 15)
+        drain_s = self.cfg.gateway.shutdown_drain_s  # as reloaded, if it was
+        if drain_s > 30:
+            self.notify.extend_timeout(drain_s + 15)
         # commands first: a write under way finishes while its device still runs
         if self.downlink is not None:
             await self.downlink.stop(self.tasks["downlink"])
@@ -179,7 +183,7 @@ class Daemon:
         self._audit("stop", reason="signal")
         self._close_audit()
         await uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
-        drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
+        drained = await self.forwarder.drain(drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
             log.info("outbox drained")
@@ -188,8 +192,8 @@ class Daemon:
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
         await self.sup.stop(["forwarder", "status"])
-        if metrics is not None:
-            metrics.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         write_status(state_dir, await self.snapshot(final=True))
         await self.outbox.close()
         if self.downlink is not None:
@@ -488,25 +492,35 @@ class Daemon:
             self.notify.ready(status_line(self.last_snapshot))
             return False
         old = self.cfg
-        fixed = ("gateway.id", "state_dir", "outbox path")
-        if (new.gateway.id, new.state_dir, new.outbox_path) != (
-            old.gateway.id,
-            old.state_dir,
-            old.outbox_path,
-        ):
-            log.error(
-                "reload refused: %s cannot change while running; restart edgegw", ", ".join(fixed)
-            )
-            self._audit("config_change", outcome="refused", reason="needs a restart")
+        changes = reload_plan(old, new)
+        if changes.fixed or (new.state_dir, new.outbox_path) != (old.state_dir, old.outbox_path):
+            fixed = ", ".join(changes.fixed) or "state_dir, outbox.path"
+            log.error("reload refused: %s cannot change while running; restart edgegw", fixed)
+            self._audit("config_change", outcome="refused", reason=f"needs a restart: {fixed}")
+            self.last_reload = {
+                "time_ns": time.time_ns(),
+                "outcome": "refused",
+                **changes.as_dict(),
+            }
             self.notify.ready(status_line(self.last_snapshot))
             return False
         self.cfg = new
         if self.downlink is not None:
             self.downlink.update(new)
-        assert self.pipeline is not None
+        assert self.pipeline is not None and self.outbox is not None
         self.pipeline.topic = new.topic("telemetry")
         self.pipeline._aad = self.pipeline.topic.encode()
         self.pipeline.notice_topic = new.topic("notice")
+        self.pipeline.window = new.gateway.flush_window_ms / 1000
+        self.pipeline.max_points = new.gateway.max_batch_points
+        await self.outbox.run(self._apply_outbox_limits)
+        if self.audit is not None:
+            self.audit.checkpoint_every = new.audit.checkpoint_every
+            self.audit.checkpoint_interval_s = new.audit.checkpoint_interval_s
+        if new.metrics != old.metrics:
+            if self._metrics is not None:
+                await asyncio.to_thread(self._metrics.stop)
+            self._metrics = self._start_metrics()
         if self.uplink is not None:
             self.uplink.topic = new.topic("audit")
         if new.inference != old.inference:
@@ -527,16 +541,40 @@ class Daemon:
             self.forwarder = self._make_forwarder()
             self.sup.start("forwarder", self.forwarder.run)
         changed, added, removed = await self._apply_devices(old, new)
-        self._audit("config_change", outcome="applied", sha256=self._config_hash())
+        self._audit(
+            "config_change",
+            outcome="applied",
+            sha256=self._config_hash(),
+            applied=changes.applied,
+            needs_restart=changes.restart or None,
+        )
+        self.last_reload = {"outcome": "applied", **changes.as_dict()}
         log.info(
-            "config reloaded: %d device(s) changed, %d added, %d removed, %d unchanged",
+            "config reloaded: %d device(s) changed, %d added, %d removed, %d unchanged; "
+            "applied: %s",
             changed,
             added,
             removed,
             len(new.devices) - changed - added,
+            ", ".join(changes.applied) or "nothing changed",
         )
+        if changes.restart:
+            log.warning(
+                "reload: %s changed in the file but take(s) effect only after a restart "
+                "(systemctl restart edgegw)",
+                ", ".join(changes.restart),
+            )
         self.notify.ready(status_line(self.last_snapshot))
         return True
+
+    def _apply_outbox_limits(self) -> None:
+        """In the outbox thread: the cap, the full policy and the free-disk reserve."""
+        assert self.outbox is not None and self.outbox.outbox is not None
+        ob = self.outbox.outbox
+        ob.max_bytes = int(self.cfg.outbox.max_mib * 2**20)
+        ob.policy = self.cfg.outbox.when_full
+        ob.min_free_bytes = self._reserve_bytes()
+        ob._room_budget = 0  # looked at again with the new reserve
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -578,6 +616,8 @@ class Daemon:
             "devices": {n: asdict(s) for n, s in self.devices.items()},
             "host": host_facts(self.cfg),
         }
+        if self.last_reload is not None:
+            snap["reload"] = self.last_reload
         if self.engine is not None:
             snap["inference"] = self.engine.model_stats()
             snap["inference_stats"] = self.engine.stats
