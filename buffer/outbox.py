@@ -241,6 +241,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
                     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                         for stmt in split_script(SCHEMA):
                             conn.execute(stmt)
+            self._essential("drop totals", lambda: self._migrate_drop_totals(conn))
             self._recover_reservation(conn)
             self._ensure_ballast()
         except OutboxError:

@@ -16,6 +16,10 @@ from .schema import URGENT
 
 T = TypeVar("T")
 
+_BY = "dropped_by:"  # meta keys of the per-reason totals: dropped_by:rows:<reason>
+_ROWS_BY = _BY + "rows:"
+_POINTS_BY = _BY + "points:"
+
 _REASON_TEXT = {
     "outbox_full": "outbox full (outbox.max_mib)",
     "disk_full": "disk full (the filesystem of the outbox, keeping outbox.min_free_mib and "
@@ -267,6 +271,12 @@ class RoomMixin(OutboxParts):
         )
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_rows'", (rows,))
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_points'", (points,))
+        # per reason too, in the same transaction: what metrics show survives restarts
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            ((f"{_ROWS_BY}{reason}", rows), (f"{_POINTS_BY}{reason}", points)),
+        )
 
     def record_drop(self, points: int, reason: str) -> None:
         """Record points lost before they got a seq (e.g. refused under stop_acquisition).
@@ -278,6 +288,40 @@ class RoomMixin(OutboxParts):
 
         with self._lock:
             self._essential("record_drop", write)
+
+    def drop_totals(self) -> dict[str, tuple[int, int]]:
+        """Every loss ever recorded in this outbox, by reason: (messages, points).
+        Kept in the meta table by the transaction that records each drop; an outbox
+        from before these totals gets them from its drop records once, at open."""
+        with self._lock:
+            conn = self._db()
+            try:
+                rows = conn.execute(
+                    "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                    (_BY, _BY[:-1] + chr(ord(_BY[-1]) + 1)),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._fail(conn, exc, "drop_totals")
+        out: dict[str, list[int]] = {}
+        for key, value in rows:
+            what, reason = key[len(_BY) :].split(":", 1)
+            out.setdefault(reason, [0, 0])[0 if what == "rows" else 1] = value
+        return {r: (v[0], v[1]) for r, v in sorted(out.items())}
+
+    def _migrate_drop_totals(self, conn: sqlite3.Connection) -> None:
+        """At open: an outbox written before per-reason totals gets them from its drop
+        records (which are kept after their notice)."""
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'drop_totals'").fetchone():
+            return
+        with self._write("drop totals"):
+            for reason, rows, points in conn.execute(
+                "SELECT reason, sum(rows), sum(points) FROM drops GROUP BY reason"
+            ).fetchall():
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    ((f"{_ROWS_BY}{reason}", rows), (f"{_POINTS_BY}{reason}", points)),
+                )
+            conn.execute("INSERT INTO meta (key, value) VALUES ('drop_totals', 1)")
 
     def pending_drops(self) -> list[Drop]:
         """Drops the platform has not been told about yet (see ``append(notifies=...)``)."""

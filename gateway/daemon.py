@@ -38,6 +38,7 @@ from .poller import DeviceState, carry_counters, failed_batch, poll_device, subs
 from .registry import DeviceRuntime, build_device
 from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
+from .snapshot import Snapshot, drops_by_reason
 from .status import write_status
 from .supervisor import Supervisor, cancel_all
 
@@ -59,7 +60,7 @@ class Daemon:
         self.engine: Any = None  # inference.InferenceEngine when models are configured
         self.boot = 0
         self.notify = Notifier.from_env()
-        self.last_snapshot: dict[str, Any] | None = None
+        self.last_snapshot: Snapshot | None = None
         # Every long-running task runs under the supervisor (logged at once, restarted
         # with backoff); ``tasks`` is its name -> task map.
         self._task_digest = Digest(self._audit_task_failure)
@@ -578,11 +579,12 @@ class Daemon:
 
     # -- status ---------------------------------------------------------------------------------
 
-    async def snapshot(self, final: bool = False) -> dict[str, Any]:
+    async def snapshot(self, final: bool = False) -> Snapshot:
         assert self.outbox and self.outbox.outbox and self.pipeline and self.forwarder
-        ob = await self.outbox.run(self.outbox.outbox.stats)
+        outbox = self.outbox.outbox
+        ob, totals = await self.outbox.run(lambda: (outbox.stats(), outbox.drop_totals()))
         pipe = self.pipeline.stats
-        snap: dict[str, Any] = {
+        snap: Snapshot = {
             "gateway": self.cfg.gateway.id,
             "version": __version__,
             "pid": os.getpid(),
@@ -605,14 +607,7 @@ class Daemon:
             "pipeline": asdict(pipe),
             "uplink": asdict(self.forwarder.stats),
             "outbox": asdict(ob),
-            "drops": {
-                "outbox": {
-                    "messages": ob.dropped_rows,
-                    "points": ob.dropped_points,
-                    "intentional": self.cfg.outbox.when_full == "drop_oldest",
-                },
-                "refused": {"messages": 0, "points": pipe.points_refused, "intentional": True},
-            },
+            "drops": drops_by_reason(totals),
             "devices": {n: asdict(s) for n, s in self.devices.items()},
             "host": host_facts(self.cfg),
         }

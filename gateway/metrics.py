@@ -9,9 +9,10 @@ further only on purpose) serves:
 ``GET /healthz``  for monitoring: 200 ``ok``; 429 ``degraded`` (live, but the uplink or a
                   device is down: Consul's "warning" code); 503 ``unhealthy`` (not live)
 
-The snapshot is the dict ``Daemon.snapshot()`` builds (also written to status.json every
-second). The daemon keeps its latest one and passes ``lambda: daemon.last_snapshot``; the
-HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
+The snapshot (``gateway.snapshot.Snapshot``, the one typed model) is what
+``Daemon.snapshot()`` builds (also written to status.json every second). The daemon
+keeps its latest one and passes ``lambda: daemon.last_snapshot``; the HTTP thread only
+reads it. Keys read here (all optional except ``time_ns``)::
 
     gateway, version, pid, boot, final, time_ns, started_ns
     monotonic_ns                      time.monotonic_ns() when the snapshot was taken
@@ -27,7 +28,7 @@ HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
                       bad_readings, last_ok_ns, latency (histogram),
                       driver: {requests, timeouts, link_errors, exceptions: {code: n},
                                decode_errors, splits, plan_requests, learned} (optional)}}
-    drops:    {reason: {"messages": n, "points": n, "intentional": bool}}
+    drops:    {reason: {"messages": n, "points": n, "intentional": bool}}  (durable totals)
     inference: {model: {"score": x, "threshold": x, "anomalous": bool, "inferences": n,
                         "events": n, "windows_skipped": n, "windows_failed": n}}
     host:     {outbox_limit_bytes, disk_free_bytes: {path: n},
@@ -72,6 +73,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .snapshot import Snapshot
+
 log = logging.getLogger("edgegw.metrics")
 
 DEFAULT_HOST = "127.0.0.1"
@@ -79,7 +82,6 @@ DEFAULT_PORT = 9810
 # The daemon writes a snapshot every second; a few missed ones mean it is stuck.
 STALE_AFTER_S = 5.0
 
-Snapshot = Mapping[str, Any]
 SnapshotFn = Callable[[], Snapshot | None]
 
 

@@ -179,3 +179,21 @@ def test_an_eviction_across_urgent_rows_names_only_what_it_dropped(tmp_path: Pat
         kept = [r.seq for r in ob.pending(limit=100)]
         assert u in kept and t2[2] in kept and all(s in kept for s in t3)
         assert acked not in kept
+
+
+def test_drop_totals_by_reason_are_durable_and_counted_once(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=3000, policy="stop_acquisition") as ob:
+        for _ in range(3):
+            ob.append("t", body, points=4)
+        with pytest.raises(OutboxFull):
+            ob.append("t", body, points=4)
+        ob.record_drop(4, "refused_outbox_full")  # what the pipeline records: once
+        ob.policy = "drop_oldest"
+        ob.append("t", body, points=5)  # evicts one
+        assert ob.drop_totals() == {"outbox_full": (1, 4), "refused_outbox_full": (0, 4)}
+    with Outbox(tmp_path / "o.db") as ob:  # a restart keeps them
+        assert ob.drop_totals() == {"outbox_full": (1, 4), "refused_outbox_full": (0, 4)}
+        # an outbox from before the totals gets them from its drop records at open
+        ob._db().execute("DELETE FROM meta WHERE key LIKE 'dropped_by:%' OR key = 'drop_totals'")
+    with Outbox(tmp_path / "o.db") as ob:
+        assert ob.drop_totals() == {"outbox_full": (1, 4), "refused_outbox_full": (0, 4)}

@@ -19,6 +19,7 @@ from gateway.config import load_config
 from gateway.daemon import Daemon
 from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Payload, Receiver
+from gateway.snapshot import Snapshot
 from gateway.supervisor import FAILING_AFTER, Supervisor
 from security import DeviceKey
 
@@ -287,6 +288,7 @@ def test_every_task_kind_comes_back_and_nothing_is_lost(tmp_path: Path, broker: 
     for name in ("pipeline", "forwarder", "audit", "downlink", "status", "poll:a"):
         assert out["health"][name] == (1, False), (name, out["health"])
     assert out["health"]["poll:b"] == (0, False) and out["b_errors"] == 0  # untouched
+    assert set(out["snapshot"]) <= set(Snapshot.__annotations__)  # the one typed model
     th = out["snapshot"]["task_health"]
     assert th["pipeline"]["restarts"] == 1
     assert th["pipeline"]["last_error"] == "RuntimeError: injected into the pipeline"
