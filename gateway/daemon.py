@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ class Daemon:
         self.downlink: Downlink | None = None  # signed commands (gateway/downlink/)
         self._reload_lock = asyncio.Lock()  # SIGHUP and a config push never overlap
         self._metrics: Any = None  # the metrics server, when enabled
+        # Audit records are signed and fsynced here, in order, off the event loop.
+        self._audit_ex = ThreadPoolExecutor(1, thread_name_prefix="audit")
         self.last_reload: dict[str, Any] | None = None  # what the last reload did
 
     # -- running --------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class Daemon:
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).
         self.uplink = uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
-        self.audit, replaced = self._open_audit(ident, state_dir)
+        self.audit, replaced = await asyncio.to_thread(self._open_audit, ident, state_dir)
         await uplink.start(self.audit, replaced=replaced)
         self.sup.start("audit", uplink.run)
         self._audit("start", version=__version__, pid=os.getpid())
@@ -151,7 +154,7 @@ class Daemon:
         self._start_devices()
         self._metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
-        write_status(state_dir, self.last_snapshot)
+        await asyncio.to_thread(write_status, state_dir, self.last_snapshot)
         self.notify.ready(status_line(self.last_snapshot))
 
         while not stop.is_set():
@@ -182,7 +185,7 @@ class Daemon:
             await self.sup.stop(["inference"])
             self.engine.close()
         self._audit("stop", reason="signal")
-        self._close_audit()
+        await asyncio.to_thread(self._close_audit)
         await uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
         drained = await self.forwarder.drain(drain_s)
         left = await self.outbox.run(ob.stats)
@@ -195,7 +198,7 @@ class Daemon:
         await self.sup.stop(["forwarder", "status"])
         if self._metrics is not None:
             self._metrics.stop()
-        write_status(state_dir, await self.snapshot(final=True))
+        await asyncio.to_thread(write_status, state_dir, await self.snapshot(final=True))
         await self.outbox.close()
         if self.downlink is not None:
             self.downlink.close()
@@ -226,7 +229,7 @@ class Daemon:
         (asyncio.run's own cancellation waits forever on a task that lost its cancellation
         in one of Python 3.11's races), seal the audit log and close the outbox."""
         await self.sup.stop()
-        self._close_audit()
+        await asyncio.to_thread(self._close_audit)
         if self.outbox is not None:
             await self.outbox.close()
 
@@ -395,14 +398,37 @@ class Daemon:
             self.uplink.wake()
 
     def _audit(self, event: str, **detail: Any) -> None:
-        if self.audit is None:
+        """Record an audit event: signed and fsynced in the audit thread, in call order,
+        never on the event loop (any thread may call this)."""
+        audit = self.audit
+        if audit is None:
             return
+        clean = {k: v for k, v in detail.items() if v is not None}
+        self._audit_thread(self._record, audit, event, clean)
+
+    def _audit_thread(self, fn: Any, *args: Any) -> None:
         try:
-            self.audit.record(event, **{k: v for k, v in detail.items() if v is not None})
+            self._audit_ex.submit(fn, *args)
+        except RuntimeError:  # shut down (stopping): write it here rather than lose it
+            fn(*args)
+
+    @staticmethod
+    def _record(audit: AuditLog, event: str, detail: dict[str, Any]) -> None:
+        try:
+            audit.record(event, **detail)
         except Exception as exc:  # auditing must never stop acquisition; say so loudly
             log.error("cannot write audit record %s: %s", event, exc)
 
+    @staticmethod
+    def _tick(audit: AuditLog) -> None:
+        try:
+            audit.tick()
+        except Exception as exc:
+            log.error("audit checkpoint failed: %s", exc)
+
     def _close_audit(self) -> None:
+        """Wait for the records still queued (milliseconds), then seal the log."""
+        self._audit_ex.shutdown(wait=True)
         if self.audit is not None:
             try:
                 self.audit.close()
@@ -625,7 +651,7 @@ class Daemon:
             try:
                 snap = await self.snapshot()
                 self.last_snapshot = snap
-                write_status(self.cfg.state_dir, snap)
+                await asyncio.to_thread(write_status, self.cfg.state_dir, snap)
             except OSError as exc:
                 log.warning("cannot write status: %s", exc)
             if self.last_snapshot is not None:
@@ -636,11 +662,8 @@ class Daemon:
             if abs(offset - self._clock_offset) > CLOCK_JUMP_S:
                 self._audit("clock_jump", seconds=round(offset - self._clock_offset, 3))
                 self._clock_offset = offset
-            if self.audit is not None:
-                try:
-                    self.audit.tick()  # seals a checkpoint when the interval is due
-                except Exception as exc:
-                    log.error("audit checkpoint failed: %s", exc)
+            if self.audit is not None:  # seals a checkpoint when the interval is due
+                self._audit_thread(self._tick, self.audit)
 
     def _start_metrics(self) -> Any:
         m = self.cfg.metrics
