@@ -9,13 +9,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import security.audit as audit_mod
 from security import resume
-from security.audit import AUDIT_FILE, AuditLog, AuditLogCorrupt, verify
-from security.checkpoint import parse_entries
+from security.audit import AUDIT_FILE, AuditLog, AuditLogCorrupt, Problem, verify
+from security.checkpoint import (
+    Entry,
+    checkpoint_hash,
+    decode_checkpoint_payload,
+    parse_entries,
+    sign_checkpoint,
+)
 from security.keys import DeviceKey
 
 KEY = DeviceKey(Ed25519PrivateKey.generate())
@@ -143,3 +150,29 @@ def test_opening_a_long_log_resumes(path: Path, monkeypatch: pytest.MonkeyPatch)
     full = time.perf_counter() - t0
     print(f"open of {path.stat().st_size} bytes: resumed {resumed:.3f} s, full {full:.3f} s")
     assert len(parse_entries(path.read_bytes()).entries) > 60_000
+
+
+def test_verify_compares_each_checkpoints_merkle_root(path: Path) -> None:
+    """A checkpoint signed by the right key, with the right size, head and previous
+    checkpoint, but a Merkle root that is not the records': verify says so."""
+    fill(path, 30)
+    entries: list[Entry] = parse_entries(path.read_bytes()).entries
+    last = entries[-1]
+    cp = decode_checkpoint_payload(cbor2.loads(last.raw).value[2], b"", last.raw)
+    forged = sign_checkpoint(
+        KEY,
+        log_id=cp.log_id,
+        size=cp.size,
+        root=b"\x42" * 32,  # not the records' root
+        head=cp.head,
+        prev=cp.prev,
+        boot=cp.boot,
+        ts_ns=cp.ts_ns,
+        why=cp.why,
+    ).encoded
+    assert checkpoint_hash(forged) != checkpoint_hash(last.raw)
+    path.write_bytes(path.read_bytes()[: last.offset] + forged)
+    rep = verify(path, [KEY.public_key])
+    assert not rep.ok
+    assert rep.problem is Problem.BAD_CHECKPOINT, rep
+    assert "its Merkle root does not match the records" in rep.message, rep
