@@ -62,6 +62,7 @@ class Rig:
     outbox: str = ""
     outbox_file: str = "outbox.db"  # relative to the state dir, as in the config
     state_dir: Path | None = None
+    broker_saves_on_change: bool = True  # False: mosquitto's default (every 1800 s)
     broker: Mosquitto = field(init=False)
     link: LinkProxy | None = field(init=False, default=None)
     gw: subprocess.Popen[bytes] | None = field(init=False, default=None)
@@ -89,6 +90,7 @@ class Rig:
             host="::1",
             workdir=self.tmp / "broker",
             persistence=True,
+            save_on_change=self.broker_saves_on_change,
             extra_conf=os.environ.get("EDGEGW_BROKER_CONF", ""),
         ).start()
         uplink_port = self.broker.port
