@@ -355,7 +355,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         mark_rows = _check_marks(marks)
         args = (topic, seal, priority, points, drop_ids, mark_rows, essential)
         with self._lock:
-            if not self._reserve_ok and time.monotonic() >= self._reserve_retry:
+            if not (self._reserve_ok and self._pool_ok) and time.monotonic() >= self._reserve_retry:
                 self._reserve_retry = time.monotonic() + 1.0
                 self._ensure_ballast()
             if self.min_free_bytes and self._free_disk() < 2 * self.min_free_bytes:

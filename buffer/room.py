@@ -26,12 +26,19 @@ _REASON_TEXT = {
     "the reserve free)",
 }
 
-# The reserve: preallocated beside the outbox, given back to the filesystem only for
-# writes that must proceed on a full disk (deletes of acknowledged rows, drop records and
-# their notices, checkpoints, the boot counter), never for new data, and made again as
-# soon as there is room (deletes free pages inside the file; incremental vacuum gives
-# them back to the filesystem).
+# The reserve, in two parts, spent only by writes that must proceed on a full disk
+# (deletes of acknowledged rows, drop records and their notices, checkpoints, the boot
+# counter), never by new data, and made again as soon as there is room:
+# - a file beside the outbox (BALLAST bytes), given back to the filesystem so the WAL
+#   can grow and the database can be opened;
+# - pages inside the outbox file (POOL bytes, held by a blob in table ``pad``, which new
+#   data cannot take the way it takes free pages), freed on SQLITE_FULL so those writes
+#   never need the file to grow, nor the checkpoint that copies them into it (a
+#   checkpoint that cannot grow the file on a full disk never finishes, and then the
+#   WAL can never restart).
+# Pages that deletes free go back to the filesystem (incremental vacuum).
 BALLAST = 1 << 20
+POOL = 1 << 20
 # Room the WAL may need before the next automatic checkpoint (256 pages) restarts it.
 WAL_ROOM = 1 << 20 | 1 << 18
 
@@ -66,6 +73,7 @@ class Disk:
 class RoomMixin(OutboxParts):
     disk: Disk
     _reserve_ok: bool
+    _pool_ok: bool = False
     _room_budget: int = 0  # bytes new data may take before the disk is looked at again
     _room_until: float = 0.0
     _room_generation = 0
@@ -80,6 +88,7 @@ class RoomMixin(OutboxParts):
         has none. True when the reserve is in place."""
         if self._ballast.exists():
             self._reserve_ok = True
+            self._ensure_pool()
             return True
         try:
             if self._free_disk() < BALLAST + BALLAST // 8:
@@ -87,6 +96,7 @@ class RoomMixin(OutboxParts):
             if self._free_disk() >= BALLAST + BALLAST // 8:
                 self.disk.allocate(self._ballast, BALLAST)
                 self._reserve_ok = True
+                self._ensure_pool()
                 return True
         except OSError:
             pass
@@ -102,14 +112,45 @@ class RoomMixin(OutboxParts):
                 self.disk.release(self._ballast)
 
     def _give_back_free_pages(self) -> None:
-        """Incremental vacuum (outboxes created with auto_vacuum INCREMENTAL): the pages
-        deletes freed leave the file at the next checkpoint. Best effort."""
+        """Incremental vacuum (outboxes created with auto_vacuum INCREMENTAL): the free
+        pages beyond the pool leave the file at the next checkpoint. Best effort."""
         conn = self._db()
         with contextlib.suppress(sqlite3.Error):
             if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
                 # executescript steps it to the end (execute() would free one page)
                 conn.executescript("PRAGMA incremental_vacuum")
                 conn.execute("PRAGMA wal_checkpoint(RESTART)")  # not TRUNCATE: see _shrink_wal
+
+    def _ensure_pool(self) -> None:
+        """Hold POOL bytes of pages inside the file (a blob in table ``pad``) while the
+        filesystem has room for it and the reserve file. Best effort."""
+        if self._pool_ok:
+            return
+        conn = self._db()
+        with contextlib.suppress(sqlite3.Error, OutboxError, OSError):
+            held = (
+                conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'pad'").fetchone()[0]
+                and conn.execute("SELECT count(*) FROM pad").fetchone()[0]
+            )
+            if not held:
+                if self._free_disk() < POOL + BALLAST + WAL_ROOM:
+                    return
+                with self._write("reserve pages"):
+                    conn.execute("CREATE TABLE IF NOT EXISTS pad (b BLOB)")
+                    conn.execute("INSERT INTO pad VALUES (zeroblob(?))", (POOL,))
+            self._pool_ok = True
+
+    def _release_pool(self) -> None:
+        """Free the pages the pool holds, for the write that must proceed. Best effort:
+        the delete itself needs little (the reserve file was released first)."""
+        self._pool_ok = False
+        with (
+            contextlib.suppress(sqlite3.Error, OutboxError),
+            self._write("release reserved pages") as txn,
+        ):
+            has_pad = "SELECT count(*) FROM sqlite_master WHERE name = 'pad'"
+            if txn.conn.execute(has_pad).fetchone()[0]:
+                txn.conn.execute("DELETE FROM pad")
 
     def _on_disk_full(self) -> None:
         """SQLITE_FULL in a write that must proceed: give the reserve back so it (and the
@@ -119,6 +160,7 @@ class RoomMixin(OutboxParts):
         self._reserve_ok = False
         self._room_budget = 0
         self._shrink_wal()
+        self._release_pool()
 
     def _shrink_wal(self) -> None:
         """Checkpoint and restart the WAL: the file shrinks to ``journal_size_limit`` and
@@ -154,7 +196,8 @@ class RoomMixin(OutboxParts):
         ):
             self._room_budget -= size  # room known from the last look, a second ago at most
             return True
-        owed = self.min_free_bytes + WAL_ROOM + (0 if self._reserve_ok else BALLAST)
+        owed = self.min_free_bytes + WAL_ROOM
+        owed += (0 if self._reserve_ok else BALLAST) + (0 if self._pool_ok else POOL)
         free = self._free_disk()
         if free >= owed + size:
             # Half of what is left may be written before looking again (a statvfs per
@@ -269,6 +312,10 @@ class RoomMixin(OutboxParts):
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (first, last, rows, points, nbytes, reason, time.time_ns()),
         )
+        self._count(conn, rows, points, reason)
+
+    def _count(self, conn: sqlite3.Connection, rows: int, points: int, reason: str) -> None:
+        """The running totals of losses, overall and by reason (same transaction)."""
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_rows'", (rows,))
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_points'", (points,))
         # per reason too, in the same transaction: what metrics show survives restarts
@@ -280,11 +327,21 @@ class RoomMixin(OutboxParts):
 
     def record_drop(self, points: int, reason: str) -> None:
         """Record points lost before they got a seq (e.g. refused under stop_acquisition).
-        Proceeds on a full disk (spends the reserve): a loss is never unrecorded."""
+        Proceeds on a full disk (spends the reserve): a loss is never unrecorded. Added to
+        the newest drop of the same reason not yet notified, if there is one, so a long
+        refusal is one drop (and one notice), not one per window."""
 
         def write() -> None:
             with self._write("record_drop") as txn:
-                self._record(txn.conn, None, None, 0, points, 0, reason)
+                c = txn.conn
+                row = c.execute(  # the newest drop only: its rowid, no scan
+                    "SELECT id, reason, first_seq, notified FROM drops ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+                if row is not None and row[1:] == (reason, None, 0):
+                    c.execute("UPDATE drops SET points = points + ? WHERE id = ?", (points, row[0]))
+                    self._count(c, 0, points, reason)
+                else:
+                    self._record(c, None, None, 0, points, 0, reason)
 
         with self._lock:
             self._essential("record_drop", write)

@@ -61,9 +61,12 @@ class Mosquitto:
     persistence: bool = False
     """Keep sessions and queued messages across a restart: saved on SIGTERM, and (with
     ``save_on_change``) after every change, so a crash (SIGKILL, power cut) keeps what the
-    broker acknowledged too. mosquitto's default saves every 1800 s only."""
-    save_on_change: bool = True
-    """With ``persistence``: ``autosave_on_changes true`` and ``autosave_interval 1``."""
+    broker acknowledged too; mosquitto's default saves every 1800 s only."""
+    save_on_change: bool = False
+    """With ``persistence``: ``autosave_on_changes true`` and ``autosave_interval 1``, what
+    a broker that must not lose acknowledged messages in a crash needs. Off by default:
+    mosquitto then writes its whole database after every queued message, which stalls it
+    under a backlog drain (tests/faults/test_broker_crash.py turns it on)."""
     users: dict[str, str] | None = None
     """Require a login on the main listener: user name -> password (a password_file
     made with ``mosquitto_passwd``); anonymous clients are refused there."""

@@ -33,6 +33,7 @@ from .wire import encode_payload
 log = logging.getLogger("edgegw.pipeline")
 
 _BAD_CONFIG = int(Quality.BAD_CONFIG)
+REFUSAL_NOTICE_S = 10.0  # while refusing, one notice per this long (the rest: next seal)
 
 
 @dataclass(slots=True)
@@ -90,6 +91,7 @@ class Pipeline:
         self._held: list[Any] = []  # taken off the queue, not yet committed
         self._closing = False  # close() was taken off the queue
         self._unsealable = ""  # the last "cannot be sealed" logged
+        self._refusal_notice_at = -REFUSAL_NOTICE_S  # monotonic time of the last one
 
     async def put(self, batch: Batch) -> None:
         self.stats.points_polled += len(batch.readings)
@@ -146,6 +148,10 @@ class Pipeline:
                 self._held = []
         if self._unrecorded:  # refused while the disk was full: say so now
             await self._record_refused("disk_full")
+        try:  # what is recorded but not yet told (refusals are told at most every 10 s)
+            await self.notify_drops()
+        except Exception as exc:  # recorded: told at the next start
+            log.error("cannot seal the last drop notice: %s", exc)
 
     async def seal_message(
         self,
@@ -361,10 +367,16 @@ class Pipeline:
         return [readings[i : i + step] for i in range(0, len(readings), step)]
 
     def _refuse_sync(self, points: int, reason: str) -> None:
+        """Record refused points (durably, at once; the outbox adds them to the drop not
+        yet notified); while windows keep being refused, a notice at most every
+        ``REFUSAL_NOTICE_S``: on a full disk each notice spends the reserve that deletes
+        of acknowledged rows need."""
         ob = self.outbox.outbox
         assert ob is not None
         ob.record_drop(points, "refused_" + reason)
-        self._notify_sync()
+        now = time.monotonic()
+        if now - self._refusal_notice_at >= REFUSAL_NOTICE_S and self._notify_sync():
+            self._refusal_notice_at = now
 
     def _notify_sync(self) -> bool:
         """Seal one notice for all unnotified drops; True if one was sealed."""

@@ -71,7 +71,7 @@ class Rig:
     outbox_file: str = "outbox.db"  # relative to the state dir, as in the config
     state_dir: Path | None = None
     extra_devices: str = ""  # YAML list items appended to the devices (other peers)
-    broker_saves_on_change: bool = True  # False: mosquitto's default (every 1800 s)
+    broker_saves_on_change: bool = False  # True: saved after every change (crash-safe)
     broker: Mosquitto = field(init=False)
     link: LinkProxy | None = field(init=False, default=None)
     gw: subprocess.Popen[bytes] | None = field(init=False, default=None)

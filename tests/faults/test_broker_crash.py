@@ -2,9 +2,9 @@
 broker acknowledged to the gateway wait in its queue for the receiver's persistent
 session. The gateway deleted them at PUBACK: from then on only the broker holds them.
 
-With ``autosave_on_changes true`` and ``autosave_interval 1`` (what the tests' and the
-demo's mosquitto use: gateway/mosquitto.py) the queue survives each crash and nothing is
-lost. With mosquitto's default (a save every 1800 s) the queue dies with the broker: the
+With ``autosave_on_changes true`` and ``autosave_interval 1`` (``save_on_change`` in
+gateway/mosquitto.py) the queue survives each crash and nothing is lost. With
+mosquitto's default (a save every 1800 s) the queue dies with the broker: the
 platform sees the loss as a gap, which is why the README names the settings.
 """
 

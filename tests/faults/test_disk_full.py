@@ -99,12 +99,11 @@ def test_disk_fills_up(tmp_path: Path, small_fs: Path, mode: str) -> None:
 
 def _fill(path: Path) -> None:
     """Write until the filesystem is full (another program's file)."""
-    chunk = b"\0" * 65536
-    with open(path, "wb") as f:
+    chunk = b"\0" * 4096
+    with open(path, "wb", buffering=0) as f:  # unbuffered: close() has nothing left to write
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError:
             pass
     st = os.statvfs(path.parent)
