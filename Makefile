@@ -61,7 +61,7 @@ deb:
 # is mutated and which tests judge it. Prints the survivors.
 mutate: setup
 	$(BIN)/pip install --quiet 'mutmut>=3.8,<4'
-	$(BIN)/mutmut run || true
+	$(BIN)/mutmut run $(MUTANTS) || true
 	$(BIN)/mutmut results
 
 clean:

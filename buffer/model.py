@@ -81,6 +81,7 @@ class OutboxParts:
     """What the Outbox mixins (room.py, seqs.py) use of the Outbox class itself."""
 
     path: Path
+    _dir: Path
     max_bytes: int | None
     policy: str
     min_free_bytes: int

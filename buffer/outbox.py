@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Literal, NoReturn, Self
 
 from .model import Drop, OutboxCorrupt, OutboxError, OutboxFull, OutboxRow, OutboxStats, is_full
-from .room import RoomMixin
+from .room import Disk, RoomMixin
 from .schema import (
     APPLICATION_ID,
     NEXT_SEQ,
@@ -112,20 +112,26 @@ class Outbox(RoomMixin, SeqReservationMixin):
         max_bytes: int | None = None,
         policy: Policy = "drop_oldest",
         min_free_bytes: int = 0,
+        disk: Disk | None = None,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         if policy not in ("drop_oldest", "stop_acquisition"):
             raise ValueError(f"policy must be 'drop_oldest' or 'stop_acquisition', not {policy!r}")
         self.path = Path(path)
+        self._dir = self.path.parent
         self._synchronous = synchronous
         self.max_bytes = max_bytes
         self.policy: Policy = policy
         self.min_free_bytes = min_free_bytes
+        self.disk = disk if disk is not None else Disk()
+        self._reserve_ok = False  # the reserve beside the file is in place (room.py)
+        self._reserve_retry = 0.0  # monotonic time of the next attempt to make it again
         self._reserved = 0  # seqs up to here are durably reserved (NORMAL mode)
         self._lock = threading.RLock()  # reentrant: seal() may call stats() without deadlock
         self._conn: sqlite3.Connection | None = None
         self._check_header()
+        self._open_room()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit mode (isolation_level=None): transactions are explicit below.
@@ -211,6 +217,11 @@ class Outbox(RoomMixin, SeqReservationMixin):
                         f"newer edgegw; this one understands version {SCHEMA_VERSION}. "
                         f"Upgrade edgegw, or move the file aside to start a new outbox."
                     )
+            if fresh:
+                # Pages freed by deletes can be given back to the filesystem (room.py:
+                # the reserve is made again from them on a full disk); settable only on
+                # an empty file, before WAL mode writes its header.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(
@@ -230,6 +241,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
                     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                         for stmt in split_script(SCHEMA):
                             conn.execute(stmt)
+            self._essential("drop totals", lambda: self._migrate_drop_totals(conn))
             self._recover_reservation(conn)
             self._ensure_ballast()
         except OutboxError:
@@ -286,22 +298,27 @@ class Outbox(RoomMixin, SeqReservationMixin):
         so messages sealed in this boot are distinguishable after a power cut.
         """
         with self._lock:
-            conn = self._db()
-            durable_now = self._synchronous != "FULL"
-            try:
-                if durable_now:
-                    conn.execute("PRAGMA synchronous = FULL")
-                with self._write("next_boot"):
-                    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'boot'")
-                    row = conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
-            except sqlite3.Error as exc:
-                raise self._translate(exc, "next_boot") from exc
-            finally:
-                if durable_now:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            boot: int = row[0]
-            return boot
+            # A start on a full disk must run (it can still send and delete): the boot
+            # counter may spend the reserve.
+            return self._essential("next_boot", self._next_boot)
+
+    def _next_boot(self) -> int:
+        conn = self._db()
+        durable_now = self._synchronous != "FULL"
+        try:
+            if durable_now:
+                conn.execute("PRAGMA synchronous = FULL")
+            with self._write("next_boot"):
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'boot'")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
+        except sqlite3.Error as exc:
+            raise self._translate(exc, "next_boot") from exc
+        finally:
+            if durable_now:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        boot: int = row[0]
+        return boot
 
     def append(
         self,
@@ -312,6 +329,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         points: int = 0,
         notifies: Iterable[int] = (),
         marks: Mapping[str, int] = _NO_MARKS,
+        essential: bool = False,
     ) -> int:
         """Allocate the next seq, store ``seal(seq)`` under it and commit; return the seq.
 
@@ -324,28 +342,40 @@ class Outbox(RoomMixin, SeqReservationMixin):
         ``marks`` (name -> signed 64-bit int) are set in the same transaction too: a
         producer's "published up to here" survives exactly when the message does (see
         :meth:`mark`). Raises :class:`OutboxFull` when there is no room under the policy.
+
+        On a full disk new data never spends the reserves (``min_free_bytes``, the
+        reserve file, the WAL's room): it evicts the oldest telemetry (``drop_oldest``)
+        or is refused. ``essential`` (drop notices) may spend them: a notice about a
+        loss always gets written.
         """
         if not isinstance(topic, str):
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
         priority = operator.index(priority)
         drop_ids = [operator.index(i) for i in notifies]
         mark_rows = _check_marks(marks)
+        args = (topic, seal, priority, points, drop_ids, mark_rows, essential)
         with self._lock:
+            if not (self._reserve_ok and self._pool_ok) and time.monotonic() >= self._reserve_retry:
+                self._reserve_retry = time.monotonic() + 1.0
+                self._ensure_ballast()
             if self.min_free_bytes and self._free_disk() < 2 * self.min_free_bytes:
                 self._shrink_wal()  # give the WAL's space back before it counts as full
             try:
-                return self._append(topic, seal, priority, points, drop_ids, mark_rows)
+                return self._append(*args)
             except OutboxFull:
                 raise
             except OutboxError as exc:
                 if not is_full(exc):
                     raise
-                # ENOSPC inside SQLite: free the ballast, restart the WAL, make room as
-                # for a full cap, and try once more.
-                self._on_disk_full()
+                if essential:  # spend the reserve and try once more
+                    self._on_disk_full()
+                    return self._append(*args)
+                # ENOSPC inside SQLite for new data: restart the WAL; drop_oldest evicts
+                # (that write must proceed) and tries once more. The reserve stays owed.
+                self._shrink_wal()
                 try:
-                    if self.policy == "drop_oldest" and priority != URGENT and self._evict_some():
-                        return self._append(topic, seal, priority, points, drop_ids, mark_rows)
+                    if self.policy == "drop_oldest" and self._essential("evict", self._evict_some):
+                        return self._append(*args)
                 except OutboxError as again:
                     if not is_full(again):
                         raise
@@ -359,6 +389,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         points: int,
         drop_ids: list[int],
         mark_rows: list[tuple[str, int]],
+        essential: bool = False,
     ) -> int:
         failure: BaseException | None = None
         conn = self._db()
@@ -380,7 +411,8 @@ class Outbox(RoomMixin, SeqReservationMixin):
                     failure = exc
                     txn.abort()
                 else:
-                    self._make_room(txn.conn, len(body), priority)
+                    if not essential:
+                        self._make_room(txn.conn, len(body), priority)
                     txn.conn.execute(
                         f"INSERT INTO outbox ({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (seq, topic, body, priority, time.time_ns(), points, zlib.crc32(body)),
@@ -478,13 +510,8 @@ class Outbox(RoomMixin, SeqReservationMixin):
         if not keys:
             return 0
         with self._lock:
-            try:
-                return self._ack(keys)
-            except OutboxError as exc:
-                if not is_full(exc):
-                    raise
-                self._on_disk_full()  # a delete needs WAL space: free it, try once more
-                return self._ack(keys)
+            # a delete needs WAL space: on a full disk it spends the reserve
+            return self._essential("ack", lambda: self._ack(keys))
 
     def _ack(self, keys: list[int]) -> int:
         with self._write("ack") as txn:

@@ -139,8 +139,14 @@ class AuditUplink:
             )
             offset = found
         assert self._fd is not None
-        data = os.pread(self._fd, offset, 0)
-        st = state_at(data, log_id, offset)
+        start = audit.resumed_from
+        if start is not None and start.offset <= offset:
+            # from the checkpoint the log resumed at: start-up does not grow with the log
+            st = start.copy()
+            for _, raw in iter_entries(os.pread(self._fd, offset - st.offset, st.offset)):
+                st.feed(raw)
+        else:
+            st = state_at(os.pread(self._fd, offset, 0), log_id, offset)
         if st.offset != offset:
             log.error(
                 "%s: byte %d, up to which the audit log was published, is inside an entry: "

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from . import __version__
 from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, Sources, load_config
 from .digest import Digest
+from .diskroom import outbox_room
 from .downlink import Downlink
 from .downlink.config_push import push_config
 from .early_stop import stop_requested
@@ -35,10 +37,13 @@ from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
 from .permissions import explain_permission
 from .pipeline import Pipeline
-from .poller import DeviceState, carry_counters, poll_device, subscribe_device
+from .poller import DeviceState, carry_counters, failed_batch, poll_device, subscribe_device
 from .registry import DeviceRuntime, build_device
+from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
+from .snapshot import Snapshot, drops_by_reason
 from .status import plain, write_status
+from .supervisor import Supervisor, cancel_all
 
 log = logging.getLogger("edgegw.daemon")
 
@@ -71,8 +76,12 @@ class Daemon:
         self.engine: Any = None  # inference.InferenceEngine when models are configured
         self.boot = 0
         self.notify = Notifier.from_env()
-        self.last_snapshot: dict[str, Any] | None = None
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.last_snapshot: Snapshot | None = None
+        # Every long-running task runs under the supervisor (logged at once, restarted
+        # with backoff); ``tasks`` is its name -> task map.
+        self._task_digest = Digest(self._audit_task_failure)
+        self.sup = Supervisor(on_failure=self._task_failed)
+        self.tasks: dict[str, asyncio.Task[Any]] = self.sup.tasks  # type: ignore[assignment]
         self._polls: list[asyncio.Task[Any]] = []
         self._poll_stop = asyncio.Event()
         self.uplink: AuditUplink | None = None
@@ -82,8 +91,10 @@ class Daemon:
         self._anomalies: list[dict[str, Any]] = []
         self.downlink: Downlink | None = None  # signed commands (gateway/downlink/)
         self._reload_lock = asyncio.Lock()  # SIGHUP and a config push never overlap
-        self._metrics: Any = None  # the metrics HTTP server, when enabled
-        self._status_task: asyncio.Task[Any] | None = None
+        self._metrics: Any = None  # the metrics server, when enabled
+        # Audit records are signed and fsynced here, in order, off the event loop.
+        self._audit_ex = ThreadPoolExecutor(1, thread_name_prefix="audit")
+        self.last_reload: dict[str, Any] | None = None  # what the last reload did
 
     # -- running --------------------------------------------------------------------------
 
@@ -128,8 +139,9 @@ class Daemon:
 
         log.info("stopping: polling ends, sealing the last window, draining the outbox")
         self.notify.stopping("sealing the last window, draining the outbox")
-        if cfg.gateway.shutdown_drain_s > 30:
-            self.notify.extend_timeout(cfg.gateway.shutdown_drain_s + 15)
+        drain_s = self.cfg.gateway.shutdown_drain_s  # as reloaded, if it was
+        if drain_s > 30:
+            self.notify.extend_timeout(drain_s + 15)
         # commands first: a write under way finishes while its device still runs
         if self.downlink is not None:
             await self.downlink.stop(self.tasks["downlink"])
@@ -142,13 +154,12 @@ class Daemon:
         await self.tasks["pipeline"]
         log.debug("stop: last window sealed")
         if self.engine is not None:
-            self.tasks["inference"].cancel()
-            await asyncio.gather(self.tasks["inference"], return_exceptions=True)
+            await self.sup.stop(["inference"])
             self.engine.close()
         self._audit("stop", reason="signal")
-        self._close_audit()
+        await asyncio.to_thread(self._close_audit)
         await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
-        drained = await self.forwarder.drain(cfg.gateway.shutdown_drain_s)
+        drained = await self.forwarder.drain(drain_s)
         left = await self.outbox.run(ob.stats)
         if drained:
             log.info("outbox drained")
@@ -156,13 +167,10 @@ class Daemon:
             log.warning(
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
-        others = [self.tasks["forwarder"], *([self._status_task] if self._status_task else [])]
-        for t in others:
-            t.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await self.sup.stop(["forwarder", "status"])
         if self._metrics is not None:
             self._metrics.stop()
-        write_status(state_dir, await self.snapshot(final=True))
+        await asyncio.to_thread(write_status, state_dir, await self.snapshot(final=True))
         await self.outbox.close()
         if self.downlink is not None:
             self.downlink.close()
@@ -178,7 +186,7 @@ class Daemon:
             cfg.gateway.durability,
             max_bytes=int(cfg.outbox.max_mib * 2**20),
             policy=cfg.outbox.when_full,
-            min_free_bytes=int(cfg.outbox.min_free_mib * 2**20),
+            min_free_bytes=self._reserve_bytes(),
         )
         ob = await self.outbox.open()
         self.boot = await self.outbox.run(ob.next_boot)
@@ -207,26 +215,26 @@ class Daemon:
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).
         self.uplink = uplink = AuditUplink(pipe, self.outbox, cfg.topic("audit"))
-        self.audit, replaced = self._open_audit(ident, state_dir)
+        self.audit, replaced = await asyncio.to_thread(self._open_audit, ident, state_dir)
         await uplink.start(self.audit, replaced=replaced)
-        self.tasks["audit"] = asyncio.create_task(uplink.run(), name="audit")
+        self.sup.start("audit", uplink.run)
         self._audit("start", version=__version__, pid=os.getpid())
         self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
         if ident.created:
             self._audit("key_created", kid=key.kid.hex())
 
         self.downlink = self._make_downlink()
-        self.tasks["downlink"] = asyncio.create_task(self.downlink.run(), name="downlink")
+        self.sup.start("downlink", self.downlink.run)
         self.forwarder = fwd = self._make_forwarder()
         await pipe.notify_drops()  # e.g. seqs skipped after an unclean stop
-        self.tasks["pipeline"] = asyncio.create_task(pipe.run(), name="pipeline")
-        self.tasks["forwarder"] = asyncio.create_task(fwd.run(), name="forwarder")
+        self.sup.start("pipeline", pipe.run)
+        self.sup.start("forwarder", fwd.run)
         await self._start_inference(engine)
-        self._status_task = asyncio.create_task(self._status_loop(), name="status")
+        self.sup.start("status", self._status_loop)
         self._start_devices(runtimes)
         self._metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
-        write_status(state_dir, self.last_snapshot)
+        await asyncio.to_thread(write_status, state_dir, self.last_snapshot)
         freeze_startup_objects()
         self.notify.ready(status_line(self.last_snapshot))
 
@@ -280,19 +288,39 @@ class Daemon:
                 [explain_permission(exc, state_dir, service_dir=state_dir)]
             ) from None
 
+    def _reserve_bytes(self) -> int:
+        """outbox.min_free_mib in bytes; said loudly at start when it cannot work on the
+        outbox's filesystem (a tenth of it is kept instead, so data keeps flowing) or
+        when that filesystem is full (the start goes on: it can still send and delete)."""
+        room = outbox_room(self.cfg.outbox_path, self.cfg.outbox.min_free_mib)
+        reserve = room.reserve
+        if (problem := room.problem()) is not None:
+            reserve = room.fallback
+            log.error("%s; keeping %.1f MiB free instead until then", problem, reserve / 2**20)
+        if room.free <= reserve + 2 * 2**20:
+            log.warning(
+                "the filesystem of the outbox is full: %s. Acquisition goes on: acknowledged "
+                "messages are still deleted and their room reused; new data %s until there "
+                "is room (free space there, or lower outbox.max_mib)",
+                room.describe(),
+                "evicts the oldest telemetry"
+                if self.cfg.outbox.when_full == "drop_oldest"
+                else "is refused (counted, and reported in a signed notice)",
+            )
+        return reserve
+
     async def _abort_start(self) -> None:
-        """Undo a start that failed half-way: cancel the tasks, close the logs and the
-        outbox (its thread would keep the process alive)."""
-        tasks = [*self.tasks.values(), *self._polls]
-        if self._status_task is not None:
-            tasks.append(self._status_task)
-        await _cancel_all([t for t in tasks if t is not asyncio.current_task()])
+        """Undo a start that failed half-way: end the tasks for certain (asyncio.run's own
+        cancellation waits forever on a task that lost its cancellation in one of Python
+        3.11's races), close the logs and the outbox (its thread would keep the process
+        alive)."""
+        await self.sup.stop()
         if self._metrics is not None:
             self._metrics.stop()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-        self._close_audit()
+        await asyncio.to_thread(self._close_audit)
         if self.outbox is not None:
             try:
                 await self.outbox.close()
@@ -322,13 +350,25 @@ class Daemon:
             carry_counters(st.driver, getattr(rt.driver, "stats", None))
         stop = self._device_stops[dev.name] = asyncio.Event()
         if rt.subscribe:
-            coro = subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, stop)
+
+            def task() -> Any:
+                return subscribe_device(rt.driver, rt.plan, rt.tag_names, put, st, stop)
         else:
-            coro = poll_device(rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, stop)
-        task = asyncio.create_task(coro, name=f"poll:{dev.name}")
+
+            def task() -> Any:
+                return poll_device(rt.driver, rt.plan, rt.tag_names, rt.interval_s, put, st, stop)
+
+        async def failed(name: str, exc: BaseException) -> None:
+            # The platform sees the device is not being read, and why; then a restart.
+            batch = failed_batch(dev.name, list(rt.tag_names), exc)
+            st.errors += 1
+            st.up = False
+            st.last_error = batch.error
+            await put(batch)
+
+        task_ = self.sup.start(f"poll:{dev.name}", task, on_failure=failed)
         self._runtimes[dev.name] = rt
-        self._polls.append(task)
-        self.tasks[f"poll:{dev.name}"] = task
+        self._polls.append(task_)
 
     async def _stop_device(self, name: str) -> None:
         """Stop one device's task (its driver closes its link); its state stays."""
@@ -338,14 +378,14 @@ class Daemon:
         task = self.tasks.pop(f"poll:{name}", None)
         self._runtimes.pop(name, None)
         if task is not None:
-            await _cancel_all([task])
+            await cancel_all([task])
             self._polls = [t for t in self._polls if t is not task]
 
     async def _stop_devices(self) -> None:
         self._poll_stop.set()
         for stop in self._device_stops.values():
             stop.set()
-        await _cancel_all(self._polls)
+        await cancel_all(self._polls)
         for t in self._polls:
             self.tasks.pop(t.get_name(), None)
         self._polls = []
@@ -365,6 +405,7 @@ class Daemon:
             await self._stop_device(name)
         for name in removed:
             self.devices.pop(name, None)
+            self.sup.forget(f"poll:{name}")
         # what a driver learned may have been forgotten meanwhile (edgegw read --relearn)
         for rt in self._runtimes.values():
             reload_learned = getattr(rt.driver, "reload_learned", None)
@@ -399,9 +440,8 @@ class Daemon:
             raise
         for m in self.cfg.inference.models:
             self._audit("model_loaded", model=m.name, sha256=m.sha256)
-        self.tasks["inference"] = asyncio.create_task(
-            self.engine.run(self._on_event, self._on_score), name="inference"
-        )
+        engine = self.engine
+        self.sup.start("inference", lambda: engine.run(self._on_event, self._on_score))
 
     def _on_score(self, model: str, score: float, window_end_ns: int) -> None:
         """A model with ``publish_scores``: its score goes out as telemetry, tag
@@ -442,6 +482,13 @@ class Daemon:
             audit.record("audit_reset", file=aside.name, reason=str(exc))
             return audit, f"the audit log was damaged ({exc}); it is kept as {aside.name}"
 
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        """Every failure of a supervised task: audited (repeats counted, see digest.py)."""
+        self._task_digest.note(f"task_failed:{name}", f"{type(exc).__name__}: {exc}"[:300])
+
+    def _audit_task_failure(self, event: str, detail: dict[str, Any]) -> None:
+        self._audit("task_failed", task=event.split(":", 1)[1], **detail)
+
     def _on_audit_append(self, entry: Any) -> None:
         # Runs under the audit log's lock, maybe on the outbox thread: only wake the uplink,
         # which reads the file itself.
@@ -449,14 +496,37 @@ class Daemon:
             self.uplink.wake()
 
     def _audit(self, event: str, **detail: Any) -> None:
-        if self.audit is None:
+        """Record an audit event: signed and fsynced in the audit thread, in call order,
+        never on the event loop (any thread may call this)."""
+        audit = self.audit
+        if audit is None:
             return
+        clean = {k: v for k, v in detail.items() if v is not None}
+        self._audit_thread(self._record, audit, event, clean)
+
+    def _audit_thread(self, fn: Any, *args: Any) -> None:
         try:
-            self.audit.record(event, **{k: v for k, v in detail.items() if v is not None})
+            self._audit_ex.submit(fn, *args)
+        except RuntimeError:  # shut down (stopping): write it here rather than lose it
+            fn(*args)
+
+    @staticmethod
+    def _record(audit: AuditLog, event: str, detail: dict[str, Any]) -> None:
+        try:
+            audit.record(event, **detail)
         except Exception as exc:  # auditing must never stop acquisition; say so loudly
             log.error("cannot write audit record %s: %s", event, exc)
 
+    @staticmethod
+    def _tick(audit: AuditLog) -> None:
+        try:
+            audit.tick()
+        except Exception as exc:
+            log.error("audit checkpoint failed: %s", exc)
+
     def _close_audit(self) -> None:
+        """Wait for the records still queued (milliseconds), then seal the log."""
+        self._audit_ex.shutdown(wait=True)
         if self.audit is not None:
             try:
                 self.audit.close()
@@ -547,32 +617,43 @@ class Daemon:
             self.notify.ready(status_line(self.last_snapshot))
             return False
         old = self.cfg
-        fixed = ("gateway.id", "state_dir", "outbox path")
-        if (new.gateway.id, new.state_dir, new.outbox_path) != (
-            old.gateway.id,
-            old.state_dir,
-            old.outbox_path,
-        ):
-            log.error(
-                "reload refused: %s cannot change while running; restart edgegw", ", ".join(fixed)
-            )
-            self._audit("config_change", outcome="refused", reason="needs a restart")
+        changes = reload_plan(old, new)
+        if changes.fixed or (new.state_dir, new.outbox_path) != (old.state_dir, old.outbox_path):
+            fixed = ", ".join(changes.fixed) or "state_dir, outbox.path"
+            log.error("reload refused: %s cannot change while running; restart edgegw", fixed)
+            self._audit("config_change", outcome="refused", reason=f"needs a restart: {fixed}")
+            self.last_reload = {
+                "time_ns": time.time_ns(),
+                "outcome": "refused",
+                **changes.as_dict(),
+            }
             self.notify.ready(status_line(self.last_snapshot))
             return False
         self.cfg = new
         if self.downlink is not None:
             self.downlink.update(new)
-        assert self.pipeline is not None
+        assert self.pipeline is not None and self.outbox is not None
         self.pipeline.topic = new.topic("telemetry")
         self.pipeline._aad = self.pipeline.topic.encode()
         self.pipeline.notice_topic = new.topic("notice")
+        self.pipeline.window = new.gateway.flush_window_ms / 1000
+        self.pipeline.max_points = new.gateway.max_batch_points
+        await self.outbox.run(self._apply_outbox_limits)
+        if self.audit is not None:
+            self.audit.checkpoint_every = new.audit.checkpoint_every
+            self.audit.checkpoint_interval_s = new.audit.checkpoint_interval_s
+        if new.metrics != old.metrics:
+            if self._metrics is not None:
+                await asyncio.to_thread(self._metrics.stop)
+            self._metrics = self._start_metrics()
         if self.uplink is not None:
             self.uplink.topic = new.topic("audit")
         if new.inference != old.inference:
             if self.engine is not None and new.inference.models:
                 await self.engine.swap(new.inference)
             elif self.engine is not None:
-                self.tasks.pop("inference").cancel()
+                await self.sup.stop(["inference"])
+                self.sup.forget("inference")
                 self.engine.close()
                 self.engine = None
             else:
@@ -581,29 +662,53 @@ class Daemon:
             (new.commands.enabled, new.commands.session_expiry_s)
             != (old.commands.enabled, old.commands.session_expiry_s)
         ):
-            self.tasks["forwarder"].cancel()
-            await asyncio.gather(self.tasks["forwarder"], return_exceptions=True)
+            await self.sup.stop(["forwarder"])
             self.forwarder = self._make_forwarder()
-            self.tasks["forwarder"] = asyncio.create_task(self.forwarder.run(), name="forwarder")
+            self.sup.start("forwarder", self.forwarder.run)
         changed, added, removed = await self._apply_devices(old, new)
-        self._audit("config_change", outcome="applied", sha256=self._config_hash())
+        self._audit(
+            "config_change",
+            outcome="applied",
+            sha256=self._config_hash(),
+            applied=changes.applied,
+            needs_restart=changes.restart or None,
+        )
+        self.last_reload = {"outcome": "applied", **changes.as_dict()}
         log.info(
-            "config reloaded: %d device(s) changed, %d added, %d removed, %d unchanged",
+            "config reloaded: %d device(s) changed, %d added, %d removed, %d unchanged; "
+            "applied: %s",
             changed,
             added,
             removed,
             len(new.devices) - changed - added,
+            ", ".join(changes.applied) or "nothing changed",
         )
+        if changes.restart:
+            log.warning(
+                "reload: %s changed in the file but take(s) effect only after a restart "
+                "(systemctl restart edgegw)",
+                ", ".join(changes.restart),
+            )
         self.notify.ready(status_line(self.last_snapshot))
         return True
 
+    def _apply_outbox_limits(self) -> None:
+        """In the outbox thread: the cap, the full policy and the free-disk reserve."""
+        assert self.outbox is not None and self.outbox.outbox is not None
+        ob = self.outbox.outbox
+        ob.max_bytes = int(self.cfg.outbox.max_mib * 2**20)
+        ob.policy = self.cfg.outbox.when_full
+        ob.min_free_bytes = self._reserve_bytes()
+        ob._room_budget = 0  # looked at again with the new reserve
+
     # -- status ---------------------------------------------------------------------------------
 
-    async def snapshot(self, final: bool = False) -> dict[str, Any]:
+    async def snapshot(self, final: bool = False) -> Snapshot:
         assert self.outbox and self.outbox.outbox and self.pipeline and self.forwarder
-        ob = await self.outbox.run(self.outbox.outbox.stats)
+        outbox = self.outbox.outbox
+        ob, totals = await self.outbox.run(lambda: (outbox.stats(), outbox.drop_totals()))
         pipe = self.pipeline.stats
-        snap: dict[str, Any] = {
+        snap: Snapshot = {
             "gateway": self.cfg.gateway.id,
             "version": __version__,
             "pid": os.getpid(),
@@ -613,20 +718,25 @@ class Daemon:
             "monotonic_ns": time.monotonic_ns(),
             "started_ns": self.started_ns,
             "tasks": {name: not t.done() for name, t in self.tasks.items()},
+            "task_health": {
+                name: {
+                    "restarts": h.restarts,
+                    "failures": h.failures,
+                    "failing": h.failing,
+                    "last_error": h.last_error,
+                    "last_failure_ns": h.last_failure_ns,
+                }
+                for name, h in self.sup.health.items()
+            },
             "pipeline": plain(pipe),
             "uplink": plain(self.forwarder.stats),
             "outbox": plain(ob),
-            "drops": {
-                "outbox": {
-                    "messages": ob.dropped_rows,
-                    "points": ob.dropped_points,
-                    "intentional": self.cfg.outbox.when_full == "drop_oldest",
-                },
-                "refused": {"messages": 0, "points": pipe.points_refused, "intentional": True},
-            },
+            "drops": drops_by_reason(totals),
             "devices": {n: plain(s) for n, s in self.devices.items()},
             "host": host_facts(self.cfg),
         }
+        if self.last_reload is not None:
+            snap["reload"] = self.last_reload
         if self.engine is not None:
             snap["inference"] = self.engine.model_stats()
             snap["inference_stats"] = self.engine.stats
@@ -639,7 +749,7 @@ class Daemon:
             try:
                 snap = await self.snapshot()
                 self.last_snapshot = snap
-                write_status(self.cfg.state_dir, snap)
+                await asyncio.to_thread(write_status, self.cfg.state_dir, snap)
             except OSError as exc:
                 log.warning("cannot write status: %s", exc)
             if self.last_snapshot is not None:
@@ -650,11 +760,8 @@ class Daemon:
             if abs(offset - self._clock_offset) > CLOCK_JUMP_S:
                 self._audit("clock_jump", seconds=round(offset - self._clock_offset, 3))
                 self._clock_offset = offset
-            if self.audit is not None:
-                try:
-                    self.audit.tick()  # seals a checkpoint when the interval is due
-                except Exception as exc:
-                    log.error("audit checkpoint failed: %s", exc)
+            if self.audit is not None:  # seals a checkpoint when the interval is due
+                self._audit_thread(self._tick, self.audit)
 
     def _start_metrics(self) -> Any:
         m = self.cfg.metrics
@@ -688,17 +795,7 @@ def freeze_startup_objects() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
 
 
-async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel until every task has ended: a cancellation can be lost in a race on
-    Python 3.11 (see poller.poll_device)."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-    for t in tasks:  # surface anything other than cancellation in the log
-        if not t.cancelled() and t.exception() is not None:
-            log.error("task %s failed: %r", t.get_name(), t.exception())
+_cancel_all = cancel_all  # the name tests and tools know
 
 
 def run_async(coro: Any) -> Any:

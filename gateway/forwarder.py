@@ -188,7 +188,10 @@ class Forwarder:
     # -- running -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, pump, reconnect with backoff; runs until cancelled."""
+        """Connect, pump, reconnect with backoff; runs until cancelled. Restartable (a
+        supervisor's restart after a failure): what a session had in flight is forgotten
+        and sent again from the outbox, which still holds it."""
+        self._forget_session()
         backoff = Backoff(first=0.5, cap=self.uplink.reconnect_max_s)
         slow = Backoff(first=max(5.0, self.uplink.reconnect_max_s), cap=REFUSED_RETRY_MAX_S)
         try:
@@ -402,13 +405,16 @@ class Forwarder:
                 self._condemned = []
         except OutboxError as exc:  # kept, and judged again after the next session
             log.error("outbox: cannot set a refused message aside yet: %s", exc)
+        self._forget_session()
+        c = s.client
+        await asyncio.get_running_loop().run_in_executor(None, _close_client, c)
+
+    def _forget_session(self) -> None:
         self._inflight.clear()
         self._sent_at.clear()
         self._lone = None
         self._held.clear()
         self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
-        c = s.client
-        await asyncio.get_running_loop().run_in_executor(None, _close_client, c)
 
     def _on_lost(self, s: _Session, why: str, broker_reason: int | None) -> None:
         s.broker_reason = broker_reason
@@ -617,7 +623,10 @@ class Forwarder:
         assert self.outbox.outbox is not None
         try:
             await self.outbox.run(self.outbox.outbox.ack, acks)
-        except OutboxError as exc:
+        except BaseException as exc:
+            if not isinstance(exc, OutboxError):
+                self._acks[:0] = acks  # kept for the next attempt (a restart, a retry)
+                raise
             # e.g. a disk too full even for deletes: keep them and try again later;
             # the MQTT session is fine and keeps sending.
             self._acks[:0] = acks

@@ -9,13 +9,15 @@ further only on purpose) serves:
 ``GET /healthz``  for monitoring: 200 ``ok``; 429 ``degraded`` (live, but the uplink or a
                   device is down: Consul's "warning" code); 503 ``unhealthy`` (not live)
 
-The snapshot is the dict ``Daemon.snapshot()`` builds (also written to status.json every
-second). The daemon keeps its latest one and passes ``lambda: daemon.last_snapshot``; the
-HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
+The snapshot (``gateway.snapshot.Snapshot``, the one typed model) is what
+``Daemon.snapshot()`` builds (also written to status.json every second). The daemon
+keeps its latest one and passes ``lambda: daemon.last_snapshot``; the HTTP thread only
+reads it. Keys read here (all optional except ``time_ns``)::
 
     gateway, version, pid, boot, final, time_ns, started_ns
     monotonic_ns                      time.monotonic_ns() when the snapshot was taken
     tasks:    {task name: bool}       is each poll loop / pipeline / forwarder task alive
+    task_health: {task name: {restarts, failures, failing, last_error}}  (gateway.supervisor)
     pipeline: {points_polled, points_sealed, messages_sealed, last_seq, seal_errors}
     uplink:   {link_up, connects, disconnects, published, acked, rejected,
                points_acked (optional), set_aside, limits: {name: value}}
@@ -26,7 +28,7 @@ HTTP thread only reads it. Keys read here (all optional except ``time_ns``)::
                       bad_readings, last_ok_ns, latency (histogram),
                       driver: {requests, timeouts, link_errors, exceptions: {code: n},
                                decode_errors, splits, plan_requests, learned} (optional)}}
-    drops:    {reason: {"messages": n, "points": n, "intentional": bool}}
+    drops:    {reason: {"messages": n, "points": n, "intentional": bool}}  (durable totals)
     inference: {model: {"score": x, "threshold": x, "anomalous": bool, "inferences": n,
                         "events": n, "windows_skipped": n, "windows_failed": n}}
     host:     {outbox_limit_bytes, disk_free_bytes: {path: n},
@@ -71,6 +73,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .snapshot import Snapshot
+
 log = logging.getLogger("edgegw.metrics")
 
 DEFAULT_HOST = "127.0.0.1"
@@ -78,7 +82,6 @@ DEFAULT_PORT = 9810
 # The daemon writes a snapshot every second; a few missed ones mean it is stuck.
 STALE_AFTER_S = 5.0
 
-Snapshot = Mapping[str, Any]
 SnapshotFn = Callable[[], Snapshot | None]
 
 
@@ -120,7 +123,25 @@ def health_problems(
     tasks = snap.get("tasks") or {}
     for name in sorted(t for t, alive in tasks.items() if not alive):
         problems.append(f"task {name} has ended")
+    # A task of the daemon's own that keeps failing is a reason to stop feeding the
+    # watchdog (a restart may clear what it trips on); a device's poll task is not: a
+    # restart of the whole gateway would not fix one device, so that one is "degraded".
+    for name, h in _failing_tasks(snap):
+        if not name.startswith("poll:"):
+            problems.append(
+                f"task {name} keeps failing ({h.get('restarts')} restarts; last: "
+                f"{h.get('last_error')})"
+            )
     return problems
+
+
+def _failing_tasks(snap: Snapshot) -> list[tuple[str, Mapping[str, Any]]]:
+    health = snap.get("task_health") or {}
+    return [
+        (name, h)
+        for name, h in sorted(health.items())
+        if isinstance(h, Mapping) and h.get("failing")
+    ]
 
 
 def degraded_reasons(snap: Snapshot | None) -> list[str]:
@@ -136,6 +157,9 @@ def degraded_reasons(snap: Snapshot | None) -> list[str]:
         if isinstance(d, Mapping) and d.get("up") is False:
             why = d.get("last_error")
             reasons.append(f"device {name} down" + (f": {why}" if why else ""))
+    for name, h in _failing_tasks(snap):
+        if name.startswith("poll:"):
+            reasons.append(f"task {name} keeps failing: {h.get('last_error')}")
     return reasons
 
 
@@ -273,6 +297,18 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         "windows that could not be sealed or committed",
         pipe.get("seal_errors"),
     )
+
+    health = snap.get("task_health") or {}
+    if health:
+        restarts = CounterMetricFamily(
+            "edgegw_task_restarts",
+            "times a task of the daemon failed and was started again",
+            labels=["task"],
+        )
+        for name, h in sorted(health.items()):
+            if isinstance(h, Mapping) and (n := _num(h.get("restarts"))) is not None:
+                restarts.add_metric([str(name)], n)
+        yield restarts
 
     up = snap.get("uplink") or {}
     link = up.get("link_up")

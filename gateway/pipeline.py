@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buffer import URGENT, Drop, OutboxFull
+from buffer import URGENT, Drop, OutboxError, OutboxFull
 from drivers.contract import Batch, Quality
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
@@ -34,6 +34,7 @@ from .wire import PAYLOAD_VERSION, encode_payload
 log = logging.getLogger("edgegw.pipeline")
 
 _BAD_CONFIG = int(Quality.BAD_CONFIG)
+REFUSAL_NOTICE_S = 10.0  # while refusing, one notice per this long (the rest: next seal)
 
 
 @dataclass(slots=True)
@@ -45,6 +46,10 @@ class PipelineStats:
     seal_errors: int = 0
     points_refused: int = 0
     notices: int = 0
+    seal_failures: int = 0
+    """Windows (or their rest) that could not be sealed at all: dropped with a notice."""
+    readings_unsealable: int = 0
+    """Readings that could not be encoded, sent as bad readings saying why."""
 
 
 class Pipeline:
@@ -86,6 +91,11 @@ class Pipeline:
         self.body_limit = body_limit
         self._bytes_per_point = 0.0  # of the last telemetry message, to pre-split windows
         self.payload_version = payload_version
+        # Taken off the queue, not yet committed: (readings, where each batch ends).
+        self._held: tuple[list[Any], list[int]] = ([], [])
+        self._closing = False  # close() was taken off the queue
+        self._unsealable = ""  # the last "cannot be sealed" logged
+        self._refusal_notice_at = -REFUSAL_NOTICE_S  # monotonic time of the last one
 
     async def put(self, batch: Batch) -> None:
         self.stats.points_polled += len(batch.readings)
@@ -105,19 +115,24 @@ class Pipeline:
         await self.queue.put(None)
 
     async def run(self) -> None:
+        """Collect windows and seal them until ``close()``. Restartable: the window taken
+        off the queue when a run failed (``_held``) is sealed first by the next run, and a
+        ``close()`` already taken is honoured, so a supervisor's restart loses nothing."""
         loop = asyncio.get_running_loop()
         q = self.queue
-        while True:
+        if self._held[0]:
+            await self._seal(*self._held)
+        while not self._closing:
             first = await q.get()
             if first is None:
-                if self._unrecorded:
-                    await self._record_refused("disk_full")
-                return
+                self._closing = True
+                break
             # One flat list, and where each batch ends in it: a batch (one device read)
             # becomes one block of payload version 2, sharing its timestamp and tag set.
+            # Held from the moment it leaves the queue: kept across a failure of run().
             readings: list[Any] = list(first.readings)
             ends = [len(readings)]
-            stopping = False
+            self._held = (readings, ends)
             # One timer for the whole window (not a wait_for, which makes a task, per
             # batch): at 100 devices a second that was a few hundred µs every second.
             deadline = loop.time() + self.window
@@ -126,7 +141,7 @@ class Pipeline:
                     while len(readings) < self.max_points and loop.time() < deadline:
                         b = q.get_nowait() if not q.empty() else await q.get()
                         if b is None:
-                            stopping = True
+                            self._closing = True
                             break
                         readings.extend(b.readings)
                         ends.append(len(readings))
@@ -134,10 +149,14 @@ class Pipeline:
                 pass
             if readings:
                 await self._seal(readings, ends)
-            if stopping:
-                if self._unrecorded:  # refused while the disk was full: say so now
-                    await self._record_refused("disk_full")
-                return
+            else:
+                self._held = ([], [])
+        if self._unrecorded:  # refused while the disk was full: say so now
+            await self._record_refused("disk_full")
+        try:  # what is recorded but not yet told (refusals are told at most every 10 s)
+            await self.notify_drops()
+        except Exception as exc:  # recorded: told at the next start
+            log.error("cannot seal the last drop notice: %s", exc)
 
     async def seal_message(
         self,
@@ -176,31 +195,58 @@ class Pipeline:
             self.on_sealed()
 
     async def _seal(self, readings: list[Any], ends: list[int] | None = None) -> None:
+        """Commit ``readings`` (held in ``_held`` until they are). An outbox error (I/O,
+        a locked or vanished file) is transient: retried with backoff, the same data. A
+        failure to encode or sign is deterministic: ``_seal_sync`` isolates the readings
+        that cause it, and what cannot be sealed at all is dropped with a signed notice;
+        acquisition goes on either way."""
+        ends = ends if ends else [len(readings)]
         delay = 0.2
         done = _Progress()  # what is committed survives a retry: never sealed twice
-        while True:
-            try:
-                await self.outbox.run(self._seal_sync, readings, done, ends)
-                break
-            except OutboxFull as exc:
-                # stop_acquisition (or a disk too full to make room): the rest is refused.
-                rest = len(readings) - done.points
-                self.stats.points_refused += rest
-                self._unrecorded += rest
-                log.warning("%s; %d points refused", exc, rest)
-                self._sealed(done)
-                await self._record_refused(exc.reason)
-                return
-            except Exception as exc:  # an I/O error must not kill the daemon
-                self.stats.seal_errors += 1
-                log.error(
-                    "cannot commit %d points to the outbox: %s; retrying in %.1f s",
-                    len(readings) - done.points,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        self._held = (readings, ends)
+        try:
+            while True:
+                try:
+                    await self.outbox.run(self._seal_sync, readings, done, ends)
+                    break
+                except OutboxFull as exc:
+                    # stop_acquisition (or a disk too full to make room): the rest is refused.
+                    rest = len(readings) - done.points
+                    self.stats.points_refused += rest
+                    self._unrecorded += rest
+                    log.warning("%s; %d points refused", exc, rest)
+                    self._sealed(done)
+                    await self._record_refused(exc.reason)
+                    return
+                except SealFailed as exc:
+                    rest = len(readings) - done.points
+                    self.stats.seal_failures += 1
+                    log.error(
+                        "cannot seal %d points (%s); they are dropped and reported in a notice",
+                        rest,
+                        exc,
+                        exc_info=exc.__cause__,
+                    )
+                    self._sealed(done)
+                    await self._record_drop(rest, "seal_failed")
+                    return
+                except (OutboxError, OSError) as exc:  # I/O: must not kill the daemon
+                    self.stats.seal_errors += 1
+                    log.error(
+                        "cannot commit %d points to the outbox: %s; retrying in %.1f s",
+                        len(readings) - done.points,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        except BaseException:
+            # the next run() seals the rest first, batch boundaries kept
+            n = done.points
+            self._held = (readings[n:], [e - n for e in ends if e > n])
+            self._sealed(done)
+            raise
+        self._held = ([], [])
         self._sealed(done)
         if self._unrecorded:
             await self._record_refused("disk_full")
@@ -212,6 +258,23 @@ class Pipeline:
         self.stats.messages_sealed += done.messages
         self.stats.last_seq = done.last_seq
         self.on_sealed()
+
+    async def _record_drop(self, points: int, reason: str) -> None:
+        try:
+            await self.outbox.run(self._drop_sync, points, reason)
+        except Exception as exc:
+            log.error("cannot record %d dropped points (%s): %s", points, reason, exc)
+
+    def _drop_sync(self, points: int, reason: str) -> None:
+        ob = self.outbox.outbox
+        assert ob is not None
+        ob.record_drop(points, reason)
+        try:
+            self._notify_sync()
+        except (OutboxError, OSError):
+            raise
+        except Exception:  # recorded: the notice goes with the next window that seals
+            log.exception("cannot seal the notice of %d dropped points yet", points)
 
     async def _record_refused(self, reason: str) -> None:
         """Record refused points as a drop; on a full disk even that can fail: keep
@@ -268,12 +331,44 @@ class Pipeline:
                 assert limit is not None
                 todo.extendleft(reversed(_split(part, groups, big.size, limit)))
                 continue
+            except (OutboxError, OSError):  # I/O (a key in hardware too): transient
+                raise
+            except Exception as exc:  # encoding or signing: the same data fails again
+                todo.extendleft(reversed(self._isolate(part, groups, exc)))
+                continue
             self._bytes_per_point = size / points
             done.points += points
             done.messages += 1
             done.last_seq = seq
-        self._notify_sync()
+        try:
+            self._notify_sync()
+        except OutboxError:
+            raise
+        except Exception:  # the drops stay recorded: the next window tries again
+            log.exception("cannot seal a drop notice")
         return done.last_seq
+
+    def _isolate(self, part: _Part, groups: list[list[Any]], exc: Exception) -> list[_Part]:
+        """``part`` cannot be sealed: halve it until the readings that cause it are
+        alone, and replace each by a bad reading saying why (one bad value must not cost
+        its neighbours). A replacement that cannot be sealed either (the key, not the
+        data): SealFailed, and the rest of the window is dropped with a notice."""
+        if part.only is not None:
+            raise SealFailed(f"{type(exc).__name__}: {exc}") from exc
+        if part.points > 1:
+            mid = part.lo + part.points // 2
+            return [_Part(part.lo, mid), _Part(mid, part.hi)]
+        r = groups[0][0]
+        why = f"cannot be sealed: {type(exc).__name__}: {exc}"
+        self.stats.readings_unsealable += 1
+        if why != self._unsealable:  # once until it changes: no log flood
+            log.error("reading %.200r %s; sent as a bad reading", r, why)
+            self._unsealable = why
+        try:
+            tag, ts = str(r[0]), int(r[1])
+        except Exception:
+            tag, ts = repr(r)[:200], time.time_ns()
+        return [_Part(part.lo, part.hi, [(tag, ts, None, _BAD_CONFIG, why[:500])])]
 
     def _chunks(self, lo: int, hi: int, limit: int | None) -> list[_Part]:
         """The window ``[lo, hi)`` in parts that should fit ``limit``, from the bytes per
@@ -289,10 +384,16 @@ class Pipeline:
         return [_Part(i, min(i + step, hi)) for i in range(lo, hi, step)]
 
     def _refuse_sync(self, points: int, reason: str) -> None:
+        """Record refused points (durably, at once; the outbox adds them to the drop not
+        yet notified); while windows keep being refused, a notice at most every
+        ``REFUSAL_NOTICE_S``: on a full disk each notice spends the reserve that deletes
+        of acknowledged rows need."""
         ob = self.outbox.outbox
         assert ob is not None
         ob.record_drop(points, "refused_" + reason)
-        self._notify_sync()
+        now = time.monotonic()
+        if now - self._refusal_notice_at >= REFUSAL_NOTICE_S and self._notify_sync():
+            self._refusal_notice_at = now
 
     def _notify_sync(self) -> bool:
         """Seal one notice for all unnotified drops; True if one was sealed."""
@@ -307,8 +408,9 @@ class Pipeline:
                 lambda seq: self._notice(seq, drops),
                 priority=URGENT,
                 notifies=[d.id for d in drops],
+                essential=True,  # may spend the disk reserve: a loss is always told
             )
-        except OutboxFull:  # urgent rows only fail on a truly full disk: retried next seal
+        except OutboxFull:  # not even the reserve was enough: retried with the next seal
             return False
         self.stats.notices += 1
         for d in drops:
@@ -361,6 +463,11 @@ class _Progress:
     points: int = 0
     messages: int = 0
     last_seq: int = 0
+
+
+class SealFailed(Exception):
+    """Nothing of a window could be sealed, not even a bad reading saying so (the
+    signing key, not the data): its points are dropped with a notice."""
 
 
 class _TooLarge(Exception):

@@ -132,7 +132,10 @@ async def _loop(
             if not state.up:
                 log.info("device %s: connected", driver.name)
         t0 = loop.time()
-        batch = await driver.read(plan)
+        try:
+            batch = await driver.read(plan)
+        except Exception as exc:  # a driver bug: the read failed; say so, reconnect
+            batch = await _read_failed(driver, tag_names, exc, state)
         took = loop.time() - t0
         state.last_latency_ms = round(took * 1e3, 3)  # µs: finer is clock noise
         state.latency.observe(took)
@@ -220,6 +223,29 @@ async def _connect(
         )
         await asyncio.sleep(backoff.next())
         return False
+
+
+async def _read_failed(
+    driver: Any, tag_names: list[str], exc: Exception, state: DeviceState
+) -> Batch:
+    """``read`` raised, which the contract forbids: log it (with its traceback once until
+    it changes), close the link (the next cycle reconnects) and make the cycle's readings
+    bad, saying why."""
+    why = f"driver error: {type(exc).__name__}: {exc}"
+    if why != state.last_error:
+        log.error("device %s: read raised %s", driver.name, why, exc_info=exc)
+    try:
+        await driver.close()
+    except Exception as close_exc:
+        log.error("device %s: close failed too: %r", driver.name, close_exc)
+    return Batch(driver.name, bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, why), why)
+
+
+def failed_batch(name: str, tag_names: list[str], exc: BaseException) -> Batch:
+    """The readings of a device whose task failed (see gateway.supervisor): bad, with
+    the reason, so the platform sees the device is not being read and why."""
+    why = f"poll task failed: {type(exc).__name__}: {exc}"
+    return Batch(name, bad_readings(tag_names, time.time_ns(), Quality.BAD_COMM, why), why)
 
 
 def _down(state: DeviceState, why: str) -> None:

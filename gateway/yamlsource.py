@@ -78,12 +78,84 @@ def _mark(node: yaml.Node) -> Mark:
     return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _build(node: yaml.Node, path: Path_, smap: SourceMap, ctor: yaml.SafeLoader) -> Any:
+MAX_VALUES = 250_000
+"""Values (mappings, lists, scalars) one file may expand to. A config of 10,000 tags is
+about 60,000; a few hundred bytes of nested aliases (a "billion laughs" bomb) would
+otherwise expand to billions and take the memory of the gateway with them."""
+MAX_BYTES = 64 * 2**20
+MAX_DEPTH = 200
+
+
+class _Budget:
+    """Counts the values built; aliases are followed, so this bounds what they expand to.
+    Knows which nodes were built already (a second visit is an alias) and which are
+    being built (a visit to one of those is an alias inside itself)."""
+
+    def __init__(self, smap: SourceMap) -> None:
+        self.left = MAX_VALUES
+        self.smap = smap
+        self.built: set[int] = set()
+        self.open: dict[int, tuple[yaml.Node, bool]] = {}  # being built: (node, again)
+
+    def enter(self, node: yaml.Node, depth: int) -> None:
+        where = self.smap.file
+        key = id(node)
+        if key in self.open:
+            m = _mark(node)
+            raise YamlError(
+                f"{where}:{m.line}:{m.column}: an alias refers to the value it is inside "
+                "(a recursive structure): a config cannot hold one"
+            )
+        self.left -= 1
+        if self.left < 0:
+            # the outermost value being built again through an alias: the bomb's fuse
+            again = [n for n, seen in self.open.values() if seen]
+            m = _mark(again[0] if again else node)
+            raise YamlError(
+                f"{where}:{m.line}:{m.column}: the file expands to more than "
+                f"{MAX_VALUES:,} values, through aliases of the value defined here "
+                "(a YAML alias bomb?): refused. Write the repeated values out, or split "
+                "the devices into devices_dir files"
+            )
+        if depth > MAX_DEPTH:
+            m = _mark(node)
+            raise YamlError(
+                f"{where}:{m.line}:{m.column}: nested more than {MAX_DEPTH} levels deep: "
+                "not a config"
+            )
+
+
+def _build(
+    node: yaml.Node, path: Path_, smap: SourceMap, ctor: yaml.SafeLoader, budget: _Budget
+) -> Any:
+    budget.enter(node, len(path))
+    if isinstance(node, yaml.CollectionNode):
+        key = id(node)
+        budget.open[key] = (node, key in budget.built)
+        budget.built.add(key)
+        try:
+            return _build_collection(node, path, smap, ctor, budget)
+        finally:
+            del budget.open[key]
+    smap._marks[path] = _mark(node)
+    return ctor.construct_object(node, deep=True)
+
+
+def _build_collection(
+    node: yaml.CollectionNode,
+    path: Path_,
+    smap: SourceMap,
+    ctor: yaml.SafeLoader,
+    budget: _Budget,
+) -> Any:
     smap._marks[path] = _mark(node)
     if isinstance(node, yaml.MappingNode):
         ctor.flatten_mapping(node)  # resolves YAML merge keys (<<)
         out: dict[Any, Any] = {}
         for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):  # never expand a key: it is text
+                m = _mark(knode)
+                raise YamlError(f"{smap.file}:{m.line}:{m.column}: mapping keys must be text")
             key = ctor.construct_object(knode, deep=True)
             if not isinstance(key, str | int):
                 raise YamlError(
@@ -96,15 +168,13 @@ def _build(node: yaml.Node, path: Path_, smap: SourceMap, ctor: yaml.SafeLoader)
                     f"{smap.file}:{_mark(knode).line}:{_mark(knode).column}: "
                     f"duplicate key {key!r} (first defined at line {first.line})"
                 )
-            out[key] = _build(vnode, (*path, key), smap, ctor)
+            out[key] = _build(vnode, (*path, key), smap, ctor, budget)
             smap._key_marks[(*path, key)] = _mark(knode)
             if isinstance(vnode, yaml.CollectionNode):
                 # a nested block starts on the next line; the key's line reads better
                 smap._marks[(*path, key)] = _mark(knode)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(n, (*path, i), smap, ctor) for i, n in enumerate(node.value)]
-    return ctor.construct_object(node, deep=True)
+    return [_build(n, (*path, i), smap, ctor, budget) for i, n in enumerate(node.value)]
 
 
 class _Refused(Exception):
@@ -186,6 +256,12 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceMap]:
     when first asked for)."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise YamlError(
+                f"{p}: {size:,} bytes: larger than any config ({MAX_BYTES // 2**20} MiB at "
+                "most); is this the right file?"
+            )
         text = p.read_text(encoding="utf-8")
     except PermissionError as exc:
         from .permissions import explain_permission
@@ -205,12 +281,32 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceMap]:
     return data, SourceMap(str(p), text)
 
 
+def _within_budget(data: Any) -> None:
+    """libyaml shares the value of an anchor among its aliases; whatever walks the config
+    next (validation) would expand them. Count the values as that walk would, and leave
+    a document over the budget (an alias bomb, a recursive alias) to the marked build,
+    which says where. At most MAX_VALUES steps."""
+    left, stack = MAX_VALUES, [data]
+    while stack:
+        left -= 1
+        if left < 0 or len(stack) > MAX_VALUES:
+            raise _Refused
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
 def _fast(text: str) -> Any:
     """From events if the document is plain, else with libyaml's node tree."""
     for build in (_from_events, _FastLoader.get_single_data):
         loader = _FastLoader(text)
         try:
-            return build(loader)
+            data = build(loader)
+            if build is not _from_events:
+                _within_budget(data)
+            return data
         except _Refused:
             if build is not _from_events:
                 raise
@@ -227,12 +323,14 @@ def _load_marked(text: str, smap: SourceMap) -> Any:
         node = loader.get_single_node()
         if node is None:
             raise YamlError(f"{p}: the file is empty")
-        return _build(node, (), smap, loader)
+        return _build(node, (), smap, loader, _Budget(smap))
     except yaml.MarkedYAMLError as exc:
         line, col, why = explain_syntax(exc, text.splitlines())
         raise YamlError(f"{p}:{line}:{col}: {why}") from None
     except yaml.YAMLError as exc:
         raise YamlError(f"{p}: YAML error: {exc}") from None
+    except RecursionError:  # composing nests by recursion, before our depth check
+        raise YamlError(f"{p}: nested too deeply to be a config") from None
     finally:
         loader.dispose()
 

@@ -133,6 +133,8 @@ class InferenceEngine:
         self._index: dict[str, tuple[tuple[WindowCutter, int], ...]] = {}
         self._capacity = cfg.queue_windows
         self._in_flight = 0
+        self._done = 0  # windows of the batch in hand already judged
+        self._events: deque[AnomalyEvent] = deque()  # raised, not yet delivered
         self._retired_cut = 0
         self._retired_skipped = 0
         self._totals = _Counts()
@@ -171,15 +173,23 @@ class InferenceEngine:
         q = self._queue
         self._wake = asyncio.Event()  # bound to this loop (an engine may outlive one)
         while True:
+            while self._events:  # raised before a failure: delivered first, in order
+                await on_event(self._events[0])
+                self._events.popleft()
             if not q:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch = [q.popleft() for _ in range(min(len(q), BATCH_WINDOWS))]
             self._in_flight = len(batch)
+            self._done = 0
             try:
                 scored = await loop.run_in_executor(self._executor, _score, batch)
                 await self._deliver(batch, scored, on_event, on_score)
+            except BaseException:
+                # Restartable (gateway.supervisor): windows not yet judged go back first.
+                q.extendleft(reversed(batch[self._done :]))
+                raise
             finally:
                 self._in_flight = 0
 
@@ -202,6 +212,7 @@ class InferenceEngine:
                 if error != counts.last_error:  # once until it changes: no log flood
                     log.warning("model %s: window not scored: %s", name, error)
                 counts.last_error = error
+                self._done += 1
                 continue
             counts.last_error = None
             counts.scored += 1
@@ -210,8 +221,11 @@ class InferenceEngine:
             if slot.binding.publish_scores:
                 on_score(name, score, end)
             event = slot.hyst.update(score, end)
+            self._done += 1
             if event is not None:
+                self._events.append(event)  # kept until on_event returns
                 await on_event(event)
+                self._events.popleft()
 
     async def swap(self, cfg: InferenceConfig) -> None:
         """Replace the config (reload); raises :class:`ModelRefused` and keeps the old one

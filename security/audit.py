@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import logging
 import os
@@ -32,12 +33,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from security import resume
 from security.checkpoint import (
     LOG_ID_LEN,
     ZERO_HASH,
     Checkpoint,
+    Damage,
     Entry,
     FormatError,
+    LogState,
     MerkleFrontier,
     ParsedLog,
     Record,
@@ -97,6 +101,8 @@ class AuditEvent(StrEnum):
     MODEL_LOADED = "model_loaded"  # [name, sha256]
     MODEL_REFUSED = "model_refused"  # a model failed its checks [name, sha256, reason]
     CLOCK_JUMP = "clock_jump"  # wall clock moved against the monotonic clock [delta_ns]
+    TASK_FAILED = "task_failed"  # a task of the daemon failed and was restarted [task, reason
+    # | repeated, over_s, reasons]
     AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
     TAIL_QUARANTINED = "tail_quarantined"  # entries edgegw did not write were cut off at
     # open and kept beside the log [file, records, bytes, reason]
@@ -172,6 +178,11 @@ class AuditLog:
         self._fd: int | None = None
         self._length = self._loaded_length = 0
         self._quarantined: _Quarantined | None = None
+        self._certs: list[bytes] = []  # key_rotated certificates in the log, in order
+        self._hasher: Any = None  # SHA-256 of the file's bytes up to self._length
+        self.resumed_from: LogState | None = None
+        """The log's state at the checkpoint this open resumed from (None: read in full);
+        readers that need the state at a later offset can start there."""
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -202,10 +213,85 @@ class AuditLog:
 
     def _load(self) -> int:
         """Read the existing log: state to continue from; a torn final entry is removed
-        (and kept beside the log). Returns the number of bytes removed."""
+        (and kept beside the log). Returns the number of bytes removed. From the last
+        checkpoint on when the resume file beside the log matches it (security/resume.py),
+        else all of it."""
+        assert self._fd is not None
+        hint = resume.load(self.path)
+        if hint is not None:
+            torn = self._load_from(hint)
+            if torn is not None:
+                return torn
+        return self._load_from_start()
+
+    def _load_from(self, hint: resume.Resume) -> int | None:
+        """Load from the checkpoint the resume file names; None if the log does not hold
+        it there (then the whole log is read)."""
+        assert self._fd is not None
+        base = hint.cp_offset
+        st = hint.state
+        end = os.fstat(self._fd).st_size
+        if st.offset > end:
+            return None
+        hasher = resume.prefix_digest(self._fd, st.offset)
+        if hasher.digest() != hint.digest:
+            return None  # edited, cut or replaced: read it all (which says what is wrong)
+        data = os.pread(self._fd, end - base, base)
+        parsed = parse_entries(data)
+        if not parsed.entries:
+            return None
+        first = parsed.entries[0]
+        if first.record is not None or len(first.raw) != st.offset - base:
+            return None
+        try:
+            cp = _unverified_checkpoint(first.raw)
+        except Exception:
+            return None
+        if checkpoint_hash(first.raw) != st.cp_prev or (
+            cp.log_id,
+            cp.size,
+            cp.head,
+            cp.root,
+        ) != (hint.log_id, st.size, st.head, st.frontier.root()):
+            return None
+        if self._trusted is not None:  # the resume point must be ours, or read it all
+            try:
+                open_checkpoint(first.raw, learn_keys(self._trusted, hint.certs, strict=False))
+            except (CoseError, FormatError):
+                return None
+        parsed = ParsedLog(
+            [Entry(e.offset + base, e.raw, e.record) for e in parsed.entries],
+            parsed.good_length + base,
+            parsed.torn,
+            [Damage(d.offset + base, d.length, d.records_before, d.why) for d in parsed.damage],
+        )
+        self._certs = list(hint.certs)
+        self._log_id, self._size, self._head = hint.log_id, st.size, st.head
+        self._frontier, self._cp_prev, self._sealed = st.frontier.copy(), st.cp_prev, st.size
+        torn = self._continue(parsed, data, base, start=1)
+        hasher.update(data[st.offset - base : self._length - base])
+        self._hasher = hasher
+        self.resumed_from = st.copy()
+        return torn
+
+    def _load_from_start(self) -> int:
         assert self._fd is not None
         data = _read_fd(self._fd)
         parsed = parse_entries(data)
+        self._log_id = b""
+        self._size = 0
+        self._head = b""
+        self._frontier = MerkleFrontier()
+        self._cp_prev = ZERO_HASH
+        self._sealed = 0
+        torn = self._continue(parsed, data, 0, start=0)
+        self._hasher = hashlib.sha256(data[: self._length])
+        return torn
+
+    def _continue(self, parsed: ParsedLog, data: bytes, base: int, start: int) -> int:
+        """Cut a torn or forged tail, then replay ``parsed.entries[start:]`` onto the state
+        set up by the caller. ``data`` holds the file from byte ``base`` on."""
+        assert self._fd is not None
         if parsed.malformed_at is not None:
             raise AuditLogCorrupt(
                 f"{self.path}: damaged entry at byte {parsed.malformed_at} "
@@ -214,8 +300,8 @@ class AuditLog:
             )
         torn = 0
         if parsed.torn:
-            torn = len(data) - parsed.good_length
-            keep = self._keep_beside("torn", data[parsed.good_length :])
+            torn = len(data) + base - parsed.good_length
+            keep = self._keep_beside("torn", data[parsed.good_length - base :])
             os.ftruncate(self._fd, parsed.good_length)
             os.fsync(self._fd)
             log.warning(
@@ -225,21 +311,18 @@ class AuditLog:
         cut = self._forged_tail(parsed.entries)
         if cut is not None:
             at, reason = cut
-            parsed = self._quarantine(parsed, data, at, reason)
+            parsed = self._quarantine(parsed, data, at, reason, base)
         self._loaded_length = self._length
-        self._log_id = b""
-        self._size = 0
-        self._head = b""
-        self._frontier = MerkleFrontier()
-        self._cp_prev = ZERO_HASH
-        self._sealed = 0
         self._unsealed_since = time.monotonic()
         if not parsed.entries:
             self._log_id = os.urandom(LOG_ID_LEN)
             self._head = genesis_head(self._log_id)
             _fsync_dir(self.path.parent)
             return torn
-        self._replay(parsed)
+        if start == 0:
+            self._replay(parsed)
+        else:
+            self._replay_entries(parsed.entries[start:])
         return torn
 
     def _keep_beside(self, what: str, data: bytes) -> Path:
@@ -288,7 +371,7 @@ class AuditLog:
             and e.record.event == "key_rotated"
             and type(e.record.detail.get("cert")) is bytes
         ]
-        keys = learn_keys(self._trusted, certs, strict=False)
+        keys = learn_keys(self._trusted, [*self._certs, *certs], strict=False)
         for i in reversed(cps):
             try:
                 open_checkpoint(entries[i].raw, keys)
@@ -301,14 +384,17 @@ class AuditLog:
             "verify`, then move it away (AuditLog.set_aside) so a new log can start"
         )
 
-    def _quarantine(self, parsed: ParsedLog, data: bytes, at: int, reason: str) -> ParsedLog:
-        """Cut entries ``at``.. off the log, keeping them beside it, and say so loudly."""
+    def _quarantine(
+        self, parsed: ParsedLog, data: bytes, at: int, reason: str, base: int = 0
+    ) -> ParsedLog:
+        """Cut entries ``at``.. off the log, keeping them beside it, and say so loudly.
+        ``data`` holds the file from byte ``base`` on."""
         assert self._fd is not None
         start = parsed.entries[at].offset
         tail = parsed.entries[at:]
         records = sum(e.record is not None for e in tail)
         nbytes = parsed.good_length - start
-        keep = self._keep_beside("forged", data[start : parsed.good_length])
+        keep = self._keep_beside("forged", data[start - base : parsed.good_length - base])
         os.ftruncate(self._fd, start)
         os.fsync(self._fd)
         _fsync_dir(self.path.parent)
@@ -333,7 +419,10 @@ class AuditLog:
         first = parsed.entries[0]
         if first.record is not None:
             raise AuditLogCorrupt(f"{self.path}: does not start with a checkpoint")
-        for e in parsed.entries:
+        self._replay_entries(parsed.entries)
+
+    def _replay_entries(self, entries: list[Entry]) -> None:
+        for e in entries:
             if e.record is None:
                 cp = _unverified_checkpoint(e.raw)
                 if not self._log_id:
@@ -361,6 +450,11 @@ class AuditLog:
                 self._head = r.hash
                 self._frontier.append(r.hash)
                 self._size += 1
+                self._note_cert(r.event, r.detail)
+
+    def _note_cert(self, event: str, detail: Mapping[str, Any]) -> None:
+        if event == AuditEvent.KEY_ROTATED and type(detail.get("cert")) is bytes:
+            self._certs.append(detail["cert"])
 
     @staticmethod
     def set_aside(path: str | os.PathLike[str]) -> Path:
@@ -369,6 +463,7 @@ class AuditLog:
         p = Path(path)
         dest = p.with_name(f"{p.name}.bad-{time.time_ns()}")
         os.rename(p, dest)
+        resume.remove(p)
         _fsync_dir(p.parent)
         return dest
 
@@ -425,6 +520,7 @@ class AuditLog:
             self._head = rec.hash
             self._frontier.append(rec.hash)
             self._size += 1
+            self._note_cert(ev.value, detail)
             self._emit(rec)
             if self.unsealed >= self.checkpoint_every or self._interval_due():
                 why = "count" if self.unsealed >= self.checkpoint_every else "interval"
@@ -490,12 +586,28 @@ class AuditLog:
             origin=self.origin,
             torn_bytes=torn,
         )
+        start = self._length
         self._append(fd, cp.encoded)
         self._cp_prev = checkpoint_hash(cp.encoded)
         self._sealed = self._size
+        self._save_resume(start)
         self._unsealed_since = time.monotonic()
         self._emit(cp)
         return cp
+
+    def _save_resume(self, cp_offset: int) -> None:
+        """The state just after the checkpoint at ``cp_offset``: the next open reads from
+        there (security/resume.py). A hint only: failing to write it costs time, not data."""
+        state = LogState(self._length, self._size, self._head, self._cp_prev, self._frontier.copy())
+        if self._hasher is None:
+            return
+        digest = self._hasher.digest()
+        try:
+            resume.save(
+                self.path, resume.Resume(self._log_id, cp_offset, state, digest, self._certs)
+            )
+        except OSError as exc:
+            log.debug("%s: cannot write the resume file: %s", self.path, exc)
 
     def _append(self, fd: int, data: bytes) -> None:
         end = os.lseek(fd, 0, os.SEEK_END)
@@ -509,6 +621,8 @@ class AuditLog:
                 os.ftruncate(fd, end)
             raise AuditLogError(f"{self.path}: cannot append ({exc.strerror})") from exc
         self._length = end + len(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
 
     def _emit(self, item: Record | Checkpoint) -> None:
         if self.on_append is None:

@@ -38,7 +38,7 @@ from .config import (
 )
 from .decode import DecodeError, decode_value, encode_value
 from .learn import Learned
-from .pdu import register_fast_responses
+from .pdu import FUNCTIONS, ReplyMismatch, register_fast_responses, reply_mismatch
 from .plan import ReadPlan, Request, compile_plan, full_name, split_request
 from .types import TABLES, DataType, Table
 
@@ -72,6 +72,7 @@ EXCEPTION_NAMES: dict[int, str] = {
 }
 
 RawValues = list[int] | list[bool]
+_FC = {t: FUNCTIONS[m] for t, (m, _) in READS.items()}  # table -> read function code
 
 
 def _settle(splits: dict[int, list[Any]], req: Request, ok: bool, learned: Any) -> None:
@@ -220,6 +221,10 @@ class ModbusDriverBase:
         """Why a request failed without an answer; the subclass also drops its link."""
         raise NotImplementedError
 
+    def _tid(self) -> int | None:
+        """The transaction id of the request just answered (None: the link has none)."""
+        return None
+
     async def _check_answers(self) -> None:
         """After the device went silent, ``connect`` asks it once (one register or bit of
         its first tag): an answer, even an exception, means it is back. Otherwise
@@ -232,7 +237,7 @@ class ModbusDriverBase:
         call, _ = self._reads[tag.table]
         try:
             await call(tag.address, count=1, device_id=self.device.unit_id)
-        except (ModbusException, NoResponse, OSError) as exc:
+        except Exception as exc:  # any transport-level error: not back yet
             why = self._no_response(exc)
             unit = self.device.unit_id
             raise ConnectError(
@@ -269,7 +274,11 @@ class ModbusDriverBase:
         self.stats.requests += 1
         try:
             rsp = await self._call(method)(*args, device_id=self.device.unit_id, **kw)
-        except (ModbusException, NoResponse, OSError) as exc:
+            count = kw.get("count") if method.startswith("read_") else None
+            bad = reply_mismatch(rsp, FUNCTIONS[method], count, self.device.unit_id, self._tid())
+            if bad is not None:
+                raise ReplyMismatch(bad)
+        except Exception as exc:  # every transport-level error: the link is not trusted
             why = self._no_response(exc)
             if self._silent:
                 self.stats.timeouts += 1
@@ -371,7 +380,10 @@ class ModbusDriverBase:
             stats.requests += 1
             try:
                 rsp = await call(req.address, count=req.count, device_id=unit)
-            except (ModbusException, NoResponse, OSError) as exc:
+                bad = reply_mismatch(rsp, _FC[req.table], req.count, unit, self._tid())
+                if bad is not None:
+                    raise ReplyMismatch(bad)  # never data: the link is dropped, resynced
+            except Exception as exc:  # every transport-level error (uvloop: RuntimeError)
                 why = self._no_response(exc)
                 if self._silent:
                     stats.timeouts += 1
@@ -474,6 +486,7 @@ class ModbusTcpDriver(ModbusDriverBase):
     def __init__(self, device: ModbusTcpDevice, learned: Learned | None = None) -> None:
         super().__init__(device, where(device.host, device.port), learned)
         self._client: AsyncModbusTcpClient | None = None
+        self._heard: list[tuple[int, int]] = []  # last frames the framer read
         self._delay_s = device.inter_request_delay_ms / 1000
         self._quiet_until = 0.0
 
@@ -502,6 +515,7 @@ class ModbusTcpDriver(ModbusDriverBase):
             reason = await self._why_unreachable(time.monotonic() - started)
             raise ConnectError(f"cannot connect to {self.where} (device {self.name!r}): {reason}")
         register_fast_responses(client)
+        self._tap(client)
         self._client = client
         self._reads = {
             t: (self._delayed(getattr(client, m)) if self._delay_s else getattr(client, m), a)
@@ -548,12 +562,67 @@ class ModbusTcpDriver(ModbusDriverBase):
         writer.close()
         return "connection failed, but a second attempt succeeded (connection limit?)"
 
+    def _tid(self) -> int | None:
+        client = self._client
+        tid = getattr(getattr(client, "ctx", None), "request_transaction_id", None)
+        return tid if isinstance(tid, int) else None
+
+    def _tap(self, client: AsyncModbusTcpClient) -> None:
+        """Note each frame the client's framer reads, so a request that times out
+        because pymodbus skipped its answer (another transaction or unit id, not MBAP)
+        can say so."""
+        ctx = client.ctx
+        framer = ctx.framer
+        decode = framer.decode
+        heard = self._heard
+
+        def tapped(data: bytes) -> tuple[int, int, int, bytes]:
+            out = decode(data)
+            if out[0]:
+                if out[2] == ctx.request_transaction_id and out[1] == ctx.request_dev_id:
+                    heard.clear()  # the answer: what came before it does not matter
+                else:
+                    heard.append((out[2], out[1]))  # (transaction id, unit id)
+            elif len(data) >= 4 and data[2:4] != b"\0\0":
+                heard.append((-1, int.from_bytes(data[2:4], "big")))  # not MBAP
+            elif data:
+                heard.append((-2, len(data)))  # a frame not (yet) complete
+            if len(heard) > 8:
+                del heard[:-4]
+            return out
+
+        framer.decode = tapped  # type: ignore[method-assign]
+
+    def _skipped(self) -> str | None:
+        """What arrived instead of the answer the request waited for, if anything."""
+        tid, unit = self._tid(), self.device.unit_id
+        for got_tid, got_unit in reversed(self._heard):
+            if got_tid == -1:
+                return f"bytes that are not a Modbus TCP frame arrived (protocol id {got_unit})"
+            if got_tid == -2:
+                return f"an incomplete frame arrived ({got_unit} bytes)"
+            if tid is not None and got_tid != tid:
+                return f"an answer with transaction id {got_tid} arrived, {tid} sent"
+            if unit and got_unit != unit:
+                return f"an answer from unit id {got_unit} arrived, {unit} asked"
+        return None
+
     def _no_response(self, exc: BaseException) -> str:
         client = self._client
         lost = client is None or not client.connected
+        skipped = self._skipped()
+        self._heard.clear()
         self._drop()
+        if isinstance(exc, ReplyMismatch):
+            return f"mismatched response ({exc})"
+        if skipped is not None and not isinstance(exc, asyncio.CancelledError):
+            return (
+                f"mismatched response ({skipped}; nothing else within {self.device.timeout_ms} ms)"
+            )
         if isinstance(exc, OSError):
             return f"link error ({exc})"
+        if not isinstance(exc, ModbusException | NoResponse):
+            return f"link error ({type(exc).__name__}: {exc})"
         # pymodbus raises one exception class for all three; tell them apart.
         text = str(exc)
         if "transaction id" in text or "device id" in text:

@@ -33,7 +33,7 @@ from .config import ModbusRtuDevice, ModbusRtuTcpDevice
 from .driver import READS, ModbusDriverBase, NoResponse, where
 from .learn import Learned
 from .links import link_key
-from .pdu import register_fast_responses
+from .pdu import ReplyMismatch, register_fast_responses
 
 __all__ = ["ModbusRtuDriver", "SharedLink", "shared_links"]
 
@@ -333,6 +333,8 @@ class ModbusRtuDriver(ModbusDriverBase):
     def _no_response(self, exc: BaseException) -> str:
         # This device is down; the bus stays open for the others.
         self._up = False
+        if isinstance(exc, ReplyMismatch):
+            return f"mismatched response ({exc})"
         if isinstance(exc, NoResponse):
             self._silent = True
             return str(exc)
@@ -340,7 +342,7 @@ class ModbusRtuDriver(ModbusDriverBase):
             return f"bad response ({exc})"
         if isinstance(exc, ConnectionError) or not (self._link and self._link.open):
             return "port closed" if isinstance(self.device, ModbusRtuDevice) else "link lost"
-        return f"link error ({exc})"
+        return f"link error ({type(exc).__name__}: {exc})"
 
     async def close(self) -> None:
         """Leave the shared link (closed when its last device leaves); safe twice."""

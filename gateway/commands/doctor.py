@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import Config, ConfigError, load_config
+from ..diskroom import outbox_room
 from ..status import STATUS_FILE
 from . import EXIT_FAILED, EXIT_OK, Subparsers, add_command
 from .status import STALE_AFTER_S, human_bytes, human_duration, read_snapshot, status_age_s
@@ -1105,6 +1106,25 @@ def check_disk(state_dir: Path) -> Check:
     return Check(name, PASS, detail)
 
 
+def check_outbox_room(outbox_path: Path, min_free_mib: float) -> Check:
+    """The filesystem the outbox is on (its own partition, maybe): room, and whether
+    outbox.min_free_mib can work there."""
+    name = "outbox disk"
+    room = outbox_room(outbox_path, min_free_mib)
+    detail = room.describe()
+    if (problem := room.problem()) is not None:
+        return Check(name, FAIL, detail, problem)
+    if room.free <= room.reserve + 2 * 2**20:
+        return Check(
+            name,
+            WARN,
+            detail,
+            "the outbox's filesystem is full: new data is evicted or refused until there is "
+            "room; free space there or lower outbox.max_mib",
+        )
+    return Check(name, PASS, detail)
+
+
 def check_daemon(state_dir: Path) -> Check:
     name = "daemon"
     snap, problem = read_snapshot(state_dir)
@@ -1173,6 +1193,7 @@ def run_checks(config: str, timeout: float = 3.0) -> list[Check]:
         ("device key", lambda: check_key(state)),
         ("file access", lambda: check_service_access(cfg, config)),
         ("disk", lambda: check_disk(state)),
+        ("outbox disk", lambda: check_outbox_room(cfg.outbox_path, cfg.outbox.min_free_mib)),
         ("clock", check_clock),
     ):
         checks += _rows(name, fn)

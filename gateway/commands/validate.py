@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..diskroom import outbox_room
 from . import EXIT_BAD_INPUT, Subparsers, add_command, fail, load_or_exit
 
 
@@ -70,4 +71,8 @@ def main(args: argparse.Namespace) -> int:
         if summary := summarize_device(dev, cfg.state_dir):
             print(f"  ({summary})")
     print(f"\n{total} request(s) per cycle in all")
+    room = outbox_room(cfg.outbox_path, cfg.outbox.min_free_mib)
+    if (problem := room.problem()) is not None:
+        print(f"{path}: error: {problem}", file=sys.stderr)
+        return 1
     return 0

@@ -80,6 +80,7 @@ class Downlink:
         self.writer = writer  # device name -> its running driver, or None
         self.push_config = push_config
         self.state: CommandState | None = None
+        self._recovered = False
         self._queue: asyncio.Queue[tuple[bytes, Callable[[], None]]] = asyncio.Queue(QUEUE)
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._config_lock = asyncio.Lock()
@@ -140,8 +141,12 @@ class Downlink:
     # -- running ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Answer what a crash left open, then handle commands until cancelled."""
-        await self._recover()
+        """Answer what a crash left open, then handle commands until cancelled.
+        Restartable: the recovery runs once per process (a restart must not take a
+        command still executing for one a crash interrupted)."""
+        if not self._recovered:
+            await self._recover()
+            self._recovered = True
         try:
             while True:
                 payload, ack = await self._queue.get()

@@ -34,6 +34,7 @@ DROP_REASONS = frozenset(
         "refused_outbox_full",
         "refused_disk_full",
         "refused_by_broker",
+        "seal_failed",
     }
 )
 HASH = 32

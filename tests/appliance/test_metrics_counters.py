@@ -168,6 +168,9 @@ def full_snapshot() -> dict[str, Any]:
         "puback_latency": h,
     }  # type: ignore[dict-item]
     snap["drops"] = {"outbox_full": {"messages": 1, "points": 1, "intentional": True}}
+    snap["task_health"] = {
+        "pipeline": {"restarts": 1, "failures": 1, "failing": False, "last_error": "E: x"}
+    }
     snap["devices"]["boiler"].update(  # type: ignore[index]
         bad_readings=0,
         last_ok_ns=1,

@@ -185,3 +185,30 @@ def test_sigkill_loses_nothing_and_never_reuses_seqs(tmp_path: Path) -> None:
         seq = ob.append("after", lambda s: body_for(s))
         assert seq == highest_seen + 1
         assert ob.next_boot() > last_boot
+
+
+def test_a_power_cut_never_lets_a_seq_be_handed_out_twice(tmp_path: Path) -> None:
+    """NORMAL durability fsyncs only when it reserves a block of seqs. A power cut is
+    simulated by keeping the files as they were at that fsync and throwing away what
+    came after (500 more messages, never fsynced): the reopened outbox skips the whole
+    reserved block, says so in an unclean_stop drop, and never reuses seqs 2..501."""
+    import shutil
+
+    from buffer.seqs import SEQ_BLOCK
+
+    live = tmp_path / "live"
+    cut = tmp_path / "cut"
+    live.mkdir()
+    ob = Outbox(live / "o.db")
+    assert ob.append("t", lambda s: b"x") == 1  # reserves 1..SEQ_BLOCK, with an fsync
+    cut.mkdir()
+    for f in live.iterdir():  # the disk as the power cut leaves it
+        shutil.copy2(f, cut / f.name)
+    handed = [ob.append("t", lambda s: b"y") for _ in range(500)]
+    assert handed == list(range(2, 502))
+    ob._conn = None  # the process dies with the power: no clean close
+    with Outbox(cut / "o.db") as after:
+        nxt = after.append("t", lambda s: b"z")
+        drops = [(d.first_seq, d.last_seq, d.reason) for d in after.pending_drops()]
+    assert nxt == SEQ_BLOCK + 2 and nxt > max(handed)
+    assert drops == [(2, SEQ_BLOCK + 1, "unclean_stop")]

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,21 @@ def scale(ci: float, full: float) -> float:
 
 
 class CountingSink:
-    """Keeps, per device, the newest reading time seen (for the SIGKILL loss bound)."""
+    """Keeps, per device, the reading times seen (for the SIGKILL loss bound) and the
+    readings by quality (for the hostile-device case)."""
 
     def __init__(self) -> None:
         self.last_ts: dict[str, list[int]] = {}
+        self.qualities: dict[str, Counter[int]] = {}
+        self.reasons: dict[str, Counter[str]] = {}
 
     def write(self, p: Payload, kid: bytes, received_ns: int) -> None:
         for r in p.readings:
-            self.last_ts.setdefault(r[0].split("/", 1)[0], []).append(r[1])
+            dev = r[0].split("/", 1)[0]
+            self.last_ts.setdefault(dev, []).append(r[1])
+            self.qualities.setdefault(dev, Counter())[r[3]] += 1
+            if len(r) > 4 and r[4]:
+                self.reasons.setdefault(dev, Counter())[r[4].split(" reading ")[0]] += 1
 
     def close(self) -> None:
         pass
@@ -62,6 +70,8 @@ class Rig:
     outbox: str = ""
     outbox_file: str = "outbox.db"  # relative to the state dir, as in the config
     state_dir: Path | None = None
+    extra_devices: str = ""  # YAML list items appended to the devices (other peers)
+    broker_saves_on_change: bool = False  # True: saved after every change (crash-safe)
     broker: Mosquitto = field(init=False)
     link: LinkProxy | None = field(init=False, default=None)
     gw: subprocess.Popen[bytes] | None = field(init=False, default=None)
@@ -89,6 +99,7 @@ class Rig:
             host="::1",
             workdir=self.tmp / "broker",
             persistence=True,
+            save_on_change=self.broker_saves_on_change,
             extra_conf=os.environ.get("EDGEGW_BROKER_CONF", ""),
         ).start()
         uplink_port = self.broker.port
@@ -130,6 +141,8 @@ class Rig:
             ["simulate", "-c", str(self.cfg), "--update-interval", "1"], "sim.log"
         )
         wait_listening("127.0.0.1", sim_port, 20)
+        if self.extra_devices:  # the gateway's only: the simulator has read its own
+            self.cfg.write_text(self.cfg.read_text() + self.extra_devices)
         key, _ = DeviceKey.load_or_create(state)
         self.sink = CountingSink()
         self.rx = Receiver({GW: key.public_key}, "edgegw", self.sink)

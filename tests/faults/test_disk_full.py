@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 
 from gateway.status import read_status
 
-from .harness import Rig, report, scale
+from .harness import REPO, Rig, report, scale
 
 SIZE_MIB = int(scale(4, 16))
 
@@ -96,4 +97,129 @@ def test_disk_fills_up(tmp_path: Path, small_fs: Path, mode: str) -> None:
         dropped_notified=c["dropped_points"],
         delivered_and_notified=both,
         duplicates=c["duplicates"],
+    )
+
+
+def _fill(path: Path) -> None:
+    """Write until the filesystem is full (another program's file)."""
+    chunk = b"\0" * 4096
+    with open(path, "wb", buffering=0) as f:  # unbuffered: close() has nothing left to write
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+    st = os.statvfs(path.parent)
+    assert st.f_bavail * st.f_frsize < 65536
+
+
+def _wait_refusing(rig: Rig, seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
+    dropped = 0
+    while time.monotonic() < deadline and dropped == 0:
+        time.sleep(0.5)
+        st = read_status(rig.state) or {}
+        dropped = (st.get("outbox") or {}).get("dropped_rows", 0) + (st.get("pipeline") or {}).get(
+            "points_refused", 0
+        )
+    return dropped
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "stop_acquisition"])
+def test_a_disk_that_stays_full_without_a_reserve(
+    tmp_path: Path, small_fs: Path, policy: str
+) -> None:
+    """min_free_mib 0 and nobody frees space: once the link is back, acknowledged rows
+    are deleted (the reserve beside the outbox lets deletes and drop records through) and
+    new data goes into the pages they freed; SIGTERM drains and exits 0; a start on a
+    disk filled to the last byte runs; every point polled is delivered or named in a
+    signed notice."""
+    rig = Rig(
+        tmp_path,
+        devices=10,
+        tags=100,
+        proxy=True,
+        outbox_file="spool/outbox.db",
+        outbox=(
+            f"outbox:\n  path: spool/outbox.db\n  max_mib: 1000\n  min_free_mib: 0\n"
+            f"  when_full: {policy}"
+        ),
+    ).start()
+    try:
+        assert rig.link is not None
+        rig.link.cut()
+        rig.start_gateway()
+        assert _wait_refusing(rig), "the disk never filled: " + rig.log()[-1500:]
+        time.sleep(3)  # keep acquiring on the full disk
+        assert rig.gw is not None and rig.gw.poll() is None, rig.log()[-2000:]
+        rig.link.restore()  # the disk stays full: nobody frees space
+        time.sleep(5)
+        assert rig.stop_gateway(120) == 0, rig.log()[-3000:]
+        # Deleted rows gave their pages back (the reserve is made again from them);
+        # now something else fills the partition to the last byte before the next start.
+        _fill(small_fs / "filler")
+        rig.start_gateway()  # a start on a full disk runs
+        time.sleep(4)
+        assert rig.gw is not None and rig.gw.poll() is None, rig.log()[-2000:]
+        assert rig.stop_gateway(120) == 0, rig.log()[-3000:]
+        assert rig.wait_delivered(120), rig.delivery()
+    finally:
+        rig.stop()
+    log = rig.log()
+    assert "the filesystem of the outbox is full" in log  # the warning at the second start
+    assert "Traceback" not in log, log[-3000:]
+    assert rig.outbox_check() == ("ok", 0)
+    c = rig.counts()
+    assert (c["conflicts"], c["signature_failures"], c["malformed"], c["gaps"]) == (0, 0, 0, 0)
+    assert c["dropped_points"] > 0
+    assert rig.polled == c["points_verified"] + c["dropped_points"], (rig.polled, c)
+    report(
+        f"disk stays full, no reserve configured ({policy})",
+        points_polled=rig.polled,
+        delivered=c["points_verified"],
+        lost=0,
+        dropped_notified=c["dropped_points"],
+        duplicates=c["duplicates"],
+    )
+
+
+def test_the_default_reserve_on_a_small_partition(tmp_path: Path, small_fs: Path) -> None:
+    """The outbox on a partition smaller than the default 64 MiB reserve: validate and
+    doctor say so as an error; the daemon says so at start, keeps a tenth of the partition
+    free instead and delivers everything (it used to refuse every window)."""
+    rig = Rig(
+        tmp_path,
+        devices=5,
+        tags=40,
+        outbox_file="spool/outbox.db",
+        outbox="outbox:\n  path: spool/outbox.db",  # min_free_mib: 64 by default
+    ).start()
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        v = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "validate", str(rig.cfg)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert v.returncode == 1 and "outbox.min_free_mib: 64 MiB is more than" in v.stderr, (
+            v.stdout,
+            v.stderr,
+        )
+        rig.start_gateway()
+        time.sleep(4)
+        assert rig.stop_gateway(60) == 0, rig.log()[-2000:]
+        assert rig.wait_delivered(60), rig.delivery()
+    finally:
+        rig.stop()
+    assert "outbox.min_free_mib: 64 MiB is more than the whole filesystem" in rig.log()
+    c = rig.counts()
+    assert c["points_verified"] == rig.polled > 0 and c["dropped_points"] == 0, c
+    report(
+        "outbox on a partition smaller than the free-disk reserve",
+        points_polled=rig.polled,
+        delivered=c["points_verified"],
+        lost=0,
+        refused=0,
     )

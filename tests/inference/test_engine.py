@@ -254,3 +254,43 @@ def test_the_package_exports_the_engine_lazily() -> None:
     assert inference.AnomalyEvent is AnomalyEvent
     with pytest.raises(AttributeError):
         inference.__getattr__("nothing")
+
+
+def test_a_failed_delivery_is_kept_and_the_restarted_run_goes_on_in_order(
+    tmp_path: Path, score_file: tuple[Path, str]
+) -> None:
+    """on_event fails once (the outbox refused the event): under the daemon's supervisor
+    the run starts again; the event it held goes first, the windows it had not judged
+    are judged after, so the events are the same as without the failure, each once."""
+    from gateway.supervisor import Supervisor
+
+    path, sha = score_file
+    levels = [1.0] * 6 + [20.0] * 4 + [1.0] * 6
+
+    async def main() -> tuple[list[AnomalyEvent], int, int]:
+        engine = engine_for(binding(path, sha, publish_scores=True), tmp=tmp_path)
+        sink = Sink()
+        failed: list[AnomalyEvent] = []
+
+        async def on_event(e: AnomalyEvent) -> None:
+            if not failed:
+                failed.append(e)
+                raise OSError("injected: the outbox refused the event")
+            await sink.on_event(e)
+
+        sup = Supervisor(first_s=0.01, cap_s=0.02)
+        sup.start("inference", lambda: engine.run(on_event, sink.on_score))
+        for batch in rows([(v, v) for v in levels]):
+            engine.observe(batch)
+        await drain(engine)
+        deadline = time.monotonic() + 10  # a bound only
+        while len(sink.events) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await sup.stop()
+        engine.close()
+        return sink.events, sup.health["inference"].restarts, len(sink.scores)
+
+    events, restarts, scores = asyncio.run(main())
+    assert restarts == 1
+    assert [(e.kind, e.ts_ns // S - 1000) for e in events] == [("start", 8), ("end", 14)]
+    assert scores == 12  # every window scored once: none judged twice, none skipped

@@ -103,3 +103,13 @@ def test_events_carry_model_inputs_and_serialise() -> None:
         "inputs": ["b/t", "b/p"],
     }
     assert h.events == 1
+
+
+def test_the_thresholds_themselves() -> None:
+    """A score equal to enter enters (>= enter); one equal to exit does not end (< exit);
+    the minimum duration is reached exactly at min_duration_ms."""
+    assert run([1, 10]) == [("start", 1, 10, 10, 1)]
+    assert run([1, 9.999999]) == []
+    assert run([12, 5, 5, 4.999]) == [("start", 0, 12, 12, 0), ("end", 3, 4.999, 12, 3)]
+    # min 2 s: windows over enter at 1, 2, 3 s: confirmed at 3 s (3 - 1 = 2 s), not 2 s
+    assert run([1, 12, 12, 12, 12], min_ms=2000) == [("start", 1, 12, 12, 3)]

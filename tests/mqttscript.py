@@ -1,0 +1,156 @@
+"""A scripted MQTT 5 broker on a raw socket, for the forwarder's unit tests: it speaks
+just enough MQTT 5 (CONNECT/CONNACK, PUBLISH QoS 1/PUBACK, PINGREQ, DISCONNECT) and lets
+a test decide what a real broker decides on its own: the PUBACK reason code of each
+message, when PUBACKs go out (held, then released), the Receive Maximum in CONNACK,
+refusing connections, and dropping them mid-stream. Like the hostile Modbus device, it
+is a peer that misbehaves on purpose; mosquitto covers the well-behaved paths.
+
+Message bodies in these tests are ``b"<seq>"`` (the forwarder only moves bytes), so the
+broker knows each message's outbox seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+async def _read_varint(r: asyncio.StreamReader) -> int:
+    n = shift = 0
+    while True:
+        b = (await r.readexactly(1))[0]
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n
+        shift += 7
+
+
+def _packet(kind: int, flags: int, body: bytes) -> bytes:
+    return bytes([kind << 4 | flags]) + _varint(len(body)) + body
+
+
+@dataclass
+class ScriptedBroker:
+    receive_maximum: int | None = None  # announced in CONNACK
+    refuse: int = 0  # connections to refuse (CONNACK 0x88 server unavailable) first
+    puback: Callable[[int, int], int] = lambda seq, attempt: 0  # reason code per message
+    host: str = "::1"
+    port: int = 0
+    hold: bool = False  # keep PUBACKs until release()
+    received: list[tuple[str, int]] = field(default_factory=list)  # (topic, seq) in order
+    connects: list[float] = field(default_factory=list)  # loop time of each CONNECT
+    max_unacked: int = 0
+    _held: list[tuple[asyncio.StreamWriter, bytes]] = field(default_factory=list)
+    _unacked: int = 0
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _attempts: dict[int, int] = field(default_factory=dict)
+    _server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> ScriptedBroker:
+        self._server = await asyncio.start_server(self._client, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.kick()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def kick(self) -> None:
+        """Drop every connection (as a broker restart would)."""
+        for w in list(self._writers):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._writers.clear()
+        self._held.clear()
+        self._unacked = 0
+
+    def release(self) -> None:
+        """Send the PUBACKs held so far and stop holding."""
+        self.hold = False
+        held, self._held = self._held, []
+        for w, pkt in held:
+            with contextlib.suppress(Exception):
+                w.write(pkt)
+        self._unacked = 0
+
+    def seqs(self) -> list[int]:
+        return [s for _, s in self.received]
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self._writers.add(w)
+        try:
+            while True:
+                head = (await r.readexactly(1))[0]
+                body = await r.readexactly(await _read_varint(r))
+                kind = head >> 4
+                if kind == 1:  # CONNECT
+                    self.connects.append(asyncio.get_running_loop().time())
+                    if self.refuse > 0:
+                        self.refuse -= 1
+                        w.write(_packet(2, 0, b"\x00\x88\x00"))
+                        await w.drain()
+                        return
+                    props = b""
+                    if self.receive_maximum is not None:
+                        props = b"\x21" + struct.pack(">H", self.receive_maximum)
+                    w.write(_packet(2, 0, b"\x00\x00" + _varint(len(props)) + props))
+                elif kind == 3:  # PUBLISH, QoS 1
+                    self._publish(w, head, body)
+                elif kind == 12:  # PINGREQ
+                    w.write(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    return
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except asyncio.CancelledError:  # ends normally (see tests/drivers/modbus/hostile.py)
+            pass
+        finally:
+            self._writers.discard(w)
+            w.close()
+
+    def _publish(self, w: asyncio.StreamWriter, head: int, body: bytes) -> None:
+        n = struct.unpack(">H", body[:2])[0]
+        topic = body[2 : 2 + n].decode()
+        pos = 2 + n
+        pid = None
+        if (head >> 1) & 3:
+            pid = body[pos : pos + 2]
+            pos += 2
+        plen, i = 0, 0
+        while True:  # properties length (a varint)
+            b = body[pos + i]
+            plen |= (b & 0x7F) << (7 * i)
+            i += 1
+            if not b & 0x80:
+                break
+        payload = body[pos + i + plen :]
+        seq = int(payload)
+        self.received.append((topic, seq))
+        if pid is None:
+            return
+        attempt = self._attempts.get(seq, 0) + 1
+        self._attempts[seq] = attempt
+        code = self.puback(seq, attempt)
+        pkt = _packet(4, 0, pid + bytes([code]) + b"\x00")
+        self._unacked += 1
+        self.max_unacked = max(self.max_unacked, self._unacked)
+        if self.hold:
+            self._held.append((w, pkt))
+        else:
+            self._unacked -= 1
+            w.write(pkt)
