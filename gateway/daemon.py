@@ -26,7 +26,7 @@ from security.tls import client_context
 
 from . import __version__
 from .audit_uplink import AuditUplink
-from .config import Config, ConfigError, Sources, load_config
+from .config import Config, ConfigError, Sources, load_config_sourced
 from .digest import Digest
 from .diskroom import outbox_room
 from .downlink import Downlink
@@ -38,6 +38,7 @@ from .outbox_thread import OutboxThread
 from .permissions import explain_permission
 from .pipeline import Pipeline
 from .poller import DeviceState, carry_counters, failed_batch, poll_device, subscribe_device
+from .preflight import service_errors as preflight_errors
 from .registry import DeviceRuntime, build_device
 from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
@@ -135,7 +136,10 @@ class Daemon:
                 w.cancel()
             if reload is not None and reload.is_set() and not stop.is_set():
                 reload.clear()
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # a bug in a reload must not end the daemon
+                    log.exception("reload failed; the gateway goes on")
 
         log.info("stopping: polling ends, sealing the last window, draining the outbox")
         self.notify.stopping("sealing the last window, draining the outbox")
@@ -243,18 +247,9 @@ class Daemon:
     def _preflight(self) -> None:
         """What the files tell: drivers and libraries installed, referenced files
         readable, model pins (gateway/preflight.py, as `edgegw validate` shows them)."""
-        from .config import Sources
-        from .preflight import check, errors
-        from .yamlsource import SourceMap
-
-        sources = self.sources or Sources(SourceMap(str(self.config_path or "config")), {})
-        found = check(self.cfg, sources, service=True)
-        for f in found:
-            if f.level != "error":
-                log.warning("%s", f)
-        bad = errors(found)
+        bad = preflight_errors(self.cfg, self.sources, self.config_path)
         if bad:
-            raise StartRefused([str(f) for f in bad])
+            raise StartRefused(bad)
 
     def _load_models(self) -> Any:
         """The inference engine with every model loaded and checked, or None."""
@@ -564,10 +559,10 @@ class Daemon:
 
     # -- uplink -------------------------------------------------------------------------------
 
-    def _make_forwarder(self) -> Forwarder:
+    def _make_forwarder(self, tls: Any = None) -> Forwarder:
         assert self.outbox is not None
         up = self.cfg.uplink
-        tls = client_context(up.tls.ca_file, up.tls.cert_file, up.tls.key_file) if up.tls else None
+        tls = tls if tls is not None else _tls_context(self.cfg)
         # Link and TLS/login failures: the first at once, then counts per interval, so a
         # long outage or a flapping link adds a bounded number of audit records.
         digest = Digest(lambda event, detail: self._audit(event, **detail))
@@ -609,11 +604,19 @@ class Daemon:
             return False
         self.notify.reloading()
         try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            for line in exc.lines:
+            new, sources = load_config_sourced(self.config_path)
+            # What `validate` checks (files, drivers, models) and the uplink's TLS
+            # context, before anything changes: a refused reload leaves all as it was.
+            bad = await asyncio.to_thread(preflight_errors, new, sources, self.config_path)
+            if bad:
+                raise ConfigError(bad)
+            tls = _tls_context(new)
+        except (ConfigError, OSError, ValueError) as exc:
+            lines = exc.lines if isinstance(exc, ConfigError) else [f"uplink.tls: {exc}"]
+            for line in lines:
                 log.error("reload refused: %s", line)
-            self._audit("config_change", outcome="refused", reason=exc.lines[0])
+            self._audit("config_change", outcome="refused", reason=lines[0])
+            self.last_reload = {"time_ns": time.time_ns(), "outcome": "refused", "why": lines}
             self.notify.ready(status_line(self.last_snapshot))
             return False
         old = self.cfg
@@ -629,7 +632,7 @@ class Daemon:
             }
             self.notify.ready(status_line(self.last_snapshot))
             return False
-        self.cfg = new
+        self.cfg, self.sources = new, sources
         if self.downlink is not None:
             self.downlink.update(new)
         assert self.pipeline is not None and self.outbox is not None
@@ -638,6 +641,7 @@ class Daemon:
         self.pipeline.notice_topic = new.topic("notice")
         self.pipeline.window = new.gateway.flush_window_ms / 1000
         self.pipeline.max_points = new.gateway.max_batch_points
+        self.pipeline.payload_version = new.gateway.payload_version
         await self.outbox.run(self._apply_outbox_limits)
         if self.audit is not None:
             self.audit.checkpoint_every = new.audit.checkpoint_every
@@ -662,9 +666,10 @@ class Daemon:
             (new.commands.enabled, new.commands.session_expiry_s)
             != (old.commands.enabled, old.commands.session_expiry_s)
         ):
+            fwd = self._make_forwarder(tls)  # built before the old one stops
             await self.sup.stop(["forwarder"])
-            self.forwarder = self._make_forwarder()
-            self.sup.start("forwarder", self.forwarder.run)
+            self.forwarder = fwd
+            self.sup.start("forwarder", fwd.run)
         changed, added, removed = await self._apply_devices(old, new)
         self._audit(
             "config_change",
@@ -796,6 +801,12 @@ def freeze_startup_objects() -> None:
 
 
 _cancel_all = cancel_all  # the name tests and tools know
+
+
+def _tls_context(cfg: Config) -> Any:
+    """The uplink's TLS context (None without TLS); OSError/ValueError for bad files."""
+    t = cfg.uplink.tls
+    return client_context(t.ca_file, t.cert_file, t.key_file) if t else None
 
 
 def run_async(coro: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import ssl
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,9 @@ from typing import Any
 
 from .config import Config, Sources
 from .registry import PACKAGES
+from .yamlsource import SourceMap
+
+log = logging.getLogger("edgegw.preflight")
 
 ERROR, WARNING = "error", "warning"
 
@@ -383,3 +387,14 @@ def check_overlaps(cfg: Config, sources: Sources) -> Iterator[Finding]:
                     "a copy-paste slip or an off-by-one address?",
                 )
             open_.append(s)
+
+
+def service_errors(cfg: Config, sources: Sources | None, path: str | Path | None) -> list[str]:
+    """The checks `edgegw validate` makes of what the files tell, as the service: the
+    errors (warnings are logged). Shared by a start, a SIGHUP reload and a config push."""
+    sources = sources or Sources(SourceMap(str(path or "config")), {})
+    found = check(cfg, sources, service=True)
+    for f in found:
+        if f.level != "error":
+            log.warning("%s", f)
+    return [str(f) for f in errors(found)]

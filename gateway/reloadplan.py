@@ -27,6 +27,7 @@ RULES: dict[str, Effect] = {
     "outbox.path": Effect.FIXED,
     "gateway.durability": Effect.RESTART,  # the outbox file's synchronous mode
     "gateway.flush_window_ms": Effect.APPLIED,
+    "gateway.payload_version": Effect.APPLIED,  # the next message sealed (receivers take both)
     "gateway.max_batch_points": Effect.APPLIED,
     "gateway.shutdown_drain_s": Effect.APPLIED,
     "outbox.max_mib": Effect.APPLIED,

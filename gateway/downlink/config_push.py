@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config_sourced
+from ..preflight import service_errors
+from ..reloadplan import plan as reload_plan
 from .wire import Command
 
 log = logging.getLogger("edgegw.downlink")
@@ -39,6 +41,7 @@ class Reloadable(Protocol):
     config_path: Path | None
     devices: dict[str, Any]  # name -> DeviceState (up, last_ok_ns)
     tasks: dict[str, asyncio.Task[Any]]
+    sup: Any  # .health: name -> TaskHealth (.failing, .last_error)
     forwarder: Any  # .stats.link_up
 
     async def reload(self) -> bool: ...
@@ -67,6 +70,13 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
 def problems(daemon: Reloadable, watched: set[str], since_ns: int) -> list[str]:
     """What is wrong with the gateway under the new config (empty: healthy)."""
     out = [f"task {n} has ended" for n, t in sorted(daemon.tasks.items()) if t.done()]
+    # Supervised tasks restart rather than end: one that keeps failing is as bad.
+    health = getattr(getattr(daemon, "sup", None), "health", {})
+    out += [
+        f"task {n} keeps failing: {h.last_error}"
+        for n, h in sorted(health.items())
+        if h.failing and n in daemon.tasks
+    ]
     fwd = daemon.forwarder
     if fwd is not None and not fwd.stats.link_up:
         out.append(
@@ -105,7 +115,11 @@ async def push_config(
         )
     try:
         try:
-            new = load_config(candidate)
+            # exactly as `edgegw validate` (and the daemon's own start) judges a file
+            new, sources = load_config_sourced(candidate)
+            bad = await asyncio.to_thread(service_errors, new, sources, candidate)
+            if bad:
+                raise ConfigError(bad)
         except ConfigError as exc:
             lines = [line.replace(str(candidate), "pushed config") for line in exc.lines]
             return "refused", "invalid_config", "\n".join(lines[:20])
@@ -130,13 +144,17 @@ async def push_config(
             candidate.unlink()
     since = time.time_ns()
     log.warning("config version %s pushed by command %s: applying", cmd.args["version"], cmd.id)
-    if not await daemon.reload():
+    restart = reload_plan(old, new).restart
+    try:
+        applied = await daemon.reload()
+    except Exception as exc:  # a failure half-way: the previous config comes back
+        log.exception("applying pushed config version %s failed", cmd.args["version"])
+        applied, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "the daemon refused the new config"
+    if not applied:
         await _restore(daemon, path, previous, mode)
-        return (
-            "rolled_back",
-            "reload_failed",
-            "the daemon refused the new config; the previous one is back",
-        )
+        return "rolled_back", "reload_failed", f"{why}; the previous one is back"[:1000]
     deadline = time.monotonic() + health_s
     found: list[str] = []
     while time.monotonic() < deadline:
@@ -153,10 +171,16 @@ async def push_config(
         )
         await _restore(daemon, path, previous, mode)
         return "rolled_back", "unhealthy", "; ".join(found)[:1000]
-    return "done", None, f"config version {cmd.args['version']} is in force"
+    later = f"; {', '.join(restart)} take(s) effect at the next restart" if restart else ""
+    return "done", None, f"config version {cmd.args['version']} is in force{later}"
 
 
 async def _restore(daemon: Reloadable, path: Path, previous: bytes, mode: int) -> None:
     _write_atomically(path, previous, mode)
-    if not await daemon.reload():
+    try:
+        ok = await daemon.reload()
+    except Exception:
+        log.exception("reloading the previous config %s", path)
+        ok = False
+    if not ok:
         log.error("the previous config %s could not be reloaded either; restart edgegw", path)

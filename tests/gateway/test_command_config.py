@@ -53,6 +53,16 @@ def test_config_push_applies_a_good_config_and_rolls_back_a_bad_one(
             )
             out["broken"] = await rig.send(push(broken, 4), timeout=30)
             out["after_broken"] = rig.cfg_path.read_text()
+            # a push naming a file the gateway does not have (validate's checks, not only
+            # the model's): refused before anything changes, the uplink never stopped
+            fwd = rig.daemon.forwarder
+            nofile = faster.replace(
+                "protocol: mqtt5}", "protocol: mqtt5, tls: {ca_file: nope.pem}}"
+            )
+            assert nofile != faster
+            out["nofile"] = await rig.send(push(nofile, 5), timeout=30)
+            out["after_nofile"] = rig.cfg_path.read_text()
+            out["same_forwarder"] = rig.daemon.forwarder is fwd
             out["devices_after"] = sorted(rig.daemon.devices)
             out["running_cfg"] = sorted(d.name for d in rig.daemon.cfg.devices)
             # a push from a key without the config operation
@@ -77,6 +87,10 @@ def test_config_push_applies_a_good_config_and_rolls_back_a_bad_one(
     assert "ghost" in broken["detail"]
     assert out["after_broken"] == out["after_good"]
     assert "ghost" not in out["running_cfg"] and "ghost" not in out["devices_after"]
+    nofile = out["nofile"]
+    assert (nofile["outcome"], nofile["reason"]) == ("refused", "invalid_config"), nofile
+    assert "nope.pem" in nofile["detail"]
+    assert out["after_nofile"] == out["after_good"] and out["same_forwarder"]
     assert (out["ops"]["outcome"], out["ops"]["reason"]) == ("refused", "not_authorised")
     events = [(r.event, r.detail.get("reason")) for r in out["audit"]]
     assert ("command_done", None) in events

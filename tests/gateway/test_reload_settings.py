@@ -49,6 +49,7 @@ HEAD = """gateway:
   max_batch_points: {points}
   durability: {durability}
   shutdown_drain_s: {drain}
+  payload_version: {payload}
 uplink: {{host: '::1', port: {port}, keepalive_s: {keepalive}}}
 outbox: {{max_mib: {max_mib}, when_full: {when_full}, min_free_mib: {min_free}}}
 metrics: {{host: 127.0.0.1, port: {metrics_port}}}
@@ -63,6 +64,7 @@ CHANGES: dict[str, tuple[str, dict[str, Any]]] = {
     "gateway.flush_window_ms": ("flush", {"flush": 700}),
     "gateway.max_batch_points": ("points", {"points": 77}),
     "gateway.shutdown_drain_s": ("drain", {"drain": 3.5}),
+    "gateway.payload_version": ("payload", {"payload": 1}),
     "gateway.durability": ("durability", {"durability": "FULL"}),
     "outbox.max_mib": ("max_mib", {"max_mib": 12}),
     "outbox.when_full": ("when_full", {"when_full": "stop_acquisition"}),
@@ -83,6 +85,7 @@ def in_force(d: Daemon, key: str) -> Any:
         "flush": round(d.pipeline.window * 1000),
         "points": d.pipeline.max_points,
         "drain": d.cfg.gateway.shutdown_drain_s,
+        "payload": d.pipeline.payload_version,
         "durability": ob._synchronous,
         "max_mib": ob.max_bytes // 2**20 if ob.max_bytes else None,
         "when_full": ob.policy,
@@ -106,6 +109,7 @@ def test_each_setting_changed_by_a_reload_is_applied_or_named(
         "points": 5000,
         "durability": "NORMAL",
         "drain": 5,
+        "payload": 2,
         "port": broker.port,
         "keepalive": 30,
         "max_mib": 100,
@@ -179,3 +183,64 @@ def test_the_plan_names_nested_settings(tmp_path: Path) -> None:
     assert changed(a, b) == ["uplink.port"]
     assert plan(a, b).applied == ["uplink.port"]
     assert set(RULES.values()) == set(Effect)
+
+
+def test_a_reload_naming_a_missing_file_is_refused_and_the_gateway_goes_on(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A config whose TLS CA file does not exist loads (the model cannot know), but a
+    reload must not stop the uplink for it: refused before anything changes, the old
+    forwarder still delivers, and the reload says why."""
+    sim = ModbusSimulator()
+    path = tmp_path / "gw.yaml"
+    values = {
+        "id": "gw-ca",
+        "flush": 100,
+        "points": 5000,
+        "durability": "NORMAL",
+        "drain": 5,
+        "payload": 2,
+        "port": broker.port,
+        "keepalive": 30,
+        "max_mib": 100,
+        "when_full": "drop_oldest",
+        "min_free": 1,
+        "metrics_port": free_port("127.0.0.1"),
+        "cp_every": 100,
+        "cp_interval": 300.0,
+        "poll": 100,
+    }
+
+    async def main() -> tuple[bool, dict[str, Any], int, int, bool]:
+        await sim.start()
+        good = HEAD.format(**values, sim=sim.port)
+        path.write_text(good)
+        daemon = Daemon(load_config(path), path)
+        stop = asyncio.Event()
+        run = asyncio.create_task(daemon.run(stop))
+        try:
+            deadline = time.monotonic() + 20  # a bound only
+            while daemon.forwarder is None or not daemon.forwarder.stats.link_up:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            fwd = daemon.forwarder
+            bad = good.replace(
+                f"keepalive_s: {values['keepalive']}}}",
+                f"keepalive_s: {values['keepalive']}, tls: {{ca_file: nope.pem}}}}",
+            )
+            assert bad != good
+            path.write_text(bad)
+            applied = await daemon.reload()
+            result = dict(daemon.last_reload or {})
+            acked = fwd.stats.acked
+            await asyncio.sleep(1.5)  # still delivering with the old uplink
+            return applied, result, acked, fwd.stats.acked, daemon.forwarder is fwd
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 60)
+            await sim.stop()
+
+    applied, result, before, after, same = asyncio.run(main())
+    assert not applied and result["outcome"] == "refused", result
+    assert any("nope.pem" in line for line in result["why"]), result
+    assert same and after > before  # the running uplink was never stopped
