@@ -118,3 +118,51 @@ def test_a_changed_model_is_refused(tmp_path: Path, broker: Mosquitto) -> None:
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "state" / AUDIT_FILE).exists()
     assert not list((tmp_path / "state").glob("outbox*"))
+
+
+def test_the_inference_task_comes_back_after_a_failure(tmp_path: Path, broker: Mosquitto) -> None:
+    """The inference task fails delivering a score (an injected error): the supervisor
+    starts it again, the windows it had not judged go back first, and the anomaly event
+    and the scores after it still reach the platform signed."""
+    sha = save(score_model(2, 2), tmp_path / "score.onnx")
+    sim = ModbusSimulator(host="::1", port=free_port("::1"))
+    cfg = load_config(config(tmp_path, broker.port, sim.port, sha))
+    key, _ = DeviceKey.load_or_create(cfg.state_dir)
+    sink = Sink()
+    rx = Receiver({"gw-inf": key.public_key}, "edgegw", sink)
+    daemon = Daemon(cfg)
+    fired: list[int] = []
+    real = daemon._on_score
+
+    def on_score(model: str, score: float, window_end_ns: int) -> None:
+        if not fired:
+            fired.append(window_end_ns)
+            raise RuntimeError("injected into inference")
+        real(model, score, window_end_ns)
+
+    daemon._on_score = on_score  # type: ignore[method-assign]
+
+    async def main() -> tuple[int, bool]:
+        await sim.start()
+        sim.set_registers(1, Table.HOLDING, 0, regs(20.0) + regs(30.0))
+        mr = MqttReceiver(rx, "::1", broker.port).start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        deadline = time.monotonic() + 20  # a bound only
+        while (rx.stats.events == 0 or not fired) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        h = daemon.sup.health["inference"]
+        alive = not daemon.sup.tasks["inference"].done()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await asyncio.sleep(0.5)
+        mr.stop()
+        await sim.stop()
+        return h.restarts, alive
+
+    restarts, alive = asyncio.run(main())
+    assert fired and restarts == 1 and alive
+    assert rx.stats.events >= 1
+    scores = [r for p in sink.payloads for r in p.readings if r[0] == "inference/m/score"]
+    assert len(scores) >= 5 and any(r[1] == fired[0] for r in scores)  # put back, sent

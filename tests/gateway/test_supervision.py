@@ -299,3 +299,80 @@ def test_every_task_kind_comes_back_and_nothing_is_lost(tmp_path: Path, broker: 
     reasons = {r[4] for r in sink.rows if r[0] == "a/x" and len(r) > 4 and r[4]}
     assert "driver error: RuntimeError: injected read" in reasons
     assert "poll task failed: RuntimeError: injected connect" in reasons
+
+
+def test_a_daemon_task_that_keeps_failing_stops_the_watchdog(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The watchdog is fed only while the daemon's own tasks are sound: one that fails
+    again and again (here the downlink, on every command that arrives) makes /healthz
+    name it and the WATCHDOG=1 messages stop, so systemd restarts the gateway; a device's
+    poll task failing would only make it degraded."""
+    import socket
+
+    from gateway.metrics import health_problems
+    from gateway.sdnotify import Notifier
+
+    sim = ModbusSimulator()
+    path = tmp_path / "gw.yaml"
+    sock_path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.setblocking(False)
+
+    def drain() -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return out
+
+    async def main() -> dict[str, Any]:
+        await sim.start()
+        path.write_text(
+            "gateway: {id: gw-wd, state_dir: state}\n"
+            f"uplink: {{host: '::1', port: {broker.port}}}\n"
+            "metrics: {enabled: false}\ndevices:\n"
+            f"  - {{name: a, protocol: modbus_tcp, host: '127.0.0.1', port: {sim.port}, "
+            "poll_interval_ms: 100, tags: [{name: x, address: 0}]}\n"
+        )
+        daemon = Daemon(load_config(path), path)
+        daemon.notify = Notifier.from_env({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "2000000"})
+        stop = asyncio.Event()
+        run = asyncio.create_task(daemon.run(stop))
+        out: dict[str, Any] = {}
+        try:
+            assert await wait_for(lambda: daemon.devices.get("a") and daemon.devices["a"].up)
+            await asyncio.sleep(2.5)
+            out["fed_before"] = sum("WATCHDOG=1" in m for m in drain())
+            dl = daemon.downlink
+            assert dl is not None
+
+            def broken(*a: Any, **kw: Any) -> None:
+                raise RuntimeError("injected: the downlink keeps failing")
+
+            dl._count = broken  # type: ignore[method-assign]
+            h = daemon.sup.health["downlink"]
+            deadline = time.monotonic() + 30  # a bound only: backoff 0.5, 1, 2 s + jitter
+            while not h.failing and time.monotonic() < deadline:
+                dl.offer(dl.topic, b"\x00", lambda: None)
+                await asyncio.sleep(0.2)
+            out["failing"] = h.failing
+            await asyncio.sleep(1.5)  # a status cycle sees it
+            drain()
+            await asyncio.sleep(3.0)
+            out["fed_after"] = sum("WATCHDOG=1" in m for m in drain())
+            out["problems"] = health_problems(daemon.last_snapshot)
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 60)
+            await sim.stop()
+            sock.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out["fed_before"] >= 2, out
+    assert out["failing"], out
+    assert out["fed_after"] == 0, out
+    assert any("task downlink keeps failing" in p for p in out["problems"]), out["problems"]
