@@ -212,7 +212,7 @@ def _from_events(loader: _FastLoader) -> Any:
     get, ctors, resolve = loader.get_event, loader.yaml_constructors, loader.resolve
     scalar, seq_end, map_end = yaml.ScalarEvent, yaml.SequenceEndEvent, yaml.MappingEndEvent
 
-    def value(ev: Any) -> Any:
+    def value(ev: Any, depth: int = 0) -> Any:
         t = type(ev)
         if ev.anchor is not None or t is yaml.AliasEvent:
             raise _Refused
@@ -226,21 +226,22 @@ def _from_events(loader: _FastLoader) -> Any:
             if ctor is None:
                 raise _Refused
             return ctor(loader, yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark))
-        if ev.tag not in _PLAIN_TAGS:
-            raise _Refused
+        if ev.tag not in _PLAIN_TAGS or depth > MAX_DEPTH:
+            raise _Refused  # the marked build says where
+        depth += 1
         if t is yaml.SequenceStartEvent:
             items = []
             while type(e := get()) is not seq_end:
-                items.append(value(e))
+                items.append(value(e, depth))
             return items
         out: dict[Any, Any] = {}
         while type(e := get()) is not map_end:
             if type(e) is not scalar:
                 raise _Refused
-            key = value(e)
+            key = value(e, depth)
             if key == "<<" or not isinstance(key, str | int) or key in out:
                 raise _Refused
-            out[key] = value(get())
+            out[key] = value(get(), depth)
         return out
 
     if type(get()) is not yaml.StreamStartEvent or type(get()) is not yaml.DocumentStartEvent:
@@ -273,7 +274,7 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceMap]:
         raise YamlError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = _fast(text)
-    except (_Refused, yaml.YAMLError):
+    except (_Refused, yaml.YAMLError, RecursionError):
         smap = SourceMap(str(p))  # the marked build says what is wrong, and where
         return _load_marked(text, smap), smap
     if data is None:

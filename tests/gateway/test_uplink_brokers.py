@@ -201,7 +201,9 @@ def test_a_wrong_password_is_one_clear_error_keeps_everything_and_heals(
         gw = await Gateway(tmp_path, up, key).start()
         await gw.put(10, 20)
         await asyncio.sleep(8)
-        assert gw.fwd.stats.acked == 0 and await gw.rows() == 10
+        # every window kept (usually 10; two puts can share a window on a loaded machine)
+        sealed = gw.pipe.stats.messages_sealed
+        assert 8 <= sealed <= 10 and gw.fwd.stats.acked == 0 and await gw.rows() == sealed
         err = gw.fwd.stats.last_error or ""
         # mosquitto says Not authorized (0x87) to a wrong password; others say 0x86
         assert "Not authorized (0x87)" in err, err
@@ -222,7 +224,7 @@ def test_a_wrong_password_is_one_clear_error_keeps_everything_and_heals(
     finally:
         mr.stop()
     assert rx.stats.points_verified == gw.polled == 200
-    assert rx.received(GW) == [(1, 10)]
+    assert rx.received(GW) == [(1, gw.pipe.stats.messages_sealed)]
 
 
 def test_an_acl_that_forbids_the_topic_keeps_every_message(
@@ -243,7 +245,7 @@ def test_an_acl_that_forbids_the_topic_keeps_every_message(
         await gw.put(5, 10)
         assert await until(lambda: gw.fwd.stats.rejected > 0, 15)
         await asyncio.sleep(1)
-        assert await gw.rows() == 5
+        assert await gw.rows() == gw.pipe.stats.messages_sealed  # every window kept
         await gw.stop()
         return gw
 
@@ -266,7 +268,7 @@ def test_a_qos0_only_broker_gets_nothing_and_a_clear_error(tmp_path: Path, key: 
             await gw.put(5, 10)
             assert await until(lambda: bool(gw.problems), 10)
             await asyncio.sleep(1)
-            assert await gw.rows() == 5
+            assert await gw.rows() == gw.pipe.stats.messages_sealed  # every window kept
             await gw.stop()
             return gw
 
