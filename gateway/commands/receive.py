@@ -181,7 +181,17 @@ def report_main(args: argparse.Namespace) -> int:
             store.close()
     except StoreError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
+    except ImportError as exc:
+        raise _needs_psycopg(args.db, exc) from None
     return 0
+
+
+def _needs_psycopg(db: str, exc: ImportError) -> SystemExit:
+    return fail(
+        f"--db {db.split('://')[0]}://: needs psycopg ({exc}); install the "
+        "platform extra: pip install 'edgegw[platform]'",
+        EXIT_FAILED,
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -224,11 +234,7 @@ def main(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except ImportError as exc:
-        raise fail(
-            f"--db {args.db.split('://')[0]}://: needs psycopg ({exc}); install the "
-            "platform extra: pip install 'edgegw[platform]'",
-            EXIT_FAILED,
-        ) from None
+        raise _needs_psycopg(args.db, exc) from None
     try:
         rx = Receiver(
             trust,

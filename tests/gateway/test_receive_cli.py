@@ -140,3 +140,30 @@ def test_tls_client_certificate_and_login(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert r.returncode == 2 and "--password-file" in r.stderr, r.stderr
+
+
+def test_postgres_without_psycopg_is_one_line_for_receive_and_report(tmp_path: Path) -> None:
+    """Where the platform extra is missing, both `receive --db postgresql://` and
+    `receive --report` say what to install, in one line, exit 1 (no traceback)."""
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from gateway.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    db = "postgresql://edgegw@[::1]:1/edgegw"
+    pem = tmp_path / "gw.pub.pem"
+    pem.write_bytes(DeviceKey.load_or_create(tmp_path / "state")[0].public_pem())
+    receive = ["receive", "--db", db, "--port", "1", "--pubkey", f"gw={pem}"]
+    for args in (["receive", "--report", "--db", db], receive):
+        p = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert p.returncode == 1, (args, p.stderr)
+        assert "Traceback" not in p.stderr, p.stderr
+        assert "pip install 'edgegw[platform]'" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
