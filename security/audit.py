@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import itertools
 import logging
 import os
@@ -31,9 +32,10 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from security import resume
+from security import resume, segments
 from security.checkpoint import (
     LOG_ID_LEN,
     ZERO_HASH,
@@ -45,6 +47,7 @@ from security.checkpoint import (
     MerkleFrontier,
     ParsedLog,
     Record,
+    SegmentStart,
     checkpoint_hash,
     decode_record,
     encode_record,
@@ -163,9 +166,15 @@ class AuditLog:
         origin: str | None = None,
         on_append: Callable[[Record | Checkpoint], None] | None = None,
         trusted_keys: Mapping[bytes, Ed25519PublicKey] | None = None,
+        segment_bytes: int | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
+        if segment_bytes is not None and segment_bytes < 1:
+            raise ValueError("segment_bytes must be at least 1")
+        self.segment_bytes = segment_bytes
+        """Roll over to a new segment at the first checkpoint after the live segment
+        passes this size (None: one file, never rolled)."""
         self.path = Path(path)
         self.signer = signer
         self.boot = boot
@@ -183,15 +192,12 @@ class AuditLog:
         self.resumed_from: LogState | None = None
         """The log's state at the checkpoint this open resumed from (None: read in full);
         readers that need the state at a later offset can start there."""
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._seg = 0  # the live segment's number (security/segments.py)
+        self._seg_path = self.path
+        self._seg_start = 0  # the log offset where the live segment starts
+        self._roll_error: str | None = None
+        fd = self._open_live_segment()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AuditLogBusy(
-                    f"{self.path}: the audit log is in use by another process (is edgegw "
-                    "running?); stop it first"
-                ) from None
             self._fd = fd
             torn = self._load()
             self._write_checkpoint("open", torn)
@@ -205,20 +211,84 @@ class AuditLog:
                     reason=q.reason,
                 )
         except BaseException:
-            self._fd = None
+            fd, self._fd = self._fd or fd, None
             os.close(fd)
             raise
 
     # -- opening ---------------------------------------------------------------------------
 
+    def _open_live_segment(self) -> int:
+        """Open and lock the highest-numbered segment file (the log's own path when there
+        is none). A segment that a crash left without its first checkpoint (a roll-over
+        cut short) is removed, its bytes kept beside it, and the one before is live."""
+        for _ in range(8):  # each pass removes one unfinished segment, or another writer rolled
+            found = segments.log_dir_files(self.path)
+            k, path = found[-1] if found else (0, self.path)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if k == 0 else 0)
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                continue  # archived or removed meanwhile: look again
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AuditLogBusy(
+                        f"{path}: the audit log is in use by another process (is edgegw "
+                        "running?); stop it first"
+                    ) from None
+                later = segments.log_dir_files(self.path)
+                if later and later[-1][0] > k:
+                    raise AuditLogBusy(
+                        f"{later[-1][1]}: the audit log was rolled over to a new segment by "
+                        "another process (is edgegw running?); stop it first"
+                    )
+                if k > 0 and self._unfinished_segment(fd, path):
+                    os.close(fd)
+                    continue
+            except BaseException:
+                os.close(fd)
+                raise
+            self._seg, self._seg_path = k, path
+            return fd
+        raise AuditLogError(f"{self.path}: cannot find the audit log's live segment")
+
+    def _unfinished_segment(self, fd: int, path: Path) -> bool:
+        """A segment file that does not hold even its first checkpoint whole: a crash
+        during a roll-over. It is removed (any bytes kept beside it as ``.torn-<ns>``)."""
+        data = os.pread(fd, segments.HEAD_READ, 0)
+        if data:
+            try:
+                cbor2.CBORDecoder(io.BytesIO(data)).decode()
+                return False  # whole: damaged or not, _load judges it
+            except cbor2.CBORDecodeEOF:
+                if len(data) == segments.HEAD_READ:
+                    return False
+            except Exception:
+                return False
+            keep = _keep_beside(path, "torn", data)
+            log.warning(
+                "%s: a segment whose first checkpoint was cut off by a crash during a roll-over "
+                "(%d bytes, kept in %s); it is removed and the segment before it goes on",
+                path,
+                len(data),
+                keep,
+            )
+        else:
+            log.warning("%s: an empty segment left by a crash during a roll-over: removed", path)
+        os.unlink(path)
+        _fsync_dir(path.parent)
+        return True
+
     def _load(self) -> int:
-        """Read the existing log: state to continue from; a torn final entry is removed
-        (and kept beside the log). Returns the number of bytes removed. From the last
+        """Read the live segment: state to continue from; a torn final entry is removed
+        (and kept beside it). Returns the number of bytes removed. From the last
         checkpoint on when the resume file beside the log matches it (security/resume.py),
-        else all of it."""
+        else all of the live segment (a segment after the first starts with a checkpoint
+        that states the log's state there)."""
         assert self._fd is not None
         hint = resume.load(self.path)
-        if hint is not None:
+        if hint is not None and hint.seg == self._seg:
             torn = self._load_from(hint)
             if torn is not None:
                 return torn
@@ -226,7 +296,7 @@ class AuditLog:
 
     def _load_from(self, hint: resume.Resume) -> int | None:
         """Load from the checkpoint the resume file names; None if the log does not hold
-        it there (then the whole log is read)."""
+        it there (then the whole segment is read)."""
         assert self._fd is not None
         base = hint.cp_offset
         st = hint.state
@@ -259,12 +329,20 @@ class AuditLog:
                 open_checkpoint(first.raw, learn_keys(self._trusted, hint.certs, strict=False))
             except (CoseError, FormatError):
                 return None
+        if self._seg > 0:  # the segment's own first checkpoint must say where it starts
+            try:
+                head = segments.read_head(os.pread(self._fd, segments.HEAD_READ, 0))
+            except FormatError:
+                return None
+            if (head.log_id, head.seg, head.at) != (hint.log_id, self._seg, hint.at):
+                return None
         parsed = ParsedLog(
             [Entry(e.offset + base, e.raw, e.record) for e in parsed.entries],
             parsed.good_length + base,
             parsed.torn,
             [Damage(d.offset + base, d.length, d.records_before, d.why) for d in parsed.damage],
         )
+        self._seg_start = hint.at
         self._certs = list(hint.certs)
         self._log_id, self._size, self._head = hint.log_id, st.size, st.head
         self._frontier, self._cp_prev, self._sealed = st.frontier.copy(), st.cp_prev, st.size
@@ -272,6 +350,7 @@ class AuditLog:
         hasher.update(data[st.offset - base : self._length - base])
         self._hasher = hasher
         self.resumed_from = st.copy()
+        self.resumed_from.offset += self._seg_start
         return torn
 
     def _load_from_start(self) -> int:
@@ -284,9 +363,42 @@ class AuditLog:
         self._frontier = MerkleFrontier()
         self._cp_prev = ZERO_HASH
         self._sealed = 0
-        torn = self._continue(parsed, data, 0, start=0)
+        self._certs = []
+        start = 0
+        if self._seg > 0:
+            self._start_segment(parsed)
+            start = 1
+        torn = self._continue(parsed, data, 0, start=start)
         self._hasher = hashlib.sha256(data[: self._length])
         return torn
+
+    def _start_segment(self, parsed: ParsedLog) -> None:
+        """The state at the start of the live segment, from its first checkpoint."""
+        first = parsed.entries[0] if parsed.entries else None
+        why = "it does not start with a checkpoint"
+        if first is not None and first.record is None:
+            try:
+                cp = peek_checkpoint(first.raw)
+                if (cp.seg, cp.why) != (self._seg, "segment"):
+                    why = f"its first checkpoint is not that of segment {self._seg} (seg {cp.seg})"
+                else:
+                    st = LogState.before_segment(cp)
+                    self._log_id, self._size, self._head = cp.log_id, st.size, st.head
+                    self._frontier, self._sealed = st.frontier, st.size
+                    self._cp_prev = cp.prev
+                    self._seg_start = st.offset
+                    self._certs = list(cp.certs)
+                    if self._trusted is not None:
+                        keys = learn_keys(self._trusted, self._certs, strict=False)
+                        open_checkpoint(first.raw, keys)
+                    self._replay_entries(parsed.entries[:1])
+                    return
+            except (CoseError, FormatError) as exc:
+                why = f"its first checkpoint is not valid ({exc})"
+        raise AuditLogCorrupt(
+            f"{self._seg_path}: not a segment of an audit log: {why}; check it with `edgegw "
+            "audit verify`, then move it away (AuditLog.set_aside) so a new log can start"
+        )
 
     def _continue(self, parsed: ParsedLog, data: bytes, base: int, start: int) -> int:
         """Cut a torn or forged tail, then replay ``parsed.entries[start:]`` onto the state
@@ -294,7 +406,7 @@ class AuditLog:
         assert self._fd is not None
         if parsed.malformed_at is not None:
             raise AuditLogCorrupt(
-                f"{self.path}: damaged entry at byte {parsed.malformed_at} "
+                f"{self._seg_path}: damaged entry at byte {parsed.malformed_at} "
                 f"({parsed.malformed_why}); check it with `edgegw audit verify`, then move it "
                 "away (AuditLog.set_aside) so a new log can start"
             )
@@ -305,7 +417,10 @@ class AuditLog:
             os.ftruncate(self._fd, parsed.good_length)
             os.fsync(self._fd)
             log.warning(
-                "%s: removed a torn final entry of %d bytes (kept in %s)", self.path, torn, keep
+                "%s: removed a torn final entry of %d bytes (kept in %s)",
+                self._seg_path,
+                torn,
+                keep,
             )
         self._length = parsed.good_length
         cut = self._forged_tail(parsed.entries)
@@ -326,15 +441,7 @@ class AuditLog:
         return torn
 
     def _keep_beside(self, what: str, data: bytes) -> Path:
-        """Keep cut-off bytes beside the log as ``<name>.<what>-<ns>`` (0600, synced)."""
-        keep = self.path.with_name(f"{self.path.name}.{what}-{time.time_ns()}")
-        fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return keep
+        return _keep_beside(self._seg_path, what, data)
 
     def _forged_tail(self, entries: list[Entry]) -> tuple[int, str] | None:
         """Where entries that edgegw did not write begin (and why), if anywhere.
@@ -379,7 +486,7 @@ class AuditLog:
                 continue
             return i
         raise AuditLogCorrupt(
-            f"{self.path}: no checkpoint in the log is signed by a key of this device (the "
+            f"{self._seg_path}: no checkpoint in the log is signed by a key of this device (the "
             "log belongs to another key, or was rewritten); check it with `edgegw audit "
             "verify`, then move it away (AuditLog.set_aside) so a new log can start"
         )
@@ -404,7 +511,7 @@ class AuditLog:
             "%s: %s: cut off %d record(s) (%d bytes) from byte %d that edgegw did not write; "
             "they are kept in %s. Find out who wrote them (they were added while edgegw was "
             "stopped)",
-            self.path,
+            self._seg_path,
             reason,
             records,
             nbytes,
@@ -418,7 +525,7 @@ class AuditLog:
         the signatures are good: that is verify's job, with public keys)."""
         first = parsed.entries[0]
         if first.record is not None:
-            raise AuditLogCorrupt(f"{self.path}: does not start with a checkpoint")
+            raise AuditLogCorrupt(f"{self._seg_path}: does not start with a checkpoint")
         self._replay_entries(parsed.entries)
 
     def _replay_entries(self, entries: list[Entry]) -> None:
@@ -435,8 +542,8 @@ class AuditLog:
                     self._cp_prev,
                 ):
                     raise AuditLogCorrupt(
-                        f"{self.path}: checkpoint at byte {e.offset} does not match the records "
-                        "before it; check it with `edgegw audit verify`"
+                        f"{self._seg_path}: checkpoint at byte {e.offset} does not match the "
+                        "records before it; check it with `edgegw audit verify`"
                     )
                 self._cp_prev = checkpoint_hash(e.raw)
                 self._sealed = self._size
@@ -444,8 +551,8 @@ class AuditLog:
                 r = e.record
                 if r.seq != self._size or r.prev != self._head:
                     raise AuditLogCorrupt(
-                        f"{self.path}: record at byte {e.offset} breaks the chain (seq {r.seq}); "
-                        "check it with `edgegw audit verify`"
+                        f"{self._seg_path}: record at byte {e.offset} breaks the chain (seq "
+                        f"{r.seq}); check it with `edgegw audit verify`"
                     )
                 self._head = r.hash
                 self._frontier.append(r.hash)
@@ -480,15 +587,31 @@ class AuditLog:
 
     @property
     def length(self) -> int:
-        """Bytes of the file up to the end of the last durable (fsynced) entry: everything
-        before it is final and may be read and published."""
-        return self._length
+        """Bytes of the log up to the end of the last durable (fsynced) entry: everything
+        before it is final and may be read and published. A log offset: the segments
+        before the live one count (security/segments.py)."""
+        return self._seg_start + self._length
 
     @property
     def loaded_length(self) -> int:
-        """Bytes of the file as this open found it (less a torn or forged tail it removed),
+        """Bytes of the log as this open found it (less a torn or forged tail it removed),
         before its "open" checkpoint."""
-        return self._loaded_length
+        return self._seg_start + self._loaded_length
+
+    @property
+    def segment(self) -> int:
+        """The live segment's number (0: the log's own path)."""
+        return self._seg
+
+    @property
+    def segment_path(self) -> Path:
+        """The live segment's file, the one appended to."""
+        return self._seg_path
+
+    @property
+    def segment_start(self) -> int:
+        """The log offset where the live segment starts."""
+        return self._seg_start
 
     @property
     def head(self) -> bytes:
@@ -593,19 +716,87 @@ class AuditLog:
         self._save_resume(start)
         self._unsealed_since = time.monotonic()
         self._emit(cp)
+        if why != "close" and self.segment_bytes is not None and self._length >= self.segment_bytes:
+            self._roll()
         return cp
 
+    def _roll(self) -> None:
+        """Go on in a new segment file: its first entry is a checkpoint restating the one
+        just written (same size, root, head; ``prev`` its hash) with the segment's number,
+        its log offset, the Merkle compact range and the key certificates so far. Once that
+        checkpoint is durable (file and directory synced) the new file is live; until then a
+        crash leaves an unfinished file that the next open removes. A failure leaves the
+        log in the current segment (nothing written is lost) and is retried at the next
+        checkpoint."""
+        assert self._fd is not None
+        k = self._seg + 1
+        path = segments.segment_path(self.path, k)
+        at = self._seg_start + self._length
+        try:
+            fd = os.open(
+                path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            self._roll_failed(path, exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            cp = sign_checkpoint(
+                self.signer,
+                log_id=self._log_id,
+                size=self._size,
+                root=self._frontier.root(),
+                head=self._head,
+                prev=self._cp_prev,
+                boot=self.boot,
+                ts_ns=time.time_ns(),
+                why="segment",
+                origin=self.origin,
+                segment=SegmentStart(k, at, self._frontier.compact, tuple(self._certs)),
+            )
+            _write_all(fd, cp.encoded)
+            os.fsync(fd)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            self._roll_failed(path, exc)
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)  # after the new file holds the lock: no other writer slips in between
+        self._seg, self._seg_path, self._seg_start = k, path, at
+        self._length = len(cp.encoded)
+        self._hasher = hashlib.sha256(cp.encoded)
+        self._cp_prev = checkpoint_hash(cp.encoded)
+        self._save_resume(0)
+        if self._roll_error is not None:
+            log.info("%s: the audit log rolled over to a new segment again", path)
+            self._roll_error = None
+        log.info("audit log: segment %d starts at log byte %d (%s)", k, at, path.name)
+        self._emit(cp)
+
+    def _roll_failed(self, path: Path, exc: OSError) -> None:
+        what = f"{path}: cannot start a new audit log segment ({exc.strerror or exc})"
+        if what != self._roll_error:
+            log.error(
+                "%s; the log goes on in %s, retried at the next checkpoint", what, self._seg_path
+            )
+        self._roll_error = what
+
     def _save_resume(self, cp_offset: int) -> None:
-        """The state just after the checkpoint at ``cp_offset``: the next open reads from
-        there (security/resume.py). A hint only: failing to write it costs time, not data."""
+        """The state just after the checkpoint at ``cp_offset`` of the live segment: the
+        next open reads from there (security/resume.py). A hint only: failing to write it
+        costs time, not data."""
         state = LogState(self._length, self._size, self._head, self._cp_prev, self._frontier.copy())
         if self._hasher is None:
             return
         digest = self._hasher.digest()
+        r = resume.Resume(
+            self._log_id, cp_offset, state, digest, self._certs, self._seg, self._seg_start
+        )
         try:
-            resume.save(
-                self.path, resume.Resume(self._log_id, cp_offset, state, digest, self._certs)
-            )
+            resume.save(self.path, r)
         except OSError as exc:
             log.debug("%s: cannot write the resume file: %s", self.path, exc)
 
@@ -619,7 +810,7 @@ class AuditLog:
             # log once the next one lands after it: cut it off again.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, end)
-            raise AuditLogError(f"{self.path}: cannot append ({exc.strerror})") from exc
+            raise AuditLogError(f"{self._seg_path}: cannot append ({exc.strerror})") from exc
         self._length = end + len(data)
         if self._hasher is not None:
             self._hasher.update(data)
@@ -639,6 +830,18 @@ class _Quarantined:
     records: int
     nbytes: int
     reason: str
+
+
+def _keep_beside(path: Path, what: str, data: bytes) -> Path:
+    """Keep cut-off bytes beside a log file as ``<name>.<what>-<ns>`` (0600, synced)."""
+    keep = path.with_name(f"{path.name}.{what}-{time.time_ns()}")
+    fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return keep
 
 
 def _read_fd(fd: int) -> bytes:
