@@ -566,10 +566,14 @@ class AuditLog:
     @staticmethod
     def set_aside(path: str | os.PathLike[str]) -> Path:
         """Rename a damaged log to ``<name>.bad-<ns>`` so a new one can start; returns the new
-        name. Record an ``audit_reset`` in the new log, naming it."""
+        name (of its live segment, when it has several: each is renamed the same way).
+        Record an ``audit_reset`` in the new log, naming it."""
         p = Path(path)
-        dest = p.with_name(f"{p.name}.bad-{time.time_ns()}")
-        os.rename(p, dest)
+        ns = time.time_ns()
+        dest = p.with_name(f"{p.name}.bad-{ns}")
+        for _, f in segments.log_dir_files(p):
+            dest = f.with_name(f"{f.name}.bad-{ns}")
+            os.rename(f, dest)
         resume.remove(p)
         _fsync_dir(p.parent)
         return dest
@@ -925,6 +929,11 @@ class VerifyReport:
     first_ts_ns: int | None = None
     last_ts_ns: int | None = None
     warnings: list[str] = field(default_factory=list)
+    first_seq: int = 0  # seq of the first record checked (not 0: from a segment on)
+    segment: int | None = None  # the segment the bytes start with, when not the first
+    bad_offset: int | None = None  # byte (in the bytes checked) of the first bad entry
+    file: str | None = None  # which file holds it (verify_files)
+    file_offset: int | None = None  # and where in that file
 
     @property
     def ok(self) -> bool:
@@ -937,10 +946,11 @@ class VerifyReport:
     def summary(self) -> str:
         if self.outcome is Outcome.OK:
             return (
-                f"OK: {self.records} records (seq 0..{self.records - 1}) verified by "
-                f"{self.checkpoints} checkpoints"
+                f"OK: {self.records} records (seq {self.first_seq}.."
+                f"{self.first_seq + self.records - 1}) verified by {self.checkpoints} checkpoints"
             )
-        return f"{self.outcome.value.upper()}: {self.message}"
+        where = f" [{self.file}]" if self.file else ""
+        return f"{self.outcome.value.upper()}: {self.message}{where}"
 
 
 @dataclass(slots=True)
@@ -948,7 +958,7 @@ class _Cp:
     """A checkpoint entry during verification."""
 
     index: int  # position among entries
-    after: int  # records before it in the file
+    after: int  # the seq after the records before it (their count for a whole log)
     raw: bytes
     cp: Checkpoint | None = None  # set when the signature verified with a trusted key
     error: Problem | None = None
@@ -963,6 +973,8 @@ class _Found:
     message: str = field(compare=False)
     outcome: Outcome = field(compare=False, default=Outcome.TAMPERED)
     last: int | None = field(compare=False, default=None)  # end of an ambiguous range
+    offset: int | None = field(compare=False, default=None)  # the bad entry's byte, if known
+    file: str | None = field(compare=False, default=None)  # set by verify_files
 
 
 def _as_keyset(
@@ -979,9 +991,11 @@ def read_log(path: str | os.PathLike[str]) -> ParsedLog:
 
 def last_boot(path: str | os.PathLike[str]) -> int:
     """The boot number of the newest entry (0 for a missing or empty log): for tools that
-    append to the log between daemon runs, such as ``edgegw keys rotate``."""
+    append to the log between daemon runs, such as ``edgegw keys rotate``. Reads the live
+    (last) segment only."""
+    files = segments.log_dir_files(Path(path))
     try:
-        parsed = read_log(path)
+        parsed = read_log(files[-1][1] if files else path)
     except FileNotFoundError:
         return 0
     for e in reversed(parsed.entries):
@@ -1015,16 +1029,57 @@ def verify_bytes(
     *,
     certificates: Iterable[bytes] = (),
 ) -> VerifyReport:
-    keys = learn_keys(_as_keyset(public_keys), certificates)
-    parsed = parse_entries(data)
+    """Verify a log's bytes: the whole log, or a run of its segments (then from the
+    checkpoint the first of them starts with: ``first_seq`` says where)."""
+    return _verify(parse_entries(data), _as_keyset(public_keys), certificates, [])[0]
+
+
+def _start_of(parsed: ParsedLog) -> Checkpoint | None:
+    """The checkpoint a segment after the first starts with (None for a whole log)."""
+    if not parsed.entries or parsed.entries[0].record is not None:
+        return None
+    try:
+        cp = peek_checkpoint(parsed.entries[0].raw)
+    except FormatError:
+        return None
+    return cp if cp.seg is not None else None
+
+
+def _verify(
+    parsed: ParsedLog,
+    trusted: dict[bytes, Ed25519PublicKey],
+    certificates: Iterable[bytes],
+    extra: list[_Found],
+) -> tuple[VerifyReport, list[_Found]]:
+    """The verdict on parsed log bytes, with ``extra`` findings (from the files' layout)
+    weighed with those found here. Returns the report and every finding."""
+    start = _start_of(parsed)
+    certs = [*certificates, *(start.certs if start is not None else ())]
+    keys = learn_keys(trusted, certs) if start is None else learn_keys(trusted, certs, strict=False)
+    base: LogState | None = None
+    if start is not None:
+        try:
+            base = LogState.before_segment(start)
+        except FormatError as exc:
+            rep = VerifyReport(Outcome.TAMPERED, first_seq=start.size)
+            rep.problem, rep.first_bad, rep.last_bad = (
+                Problem.BAD_CHECKPOINT,
+                start.size,
+                start.size,
+            )
+            rep.message = f"the first checkpoint of segment {start.seg}: {exc}"
+            return rep, []
+    b = base.size if base is not None else 0
     records = [e.record for e in parsed.entries if e.record is not None]
-    rep = VerifyReport(Outcome.OK, records=len(records))
-    if not parsed.entries and parsed.malformed_at is None:
+    rep = VerifyReport(Outcome.OK, records=len(records), first_seq=b, sealed=b)
+    if start is not None:
+        rep.segment = start.seg
+    if not parsed.entries and parsed.malformed_at is None and not extra:
         rep.outcome, rep.problem, rep.first_bad = Outcome.TAMPERED, Problem.EMPTY, 0
         rep.last_bad = 0
         rep.message = "the log is empty: a log always starts with a signed checkpoint"
-        return rep
-    cps = _check_signatures(parsed.entries, keys)
+        return rep, []
+    cps = _check_signatures(parsed.entries, keys, b)
     rep.checkpoints = len(cps)
     valid = [c for c in cps if c.cp is not None]
     log_id = _log_id(valid)
@@ -1038,18 +1093,25 @@ def verify_bytes(
             c.cp, c.error = None, Problem.FOREIGN_LOG
     valid = [c for c in cps if c.cp is not None]
 
-    found: list[_Found] = []
-    found += _scan_records(records, valid, log_id)
-    found += _check_checkpoints(parsed.entries, cps, log_id)
+    found: list[_Found] = list(extra)
+    found += _scan_records(records, valid, log_id, base)
+    found += _check_checkpoints(parsed.entries, cps, log_id, base)
     for d in parsed.damage:
-        msg = f"damaged entry at byte {d.offset}, after seq {d.records_before - 1} ({d.why})"
-        found.append(_Found(d.records_before, 0, Problem.MALFORMED, msg))
-    sealed = _sealed_prefix(cps, found)
+        at = d.records_before + b
+        msg = f"damaged entry at byte {d.offset}, after seq {at - 1} ({d.why})"
+        found.append(_Found(at, 0, Problem.MALFORMED, msg, offset=d.offset))
+    sealed = _sealed_prefix(cps, found, b)
     rep.sealed = sealed
     rep.kids = sorted({c.cp.kid for c in cps if c.cp is not None and c.after <= sealed})
-    if records[:sealed]:
-        rep.first_ts_ns, rep.last_ts_ns = records[0].ts_ns, records[sealed - 1].ts_ns
+    if records[: sealed - b]:
+        rep.first_ts_ns, rep.last_ts_ns = records[0].ts_ns, records[sealed - b - 1].ts_ns
     rep.warnings = _warnings(cps)
+    if start is not None:
+        rep.warnings.insert(
+            0,
+            f"verified from segment {start.seg} on (seq {b}, log byte {start.at}): the "
+            "segments before it were not given",
+        )
     if found:
         first = min(found)
         if first.last is not None:  # a range: a finding that names one record in it is better
@@ -1058,26 +1120,31 @@ def verify_bytes(
         rep.outcome, rep.problem, rep.first_bad = first.outcome, first.problem, first.at
         rep.last_bad = first.at if first.last is None else first.last
         rep.message = first.message
-        return rep
-    if parsed.torn or sealed < len(records):
+        rep.bad_offset = first.offset
+        return rep, found
+    end = b + len(records)
+    if parsed.torn or sealed < end:
         rep.outcome = Outcome.UNSEALED_TAIL
         rep.first_bad = sealed
-        tail = f"records seq {sealed}..{len(records) - 1}" if sealed < len(records) else ""
+        tail = f"records seq {sealed}..{end - 1}" if sealed < end else ""
         torn = "a torn (incomplete) final entry" if parsed.torn else ""
-        rep.last_bad = max(len(records) - 1, sealed)
+        rep.last_bad = max(end - 1, sealed)
         what = " and ".join(x for x in (tail, torn) if x)
-        before = f"seq 0..{sealed - 1} sealed" if sealed else "nothing sealed"
+        before = f"seq {b}..{sealed - 1} sealed" if sealed > b else "nothing sealed"
         rep.message = (
             f"{what} after the last checkpoint ({before}); the tail cannot be checked for "
             "truncation or edits"
         )
-    return rep
+        rep.bad_offset = parsed.good_length if parsed.torn and sealed >= end else None
+    return rep, found
 
 
-def _check_signatures(entries: list[Entry], keys: dict[bytes, Ed25519PublicKey]) -> list[_Cp]:
+def _check_signatures(
+    entries: list[Entry], keys: dict[bytes, Ed25519PublicKey], base: int = 0
+) -> list[_Cp]:
     """Verify every checkpoint, learning rotated keys from key_rotated records on the way."""
     out: list[_Cp] = []
-    n = 0
+    n = base
     for i, e in enumerate(entries):
         if e.record is not None:
             n += 1
@@ -1105,7 +1172,7 @@ def _log_id(valid: list[_Cp]) -> bytes:
     return valid[0].cp.log_id if valid and valid[0].cp is not None else b""
 
 
-def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
+def _authentic(records: list[Record], valid: list[_Cp], base: int = 0) -> set[int]:
     """Positions of records a valid checkpoint vouches for: walk back from each head."""
     by_hash: dict[bytes, list[int]] = {}
     for p, r in enumerate(records):
@@ -1114,7 +1181,7 @@ def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
     for c in valid:
         assert c.cp is not None
         h, seq = c.cp.head, c.cp.size - 1
-        while seq >= 0:
+        while seq >= base:
             positions = by_hash.get(h)
             if not positions or records[positions[0]].seq != seq:
                 break
@@ -1125,15 +1192,19 @@ def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
     return auth
 
 
-def _scan_records(records: list[Record], valid: list[_Cp], log_id: bytes) -> list[_Found]:
+def _scan_records(
+    records: list[Record], valid: list[_Cp], log_id: bytes, base: LogState | None = None
+) -> list[_Found]:
     """The first record that is not where the authenticated chain says it should be.
 
     A record is authentic when a valid checkpoint's head reaches it through ``prev`` links.
-    Naming the culprit, not just the place where the chain breaks, uses that: when seq p is
-    authentic but does not link to the record before it, that record (p-1) was altered.
+    Naming the culprit, not just the place where the chain breaks, uses that: when seq s is
+    authentic but does not link to the record before it, that record (s-1) was altered.
+    Records are numbered from ``base`` (a run of segments from the middle) or from 0.
     """
-    auth = _authentic(records, valid)
-    tail = max((c.after for c in valid), default=0)  # no valid checkpoint from here on
+    b = base.size if base is not None else 0
+    auth = _authentic(records, valid, b)
+    tail = max((c.after for c in valid), default=b)  # no valid checkpoint from here on
     positions: dict[int, list[int]] = {}
     for p, r in enumerate(records):
         positions.setdefault(r.seq, []).append(p)
@@ -1141,52 +1212,61 @@ def _scan_records(records: list[Record], valid: list[_Cp], log_id: bytes) -> lis
     def later(seq: int, p: int, *, authentic: bool) -> bool:
         return any(q > p and (q in auth or not authentic) for q in positions.get(seq, ()))
 
-    def edited(p: int, why: str) -> list[_Found]:
-        return [_Found(p, 1, Problem.EDITED, f"seq {p}: record altered ({why})")]
+    def edited(s: int, why: str) -> list[_Found]:
+        return [_Found(s, 1, Problem.EDITED, f"seq {s}: record altered ({why})")]
 
-    prev = genesis_head(log_id) if log_id else None
+    if base is not None:
+        prev: bytes | None = base.head
+    else:
+        prev = genesis_head(log_id) if log_id else None
     for p, r in enumerate(records):
+        s = b + p
         here = p in auth
         links = prev is None or r.prev == prev
-        if r.seq != p:
+        if r.seq != s:
             if not here and links:
-                return edited(p, f"it says seq {r.seq}")
-            if r.seq > p and later(p, p, authentic=False):
-                msg = f"seq {p}: out of order (seq {r.seq} is in its place)"
-                return [_Found(p, 1, Problem.REORDERED, msg)]
-            if r.seq > p:
-                msg = f"seq {p}..{r.seq - 1} deleted (seq {r.seq} follows seq {p - 1})"
-                return [_Found(p, 1, Problem.DELETED, msg)]
-            msg = f"seq {p}: a record claiming seq {r.seq} was inserted here"
-            return [_Found(p, 1, Problem.INSERTED, msg)]
+                return edited(s, f"it says seq {r.seq}")
+            if r.seq > s and later(s, p, authentic=False):
+                msg = f"seq {s}: out of order (seq {r.seq} is in its place)"
+                return [_Found(s, 1, Problem.REORDERED, msg)]
+            if r.seq > s:
+                msg = f"seq {s}..{r.seq - 1} deleted (seq {r.seq} follows seq {s - 1})"
+                return [_Found(s, 1, Problem.DELETED, msg)]
+            msg = f"seq {s}: a record claiming seq {r.seq} was inserted here"
+            return [_Found(s, 1, Problem.INSERTED, msg)]
         if not links:
             if here and p > 0 and (p - 1) not in auth:
-                return edited(p - 1, f"seq {p} does not link to it")
-            if not here and later(p, p, authentic=False):
-                msg = f"seq {p}: forged record inserted before the real seq {p}"
-                return [_Found(p, 1, Problem.INSERTED, msg)]
-            if p >= tail and p + 1 < len(records) and records[p + 1].prev == r.hash:
-                # In the unsealed tail nothing vouches for either side; seq p agrees with its
-                # successor, so the likelier story is that seq p-1 was altered.
-                return edited(p - 1, f"seq {p} does not link to it; not sealed")
-            return edited(p, f"it does not link to seq {p - 1}")
-        if not here and later(p, p, authentic=True):
-            msg = f"seq {p}: forged record inserted before the real seq {p}"
-            return [_Found(p, 1, Problem.INSERTED, msg)]
+                return edited(s - 1, f"seq {s} does not link to it")
+            if not here and later(s, p, authentic=False):
+                msg = f"seq {s}: forged record inserted before the real seq {s}"
+                return [_Found(s, 1, Problem.INSERTED, msg)]
+            if s >= tail and p + 1 < len(records) and records[p + 1].prev == r.hash:
+                # In the unsealed tail nothing vouches for either side; seq s agrees with its
+                # successor, so the likelier story is that seq s-1 was altered.
+                return edited(s - 1, f"seq {s} does not link to it; not sealed")
+            return edited(s, f"it does not link to seq {s - 1}")
+        if not here and later(s, p, authentic=True):
+            msg = f"seq {s}: forged record inserted before the real seq {s}"
+            return [_Found(s, 1, Problem.INSERTED, msg)]
         prev = r.hash
     return []
 
 
-def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> list[_Found]:
-    """Each checkpoint against the records before it in the file, and the checkpoint chain."""
+def _check_checkpoints(
+    entries: list[Entry], cps: list[_Cp], log_id: bytes, base: LogState | None = None
+) -> list[_Found]:
+    """Each checkpoint against the records before it in the file, and the checkpoint chain
+    (from ``base``, the state a run of segments from the middle starts at, if given)."""
     found: list[_Found] = []
-    frontier = MerkleFrontier()
-    head = genesis_head(log_id)
-    n = vouched = 0
-    cp_prev = ZERO_HASH
+    if base is not None:
+        frontier, head, cp_prev = base.frontier.copy(), base.head, base.cp_prev
+        n = vouched = base.size
+    else:
+        frontier, head, cp_prev = MerkleFrontier(), genesis_head(log_id), ZERO_HASH
+        n = vouched = 0
     if not cps or cps[0].index != 0:
-        msg = "the genesis checkpoint (the first entry) is missing"
-        found.append(_Found(0, 2, Problem.DELETED, msg))
+        what = "genesis checkpoint" if base is None else "segment's first checkpoint"
+        found.append(_Found(n, 2, Problem.DELETED, f"the {what} (the first entry) is missing"))
     by_index = {c.index: c for c in cps}
     for i, e in enumerate(entries):
         if e.record is not None:
@@ -1200,13 +1280,13 @@ def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> l
         if cp is None:
             problem = c.error or Problem.BAD_CHECKPOINT
             outcome = Outcome.UNKNOWN_KEY if problem is Problem.UNKNOWN_KEY else Outcome.TAMPERED
-            found.append(_Found(n, 2, problem, f"{where}: {c.why}", outcome))
+            found.append(_Found(n, 2, problem, f"{where}: {c.why}", outcome, offset=e.offset))
         elif cp.size > n:
             msg = f"{where} seals {cp.size} records: seq {n}..{cp.size - 1} deleted"
-            found.append(_Found(n, 2, Problem.DELETED, msg))
+            found.append(_Found(n, 2, Problem.DELETED, msg, offset=e.offset))
         elif cp.size < n:
             msg = f"{where} seals {cp.size} records, but {n} precede it"
-            found.append(_Found(cp.size, 2, Problem.INSERTED, msg))
+            found.append(_Found(cp.size, 2, Problem.INSERTED, msg, offset=e.offset))
         elif cp.head != head:
             # The records link up but end in another head: either seq n-1 was altered, or
             # an earlier one was and everything after it was re-linked. Name the range.
@@ -1220,20 +1300,21 @@ def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> l
             found.append(_Found(first, 2, Problem.EDITED, msg, last=n - 1))
         elif cp.root != frontier.root():
             msg = f"{where}: its Merkle root does not match the records"
-            found.append(_Found(n, 2, Problem.BAD_CHECKPOINT, msg))
+            found.append(_Found(n, 2, Problem.BAD_CHECKPOINT, msg, offset=e.offset))
         elif cp.prev != cp_prev:
             msg = f"{where}: the checkpoint before it is missing or was replaced"
-            found.append(_Found(n, 2, Problem.DELETED, msg))
+            found.append(_Found(n, 2, Problem.DELETED, msg, offset=e.offset))
         if cp is not None and cp.size == n and cp.head == head:
             vouched = n
         cp_prev = checkpoint_hash(e.raw)
     return found
 
 
-def _sealed_prefix(cps: list[_Cp], found: list[_Found]) -> int:
-    """Records covered by the last valid, consistent checkpoint before the first problem."""
+def _sealed_prefix(cps: list[_Cp], found: list[_Found], base: int = 0) -> int:
+    """Records covered by the last valid, consistent checkpoint before the first problem
+    (the seq after the last one)."""
     limit = min(found).at if found else None
-    sealed = 0
+    sealed = base
     for c in cps:
         if c.cp is None or c.cp.size != c.after:
             continue
