@@ -109,6 +109,9 @@ class AuditEvent(StrEnum):
     AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
     TAIL_QUARANTINED = "tail_quarantined"  # entries edgegw did not write were cut off at
     # open and kept beside the log [file, records, bytes, reason]
+    SEGMENT_ARCHIVED = "segment_archived"  # a segment the platform acknowledged was moved
+    # or deleted [file, segment, first_seq, last_seq, log_start, log_end, bytes, sha256,
+    # action, to]
     # Signed commands from the platform, one record each, with what the command result
     # says [id, op, key, kid, digest, outcome, reason, detail, tag, value, before, after,
     # version, done, again, verified]; refusals before verification are digested
