@@ -25,7 +25,7 @@ from security.audit import Outcome, Problem, VerifyReport, _as_keyset, _Found, _
 from security.checkpoint import Checkpoint, FormatError, ParsedLog, parse_entries
 from security.segments import read_head
 
-__all__ = ["SegmentInfo", "verify_files"]
+__all__ = ["SegmentInfo", "read_files", "verify_files"]
 
 _NUMBERED = re.compile(r".+\.(\d{6,})(\.[^.]*)?")
 
@@ -42,6 +42,11 @@ class SegmentInfo:
     start: int = 0  # offset in the checked bytes
     first_seq: int = 0  # seq of its first record (or of the next, if it holds none)
     records: int = 0
+
+    @staticmethod
+    def numbered(path: Path) -> bool:
+        """Whether the name follows the segment pattern ``<stem>.NNNNNN<suffix>``."""
+        return _named(path) is not None
 
     @property
     def at(self) -> int | None:
@@ -65,6 +70,17 @@ def _info(path: Path, data: bytes) -> SegmentInfo:
     if head is not None:
         seg = head.seg if head.seg is not None else (0 if head.size == 0 else None)
     return SegmentInfo(path, seg, _named(path), head, data)
+
+
+def read_files(paths: Iterable[str | Path]) -> list[SegmentInfo]:
+    """The files read and put in log order (by the segment each one's first checkpoint
+    states, or its name's number), without checking anything: for display."""
+
+    def key(f: SegmentInfo) -> tuple[int, str]:
+        k = f.seg if f.seg is not None else f.named
+        return (k if k is not None else -1, str(f.path))
+
+    return sorted((_info(Path(p), Path(p).read_bytes()) for p in paths), key=key)
 
 
 def verify_files(
