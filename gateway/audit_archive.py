@@ -66,12 +66,16 @@ class AuditArchiver:
         self.archived = 0  # segments moved or deleted by this process
         self._reader = SegmentReader(audit.path, audit.log_id)
         self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a tool driving it from a thread, without a loop
+            self._loop = None
         self._said: dict[int, str] = {}  # segment -> the problem last logged about it
 
     def wake(self) -> None:
         """Look now (any thread): e.g. the log rolled over."""
-        self._loop.call_soon_threadsafe(self._wake.set)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
         while True:
@@ -85,7 +89,7 @@ class AuditArchiver:
         mode, directory = self.settings()
         if mode == "keep":
             return 0
-        loop = self._loop
+        loop = asyncio.get_running_loop()
         todo = await loop.run_in_executor(self.executor, self._candidates)
         if not todo:
             return 0
@@ -186,10 +190,12 @@ class AuditArchiver:
             if hashlib.sha256(dest.read_bytes()).hexdigest() == digest:
                 return dest  # a move interrupted after its copy: finish it
             raise ValueError(f"{dest} exists with other bytes; it is not replaced")
+        part = dest.with_name(dest.name + ".part")
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()  # what a crash left of an earlier copy
         try:
             os.link(src, dest)  # same filesystem: no copy, and atomic
         except OSError:
-            part = dest.with_name(dest.name + ".part")
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
