@@ -184,7 +184,10 @@ class AuditArchiver:
     def _copy_out(self, src: Path, directory: Path, digest: str) -> Path:
         """``src`` whole in ``directory`` (same name), synced. An earlier attempt's complete
         copy is kept; a different file of that name is never replaced."""
-        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        for d in (directory.parent, directory):  # the archive folder and its log's folder
+            if not d.is_dir():
+                d.mkdir(mode=0o750, parents=True, exist_ok=True)
+                _fsync_dir(d.parent)
         dest = directory / src.name
         if dest.exists():
             if hashlib.sha256(dest.read_bytes()).hexdigest() == digest:
