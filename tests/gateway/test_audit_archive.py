@@ -317,3 +317,21 @@ def test_the_uplink_publishes_from_the_first_segment_left_when_its_marker_is_gon
         assert first[1] == head_of_start(rig.segments()[0][1]) > 0
 
     run(tmp_path, "keep", again)
+
+
+def test_export_split_cuts_the_upstream_copy_into_the_gateways_segments(tmp_path: Path) -> None:
+    """`edgegw audit export --split`: the platform's copy (the log end to end) cut where
+    each segment's first checkpoint says it starts gives the gateway's files, byte for
+    byte, so their SHA-256 are the ones its segment_archived records state."""
+    from gateway.commands.audit import _split_segments
+
+    key, _ = DeviceKey.load_or_create(tmp_path)
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, key, boot=1, checkpoint_every=3, segment_bytes=SEG) as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = log_dir_files(path)
+    assert len(segs) >= 5
+    copy = b"".join(f.read_bytes() for _, f in segs)
+    assert _split_segments(copy) == [(k, f.read_bytes()) for k, f in segs]
+    assert _split_segments(path.read_bytes()) == [(0, path.read_bytes())]
