@@ -11,18 +11,27 @@ Each message says where its entries sit (``offset``) and the log's state just be
 them (``base``: records, chain head, last checkpoint hash, Merkle compact range), so a
 platform witness can check it without the messages before. The first message of a log
 that replaces another carries ``reset``. See docs/wire-format.md and docs/security.md.
+
+Offsets are the log's, across its segment files (security/segments.py): the uplink reads
+each entry from the segment that holds it, so a roll-over changes nothing upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import cbor2
+
+from buffer import Outbox
 from security.audit import AuditLog
-from security.checkpoint import FormatError, LogState, iter_entries, state_at
+from security.checkpoint import FormatError, LogState, iter_entries
+from security.cose import CoseError, parse1
+from security.segments import SegmentReader
 
 from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
@@ -34,6 +43,8 @@ MARK_LOG_LO = "audit_log_lo"  # its last 8 bytes
 MARK_OFFSET = "audit_offset"  # bytes of that log committed to the outbox as audit messages
 MAX_ENTRIES_BYTES = 64 * 1024  # per message; one entry (a record) is at most 64 KiB
 RETRY_MAX_S = 10.0
+ACK_SCAN_ROWS = 256  # pending urgent rows looked at per page for the first audit one
+ACK_SCAN_PAGES = 64
 
 
 def _split_id(log_id: bytes) -> tuple[int, int]:
@@ -69,7 +80,7 @@ class AuditUplink:
         self.topic = topic
         self.messages = 0  # audit messages committed by this process
         self._audit: AuditLog | None = None
-        self._fd: int | None = None
+        self._reader: SegmentReader | None = None
         self._state: LogState | None = None  # the log's state at the next entry to publish
         self._marks: dict[str, int] = {}
         self._reset: dict[str, Any] | None = None
@@ -86,7 +97,7 @@ class AuditUplink:
         ``replaced``: why this log replaces another (a damaged log set aside); the first
         message of a new log then carries ``reset``."""
         self._audit = audit
-        self._fd = os.open(audit.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._reader = SegmentReader(audit.path, audit.log_id)
         marker = await self.outbox.run(self._read_marker)
         self._state = await self.outbox.run(self._locate, audit, marker, replaced)
         hi, lo = _split_id(audit.log_id)
@@ -125,7 +136,7 @@ class AuditUplink:
                 was = old.hex() if old is not None else "(unknown)"
                 why = self._reset["reason"]
                 log.error("audit log %s replaces log %s: %s", log_id.hex(), was, why)
-            return LogState.genesis(log_id)
+            return self._first_state(audit)
         offset = marker.offset
         found = audit.loaded_length
         if offset > found:
@@ -138,15 +149,18 @@ class AuditUplink:
                 found,
             )
             offset = found
-        assert self._fd is not None
+        assert self._reader is not None
         start = audit.resumed_from
-        if start is not None and start.offset <= offset:
-            # from the checkpoint the log resumed at: start-up does not grow with the log
-            st = start.copy()
-            for _, raw in iter_entries(os.pread(self._fd, offset - st.offset, st.offset)):
-                st.feed(raw)
-        else:
-            st = state_at(os.pread(self._fd, offset, 0), log_id, offset)
+        if start is None or start.offset > offset:
+            seg = self._reader.segment_at(offset)
+            if seg is None:
+                return self._first_state(audit, offset)
+            start = seg.state
+        # from the checkpoint the log resumed at, or the start of the segment that holds
+        # the marker: start-up does not grow with the log
+        st = start.copy()
+        for _, raw in iter_entries(self._read_span(st.offset, offset)):
+            st.feed(raw)
         if st.offset != offset:
             log.error(
                 "%s: byte %d, up to which the audit log was published, is inside an entry: "
@@ -156,6 +170,36 @@ class AuditUplink:
                 st.offset,
             )
         return st
+
+    def _first_state(self, audit: AuditLog, published: int | None = None) -> LogState:
+        """Where to publish a log from that the outbox has no (usable) marker for: its
+        start, or the first segment still in the directory (those before were archived:
+        the platform's witness starts from the state that segment states)."""
+        assert self._reader is not None
+        segs = self._reader.segments()
+        if not segs or segs[0].start == 0:
+            return LogState.genesis(audit.log_id)
+        first = segs[0]
+        log.error(
+            "%s: the audit log before byte %d (segment %d) is not in the state directory%s; "
+            "publishing from there",
+            audit.path,
+            first.start,
+            first.k,
+            "" if published is None else f", and was published only up to byte {published}",
+        )
+        return first.state.copy()
+
+    def _read_span(self, start: int, end: int) -> bytes:
+        """Log bytes ``[start, end)`` (within one segment, or across several)."""
+        assert self._reader is not None
+        out = bytearray()
+        while start + len(out) < end:
+            chunk = self._reader.read(start + len(out), end - start - len(out))
+            if not chunk:
+                raise FormatError(f"the audit log ends before byte {end}")
+            out += chunk
+        return bytes(out)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -193,9 +237,8 @@ class AuditUplink:
         try:
             await task
         finally:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            if self._reader is not None:
+                self._reader.close()
 
     def _failed(self, exc: BaseException, retry_s: float | None) -> None:
         """Log a failure once (ERROR), and its repetitions quietly until it changes."""
@@ -215,9 +258,9 @@ class AuditUplink:
 
     def _read_entries(self, end: int) -> list[bytes]:
         """Whole entries from the current offset, at most MAX_ENTRIES_BYTES of them."""
-        assert self._fd is not None and self._state is not None
+        assert self._reader is not None and self._state is not None
         pos = self._state.offset
-        window = os.pread(self._fd, min(end - pos, MAX_ENTRIES_BYTES), pos)
+        window = self._reader.read(pos, min(end - pos, MAX_ENTRIES_BYTES))
         out: list[bytes] = []
         try:
             for _, raw in iter_entries(window):
@@ -236,7 +279,7 @@ class AuditUplink:
             "base": st.base(),
             "entries": entries,
         }
-        if self._reset is not None and st.offset == 0:
+        if self._reset is not None:  # the first message of this log (offset 0 unless archived)
             fields["reset"] = self._reset
         nxt = st.copy()
         for raw in entries:
@@ -249,3 +292,66 @@ class AuditUplink:
         if self._error is not None:
             log.info("publishing the audit log again (up to byte %d)", nxt.offset)
             self._error = None
+
+
+# -- what the platform has acknowledged --------------------------------------------------
+
+
+def _audit_position(body: bytes) -> tuple[bytes, int] | None:
+    """(log id, offset) of an ``audit`` message's first entry; None for another kind."""
+    try:
+        payload = cbor2.loads(parse1(body).payload)
+    except (CoseError, ValueError, cbor2.CBORDecodeError):
+        return None
+    if not isinstance(payload, dict) or payload.get("kind") != "audit":
+        return None
+    log_id, offset = payload.get("log"), payload.get("offset")
+    if type(log_id) is not bytes or type(offset) is not int:
+        return None
+    return log_id, offset
+
+
+def acknowledged_offset(ob: Outbox, log_id: bytes) -> int:
+    """How much of the log the platform has acknowledged: the log bytes below which every
+    ``audit`` message is gone from the outbox because its PUBACK came (the forwarder
+    deletes a row only then), and none was set aside instead. In the outbox's thread.
+
+    Audit messages are committed in log order with rising seqs, so the first one still
+    pending says where acknowledgement stops; with none pending, everything committed
+    (the marker) is acknowledged. A message the outbox set aside (the broker refused it
+    for good, or its bytes were damaged at rest) was never acknowledged: nothing from its
+    offset on counts as acknowledged until a later start publishes it again.
+    """
+    hi, lo, off = ob.mark(MARK_LOG_HI), ob.mark(MARK_LOG_LO), ob.mark(MARK_OFFSET)
+    if hi is None or lo is None or off is None or _join_id(hi, lo) != log_id:
+        return 0
+    acked = off
+    after = 0
+    for _ in range(ACK_SCAN_PAGES):  # urgent rows are few; bounded all the same
+        rows = ob.pending(after, ACK_SCAN_ROWS, urgent=True)
+        for row in rows:
+            pos = _audit_position(row.body)
+            if pos is not None and pos[0] == log_id:
+                acked = min(acked, pos[1])
+                break
+        else:
+            if len(rows) == ACK_SCAN_ROWS:
+                after = rows[-1].seq
+                continue
+        break
+    else:
+        return 0  # more urgent rows than we look through: say nothing is acknowledged
+    for body in _set_aside_bodies(ob.path):
+        pos = _audit_position(body)
+        if pos is not None and pos[0] == log_id:
+            acked = min(acked, pos[1])
+    return acked
+
+
+def _set_aside_bodies(path: Path) -> list[bytes]:
+    """The messages the outbox set aside (its ``quarantine`` table, read-only)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return [bytes(r[0]) for r in conn.execute("SELECT body FROM quarantine")]
+    finally:
+        conn.close()

@@ -236,6 +236,23 @@ class MetricsConfig(_Model):
 class AuditConfig(_Model):
     checkpoint_every: int = Field(100, ge=1, description="seal a signed checkpoint every N records")
     checkpoint_interval_s: float = Field(300, gt=0, description="... or every T seconds")
+    segment_mib: float = Field(
+        8,
+        gt=0,
+        le=1024,
+        description="the log goes on in a new file (segment) at the first checkpoint after "
+        "the live one passes this size, MiB",
+    )
+    archive: Literal["keep", "move", "delete"] = Field(
+        "keep",
+        description="segments whose last checkpoint the platform has acknowledged: keep: "
+        "left in state_dir; move: moved to archive_dir; delete: removed (the platform "
+        "holds the copy). Each move or delete is an audit record with the segment's SHA-256",
+    )
+    archive_dir: Path = Field(
+        Path("audit-archive"),
+        description="where `move` puts segments, in a folder per log id; relative to state_dir",
+    )
 
 
 COMMAND_OPERATIONS = ("write", "config")
@@ -463,6 +480,10 @@ class Config(_Model):
     @property
     def outbox_path(self) -> Path:
         return self.gateway.state_dir / self.outbox.path
+
+    @property
+    def audit_archive_dir(self) -> Path:
+        return self.gateway.state_dir / self.audit.archive_dir
 
     def topic(self, kind: str) -> str:
         return f"{self.uplink.topic_prefix}/{self.gateway.id}/{kind}"

@@ -25,6 +25,7 @@ from security.keyring import Identity, open_identity
 from security.tls import client_context
 
 from . import __version__
+from .audit_archive import AuditArchiver
 from .audit_uplink import AuditUplink
 from .config import Config, ConfigError, Sources, load_config_sourced
 from .digest import Digest
@@ -86,6 +87,7 @@ class Daemon:
         self._polls: list[asyncio.Task[Any]] = []
         self._poll_stop = asyncio.Event()
         self.uplink: AuditUplink | None = None
+        self.archiver: AuditArchiver | None = None  # acknowledged audit segments out
         self._device_stops: dict[str, asyncio.Event] = {}
         self._runtimes: dict[str, DeviceRuntime] = {}
         self._clock_offset = time.time() - time.monotonic()
@@ -160,6 +162,7 @@ class Daemon:
         if self.engine is not None:
             await self.sup.stop(["inference"])
             self.engine.close()
+        await self.sup.stop(["audit_archive"])  # no segment work while the log closes
         self._audit("stop", reason="signal")
         await asyncio.to_thread(self._close_audit)
         await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
@@ -222,6 +225,13 @@ class Daemon:
         self.audit, replaced = await asyncio.to_thread(self._open_audit, ident, state_dir)
         await uplink.start(self.audit, replaced=replaced)
         self.sup.start("audit", uplink.run)
+        self.archiver = AuditArchiver(
+            self.audit,
+            self.outbox,
+            self._audit_ex,
+            lambda: (self.cfg.audit.archive, self.cfg.audit_archive_dir),
+        )
+        self.sup.start("audit_archive", self.archiver.run)
         self._audit("start", version=__version__, pid=os.getpid())
         self._audit("config_load", sha256=self._config_hash(), path=str(self.config_path or ""))
         if ident.created:
@@ -465,6 +475,7 @@ class Daemon:
             "origin": f"edgegw/{self.cfg.gateway.id}/audit",
             "on_append": self._on_audit_append,
             "trusted_keys": ident.keyring,  # trailing checkpoints must be ours
+            "segment_bytes": int(self.cfg.audit.segment_mib * 2**20),
         }
         try:
             return AuditLog(path, ident.key, **kw), None
@@ -489,6 +500,8 @@ class Daemon:
         # which reads the file itself.
         if self.uplink is not None:
             self.uplink.wake()
+        if self.archiver is not None and getattr(entry, "seg", None) is not None:
+            self.archiver.wake()  # a roll-over: the segment before may be acknowledged soon
 
     def _audit(self, event: str, **detail: Any) -> None:
         """Record an audit event: signed and fsynced in the audit thread, in call order,
@@ -646,6 +659,7 @@ class Daemon:
         if self.audit is not None:
             self.audit.checkpoint_every = new.audit.checkpoint_every
             self.audit.checkpoint_interval_s = new.audit.checkpoint_interval_s
+            self.audit.segment_bytes = int(new.audit.segment_mib * 2**20)
         if new.metrics != old.metrics:
             if self._metrics is not None:
                 await asyncio.to_thread(self._metrics.stop)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import itertools
 import logging
 import os
@@ -31,9 +32,10 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from security import resume
+from security import resume, segments
 from security.checkpoint import (
     LOG_ID_LEN,
     ZERO_HASH,
@@ -45,6 +47,7 @@ from security.checkpoint import (
     MerkleFrontier,
     ParsedLog,
     Record,
+    SegmentStart,
     checkpoint_hash,
     decode_record,
     encode_record,
@@ -106,6 +109,9 @@ class AuditEvent(StrEnum):
     AUDIT_RESET = "audit_reset"  # a damaged log was set aside [file, reason]
     TAIL_QUARANTINED = "tail_quarantined"  # entries edgegw did not write were cut off at
     # open and kept beside the log [file, records, bytes, reason]
+    SEGMENT_ARCHIVED = "segment_archived"  # a segment the platform acknowledged was moved
+    # or deleted [file, segment, first_seq, last_seq, log_start, log_end, bytes, sha256,
+    # action, to]
     # Signed commands from the platform, one record each, with what the command result
     # says [id, op, key, kid, digest, outcome, reason, detail, tag, value, before, after,
     # version, done, again, verified]; refusals before verification are digested
@@ -163,9 +169,15 @@ class AuditLog:
         origin: str | None = None,
         on_append: Callable[[Record | Checkpoint], None] | None = None,
         trusted_keys: Mapping[bytes, Ed25519PublicKey] | None = None,
+        segment_bytes: int | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
+        if segment_bytes is not None and segment_bytes < 1:
+            raise ValueError("segment_bytes must be at least 1")
+        self.segment_bytes = segment_bytes
+        """Roll over to a new segment at the first checkpoint after the live segment
+        passes this size (None: one file, never rolled)."""
         self.path = Path(path)
         self.signer = signer
         self.boot = boot
@@ -183,15 +195,12 @@ class AuditLog:
         self.resumed_from: LogState | None = None
         """The log's state at the checkpoint this open resumed from (None: read in full);
         readers that need the state at a later offset can start there."""
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._seg = 0  # the live segment's number (security/segments.py)
+        self._seg_path = self.path
+        self._seg_start = 0  # the log offset where the live segment starts
+        self._roll_error: str | None = None
+        fd = self._open_live_segment()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AuditLogBusy(
-                    f"{self.path}: the audit log is in use by another process (is edgegw "
-                    "running?); stop it first"
-                ) from None
             self._fd = fd
             torn = self._load()
             self._write_checkpoint("open", torn)
@@ -205,20 +214,84 @@ class AuditLog:
                     reason=q.reason,
                 )
         except BaseException:
-            self._fd = None
+            fd, self._fd = self._fd or fd, None
             os.close(fd)
             raise
 
     # -- opening ---------------------------------------------------------------------------
 
+    def _open_live_segment(self) -> int:
+        """Open and lock the highest-numbered segment file (the log's own path when there
+        is none). A segment that a crash left without its first checkpoint (a roll-over
+        cut short) is removed, its bytes kept beside it, and the one before is live."""
+        for _ in range(8):  # each pass removes one unfinished segment, or another writer rolled
+            found = segments.log_dir_files(self.path)
+            k, path = found[-1] if found else (0, self.path)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if k == 0 else 0)
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                continue  # archived or removed meanwhile: look again
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AuditLogBusy(
+                        f"{path}: the audit log is in use by another process (is edgegw "
+                        "running?); stop it first"
+                    ) from None
+                later = segments.log_dir_files(self.path)
+                if later and later[-1][0] > k:
+                    raise AuditLogBusy(
+                        f"{later[-1][1]}: the audit log was rolled over to a new segment by "
+                        "another process (is edgegw running?); stop it first"
+                    )
+                if k > 0 and self._unfinished_segment(fd, path):
+                    os.close(fd)
+                    continue
+            except BaseException:
+                os.close(fd)
+                raise
+            self._seg, self._seg_path = k, path
+            return fd
+        raise AuditLogError(f"{self.path}: cannot find the audit log's live segment")
+
+    def _unfinished_segment(self, fd: int, path: Path) -> bool:
+        """A segment file that does not hold even its first checkpoint whole: a crash
+        during a roll-over. It is removed (any bytes kept beside it as ``.torn-<ns>``)."""
+        data = os.pread(fd, segments.HEAD_READ, 0)
+        if data:
+            try:
+                cbor2.CBORDecoder(io.BytesIO(data)).decode()
+                return False  # whole: damaged or not, _load judges it
+            except cbor2.CBORDecodeEOF:
+                if len(data) == segments.HEAD_READ:
+                    return False
+            except Exception:
+                return False
+            keep = _keep_beside(path, "torn", data)
+            log.warning(
+                "%s: a segment whose first checkpoint was cut off by a crash during a roll-over "
+                "(%d bytes, kept in %s); it is removed and the segment before it goes on",
+                path,
+                len(data),
+                keep,
+            )
+        else:
+            log.warning("%s: an empty segment left by a crash during a roll-over: removed", path)
+        os.unlink(path)
+        _fsync_dir(path.parent)
+        return True
+
     def _load(self) -> int:
-        """Read the existing log: state to continue from; a torn final entry is removed
-        (and kept beside the log). Returns the number of bytes removed. From the last
+        """Read the live segment: state to continue from; a torn final entry is removed
+        (and kept beside it). Returns the number of bytes removed. From the last
         checkpoint on when the resume file beside the log matches it (security/resume.py),
-        else all of it."""
+        else all of the live segment (a segment after the first starts with a checkpoint
+        that states the log's state there)."""
         assert self._fd is not None
         hint = resume.load(self.path)
-        if hint is not None:
+        if hint is not None and hint.seg == self._seg:
             torn = self._load_from(hint)
             if torn is not None:
                 return torn
@@ -226,7 +299,7 @@ class AuditLog:
 
     def _load_from(self, hint: resume.Resume) -> int | None:
         """Load from the checkpoint the resume file names; None if the log does not hold
-        it there (then the whole log is read)."""
+        it there (then the whole segment is read)."""
         assert self._fd is not None
         base = hint.cp_offset
         st = hint.state
@@ -259,12 +332,20 @@ class AuditLog:
                 open_checkpoint(first.raw, learn_keys(self._trusted, hint.certs, strict=False))
             except (CoseError, FormatError):
                 return None
+        if self._seg > 0:  # the segment's own first checkpoint must say where it starts
+            try:
+                head = segments.read_head(os.pread(self._fd, segments.HEAD_READ, 0))
+            except FormatError:
+                return None
+            if (head.log_id, head.seg, head.at) != (hint.log_id, self._seg, hint.at):
+                return None
         parsed = ParsedLog(
             [Entry(e.offset + base, e.raw, e.record) for e in parsed.entries],
             parsed.good_length + base,
             parsed.torn,
             [Damage(d.offset + base, d.length, d.records_before, d.why) for d in parsed.damage],
         )
+        self._seg_start = hint.at
         self._certs = list(hint.certs)
         self._log_id, self._size, self._head = hint.log_id, st.size, st.head
         self._frontier, self._cp_prev, self._sealed = st.frontier.copy(), st.cp_prev, st.size
@@ -272,6 +353,7 @@ class AuditLog:
         hasher.update(data[st.offset - base : self._length - base])
         self._hasher = hasher
         self.resumed_from = st.copy()
+        self.resumed_from.offset += self._seg_start
         return torn
 
     def _load_from_start(self) -> int:
@@ -284,9 +366,42 @@ class AuditLog:
         self._frontier = MerkleFrontier()
         self._cp_prev = ZERO_HASH
         self._sealed = 0
-        torn = self._continue(parsed, data, 0, start=0)
+        self._certs = []
+        start = 0
+        if self._seg > 0:
+            self._start_segment(parsed)
+            start = 1
+        torn = self._continue(parsed, data, 0, start=start)
         self._hasher = hashlib.sha256(data[: self._length])
         return torn
+
+    def _start_segment(self, parsed: ParsedLog) -> None:
+        """The state at the start of the live segment, from its first checkpoint."""
+        first = parsed.entries[0] if parsed.entries else None
+        why = "it does not start with a checkpoint"
+        if first is not None and first.record is None:
+            try:
+                cp = peek_checkpoint(first.raw)
+                if (cp.seg, cp.why) != (self._seg, "segment"):
+                    why = f"its first checkpoint is not that of segment {self._seg} (seg {cp.seg})"
+                else:
+                    st = LogState.before_segment(cp)
+                    self._log_id, self._size, self._head = cp.log_id, st.size, st.head
+                    self._frontier, self._sealed = st.frontier, st.size
+                    self._cp_prev = cp.prev
+                    self._seg_start = st.offset
+                    self._certs = list(cp.certs)
+                    if self._trusted is not None:
+                        keys = learn_keys(self._trusted, self._certs, strict=False)
+                        open_checkpoint(first.raw, keys)
+                    self._replay_entries(parsed.entries[:1])
+                    return
+            except (CoseError, FormatError) as exc:
+                why = f"its first checkpoint is not valid ({exc})"
+        raise AuditLogCorrupt(
+            f"{self._seg_path}: not a segment of an audit log: {why}; check it with `edgegw "
+            "audit verify`, then move it away (AuditLog.set_aside) so a new log can start"
+        )
 
     def _continue(self, parsed: ParsedLog, data: bytes, base: int, start: int) -> int:
         """Cut a torn or forged tail, then replay ``parsed.entries[start:]`` onto the state
@@ -294,7 +409,7 @@ class AuditLog:
         assert self._fd is not None
         if parsed.malformed_at is not None:
             raise AuditLogCorrupt(
-                f"{self.path}: damaged entry at byte {parsed.malformed_at} "
+                f"{self._seg_path}: damaged entry at byte {parsed.malformed_at} "
                 f"({parsed.malformed_why}); check it with `edgegw audit verify`, then move it "
                 "away (AuditLog.set_aside) so a new log can start"
             )
@@ -305,7 +420,10 @@ class AuditLog:
             os.ftruncate(self._fd, parsed.good_length)
             os.fsync(self._fd)
             log.warning(
-                "%s: removed a torn final entry of %d bytes (kept in %s)", self.path, torn, keep
+                "%s: removed a torn final entry of %d bytes (kept in %s)",
+                self._seg_path,
+                torn,
+                keep,
             )
         self._length = parsed.good_length
         cut = self._forged_tail(parsed.entries)
@@ -326,15 +444,7 @@ class AuditLog:
         return torn
 
     def _keep_beside(self, what: str, data: bytes) -> Path:
-        """Keep cut-off bytes beside the log as ``<name>.<what>-<ns>`` (0600, synced)."""
-        keep = self.path.with_name(f"{self.path.name}.{what}-{time.time_ns()}")
-        fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return keep
+        return _keep_beside(self._seg_path, what, data)
 
     def _forged_tail(self, entries: list[Entry]) -> tuple[int, str] | None:
         """Where entries that edgegw did not write begin (and why), if anywhere.
@@ -379,7 +489,7 @@ class AuditLog:
                 continue
             return i
         raise AuditLogCorrupt(
-            f"{self.path}: no checkpoint in the log is signed by a key of this device (the "
+            f"{self._seg_path}: no checkpoint in the log is signed by a key of this device (the "
             "log belongs to another key, or was rewritten); check it with `edgegw audit "
             "verify`, then move it away (AuditLog.set_aside) so a new log can start"
         )
@@ -404,7 +514,7 @@ class AuditLog:
             "%s: %s: cut off %d record(s) (%d bytes) from byte %d that edgegw did not write; "
             "they are kept in %s. Find out who wrote them (they were added while edgegw was "
             "stopped)",
-            self.path,
+            self._seg_path,
             reason,
             records,
             nbytes,
@@ -418,7 +528,7 @@ class AuditLog:
         the signatures are good: that is verify's job, with public keys)."""
         first = parsed.entries[0]
         if first.record is not None:
-            raise AuditLogCorrupt(f"{self.path}: does not start with a checkpoint")
+            raise AuditLogCorrupt(f"{self._seg_path}: does not start with a checkpoint")
         self._replay_entries(parsed.entries)
 
     def _replay_entries(self, entries: list[Entry]) -> None:
@@ -435,8 +545,8 @@ class AuditLog:
                     self._cp_prev,
                 ):
                     raise AuditLogCorrupt(
-                        f"{self.path}: checkpoint at byte {e.offset} does not match the records "
-                        "before it; check it with `edgegw audit verify`"
+                        f"{self._seg_path}: checkpoint at byte {e.offset} does not match the "
+                        "records before it; check it with `edgegw audit verify`"
                     )
                 self._cp_prev = checkpoint_hash(e.raw)
                 self._sealed = self._size
@@ -444,8 +554,8 @@ class AuditLog:
                 r = e.record
                 if r.seq != self._size or r.prev != self._head:
                     raise AuditLogCorrupt(
-                        f"{self.path}: record at byte {e.offset} breaks the chain (seq {r.seq}); "
-                        "check it with `edgegw audit verify`"
+                        f"{self._seg_path}: record at byte {e.offset} breaks the chain (seq "
+                        f"{r.seq}); check it with `edgegw audit verify`"
                     )
                 self._head = r.hash
                 self._frontier.append(r.hash)
@@ -459,10 +569,14 @@ class AuditLog:
     @staticmethod
     def set_aside(path: str | os.PathLike[str]) -> Path:
         """Rename a damaged log to ``<name>.bad-<ns>`` so a new one can start; returns the new
-        name. Record an ``audit_reset`` in the new log, naming it."""
+        name (of its live segment, when it has several: each is renamed the same way).
+        Record an ``audit_reset`` in the new log, naming it."""
         p = Path(path)
-        dest = p.with_name(f"{p.name}.bad-{time.time_ns()}")
-        os.rename(p, dest)
+        ns = time.time_ns()
+        dest = p.with_name(f"{p.name}.bad-{ns}")
+        for _, f in segments.log_dir_files(p):
+            dest = f.with_name(f"{f.name}.bad-{ns}")
+            os.rename(f, dest)
         resume.remove(p)
         _fsync_dir(p.parent)
         return dest
@@ -480,15 +594,31 @@ class AuditLog:
 
     @property
     def length(self) -> int:
-        """Bytes of the file up to the end of the last durable (fsynced) entry: everything
-        before it is final and may be read and published."""
-        return self._length
+        """Bytes of the log up to the end of the last durable (fsynced) entry: everything
+        before it is final and may be read and published. A log offset: the segments
+        before the live one count (security/segments.py)."""
+        return self._seg_start + self._length
 
     @property
     def loaded_length(self) -> int:
-        """Bytes of the file as this open found it (less a torn or forged tail it removed),
+        """Bytes of the log as this open found it (less a torn or forged tail it removed),
         before its "open" checkpoint."""
-        return self._loaded_length
+        return self._seg_start + self._loaded_length
+
+    @property
+    def segment(self) -> int:
+        """The live segment's number (0: the log's own path)."""
+        return self._seg
+
+    @property
+    def segment_path(self) -> Path:
+        """The live segment's file, the one appended to."""
+        return self._seg_path
+
+    @property
+    def segment_start(self) -> int:
+        """The log offset where the live segment starts."""
+        return self._seg_start
 
     @property
     def head(self) -> bytes:
@@ -593,19 +723,87 @@ class AuditLog:
         self._save_resume(start)
         self._unsealed_since = time.monotonic()
         self._emit(cp)
+        if why != "close" and self.segment_bytes is not None and self._length >= self.segment_bytes:
+            self._roll()
         return cp
 
+    def _roll(self) -> None:
+        """Go on in a new segment file: its first entry is a checkpoint restating the one
+        just written (same size, root, head; ``prev`` its hash) with the segment's number,
+        its log offset, the Merkle compact range and the key certificates so far. Once that
+        checkpoint is durable (file and directory synced) the new file is live; until then a
+        crash leaves an unfinished file that the next open removes. A failure leaves the
+        log in the current segment (nothing written is lost) and is retried at the next
+        checkpoint."""
+        assert self._fd is not None
+        k = self._seg + 1
+        path = segments.segment_path(self.path, k)
+        at = self._seg_start + self._length
+        try:
+            fd = os.open(
+                path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            self._roll_failed(path, exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            cp = sign_checkpoint(
+                self.signer,
+                log_id=self._log_id,
+                size=self._size,
+                root=self._frontier.root(),
+                head=self._head,
+                prev=self._cp_prev,
+                boot=self.boot,
+                ts_ns=time.time_ns(),
+                why="segment",
+                origin=self.origin,
+                segment=SegmentStart(k, at, self._frontier.compact, tuple(self._certs)),
+            )
+            _write_all(fd, cp.encoded)
+            os.fsync(fd)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            self._roll_failed(path, exc)
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)  # after the new file holds the lock: no other writer slips in between
+        self._seg, self._seg_path, self._seg_start = k, path, at
+        self._length = len(cp.encoded)
+        self._hasher = hashlib.sha256(cp.encoded)
+        self._cp_prev = checkpoint_hash(cp.encoded)
+        self._save_resume(0)
+        if self._roll_error is not None:
+            log.info("%s: the audit log rolled over to a new segment again", path)
+            self._roll_error = None
+        log.info("audit log: segment %d starts at log byte %d (%s)", k, at, path.name)
+        self._emit(cp)
+
+    def _roll_failed(self, path: Path, exc: OSError) -> None:
+        what = f"{path}: cannot start a new audit log segment ({exc.strerror or exc})"
+        if what != self._roll_error:
+            log.error(
+                "%s; the log goes on in %s, retried at the next checkpoint", what, self._seg_path
+            )
+        self._roll_error = what
+
     def _save_resume(self, cp_offset: int) -> None:
-        """The state just after the checkpoint at ``cp_offset``: the next open reads from
-        there (security/resume.py). A hint only: failing to write it costs time, not data."""
+        """The state just after the checkpoint at ``cp_offset`` of the live segment: the
+        next open reads from there (security/resume.py). A hint only: failing to write it
+        costs time, not data."""
         state = LogState(self._length, self._size, self._head, self._cp_prev, self._frontier.copy())
         if self._hasher is None:
             return
         digest = self._hasher.digest()
+        r = resume.Resume(
+            self._log_id, cp_offset, state, digest, self._certs, self._seg, self._seg_start
+        )
         try:
-            resume.save(
-                self.path, resume.Resume(self._log_id, cp_offset, state, digest, self._certs)
-            )
+            resume.save(self.path, r)
         except OSError as exc:
             log.debug("%s: cannot write the resume file: %s", self.path, exc)
 
@@ -619,7 +817,7 @@ class AuditLog:
             # log once the next one lands after it: cut it off again.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, end)
-            raise AuditLogError(f"{self.path}: cannot append ({exc.strerror})") from exc
+            raise AuditLogError(f"{self._seg_path}: cannot append ({exc.strerror})") from exc
         self._length = end + len(data)
         if self._hasher is not None:
             self._hasher.update(data)
@@ -639,6 +837,18 @@ class _Quarantined:
     records: int
     nbytes: int
     reason: str
+
+
+def _keep_beside(path: Path, what: str, data: bytes) -> Path:
+    """Keep cut-off bytes beside a log file as ``<name>.<what>-<ns>`` (0600, synced)."""
+    keep = path.with_name(f"{path.name}.{what}-{time.time_ns()}")
+    fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return keep
 
 
 def _read_fd(fd: int) -> bytes:
@@ -722,6 +932,11 @@ class VerifyReport:
     first_ts_ns: int | None = None
     last_ts_ns: int | None = None
     warnings: list[str] = field(default_factory=list)
+    first_seq: int = 0  # seq of the first record checked (not 0: from a segment on)
+    segment: int | None = None  # the segment the bytes start with, when not the first
+    bad_offset: int | None = None  # byte (in the bytes checked) of the first bad entry
+    file: str | None = None  # which file holds it (verify_files)
+    file_offset: int | None = None  # and where in that file
 
     @property
     def ok(self) -> bool:
@@ -734,10 +949,11 @@ class VerifyReport:
     def summary(self) -> str:
         if self.outcome is Outcome.OK:
             return (
-                f"OK: {self.records} records (seq 0..{self.records - 1}) verified by "
-                f"{self.checkpoints} checkpoints"
+                f"OK: {self.records} records (seq {self.first_seq}.."
+                f"{self.first_seq + self.records - 1}) verified by {self.checkpoints} checkpoints"
             )
-        return f"{self.outcome.value.upper()}: {self.message}"
+        where = f" [{self.file}]" if self.file else ""
+        return f"{self.outcome.value.upper()}: {self.message}{where}"
 
 
 @dataclass(slots=True)
@@ -745,7 +961,7 @@ class _Cp:
     """A checkpoint entry during verification."""
 
     index: int  # position among entries
-    after: int  # records before it in the file
+    after: int  # the seq after the records before it (their count for a whole log)
     raw: bytes
     cp: Checkpoint | None = None  # set when the signature verified with a trusted key
     error: Problem | None = None
@@ -760,6 +976,8 @@ class _Found:
     message: str = field(compare=False)
     outcome: Outcome = field(compare=False, default=Outcome.TAMPERED)
     last: int | None = field(compare=False, default=None)  # end of an ambiguous range
+    offset: int | None = field(compare=False, default=None)  # the bad entry's byte, if known
+    file: str | None = field(compare=False, default=None)  # set by verify_files
 
 
 def _as_keyset(
@@ -776,9 +994,11 @@ def read_log(path: str | os.PathLike[str]) -> ParsedLog:
 
 def last_boot(path: str | os.PathLike[str]) -> int:
     """The boot number of the newest entry (0 for a missing or empty log): for tools that
-    append to the log between daemon runs, such as ``edgegw keys rotate``."""
+    append to the log between daemon runs, such as ``edgegw keys rotate``. Reads the live
+    (last) segment only."""
+    files = segments.log_dir_files(Path(path))
     try:
-        parsed = read_log(path)
+        parsed = read_log(files[-1][1] if files else path)
     except FileNotFoundError:
         return 0
     for e in reversed(parsed.entries):
@@ -812,16 +1032,57 @@ def verify_bytes(
     *,
     certificates: Iterable[bytes] = (),
 ) -> VerifyReport:
-    keys = learn_keys(_as_keyset(public_keys), certificates)
-    parsed = parse_entries(data)
+    """Verify a log's bytes: the whole log, or a run of its segments (then from the
+    checkpoint the first of them starts with: ``first_seq`` says where)."""
+    return _verify(parse_entries(data), _as_keyset(public_keys), certificates, [])[0]
+
+
+def _start_of(parsed: ParsedLog) -> Checkpoint | None:
+    """The checkpoint a segment after the first starts with (None for a whole log)."""
+    if not parsed.entries or parsed.entries[0].record is not None:
+        return None
+    try:
+        cp = peek_checkpoint(parsed.entries[0].raw)
+    except FormatError:
+        return None
+    return cp if cp.seg is not None else None
+
+
+def _verify(
+    parsed: ParsedLog,
+    trusted: dict[bytes, Ed25519PublicKey],
+    certificates: Iterable[bytes],
+    extra: list[_Found],
+) -> tuple[VerifyReport, list[_Found]]:
+    """The verdict on parsed log bytes, with ``extra`` findings (from the files' layout)
+    weighed with those found here. Returns the report and every finding."""
+    start = _start_of(parsed)
+    certs = [*certificates, *(start.certs if start is not None else ())]
+    keys = learn_keys(trusted, certs) if start is None else learn_keys(trusted, certs, strict=False)
+    base: LogState | None = None
+    if start is not None:
+        try:
+            base = LogState.before_segment(start)
+        except FormatError as exc:
+            rep = VerifyReport(Outcome.TAMPERED, first_seq=start.size)
+            rep.problem, rep.first_bad, rep.last_bad = (
+                Problem.BAD_CHECKPOINT,
+                start.size,
+                start.size,
+            )
+            rep.message = f"the first checkpoint of segment {start.seg}: {exc}"
+            return rep, []
+    b = base.size if base is not None else 0
     records = [e.record for e in parsed.entries if e.record is not None]
-    rep = VerifyReport(Outcome.OK, records=len(records))
-    if not parsed.entries and parsed.malformed_at is None:
+    rep = VerifyReport(Outcome.OK, records=len(records), first_seq=b, sealed=b)
+    if start is not None:
+        rep.segment = start.seg
+    if not parsed.entries and parsed.malformed_at is None and not extra:
         rep.outcome, rep.problem, rep.first_bad = Outcome.TAMPERED, Problem.EMPTY, 0
         rep.last_bad = 0
         rep.message = "the log is empty: a log always starts with a signed checkpoint"
-        return rep
-    cps = _check_signatures(parsed.entries, keys)
+        return rep, []
+    cps = _check_signatures(parsed.entries, keys, b)
     rep.checkpoints = len(cps)
     valid = [c for c in cps if c.cp is not None]
     log_id = _log_id(valid)
@@ -835,18 +1096,25 @@ def verify_bytes(
             c.cp, c.error = None, Problem.FOREIGN_LOG
     valid = [c for c in cps if c.cp is not None]
 
-    found: list[_Found] = []
-    found += _scan_records(records, valid, log_id)
-    found += _check_checkpoints(parsed.entries, cps, log_id)
+    found: list[_Found] = list(extra)
+    found += _scan_records(records, valid, log_id, base)
+    found += _check_checkpoints(parsed.entries, cps, log_id, base)
     for d in parsed.damage:
-        msg = f"damaged entry at byte {d.offset}, after seq {d.records_before - 1} ({d.why})"
-        found.append(_Found(d.records_before, 0, Problem.MALFORMED, msg))
-    sealed = _sealed_prefix(cps, found)
+        at = d.records_before + b
+        msg = f"damaged entry at byte {d.offset}, after seq {at - 1} ({d.why})"
+        found.append(_Found(at, 0, Problem.MALFORMED, msg, offset=d.offset))
+    sealed = _sealed_prefix(cps, found, b)
     rep.sealed = sealed
     rep.kids = sorted({c.cp.kid for c in cps if c.cp is not None and c.after <= sealed})
-    if records[:sealed]:
-        rep.first_ts_ns, rep.last_ts_ns = records[0].ts_ns, records[sealed - 1].ts_ns
+    if records[: sealed - b]:
+        rep.first_ts_ns, rep.last_ts_ns = records[0].ts_ns, records[sealed - b - 1].ts_ns
     rep.warnings = _warnings(cps)
+    if start is not None:
+        rep.warnings.insert(
+            0,
+            f"verified from segment {start.seg} on (seq {b}, log byte {start.at}): the "
+            "segments before it were not given",
+        )
     if found:
         first = min(found)
         if first.last is not None:  # a range: a finding that names one record in it is better
@@ -855,26 +1123,31 @@ def verify_bytes(
         rep.outcome, rep.problem, rep.first_bad = first.outcome, first.problem, first.at
         rep.last_bad = first.at if first.last is None else first.last
         rep.message = first.message
-        return rep
-    if parsed.torn or sealed < len(records):
+        rep.bad_offset = first.offset
+        return rep, found
+    end = b + len(records)
+    if parsed.torn or sealed < end:
         rep.outcome = Outcome.UNSEALED_TAIL
         rep.first_bad = sealed
-        tail = f"records seq {sealed}..{len(records) - 1}" if sealed < len(records) else ""
+        tail = f"records seq {sealed}..{end - 1}" if sealed < end else ""
         torn = "a torn (incomplete) final entry" if parsed.torn else ""
-        rep.last_bad = max(len(records) - 1, sealed)
+        rep.last_bad = max(end - 1, sealed)
         what = " and ".join(x for x in (tail, torn) if x)
-        before = f"seq 0..{sealed - 1} sealed" if sealed else "nothing sealed"
+        before = f"seq {b}..{sealed - 1} sealed" if sealed > b else "nothing sealed"
         rep.message = (
             f"{what} after the last checkpoint ({before}); the tail cannot be checked for "
             "truncation or edits"
         )
-    return rep
+        rep.bad_offset = parsed.good_length if parsed.torn and sealed >= end else None
+    return rep, found
 
 
-def _check_signatures(entries: list[Entry], keys: dict[bytes, Ed25519PublicKey]) -> list[_Cp]:
+def _check_signatures(
+    entries: list[Entry], keys: dict[bytes, Ed25519PublicKey], base: int = 0
+) -> list[_Cp]:
     """Verify every checkpoint, learning rotated keys from key_rotated records on the way."""
     out: list[_Cp] = []
-    n = 0
+    n = base
     for i, e in enumerate(entries):
         if e.record is not None:
             n += 1
@@ -902,7 +1175,7 @@ def _log_id(valid: list[_Cp]) -> bytes:
     return valid[0].cp.log_id if valid and valid[0].cp is not None else b""
 
 
-def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
+def _authentic(records: list[Record], valid: list[_Cp], base: int = 0) -> set[int]:
     """Positions of records a valid checkpoint vouches for: walk back from each head."""
     by_hash: dict[bytes, list[int]] = {}
     for p, r in enumerate(records):
@@ -911,7 +1184,7 @@ def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
     for c in valid:
         assert c.cp is not None
         h, seq = c.cp.head, c.cp.size - 1
-        while seq >= 0:
+        while seq >= base:
             positions = by_hash.get(h)
             if not positions or records[positions[0]].seq != seq:
                 break
@@ -922,15 +1195,19 @@ def _authentic(records: list[Record], valid: list[_Cp]) -> set[int]:
     return auth
 
 
-def _scan_records(records: list[Record], valid: list[_Cp], log_id: bytes) -> list[_Found]:
+def _scan_records(
+    records: list[Record], valid: list[_Cp], log_id: bytes, base: LogState | None = None
+) -> list[_Found]:
     """The first record that is not where the authenticated chain says it should be.
 
     A record is authentic when a valid checkpoint's head reaches it through ``prev`` links.
-    Naming the culprit, not just the place where the chain breaks, uses that: when seq p is
-    authentic but does not link to the record before it, that record (p-1) was altered.
+    Naming the culprit, not just the place where the chain breaks, uses that: when seq s is
+    authentic but does not link to the record before it, that record (s-1) was altered.
+    Records are numbered from ``base`` (a run of segments from the middle) or from 0.
     """
-    auth = _authentic(records, valid)
-    tail = max((c.after for c in valid), default=0)  # no valid checkpoint from here on
+    b = base.size if base is not None else 0
+    auth = _authentic(records, valid, b)
+    tail = max((c.after for c in valid), default=b)  # no valid checkpoint from here on
     positions: dict[int, list[int]] = {}
     for p, r in enumerate(records):
         positions.setdefault(r.seq, []).append(p)
@@ -938,52 +1215,61 @@ def _scan_records(records: list[Record], valid: list[_Cp], log_id: bytes) -> lis
     def later(seq: int, p: int, *, authentic: bool) -> bool:
         return any(q > p and (q in auth or not authentic) for q in positions.get(seq, ()))
 
-    def edited(p: int, why: str) -> list[_Found]:
-        return [_Found(p, 1, Problem.EDITED, f"seq {p}: record altered ({why})")]
+    def edited(s: int, why: str) -> list[_Found]:
+        return [_Found(s, 1, Problem.EDITED, f"seq {s}: record altered ({why})")]
 
-    prev = genesis_head(log_id) if log_id else None
+    if base is not None:
+        prev: bytes | None = base.head
+    else:
+        prev = genesis_head(log_id) if log_id else None
     for p, r in enumerate(records):
+        s = b + p
         here = p in auth
         links = prev is None or r.prev == prev
-        if r.seq != p:
+        if r.seq != s:
             if not here and links:
-                return edited(p, f"it says seq {r.seq}")
-            if r.seq > p and later(p, p, authentic=False):
-                msg = f"seq {p}: out of order (seq {r.seq} is in its place)"
-                return [_Found(p, 1, Problem.REORDERED, msg)]
-            if r.seq > p:
-                msg = f"seq {p}..{r.seq - 1} deleted (seq {r.seq} follows seq {p - 1})"
-                return [_Found(p, 1, Problem.DELETED, msg)]
-            msg = f"seq {p}: a record claiming seq {r.seq} was inserted here"
-            return [_Found(p, 1, Problem.INSERTED, msg)]
+                return edited(s, f"it says seq {r.seq}")
+            if r.seq > s and later(s, p, authentic=False):
+                msg = f"seq {s}: out of order (seq {r.seq} is in its place)"
+                return [_Found(s, 1, Problem.REORDERED, msg)]
+            if r.seq > s:
+                msg = f"seq {s}..{r.seq - 1} deleted (seq {r.seq} follows seq {s - 1})"
+                return [_Found(s, 1, Problem.DELETED, msg)]
+            msg = f"seq {s}: a record claiming seq {r.seq} was inserted here"
+            return [_Found(s, 1, Problem.INSERTED, msg)]
         if not links:
             if here and p > 0 and (p - 1) not in auth:
-                return edited(p - 1, f"seq {p} does not link to it")
-            if not here and later(p, p, authentic=False):
-                msg = f"seq {p}: forged record inserted before the real seq {p}"
-                return [_Found(p, 1, Problem.INSERTED, msg)]
-            if p >= tail and p + 1 < len(records) and records[p + 1].prev == r.hash:
-                # In the unsealed tail nothing vouches for either side; seq p agrees with its
-                # successor, so the likelier story is that seq p-1 was altered.
-                return edited(p - 1, f"seq {p} does not link to it; not sealed")
-            return edited(p, f"it does not link to seq {p - 1}")
-        if not here and later(p, p, authentic=True):
-            msg = f"seq {p}: forged record inserted before the real seq {p}"
-            return [_Found(p, 1, Problem.INSERTED, msg)]
+                return edited(s - 1, f"seq {s} does not link to it")
+            if not here and later(s, p, authentic=False):
+                msg = f"seq {s}: forged record inserted before the real seq {s}"
+                return [_Found(s, 1, Problem.INSERTED, msg)]
+            if s >= tail and p + 1 < len(records) and records[p + 1].prev == r.hash:
+                # In the unsealed tail nothing vouches for either side; seq s agrees with its
+                # successor, so the likelier story is that seq s-1 was altered.
+                return edited(s - 1, f"seq {s} does not link to it; not sealed")
+            return edited(s, f"it does not link to seq {s - 1}")
+        if not here and later(s, p, authentic=True):
+            msg = f"seq {s}: forged record inserted before the real seq {s}"
+            return [_Found(s, 1, Problem.INSERTED, msg)]
         prev = r.hash
     return []
 
 
-def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> list[_Found]:
-    """Each checkpoint against the records before it in the file, and the checkpoint chain."""
+def _check_checkpoints(
+    entries: list[Entry], cps: list[_Cp], log_id: bytes, base: LogState | None = None
+) -> list[_Found]:
+    """Each checkpoint against the records before it in the file, and the checkpoint chain
+    (from ``base``, the state a run of segments from the middle starts at, if given)."""
     found: list[_Found] = []
-    frontier = MerkleFrontier()
-    head = genesis_head(log_id)
-    n = vouched = 0
-    cp_prev = ZERO_HASH
+    if base is not None:
+        frontier, head, cp_prev = base.frontier.copy(), base.head, base.cp_prev
+        n = vouched = base.size
+    else:
+        frontier, head, cp_prev = MerkleFrontier(), genesis_head(log_id), ZERO_HASH
+        n = vouched = 0
     if not cps or cps[0].index != 0:
-        msg = "the genesis checkpoint (the first entry) is missing"
-        found.append(_Found(0, 2, Problem.DELETED, msg))
+        what = "genesis checkpoint" if base is None else "segment's first checkpoint"
+        found.append(_Found(n, 2, Problem.DELETED, f"the {what} (the first entry) is missing"))
     by_index = {c.index: c for c in cps}
     for i, e in enumerate(entries):
         if e.record is not None:
@@ -997,13 +1283,13 @@ def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> l
         if cp is None:
             problem = c.error or Problem.BAD_CHECKPOINT
             outcome = Outcome.UNKNOWN_KEY if problem is Problem.UNKNOWN_KEY else Outcome.TAMPERED
-            found.append(_Found(n, 2, problem, f"{where}: {c.why}", outcome))
+            found.append(_Found(n, 2, problem, f"{where}: {c.why}", outcome, offset=e.offset))
         elif cp.size > n:
             msg = f"{where} seals {cp.size} records: seq {n}..{cp.size - 1} deleted"
-            found.append(_Found(n, 2, Problem.DELETED, msg))
+            found.append(_Found(n, 2, Problem.DELETED, msg, offset=e.offset))
         elif cp.size < n:
             msg = f"{where} seals {cp.size} records, but {n} precede it"
-            found.append(_Found(cp.size, 2, Problem.INSERTED, msg))
+            found.append(_Found(cp.size, 2, Problem.INSERTED, msg, offset=e.offset))
         elif cp.head != head:
             # The records link up but end in another head: either seq n-1 was altered, or
             # an earlier one was and everything after it was re-linked. Name the range.
@@ -1017,20 +1303,21 @@ def _check_checkpoints(entries: list[Entry], cps: list[_Cp], log_id: bytes) -> l
             found.append(_Found(first, 2, Problem.EDITED, msg, last=n - 1))
         elif cp.root != frontier.root():
             msg = f"{where}: its Merkle root does not match the records"
-            found.append(_Found(n, 2, Problem.BAD_CHECKPOINT, msg))
+            found.append(_Found(n, 2, Problem.BAD_CHECKPOINT, msg, offset=e.offset))
         elif cp.prev != cp_prev:
             msg = f"{where}: the checkpoint before it is missing or was replaced"
-            found.append(_Found(n, 2, Problem.DELETED, msg))
+            found.append(_Found(n, 2, Problem.DELETED, msg, offset=e.offset))
         if cp is not None and cp.size == n and cp.head == head:
             vouched = n
         cp_prev = checkpoint_hash(e.raw)
     return found
 
 
-def _sealed_prefix(cps: list[_Cp], found: list[_Found]) -> int:
-    """Records covered by the last valid, consistent checkpoint before the first problem."""
+def _sealed_prefix(cps: list[_Cp], found: list[_Found], base: int = 0) -> int:
+    """Records covered by the last valid, consistent checkpoint before the first problem
+    (the seq after the last one)."""
     limit = min(found).at if found else None
-    sealed = 0
+    sealed = base
     for c in cps:
         if c.cp is None or c.cp.size != c.after:
             continue

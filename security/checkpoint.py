@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "MerkleFrontier",
     "ParsedLog",
     "Record",
+    "SegmentStart",
     "checkpoint_hash",
     "decode_checkpoint_payload",
     "decode_record",
@@ -125,6 +126,19 @@ class MerkleFrontier:
     def copy(self) -> MerkleFrontier:
         c = MerkleFrontier()
         c.size, c._stack = self.size, list(self._stack)
+        return c
+
+    @property
+    def compact(self) -> tuple[bytes, ...]:
+        """The compact range: what :meth:`from_compact` takes back."""
+        return tuple(self._stack)
+
+    @classmethod
+    def from_compact(cls, size: int, compact: Iterable[bytes]) -> MerkleFrontier:
+        c = cls()
+        c.size, c._stack = size, [bytes(h) for h in compact]
+        if len(c._stack) != bin(size).count("1"):
+            raise FormatError(f"a compact range of {size} leaves holds {bin(size).count('1')}")
         return c
 
 
@@ -254,11 +268,27 @@ class Checkpoint:
     prev: bytes  # checkpoint_hash() of the checkpoint before it; zeros for the first
     boot: int
     ts_ns: int
-    why: str  # open | count | interval | close | manual
+    why: str  # open | count | interval | close | manual | segment
     origin: str | None
     torn_bytes: int  # bytes of a torn final entry removed when the log was opened
     kid: bytes
     encoded: bytes
+    # Only on the first entry of a segment file after the first (why = "segment"): what a
+    # reader needs to check the segment without the files before it.
+    seg: int | None = None  # the segment's number (1, 2, ...)
+    at: int | None = None  # the log byte offset where the segment (this checkpoint) starts
+    compact: tuple[bytes, ...] = ()  # the Merkle compact range at ``size`` (RFC 9162)
+    certs: tuple[bytes, ...] = ()  # key certificates recorded in the log before it
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStart:
+    """What the checkpoint that opens segment ``seg`` states beyond an ordinary one."""
+
+    seg: int
+    at: int
+    compact: tuple[bytes, ...]
+    certs: tuple[bytes, ...] = ()
 
 
 def sign_checkpoint(
@@ -274,6 +304,7 @@ def sign_checkpoint(
     why: str,
     origin: str | None = None,
     torn_bytes: int = 0,
+    segment: SegmentStart | None = None,
 ) -> Checkpoint:
     payload: dict[str, Any] = {
         "v": FORMAT_VERSION,
@@ -290,10 +321,14 @@ def sign_checkpoint(
         payload["origin"] = origin
     if torn_bytes:
         payload["torn"] = torn_bytes
-    encoded = sign1(cbor2.dumps(payload, canonical=True), signer, CHECKPOINT_AAD)
-    return Checkpoint(
-        log_id, size, root, head, prev, boot, ts_ns, why, origin, torn_bytes, signer.kid, encoded
-    )
+    if segment is not None:
+        payload["seg"] = segment.seg
+        payload["at"] = segment.at
+        payload["range"] = list(segment.compact)
+        if segment.certs:
+            payload["certs"] = list(segment.certs)
+    body = cbor2.dumps(payload, canonical=True)
+    return decode_checkpoint_payload(body, signer.kid, sign1(body, signer, CHECKPOINT_AAD))
 
 
 def decode_checkpoint_payload(payload: bytes, kid: bytes, encoded: bytes) -> Checkpoint:
@@ -316,7 +351,37 @@ def decode_checkpoint_payload(payload: bytes, kid: bytes, encoded: bytes) -> Che
         raise FormatError("checkpoint size, boot, ts_ns and torn must be unsigned integers")
     if type(why) is not str or (origin is not None and type(origin) is not str):
         raise FormatError("checkpoint why and origin must be text")
-    return Checkpoint(log_id, size, root, head, prev, boot, ts_ns, why, origin, torn, kid, encoded)
+    seg, at, compact, certs = m.get("seg"), m.get("at"), m.get("range"), m.get("certs", [])
+    if seg is None and at is None and compact is None and not certs:
+        return Checkpoint(
+            log_id, size, root, head, prev, boot, ts_ns, why, origin, torn, kid, encoded
+        )
+    if not (_uint(seg) and seg >= 1 and _uint(at) and type(compact) is list):
+        raise FormatError("a segment checkpoint needs seg >= 1, at and range")
+    if len(compact) != bin(size).count("1") or any(
+        type(h) is not bytes or len(h) != HASH_LEN for h in compact
+    ):
+        raise FormatError("a segment checkpoint's range must hold one hash per set bit of size")
+    if type(certs) is not list or any(type(c) is not bytes for c in certs):
+        raise FormatError("a segment checkpoint's certs must be a list of byte strings")
+    return Checkpoint(
+        log_id,
+        size,
+        root,
+        head,
+        prev,
+        boot,
+        ts_ns,
+        why,
+        origin,
+        torn,
+        kid,
+        encoded,
+        seg,
+        at,
+        tuple(compact),
+        tuple(certs),
+    )
 
 
 def open_checkpoint(encoded: bytes, keys: Mapping[bytes, Ed25519PublicKey]) -> Checkpoint:
@@ -486,6 +551,18 @@ class LogState:
 
     def copy(self) -> LogState:
         return LogState(self.offset, self.size, self.head, self.cp_prev, self.frontier.copy())
+
+    @classmethod
+    def before_segment(cls, cp: Checkpoint) -> LogState:
+        """The state just before the checkpoint that opens a segment (``cp.seg`` set),
+        from that checkpoint alone. Raises FormatError when its range does not give its
+        Merkle root (then the checkpoint vouches for nothing)."""
+        if cp.seg is None or cp.at is None:
+            raise FormatError("not a segment checkpoint")
+        frontier = MerkleFrontier.from_compact(cp.size, cp.compact)
+        if frontier.root() != cp.root:
+            raise FormatError("the segment checkpoint's range does not give its root")
+        return cls(cp.at, cp.size, cp.head, cp.prev, frontier)
 
 
 def state_at(data: bytes, log_id: bytes, offset: int) -> LogState:

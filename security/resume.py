@@ -13,6 +13,10 @@ refuses it.
 Written atomically (rename) after each checkpoint, without an fsync: the log is append
 only, so an older resume file that survived a power cut still names a checkpoint the log
 holds, and one that does not match is ignored.
+
+A log in segments (security/segments.py) has one resume file, beside the log's own path;
+it names the live segment (its number and the log offset where it starts), and its
+offsets and digest are that segment file's: an open hashes one segment, never the log.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import cbor2
 
 from security.checkpoint import LogState, MerkleFrontier
 
-VERSION = 1
+VERSION = 2  # 1: no segments (read as segment 0)
 
 
 @dataclass(slots=True)
@@ -38,6 +42,8 @@ class Resume:
     state: LogState  # the log's state just after it (state.offset: where it ends)
     digest: bytes  # SHA-256 of the log's bytes up to state.offset
     certs: list[bytes] = field(default_factory=list)  # key_rotated certificates before it
+    seg: int = 0  # the live segment's number; offsets above are inside its file
+    at: int = 0  # the log offset where that segment starts
 
 
 def path_for(log: Path) -> Path:
@@ -59,6 +65,8 @@ def save(log: Path, r: Resume) -> None:
             list(st.frontier._stack),
             r.certs,
             r.digest,
+            r.seg,
+            r.at,
         ]
     )
     dest = path_for(log)
@@ -76,18 +84,25 @@ def load(log: Path) -> Resume | None:
     (then the log is read in full)."""
     try:
         raw = path_for(log).read_bytes()
-        (v, log_id, cp_offset, end, size, head, cp_prev, fsize, stack, certs, digest) = cbor2.loads(
-            raw
+        fields = cbor2.loads(raw)
+        if fields[0] == 1 and len(fields) == 11:
+            fields = [*fields, 0, 0]
+        (v, log_id, cp_offset, end, size, head, cp_prev, fsize, stack, certs, digest, seg, at) = (
+            fields
         )
-        if v != VERSION or not (0 <= cp_offset < end and 0 <= size == fsize):
+        if v not in (1, VERSION) or not (0 <= cp_offset < end and 0 <= size == fsize):
+            return None
+        if not (type(seg) is int and type(at) is int and seg >= 0 and at >= 0):
             return None
         frontier = MerkleFrontier()
         frontier.size, frontier._stack = fsize, [bytes(h) for h in stack]
         if len(frontier._stack) != bin(fsize).count("1"):
             return None
         state = LogState(end, size, bytes(head), bytes(cp_prev), frontier)
-        return Resume(bytes(log_id), cp_offset, state, bytes(digest), [bytes(c) for c in certs])
-    except (OSError, ValueError, TypeError, cbor2.CBORDecodeError):
+        return Resume(
+            bytes(log_id), cp_offset, state, bytes(digest), [bytes(c) for c in certs], seg, at
+        )
+    except (OSError, ValueError, TypeError, IndexError, KeyError, cbor2.CBORDecodeError):
         return None
 
 

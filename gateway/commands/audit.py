@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import sys
 from collections.abc import Mapping
@@ -24,6 +26,12 @@ exit status:
      certified by one (via a key_rotated record or --chain)
 A log cut exactly at a checkpoint verifies as OK (with a warning unless the cut is at a
 clean close): only checkpoints witnessed outside the device can show that.
+
+A log in segments: give the log's path (audit.cborseq: its segments audit.NNNNNN.cborseq
+beside it are included), a directory, or segment files; --archive adds the archived
+segments. A run of segments from the middle is verified from the checkpoint it starts
+with. A segment missing between two given ones, cut short, grown, swapped or of another
+log is TAMPERED, and the file (and byte) is named.
 """
 
 
@@ -43,7 +51,13 @@ def register(sub: Subparsers) -> None:
         "edgegw audit verify audit.cborseq --pubkey root.pub.pem --chain keys/chain",
     )
     v.epilog = f"{v.epilog}\n\n{VERIFY_EXITS}"
-    v.add_argument("file", help="the audit log (audit.cborseq in the state directory)")
+    v.add_argument(
+        "file",
+        nargs="+",
+        help="the audit log (audit.cborseq in the state directory, with its segments), a "
+        "directory of segments, or segment files",
+    )
+    _archive_option(v)
     v.add_argument(
         "--pubkey",
         action="append",
@@ -69,7 +83,10 @@ def register(sub: Subparsers) -> None:
         "print an audit log's records (does not verify: run `audit verify` for that)",
         "edgegw audit show audit.cborseq --since 2026-05-01T00:00Z --type config_change",
     )
-    sh.add_argument("file", help="the audit log")
+    sh.add_argument(
+        "file", nargs="+", help="the audit log (with its segments), a directory, or segment files"
+    )
+    _archive_option(sh)
     sh.add_argument("--since", metavar="ISO", help="records at or after this time (UTC if no zone)")
     sh.add_argument("--until", metavar="ISO", help="records before this time (UTC if no zone)")
     sh.add_argument(
@@ -96,6 +113,13 @@ def register(sub: Subparsers) -> None:
     ex.add_argument("--gateway", required=True, metavar="ID", help="the gateway id")
     ex.add_argument("--log", metavar="HEX", help="a log id (default: the one witnessed now)")
     ex.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write it")
+    ex.add_argument(
+        "--split",
+        action="store_true",
+        help="write one file per segment, as the gateway keeps them (FILE, then "
+        "FILE's name with .000001, .000002, ...): their SHA-256 match the gateway's "
+        "segment_archived records",
+    )
     ex.set_defaults(func=export_main)
 
     al = add_command(
@@ -111,6 +135,61 @@ def register(sub: Subparsers) -> None:
 
 
 # -- verify ---------------------------------------------------------------------------------
+
+
+def _archive_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--archive",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also the segments archived here (audit.archive_dir, or its folder for the "
+        "log); repeatable",
+    )
+
+
+def _log_files(names: list[str], archives: list[str]) -> list[Path]:
+    """The files a log argument stands for: a segment file itself, the log's path with
+    its segments beside it, every *.cborseq of a directory; then the archived segments of
+    the same log(s) in each --archive directory."""
+    from security.checkpoint import FormatError
+    from security.segments import head_of, log_dir_files, segment_number
+    from security.segverify import SegmentInfo
+
+    out: list[Path] = []
+    for name in names:
+        p = Path(name)
+        if p.is_dir():
+            found = sorted(p.glob("*.cborseq"))
+        elif segment_number(p, p.name) == 0 and not SegmentInfo.numbered(p):
+            found = [f for _, f in log_dir_files(p)]
+        else:
+            found = [p] if p.exists() else []
+        if not found:
+            raise fail(f"{name}: no such audit log file, or no segments of it")
+        out += found
+    ids: set[str] = set()
+    for f in out:
+        try:
+            ids.add(head_of(f).log_id.hex())
+        except (OSError, FormatError):
+            continue
+    for name in archives:
+        d = Path(name)
+        if not d.is_dir():
+            raise fail(f"--archive {name}: not a directory")
+        out += sorted(d.glob("*.cborseq"))
+        for sub in sorted(d.iterdir()):
+            if sub.is_dir() and (sub.name in ids or not ids):
+                out += sorted(sub.glob("*.cborseq"))
+    seen: set[Path] = set()
+    unique = []
+    for f in out:
+        r = f.resolve()
+        if r not in seen:
+            seen.add(r)
+            unique.append(f)
+    return unique
 
 
 def _certificates(paths: list[str]) -> list[bytes]:
@@ -134,8 +213,9 @@ def _iso(ns: int | None) -> str:
 
 def verify_main(args: argparse.Namespace) -> int:
     from security import KeyFileError, kid_for, load_public_key
-    from security.audit import Outcome, verify
+    from security.audit import Outcome
     from security.keyring import KeyChainError
+    from security.segverify import verify_files
 
     keys = {}
     for path in args.pubkey:
@@ -144,19 +224,26 @@ def verify_main(args: argparse.Namespace) -> int:
         except KeyFileError as exc:
             raise fail(str(exc)) from None
         keys[kid_for(pub)] = pub
+    files = _log_files(args.file, args.archive)
     try:
-        rep = verify(args.file, keys, certificates=_certificates(args.chain))
+        rep, infos = verify_files(files, keys, certificates=_certificates(args.chain))
     except OSError as exc:
-        raise fail(f"{args.file}: cannot read ({exc.strerror})") from None
+        raise fail(f"{exc.filename}: cannot read ({exc.strerror})") from None
     except KeyChainError as exc:
         raise fail(f"--chain: {exc}") from None
     if args.json:
-        print(json.dumps(_report_json(rep), indent=2))
+        out = _report_json(rep)
+        out["files"] = [
+            {"file": str(i.path), "segment": i.seg, "first_seq": i.first_seq, "records": i.records}
+            for i in infos
+        ]
+        print(json.dumps(out, indent=2))
         return rep.exit_code
-    name = args.file
+    name = " ".join(args.file)
+    last = rep.first_seq + rep.records - 1
     if rep.outcome is Outcome.OK:
         print(
-            f"{name}: OK — {rep.records} records (seq 0..{rep.records - 1}) sealed by "
+            f"{name}: OK — {rep.records} records (seq {rep.first_seq}..{last}) sealed by "
             f"{rep.checkpoints} checkpoints, {_iso(rep.first_ts_ns)} .. {_iso(rep.last_ts_ns)}"
         )
     else:
@@ -169,8 +256,17 @@ def verify_main(args: argparse.Namespace) -> int:
             )
             kind = f" ({rep.problem.value})" if rep.problem else ""
             print(f"  first bad record: {bad}{kind}")
-        verified = f"seq 0..{rep.sealed - 1}" if rep.sealed else "nothing"
+        if rep.file is not None:
+            at = f", byte {rep.file_offset}" if rep.file_offset is not None else ""
+            print(f"  in file: {rep.file}{at}")
+        verified = (
+            f"seq {rep.first_seq}..{rep.sealed - 1}" if rep.sealed > rep.first_seq else "nothing"
+        )
         print(f"  verified: {verified} of {rep.records} records")
+    if len(infos) > 1 or (infos and infos[0].seg):
+        segs = [i.seg for i in infos if i.seg is not None]
+        span = f"segments {min(segs)}..{max(segs)}" if segs else "segments"
+        print(f"  {span} in {len(infos)} files")
     print(
         f"  log {rep.log_id.hex() or '?'}; signed by {', '.join(k.hex() for k in rep.kids) or '-'}"
     )
@@ -196,6 +292,9 @@ def _report_json(rep: Any) -> dict[str, Any]:
         "first_ts": _iso(rep.first_ts_ns),
         "last_ts": _iso(rep.last_ts_ns),
         "warnings": rep.warnings,
+        "first_seq": rep.first_seq,
+        "file": rep.file,
+        "file_offset": rep.file_offset,
     }
 
 
@@ -235,8 +334,9 @@ def _short(value: Any) -> str:
 
 
 def show_main(args: argparse.Namespace) -> int:
-    from security.audit import AuditEvent, read_log
-    from security.checkpoint import FormatError, peek_checkpoint
+    from security.audit import AuditEvent
+    from security.checkpoint import parse_entries
+    from security.segverify import read_files
 
     since = _parse_time(args.since, "--since")
     until = _parse_time(args.until, "--until")
@@ -248,10 +348,33 @@ def show_main(args: argparse.Namespace) -> int:
             + ", ".join(e.value for e in AuditEvent)
         )
     try:
-        parsed = read_log(args.file)
+        infos = read_files(_log_files(args.file, args.archive))
     except OSError as exc:
-        raise fail(f"{args.file}: cannot read ({exc.strerror})") from None
+        raise fail(f"{exc.filename}: cannot read ({exc.strerror})") from None
     out = sys.stdout
+    bad = False
+    for info in infos:
+        parsed = parse_entries(info.data)
+        if len(infos) > 1 and not args.json:
+            seg = "?" if info.seg is None else info.seg
+            out.write(f"{'':>7} == segment {seg}: {info.path}\n")
+        _show_file(args, parsed, since, until, types, out)
+        if parsed.torn:
+            print(f"edgegw: {info.path}: ends with an incomplete entry", file=sys.stderr)
+        bad = bad or bool(parsed.damage)
+    return EXIT_FAILED if bad else 0
+
+
+def _show_file(
+    args: argparse.Namespace,
+    parsed: Any,
+    since: int | None,
+    until: int | None,
+    types: set[str],
+    out: Any,
+) -> None:
+    from security.checkpoint import FormatError, peek_checkpoint
+
     damage = {d.records_before: d for d in parsed.damage}
     n = 0
     for e in parsed.entries:
@@ -310,9 +433,6 @@ def show_main(args: argparse.Namespace) -> int:
         else:
             detail = " ".join(f"{k}={_short(v)}" for k, v in sorted(r.detail.items()))
             out.write(f"{r.seq:>7} {_iso(r.ts_ns)}  boot {r.boot:<4} {r.event:<14} {detail}\n")
-    if parsed.torn:
-        print(f"edgegw: {args.file}: ends with an incomplete entry", file=sys.stderr)
-    return EXIT_FAILED if parsed.damage else 0
 
 
 # -- from a receiver's store ------------------------------------------------------------------
@@ -341,12 +461,39 @@ def export_main(args: argparse.Namespace) -> int:
         store.close()
     if not data:
         raise fail(f"{args.db}: holds no audit log of gateway {args.gateway}", EXIT_FAILED)
-    try:
-        Path(args.output).write_bytes(data)
-    except OSError as exc:
-        raise fail(f"{args.output}: cannot write ({exc.strerror})", EXIT_FAILED) from None
-    print(f"{args.output}: {len(data)} bytes of gateway {args.gateway}'s audit log")
+    parts = _split_segments(data) if args.split else [(0, data)]
+    for k, part in parts:
+        from security.segments import segment_path
+
+        dest = segment_path(Path(args.output), k)
+        try:
+            dest.write_bytes(part)
+        except OSError as exc:
+            raise fail(f"{dest}: cannot write ({exc.strerror})", EXIT_FAILED) from None
+        what = f"segment {k}, " if args.split else ""
+        sha = hashlib.sha256(part).hexdigest()
+        print(
+            f"{dest}: {what}{len(part)} bytes of gateway {args.gateway}'s audit log, sha256 {sha}"
+        )
     return 0
+
+
+def _split_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """The log's bytes cut where each segment starts (its first checkpoint says so)."""
+    from security.checkpoint import FormatError, iter_entries, peek_checkpoint
+
+    cuts = [(0, 0)]
+    try:
+        for off, raw in iter_entries(data):
+            if raw[:1] == b"\xd2":
+                with contextlib.suppress(FormatError):
+                    cp = peek_checkpoint(raw)
+                    if cp.seg is not None and cp.at == off:
+                        cuts.append((cp.seg, off))
+    except FormatError:
+        pass  # a damaged copy: cut what could be read; verify says the rest
+    ends = [o for _, o in cuts[1:]] + [len(data)]
+    return [(k, data[o:e]) for (k, o), e in zip(cuts, ends, strict=True)]
 
 
 def alerts_main(args: argparse.Namespace) -> int:

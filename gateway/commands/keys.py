@@ -169,6 +169,7 @@ def show_main(args: argparse.Namespace) -> int:
     from security.audit import AUDIT_FILE
     from security.csr import CSR_FILE, TLS_KEY_FILE
     from security.keyring import describe
+    from security.segments import log_dir_files
 
     state, _ = _state(args)
     k = describe(state)
@@ -187,8 +188,12 @@ def show_main(args: argparse.Namespace) -> int:
     csr = state / CSR_FILE
     if csr.exists():
         print(f"TLS request:     {csr}")
-    audit = state / AUDIT_FILE
-    print(f"audit log:       {audit if audit.exists() else '(none yet)'}")
+    segs = log_dir_files(state / AUDIT_FILE)
+    if len(segs) > 1 or (segs and segs[0][0] > 0):
+        live = f"{len(segs)} segment files here, the live one {segs[-1][1].name}"
+        print(f"audit log:       {state / AUDIT_FILE} ({live})")
+    else:
+        print(f"audit log:       {segs[0][1] if segs else '(none yet)'}")
     if k.problem:
         print(f"PROBLEM: {k.problem}", file=sys.stderr)
         return EXIT_FAILED

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -289,3 +290,65 @@ def test_a_driver_file_the_service_may_not_use_is_a_device_error(site: Path) -> 
     assert f"{state / 'pki' / 'ua'}" in err and "permission denied for user nobody" in err, err
     assert "sudo chown -R nobody:nogroup" in err, err
     assert "Traceback" not in (site / "run.log").read_text()
+
+
+def test_audit_segments_and_their_archive_belong_to_the_service_user(site: Path) -> None:
+    """The daemon as nobody with tiny audit segments and ``archive: move``: the segment
+    files, the archive folder and the segments moved there are nobody's, files 0600 and
+    folders 0750, like the rest of the state dir."""
+    state = site / "state"
+    shutil.rmtree(state)
+    state.mkdir(mode=0o750)
+    os.chown(state, NOBODY, NOBODY)
+    with Mosquitto(host="::1", workdir=site / "broker") as broker:
+        cfg = (site / "gw.yaml").read_text()
+        old = cfg.split("uplink: ")[1].split("\n")[0]
+        cfg = cfg.replace(old, f"{{host: '::1', port: {broker.port}}}")
+        cfg += "audit: {checkpoint_every: 1, segment_mib: 0.002, archive: move}\n"
+        (site / "gw.yaml").write_text(cfg)
+        log = open(site / "run.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "-c",
+                str(site / "gw.yaml"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        archive = state / "audit-archive"
+        try:
+            deadline = time.monotonic() + 30  # generous: a cold start on a loaded machine
+            while time.monotonic() < deadline and proc.poll() is None:
+                if (read_status(state) or {}).get("pid") == proc.pid:
+                    break
+                time.sleep(0.2)
+            deadline = time.monotonic() + 90  # bounds a hang only
+            while len(list(archive.rglob("*.cborseq"))) < 2:
+                assert proc.poll() is None, (site / "run.log").read_text()
+                assert time.monotonic() < deadline, (site / "run.log").read_text()
+                proc.send_signal(signal.SIGHUP)  # each reload: an audit record
+                time.sleep(0.3)
+            proc.terminate()
+            assert proc.wait(60) == 0, (site / "run.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    made = [state / n for n in os.listdir(state) if n.startswith("audit.")]
+    moved = list(archive.rglob("*.cborseq"))
+    assert len(moved) >= 2 and any(".0000" in p.name for p in made), made
+    for p in [*made, *moved, archive, *archive.iterdir()]:
+        st = p.stat()
+        assert st.st_uid == NOBODY, (p, st.st_uid)
+        want = 0o750 if p.is_dir() else 0o600
+        assert st.st_mode & 0o777 == want, (p, oct(st.st_mode))

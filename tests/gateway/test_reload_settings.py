@@ -53,7 +53,8 @@ HEAD = """gateway:
 uplink: {{host: '::1', port: {port}, keepalive_s: {keepalive}}}
 outbox: {{max_mib: {max_mib}, when_full: {when_full}, min_free_mib: {min_free}}}
 metrics: {{host: 127.0.0.1, port: {metrics_port}}}
-audit: {{checkpoint_every: {cp_every}, checkpoint_interval_s: {cp_interval}}}
+audit: {{checkpoint_every: {cp_every}, checkpoint_interval_s: {cp_interval},
+        segment_mib: {seg_mib}, archive: {archive}}}
 devices:
   - {{name: d, protocol: modbus_tcp, host: 127.0.0.1, port: {sim}, poll_interval_ms: {poll},
      tags: [{{name: t, address: 0}}]}}
@@ -72,6 +73,8 @@ CHANGES: dict[str, tuple[str, dict[str, Any]]] = {
     "uplink.keepalive_s": ("keepalive", {"keepalive": 11}),
     "audit.checkpoint_every": ("cp_every", {"cp_every": 7}),
     "audit.checkpoint_interval_s": ("cp_interval", {"cp_interval": 99.0}),
+    "audit.segment_mib": ("seg_mib", {"seg_mib": 2.5}),
+    "audit.archive": ("archive", {"archive": "move"}),
     "metrics.port": ("metrics_port", {}),
     "devices": ("poll", {"poll": 300}),
     "gateway.id": ("id", {"id": "gw-other"}),
@@ -93,6 +96,8 @@ def in_force(d: Daemon, key: str) -> Any:
         "keepalive": d.forwarder.uplink.keepalive_s if d.forwarder else None,
         "cp_every": d.audit.checkpoint_every if d.audit else None,
         "cp_interval": d.audit.checkpoint_interval_s if d.audit else None,
+        "seg_mib": d.audit.segment_bytes / 2**20 if d.audit and d.audit.segment_bytes else None,
+        "archive": d.archiver.settings()[0] if d.archiver else None,
         "poll": round(d._runtimes["d"].interval_s * 1000),
         "id": d.cfg.gateway.id,
     }[key]
@@ -118,6 +123,8 @@ def test_each_setting_changed_by_a_reload_is_applied_or_named(
         "metrics_port": free_port("127.0.0.1"),
         "cp_every": 100,
         "cp_interval": 300.0,
+        "seg_mib": 8.0,
+        "archive": "keep",
         "poll": 100,
     }
 
