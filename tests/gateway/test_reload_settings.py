@@ -216,6 +216,8 @@ def test_a_reload_naming_a_missing_file_is_refused_and_the_gateway_goes_on(
         "cp_every": 100,
         "cp_interval": 300.0,
         "poll": 100,
+        "seg_mib": 8.0,
+        "archive": "keep",
     }
 
     async def main() -> tuple[bool, dict[str, Any], int, int, bool]:
