@@ -381,3 +381,75 @@ def test_commands_over_mqtt_311_with_a_persistent_session(
     out = asyncio.run(main())
     assert out["limits"]["protocol"] == "mqtt311"
     assert out["r"]["outcome"] == "done" and out["r"]["after"] == 7.5
+
+
+class SpyLock:
+    """Stands in for commands.db's lock and notes the thread of every taker: a FULL
+    transaction holds this lock through its fsync, so a taker on the event loop would
+    stall the whole gateway (polls, uplink) for as long as the disk takes."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.takers: list[str] = []
+
+    def __enter__(self) -> Any:
+        import threading
+
+        self.takers.append(threading.current_thread().name)
+        return self.real.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.real.__exit__(*exc)
+
+
+def test_the_checks_on_the_loop_never_wait_for_commands_db(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The pace of a tag (min_interval_s) and the config version are checked on the event
+    loop from memory kept by the committed writes; commands.db's lock (held through each
+    FULL fsync) is taken only by worker threads. The memory is loaded from the file at
+    start: after a restart, the pace and the version still hold."""
+    import threading
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port, health_s=1.0) as rig:
+            assert rig.daemon is not None and rig.daemon.downlink is not None
+            loop_thread = threading.current_thread().name
+            text = rig.cfg_path.read_text()
+            for restarted in (False, True):
+                st = rig.daemon.downlink.state
+                assert st is not None
+                spy = SpyLock(st._lock)
+                st._lock = spy  # type: ignore[assignment]
+                tag = f"r{int(restarted)}"
+                out[tag + "slow"] = await rig.send(
+                    rig.message("write", {"tag": "plc/slow", "value": 3})
+                )
+                out[tag + "sp"] = await rig.send(
+                    rig.message("write", {"tag": "plc/sp", "value": 5})
+                )
+                push = {"version": 2, "config": text}
+                out[tag + "config"] = await rig.send(rig.message("config", push, key=rig.admin))
+                out[tag + "takers"] = list(spy.takers)
+                st._lock = spy.real
+                if not restarted:
+                    await rig.stop_daemon()
+                    await rig.start_daemon()
+            out["loop"] = loop_thread
+        return out
+
+    out = asyncio.run(main())
+    outcomes = {k: (v["outcome"], v["reason"]) for k, v in out.items() if isinstance(v, dict)}
+    assert outcomes == {
+        "r0slow": ("done", None),
+        "r0sp": ("done", None),
+        "r0config": ("done", None),
+        "r1slow": ("refused", "too_frequent"),  # 60 s since the write before the restart
+        "r1sp": ("done", None),
+        "r1config": ("refused", "version_not_newer"),
+    }, outcomes
+    for restarted in ("r0", "r1"):
+        takers = out[restarted + "takers"]
+        assert len(takers) >= 4, takers  # seen, begin, finish, mark_sealed... in workers
+        assert out["loop"] not in takers, takers
