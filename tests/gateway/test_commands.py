@@ -453,3 +453,135 @@ def test_the_checks_on_the_loop_never_wait_for_commands_db(
         takers = out[restarted + "takers"]
         assert len(takers) >= 4, takers  # seen, begin, finish, mark_sealed... in workers
         assert out["loop"] not in takers, takers
+
+
+def test_a_genuine_command_beyond_a_full_queue_is_answered_busy_never_dropped(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: Any
+) -> None:
+    """The command queue (2 here) is full while the downlink waits on commands.db: a
+    genuine command beyond it is checked on arrival and answered refused [busy] (signed,
+    recorded under its id, audited: a copy of it later gets the same answer and it never
+    runs); a forged one beyond it is dropped with a digested audit record only; the queued
+    commands all run."""
+    import threading
+
+    import gateway.downlink.service as service
+
+    monkeypatch.setattr(service, "QUEUE", 2)
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.daemon is not None and rig.daemon.downlink is not None
+            assert rig.mb is not None
+            dl, st = rig.daemon.downlink, rig.daemon.downlink.state
+            assert st is not None
+            entered, gate = threading.Event(), threading.Event()
+            real_seen = st.seen
+
+            def slow_seen(command_id: str) -> Any:  # as a disk that takes its time
+                entered.set()
+                gate.wait(60)  # a bound only: the test opens it
+                return real_seen(command_id)
+
+            st.seen = slow_seen  # type: ignore[method-assign]
+            sends: dict[str, asyncio.Task[Any]] = {}
+
+            def send(name: str, message: bytes, timeout: float = 30) -> None:
+                sends[name] = asyncio.create_task(rig.send(message, timeout=timeout))
+
+            send("first", rig.message("write", {"tag": "plc/sp", "value": 1.0}))
+            await rig.until(entered.is_set, 20, "the downlink did not take the first command")
+            send("q1", rig.message("write", {"tag": "ua/sp", "value": 2.0}))
+            await rig.until(lambda: dl._queue.qsize() == 1, 20, "q1 not queued")
+            send("q2", rig.message("write", {"tag": "s7/level", "value": 3.0}))
+            await rig.until(lambda: dl._queue.qsize() == 2, 20, "q2 not queued")
+            busy = rig.message("write", {"tag": "plc/run", "value": True}, lifetime_s=120)
+            send("busy", busy)
+            await rig.until(lambda: len(dl._busy) == 1, 20, "no busy entry")
+            forged = rig.message("write", {"tag": "plc/run", "value": True})
+            send("forged", forged[:-1] + bytes([forged[-1] ^ 1]), timeout=8)
+            await rig.until(
+                lambda: dl.counts.get("dropped_queue_full") == 1, 20, "forged one not dropped"
+            )
+            gate.set()
+            for name, task in sends.items():
+                out[name] = await task
+            out["busy_again"] = await rig.send(busy)
+            out["run"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+            out["counts"] = dict(dl.counts)
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    for name, after in (("first", 1.0), ("q1", 2.0), ("q2", 3.0)):
+        r = out[name]
+        assert r is not None and (r["outcome"], r["after"]) == ("done", after), (name, r)
+    r = out["busy"]
+    assert r is not None and (r["outcome"], r["reason"], r["tag"]) == ("refused", "busy", "plc/run")
+    assert "new id" in r["detail"] and len(r["kid"]) == 16
+    again = out["busy_again"]
+    assert (again["outcome"], again["reason"], again["again"]) == ("refused", "busy", True)
+    assert out["run"] == [False]  # the busy command never ran
+    assert out["forged"] is None  # beyond the queue, unverified: no result...
+    refused = [r.detail for r in out["audit"] if r.event == "command_refused"]
+    assert any(d.get("reason") == "busy" and d["verified"] for d in refused), refused
+    # ... but an audit record (the first of a digest) naming why
+    assert {"reason": "queue_full", "verified": False, "detail": "bad_signature"} in refused
+
+
+def test_a_bug_while_handling_a_command_still_answers_it(
+    tmp_path: Path, broker: Mosquitto, caplog: Any
+) -> None:
+    """An exception inside the downlink's handling (a seeded bug) answers the command
+    failed [internal_error], signed, audited and recorded under its id (a copy of it gets
+    the same answer, it never runs later), logged with the traceback; before the
+    signature is checked it is answered too, with no id and marked unverified."""
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="edgegw.downlink")
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.daemon is not None and rig.daemon.downlink is not None
+            assert rig.mb is not None
+            dl = rig.daemon.downlink
+            rig.mb.set_registers(1, Table.HOLDING, 10, [0x1234, 0x5678])
+
+            def bug(*a: Any, **kw: Any) -> Any:
+                raise ZeroDivisionError("seeded bug")
+
+            msg = rig.message("write", {"tag": "plc/sp", "value": 9.0}, lifetime_s=120)
+            dl._check = bug  # type: ignore[method-assign]
+            out["checked"] = await rig.send(msg)
+            del dl._check  # the method again
+            out["again"] = await rig.send(msg)
+            dl._authenticate = bug  # type: ignore[method-assign]
+            out["early"] = await rig.send(rig.message("write", {"tag": "plc/sp", "value": 8.0}))
+            del dl._authenticate
+            out["after"] = await rig.send(rig.message("write", {"tag": "plc/sp", "value": 7.0}))
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    r = out["checked"]
+    assert r is not None and (r["outcome"], r["reason"]) == ("failed", "internal_error"), r
+    assert r["id"] is not None and "seeded bug" in r["detail"]
+    again = out["again"]
+    assert (again["outcome"], again["reason"], again["again"]) == ("failed", "internal_error", True)
+    early = out["early"]
+    assert early is not None and (early["outcome"], early["reason"]) == ("failed", "internal_error")
+    assert early["id"] is None and early["kid"] is None
+    assert out["after"]["outcome"] == "done"  # the downlink went on
+    assert abs(f32_cdab(out["regs"]) - 70.0) < 1e-3  # 9.0 and 8.0 never written
+    failed = [r.detail for r in out["audit"] if r.event == "command_failed"]
+    assert [(d["reason"], d["verified"]) for d in failed if d.get("again") is not True] == [
+        ("internal_error", True),
+        ("internal_error", False),
+    ], failed
+    tracebacks = [
+        rec for rec in caplog.records if rec.exc_info and "seeded bug" in str(rec.exc_info[1])
+    ]
+    assert len(tracebacks) == 2
