@@ -142,8 +142,17 @@ def test_every_refusal_has_its_reason_is_audited_and_writes_nothing(
                     "config", {"version": 9, "config": "gateway: {id: x}"}
                 ),
             }
+            # a sentinel in every register and node a refused command aims at, read back
+            # right after each refusal: a later write cannot hide one that got through
+            assert rig.ua is not None
+            sentinel = [0xBEEF, 0x0BAD]
+            rig.mb.set_registers(1, Table.HOLDING, 10, sentinel)
+            await rig.ua.write("ns=2;s=Cmd.Mode", 1)
+            mode = rig.ua.server.get_node("ns=2;s=Cmd.Mode")  # type: ignore[union-attr]
             for reason, message in cases.items():
                 out[reason] = await rig.send(message)
+                out["sp_" + reason] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+                out["mode_" + reason] = await mode.read_value()
             # a trusted key signing something that is not a command
             garbage = cbor2.dumps({"v": 1, "hello": "world"})
             out["bad_payload"] = await rig.send(rig.signed_raw(garbage, rig.ops))
@@ -195,6 +204,15 @@ def test_every_refusal_has_its_reason_is_audited_and_writes_nothing(
         assert r is not None, f"{case}: no result"
         assert (r["outcome"], r["reason"]) == ("refused", reason), (case, r)
         assert r["detail"], case
+    aimed_at_sp = (
+        "bad_signature", "unknown_key", "expired", "not_yet_valid", "lifetime_too_long",
+        "out_of_range", "wrong_gateway",
+    )  # fmt: skip
+    for case in aimed_at_sp:
+        assert out["sp_" + case] == [0xBEEF, 0x0BAD], (case, out["sp_" + case])
+    for case in (c for c in expect if "sp_" + c in out):  # and every other refusal
+        assert out["sp_" + case] == [0xBEEF, 0x0BAD], case
+        assert out["mode_" + case] == 1, (case, out["mode_" + case])
     # unverified refusals do not claim to know the command
     assert out["bad_signature"]["id"] is None and out["bad_signature"]["kid"] is None
     assert out["unknown_key"]["id"] is None
@@ -585,3 +603,58 @@ def test_a_bug_while_handling_a_command_still_answers_it(
         rec for rec in caplog.records if rec.exc_info and "seeded bug" in str(rec.exc_info[1])
     ]
     assert len(tracebacks) == 2
+
+
+def test_a_dead_device_delays_only_its_own_commands(tmp_path: Path, broker: Mosquitto) -> None:
+    """A device whose link turns into a black hole (connected, never answering): a write
+    to it stays pending while a write to a good device is done and read back; when that
+    link is cut it fails with the reason, and nothing waited for it but itself."""
+    from drivers.modbus.simulator import ModbusSimulator
+    from tests.linkproxy import LinkProxy
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        far_plc = ModbusSimulator()
+        await far_plc.start()
+        proxy = LinkProxy(("127.0.0.1", far_plc.port), listen_host="127.0.0.1")
+        far = (
+            "  - name: far\n    protocol: modbus_tcp\n    host: 127.0.0.1\n"
+            f"    port: {proxy.port}\n"
+            "    poll_interval_ms: 200\n    timeout_ms: 20000\n    tags:\n"
+            "      - {name: x, address: 0, type: uint16, write: {min: 0, max: 100,"
+            " min_interval_s: 0}}\n"
+        )  # fmt: skip
+        try:
+            async with Rig(
+                tmp_path, broker.port, extra_devices=far, extra_scopes=", 'far/*'"
+            ) as rig:
+                assert rig.daemon is not None and rig.daemon.downlink is not None
+                assert rig.mb is not None and "far" in rig.daemon.devices
+                dl = rig.daemon.downlink
+                proxy.stall()
+                stuck = asyncio.create_task(
+                    rig.send(rig.message("write", {"tag": "far/x", "value": 42}), timeout=60)
+                )
+                await rig.until(lambda: dl.counts.get("accepted") == 1, 20, "far not accepted")
+                out["good"] = await rig.send(rig.message("write", {"tag": "plc/sp", "value": 30}))
+                out["good_regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+                out["stuck_pending"] = not stuck.done()
+                out["ua"] = await rig.send(rig.message("write", {"tag": "ua/sp", "value": 4.5}))
+                out["stuck_pending_2"] = not stuck.done()
+                proxy.cut()
+                out["stuck"] = await stuck
+                out["far_regs"] = far_plc.get_registers(1, Table.HOLDING, 0, 1)
+        finally:
+            proxy.close()
+            await far_plc.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert (out["good"]["outcome"], out["good"]["after"]) == ("done", 30), out["good"]
+    assert abs(f32_cdab(out["good_regs"]) - 300.0) < 1e-3
+    assert (out["ua"]["outcome"], out["ua"]["after"]) == ("done", 4.5)
+    assert out["stuck_pending"] and out["stuck_pending_2"]  # done while far hung
+    stuck = out["stuck"]
+    assert stuck is not None and stuck["outcome"] == "failed", stuck
+    assert stuck["reason"] in ("device_unreachable", "timeout", "device_error"), stuck
+    assert out["far_regs"] == [0]  # the black hole swallowed the write
