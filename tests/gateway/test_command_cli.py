@@ -17,7 +17,7 @@ from drivers.modbus.types import Table
 from gateway.mosquitto import Mosquitto
 from tests.brokers import Amqtt
 from tests.conftest import REPO
-from tests.gateway.commandrig import GW, Rig
+from tests.gateway.commandrig import GW, Rig, make_key
 from tests.tlscerts import make_pki
 
 
@@ -192,6 +192,18 @@ def test_command_config_pushes_a_config_and_prints_the_signed_result(
             out["missing"] = await cli(*base, "--file", str(tmp_path / "nope.yaml"),
                                        "--version", "4")  # fmt: skip
             out["file_end"] = rig.cfg_path.read_text()
+            # enrolling a key by push: the entry travels, the key file must be there
+            enrol = tmp_path / "plant-v5.yaml"
+            enrol.write_text(faster.replace(
+                "    - {name: admin,",
+                "    - {name: new, public_key: new.pub.pem, operations: [write],"
+                " tags: ['ua/sp']}\n    - {name: admin,",
+            ))  # fmt: skip
+            out["no_key_file"] = await cli(*base, "--file", str(enrol), "--version", "5")
+            make_key(rig.tmp / "new.ed25519.pem")  # as if copied to the gateway beforehand
+            out["enrolled"] = await cli(*base, "--file", str(enrol), "--version", "5")
+            out["new_key"] = await cli("command", "write", *common(rig, broker.port, key="new"),
+                                       "--tag", "ua/sp", "--value", "6.5")  # fmt: skip
         return out
 
     out = asyncio.run(main())
@@ -213,3 +225,8 @@ def test_command_config_pushes_a_config_and_prints_the_signed_result(
     code, _, err = out["missing"]
     assert code == 2 and "nope.yaml: cannot read" in err, out["missing"]
     assert out["file_end"] == out["file_after"]
+    code, stdout, _ = out["no_key_file"]
+    assert code == 1 and "refused (invalid_config)" in stdout and "new.pub.pem" in stdout, stdout
+    assert out["enrolled"][0] == 0, out["enrolled"]
+    code, stdout, _ = out["new_key"]
+    assert code == 0 and ": done: ua/sp = 6.5, read back 6.5" in stdout, out["new_key"]
