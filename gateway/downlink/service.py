@@ -319,6 +319,9 @@ class Downlink:
             "executed unless the result of its execution says otherwise",
             received_ns=p.received,
         )
+        if p.cmd is not None and any(t.get_name() == f"command:{p.cmd.id}" for t in self._running):
+            log.error("command %s executes: its own result follows", p.cmd.id)
+            return None
         if p.cmd is not None and p.key is not None and self.state is not None:
             seen = await asyncio.to_thread(self.state.seen, p.cmd.id)
             if seen is None or (seen.digest == p.digest and seen.state == "executing"):
