@@ -1,7 +1,9 @@
 """A TCP proxy on loopback whose link a test can cut and restore.
 
 ``cut()`` resets every open connection and refuses new ones (the port stays bound,
-so nothing else can take it); ``restore()`` lets connections through again.
+so nothing else can take it); ``stall()`` makes it a black hole: connections stay open
+and everything sent either way is swallowed, as on a link whose far end hangs;
+``restore()`` lets connections and data through again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class LinkProxy:
         self.sock.listen(64)
         self.port: int = self.sock.getsockname()[1]
         self.up = True
+        self.stalled = False
         self.conns: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.closed = False
@@ -50,7 +53,8 @@ class LinkProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.stalled:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -65,8 +69,12 @@ class LinkProxy:
         for s in conns:
             _reset(s)
 
+    def stall(self) -> None:
+        self.stalled = True
+
     def restore(self) -> None:
         self.up = True
+        self.stalled = False
 
     def close(self) -> None:
         self.closed = True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Subparsers, add_command, fail
+from .broker_options import PASSWORD_EPILOG, Broker, add_broker_options, broker_from_args
 
 log = logging.getLogger("edgegw.command")
 
@@ -40,8 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="GATEWAY_ID=FILE",
         help="... or the gateway's root public key (PEM) alone",
     )
-    p.add_argument("--host", default="::1", help="broker address (default ::1)")
-    p.add_argument("--port", type=int, default=1883)
+    add_broker_options(p, protocol=True)
     p.add_argument("--prefix", default="edgegw", help="topic prefix (default edgegw)")
     p.add_argument("--id", help="the command id (default: random); unique per command")
     p.add_argument(
@@ -72,8 +72,10 @@ def register(sub: Subparsers) -> None:
     s.epilog = (
         f"{s.epilog}\n\nThe gateway executes only commands signed by a key its config trusts "
         "for that operation\nand tag (commands.keys), and only on tags with a write block. "
-        "Exit status: 0 done,\n1 refused / failed / rolled back / no result in time, 2 bad "
-        "input."
+        "Exit status: 0 done,\n1 refused / failed / rolled back / no result in time / the "
+        "broker refused us, 2 bad\ninput.\n\nThe broker: --host, --port, --tls / --ca-file, "
+        "--cert-file/--key-file (mutual TLS),\n--username, as for `edgegw receive`; "
+        "--protocol mqtt311 for a broker without MQTT 5.\n" + PASSWORD_EPILOG
     )
     ops = s.add_subparsers(dest="command_op", required=True, metavar="OPERATION")
     p = add_command(
@@ -124,6 +126,7 @@ def _value(text: str) -> Any:
 def main(args: argparse.Namespace) -> int:
     from security import DeviceKey, KeyFileError
 
+    broker = broker_from_args(args)
     from ..downlink.wire import COMMAND_ID, encode_command, sign_command
     from ..receiver import EnrolmentError, Enrolments
 
@@ -164,11 +167,8 @@ def main(args: argparse.Namespace) -> int:
     topic = f"{args.prefix.rstrip('/')}/{args.gateway}/command"
     payload = encode_command(gw=args.gateway, id=cid, op=op, args=cargs, lifetime_s=args.lifetime)
     message = sign_command(payload, key, topic)
-    host = args.host.strip("[]")
     try:
-        res = send_and_wait(
-            host, args.port, args.prefix, args.gateway, trust, topic, message, args.timeout
-        )
+        res = send_and_wait(broker, args.prefix, args.gateway, trust, topic, message, args.timeout)
     except ConnectionError as exc:
         print(f"edgegw: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -185,8 +185,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def send_and_wait(
-    host: str,
-    port: int,
+    broker: Broker,
     prefix: str,
     gw: str,
     trust: Any,
@@ -196,9 +195,6 @@ def send_and_wait(
 ) -> dict[str, Any] | None:
     """Subscribe to the gateway's results, publish the command, return the verified
     result that answers it (by command id or signed digest), or None after ``timeout``."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from security.cose import parse1
 
     from ..downlink.wire import CommandError, decode_command
@@ -224,15 +220,23 @@ def send_and_wait(
     rx = Receiver({gw: trust[gw].root}, prefix, Sink())
     subscribed: queue.Queue[str | None] = queue.Queue()
     acked: queue.Queue[str | None] = queue.Queue()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.suppress_exceptions = True
+    client = broker.client()
     result_topic = f"{prefix.rstrip('/')}/{gw}/command_result"
 
     def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
-            subscribed.put(f"the broker refused the connection: {rc}")
+            subscribed.put(f"the broker {broker} refused the connection: {rc} ({_fix(rc)})")
         else:
             c.subscribe(result_topic, qos=1)
+
+    def on_disconnect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        # before its answer (after it, the get below has what it needs and this is unread)
+        maybe = "" if broker.tls else "a TLS listener reached without --tls or --ca-file, "
+        subscribed.put(
+            f"the broker {broker} closed the connection ({rc}) before answering: {maybe}a "
+            "client certificate it does not accept (--cert-file/--key-file), or an MQTT "
+            "version it does not speak (--protocol)"
+        )
 
     def on_subscribe(c: Any, u: Any, mid: int, codes: Any, props: Any) -> None:
         bad = [rc for rc in codes if rc.is_failure]
@@ -248,10 +252,11 @@ def send_and_wait(
 
     client.on_connect, client.on_subscribe = on_connect, on_subscribe
     client.on_message, client.on_publish = on_message, on_publish
+    client.on_disconnect = on_disconnect
     try:
-        client.connect(host, port)
-    except OSError as exc:
-        raise ConnectionError(f"cannot connect to the broker [{host}]:{port}: {exc}") from None
+        client.connect(broker.host, broker.port)
+    except OSError as exc:  # ssl.SSLError too: a broker certificate that does not verify
+        raise ConnectionError(f"cannot connect to the broker {broker}: {exc}") from None
     client.loop_start()
     try:
         why = _get(subscribed, 15, "no answer from the broker to our subscription")
@@ -268,6 +273,20 @@ def send_and_wait(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _fix(rc: Any) -> str:
+    """What to check after a refused CONNACK (mosquitto answers a wrong password with
+    Not authorized, 0x87; others with Bad user name or password, 0x86)."""
+    code = getattr(rc, "value", rc)
+    if code in (0x86, 0x87, 0x04, 0x05):
+        return (
+            "check --username, the password (--password-file or the environment), the "
+            "client certificate and the broker's ACL"
+        )
+    if code in (0x84, 0x01):
+        return "the broker does not speak this MQTT version: try --protocol mqtt311"
+    return "see the broker's log"
 
 
 def _get(q: queue.Queue[str | None], timeout: float, late: str) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from . import EXIT_FAILED, Subparsers, add_command, fail
+from .broker_options import PASSWORD_EPILOG, add_broker_options, broker_from_args
 
 log = logging.getLogger("edgegw.receiver")
 
 DEFAULT_DB = "received.db"
-PASSWORD_ENV = "EDGEGW_MQTT_PASSWORD"
 
 
 def register(sub: Subparsers) -> None:
@@ -44,23 +43,9 @@ def register(sub: Subparsers) -> None:
         "input (enrolment, options).\n\nPostgreSQL: --db postgresql://USER@HOST/DB (libpq URL; "
         "the password from PGPASSWORD or\n~/.pgpass, TLS with ?sslmode=verify-full&sslrootcert="
         "...). Any number of receivers in one\n--share group against one database behave as "
-        "one: give each its own --client-id.\nBroker password: --password-file FILE or the "
-        f"environment variable {PASSWORD_ENV}\n(never on the command line)."
+        "one: give each its own --client-id.\n" + PASSWORD_EPILOG
     )
-    s.add_argument("--host", default="::1", help="broker address (default ::1)")
-    s.add_argument("--port", type=int, default=None, help="default 1883, 8883 with TLS")
-    s.add_argument("--tls", action="store_true", help="TLS to the broker (system CA store)")
-    s.add_argument("--ca-file", metavar="PEM", help="CA to verify the broker (implies --tls)")
-    s.add_argument("--cert-file", metavar="PEM", help="client certificate (mutual TLS)")
-    s.add_argument("--key-file", metavar="PEM", help="client certificate's key")
-    s.add_argument("--username", help="broker user name")
-    # Refused with a reason (and so never taken as an abbreviation of --password-file).
-    s.add_argument("--password", help=argparse.SUPPRESS)
-    s.add_argument(
-        "--password-file",
-        metavar="FILE",
-        help=f"broker password, first line of FILE (or the environment: {PASSWORD_ENV})",
-    )
+    add_broker_options(s)
     s.add_argument("--prefix", default="edgegw", help="topic prefix (default edgegw)")
     s.add_argument(
         "--enrol",
@@ -129,38 +114,6 @@ def register(sub: Subparsers) -> None:
     s.set_defaults(func=main)
 
 
-def _password(args: argparse.Namespace) -> str | None:
-    if args.password is not None:
-        raise fail(
-            "--password: a password on the command line shows in `ps` and the shell's "
-            f"history; put it in a file (--password-file FILE, mode 0600) or in {PASSWORD_ENV}"
-        )
-    if args.password_file:
-        try:
-            lines = Path(args.password_file).read_text().splitlines()
-        except OSError as exc:
-            raise fail(
-                f"--password-file {args.password_file}: cannot read ({exc.strerror})"
-            ) from None
-        if not lines or not lines[0]:
-            raise fail(f"--password-file {args.password_file}: the first line is empty")
-        return lines[0]
-    return os.environ.get(PASSWORD_ENV) or None
-
-
-def _tls(args: argparse.Namespace) -> Any:
-    if not (args.tls or args.ca_file or args.cert_file or args.key_file):
-        return None
-    if bool(args.cert_file) != bool(args.key_file):
-        raise fail("--cert-file and --key-file go together (mutual TLS), or neither")
-    from security.tls import client_context
-
-    try:
-        return client_context(args.ca_file, args.cert_file, args.key_file)
-    except (OSError, ValueError) as exc:
-        raise fail(f"TLS: cannot load the CA or client certificate: {exc}") from None
-
-
 def _client_id(args: argparse.Namespace) -> str:
     if args.client_id:
         return str(args.client_id)
@@ -197,7 +150,7 @@ def _needs_psycopg(db: str, exc: ImportError) -> SystemExit:
 def main(args: argparse.Namespace) -> int:
     if args.report:
         return report_main(args)
-    password = _password(args)
+    broker = broker_from_args(args)
     from ..receiver import (
         DEFAULT_MAX_MESSAGE_BYTES,
         EnrolmentChanged,
@@ -227,8 +180,6 @@ def main(args: argparse.Namespace) -> int:
     max_bytes = args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
     if max_bytes < 1024:
         raise fail("--max-message-bytes: at least 1024")
-    tls = _tls(args)
-    port = args.port or (8883 if tls is not None else 1883)
     try:
         store = open_store(args.db, readings=not args.no_readings)
     except StoreError as exc:
@@ -249,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
     except StoreError as exc:
         store.close()
         raise fail(str(exc), EXIT_FAILED) from None
-    host = args.host.strip("[]")
+    host, port = broker.host, broker.port
     client_id = _client_id(args)
     mr = MqttReceiver(
         rx,
@@ -258,9 +209,9 @@ def main(args: argparse.Namespace) -> int:
         client_id=client_id,
         share_group=args.share,
         session_expiry_s=args.session_expiry,
-        tls_context=tls,
-        username=args.username,
-        password=password,
+        tls_context=broker.tls,
+        username=broker.username,
+        password=broker.password,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

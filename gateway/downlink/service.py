@@ -16,6 +16,14 @@ malformed, unknown key, bad signature) is audited and answered too, but at a bou
 pace: the first of each reason at once, then summaries (gateway/digest.py), so a flood
 cannot fill the audit log or the outbox.
 
+Beyond the queue (QUEUE messages waiting), a message is checked as far as its signature
+on arrival, within a budget (OVERFLOW_CHECKS_PER_S, bursts up to BUSY_MAX), so that a
+flood costs the event loop little: a genuine command is answered ``refused`` [``busy``]
+(recorded under its id, audited, sealed: the platform hears, and knows it did not run);
+anything else, or what arrives past the budget, is dropped with a digested audit record
+(``queue_full``). A bug while handling a message still answers it: ``failed``
+[``internal_error``], audited, logged with the traceback.
+
 Writes run in tasks of their own, one device at a time per device (a dead device delays
 only its own commands); the drivers serialise them with their reads (and RTU bus locks
 hold). A config push runs alone: it waits for running writes, and writes wait for it.
@@ -26,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +59,9 @@ from .wire import Command, CommandError, decode_command, result
 
 log = logging.getLogger("edgegw.downlink")
 
-QUEUE = 256  # messages waiting to be checked; more are acknowledged and counted as dropped
+QUEUE = 256  # messages waiting to be checked; beyond it, see the module docstring
+BUSY_MAX = 1024  # genuine commands beyond the queue waiting for their ``busy`` answer
+OVERFLOW_CHECKS_PER_S = 100.0  # signatures checked beyond the queue (~125 us each), steady
 DEVICE_TIMEOUT_S = 30.0  # one read or write of a device, at most
 UNVERIFIED_RESULT_EVERY_S = 10.0  # results for commands nobody trusted: at most this often
 
@@ -61,6 +73,51 @@ class Writer(Protocol):
 
 ConfigPush = Callable[[Command], Awaitable[tuple[str, str | None, str | None]]]
 """Applies a config command: (outcome, reason, detail); see config_push.py."""
+
+ZERO_DIGEST = b"\0" * 32  # the digest of a message that is not a COSE_Sign1
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A message whose signature verified under a trusted command key."""
+
+    payload: bytes  # the command (CBOR), not yet read
+    key: TrustedKey
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unverified:
+    """A message that did not verify (or was not checked): ``reason`` is its code."""
+
+    reason: str
+    why: str
+    digest: bytes | None
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the handling of one message has learnt so far (for an internal error)."""
+
+    received: int
+    payload: bytes = b""
+    digest: bytes | None = None
+    key: TrustedKey | None = None
+    cmd: Command | None = None
+
+
+def _once(ack: Callable[[], None]) -> Callable[[], None]:
+    """An acknowledgement that is sent once however often it is called: a second PUBACK
+    could acknowledge another message that reuses the packet id."""
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            ack()
+
+    return once
 
 
 class Downlink:
@@ -82,6 +139,10 @@ class Downlink:
         self.state: CommandState | None = None
         self._recovered = False
         self._queue: asyncio.Queue[tuple[bytes, Callable[[], None]]] = asyncio.Queue(QUEUE)
+        self._busy: deque[tuple[Verified, Callable[[], None], int]] = deque()
+        self._busy_digests: set[bytes] = set()
+        self._checks = float(BUSY_MAX)  # token bucket for signature checks beyond the queue
+        self._checks_at = time.monotonic()
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._config_lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
@@ -121,15 +182,77 @@ class Downlink:
 
     def offer(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
         """A message from the broker (on the loop; never blocks)."""
+        ack = _once(ack)
         if topic != self.topic:
             ack()  # not ours (a broker quirk): nothing to do with it
             return
         try:
             self._queue.put_nowait((payload, ack))
         except asyncio.QueueFull:
-            ack()  # a flood: the broker must not stall our session for it
-            self._count("dropped_queue_full")
-            self._unverified.note("queue_full", "the command queue was full")
+            self._overflow(payload, ack)
+
+    def _overflow(self, payload: bytes, ack: Callable[[], None]) -> None:
+        """The queue is full: a genuine command waits for its ``busy`` answer; the rest is
+        dropped (a flood: the broker must not stall our session for it)."""
+        received = time.time_ns()
+        auth = self._authenticate(payload, budget=True)
+        if isinstance(auth, Verified) and auth.digest in self._busy_digests:
+            ack()  # a copy of one that waits for its answer
+            self._count("repeated")
+            return
+        if isinstance(auth, Verified) and len(self._busy) < BUSY_MAX:
+            self._busy.append((auth, ack, received))  # acknowledged once answered
+            self._busy_digests.add(auth.digest)
+            return
+        ack()
+        self._count("dropped_queue_full")
+        if isinstance(auth, Verified):
+            log.error(
+                "SECURITY: the command queue is full: dropped a command signed by %r (%d more "
+                "wait to be answered)",
+                auth.key.name,
+                BUSY_MAX,
+            )
+            self._unverified.note("queue_full", "verified, no room to answer it")
+        else:  # the code alone: the summaries count by it
+            self._unverified.note("queue_full", auth.reason)
+
+    def _spend_check(self) -> bool:
+        now = time.monotonic()
+        self._checks = min(
+            float(BUSY_MAX), self._checks + (now - self._checks_at) * OVERFLOW_CHECKS_PER_S
+        )
+        self._checks_at = now
+        if self._checks < 1:
+            return False
+        self._checks -= 1
+        return True
+
+    def _authenticate(self, payload: bytes, budget: bool = False) -> Verified | Unverified:
+        """Size, envelope, key, signature (nothing of the payload is read). ``budget``:
+        beyond the queue, where signature checks are rationed."""
+        limit = self.cfg.commands.max_message_bytes
+        if len(payload) > limit:
+            why = f"{len(payload)} bytes > commands.max_message_bytes {limit}"
+            return Unverified("oversize", why, None)
+        try:
+            env = parse1(payload)
+        except CoseError as exc:
+            return Unverified("malformed", str(exc), None)
+        digest = env.signed_digest(self._aad)
+        key = self.keys.get(env.kid)
+        if key is None:
+            why = f"kid {env.kid[:32].hex()} is not a command key of this gateway"
+            return Unverified("unknown_key", why, digest)
+        if budget and not self._spend_check():
+            why = f"not checked: over {OVERFLOW_CHECKS_PER_S:g} signature checks a second"
+            return Unverified("unchecked", why, digest)
+        try:
+            env.verify(key.public_key, self._aad)
+        except BadSignature:
+            why = f"the signature does not verify with key {key.name!r} (altered, or another topic)"
+            return Unverified("bad_signature", why, digest)
+        return Verified(env.payload, key, digest)
 
     def subscribed(self, ok: bool, why: str | None) -> None:
         if not ok and self.subscription_ok is not False:
@@ -149,15 +272,64 @@ class Downlink:
             self._recovered = True
         try:
             while True:
+                if self._busy:  # beyond the queue: answered first, the platform waits
+                    v, ack, received = self._busy.popleft()
+                    p = Progress(received, digest=v.digest, key=v.key)
+                    try:
+                        await self._guarded(self._handle_verified(v, ack, p, busy=True), ack, p)
+                    finally:
+                        self._busy_digests.discard(v.digest)
+                    continue
                 payload, ack = await self._queue.get()
-                try:
-                    await self._handle(payload, ack)
-                except Exception:  # a bug must not stop the downlink: log, go on
-                    log.exception("downlink: unexpected error handling a command")
-                    self._count("errors")
-                    ack()
+                p = Progress(time.time_ns(), payload)
+                await self._guarded(self._handle(payload, ack, p), ack, p)
         finally:
             self._unverified.flush()
+
+    async def _guarded(
+        self, handling: Awaitable[None], ack: Callable[[], None], p: Progress
+    ) -> None:
+        """A bug must not stop the downlink, nor leave the command unanswered."""
+        try:
+            await handling
+        except Exception as exc:
+            log.exception("downlink: unexpected error handling a command")
+            self._count("errors")
+            try:
+                await self._internal_error(p, exc)
+            except Exception:
+                log.exception("downlink: cannot answer the command that failed")
+            ack()
+
+    async def _internal_error(self, p: Progress, exc: Exception) -> None:
+        """Answer a message whose handling raised: ``failed`` [``internal_error``],
+        recorded under its id when it was read (so it is not run later), audited, sealed."""
+        if p.digest is None:  # which message this answers, if that much can be told
+            try:
+                p.digest = parse1(p.payload).signed_digest(self._aad)
+            except Exception:
+                log.warning("the command that failed is not a COSE_Sign1: its digest is zeros")
+        res = result(
+            digest=p.digest or ZERO_DIGEST,
+            kid=p.key.kid if p.key else None,
+            cmd=p.cmd,
+            outcome="failed",
+            reason="internal_error",
+            detail=f"the gateway failed while handling this command ({exc!r}); it was not "
+            "executed unless the result of its execution says otherwise",
+            received_ns=p.received,
+        )
+        if p.cmd is not None and any(t.get_name() == f"command:{p.cmd.id}" for t in self._running):
+            log.error("command %s executes: its own result follows", p.cmd.id)
+            return None
+        if p.cmd is not None and p.key is not None and self.state is not None:
+            seen = await asyncio.to_thread(self.state.seen, p.cmd.id)
+            if seen is None or (seen.digest == p.digest and seen.state == "executing"):
+                assert p.digest is not None
+                return await self._finish(p.cmd, p.key, p.digest, p.received, res)
+            # the id belongs to another command, or this one has its own result already
+        await asyncio.to_thread(self._audit_result, res, p.key, p.key is not None)
+        await self._seal(res, None)
 
     async def stop(self, task: asyncio.Task[None], grace_s: float = 10.0) -> None:
         """End the consumer ``task``; let running commands finish for up to ``grace_s``
@@ -196,34 +368,22 @@ class Downlink:
         for cid, res in await asyncio.to_thread(st.unsealed):
             await self._seal(res, cid)
 
-    async def _handle(self, payload: bytes, ack: Callable[[], None]) -> None:
-        received = time.time_ns()
-        limit = self.cfg.commands.max_message_bytes
-        if len(payload) > limit:
+    async def _handle(self, payload: bytes, ack: Callable[[], None], p: Progress) -> None:
+        auth = self._authenticate(payload)
+        if isinstance(auth, Unverified):
             ack()
-            return await self._unverified_refusal(
-                "oversize", f"{len(payload)} bytes > commands.max_message_bytes {limit}", None
-            )
+            return await self._unverified_refusal(auth.reason, auth.why, auth.digest)
+        p.digest, p.key = auth.digest, auth.key
+        return await self._handle_verified(auth, ack, p)
+
+    async def _handle_verified(
+        self, v: Verified, ack: Callable[[], None], p: Progress, busy: bool = False
+    ) -> None:
+        """From here on the payload is read, and every outcome is recorded. ``busy``: it
+        came beyond the queue; answered (once its id is known to be new) as refused."""
+        key, digest, received = v.key, v.digest, p.received
         try:
-            env = parse1(payload)
-        except CoseError as exc:
-            ack()
-            return await self._unverified_refusal("malformed", str(exc), None)
-        digest = env.signed_digest(self._aad)
-        key = self.keys.get(env.kid)
-        if key is None:
-            ack()
-            why = f"kid {env.kid[:32].hex()} is not a command key of this gateway"
-            return await self._unverified_refusal("unknown_key", why, digest)
-        try:
-            env.verify(key.public_key, self._aad)
-        except BadSignature:
-            ack()
-            why = f"the signature does not verify with key {key.name!r} (altered, or another topic)"
-            return await self._unverified_refusal("bad_signature", why, digest)
-        # Verified: from here on the payload is read, and every outcome is recorded.
-        try:
-            cmd = decode_command(env.payload)
+            cmd = decode_command(v.payload)
         except CommandError as exc:
             ack()
             res = result(
@@ -237,12 +397,19 @@ class Downlink:
             log.error("SECURITY: command refused: %s", res["detail"])
             await asyncio.to_thread(self._audit_result, res, key)
             return await self._seal(res, None)
+        p.cmd = cmd
         assert self.state is not None
         seen = await asyncio.to_thread(self.state.seen, cmd.id)
         if seen is not None:
             ack()
             return await self._again(cmd, key, digest, seen, received)
         try:
+            if busy:
+                raise Refused(
+                    "busy",
+                    f"the gateway's command queue was full ({QUEUE} waiting): not executed; "
+                    "send it again under a new id",
+                )
             target = self._check(cmd, key, received)
         except Refused as r:
             res = result(
@@ -480,7 +647,7 @@ class Downlink:
             return
         self._last_unverified_result[reason] = now
         res = result(
-            digest=digest or b"\0" * 32,
+            digest=digest or ZERO_DIGEST,
             outcome="refused",
             reason=reason,
             detail=why,
@@ -494,7 +661,9 @@ class Downlink:
             detail = {"detail": detail["reason"]}
         self.audit("command_refused", {"reason": reason, "verified": False, **detail})
 
-    def _audit_result(self, res: dict[str, Any], key: TrustedKey | None) -> None:
+    def _audit_result(
+        self, res: dict[str, Any], key: TrustedKey | None, verified: bool = True
+    ) -> None:
         event = {"done": "command_done", "refused": "command_refused"}.get(
             res["outcome"], "command_failed"
         )
@@ -504,7 +673,7 @@ class Downlink:
                 detail[k] = detail[k].hex()
         if key is not None:
             detail["key"] = key.name
-        detail["verified"] = True
+        detail["verified"] = verified
         self.audit(event, detail)
 
     def _count(self, what: str) -> None:

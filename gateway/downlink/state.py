@@ -65,7 +65,10 @@ class Seen:
 
 class CommandState:
     """Thread-safe (one connection, one lock): the downlink calls it from a worker thread
-    so that its fsyncs never run on the event loop."""
+    so that its fsyncs never run on the event loop. What the checks on the loop need (when
+    each tag was last written, the config version) is also kept in memory, set by the
+    writes once they committed: reading it never waits for the lock, which a ``FULL``
+    transaction holds through its fsync."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -77,6 +80,10 @@ class CommandState:
             self.db.executescript(_SCHEMA)
             if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
+            rows = self.db.execute("SELECT tag, at_ns FROM tag_writes").fetchall()
+            self._tag_writes: dict[str, int] = {str(t): int(at) for t, at in rows}
+            row = self.db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
+            self._config_version: int | None = None if row is None else int(row[0])
         except sqlite3.Error as exc:
             raise StateError(
                 f"{path}: cannot open the command state ({exc}); if the file is damaged, move "
@@ -124,6 +131,7 @@ class CommandState:
         tag: str | None = None,
     ) -> None:
         """Record a command as executing (and its tag as written now), durably."""
+        now = time.time_ns()
 
         def fn(db: sqlite3.Connection) -> None:
             db.execute(
@@ -132,13 +140,15 @@ class CommandState:
                 (command_id, digest, kid, op, exp_ns, received_ns),
             )
             if tag is not None:
-                db.execute("INSERT OR REPLACE INTO tag_writes VALUES (?, ?)", (tag, time.time_ns()))
+                db.execute("INSERT OR REPLACE INTO tag_writes VALUES (?, ?)", (tag, now))
             db.execute(
                 "DELETE FROM commands WHERE exp_ns < ? AND state = 'finished' AND sealed = 1",
                 (received_ns - KEEP_AFTER_EXPIRY_NS,),
             )
 
         self._txn(fn)
+        if tag is not None:
+            self._tag_writes[tag] = now  # committed: what the next check sees
 
     def finish(
         self,
@@ -187,14 +197,12 @@ class CommandState:
         return [(r[0], bytes(r[1]), bytes(r[2]) if r[2] else None, r[3], r[4], r[5]) for r in rows]
 
     def last_write_ns(self, tag: str) -> int | None:
-        with self._lock:
-            row = self.db.execute("SELECT at_ns FROM tag_writes WHERE tag = ?", (tag,)).fetchone()
-        return None if row is None else int(row[0])
+        """When ``tag`` was last written (committed), from memory: safe on the event loop."""
+        return self._tag_writes.get(tag)
 
     def config_version(self) -> int | None:
-        with self._lock:
-            row = self.db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
-        return None if row is None else int(row[0])
+        """The config version last applied (committed), from memory: safe on the loop."""
+        return self._config_version
 
     def set_config_version(self, version: int) -> None:
         self._txn(
@@ -202,3 +210,4 @@ class CommandState:
                 "INSERT OR REPLACE INTO meta VALUES ('config_version', ?)", (version,)
             )
         )
+        self._config_version = version

@@ -20,6 +20,7 @@ from drivers.modbus.simulator import ModbusSimulator
 from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.simulator import OpcuaSimulator
 from drivers.s7.simulator import S7Simulator
+from gateway.commands.broker_options import Broker
 from gateway.commands.command import send_and_wait
 from gateway.config import load_config
 from gateway.daemon import Daemon
@@ -78,6 +79,8 @@ class Rig:
     health_s: float = 3.0
     protocol: str = "mqtt5"
     extra_devices: str = ""
+    extra_scopes: str = ""  # more '<device>/<tag>' patterns for the ops key, e.g. ", 'far/*'"
+    uplink_extra: str = ""  # more uplink settings, e.g. ", username: gw, password_file: pw"
     mb: ModbusSimulator | None = None
     ua: OpcuaSimulator | None = None
     s7: S7Simulator | None = None
@@ -101,13 +104,14 @@ class Rig:
         return (
             f"gateway: {{id: {GW}, state_dir: {self.state}, flush_window_ms: 50}}\n"
             f"uplink: {{host: '::1', port: {self.uplink_port or self.broker_port}, "
-            f"reconnect_max_s: 1, protocol: {self.protocol}}}\n"
+            f"reconnect_max_s: 1, protocol: {self.protocol}{self.uplink_extra}}}\n"
             "metrics: {enabled: false}\n"
             "commands:\n"
             f"  config_health_s: {self.health_s}\n"
             "  keys:\n"
             "    - {name: ops, public_key: ops.pub.pem, operations: [write],\n"
-            "       tags: ['plc/sp', 'plc/slow', 'plc/fixed', 'plc/run', 'ua/*', 's7/*']}\n"
+            "       tags: ['plc/sp', 'plc/slow', 'plc/fixed', 'plc/run', 'ua/*', 's7/*'"
+            f"{self.extra_scopes}]}}\n"
             "    - {name: admin, public_key: admin.pub.pem, operations: [config]}\n"
             f"devices:\n{devices}"
         )
@@ -218,8 +222,7 @@ class Rig:
         """Publish a command and wait for its verified result (None: none in time)."""
         return await asyncio.to_thread(
             send_and_wait,
-            "::1",
-            self.broker_port,
+            Broker("::1", self.broker_port),
             "edgegw",
             GW,
             self.trust,

@@ -142,8 +142,17 @@ def test_every_refusal_has_its_reason_is_audited_and_writes_nothing(
                     "config", {"version": 9, "config": "gateway: {id: x}"}
                 ),
             }
+            # a sentinel in every register and node a refused command aims at, read back
+            # right after each refusal: a later write cannot hide one that got through
+            assert rig.ua is not None
+            sentinel = [0xBEEF, 0x0BAD]
+            rig.mb.set_registers(1, Table.HOLDING, 10, sentinel)
+            await rig.ua.write("ns=2;s=Cmd.Mode", 1)
+            mode = rig.ua.server.get_node("ns=2;s=Cmd.Mode")  # type: ignore[union-attr]
             for reason, message in cases.items():
                 out[reason] = await rig.send(message)
+                out["sp_" + reason] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+                out["mode_" + reason] = await mode.read_value()
             # a trusted key signing something that is not a command
             garbage = cbor2.dumps({"v": 1, "hello": "world"})
             out["bad_payload"] = await rig.send(rig.signed_raw(garbage, rig.ops))
@@ -195,6 +204,15 @@ def test_every_refusal_has_its_reason_is_audited_and_writes_nothing(
         assert r is not None, f"{case}: no result"
         assert (r["outcome"], r["reason"]) == ("refused", reason), (case, r)
         assert r["detail"], case
+    aimed_at_sp = (
+        "bad_signature", "unknown_key", "expired", "not_yet_valid", "lifetime_too_long",
+        "out_of_range", "wrong_gateway",
+    )  # fmt: skip
+    for case in aimed_at_sp:
+        assert out["sp_" + case] == [0xBEEF, 0x0BAD], (case, out["sp_" + case])
+    for case in (c for c in expect if "sp_" + c in out):  # and every other refusal
+        assert out["sp_" + case] == [0xBEEF, 0x0BAD], case
+        assert out["mode_" + case] == 1, (case, out["mode_" + case])
     # unverified refusals do not claim to know the command
     assert out["bad_signature"]["id"] is None and out["bad_signature"]["kid"] is None
     assert out["unknown_key"]["id"] is None
@@ -381,3 +399,262 @@ def test_commands_over_mqtt_311_with_a_persistent_session(
     out = asyncio.run(main())
     assert out["limits"]["protocol"] == "mqtt311"
     assert out["r"]["outcome"] == "done" and out["r"]["after"] == 7.5
+
+
+class SpyLock:
+    """Stands in for commands.db's lock and notes the thread of every taker: a FULL
+    transaction holds this lock through its fsync, so a taker on the event loop would
+    stall the whole gateway (polls, uplink) for as long as the disk takes."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.takers: list[str] = []
+
+    def __enter__(self) -> Any:
+        import threading
+
+        self.takers.append(threading.current_thread().name)
+        return self.real.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.real.__exit__(*exc)
+
+
+def test_the_checks_on_the_loop_never_wait_for_commands_db(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The pace of a tag (min_interval_s) and the config version are checked on the event
+    loop from memory kept by the committed writes; commands.db's lock (held through each
+    FULL fsync) is taken only by worker threads. The memory is loaded from the file at
+    start: after a restart, the pace and the version still hold."""
+    import threading
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port, health_s=1.0) as rig:
+            assert rig.daemon is not None and rig.daemon.downlink is not None
+            loop_thread = threading.current_thread().name
+            text = rig.cfg_path.read_text()
+            for restarted in (False, True):
+                st = rig.daemon.downlink.state
+                assert st is not None
+                spy = SpyLock(st._lock)
+                st._lock = spy  # type: ignore[assignment]
+                tag = f"r{int(restarted)}"
+                out[tag + "slow"] = await rig.send(
+                    rig.message("write", {"tag": "plc/slow", "value": 3})
+                )
+                out[tag + "sp"] = await rig.send(
+                    rig.message("write", {"tag": "plc/sp", "value": 5})
+                )
+                push = {"version": 2, "config": text}
+                out[tag + "config"] = await rig.send(rig.message("config", push, key=rig.admin))
+                out[tag + "takers"] = list(spy.takers)
+                st._lock = spy.real
+                if not restarted:
+                    await rig.stop_daemon()
+                    await rig.start_daemon()
+            out["loop"] = loop_thread
+        return out
+
+    out = asyncio.run(main())
+    outcomes = {k: (v["outcome"], v["reason"]) for k, v in out.items() if isinstance(v, dict)}
+    assert outcomes == {
+        "r0slow": ("done", None),
+        "r0sp": ("done", None),
+        "r0config": ("done", None),
+        "r1slow": ("refused", "too_frequent"),  # 60 s since the write before the restart
+        "r1sp": ("done", None),
+        "r1config": ("refused", "version_not_newer"),
+    }, outcomes
+    for restarted in ("r0", "r1"):
+        takers = out[restarted + "takers"]
+        assert len(takers) >= 4, takers  # seen, begin, finish, mark_sealed... in workers
+        assert out["loop"] not in takers, takers
+
+
+def test_a_genuine_command_beyond_a_full_queue_is_answered_busy_never_dropped(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: Any
+) -> None:
+    """The command queue (2 here) is full while the downlink waits on commands.db: a
+    genuine command beyond it is checked on arrival and answered refused [busy] (signed,
+    recorded under its id, audited: a copy of it later gets the same answer and it never
+    runs); a forged one beyond it is dropped with a digested audit record only; the queued
+    commands all run."""
+    import threading
+
+    import gateway.downlink.service as service
+
+    monkeypatch.setattr(service, "QUEUE", 2)
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.daemon is not None and rig.daemon.downlink is not None
+            assert rig.mb is not None
+            dl, st = rig.daemon.downlink, rig.daemon.downlink.state
+            assert st is not None
+            entered, gate = threading.Event(), threading.Event()
+            real_seen = st.seen
+
+            def slow_seen(command_id: str) -> Any:  # as a disk that takes its time
+                entered.set()
+                gate.wait(60)  # a bound only: the test opens it
+                return real_seen(command_id)
+
+            st.seen = slow_seen  # type: ignore[method-assign]
+            sends: dict[str, asyncio.Task[Any]] = {}
+
+            def send(name: str, message: bytes, timeout: float = 30) -> None:
+                sends[name] = asyncio.create_task(rig.send(message, timeout=timeout))
+
+            send("first", rig.message("write", {"tag": "plc/sp", "value": 1.0}))
+            await rig.until(entered.is_set, 20, "the downlink did not take the first command")
+            send("q1", rig.message("write", {"tag": "ua/sp", "value": 2.0}))
+            await rig.until(lambda: dl._queue.qsize() == 1, 20, "q1 not queued")
+            send("q2", rig.message("write", {"tag": "s7/level", "value": 3.0}))
+            await rig.until(lambda: dl._queue.qsize() == 2, 20, "q2 not queued")
+            busy = rig.message("write", {"tag": "plc/run", "value": True}, lifetime_s=120)
+            send("busy", busy)
+            await rig.until(lambda: len(dl._busy) == 1, 20, "no busy entry")
+            forged = rig.message("write", {"tag": "plc/run", "value": True})
+            send("forged", forged[:-1] + bytes([forged[-1] ^ 1]), timeout=8)
+            await rig.until(
+                lambda: dl.counts.get("dropped_queue_full") == 1, 20, "forged one not dropped"
+            )
+            gate.set()
+            for name, task in sends.items():
+                out[name] = await task
+            out["busy_again"] = await rig.send(busy)
+            out["run"] = rig.mb.get_bits(1, Table.COIL, 3, 1)
+            out["counts"] = dict(dl.counts)
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    for name, after in (("first", 1.0), ("q1", 2.0), ("q2", 3.0)):
+        r = out[name]
+        assert r is not None and (r["outcome"], r["after"]) == ("done", after), (name, r)
+    r = out["busy"]
+    assert r is not None and (r["outcome"], r["reason"], r["tag"]) == ("refused", "busy", "plc/run")
+    assert "new id" in r["detail"] and len(r["kid"]) == 16
+    again = out["busy_again"]
+    assert (again["outcome"], again["reason"], again["again"]) == ("refused", "busy", True)
+    assert out["run"] == [False]  # the busy command never ran
+    assert out["forged"] is None  # beyond the queue, unverified: no result...
+    refused = [r.detail for r in out["audit"] if r.event == "command_refused"]
+    assert any(d.get("reason") == "busy" and d["verified"] for d in refused), refused
+    # ... but an audit record (the first of a digest) naming why
+    assert {"reason": "queue_full", "verified": False, "detail": "bad_signature"} in refused
+
+
+def test_a_bug_while_handling_a_command_still_answers_it(
+    tmp_path: Path, broker: Mosquitto, caplog: Any
+) -> None:
+    """An exception inside the downlink's handling (a seeded bug) answers the command
+    failed [internal_error], signed, audited and recorded under its id (a copy of it gets
+    the same answer, it never runs later), logged with the traceback; before the
+    signature is checked it is answered too, with no id and marked unverified."""
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="edgegw.downlink")
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Rig(tmp_path, broker.port) as rig:
+            assert rig.daemon is not None and rig.daemon.downlink is not None
+            assert rig.mb is not None
+            dl = rig.daemon.downlink
+            rig.mb.set_registers(1, Table.HOLDING, 10, [0x1234, 0x5678])
+
+            def bug(*a: Any, **kw: Any) -> Any:
+                raise ZeroDivisionError("seeded bug")
+
+            msg = rig.message("write", {"tag": "plc/sp", "value": 9.0}, lifetime_s=120)
+            dl._check = bug  # type: ignore[method-assign]
+            out["checked"] = await rig.send(msg)
+            del dl._check  # the method again
+            out["again"] = await rig.send(msg)
+            dl._authenticate = bug  # type: ignore[method-assign]
+            out["early"] = await rig.send(rig.message("write", {"tag": "plc/sp", "value": 8.0}))
+            del dl._authenticate
+            out["after"] = await rig.send(rig.message("write", {"tag": "plc/sp", "value": 7.0}))
+            out["regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+        out["audit"] = rig.audit_records()
+        return out
+
+    out = asyncio.run(main())
+    r = out["checked"]
+    assert r is not None and (r["outcome"], r["reason"]) == ("failed", "internal_error"), r
+    assert r["id"] is not None and "seeded bug" in r["detail"]
+    again = out["again"]
+    assert (again["outcome"], again["reason"], again["again"]) == ("failed", "internal_error", True)
+    early = out["early"]
+    assert early is not None and (early["outcome"], early["reason"]) == ("failed", "internal_error")
+    assert early["id"] is None and early["kid"] is None
+    assert out["after"]["outcome"] == "done"  # the downlink went on
+    assert abs(f32_cdab(out["regs"]) - 70.0) < 1e-3  # 9.0 and 8.0 never written
+    failed = [r.detail for r in out["audit"] if r.event == "command_failed"]
+    assert [(d["reason"], d["verified"]) for d in failed if d.get("again") is not True] == [
+        ("internal_error", True),
+        ("internal_error", False),
+    ], failed
+    tracebacks = [
+        rec for rec in caplog.records if rec.exc_info and "seeded bug" in str(rec.exc_info[1])
+    ]
+    assert len(tracebacks) == 2
+
+
+def test_a_dead_device_delays_only_its_own_commands(tmp_path: Path, broker: Mosquitto) -> None:
+    """A device whose link turns into a black hole (connected, never answering): a write
+    to it stays pending while a write to a good device is done and read back; when that
+    link is cut it fails with the reason, and nothing waited for it but itself."""
+    from drivers.modbus.simulator import ModbusSimulator
+    from tests.linkproxy import LinkProxy
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        far_plc = ModbusSimulator()
+        await far_plc.start()
+        proxy = LinkProxy(("127.0.0.1", far_plc.port), listen_host="127.0.0.1")
+        far = (
+            "  - name: far\n    protocol: modbus_tcp\n    host: 127.0.0.1\n"
+            f"    port: {proxy.port}\n"
+            "    poll_interval_ms: 200\n    timeout_ms: 20000\n    tags:\n"
+            "      - {name: x, address: 0, type: uint16, write: {min: 0, max: 100,"
+            " min_interval_s: 0}}\n"
+        )  # fmt: skip
+        try:
+            async with Rig(
+                tmp_path, broker.port, extra_devices=far, extra_scopes=", 'far/*'"
+            ) as rig:
+                assert rig.daemon is not None and rig.daemon.downlink is not None
+                assert rig.mb is not None and "far" in rig.daemon.devices
+                dl = rig.daemon.downlink
+                proxy.stall()
+                stuck = asyncio.create_task(
+                    rig.send(rig.message("write", {"tag": "far/x", "value": 42}), timeout=60)
+                )
+                await rig.until(lambda: dl.counts.get("accepted") == 1, 20, "far not accepted")
+                out["good"] = await rig.send(rig.message("write", {"tag": "plc/sp", "value": 30}))
+                out["good_regs"] = rig.mb.get_registers(1, Table.HOLDING, 10, 2)
+                out["stuck_pending"] = not stuck.done()
+                out["ua"] = await rig.send(rig.message("write", {"tag": "ua/sp", "value": 4.5}))
+                out["stuck_pending_2"] = not stuck.done()
+                proxy.cut()
+                out["stuck"] = await stuck
+                out["far_regs"] = far_plc.get_registers(1, Table.HOLDING, 0, 1)
+        finally:
+            proxy.close()
+            await far_plc.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert (out["good"]["outcome"], out["good"]["after"]) == ("done", 30), out["good"]
+    assert abs(f32_cdab(out["good_regs"]) - 300.0) < 1e-3
+    assert (out["ua"]["outcome"], out["ua"]["after"]) == ("done", 4.5)
+    assert out["stuck_pending"] and out["stuck_pending_2"]  # done while far hung
+    stuck = out["stuck"]
+    assert stuck is not None and stuck["outcome"] == "failed", stuck
+    assert stuck["reason"] in ("device_unreachable", "timeout", "device_error"), stuck
+    assert out["far_regs"] == [0]  # the black hole swallowed the write
