@@ -289,3 +289,25 @@ def test_a_driver_file_the_service_may_not_use_is_a_device_error(site: Path) -> 
     assert f"{state / 'pki' / 'ua'}" in err and "permission denied for user nobody" in err, err
     assert "sudo chown -R nobody:nogroup" in err, err
     assert "Traceback" not in (site / "run.log").read_text()
+
+
+def test_import_csv_without_rights_says_path_owner_and_fix(site: Path) -> None:
+    """A sheet it may not read, a folder it may not write: the path, the owner, the fix
+    (was a bare "Permission denied")."""
+    sheet = site / "map.csv"
+    sheet.write_text("name,register\na,40001\n")
+    sheet.chmod(0o600)
+    r = as_nobody("import-csv", str(sheet), "--host", "::1")
+    assert r.returncode == 2
+    assert one_clear_line(r) == (
+        f"edgegw: import-csv: {sheet}: permission denied for user nobody ({sheet} belongs "
+        "to root:root, mode 0600): run it with sudo"
+    )
+    sheet.chmod(0o644)
+    out = site / "state" / "meter.yaml"  # root's, mode 0700
+    r = as_nobody("import-csv", str(sheet), "--host", "::1", "-o", str(out))
+    assert r.returncode == 1 and not out.exists()
+    assert one_clear_line(r) == (
+        f"edgegw: import-csv: {out}: permission denied for user nobody ({site / 'state'} "
+        "belongs to root:root, mode 0700): run it with sudo"
+    )
