@@ -5,7 +5,9 @@ further only on purpose) serves:
 
 ``GET /metrics``  Prometheus text format, computed at scrape time from ``snapshot()``
 ``GET /livez``    200 while our own loops run (what systemd's watchdog is fed on), else 503
-``GET /readyz``   200 once live and acquiring (not starting, not stopping), else 503
+``GET /readyz``   200 once started, live and acquiring; 503 while starting (the server
+                  opens first in start-up) and from SIGTERM on, while the outbox drains
+                  (the server closes only after the final snapshot)
 ``GET /healthz``  for monitoring: 200 ``ok``; 429 ``degraded`` (live, but the uplink or a
                   device is down: Consul's "warning" code); 503 ``unhealthy`` (not live)
 
@@ -15,6 +17,7 @@ keeps its latest one and passes ``lambda: daemon.last_snapshot``; the HTTP threa
 reads it. Keys read here (all optional except ``time_ns``)::
 
     gateway, version, pid, boot, final, time_ns, started_ns
+    stopping                          a stop was asked for: polling ended, the outbox drains
     monotonic_ns                      time.monotonic_ns() when the snapshot was taken
     tasks:    {task name: bool}       is each poll loop / pipeline / forwarder task alive
     task_health: {task name: {restarts, failures, failing, last_error}}  (gateway.supervisor)
@@ -106,8 +109,9 @@ def health_problems(
     """Why the daemon is not healthy; an empty list means healthy.
 
     Healthy: a snapshot exists, it is at most ``max_age_s`` old (the event loop runs and
-    the status task with it), the daemon is not stopping, and every task listed under
-    ``tasks`` (one per device poll loop, the pipeline, the forwarder) is alive.
+    the status task with it), it is not the final one, and every task listed under
+    ``tasks`` (one per device poll loop, the pipeline, the forwarder) is alive, unless a
+    stop was asked for (``stopping``: the shutdown ends them while the outbox drains).
     """
     if snap is None:
         return ["no status yet: the daemon is starting"]
@@ -120,7 +124,9 @@ def health_problems(
             f"the status is {age:.1f} s old (limit {max_age_s:g} s): the event loop is "
             "blocked or the status task has died"
         )
-    tasks = snap.get("tasks") or {}
+    # A stop ends the tasks on purpose, one after the other, while the outbox drains:
+    # then live means the loop runs (the status is fresh), not that every task does.
+    tasks = {} if snap.get("stopping") else snap.get("tasks") or {}
     for name in sorted(t for t, alive in tasks.items() if not alive):
         problems.append(f"task {name} has ended")
     # A task of the daemon's own that keeps failing is a reason to stop feeding the
@@ -163,6 +169,13 @@ def degraded_reasons(snap: Snapshot | None) -> list[str]:
     return reasons
 
 
+def is_ready(snap: Snapshot | None, problems: list[str]) -> bool:
+    """Ready for traffic (``/readyz``): started (a snapshot exists), live (no
+    ``problems``: every poll loop runs) and not stopping. A device or the uplink being
+    down is "degraded", not unready: the gateway keeps acquiring and storing."""
+    return snap is not None and not problems and not snap.get("stopping")
+
+
 def health_doc(
     snap: Snapshot | None, *, max_age_s: float = STALE_AFTER_S
 ) -> tuple[int, dict[str, Any]]:
@@ -173,7 +186,8 @@ def health_doc(
     doc: dict[str, Any] = {
         "status": status,
         "live": not problems,
-        "ready": not problems and snap is not None,
+        "ready": is_ready(snap, problems),
+        "stopping": bool(snap and snap.get("stopping")),
         "healthy": not problems,  # kept for tools written before live/ready/degraded
         "problems": problems,
         "degraded": degraded,
@@ -222,6 +236,11 @@ class SnapshotCollector(Collector):
         )
         if snap is None:
             return
+        yield GaugeMetricFamily(
+            "edgegw_ready",
+            "1 when started, live and not stopping (/readyz answers 200)",
+            value=1.0 if is_ready(snap, problems) else 0.0,
+        )
         yield GaugeMetricFamily(
             "edgegw_degraded",
             "1 while the uplink or a device is down (/healthz answers 429)",
@@ -658,6 +677,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "status": "unhealthy",
                         "live": False,
                         "ready": False,
+                        "stopping": False,
                         "healthy": False,
                         "problems": [f"cannot read the status: {exc}"],
                         "degraded": [],

@@ -97,6 +97,14 @@ def test_a_clean_stop_is_shown_as_such(tmp_path: Path, capsys: pytest.CaptureFix
     assert rc == 1 and "STOPPED cleanly 30 s ago" in out
 
 
+def test_a_daemon_draining_after_sigterm_is_shown_stopping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_status(tmp_path, make_snapshot(stopping=True))
+    rc, out, _ = once(capsys, tmp_path)
+    assert rc == 0 and f"STOPPING, pid {os.getpid()}: draining the outbox" in out
+
+
 def test_rate_between_two_snapshots() -> None:
     t = time.time_ns()
     prev = make_snapshot(now_ns=t - 10**9)
