@@ -76,6 +76,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .registry import certificate_files
 from .snapshot import Snapshot
 
 log = logging.getLogger("edgegw.metrics")
@@ -594,8 +595,9 @@ def host_facts(
     cfg: Any, _cache: dict[tuple[str, int], float | None] | None = None
 ) -> dict[str, Any]:
     """What the snapshot's ``host`` section holds, from the config and the system: the
-    outbox limit, free disk under the state dir and the outbox, and when each configured
-    certificate expires (read again only when its file changes)."""
+    outbox limit, free disk under the state dir and the outbox, and when each certificate
+    the gateway uses expires: the uplink's TLS files and each OPC UA device's client
+    certificate (and pinned server certificate); read again only when a file changes."""
     cache = _CERT_CACHE if _cache is None else _cache
     free: dict[str, int] = {}
     for path in dict.fromkeys([cfg.state_dir, Path(cfg.outbox_path).parent]):
@@ -604,12 +606,19 @@ def host_facts(
         except OSError:
             continue
         free[str(path)] = st.f_bavail * st.f_frsize
-    certs: dict[str, float] = {}
+    files: dict[str, Path] = {}
     tls = getattr(cfg.uplink, "tls", None)
     for name in ("cert_file", "ca_file"):
         path = getattr(tls, name, None) if tls is not None else None
-        if path is not None and (when := _cert_expiry(Path(path), cache)) is not None:
-            certs[f"uplink.tls.{name}"] = when
+        if path is not None:
+            files[f"uplink.tls.{name}"] = Path(path)
+    for dev in cfg.devices:  # OPC UA: the client certificate the gateway generated/uses
+        for name, path in certificate_files(dev, cfg.state_dir).items():
+            files[f"{dev.protocol}.{dev.name}.{name}"] = path
+    certs: dict[str, float] = {}
+    for name, path in files.items():
+        if (when := _cert_expiry(path, cache)) is not None:
+            certs[name] = when
     return {
         "outbox_limit_bytes": int(cfg.outbox.max_mib * 2**20),
         "disk_free_bytes": free,
@@ -621,7 +630,8 @@ _CERT_CACHE: dict[tuple[str, int], float | None] = {}
 
 
 def _cert_expiry(path: Path, cache: dict[tuple[str, int], float | None]) -> float | None:
-    """notAfter of the first certificate in a PEM file, as unix time; None if unreadable."""
+    """notAfter of the first certificate in a PEM or DER file, as unix time; None if the
+    file does not exist (yet) or cannot be read (logged once per version of the file)."""
     try:
         key = (str(path), path.stat().st_mtime_ns)
     except OSError:
@@ -630,7 +640,11 @@ def _cert_expiry(path: Path, cache: dict[tuple[str, int], float | None]) -> floa
         from cryptography import x509
 
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            data = path.read_bytes()
+            if b"-----BEGIN" in data:
+                cert = x509.load_pem_x509_certificate(data)
+            else:
+                cert = x509.load_der_x509_certificate(data)
             cache[key] = cert.not_valid_after_utc.timestamp()
         except (OSError, ValueError) as exc:
             log.warning("metrics: cannot read certificate %s: %s", path, exc)
