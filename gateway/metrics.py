@@ -29,8 +29,10 @@ reads it. Keys read here (all optional except ``time_ns``)::
     outbox:   {rows, bytes, first_seq, last_seq, oldest_created_ns}
     devices:  {name: {up, reads, errors, overruns, last_latency_ms, last_read_ns,
                       bad_readings, last_ok_ns, latency (histogram),
-                      driver: {requests, timeouts, link_errors, exceptions: {code: n},
-                               decode_errors, splits, plan_requests, learned} (optional)}}
+                      driver: {requests, notifications, timeouts, link_errors,
+                               exceptions: {code: n}, decode_errors, splits,
+                               plan_requests, learned} (optional: what the driver keeps;
+                               Modbus codes are numbers, OPC UA's and S7's names)}}
     drops:    {reason: {"messages": n, "points": n, "intentional": bool}}  (durable totals)
     inference: {model: {"score": x, "threshold": x, "anomalous": bool, "inferences": n,
                         "events": n, "windows_skipped": n, "windows_failed": n}}
@@ -514,9 +516,14 @@ _DEVICE_COUNTERS = {
     "overruns": ("edgegw_device_overruns", "poll periods skipped because a read took too long"),
     "bad_readings": ("edgegw_device_bad_readings", "readings with a bad quality"),
 }
-# ... and from the driver's own counters (``driver``), where it keeps them (Modbus).
+# ... and from the driver's own counters (``driver``): Modbus ``LinkStats``, OPC UA
+# ``OpcuaStats``, S7 ``S7Stats`` (each only the keys that apply to it).
 _DRIVER_COUNTERS = {
     "requests": ("edgegw_device_requests", "requests sent to the device"),
+    "notifications": (
+        "edgegw_device_notifications",
+        "values the device pushed (OPC UA data-change notifications)",
+    ),
     "timeouts": ("edgegw_device_timeouts", "requests without an answer in time (after retries)"),
     "link_errors": (
         "edgegw_device_link_errors",
@@ -530,6 +537,12 @@ _DRIVER_COUNTERS = {
 }
 
 
+def _code_order(item: tuple[Any, Any]) -> tuple[int, str]:
+    """Modbus codes by number (2 before 10), named ones (OPC UA, S7) by name."""
+    code = str(item[0])
+    return (int(code), "") if code.isdigit() else (1 << 16, code)
+
+
 def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
     up = GaugeMetricFamily("edgegw_device_up", "1 while the device answers", labels=["device"])
     counters = {
@@ -538,7 +551,9 @@ def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
     }
     exceptions = CounterMetricFamily(
         "edgegw_device_exceptions",
-        "protocol exception answers, by code (Modbus: 2 illegal address, 6 busy, ...)",
+        "errors the device answered, by code: Modbus exception (2 illegal address, 6 "
+        "busy, ...), OPC UA bad status (BadNodeIdUnknown, ...), S7 return code (0x05 "
+        "address out of range, 0x0a object does not exist, ...)",
         labels=["device", "code"],
     )
     plan = GaugeMetricFamily(
@@ -573,7 +588,7 @@ def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
                 fam.add_metric([name], v)
         codes = drv.get("exceptions")
         if isinstance(codes, Mapping):
-            for code, n in sorted(codes.items(), key=lambda x: int(x[0])):
+            for code, n in sorted(codes.items(), key=_code_order):
                 if (v := _num(n)) is not None:
                     exceptions.add_metric([name, str(code)], v)
         if (v := _num(drv.get("plan_requests"))) is not None and v > 0:

@@ -274,7 +274,7 @@ async def _read_one(dev: Any, state_dir: Path | None) -> Outcome:
     stats = getattr(driver, "stats", None)
     if stats is not None:
         out.requests = stats.requests
-        out.learned = list(stats.learned)
+        out.learned = list(getattr(stats, "learned", ()))  # Modbus only
     return out
 
 

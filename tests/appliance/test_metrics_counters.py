@@ -235,6 +235,7 @@ def full_snapshot() -> dict[str, Any]:
         latency=h,
         driver={
             "requests": 1,
+            "notifications": 1,
             "timeouts": 0,
             "link_errors": 0,
             "exceptions": {"2": 1},
