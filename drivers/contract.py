@@ -145,3 +145,7 @@ class Writer(Protocol):
 #   compile_plan(device) -> plan       pure; plan.tag_names: tuple[str, ...] full names
 #   describe_plan(plan) -> list[str]   human lines, one per request
 #   Driver(device)                     satisfies Driver (and maybe Subscriber, Writer)
+# and, where it has them (optional):
+#   certificate_files(device, pki_dir) -> {name: Path}
+#                                      the certificates the device's link uses (their
+#                                      expiry becomes a metric); pki_dir as Driver gets it

@@ -79,6 +79,8 @@ class Daemon:
         self.boot = 0
         self.notify = Notifier.from_env()
         self.last_snapshot: Snapshot | None = None
+        self.stopping = False
+        """A stop was asked for (SIGTERM): polling ends, the outbox drains; not ready."""
         # Every long-running task runs under the supervisor (logged at once, restarted
         # with backoff); ``tasks`` is its name -> task map.
         self._task_digest = Digest(self._audit_task_failure)
@@ -145,6 +147,10 @@ class Daemon:
 
         log.info("stopping: polling ends, sealing the last window, draining the outbox")
         self.notify.stopping("sealing the last window, draining the outbox")
+        # not ready from now on (/readyz 503 while the outbox drains): said at once, not
+        # with the status task's next snapshot
+        self.stopping = True
+        self.last_snapshot = await self.snapshot()
         drain_s = self.cfg.gateway.shutdown_drain_s  # as reloaded, if it was
         if drain_s > 30:
             self.notify.extend_timeout(drain_s + 15)
@@ -175,9 +181,9 @@ class Daemon:
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
         await self.sup.stop(["forwarder", "status"])
-        if self._metrics is not None:
-            self._metrics.stop()
         await asyncio.to_thread(write_status, state_dir, await self.snapshot(final=True))
+        if self._metrics is not None:  # up to the end: a balancer sees "stopping"
+            await asyncio.to_thread(self._metrics.stop)
         await self.outbox.close()
         if self.downlink is not None:
             self.downlink.close()
@@ -188,6 +194,8 @@ class Daemon:
         """Open the outbox and the audit log, start every task; ready for systemd."""
         cfg = self.cfg
         key = ident.key
+        # first: /readyz (and /livez) answer 503 "starting" until the first snapshot
+        self._metrics = self._start_metrics()
         self.outbox = OutboxThread(
             cfg.outbox_path,
             cfg.gateway.durability,
@@ -246,7 +254,6 @@ class Daemon:
         await self._start_inference(engine)
         self.sup.start("status", self._status_loop)
         self._start_devices(runtimes)
-        self._metrics = self._start_metrics()
         self.last_snapshot = await self.snapshot()
         await asyncio.to_thread(write_status, state_dir, self.last_snapshot)
         freeze_startup_objects()
@@ -733,6 +740,7 @@ class Daemon:
             "pid": os.getpid(),
             "boot": self.boot,
             "final": final,
+            "stopping": self.stopping or final,
             "time_ns": time.time_ns(),
             "monotonic_ns": time.monotonic_ns(),
             "started_ns": self.started_ns,

@@ -5,7 +5,9 @@ further only on purpose) serves:
 
 ``GET /metrics``  Prometheus text format, computed at scrape time from ``snapshot()``
 ``GET /livez``    200 while our own loops run (what systemd's watchdog is fed on), else 503
-``GET /readyz``   200 once live and acquiring (not starting, not stopping), else 503
+``GET /readyz``   200 once started, live and acquiring; 503 while starting (the server
+                  opens first in start-up) and from SIGTERM on, while the outbox drains
+                  (the server closes only after the final snapshot)
 ``GET /healthz``  for monitoring: 200 ``ok``; 429 ``degraded`` (live, but the uplink or a
                   device is down: Consul's "warning" code); 503 ``unhealthy`` (not live)
 
@@ -15,6 +17,7 @@ keeps its latest one and passes ``lambda: daemon.last_snapshot``; the HTTP threa
 reads it. Keys read here (all optional except ``time_ns``)::
 
     gateway, version, pid, boot, final, time_ns, started_ns
+    stopping                          a stop was asked for: polling ended, the outbox drains
     monotonic_ns                      time.monotonic_ns() when the snapshot was taken
     tasks:    {task name: bool}       is each poll loop / pipeline / forwarder task alive
     task_health: {task name: {restarts, failures, failing, last_error}}  (gateway.supervisor)
@@ -26,8 +29,10 @@ reads it. Keys read here (all optional except ``time_ns``)::
     outbox:   {rows, bytes, first_seq, last_seq, oldest_created_ns}
     devices:  {name: {up, reads, errors, overruns, last_latency_ms, last_read_ns,
                       bad_readings, last_ok_ns, latency (histogram),
-                      driver: {requests, timeouts, link_errors, exceptions: {code: n},
-                               decode_errors, splits, plan_requests, learned} (optional)}}
+                      driver: {requests, notifications, timeouts, link_errors,
+                               exceptions: {code: n}, decode_errors, splits,
+                               plan_requests, learned} (optional: what the driver keeps;
+                               Modbus codes are numbers, OPC UA's and S7's names)}}
     drops:    {reason: {"messages": n, "points": n, "intentional": bool}}  (durable totals)
     inference: {model: {"score": x, "threshold": x, "anomalous": bool, "inferences": n,
                         "events": n, "windows_skipped": n, "windows_failed": n}}
@@ -73,6 +78,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .registry import certificate_files
 from .snapshot import Snapshot
 
 log = logging.getLogger("edgegw.metrics")
@@ -106,8 +112,9 @@ def health_problems(
     """Why the daemon is not healthy; an empty list means healthy.
 
     Healthy: a snapshot exists, it is at most ``max_age_s`` old (the event loop runs and
-    the status task with it), the daemon is not stopping, and every task listed under
-    ``tasks`` (one per device poll loop, the pipeline, the forwarder) is alive.
+    the status task with it), it is not the final one, and every task listed under
+    ``tasks`` (one per device poll loop, the pipeline, the forwarder) is alive, unless a
+    stop was asked for (``stopping``: the shutdown ends them while the outbox drains).
     """
     if snap is None:
         return ["no status yet: the daemon is starting"]
@@ -120,7 +127,9 @@ def health_problems(
             f"the status is {age:.1f} s old (limit {max_age_s:g} s): the event loop is "
             "blocked or the status task has died"
         )
-    tasks = snap.get("tasks") or {}
+    # A stop ends the tasks on purpose, one after the other, while the outbox drains:
+    # then live means the loop runs (the status is fresh), not that every task does.
+    tasks = {} if snap.get("stopping") else snap.get("tasks") or {}
     for name in sorted(t for t, alive in tasks.items() if not alive):
         problems.append(f"task {name} has ended")
     # A task of the daemon's own that keeps failing is a reason to stop feeding the
@@ -163,6 +172,13 @@ def degraded_reasons(snap: Snapshot | None) -> list[str]:
     return reasons
 
 
+def is_ready(snap: Snapshot | None, problems: list[str]) -> bool:
+    """Ready for traffic (``/readyz``): started (a snapshot exists), live (no
+    ``problems``: every poll loop runs) and not stopping. A device or the uplink being
+    down is "degraded", not unready: the gateway keeps acquiring and storing."""
+    return snap is not None and not problems and not snap.get("stopping")
+
+
 def health_doc(
     snap: Snapshot | None, *, max_age_s: float = STALE_AFTER_S
 ) -> tuple[int, dict[str, Any]]:
@@ -173,7 +189,8 @@ def health_doc(
     doc: dict[str, Any] = {
         "status": status,
         "live": not problems,
-        "ready": not problems and snap is not None,
+        "ready": is_ready(snap, problems),
+        "stopping": bool(snap and snap.get("stopping")),
         "healthy": not problems,  # kept for tools written before live/ready/degraded
         "problems": problems,
         "degraded": degraded,
@@ -222,6 +239,11 @@ class SnapshotCollector(Collector):
         )
         if snap is None:
             return
+        yield GaugeMetricFamily(
+            "edgegw_ready",
+            "1 when started, live and not stopping (/readyz answers 200)",
+            value=1.0 if is_ready(snap, problems) else 0.0,
+        )
         yield GaugeMetricFamily(
             "edgegw_degraded",
             "1 while the uplink or a device is down (/healthz answers 429)",
@@ -494,9 +516,14 @@ _DEVICE_COUNTERS = {
     "overruns": ("edgegw_device_overruns", "poll periods skipped because a read took too long"),
     "bad_readings": ("edgegw_device_bad_readings", "readings with a bad quality"),
 }
-# ... and from the driver's own counters (``driver``), where it keeps them (Modbus).
+# ... and from the driver's own counters (``driver``): Modbus ``LinkStats``, OPC UA
+# ``OpcuaStats``, S7 ``S7Stats`` (each only the keys that apply to it).
 _DRIVER_COUNTERS = {
     "requests": ("edgegw_device_requests", "requests sent to the device"),
+    "notifications": (
+        "edgegw_device_notifications",
+        "values the device pushed (OPC UA data-change notifications)",
+    ),
     "timeouts": ("edgegw_device_timeouts", "requests without an answer in time (after retries)"),
     "link_errors": (
         "edgegw_device_link_errors",
@@ -510,6 +537,12 @@ _DRIVER_COUNTERS = {
 }
 
 
+def _code_order(item: tuple[Any, Any]) -> tuple[int, str]:
+    """Modbus codes by number (2 before 10), named ones (OPC UA, S7) by name."""
+    code = str(item[0])
+    return (int(code), "") if code.isdigit() else (1 << 16, code)
+
+
 def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
     up = GaugeMetricFamily("edgegw_device_up", "1 while the device answers", labels=["device"])
     counters = {
@@ -518,7 +551,9 @@ def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
     }
     exceptions = CounterMetricFamily(
         "edgegw_device_exceptions",
-        "protocol exception answers, by code (Modbus: 2 illegal address, 6 busy, ...)",
+        "errors the device answered, by code: Modbus exception (2 illegal address, 6 "
+        "busy, ...), OPC UA bad status (BadNodeIdUnknown, ...), S7 return code (0x05 "
+        "address out of range, 0x0a object does not exist, ...)",
         labels=["device", "code"],
     )
     plan = GaugeMetricFamily(
@@ -553,7 +588,7 @@ def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
                 fam.add_metric([name], v)
         codes = drv.get("exceptions")
         if isinstance(codes, Mapping):
-            for code, n in sorted(codes.items(), key=lambda x: int(x[0])):
+            for code, n in sorted(codes.items(), key=_code_order):
                 if (v := _num(n)) is not None:
                     exceptions.add_metric([name, str(code)], v)
         if (v := _num(drv.get("plan_requests"))) is not None and v > 0:
@@ -575,8 +610,9 @@ def host_facts(
     cfg: Any, _cache: dict[tuple[str, int], float | None] | None = None
 ) -> dict[str, Any]:
     """What the snapshot's ``host`` section holds, from the config and the system: the
-    outbox limit, free disk under the state dir and the outbox, and when each configured
-    certificate expires (read again only when its file changes)."""
+    outbox limit, free disk under the state dir and the outbox, and when each certificate
+    the gateway uses expires: the uplink's TLS files and each OPC UA device's client
+    certificate (and pinned server certificate); read again only when a file changes."""
     cache = _CERT_CACHE if _cache is None else _cache
     free: dict[str, int] = {}
     for path in dict.fromkeys([cfg.state_dir, Path(cfg.outbox_path).parent]):
@@ -585,12 +621,19 @@ def host_facts(
         except OSError:
             continue
         free[str(path)] = st.f_bavail * st.f_frsize
-    certs: dict[str, float] = {}
+    files: dict[str, Path] = {}
     tls = getattr(cfg.uplink, "tls", None)
     for name in ("cert_file", "ca_file"):
         path = getattr(tls, name, None) if tls is not None else None
-        if path is not None and (when := _cert_expiry(Path(path), cache)) is not None:
-            certs[f"uplink.tls.{name}"] = when
+        if path is not None:
+            files[f"uplink.tls.{name}"] = Path(path)
+    for dev in cfg.devices:  # OPC UA: the client certificate the gateway generated/uses
+        for name, path in certificate_files(dev, cfg.state_dir).items():
+            files[f"{dev.protocol}.{dev.name}.{name}"] = path
+    certs: dict[str, float] = {}
+    for name, path in files.items():
+        if (when := _cert_expiry(path, cache)) is not None:
+            certs[name] = when
     return {
         "outbox_limit_bytes": int(cfg.outbox.max_mib * 2**20),
         "disk_free_bytes": free,
@@ -602,7 +645,8 @@ _CERT_CACHE: dict[tuple[str, int], float | None] = {}
 
 
 def _cert_expiry(path: Path, cache: dict[tuple[str, int], float | None]) -> float | None:
-    """notAfter of the first certificate in a PEM file, as unix time; None if unreadable."""
+    """notAfter of the first certificate in a PEM or DER file, as unix time; None if the
+    file does not exist (yet) or cannot be read (logged once per version of the file)."""
     try:
         key = (str(path), path.stat().st_mtime_ns)
     except OSError:
@@ -611,7 +655,11 @@ def _cert_expiry(path: Path, cache: dict[tuple[str, int], float | None]) -> floa
         from cryptography import x509
 
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            data = path.read_bytes()
+            if b"-----BEGIN" in data:
+                cert = x509.load_pem_x509_certificate(data)
+            else:
+                cert = x509.load_der_x509_certificate(data)
             cache[key] = cert.not_valid_after_utc.timestamp()
         except (OSError, ValueError) as exc:
             log.warning("metrics: cannot read certificate %s: %s", path, exc)
@@ -658,6 +706,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "status": "unhealthy",
                         "live": False,
                         "ready": False,
+                        "stopping": False,
                         "healthy": False,
                         "problems": [f"cannot read the status: {exc}"],
                         "degraded": [],

@@ -39,6 +39,19 @@ def _package(protocol: str) -> ModuleType:
         raise ValueError(f"no driver for protocol {protocol!r}") from None
 
 
+def pki_dir(dev: Any, state_dir: Path) -> Path:
+    """Where a device's driver keeps its certificates (OPC UA: client certificate, trust
+    list)."""
+    return state_dir / "pki" / dev.name
+
+
+def certificate_files(dev: Any, state_dir: Path) -> dict[str, Path]:
+    """The certificates a device's link uses, by name (for their expiry), where its
+    package says (``certificate_files``: OPC UA)."""
+    files = getattr(_package(dev.protocol), "certificate_files", None)
+    return {} if files is None else dict(files(dev, pki_dir(dev, state_dir)))
+
+
 def build_device(dev: Any, state_dir: Path | None, *, read_only: bool = False) -> DeviceRuntime:
     """The driver and compiled plan of ``dev``. ``state_dir``: where drivers keep what they
     learn about a device (None: nowhere); ``read_only``: load it but never write (tools)."""
@@ -48,7 +61,7 @@ def build_device(dev: Any, state_dir: Path | None, *, read_only: bool = False) -
     extra: dict[str, Any] = {}
     if dev.protocol == "opcua" and state_dir is not None:
         # OPC UA keeps its client certificate and trust list per device
-        extra["pki_dir"] = state_dir / "pki" / dev.name
+        extra["pki_dir"] = pki_dir(dev, state_dir)
     learned = getattr(pkg, "learned_file", None)
     if learned is not None and state_dir is not None:
         extra["learned_file"] = learned(state_dir, dev.name)

@@ -39,7 +39,8 @@ class Snapshot(TypedDict, total=False):
     version: str
     pid: int
     boot: int
-    final: bool
+    final: bool  # the last snapshot, written after the drain
+    stopping: bool  # a stop was asked for: polling ended, the outbox drains (not ready)
     time_ns: int
     monotonic_ns: int
     started_ns: int

@@ -7,10 +7,13 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
+STALE_AFTER_S = 5.0
+"""A status older than this is not a running daemon's (it writes every second)."""
 
 _SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -52,3 +55,23 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
         return json.loads((state_dir / STATUS_FILE).read_text())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return None
+
+
+def running_daemon(state_dir: Path) -> int | None:
+    """The pid of the daemon that writes ``state_dir``'s status, if it runs: the status
+    is fresh and not its last, and that process is an ``edgegw run`` (so a signal never
+    goes to a process that reused the pid). None otherwise."""
+    snap = read_status(state_dir)
+    if not isinstance(snap, dict) or snap.get("final"):
+        return None
+    pid, when = snap.get("pid"), snap.get("time_ns")
+    if not isinstance(pid, int) or pid <= 1 or not isinstance(when, int):
+        return None
+    if (time.time_ns() - when) / 1e9 > STALE_AFTER_S:
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ours = any(b"edgegw" in a or b"gateway.cli" in a for a in argv)
+    return pid if ours and b"run" in argv else None

@@ -123,6 +123,9 @@ class RegisterMap:
     problems: list[CsvProblem]
     skipped: list[CsvProblem] = dataclasses.field(default_factory=list)
     """Rows left out on purpose (write-only registers), to say so."""
+    names: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    """The name of every row that gives one (line), bad rows included, so a duplicate
+    name is reported in the same run as the rows' other problems."""
     slugify: bool = False
     """Turn names the gateway does not accept into ones it does."""
 
@@ -248,6 +251,8 @@ def _row(
                 continue
             entry[key] = v
             origin.setdefault(key, column)
+    if "name" in entry:
+        out.names.append((str(entry["name"]), line))
     reported = {p.column for p in problems}
     tag = None
     try:
@@ -311,30 +316,55 @@ def _located(
     return problems
 
 
-def _unique(rmap: RegisterMap) -> list[CsvProblem]:
+def _unique(rmap: RegisterMap) -> tuple[list[CsvProblem], set[int]]:
+    """Names given twice (on any rows, bad ones too), and the lines that repeat one."""
     seen: dict[str, int] = {}
     problems = []
-    for entry, line in zip(rmap.tags, rmap.lines, strict=True):
-        name = str(entry.get("name"))
+    for name, line in rmap.names:
         if name in seen:
             problems.append(
                 CsvProblem(rmap.file, line, "name", f"{name!r} is also on line {seen[name]}")
             )
         seen.setdefault(name, line)
-    return problems
+    return problems, {p.line for p in problems}
+
+
+# A device check stops at its first problem; the tag it names is left out and the device
+# checked again, this many times at most, so one run shows the problems of many rows.
+_DEVICE_ROUNDS = 100
 
 
 def build_device(rmap: RegisterMap, fields: Mapping[str, Any]) -> tuple[Any, list[CsvProblem]]:
     """The device of ``fields`` (protocol, name, host, ...) with the map's tags, validated
-    as the gateway will; problems in device fields have line 0 and the field as column."""
-    problems = _unique(rmap)
-    if problems:
-        return None, problems
-    try:
-        return validate_device({**fields, "tags": rmap.tags}), []
-    except ValidationError as exc:
-        lines = {("tags", i): line for i, line in enumerate(rmap.lines)}
-        return None, _device_problems(rmap.file, exc, lines)
+    as the gateway will, and every problem found in one run: the rows' own (``rmap.
+    problems``), names given twice, and the device's checks (intervals, sizes) on the
+    rows that are otherwise good. Problems in device fields have line 0 and the field
+    as column. Sorted by line; the device is None when there is any problem."""
+    problems = list(rmap.problems)
+    dup_problems, repeats = _unique(rmap)
+    problems += dup_problems
+    kept = [(t, ln) for t, ln in zip(rmap.tags, rmap.lines, strict=True) if ln not in repeats]
+    device = None
+    for _ in range(_DEVICE_ROUNDS):
+        if not kept and problems:
+            break  # every row is bad already: "no tags" would say nothing new
+        try:
+            device = validate_device({**fields, "tags": [t for t, _ in kept]})
+            break
+        except ValidationError as exc:
+            lines = {("tags", i): line for i, (_, line) in enumerate(kept)}
+            found = _device_problems(rmap.file, exc, lines)
+            problems += found
+            bad = {p.line for p in found if p.line}
+            if not bad:
+                break  # the device's own fields: its checks of the tags need them right
+            kept = [(t, ln) for t, ln in kept if ln not in bad]
+    else:
+        problems.append(
+            CsvProblem(rmap.file, 0, "device", "more problems may follow: fix these first")
+        )
+    problems.sort(key=lambda p: p.line or 10**9)
+    return (None if problems else device), problems
 
 
 def _device_problems(

@@ -437,14 +437,16 @@ class ModbusDriverBase:
             if blocks is not None:
                 blocks.append((req, getattr(rsp, attr)))
         if learned is not None and learned.version != before:
-            self._learned_more(plan)
+            await self._learned_more(plan)
         return batch
 
-    def _learned_more(self, plan: ReadPlan) -> None:
+    async def _learned_more(self, plan: ReadPlan) -> None:
         """Something new was learned this cycle: save it, and say what changed once."""
         learned = self.learned
         assert learned is not None
-        learned.save()
+        if not await learned.save_off_loop():  # forgotten meanwhile (read --relearn)
+            self.stats.learned, self.stats.plan_requests = [], len(plan.requests)
+            return
         adapted = self._adapted(plan)
         log.warning(
             "modbus %s: the device refuses some addresses; the plan now has %d request(s): %s",

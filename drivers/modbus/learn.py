@@ -11,11 +11,15 @@ What was learned is saved as a small JSON file (one per device, in the gateway's
 directory) and loaded at the next start, so a restart does not pay the splitting again.
 It is tied to a fingerprint of what the device's memory map depends on (protocol,
 address, unit id, tag positions): when that changes, the file is ignored and learning
-starts over. ``edgegw read --relearn`` deletes it.
+starts over. ``edgegw read --relearn`` deletes it (and tells a running daemon to reload);
+a driver never writes its old facts over a file that changed since it last read or wrote
+it (the file's stamp: inode, mtime, size): it forgets them and learns again instead.
+The daemon's driver writes off the event loop (``save_off_loop``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -35,6 +39,17 @@ log = logging.getLogger("edgegw.modbus")
 LEARNED_DIR = "modbus-learned"
 """Folder of the learned files under the state directory."""
 _VERSION = 1
+
+Stamp = tuple[int, int, int]
+"""A file's inode, mtime (ns) and size: a different one means another writer."""
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def learned_file(state_dir: Path, device_name: str) -> Path:
@@ -63,6 +78,8 @@ class Learned:
     path: Path | None = None
     read_only: bool = False
     version: int = 0
+    disk: Stamp | None = None
+    """The file as this record last read or wrote it (None: there was none)."""
 
     @classmethod
     def load(cls, device: ModbusDevice, path: Path | None, *, read_only: bool = False) -> Learned:
@@ -72,6 +89,7 @@ class Learned:
         if path is None:
             return own
         try:
+            own.disk = _stamp(path)
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return own
@@ -124,12 +142,21 @@ class Learned:
         self.version += 1
 
     def save(self) -> None:
-        """Write atomically (a temporary file, then a rename); an error is logged, not
-        raised: a device keeps being read, only a restart would learn again."""
+        """Write what was learned (see ``_write``), here and now."""
+        if self.path is not None and not self.read_only:
+            self._settle(self._write(self._data()))
+
+    async def save_off_loop(self) -> bool:
+        """``save`` with the file written in another thread: the driver's loop does not
+        wait for the disk. The data is taken on the loop, so the thread reads no set
+        the loop is changing. False: forgotten instead (the file changed meanwhile)."""
         if self.path is None or self.read_only:
-            return
+            return True
+        return self._settle(await asyncio.to_thread(self._write, self._data()))
+
+    def _data(self) -> dict[str, Any]:
         spans = {span for _, span in self.refused.values()}
-        data = {
+        return {
             "version": _VERSION,
             "device": self.device,
             "fingerprint": self.fingerprint,
@@ -139,15 +166,40 @@ class Learned:
                 for tag, (code, (t, lo, hi)) in sorted(self.refused.items())
             },
         }
+
+    def _write(self, data: dict[str, Any]) -> tuple[bool, Stamp | None]:
+        """Write atomically (a temporary file, then a rename), unless the file changed
+        since this record last read or wrote it (``edgegw read --relearn`` deleted it):
+        then nothing is written and (False, its stamp) comes back. An error is logged, not
+        raised: a device keeps being read, only a restart would learn again."""
+        assert self.path is not None
         tmp = self.path.with_suffix(".tmp")
         try:
+            now = _stamp(self.path)
+            if now != self.disk:
+                return False, now
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
             os.replace(tmp, self.path)
+            return True, _stamp(self.path)
         except OSError as exc:
             log.error(
                 "modbus %s: cannot save what was learned to %s: %s", self.device, self.path, exc
             )
+            return True, self.disk
+
+    def _settle(self, outcome: tuple[bool, Stamp | None]) -> bool:
+        written, stamp = outcome
+        if not written:
+            log.info(
+                "modbus %s: what was learned was forgotten meanwhile (%s changed: edgegw read "
+                "--relearn); learning again",
+                self.device,
+                self.path,
+            )
+            self.forget()
+        self.disk = stamp
+        return written
 
     def lines(self) -> list[str]:
         """Human lines, e.g. ``holding 10..11: refused by the device, not read``."""

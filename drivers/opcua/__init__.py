@@ -9,8 +9,12 @@ The registry's interface (see the end of ``drivers/contract.py``):
 - ``PROTOCOL``: the config's ``protocol:`` value;
 - ``DeviceConfig``: the pydantic device model;
 - ``compile_plan(device)`` / ``describe_plan(plan)``;
-- ``drivers.opcua.driver.Driver(device, pki_dir=...)``.
+- ``drivers.opcua.driver.Driver(device, pki_dir=...)``;
+- ``certificate_files(device, pki_dir)``: the certificates the device's link uses, for
+  their expiry (metrics).
 """
+
+from pathlib import Path
 
 from .config import (
     Connection,
@@ -30,7 +34,22 @@ from .plan import OpcuaPlan, TagPlan, compile_plan, describe_plan
 PROTOCOL = "opcua"
 DeviceConfig = OpcuaDevice
 
+CLIENT_CERTIFICATE = Path("own", "cert.der")
+"""This gateway's client certificate for a device, under its ``pki_dir`` (``pki.py``)."""
+
+
+def certificate_files(device: OpcuaDevice, pki_dir: Path) -> dict[str, Path]:
+    """The certificates the device's link uses, by name: the client certificate the
+    gateway generated (or was given) in ``pki_dir``, and the pinned ``server_certificate``
+    when the config names one. Files that do not exist yet are listed too."""
+    files = {"client_certificate": pki_dir / CLIENT_CERTIFICATE}
+    if device.server_certificate is not None:
+        files["server_certificate"] = device.server_certificate
+    return files
+
+
 __all__ = [
+    "CLIENT_CERTIFICATE",
     "PROTOCOL",
     "BrowsePath",
     "Connection",
@@ -46,6 +65,7 @@ __all__ = [
     "SecurityMode",
     "SecurityPolicy",
     "TagPlan",
+    "certificate_files",
     "compile_plan",
     "describe_plan",
     "load_device_map",

@@ -7,6 +7,8 @@ statuses) takes a slower path whose messages are cached per tag and status code.
 - Quality: StatusCode severity Good -> GOOD, Uncertain -> UNCERTAIN (reason: the
   status name, e.g. ``UncertainLastUsableValue``), Bad -> BAD_DEVICE (reason: the
   status name and the node).
+- Counts (``DecodeCounts``, the driver's stats): bad statuses by name and values that
+  cannot be passed on, both off the fast path.
 - Timestamp: SourceTimestamp, else ServerTimestamp, else the time the response arrived.
   When the server sent both, the ServerTimestamp is kept too, as the reading's sixth
   element (``(tag, ts, value, quality, reason or None, server_ts)``).
@@ -15,6 +17,7 @@ statuses) takes a slower path whose messages are cached per tag and status code.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +27,7 @@ from drivers.contract import Quality, Reading
 
 from .types import TYPE_BY_ID
 
-__all__ = ["Decoder", "datetime_ns", "status_name"]
+__all__ = ["DecodeCounts", "Decoder", "datetime_ns", "status_name"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _GOOD, _UNCERTAIN = int(Quality.GOOD), int(Quality.UNCERTAIN)
@@ -70,10 +73,31 @@ def status_name(code: int) -> str:
     return name
 
 
+@dataclass(slots=True)
+class DecodeCounts:
+    """What decoding counts (the driver's stats extend it)."""
+
+    exceptions: dict[str, int] = field(default_factory=dict)
+    """Bad statuses the server answered, by name (``BadNodeIdUnknown``): per value, and
+    per call (a service fault that is not about the link)."""
+    decode_errors: int = 0
+    """Values that could not be passed on (a type other than the tag's, an array, too
+    large, no value)."""
+
+    def bad_status(self, code: int) -> None:
+        name = _STATUS_NAMES.get(code)
+        if name is None:
+            name = _STATUS_NAMES[code] = status_name(code)
+        self.exceptions[name] = self.exceptions.get(name, 0) + 1
+
+
+_STATUS_NAMES: dict[int, str] = {}
+
+
 class Decoder:
     """Turns the DataValues of a fixed list of tags into readings."""
 
-    __slots__ = ("_reasons", "expected", "index", "max_value_bytes", "names", "nodes")
+    __slots__ = ("_reasons", "counts", "expected", "index", "max_value_bytes", "names", "nodes")
 
     def __init__(
         self,
@@ -82,7 +106,9 @@ class Decoder:
         expected: Sequence[int | None],
         index: Sequence[int | None] | None = None,
         max_value_bytes: int = 65536,
+        counts: DecodeCounts | None = None,
     ) -> None:
+        self.counts = DecodeCounts() if counts is None else counts
         self.max_value_bytes = max_value_bytes
         self.names = tuple(names)
         self.nodes = tuple(nodes)
@@ -113,6 +139,7 @@ class Decoder:
                 tail = ((d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000,)
             if code >= 0x80000000:
                 out.append((names[i], ts, None, _BAD_DEVICE, self._bad(i, code), *tail))
+                self.counts.bad_status(code)
                 bad += 1
                 continue
             var = dv.Value
@@ -124,6 +151,7 @@ class Decoder:
                 problem = self._unusual(i, var, vt, f)
                 if isinstance(problem, tuple):
                     out.append((names[i], ts, None, *problem, *tail))
+                    self.counts.decode_errors += 1
                     bad += 1
                     continue
                 value = problem

@@ -24,7 +24,7 @@ from .client import OpcuaClient
 from .config import OpcuaDevice
 from .decode import Decoder, status_name
 from .plan import OpcuaPlan, TagPlan, compile_plan
-from .runtime import LINK_CODES, LINK_ERRORS, TOO_MUCH, Reads, Runtime
+from .runtime import LINK_CODES, LINK_ERRORS, TOO_MUCH, OpcuaStats, Reads, Runtime
 from .subscription import SubscriptionRun
 
 __all__ = ["Driver", "OpcuaDriver"]
@@ -33,6 +33,7 @@ log = logging.getLogger("edgegw.opcua")
 
 _BAD_COMM, _BAD_DEVICE = int(Quality.BAD_COMM), int(Quality.BAD_DEVICE)
 _BAD_CONFIG = int(Quality.BAD_CONFIG)
+_GOOD, _UNCERTAIN = int(Quality.GOOD), int(Quality.UNCERTAIN)
 
 
 class OpcuaDriver:
@@ -47,6 +48,8 @@ class OpcuaDriver:
         self.subscription: int | None = None
         self._logged: set[str] = set()
         self._own_plan: OpcuaPlan | None = None  # for writes: tag -> node
+        self.stats = OpcuaStats()
+        """Requests, timeouts, bad statuses by name, ... (status and metrics)."""
 
     def __repr__(self) -> str:
         return f"OpcuaDriver({self.name!r}, {self.device.endpoint})"
@@ -103,6 +106,7 @@ class OpcuaDriver:
             [t.expected_type for t in plan.tags],
             [None if t.index_range is None else int(t.index_range) for t in plan.tags],
             max_value_bytes=self.device.max_value_bytes,
+            counts=self.stats,
         )
         rt = Runtime(plan, self._generation, decoder, nodes, unresolved, Reads(list(nodes), items))
         self._rt = rt
@@ -150,7 +154,8 @@ class OpcuaDriver:
                 out.append((rt.plan.tag_names[i], ts, None, _BAD_CONFIG, reason))
             bad += len(rt.unresolved)
         if bad and batch.error is None:
-            first = next(r for r in out if len(r) > 4 and r[3] != int(Quality.UNCERTAIN))
+            # a bad one (a good value with the server's timestamp has 6 elements too)
+            first = next(r for r in out if r[3] not in (_GOOD, _UNCERTAIN))
             batch.error = f"{bad} of {len(out)} tag(s) bad, e.g. {first[0]}: {first[4]}"
 
     async def read_part(
@@ -162,11 +167,15 @@ class OpcuaDriver:
         one odd node) is narrowed down by halving, so only the culprits read bad.
         Link faults raise.
         """
+        stats = self.stats
+        stats.requests += 1
         try:
             results = await self.client.read(reads.params(pos, size))
         except ua.UaStatusCodeError as exc:
             if exc.code in LINK_CODES:
                 raise
+            stats.bad_status(exc.code)
+            stats.last_exception = f"{status_name(exc.code)} reading {size} node(s)"
             if exc.code in TOO_MUCH and size > 1:
                 self.client.shrink("max_nodes_per_read", size)
                 bad, p, end = 0, pos, pos + size
@@ -180,8 +189,10 @@ class OpcuaDriver:
             raise
         except (ua.UaError, ValueError, struct.error) as exc:
             fault = f"cannot decode the server's response ({type(exc).__name__}: {exc})"
+            stats.decode_errors += 1
         else:
-            return rt.decoder.decode(results, reads.indices[pos : pos + size], out, time.time_ns())
+            stats.last_ok_ns = now = time.time_ns()
+            return rt.decoder.decode(results, reads.indices[pos : pos + size], out, now)
         if size == 1:
             i = reads.indices[pos]
             reason = f"{fault} (node {rt.plan.tags[i].node_text})"
@@ -200,10 +211,13 @@ class OpcuaDriver:
     def link_failed(self, batch: Batch, names: Any, exc: BaseException, doing: str) -> None:
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
             why = f"no response within {self.device.timeout_ms} ms"
+            self.stats.timeouts += 1
         elif isinstance(exc, ua.UaStatusCodeError):
             why = f"the server answered {status_name(exc.code)}"
+            self.stats.link_errors += 1
         else:
             why = f"connection lost ({type(exc).__name__}: {exc})" if str(exc) else "link error"
+            self.stats.link_errors += 1
         reason = f"{why} {doing} {self.device.endpoint}"
         self.drop(reason)
         self.fail(batch, names, reason)

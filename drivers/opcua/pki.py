@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import CLIENT_CERTIFICATE
+
 __all__ = [
     "ClientIdentity",
     "TrustList",
@@ -100,7 +102,7 @@ def ensure_client_certificate(pki_dir: Path, device: str) -> ClientIdentity:
     own = pki_dir / "own"
     for d in (pki_dir, own, pki_dir / "trusted"):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key_path, cert_path = own / "key.pem", own / "cert.der"
+    key_path, cert_path = own / "key.pem", pki_dir / CLIENT_CERTIFICATE
     if key_path.is_file():
         loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(loaded, rsa.RSAPrivateKey):

@@ -7,10 +7,18 @@ from dataclasses import dataclass, field
 
 from asyncua import ua
 
-from .decode import Decoder
+from .decode import DecodeCounts, Decoder
 from .plan import OpcuaPlan
 
-__all__ = ["FILTER_REFUSED", "LINK_CODES", "LINK_ERRORS", "TOO_MUCH", "Reads", "Runtime"]
+__all__ = [
+    "FILTER_REFUSED",
+    "LINK_CODES",
+    "LINK_ERRORS",
+    "TOO_MUCH",
+    "OpcuaStats",
+    "Reads",
+    "Runtime",
+]
 
 _S = ua.StatusCodes
 # Service results that mean the session or link is gone: reconnect.
@@ -79,3 +87,34 @@ class Runtime:
     nodes: dict[int, ua.NodeId]
     unresolved: list[tuple[int, str]]
     reads: Reads
+
+
+@dataclass(slots=True)
+class OpcuaStats(DecodeCounts):
+    """Counters of one driver, for status and metrics (the names Modbus's ``LinkStats``
+    uses where they mean the same; nothing per good value)."""
+
+    requests: int = 0
+    """Read service calls (polling, and the reads of tags a subscription cannot monitor)."""
+    notifications: int = 0
+    """Values the server pushed (data-change notifications of a subscription)."""
+    timeouts: int = 0
+    """Calls that got no answer within timeout_ms (the link is then dropped)."""
+    link_errors: int = 0
+    """Calls that lost the link or the session (connection closed, session gone)."""
+    last_ok_ns: int | None = None
+    """When the server last answered a read or pushed values."""
+    last_exception: str | None = None
+    """The last bad status the server answered, with the node or call it was about."""
+
+    def carry_from(self, old: OpcuaStats) -> None:
+        """Go on counting from ``old`` (the driver a reload replaced)."""
+        self.requests += old.requests
+        self.notifications += old.notifications
+        self.timeouts += old.timeouts
+        self.link_errors += old.link_errors
+        self.decode_errors += old.decode_errors
+        for name, n in old.exceptions.items():
+            self.exceptions[name] = self.exceptions.get(name, 0) + n
+        self.last_ok_ns = self.last_ok_ns or old.last_ok_ns
+        self.last_exception = self.last_exception or old.last_exception

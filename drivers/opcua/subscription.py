@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 
-from drivers.contract import Batch, ConnectError
+from drivers.contract import Batch, ConnectError, Quality
 
 from .config import Mode
 from .decode import Decoder, status_name
@@ -94,6 +94,7 @@ class SubscriptionRun:
                         raise ConnectError(batch.error)
                 else:
                     d.drop(item.reason)
+                    d.stats.link_errors += 1
                     lost = Batch(d.name)
                     d.fail(lost, plan.tag_names, item.reason)
                     await sink(lost)
@@ -137,7 +138,13 @@ class SubscriptionRun:
             if isinstance(n, ua.DataChangeNotification):
                 batch = batch or Batch(self.driver.name)
                 assert self.decoder is not None  # set before the subscription exists
-                self.decoder.decode_items(n.MonitoredItems, batch.readings, time.time_ns())
+                now = time.time_ns()
+                if self.decoder.decode_items(n.MonitoredItems, batch.readings, now):
+                    # bad values: said as a poll says them (counted as bad by the poller)
+                    batch.error = batch.error or _bad_summary(batch)
+                stats = self.driver.stats
+                stats.notifications += len(n.MonitoredItems)
+                stats.last_ok_ns = now
             elif isinstance(n, ua.StatusChangeNotification):
                 why = f"subscription ended: {status_name(n.Status.value)}"
                 self.queue.put_nowait(_Lost(why))
@@ -228,3 +235,13 @@ def _item(rt: Runtime, i: int, with_filter: bool) -> ua.MonitoredItemCreateReque
         MonitoringMode=ua.MonitoringMode.Reporting,
         RequestedParameters=params,
     )
+
+
+def _bad_summary(batch: Batch) -> str:
+    readings = batch.readings
+    bad = [r for r in readings if r[3] not in _NOT_BAD]
+    first = bad[0] if bad else readings[0]
+    return f"{len(bad)} of {len(readings)} value(s) bad, e.g. {first[0]}: {first[4]}"
+
+
+_NOT_BAD = (int(Quality.GOOD), int(Quality.UNCERTAIN))

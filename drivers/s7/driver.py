@@ -37,6 +37,7 @@ from drivers.contract import (
 from .config import DeviceConfig, S7Tag
 from .decode import encode_value
 from .plan import ReadPlan, Request, single_tag_plan
+from .stats import S7Stats
 from .types import AREAS, DataType
 
 __all__ = ["ITEM_ERRORS", "Driver"]
@@ -65,6 +66,10 @@ def _where(host: str, port: int) -> str:
 
 class _BadResponse(Exception):
     """The link is unusable: timeout, loss, or a response that does not fit the request."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 class _IsoTcp(ISOTCPConnection):
@@ -113,7 +118,8 @@ class _Link:
             self.conn.send_data(head + seq.to_bytes(2, "big") + tail)
             return self.conn.receive_data(), seq
         except S7TimeoutError:
-            raise _BadResponse(f"no response within {round(self.conn.timeout * 1000)} ms") from None
+            ms = round(self.conn.timeout * 1000)
+            raise _BadResponse(f"no response within {ms} ms", timeout=True) from None
         except (S7Error, OSError) as exc:
             raise _BadResponse(f"connection lost ({exc})") from None
 
@@ -128,10 +134,13 @@ class _Link:
         self.conn.disconnect()  # COTP disconnect request if still up, then close
 
 
-def parse_response(pdu: bytes, seq: int, req: Request) -> list[int | str] | str:
+def parse_response(
+    pdu: bytes, seq: int, req: Request, tally: S7Stats | None = None
+) -> list[int | str] | str:
     """Where each item's data starts in ``pdu``, or why the PLC refused that item;
     a str for a PLC error on the whole request. Raises ``_BadResponse`` for a response
-    that does not belong to the request (the link is then out of step)."""
+    that does not belong to the request (the link is then out of step). ``tally``
+    counts the refusals by return code."""
     if len(pdu) < 12:
         raise _BadResponse(f"invalid response: {len(pdu)}-byte PDU")
     proto, kind, _, rseq, plen, dlen, err_class, err_code = _HEADER.unpack_from(pdu)
@@ -139,7 +148,10 @@ def parse_response(pdu: bytes, seq: int, req: Request) -> list[int | str] | str:
         raise _BadResponse(f"invalid response: protocol {proto:#04x}, reference {rseq} != {seq}")
     if err_class or err_code:
         code = err_class << 8 | err_code
-        return f"PLC error {code:#06x} ({get_protocol_error_message(code)})"
+        why = f"PLC error {code:#06x} ({get_protocol_error_message(code)})"
+        if tally is not None:
+            tally.refused(f"{code:#06x}", why)
+        return why
     n = len(req.items)
     if kind != 3 or plen != 2 or len(pdu) != 12 + plen + dlen or pdu[12:14] != bytes([4, n]):
         raise _BadResponse(f"invalid response: not a read answer with {n} items")
@@ -156,8 +168,12 @@ def parse_response(pdu: bytes, seq: int, req: Request) -> list[int | str] | str:
         if rc != 0xFF:
             why = ITEM_ERRORS.get(rc, "unknown reason")
             out.append(f"PLC refused the read: {why}, return code {rc:#04x}")
+            if tally is not None:
+                tally.refused(f"{rc:#04x}", f"item {k + 1} of {n}: {why}")
         elif size != item.size:
             out.append(f"PLC returned {size} bytes instead of {item.size}")
+            if tally is not None:
+                tally.decode_errors += 1
         else:
             out.append(off)
         off += size + (size & 1 if k < last else 0)
@@ -187,7 +203,9 @@ class Driver:
         self._timeout_s = device.timeout_ms / 1000
         self._link: _Link | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._job: Future[Batch] | None = None
+        self._job: Future[Any] | None = None
+        self.stats = S7Stats()
+        """Requests, timeouts, refusals by return code, ... (status and metrics)."""
 
     def __repr__(self) -> str:
         local, remote = self.device.tsaps
@@ -258,26 +276,36 @@ class Driver:
             readings = bad_readings(list(plan.tag_names), time.time_ns(), Quality.BAD_COMM, reason)
             return Batch(self.name, readings, reason)
         self._job = job = pool.submit(self._read, link, plan)
-        return await asyncio.wrap_future(job)
-
-    def _read(self, link: _Link, plan: ReadPlan) -> Batch:
-        batch = Batch(self.name)
-        self._execute(link, plan.for_pdu(link.pdu), batch, isolate=True)
+        batch, tally = await asyncio.wrap_future(job)
+        self.stats.add(tally)  # here, on the loop: the status copies stats from here
         return batch
 
-    def _execute(self, link: _Link, plan: ReadPlan, batch: Batch, *, isolate: bool) -> bool:
-        """Read every request of ``plan`` into ``batch``; False if the link was lost."""
+    def _read(self, link: _Link, plan: ReadPlan) -> tuple[Batch, S7Stats]:
+        batch, tally = Batch(self.name), S7Stats()
+        self._execute(link, plan.for_pdu(link.pdu), batch, tally, isolate=True)
+        return batch, tally
+
+    def _execute(
+        self, link: _Link, plan: ReadPlan, batch: Batch, tally: S7Stats, *, isolate: bool
+    ) -> bool:
+        """Read every request of ``plan`` into ``batch``, counting in ``tally``; False if
+        the link was lost."""
         out = batch.readings
         ranges, requests = plan.ranges, plan.requests
         parts: dict[int, dict[int, bytes]] = {}
         failed: dict[int, str] = {}
         retry: list[int] = []  # refused ranges of several tags, re-read tag by tag
         for k, req in enumerate(requests):
+            tally.requests += 1
             try:
                 pdu, seq = link.exchange(req)
                 ts = time.time_ns()
-                result = parse_response(pdu, seq, req)
+                result = parse_response(pdu, seq, req, tally)
             except _BadResponse as exc:
+                if exc.timeout:
+                    tally.timeouts += 1
+                else:
+                    tally.link_errors += 1
                 reason = f"{exc} reading {_labels(plan, req)} from {self.where}"
                 link.close()
                 ts = time.time_ns()
@@ -290,6 +318,8 @@ class Driver:
                 return False
             if isinstance(result, str):  # the whole request was refused
                 result = [f"{result} for the request of {_labels(plan, req)}"] * len(req.items)
+            else:
+                tally.last_ok_ns = ts
             for item, got in zip(req.items, result, strict=True):
                 if isinstance(got, str):
                     failed.setdefault(item.range, f"{ranges[item.range].label}: {got}")
@@ -309,7 +339,7 @@ class Driver:
                     data = b"".join(chunks[p] for p in sorted(chunks))
                     out += ranges[r].decoder.decode(data, 0, ts)
         for n, r in enumerate(retry):
-            if not self._execute(link, plan.isolated(r), batch, isolate=False):
+            if not self._execute(link, plan.isolated(r), batch, tally, isolate=False):
                 ts = time.time_ns()
                 for later in retry[n + 1 :]:
                     out += _bad(ranges[later].tags, ts, _BAD_COMM, batch.error or "")
@@ -336,7 +366,8 @@ class Driver:
     async def read_tag(self, name: str) -> Value:
         """Read one tag now (its own request), decoded as a poll would."""
         tag = self._tag(name)
-        batch: Batch = await self._run(self._read_one, tag)
+        batch, tally = await self._run(self._read_one, tag)
+        self.stats.add(tally)
         reading = batch.readings[0]
         if reading[3] == _BAD_COMM:
             raise ConnectError(str(reading[4]))
@@ -373,10 +404,11 @@ class Driver:
         if problem is not None:
             raise DriverError(problem)
 
-    def _read_one(self, link: _Link, tag: S7Tag) -> Batch:
-        batch = Batch(self.name)
-        self._execute(link, single_tag_plan(self.device, tag, link.pdu), batch, isolate=False)
-        return batch
+    def _read_one(self, link: _Link, tag: S7Tag) -> tuple[Batch, S7Stats]:
+        batch, tally = Batch(self.name), S7Stats()
+        plan = single_tag_plan(self.device, tag, link.pdu)
+        self._execute(link, plan, batch, tally, isolate=False)
+        return batch, tally
 
     def _write(self, link: _Link, head: bytes, tail: bytes, tag: S7Tag) -> str | None:
         try:

@@ -6,7 +6,8 @@ The columns, their aliases and the type words are documented in drivers/modbus/R
 ``FILE:LINE: column: problem``, and the device is validated exactly as ``edgegw
 validate`` will, so its output loads as is.
 
-Exit status: 0 written, 2 bad input (the CSV or the options).
+Exit status: 0 written, 1 the output cannot be written, 2 bad input (the CSV or the
+options).
 """
 
 from __future__ import annotations
@@ -125,24 +126,28 @@ def _int(text: str, flag: str) -> int:
 def main(args: argparse.Namespace) -> int:
     from drivers.modbus.csvmap import build_device, device_yaml, read_register_map
 
+    from ..permissions import explain_permission
+
     fields = _fields(args)
     try:
         rmap = read_register_map(args.csv, slugify=args.slugify)
+    except PermissionError as exc:
+        raise fail(f"import-csv: {explain_permission(exc, args.csv)}") from None
     except OSError as exc:
         raise fail(f"import-csv: cannot read {args.csv}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise fail(
             f"import-csv: {args.csv} is not UTF-8 text (byte {exc.start}); save as CSV UTF-8"
         ) from None
-    problems = list(rmap.problems)
     for note in rmap.skipped:
         print(note, file=sys.stderr)
-    if not problems:
-        _, problems = build_device(rmap, fields)
+    _, problems = build_device(rmap, fields)  # every problem of every row, in one run
     if problems:
         for p in problems:
             if p.line:
                 print(p, file=sys.stderr)
+            elif p.column == "device":
+                print(f"edgegw: import-csv: {p.message}", file=sys.stderr)
             else:
                 flag = {"host": "--host", "port": "--port", "unit_id": "--unit", "name": "--name"}
                 print(
@@ -167,7 +172,13 @@ def main(args: argparse.Namespace) -> int:
         if problem:
             raise fail(f"import-csv: --as config: {problem}")
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except PermissionError as exc:
+            raise fail(f"import-csv: {explain_permission(exc, args.output)}", 1) from None
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise fail(f"import-csv: cannot write {args.output}: {why}", 1) from None
         print(
             f"wrote {args.output}: device {fields['name']}, {len(rmap.tags)} tag(s)",
             file=sys.stderr,

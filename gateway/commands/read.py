@@ -82,7 +82,7 @@ def register(sub: Subparsers) -> None:
         "--relearn",
         action="store_true",
         help="with -c: forget what the gateway learned about the devices' maps (addresses "
-        "they refuse) and learn again; a running daemon forgets at its next reload",
+        "they refuse) and learn again; a running daemon is told to reload (SIGHUP)",
     )
     s.set_defaults(func=main)
 
@@ -125,6 +125,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _relearn(devices: list[Any], state_dir: Path) -> None:
+    """Delete what was learned, and tell a running daemon to reload so it forgets too
+    (it would go on with what it knows, and never writes it back over the deletion:
+    drivers/modbus/learn.py)."""
     from gateway.registry import forget_learned
 
     for dev in devices:
@@ -136,11 +139,35 @@ def _relearn(devices: list[Any], state_dir: Path) -> None:
                 f"{exc.strerror or exc} (run as the gateway's user or root)"
             ) from None
         if forgot:
-            print(
-                f"{dev.name}: forgot what was learned about its map; a running daemon "
-                "forgets it at its next reload (systemctl reload edgegw)",
-                file=sys.stderr,
-            )
+            print(f"{dev.name}: forgot what was learned about its map", file=sys.stderr)
+    _tell_the_daemon(state_dir)
+
+
+def _tell_the_daemon(state_dir: Path) -> None:
+    import os
+    import signal
+
+    from gateway.status import running_daemon
+
+    pid = running_daemon(state_dir)
+    if pid is None:
+        print(f"no daemon runs on {state_dir}: it starts without it", file=sys.stderr)
+        return
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return  # it stopped meanwhile: it starts without it
+    except PermissionError:
+        print(
+            f"the daemon (pid {pid}) runs as another user and still knows it: reload it "
+            "so it learns again: sudo systemctl reload edgegw",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"told the running daemon (pid {pid}) to reload: it forgets too and learns again",
+        file=sys.stderr,
+    )
 
 
 # -- choosing what to read ------------------------------------------------------------
@@ -247,7 +274,7 @@ async def _read_one(dev: Any, state_dir: Path | None) -> Outcome:
     stats = getattr(driver, "stats", None)
     if stats is not None:
         out.requests = stats.requests
-        out.learned = list(stats.learned)
+        out.learned = list(getattr(stats, "learned", ()))  # Modbus only
     return out
 
 

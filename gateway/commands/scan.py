@@ -6,9 +6,11 @@ an exception such as illegal function (1), illegal address (2), illegal value (3
 busy (5, 6). Exception 4 (server device failure) is what many servers and gateways
 answer for a unit id they do not serve, and 10/11 are a gateway saying the unit behind
 it is silent: those are listed apart, not counted. A server that answers every unit id
-the same way ignores the unit id (a plain Modbus TCP device): said once, not 247 times.
-With no answer at all, the likely causes are printed (for TCP, after asking the port
-what it speaks). Library messages stay off the terminal. Progress goes to stderr,
+the same way with data ignores the unit id (a plain Modbus TCP device): said once, not
+247 times. One exception from every id is said once with what it means: 10/11 from a
+TCP-to-serial gateway whose bus is silent, 4 from a server with no such unit. With no
+unit found, the likely causes are printed (for TCP with no answer at all, after asking
+the port what it speaks). Library messages stay off the terminal. Progress goes to stderr,
 results to stdout.
 
 Exit status: 0 some unit answered, 1 none did (or the link failed), 2 bad input.
@@ -179,21 +181,25 @@ def _report(dev: Any, answers: list[Answer], total: int) -> int:
     present = [a for a in answers if a.proves]
     kinds = {a.kind for a in answers}
     if len(answers) >= 3 and len(kinds) == 1 and not answers[0].silent:
-        what = "data" if answers[0].code is None else f"exception {answers[0].code}"
-        note = (
-            f"every unit id answers the same way ({what}): the server ignores the unit id. "
-            "It is one device, not a gateway to a bus; any unit_id reaches it (1 is usual)."
-        )
-        if not answers[0].proves:
-            note += (
-                f" Exception {answers[0].code} for every id proves no unit exists: try "
-                "another --register the device has (its manual's first register)."
-            )
-        print(note)
+        code = answers[0].code
         if answers[0].proves:
+            what = "data" if code is None else f"exception {code}"
+            print(
+                f"every unit id answers the same way ({what}): the server ignores the unit "
+                "id. It is one device, not a gateway to a bus; any unit_id reaches it (1 is "
+                "usual)."
+            )
             print(f"{total} of {total} unit id(s) answer alike: the device itself")
             return EXIT_OK
+        assert code is not None  # an answer that proves nothing is an exception
+        print(
+            f"every unit id answers exception {code} "
+            f"({EXCEPTION_WHY.get(code, 'does not prove the unit exists')}): "
+            f"{_SAME_MEANS.get(code, _SAME_MEANS[4])}"
+        )
         print(f"0 of {total} unit id(s) answer")
+        for cause in _likely_causes(dev, answers):
+            print(f"  - {cause}")
         return EXIT_FAILED
     if len(present) > _SHOWN_BEFORE_SAME:
         for a in present[_SHOWN_BEFORE_SAME:]:
@@ -223,6 +229,30 @@ EXCEPTION_WHY = {
 }
 
 
+# What one exception for every unit id says about the server.
+_SAME_MEANS = {
+    4: "no unit proves it exists. A gateway (or server) answers so for ids it has "
+    "nothing behind; a single device may refuse the register read instead",
+    10: "this is a gateway (TCP to serial) with no path to any unit: the serial bus "
+    "behind it is not configured or not reachable from it",
+    11: "this is a gateway (TCP to serial) and nothing answers on the bus behind it: the "
+    "bus is silent, not the gateway",
+}
+
+# Why the bus behind a gateway is silent, most likely first.
+_BEHIND_GATEWAY = (
+    "wiring of the bus behind the gateway: RS-485 A and B swapped, no common ground, a "
+    "missing terminator, or the devices on another port of the gateway",
+    "line settings: the gateway's serial port must use the devices' baud rate, parity and "
+    "stop bits (common: 9600 8N1, 19200 8E1); set them in the gateway's web page",
+    "the gateway's mode: Modbus TCP to RTU (not ASCII, not transparent/raw TCP), and its "
+    "serial timeout long enough for the devices (try 1000 ms)",
+    "unit ids: the devices' ids are outside the range scanned (--from/--to), or two "
+    "devices share one id and garble each other's answers",
+    "the devices: powered, and set to Modbus RTU (not another protocol on the same wires)",
+)
+
+
 def _ids(units: list[int]) -> str:
     """1, 2, 3, 7 -> '1..3, 7'."""
     runs: list[list[int]] = []
@@ -236,9 +266,13 @@ def _ids(units: list[int]) -> str:
 
 
 def _likely_causes(dev: Any, doubtful: list[Answer]) -> list[str]:
-    """Why nothing answered, most likely first."""
+    """Why no unit answered, most likely first. ``doubtful``: the exceptions that came
+    back (they prove the framing is right, so the port is asked only without them)."""
+    codes = {a.code for a in doubtful}
+    if codes & {10, 11}:  # a gateway said the bus behind it is silent
+        return [*_BEHIND_GATEWAY, _timeout_cause(dev)]
     causes: list[str] = []
-    if dev.protocol in ("modbus_tcp", "modbus_rtu_tcp"):
+    if dev.protocol in ("modbus_tcp", "modbus_rtu_tcp") and not doubtful:
         spoken = _what_the_port_speaks(dev.host, dev.port, dev.timeout_ms / 1000)
         if spoken:
             causes.append(spoken)
@@ -249,6 +283,11 @@ def _likely_causes(dev: Any, doubtful: list[Answer]) -> list[str]:
             f"'modbus-rtu://{dev.port}?baudrate=9600&parity=N'",
             "wiring: RS-485 A and B swapped, no common ground, or a missing terminator",
         ]
+    if codes == {4}:
+        causes.append(
+            "the register read fails on the device itself (exception 4): try another "
+            "--register the device has (its manual's first register)"
+        )
     if doubtful:
         causes.append(
             "the server answered, but only with exceptions that do not prove a unit: the "
@@ -257,10 +296,16 @@ def _likely_causes(dev: Any, doubtful: list[Answer]) -> list[str]:
     causes += [
         "the unit ids are outside the range scanned (--from/--to; many devices use 1, "
         "some 0 or 255)",
-        f"the devices answer slower than --timeout-ms {dev.timeout_ms} (radio links and "
-        "busy gateways: try 1000)",
+        _timeout_cause(dev),
     ]
     return causes
+
+
+def _timeout_cause(dev: Any) -> str:
+    return (
+        f"the devices answer slower than --timeout-ms {dev.timeout_ms} (radio links and "
+        "busy gateways: try 1000)"
+    )
 
 
 def _what_the_port_speaks(host: str, port: int, timeout: float) -> str | None:

@@ -189,6 +189,8 @@ def render(
     elif not alive:
         pid = _pid_state(snap.get("pid"))
         state = f"NOT RUNNING? last status {human_duration(age)} old" + (f" ({pid})" if pid else "")
+    elif snap.get("stopping"):
+        state = f"STOPPING, pid {snap.get('pid')}: draining the outbox"
     else:
         state = f"running, pid {snap.get('pid')}"
     head = f"edgegw {snap.get('version', '?')} · gateway {snap.get('gateway', '?')} · {state}"

@@ -211,3 +211,19 @@ def test_a_failing_snapshot_callable_is_unhealthy_not_a_crash() -> None:
         assert get(srv.url + "/metrics")[0] == 500
         assert get(srv.url + "/healthz")[0] == 503  # and the server keeps answering
     assert status == 503 and "outbox thread is gone" in body
+
+
+def test_readyz_is_503_while_stopping_though_still_live() -> None:
+    """A stop was asked for (SIGTERM) and the outbox drains: live (the watchdog is still
+    fed), not ready (a balancer moves away), said in the body and as edgegw_ready."""
+    snap = make_snapshot(stopping=True)
+    with MetricsServer(lambda: snap, port=0) as srv:
+        codes = [get(srv.url + p)[0] for p in ("/livez", "/readyz")]
+        doc = json.loads(get(srv.url + "/readyz")[2])
+        m = scrape(srv.url)
+        snap["stopping"] = False
+        assert get(srv.url + "/readyz")[0] == 200
+        assert scrape(srv.url)[("edgegw_ready", ())] == 1
+    assert codes == [200, 503]
+    assert doc["live"] is True and doc["ready"] is False and doc["stopping"] is True
+    assert m[("edgegw_ready", ())] == 0 and m[("edgegw_healthy", ())] == 1

@@ -151,6 +151,64 @@ def test_host_facts_from_the_filesystem_and_the_certificates(tmp_path: Path) -> 
     assert m[("edgegw_disk_free_bytes", (("path", str(tmp_path / "state")),))] > 0
 
 
+def test_the_opcua_client_certificate_the_gateway_generates_has_its_expiry(
+    tmp_path: Path,
+) -> None:
+    """A real asyncua server with security: the OPC UA client certificate the driver
+    generates in the state dir at its first connect (and the pinned server certificate)
+    get their expiry in the host facts and the metrics, beside the uplink's."""
+    from cryptography import x509
+
+    from gateway.registry import build_device
+    from tests.drivers.opcua.conftest import SimThread
+
+    sim = SimThread(security=True)
+    try:
+        state = tmp_path / "state"
+        cfg_path = tmp_path / "gw.yaml"
+        cfg_path.write_text(
+            f"gateway: {{id: gw, state_dir: {state}}}\n"
+            "devices:\n"
+            f"  - {{protocol: opcua, name: plc, endpoint: '{sim.endpoint}',\n"
+            "     security_policy: Aes128Sha256RsaOaep,\n"
+            f"     server_certificate: {sim.sim.certificate_path},\n"
+            "     tags: [{name: t, node: 'ns=2;s=Plant.Boiler.Temperature'}]}\n"
+        )
+        state.mkdir()
+        cfg = load_config(cfg_path)
+        before = host_facts(cfg, _cache={})["cert_expiry"]
+        assert set(before) == {"opcua.plc.server_certificate"}  # none generated yet
+
+        async def first_connect() -> Batch:
+            rt = build_device(cfg.devices[0], state)
+            await rt.driver.connect()
+            try:
+                return await rt.driver.read(rt.plan)
+            finally:
+                await rt.driver.close()
+
+        assert asyncio.run(first_connect()).ok
+        expiry = host_facts(cfg, _cache={})["cert_expiry"]
+        server = x509.load_der_x509_certificate(Path(sim.sim.certificate_path).read_bytes())
+    finally:
+        sim.close()
+    generated = state / "pki" / "plc" / "own" / "cert.der"
+    cert = x509.load_der_x509_certificate(generated.read_bytes())
+    assert expiry == {
+        "opcua.plc.client_certificate": cert.not_valid_after_utc.timestamp(),
+        "opcua.plc.server_certificate": server.not_valid_after_utc.timestamp(),
+    }
+    assert 3600 < (expiry["opcua.plc.client_certificate"] - time.time()) / 86400 < 3660
+    snap = make_snapshot(host={"cert_expiry": expiry})
+    with MetricsServer(lambda: snap, port=0) as srv:
+        m = samples(get(srv.url + "/metrics")[2])
+    key = (
+        "edgegw_certificate_expiry_timestamp_seconds",
+        (("certificate", "opcua.plc.client_certificate"),),
+    )
+    assert m[key] == expiry["opcua.plc.client_certificate"]
+
+
 def full_snapshot() -> dict[str, Any]:
     """A snapshot with every optional section filled, so every metric is produced."""
     h = asdict(Histogram())
@@ -177,6 +235,7 @@ def full_snapshot() -> dict[str, Any]:
         latency=h,
         driver={
             "requests": 1,
+            "notifications": 1,
             "timeouts": 0,
             "link_errors": 0,
             "exceptions": {"2": 1},

@@ -7,11 +7,13 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
 from gateway.commands import status
 from gateway.status import write_status
+from inference.hysteresis import AnomalyEvent
 
 from .conftest import make_snapshot, run_command
 
@@ -22,17 +24,19 @@ def once(capsys: pytest.CaptureFixture[str], state: Path) -> tuple[int, str, str
     return rc, out.out, out.err
 
 
-def anomaly(kind: str, ts_ns: int, score: float, peak: float) -> dict[str, object]:
-    """An event as the daemon keeps it (``AnomalyEvent.as_dict()``)."""
-    return {
-        "model": "pump-vibration",
-        "kind": kind,
-        "ts_ns": ts_ns,
-        "score": score,
-        "peak": peak,
-        "window_end_ns": ts_ns + 10**9,
-        "inputs": ["pump1/flow", "pump1/pressure", "pump1/vibration"],
-    }
+def anomaly(kind: Literal["start", "end"], ts_ns: int, score: float, peak: float) -> dict[str, Any]:
+    """An event as the daemon keeps it: the inference package's own ``AnomalyEvent``
+    through ``as_dict()`` (gateway/daemon.py), so a renamed field breaks this test."""
+    event = AnomalyEvent(
+        model="pump-vibration",
+        kind=kind,
+        ts_ns=ts_ns,
+        score=score,
+        peak=peak,
+        window_end_ns=ts_ns + 10**9,
+        inputs=("pump1/flow", "pump1/pressure", "pump1/vibration"),
+    )
+    return event.as_dict()
 
 
 def test_one_frame_of_a_running_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,6 +95,14 @@ def test_a_clean_stop_is_shown_as_such(tmp_path: Path, capsys: pytest.CaptureFix
     write_status(tmp_path, make_snapshot(now_ns=time.time_ns() - 30 * 10**9, final=True))
     rc, out, _ = once(capsys, tmp_path)
     assert rc == 1 and "STOPPED cleanly 30 s ago" in out
+
+
+def test_a_daemon_draining_after_sigterm_is_shown_stopping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_status(tmp_path, make_snapshot(stopping=True))
+    rc, out, _ = once(capsys, tmp_path)
+    assert rc == 0 and f"STOPPING, pid {os.getpid()}: draining the outbox" in out
 
 
 def test_rate_between_two_snapshots() -> None:

@@ -352,3 +352,25 @@ def test_audit_segments_and_their_archive_belong_to_the_service_user(site: Path)
         assert st.st_uid == NOBODY, (p, st.st_uid)
         want = 0o750 if p.is_dir() else 0o600
         assert st.st_mode & 0o777 == want, (p, oct(st.st_mode))
+
+
+def test_import_csv_without_rights_says_path_owner_and_fix(site: Path) -> None:
+    """A sheet it may not read, a folder it may not write: the path, the owner, the fix
+    (was a bare "Permission denied")."""
+    sheet = site / "map.csv"
+    sheet.write_text("name,register\na,40001\n")
+    sheet.chmod(0o600)
+    r = as_nobody("import-csv", str(sheet), "--host", "::1")
+    assert r.returncode == 2
+    assert one_clear_line(r) == (
+        f"edgegw: import-csv: {sheet}: permission denied for user nobody ({sheet} belongs "
+        "to root:root, mode 0600): run it with sudo"
+    )
+    sheet.chmod(0o644)
+    out = site / "state" / "meter.yaml"  # root's, mode 0700
+    r = as_nobody("import-csv", str(sheet), "--host", "::1", "-o", str(out))
+    assert r.returncode == 1 and not out.exists()
+    assert one_clear_line(r) == (
+        f"edgegw: import-csv: {out}: permission denied for user nobody ({site / 'state'} "
+        "belongs to root:root, mode 0700): run it with sudo"
+    )

@@ -120,3 +120,72 @@ def test_reload_restarts_only_changed_devices_and_counters_go_on(
     assert out["order"] == ["keep", "change", "added"]
     assert out["after_removal"] == ["keep"] and out["tasks"] == ["poll:keep"]
     assert out["keep_alive"]
+
+
+def test_opcua_and_s7_counters_go_on_across_a_reload(tmp_path: Path, broker: Mosquitto) -> None:
+    """A reload that changes an OPC UA and an S7 device gives each a new driver whose
+    counters (requests, bad statuses / refusals by code) go on from the old driver's,
+    as Modbus's do (gateway.poller.carry_counters)."""
+    from asyncua import ua
+
+    from drivers.s7.simulator import S7Simulator
+    from tests.drivers.opcua.conftest import SimThread
+
+    ua_sim = SimThread()
+    ua_sim.run(ua_sim.sim.set_value("ns=2;s=Types.Double", 1.5, ua.StatusCodes.BadSensorFailure))
+    path = tmp_path / "gw.yaml"
+
+    def config(s7_port: int, interval: int) -> str:
+        return (
+            "gateway: {id: gw-reload, state_dir: state, flush_window_ms: 50}\n"
+            f"uplink: {{host: '::1', port: {broker.port}}}\n"
+            "metrics: {enabled: false}\ndevices:\n"
+            f"  - {{name: ua, protocol: opcua, endpoint: '{ua_sim.endpoint}', mode: poll, "
+            f"poll_interval_ms: {interval},\n"
+            "     tags: [{name: t, node: 'ns=2;s=Plant.Boiler.Temperature'},\n"
+            "            {name: bad, node: 'ns=2;s=Types.Double'}]}\n"
+            f"  - {{name: plc, protocol: s7, host: 127.0.0.1, port: {s7_port}, "
+            f"poll_interval_ms: {interval},\n"
+            "     tags: [{name: t, address: DB1.DBW0}, {name: no_db, address: DB9.DBW0}]}\n"
+        )
+
+    async def main(s7: S7Simulator) -> dict[str, Any]:
+        path.write_text(config(s7.port, 50))
+        daemon = Daemon(load_config(path), path)
+        stop = asyncio.Event()
+        run = asyncio.create_task(daemon.run(stop))
+        out: dict[str, Any] = {}
+        try:
+            assert await wait_for(lambda: len(daemon.devices) == 2, 30)
+            ok = await wait_for(lambda: all(d.reads >= 3 for d in daemon.devices.values()), 30)
+            assert ok, {n: (d.reads, d.last_error) for n, d in daemon.devices.items()}
+            old = {n: daemon._runtimes[n].driver for n in ("ua", "plc")}
+            path.write_text(config(s7.port, 60))
+            await daemon.reload()
+            new = {n: daemon._runtimes[n].driver for n in ("ua", "plc")}
+            # the old drivers have stopped: their counts are final now
+            out["before"] = {
+                n: (d.stats.requests, dict(d.stats.exceptions)) for n, d in old.items()
+            }
+            out["after"] = {n: (d.stats.requests, dict(d.stats.exceptions)) for n, d in new.items()}
+            out["new"] = {n: new[n] is not old[n] for n in new}
+            # status and metrics read the new drivers' counters once their tasks run
+            out["shown"] = await wait_for(
+                lambda: all(daemon.devices[n].driver is new[n].stats for n in new), 30
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 30)
+        return out
+
+    try:
+        with S7Simulator(dbs={1: 64}) as s7:
+            out = asyncio.run(main(s7))
+    finally:
+        ua_sim.close()
+    assert out["new"] == {"ua": True, "plc": True}
+    assert out["shown"]
+    for name, code in (("ua", "BadSensorFailure"), ("plc", "0x0a")):
+        (req0, exc0), (req1, exc1) = out["before"][name], out["after"][name]
+        assert exc0.get(code, 0) >= 3, (name, exc0)
+        assert req1 >= req0 >= 3 and exc1.get(code, 0) >= exc0[code], (name, out)

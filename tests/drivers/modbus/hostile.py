@@ -30,7 +30,11 @@ MODES = (
     "close_after_request",  # reads the request, closes
     "drip",  # the right answer, one byte per second
     "garbage",  # random bytes instead of an MBAP frame
+    # not hostile: a TCP-to-serial gateway with nothing answering behind it, as sold
+    "gateway_path_unavailable",  # exception 10 for every request
+    "gateway_no_response",  # exception 11 for every request
 )
+_GATEWAY_EXCEPTIONS = {"gateway_path_unavailable": 10, "gateway_no_response": 11}
 
 
 @dataclass
@@ -84,6 +88,11 @@ class HostileDevice:
         fc = pdu[0]
         address, count = struct.unpack(">HH", pdu[1:5])
         m = self.mode
+        if m in _GATEWAY_EXCEPTIONS:
+            frame_pdu = bytes([fc | 0x80, _GATEWAY_EXCEPTIONS[m]])
+            writer.write(struct.pack(">HHHB", tid, 0, len(frame_pdu) + 1, unit) + frame_pdu)
+            await writer.drain()
+            return
         if fc in (3, 4):
             regs = [(GOOD_BASE + address + i) & 0xFFFF for i in range(count)]
             if m == "short_byte_count":

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -261,3 +263,64 @@ def test_every_readable_tag_is_good_at_every_cycle_and_the_plan_settles(
         assert qualities(batch) == expected
     refused = sum(1 for q in expected.values() if q == BAD_DEVICE)
     assert refusals[-1] == refusals[-2] == refused, refusals
+
+
+def test_what_was_learned_is_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learned file is written in another thread: the poll loop never waits for the
+    disk (the rename is where the write lands)."""
+    import drivers.modbus.learn as learn_mod
+
+    threads: list[str] = []
+    real_replace = learn_mod.os.replace
+
+    def replace_spy(src: Any, dst: Any) -> None:
+        threads.append(threading.current_thread().name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(learn_mod.os, "replace", replace_spy)
+    path = learned_file(tmp_path, "meter")
+
+    async def test(sim: ModbusSimulator) -> Any:
+        _, batches, _ = await cycles(sim, device(sim.port, u16(0), u16(4)), 2, path)
+        return threading.current_thread().name, batches
+
+    loop_thread, batches = run(test, holes={Table.HOLDING: [(2, 3)]})
+    assert json.loads(path.read_text())["barriers"] == [["holding", 1, 4]]  # as before
+    assert threads and loop_thread not in threads, (loop_thread, threads)
+    assert all(set(qualities(b).values()) == {GOOD} for b in batches)
+
+
+def test_a_relearn_while_the_driver_runs_is_not_undone(tmp_path: Path) -> None:
+    """`edgegw read --relearn` deletes the file while the daemon's driver runs; when the
+    driver then learns more, it forgets what it knew instead of writing it back."""
+    path = learned_file(tmp_path, "meter")
+
+    async def test(sim: ModbusSimulator) -> Any:
+        dev = device(sim.port, u16(0), u16(4), u16(8))
+        driver = Driver(dev, learned_file=path)
+        await driver.connect()
+        plan = compile_plan(dev)
+        try:
+            first = await driver.read(plan)
+            saved = json.loads(path.read_text())
+            path.unlink()  # edgegw read --relearn
+            sim.add_hole(Table.HOLDING, 6, 7)  # something new to learn
+            second = await driver.read(plan)
+            learned = driver.learned
+            assert learned is not None
+            after_second = path.exists(), list(driver.stats.learned), set(learned.barriers)
+            third = await driver.read(plan)  # learns again, from the device only
+            return first, saved, second, after_second, third, json.loads(path.read_text())
+        finally:
+            await driver.close()
+
+    first, saved, second, after_second, third, again = run(test, holes={Table.HOLDING: [(2, 3)]})
+    assert saved["barriers"] == [["holding", 1, 4]]
+    exists, lines, barriers = after_second
+    assert not exists, "the old facts were written back over the relearn"
+    assert lines == [] and barriers == set()  # forgotten in memory too
+    for batch in (first, second, third):
+        assert set(qualities(batch).values()) == {GOOD}
+    assert again["barriers"] == [["holding", 1, 4]]  # learned anew (the 2nd hole next)

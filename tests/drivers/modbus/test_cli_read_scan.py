@@ -4,13 +4,14 @@ input)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 from drivers.modbus import Table
 from drivers.modbus.simulator import ModbusSimulator
 from gateway.cli import main as edgegw
+
+from .hostile import HostileDevice
 
 Sim = Callable[..., ModbusSimulator]
 
@@ -265,9 +268,89 @@ def test_scan_all_247_ids_with_exception_4_is_no_unit_and_gives_causes(
     sim = threaded_sim(unit_ids=(250,))
     code, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{sim.port}")
     assert code == 1
-    assert "every unit id answers the same way (exception 4)" in out
-    assert "0 of 247 unit id(s) answer" in out
-    assert "unit 1:" not in out
+    lines = out.splitlines()
+    assert lines[0].startswith(
+        "every unit id answers exception 4 (server device failure: what servers and gateways "
+        "answer for a unit id they do not serve): no unit proves it exists."
+    ), lines
+    assert "ignores the unit id" not in out and "unit 1:" not in out
+    assert lines[1] == "0 of 247 unit id(s) answer"
+    causes = [ln for ln in lines[2:] if ln.startswith("  - ")]
+    assert causes == lines[2:] and len(causes) >= 3, lines
+    assert causes[0].startswith("  - the register read fails on the device itself"), causes
+    assert any("--from/--to" in c for c in causes), causes
+    assert any("--timeout-ms 200" in c for c in causes), causes
+    assert not any("MBAP" in c for c in causes), causes  # the framing is right: not asked
+
+
+@pytest.fixture
+def gateway_bus_silent() -> Iterator[Callable[[str], int]]:
+    """A TCP-to-serial gateway with nothing answering behind it: a raw Modbus TCP server
+    (tests/drivers/modbus/hostile.py) answering exception 10 or 11 to every request."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    started: list[HostileDevice] = []
+
+    def start(mode: str) -> int:
+        dev = asyncio.run_coroutine_threadsafe(HostileDevice(mode).start(), loop).result(10)
+        started.append(dev)
+        return dev.port
+
+    yield start
+    for dev in started:
+        asyncio.run_coroutine_threadsafe(dev.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "meaning"),
+    [
+        ("gateway_no_response", 11, "nothing answers on the bus behind it"),
+        ("gateway_path_unavailable", 10, "no path to any unit"),
+    ],
+)
+def test_scan_a_gateway_whose_bus_is_silent_says_so_and_why(
+    capsys: pytest.CaptureFixture[str],
+    gateway_bus_silent: Callable[[str], int],
+    mode: str,
+    code: int,
+    meaning: str,
+) -> None:
+    """Every id answers exception 10/11: a gateway with a silent bus, not "one device that
+    ignores the unit id"; the causes behind a gateway are listed."""
+    port = gateway_bus_silent(mode)
+    rc, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{port}")
+    assert rc == 1
+    lines = out.splitlines()
+    assert lines[0].startswith(f"every unit id answers exception {code} (gateway "), lines
+    assert "this is a gateway (TCP to serial)" in lines[0] and meaning in lines[0], lines
+    assert "ignores the unit id" not in out and "one device" not in out
+    assert lines[1] == "0 of 247 unit id(s) answer"
+    causes = lines[2:]
+    assert all(c.startswith("  - ") for c in causes) and len(causes) >= 4, lines
+    assert causes[0].startswith("  - wiring of the bus behind the gateway: RS-485 A and B")
+    assert any("baud rate, parity and stop bits" in c for c in causes), causes
+    assert any(c.startswith("  - unit ids: ") for c in causes), causes
+    assert any("--timeout-ms 200" in c for c in causes), causes
+
+
+def test_scan_some_ids_through_a_gateway_with_a_silent_bus_lists_them_apart(
+    capsys: pytest.CaptureFixture[str], gateway_bus_silent: Callable[[str], int]
+) -> None:
+    """Two ids only (too few to call it "every id"): listed apart, with the same causes."""
+    port = gateway_bus_silent("gateway_no_response")
+    rc, out, _ = run(capsys, "scan", f"modbus-tcp://127.0.0.1:{port}", "--to", "2")
+    assert rc == 1
+    lines = out.splitlines()
+    assert lines[0] == (
+        "not counted: units 1, 2 answered exception 11 (gateway target failed to respond: nothing "
+        "answers behind the gateway)"
+    )
+    assert lines[1] == "0 of 2 unit id(s) answer: none"
+    assert lines[2].startswith("  - wiring of the bus behind the gateway"), lines
 
 
 def _serve_http(stop: threading.Event) -> int:

@@ -127,10 +127,11 @@ def test_every_bad_row_is_reported_with_line_and_column(
     code, out, err = run(capsys, "import-csv", str(path), "--host", "10.0.0.1", "-o", str(out_path))
     assert code == 2 and out == "" and not out_path.exists()
     lines = err.splitlines()
-    assert lines[-1] == f"{path}: 7 problem(s); nothing written"
+    assert lines[-1] == f"{path}: 8 problem(s); nothing written"
     expected = [
         (3, "type", "unknown type 'flaot'"),
         (5, "address", "'ten' is not an address"),
+        (6, "name", "'ok' is also on line 2"),  # in the same run as the bad cells
         (7, "bit", "bit 4 is read as type 'bool'"),
         (8, "register", "give register or address, not both"),
         (9, "scale", "'x1' is not a number"),
@@ -158,6 +159,47 @@ def test_device_level_problems_point_at_the_row(
     path = write(tmp_path, "name,register,poll_ms\na,40001,200\nb,40002,300\n", "iv2.csv")
     code, _, err = run(capsys, "import-csv", str(path), "--host", "10.0.0.1")
     assert code == 2 and f"{path}:3: poll_ms: tag 'b': poll_interval_ms 300 is not a" in err
+
+
+def test_every_problem_of_every_kind_in_one_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Bad cells, a name given twice (even on a bad row), a string without length and the
+    device's own checks on two rows (intervals): one run shows them all, by line, and the
+    device's problem with an option last, as the option."""
+    text = (
+        "name,register,type,poll_ms\n"  # 1
+        "a,40001,flaot,\n"  # 2: a bad type
+        "b,40002,uint16,200\n"  # 3
+        "b,40003,uint16,\n"  # 4: b again
+        "a,40004,uint16,\n"  # 5: a again, though row 2 is bad
+        "c,40005,string,\n"  # 6: no length
+        "d,40010,uint16,300\n"  # 7: not a multiple of 200
+        "e,40011,uint16,700\n"  # 8: nor this
+        "f,40012,,w\n"  # 9: not a number
+        "g,40013,,\n"  # 10: the device's 500 ms, not a multiple of 200
+    )
+    path = write(tmp_path, text, "all.csv")
+    code, out, err = run(capsys, "import-csv", str(path), "--host", "10.0.0.1", "--poll-ms", "500")
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    expected = [
+        (2, "type", "unknown type 'flaot'"),
+        (4, "name", "'b' is also on line 3"),
+        (5, "name", "'a' is also on line 2"),
+        (6, "length", "tag 'c': type 'string' needs length"),
+        (7, "poll_ms", "tag 'd': poll_interval_ms 300 is not a whole multiple"),
+        (8, "poll_ms", "tag 'e': poll_interval_ms 700 is not a whole multiple"),
+        (9, "poll_ms", "'w' is not a whole number"),
+    ]
+    for line, (number, column, fragment) in zip(lines, expected, strict=False):
+        assert line.startswith(f"{path}:{number}: {column}: "), line
+        assert fragment in line, line
+    assert lines[len(expected)].startswith(
+        "edgegw: import-csv: --set poll_interval_ms: poll_interval_ms 500 is not a whole "
+        "multiple of the fastest interval of the device (200 ms)"
+    ), lines
+    assert lines[len(expected) + 1 :] == [f"{path}: 8 problem(s); nothing written"]
 
 
 @pytest.mark.parametrize(
