@@ -80,6 +80,8 @@ class Daemon:
         # Every long-running task runs under the supervisor (logged at once, restarted
         # with backoff); ``tasks`` is its name -> task map.
         self._task_digest = Digest(self._audit_task_failure)
+        # The uplink's link, TLS, login and refusal events (see _make_forwarder).
+        self._uplink_digest: Digest | None = None
         self.sup = Supervisor(on_failure=self._task_failed)
         self.tasks: dict[str, asyncio.Task[Any]] = self.sup.tasks  # type: ignore[assignment]
         self._polls: list[asyncio.Task[Any]] = []
@@ -156,6 +158,9 @@ class Daemon:
         if self.engine is not None:
             await self.sup.stop(["inference"])
             self.engine.close()
+        # repeats counted since the last summary go in the log before it closes (the
+        # forwarder keeps draining: what it meets from here on is logged, not audited)
+        self._flush_uplink_digest()
         self._audit("stop", reason="signal")
         await asyncio.to_thread(self._close_audit)
         await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
@@ -570,7 +575,8 @@ class Daemon:
         tls = client_context(up.tls.ca_file, up.tls.cert_file, up.tls.key_file) if up.tls else None
         # Link and TLS/login failures: the first at once, then counts per interval, so a
         # long outage or a flapping link adds a bounded number of audit records.
-        digest = Digest(lambda event, detail: self._audit(event, **detail))
+        self._flush_uplink_digest()  # a forwarder replaced at a reload: its counts stay
+        self._uplink_digest = digest = Digest(lambda event, detail: self._audit(event, **detail))
 
         def on_link(is_up: bool, why: str | None) -> None:
             digest.note("link_up" if is_up else "link_down", why)
@@ -593,6 +599,10 @@ class Daemon:
             self.pipeline.on_sealed = fwd.wake
             self.pipeline.body_limit = fwd.body_limit
         return fwd
+
+    def _flush_uplink_digest(self) -> None:
+        if self._uplink_digest is not None:
+            self._uplink_digest.flush()
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------
 
