@@ -216,6 +216,8 @@ class Daemon:
             on_drop=lambda d: self._audit("buffer_drop", **d),
             keychain=ident.keychain,
             payload_version=cfg.gateway.payload_version,
+            # until the forwarder exists (the audit backlog is sealed before it is made)
+            body_limit=lambda topic: cfg.uplink.max_message_bytes,
         )
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).
