@@ -269,6 +269,8 @@ class Forwarder:
             **lim.as_dict(),
             "inflight_window": min(self.uplink.max_inflight, lim.receive_maximum),
             "max_message_bytes": self.body_limit(""),
+            "keepalive_s": lim.server_keepalive_s or self.uplink.keepalive_s,  # in force
+            "client_id": self.client_id,
         }
 
     async def _connect(self) -> _Session:
@@ -392,8 +394,26 @@ class Forwarder:
                     max(4096, lim.max_packet_size - 256),
                 )
             self._warned_mps = lim.max_packet_size
-        if lim.assigned_client_id:
-            log.info("the broker assigned client id %r", lim.assigned_client_id)
+        if lim.assigned_client_id and lim.assigned_client_id != self.client_id:
+            self._adopt_client_id(lim.assigned_client_id)
+
+    def _adopt_client_id(self, assigned: str) -> None:
+        """The broker named our session (MQTT 5 Assigned Client Identifier): reconnects
+        use that name, so a persistent session (the command subscription) resumes."""
+        persistent = self.commands is not None and self.commands.enabled
+        log.log(
+            logging.WARNING if persistent else logging.INFO,
+            "the broker assigned client id %r (asked for %r); reconnects use it%s",
+            assigned,
+            self.client_id,
+            "; a restart asks for the configured one again and the broker starts a new "
+            "session (commands queued while the gateway was away are lost): set "
+            f"uplink.client_id: {assigned} to keep the session"
+            if persistent
+            else "",
+        )
+        self.client_id = assigned
+        self._update_limits()
 
     async def _end(self, s: _Session) -> None:
         try:
