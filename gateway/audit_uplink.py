@@ -28,6 +28,7 @@ from typing import Any
 import cbor2
 
 from buffer import Outbox
+from security import sign1
 from security.audit import AuditLog
 from security.checkpoint import FormatError, LogState, iter_entries
 from security.cose import CoseError, parse1
@@ -35,6 +36,7 @@ from security.segments import SegmentReader
 
 from .outbox_thread import OutboxThread
 from .pipeline import Pipeline
+from .wire import encode_payload
 
 log = logging.getLogger("edgegw.audit_uplink")
 
@@ -42,6 +44,9 @@ MARK_LOG_HI = "audit_log_hi"  # the log id's first 8 bytes, as a signed 64-bit i
 MARK_LOG_LO = "audit_log_lo"  # its last 8 bytes
 MARK_OFFSET = "audit_offset"  # bytes of that log committed to the outbox as audit messages
 MAX_ENTRIES_BYTES = 64 * 1024  # per message; one entry (a record) is at most 64 KiB
+# and never more than the pipeline's body limit (the broker's packet size) allows
+_ENTRY_HEAD = 5  # CBOR byte-string head of one entry in the message, at most
+_WIDEST = 2**63 - 1  # seq and time at their widest, to measure a message's overhead
 RETRY_MAX_S = 10.0
 ACK_SCAN_ROWS = 256  # pending urgent rows looked at per page for the first audit one
 ACK_SCAN_PAGES = 64
@@ -88,6 +93,7 @@ class AuditUplink:
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._error: str | None = None  # the failure last logged, until publishing resumes
+        self._warned_big = -1  # offset of the last entry said to be too large for a message
 
     # -- start --------------------------------------------------------------------------
 
@@ -257,20 +263,55 @@ class AuditUplink:
             await self._publish(entries)
 
     def _read_entries(self, end: int) -> list[bytes]:
-        """Whole entries from the current offset, at most MAX_ENTRIES_BYTES of them."""
+        """Whole entries from the current offset: at most MAX_ENTRIES_BYTES of them, and
+        no more than a message within the pipeline's body limit holds (at least one)."""
         assert self._reader is not None and self._state is not None
         pos = self._state.offset
+        budget = self._entries_budget()
         window = self._reader.read(pos, min(end - pos, MAX_ENTRIES_BYTES))
         out: list[bytes] = []
+        used = 0
         try:
             for _, raw in iter_entries(window):
+                used += len(raw) + _ENTRY_HEAD
+                if out and used > budget:
+                    break
                 out.append(raw)
         except FormatError as exc:
             if not out:  # not even one entry in a window that always holds one
                 raise FormatError(f"the audit log at byte {pos}: {exc}") from None
+        if out and len(out[0]) + _ENTRY_HEAD > budget and self._warned_big != pos:
+            self._warned_big = pos
+            log.warning(
+                "the audit entry at byte %d (%d bytes) does not fit a message the broker "
+                "takes (%d bytes for entries): it is sent alone, and set aside with a notice "
+                "if the broker refuses it; raise the broker's maximum packet size",
+                pos,
+                len(out[0]),
+                max(budget, 0),
+            )
         return out
 
-    async def _publish(self, entries: list[bytes]) -> None:
+    def _entries_budget(self) -> int:
+        """Bytes of entries a message may carry: the pipeline's body limit for the topic
+        less what the message adds around them (measured: sealed without entries)."""
+        limit = self.pipeline.body_limit
+        if limit is None:
+            return MAX_ENTRIES_BYTES
+        p = self.pipeline
+        payload = encode_payload(
+            gw=p.gw_id,
+            seq=_WIDEST,
+            boot=p.boot,
+            kind="audit",
+            t_ns=_WIDEST,
+            version=p.payload_version,
+            **self._fields([]),
+        )
+        empty = sign1(payload, p.key, self.topic.encode(), p._unprotected)
+        return min(MAX_ENTRIES_BYTES, limit(self.topic) - len(empty) - 8)  # 8: the list head
+
+    def _fields(self, entries: list[bytes]) -> dict[str, Any]:
         st = self._state
         assert st is not None and self._audit is not None
         fields: dict[str, Any] = {
@@ -281,6 +322,12 @@ class AuditUplink:
         }
         if self._reset is not None:  # the first message of this log (offset 0 unless archived)
             fields["reset"] = self._reset
+        return fields
+
+    async def _publish(self, entries: list[bytes]) -> None:
+        st = self._state
+        assert st is not None and self._audit is not None
+        fields = self._fields(entries)
         nxt = st.copy()
         for raw in entries:
             nxt.feed(raw)

@@ -84,6 +84,8 @@ class Daemon:
         # Every long-running task runs under the supervisor (logged at once, restarted
         # with backoff); ``tasks`` is its name -> task map.
         self._task_digest = Digest(self._audit_task_failure)
+        # The uplink's link, TLS, login and refusal events (see _make_forwarder).
+        self._uplink_digest: Digest | None = None
         self.sup = Supervisor(on_failure=self._task_failed)
         self.tasks: dict[str, asyncio.Task[Any]] = self.sup.tasks  # type: ignore[assignment]
         self._polls: list[asyncio.Task[Any]] = []
@@ -169,6 +171,9 @@ class Daemon:
             await self.sup.stop(["inference"])
             self.engine.close()
         await self.sup.stop(["audit_archive"])  # no segment work while the log closes
+        # repeats counted since the last summary go in the log before it closes (the
+        # forwarder keeps draining: what it meets from here on is logged, not audited)
+        self._flush_uplink_digest()
         self._audit("stop", reason="signal")
         await asyncio.to_thread(self._close_audit)
         await self.uplink.stop(self.tasks["audit"])  # the close checkpoint goes too
@@ -226,6 +231,8 @@ class Daemon:
             on_drop=lambda d: self._audit("buffer_drop", **d),
             keychain=ident.keychain,
             payload_version=cfg.gateway.payload_version,
+            # until the forwarder exists (the audit backlog is sealed before it is made)
+            body_limit=lambda topic: cfg.uplink.max_message_bytes,
         )
         # The audit log goes upstream from its file: first whatever it holds beyond what
         # the outbox says was published (written while stopped, or just before a crash).
@@ -585,7 +592,8 @@ class Daemon:
         tls = tls if tls is not None else _tls_context(self.cfg)
         # Link and TLS/login failures: the first at once, then counts per interval, so a
         # long outage or a flapping link adds a bounded number of audit records.
-        digest = Digest(lambda event, detail: self._audit(event, **detail))
+        self._flush_uplink_digest()  # a forwarder replaced at a reload: its counts stay
+        self._uplink_digest = digest = Digest(lambda event, detail: self._audit(event, **detail))
 
         def on_link(is_up: bool, why: str | None) -> None:
             digest.note("link_up" if is_up else "link_down", why)
@@ -608,6 +616,10 @@ class Daemon:
             self.pipeline.on_sealed = fwd.wake
             self.pipeline.body_limit = fwd.body_limit
         return fwd
+
+    def _flush_uplink_digest(self) -> None:
+        if self._uplink_digest is not None:
+            self._uplink_digest.flush()
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------
 

@@ -75,6 +75,12 @@ class Digest:
         for event in list(self._states):
             self._summarize(event)
 
+    def restart(self, event: str) -> None:
+        """Emit ``event``'s pending summary, and treat its next note as a first occurrence
+        (e.g. the problem changed)."""
+        self._summarize(event)
+        self._states.pop(event, None)
+
     def pending(self) -> dict[str, int]:
         return {e: s.count for e, s in self._states.items() if s.count}
 

@@ -168,7 +168,9 @@ class Forwarder:
         self._held: dict[int, OutboxRow] = {}  # suspects, sent alone
         self._lone: int | None = None  # the suspect now in flight alone
         self._condemned: list[int] = []  # refused STRIKES times: set aside at session end
-        self._log = Digest(_log_event, first_s=60, max_s=3600)
+        self._log = Digest(self._log_event, first_s=60, max_s=3600)
+        self._last_failure: str | None = None
+        self._said_limits = ""
         self._update_limits()
 
     def wake(self) -> None:
@@ -201,7 +203,6 @@ class Forwarder:
                 try:
                     session = await self._connect()
                     backoff.reset()
-                    slow.reset()
                     self._link(True, None)
                     await self._pump(session)
                 except OutboxError as exc:
@@ -225,6 +226,8 @@ class Forwarder:
                     self._failed(f"internal error: {exc!r}")
                 finally:
                     if session is not None:
+                        if session.acked_any:  # it worked: a later refusal is news
+                            slow.reset()
                         await self._end(session)
                 await asyncio.sleep(wait.next())
         finally:
@@ -240,13 +243,12 @@ class Forwarder:
             return False
 
     def _failed(self, why: str) -> None:
-        """One log line per new problem; repeats are counted (see digest.py)."""
-        if self.stats.link_up or self.stats.last_error != why:
-            log.warning("uplink [%s]:%d: %s", self.uplink.host, self.uplink.port, why)
-            self._log = Digest(_log_event, first_s=60, max_s=3600)  # a new problem
-            self._log.note("failure", why)  # counted from here; not logged twice
-        else:
-            self._log.note("failure", why)
+        """One log line per new problem; repeats (and the link going up and down with
+        them) are counted (see digest.py)."""
+        if why != self._last_failure:  # said at once, counted from here
+            self._log.restart("failure")
+            self._last_failure = why
+        self._log.note("failure", why)
         self._link(False, why)
 
     def _link(self, up: bool, why: str | None) -> None:
@@ -258,7 +260,7 @@ class Forwarder:
         if changed:
             if not up:
                 self.stats.disconnects += 1
-            log.info("uplink %s%s", "up" if up else "down", f": {why}" if why else "")
+            self._log.note("link_up" if up else "link_down", why)  # a flapping link: counted
             self.on_link(up, why)
 
     def _update_limits(self) -> None:
@@ -267,6 +269,8 @@ class Forwarder:
             **lim.as_dict(),
             "inflight_window": min(self.uplink.max_inflight, lim.receive_maximum),
             "max_message_bytes": self.body_limit(""),
+            "keepalive_s": lim.server_keepalive_s or self.uplink.keepalive_s,  # in force
+            "client_id": self.client_id,
         }
 
     async def _connect(self) -> _Session:
@@ -370,8 +374,9 @@ class Forwarder:
         if lim.max_packet_size is not None:
             self._broker_max_packet = lim.max_packet_size
         self._update_limits()
-        if lim.announced:
-            log.info("broker limits: %s", lim.describe())
+        if lim.announced and lim.describe() != self._said_limits:  # once, not per flap
+            self._said_limits = lim.describe()
+            log.info("broker limits: %s", self._said_limits)
         if lim.max_qos < 1:
             raise BrokerRefused(
                 "the broker allows only QoS 0 (Maximum QoS 0 in CONNACK): delivery could not "
@@ -389,8 +394,26 @@ class Forwarder:
                     max(4096, lim.max_packet_size - 256),
                 )
             self._warned_mps = lim.max_packet_size
-        if lim.assigned_client_id:
-            log.info("the broker assigned client id %r", lim.assigned_client_id)
+        if lim.assigned_client_id and lim.assigned_client_id != self.client_id:
+            self._adopt_client_id(lim.assigned_client_id)
+
+    def _adopt_client_id(self, assigned: str) -> None:
+        """The broker named our session (MQTT 5 Assigned Client Identifier): reconnects
+        use that name, so a persistent session (the command subscription) resumes."""
+        persistent = self.commands is not None and self.commands.enabled
+        log.log(
+            logging.WARNING if persistent else logging.INFO,
+            "the broker assigned client id %r (asked for %r); reconnects use it%s",
+            assigned,
+            self.client_id,
+            "; a restart asks for the configured one again and the broker starts a new "
+            "session (commands queued while the gateway was away are lost): set "
+            f"uplink.client_id: {assigned} to keep the session"
+            if persistent
+            else "",
+        )
+        self.client_id = assigned
+        self._update_limits()
 
     async def _end(self, s: _Session) -> None:
         try:
@@ -586,7 +609,7 @@ class Forwarder:
             code = rc.value
             if code in _TOPIC_CODES:
                 s.refusal = BrokerRefused(
-                    f"broker refused seq {seq}: {rc} (0x{code:02X}): it does not let this "
+                    f"broker refused a publish: {rc} (0x{code:02X}): it does not let this "
                     f"client publish under {self.uplink.topic_prefix}/; allow the user to "
                     f"write {self.uplink.topic_prefix}/<gateway id>/# (the broker's ACL)"
                 )
@@ -637,16 +660,22 @@ class Forwarder:
         self._ack_error = ""
         self.stats.acked += len(acks)
 
-
-def _log_event(event: str, detail: dict[str, Any]) -> None:
-    if "repeated" in detail:
-        reasons = "; ".join(f"{n}× {r}" for r, n in detail["reasons"].items())
-        log.warning(
-            "uplink: %d more failed attempts in %.0f s: %s",
-            detail["repeated"],
-            detail["over_s"],
-            reasons,
-        )
+    def _log_event(self, event: str, detail: dict[str, Any]) -> None:
+        """The journal's side of the digest: the first occurrence, then counts."""
+        failure = event == "failure"
+        level = logging.WARNING if failure else logging.INFO
+        if "repeated" not in detail:
+            why = detail.get("reason")
+            if failure:
+                log.warning("uplink [%s]:%d: %s", self.uplink.host, self.uplink.port, why)
+            else:
+                log.info("uplink %s%s", event[5:], f": {why}" if why else "")
+            return
+        n = detail["repeated"]
+        what = f"{n} more failed attempts" if failure else f"went {event[5:]} {n} more time(s)"
+        reasons = "; ".join(f"{k}× {r}" for r, k in detail["reasons"].items() if r)
+        why = f": {reasons}" if reasons else ""
+        log.log(level, "uplink: %s in %.0f s%s", what, detail["over_s"], why)
 
 
 def _before_connack(why: str, up: UplinkConfig) -> str:

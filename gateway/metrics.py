@@ -372,15 +372,29 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         for name in (
             "inflight_window",
             "max_message_bytes",
+            "keepalive_s",
             "max_qos",
             "receive_maximum",
             "max_packet_size",
             "topic_alias_maximum",
             "server_keepalive_s",
+            "retain_available",  # 1 yes, 0 no
+            "wildcard_subscription_available",
+            "shared_subscription_available",
         ):
-            if (v := _num(limits.get(name))) is not None:
+            value = limits.get(name)
+            if (v := float(value) if isinstance(value, bool) else _num(value)) is not None:
                 lim.add_metric([name], v)
         yield lim
+        if limits.get("client_id") is not None:
+            info = GaugeMetricFamily(
+                "edgegw_uplink_client_info",
+                "the MQTT client id in use, and whether the broker assigned it (always 1)",
+                labels=["client_id", "assigned"],
+            )
+            assigned = limits.get("assigned_client_id") == limits["client_id"]
+            info.add_metric([str(limits["client_id"]), "true" if assigned else "false"], 1.0)
+            yield info
     yield from _counter(
         "edgegw_points_acked",
         "readings in messages the broker acknowledged",

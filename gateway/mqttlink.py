@@ -33,6 +33,7 @@ class BrokerLimits:
     topic_alias_maximum: int = 0  # we never use topic aliases: always within it
     retain_available: bool = True  # we never retain: always within it
     wildcard_subscription_available: bool = True
+    shared_subscription_available: bool = True
     assigned_client_id: str | None = None
     server_keepalive_s: int | None = None
 
@@ -50,6 +51,7 @@ class BrokerLimits:
         lim.topic_alias_maximum = int(get("TopicAliasMaximum", 0))
         lim.retain_available = bool(get("RetainAvailable", 1))
         lim.wildcard_subscription_available = bool(get("WildcardSubscriptionAvailable", 1))
+        lim.shared_subscription_available = bool(get("SharedSubscriptionAvailable", 1))
         assigned = get("AssignedClientIdentifier", None)
         lim.assigned_client_id = str(assigned) if assigned else None
         ka = get("ServerKeepAlive", None)
@@ -70,6 +72,7 @@ class BrokerLimits:
             f"topic aliases {self.topic_alias_maximum}",
             f"retain {'yes' if self.retain_available else 'no'}",
             f"wildcards {'yes' if self.wildcard_subscription_available else 'no'}",
+            f"shared subscriptions {'yes' if self.shared_subscription_available else 'no'}",
         ]
         if self.server_keepalive_s is not None:
             parts.append(f"keep-alive {self.server_keepalive_s} s (set by the broker)")

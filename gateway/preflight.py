@@ -1,7 +1,7 @@
 """What can be known about a config from the files alone, beyond its syntax: the drivers
 and libraries it needs are installed, every file it names exists and can be read (CA,
-client certificate and key, password file, models), each model matches its pin, and no
-two tags read the same register.
+client certificate and key, password file, models), each model matches its pin, no
+two tags read the same register, and the platform's receiver takes the messages.
 
 ``edgegw validate`` prints the findings, ``edgegw doctor`` shows them as rows, and
 ``edgegw run`` refuses to start on any error before it starts a task or reserves a seq:
@@ -35,6 +35,10 @@ EXTRAS = {
     "opcua": ("opcua", "OPC UA (asyncua)"),
     "s7": ("s7", "Siemens S7 (python-snap7)"),
 }
+# `edgegw receive`'s default --max-message-bytes (gateway.receiver.DEFAULT_MAX_MESSAGE_BYTES,
+# not imported: the daemon runs these checks and does not load the receiver; a test
+# keeps the two equal)
+RECEIVER_MAX_MESSAGE_BYTES = 2 * 2**20
 BUILD_INFO = Path(__file__).with_name("build_info.json")
 """Written into a built package (images/build-deb.sh): its architecture, and the parts it
 leaves out and why."""
@@ -88,6 +92,7 @@ def check(cfg: Config, sources: Sources, *, service: bool = False) -> list[Findi
         *check_files(cfg, sources, service),
         *check_models(cfg, sources, service),
         *check_overlaps(cfg, sources),
+        *check_receiver(cfg, sources),
     ]
     return sorted(found, key=lambda f: f.level != ERROR)  # errors first, else as found
 
@@ -362,6 +367,20 @@ def _clash(a: _Span, b: _Span) -> bool:
     if a.bit is not None or b.bit is not None:
         return a.bit == b.bit and (a.start, a.end) == (b.start, b.end)
     return True
+
+
+def check_receiver(cfg: Config, sources: Sources) -> Iterator[Finding]:
+    """Messages up to uplink.max_message_bytes must pass the receiver's size check."""
+    n = cfg.uplink.max_message_bytes
+    if n > RECEIVER_MAX_MESSAGE_BYTES:
+        yield Finding(
+            WARNING,
+            sources.where(("uplink", "max_message_bytes")),
+            f"{n} bytes is more than `edgegw receive` takes by default "
+            f"({RECEIVER_MAX_MESSAGE_BYTES}): it rejects larger messages unread (OVERSIZE); "
+            f"start the receivers with `edgegw receive --max-message-bytes {n}`, or lower "
+            "uplink.max_message_bytes",
+        )
 
 
 def check_overlaps(cfg: Config, sources: Sources) -> Iterator[Finding]:

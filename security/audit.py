@@ -100,6 +100,12 @@ class AuditEvent(StrEnum):
     AUTH_FAILURE = "auth_failure"  # the broker refused our credentials [host, reason_code]
     LINK_UP = "link_up"  # uplink connected [host, port]
     LINK_DOWN = "link_down"  # uplink lost [host, port, error]
+    # The broker refuses what an operator must fix (rights, Maximum QoS 0, protocol
+    # version): the first at once, then summaries [reason | repeated, over_s, reasons]
+    BROKER_REFUSAL = "broker_refusal"
+    # Stored messages the broker refuses for good, set aside with a signed notice
+    # [reason (the seqs) | repeated, over_s, reasons]
+    MESSAGE_SET_ASIDE = "message_set_aside"
     BUFFER_DROP = "buffer_drop"  # data dropped [count, reason, intentional]
     MODEL_LOADED = "model_loaded"  # [name, sha256]
     MODEL_REFUSED = "model_refused"  # a model failed its checks [name, sha256, reason]

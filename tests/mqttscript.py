@@ -1,9 +1,11 @@
 """A scripted MQTT 5 broker on a raw socket, for the forwarder's unit tests: it speaks
-just enough MQTT 5 (CONNECT/CONNACK, PUBLISH QoS 1/PUBACK, PINGREQ, DISCONNECT) and lets
-a test decide what a real broker decides on its own: the PUBACK reason code of each
-message, when PUBACKs go out (held, then released), the Receive Maximum in CONNACK,
-refusing connections, and dropping them mid-stream. Like the hostile Modbus device, it
-is a peer that misbehaves on purpose; mosquitto covers the well-behaved paths.
+just enough MQTT 5 (CONNECT/CONNACK, PUBLISH QoS 1/PUBACK, SUBSCRIBE/SUBACK, PINGREQ,
+DISCONNECT) and lets a test decide what a real broker decides on its own: the PUBACK
+reason code of each message, when PUBACKs go out (held, then released), the properties
+of CONNACK (Receive Maximum, or any others: ``connack_props``, built with ``props``),
+refusing connections, and dropping them mid-stream. It keeps what each CONNECT said.
+Like the hostile Modbus device, it is a peer that misbehaves on purpose; mosquitto
+covers the well-behaved paths.
 
 Message bodies in these tests are ``b"<seq>"`` (the forwarder only moves bytes), so the
 broker knows each message's outbox seq.
@@ -41,9 +43,74 @@ def _packet(kind: int, flags: int, body: bytes) -> bytes:
     return bytes([kind << 4 | flags]) + _varint(len(body)) + body
 
 
+def _utf8(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+def props(
+    *,
+    max_qos: int | None = None,
+    retain_available: bool | None = None,
+    max_packet_size: int | None = None,
+    assigned_client_id: str | None = None,
+    topic_alias_maximum: int | None = None,
+    wildcard_available: bool | None = None,
+    shared_available: bool | None = None,
+    server_keepalive: int | None = None,
+) -> bytes:
+    """CONNACK properties (MQTT 5, 3.2.2.3), in the wire encoding."""
+    out = b""
+    if max_qos is not None:
+        out += b"\x24" + bytes([max_qos])
+    if retain_available is not None:
+        out += b"\x25" + bytes([retain_available])
+    if max_packet_size is not None:
+        out += b"\x27" + struct.pack(">I", max_packet_size)
+    if assigned_client_id is not None:
+        out += b"\x12" + _utf8(assigned_client_id)
+    if topic_alias_maximum is not None:
+        out += b"\x22" + struct.pack(">H", topic_alias_maximum)
+    if wildcard_available is not None:
+        out += b"\x28" + bytes([wildcard_available])
+    if shared_available is not None:
+        out += b"\x2a" + bytes([shared_available])
+    if server_keepalive is not None:
+        out += b"\x13" + struct.pack(">H", server_keepalive)
+    return out
+
+
+@dataclass(frozen=True)
+class Connect:
+    """What one CONNECT said."""
+
+    client_id: str
+    clean_start: bool
+    keepalive: int
+
+
+def _parse_connect(body: bytes) -> Connect:
+    pos = 2 + struct.unpack(">H", body[:2])[0] + 1  # protocol name, level
+    flags = body[pos]
+    keepalive = struct.unpack(">H", body[pos + 1 : pos + 3])[0]
+    pos += 3
+    plen, shift = 0, 0
+    while True:  # properties length
+        b = body[pos]
+        pos += 1
+        plen |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    pos += plen
+    n = struct.unpack(">H", body[pos : pos + 2])[0]
+    return Connect(body[pos + 2 : pos + 2 + n].decode(), bool(flags & 0x02), keepalive)
+
+
 @dataclass
 class ScriptedBroker:
     receive_maximum: int | None = None  # announced in CONNACK
+    connack_props: bytes = b""  # more CONNACK properties (see ``props``)
     refuse: int = 0  # connections to refuse (CONNACK 0x88 server unavailable) first
     puback: Callable[[int, int], int] = lambda seq, attempt: 0  # reason code per message
     host: str = "::1"
@@ -51,6 +118,8 @@ class ScriptedBroker:
     hold: bool = False  # keep PUBACKs until release()
     received: list[tuple[str, int]] = field(default_factory=list)  # (topic, seq) in order
     connects: list[float] = field(default_factory=list)  # loop time of each CONNECT
+    connect_packets: list[Connect] = field(default_factory=list)  # what each one said
+    subscriptions: list[str] = field(default_factory=list)  # topic filters, in order
     max_unacked: int = 0
     _held: list[tuple[asyncio.StreamWriter, bytes]] = field(default_factory=list)
     _unacked: int = 0
@@ -99,15 +168,18 @@ class ScriptedBroker:
                 kind = head >> 4
                 if kind == 1:  # CONNECT
                     self.connects.append(asyncio.get_running_loop().time())
+                    self.connect_packets.append(_parse_connect(body))
                     if self.refuse > 0:
                         self.refuse -= 1
                         w.write(_packet(2, 0, b"\x00\x88\x00"))
                         await w.drain()
                         return
-                    props = b""
+                    props = self.connack_props
                     if self.receive_maximum is not None:
-                        props = b"\x21" + struct.pack(">H", self.receive_maximum)
+                        props += b"\x21" + struct.pack(">H", self.receive_maximum)
                     w.write(_packet(2, 0, b"\x00\x00" + _varint(len(props)) + props))
+                elif kind == 8:  # SUBSCRIBE: granted, QoS 1
+                    w.write(_packet(9, 0, self._subscribe(body)))
                 elif kind == 3:  # PUBLISH, QoS 1
                     self._publish(w, head, body)
                 elif kind == 12:  # PINGREQ
@@ -122,6 +194,25 @@ class ScriptedBroker:
         finally:
             self._writers.discard(w)
             w.close()
+
+    def _subscribe(self, body: bytes) -> bytes:
+        pid, pos = body[:2], 2
+        plen, shift = 0, 0
+        while True:  # properties length
+            b = body[pos]
+            pos += 1
+            plen |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        pos += plen
+        codes = b""
+        while pos < len(body):
+            n = struct.unpack(">H", body[pos : pos + 2])[0]
+            self.subscriptions.append(body[pos + 2 : pos + 2 + n].decode())
+            pos += 2 + n + 1  # the filter and its options
+            codes += b"\x01"
+        return pid + b"\x00" + codes
 
     def _publish(self, w: asyncio.StreamWriter, head: int, body: bytes) -> None:
         n = struct.unpack(">H", body[:2])[0]

@@ -43,8 +43,10 @@ __all__ = [
     "Limits",
     "LoginRefused",
     "OpcuaClient",
+    "ResponseTooLarge",
     "ServerNotTrusted",
     "chunks",
+    "message_limit",
     "node_text",
     "to_ua_node",
 ]
@@ -60,6 +62,21 @@ _ROOT = ua.NodeId(84)
 _HIERARCHICAL = ua.NodeId(33)
 SESSION_TIMEOUT_MS = 600_000
 DEFAULT_MAX_NODES = 2000  # per request when the server states no limit
+MIN_MESSAGE_BYTES = 4 * 2**20  # the smallest response limit (a read of many nodes)
+SMALLEST_CHUNK = 8192  # OPC UA's smallest chunk size: the most chunks a message may take
+
+
+def message_limit(max_value_bytes: int) -> int:
+    """The largest response accepted from a server (asyncua's ``max_messagesize``, sent
+    in Hello): room for a few values at the device's ``max_value_bytes`` and a read of
+    many small ones. Without it asyncua takes any size, and a 64 MiB string took the
+    gateway to 574 MiB before the decoder could refuse it."""
+    return max(MIN_MESSAGE_BYTES, 4 * max_value_bytes)
+
+
+class ResponseTooLarge(ConnectionError):
+    """A response was larger than ``message_limit``: asyncua dropped it and closed the
+    link (a server that honours the limit answers BadResponseTooLarge instead)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +108,16 @@ class OpcuaClient:
     """One session with one server, configured by a :class:`Connection`."""
 
     def __init__(
-        self, conn: Connection, *, pki_dir: Path, name: str, trust_new_server: bool = False
+        self,
+        conn: Connection,
+        *,
+        pki_dir: Path,
+        name: str,
+        trust_new_server: bool = False,
+        max_message_bytes: int = MIN_MESSAGE_BYTES,
     ) -> None:
         self.conn = conn
+        self.max_message_bytes = max_message_bytes
         self.name = name
         self.pki_dir = pki_dir
         self.security = ServerTrust(
@@ -105,6 +129,8 @@ class OpcuaClient:
         self.lost: str | None = None
         """Why the link was lost, once it was."""
         self.on_lost: Callable[[str], None] | None = None
+        self.too_large_seen = False
+        """This link was dropped by asyncua for an answer over ``max_message_bytes``."""
         self._client: _Client | None = None
 
     @property
@@ -131,6 +157,8 @@ class OpcuaClient:
             client = await self._open(identity)
         self._client = client
         self.lost = None
+        self.too_large_seen = False
+        self._watch_size_limit(client)
         try:
             await self._read_limits()
         except Exception as exc:
@@ -143,6 +171,8 @@ class OpcuaClient:
         client.application_uri = identity.application_uri
         client.name = client.description = f"edgegw {self.name}"
         client.session_timeout = SESSION_TIMEOUT_MS
+        client.max_messagesize = self.max_message_bytes  # asyncua's default: no limit
+        client.max_chunkcount = self.max_message_bytes // SMALLEST_CHUNK + 1
         client.session_state_path = self.pki_dir / "session.json"
         client.certificate_validator = self.security.validate
         client.connection_lost_callback = self._connection_lost
@@ -281,7 +311,48 @@ class OpcuaClient:
     # --- services ------------------------------------------------------------------
 
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
-        return await self.uaclient.read(params)  # type: ignore[no-any-return]
+        """Read; raises ResponseTooLarge when the answer exceeded our message limit."""
+        try:
+            return await self.uaclient.read(params)  # type: ignore[no-any-return]
+        except ua.UaStatusCodeError as exc:
+            if exc.code == ua.StatusCodes.BadRequestTooLarge and self._dropped_by_us():
+                raise ResponseTooLarge(self.too_large()) from None
+            raise
+
+    def too_large(self) -> str:
+        return (
+            f"the server's answer is larger than {self.max_message_bytes} bytes, the "
+            "message limit set from the device's max_value_bytes; asyncua dropped it with "
+            "the link"
+        )
+
+    def _dropped_by_us(self) -> bool:
+        """asyncua refuses an incoming message over the limit with BadRequestTooLarge
+        and closes the socket (a server's BadRequestTooLarge leaves it open)."""
+        if self.too_large_seen:
+            return True
+        try:
+            transport = self.uaclient.protocol.transport
+        except (AssertionError, AttributeError):
+            return True
+        return transport is None or transport.is_closing()
+
+    def _watch_size_limit(self, client: Client) -> None:
+        """Notice when asyncua drops the link for an answer over our limit: it fails every
+        pending request with BadRequestTooLarge (a subscription's Publish included, which
+        nobody awaits here), then closes the socket. asyncua 2.1 internals: if they
+        change, only this notice is lost (reads still see BadRequestTooLarge)."""
+        proto = getattr(client.uaclient, "protocol", None)
+        fail = getattr(proto, "_fail_all_pending", None)
+        if fail is None:
+            return
+
+        def fail_all_pending(exc: Exception) -> None:
+            if getattr(exc, "code", None) == ua.StatusCodes.BadRequestTooLarge:
+                self.too_large_seen = True
+            fail(exc)
+
+        proto._fail_all_pending = fail_all_pending  # type: ignore[union-attr]
 
     async def create_subscription(
         self, publishing_ms: float, callback: Callable[[ua.PublishResult], Any]

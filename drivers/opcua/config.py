@@ -221,8 +221,9 @@ class OpcuaDevice(Connection):
         65536,
         ge=16,
         le=16 * 2**20,
-        description="largest string or byte string value passed on; a larger one becomes a "
-        "BAD_CONFIG reading saying so (never a giant message)",
+        description="largest string or byte string value passed on (LocalizedText, names "
+        "too); a larger one becomes a BAD_CONFIG reading saying so (never a giant message). "
+        "It also bounds the answers taken from the server: 4 times this, at least 4 MiB",
     )
     deadband: Deadband | None = Field(
         None, description="subscribe mode: default data-change filter of numeric tags"

@@ -65,6 +65,19 @@ _CONVERT: dict[int, Callable[[Any], Any] | None] = {
 assert set(_CONVERT) == set(TYPE_BY_ID)  # one table: types.py
 
 
+def _over(value: Any, bound: int) -> int:
+    """The bytes of a str (UTF-8) or bytes value when more than ``bound``, else 0."""
+    if isinstance(value, str):
+        if len(value) * 4 <= bound:  # cannot be over: at most 4 bytes a character
+            return 0
+        n = len(value.encode())
+    elif isinstance(value, bytes | bytearray):
+        n = len(value)
+    else:
+        return 0
+    return n if n > bound else 0
+
+
 def status_name(code: int) -> str:
     """``BadNodeIdUnknown`` for 0x80340000; info bits (low 16) are ignored."""
     name, _ = ua.status_codes.get_name_and_doc(code & 0xFFFF0000)
@@ -203,14 +216,19 @@ class Decoder:
                 f"value is {type_name} but the tag's type is {TYPE_BY_ID[want].name}; "
                 "correct the type (or the node)"
             )
-        if isinstance(value, str | bytes) and len(value) > self.max_value_bytes // 4:
-            size = len(value.encode()) if isinstance(value, str) else len(value)
-            if size > self.max_value_bytes:
-                return _BAD_CONFIG, (
-                    f"value too large: {size} bytes of {type_name}, more than max_value_bytes "
-                    f"({self.max_value_bytes}); raise the device's max_value_bytes if it is meant"
-                )
-        return value if f is None else f(value)
+        # the bound holds for every value that becomes text or bytes: String, ByteString
+        # (as sent, before hex), LocalizedText's text, a QualifiedName's or NodeId's name
+        bound = self.max_value_bytes
+        size = _over(value.Text if vt == 21 and value is not None else value, bound)
+        out = value if size or f is None else f(value)
+        if not size and vt in (17, 18, 20):
+            size = _over(out, bound)
+        if size:
+            return _BAD_CONFIG, (
+                f"value too large: {size} bytes of {type_name}, more than max_value_bytes "
+                f"({bound}); raise the device's max_value_bytes if it is meant"
+            )
+        return out
 
     def _bad(self, i: int, code: int) -> str:
         key = (i, code)

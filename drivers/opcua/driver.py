@@ -20,11 +20,20 @@ from asyncua import ua
 
 from drivers.contract import Batch, ConnectError, DriverError, Quality, Value, ValueRejected
 
-from .client import OpcuaClient
+from .client import OpcuaClient, ResponseTooLarge, message_limit
 from .config import OpcuaDevice
 from .decode import Decoder, status_name
 from .plan import OpcuaPlan, TagPlan, compile_plan
-from .runtime import LINK_CODES, LINK_ERRORS, TOO_MUCH, OpcuaStats, Reads, Runtime
+from .runtime import (
+    LINK_CODES,
+    LINK_ERRORS,
+    RECHECK_S,
+    TOO_MUCH,
+    OpcuaStats,
+    Oversize,
+    Reads,
+    Runtime,
+)
 from .subscription import SubscriptionRun
 
 __all__ = ["Driver", "OpcuaDriver"]
@@ -42,7 +51,14 @@ class OpcuaDriver:
     def __init__(self, device: OpcuaDevice, *, pki_dir: Path) -> None:
         self.device = device
         self.name = device.name
-        self.client = OpcuaClient(device, pki_dir=Path(pki_dir), name=device.name)
+        self.client = OpcuaClient(
+            device,
+            pki_dir=Path(pki_dir),
+            name=device.name,
+            max_message_bytes=message_limit(device.max_value_bytes),
+        )
+        self.oversize = Oversize()  # tags whose answer was over the message limit
+        self._oversize_plan: OpcuaPlan | None = None
         self._generation = 0
         self._rt: Runtime | None = None
         self.subscription: int | None = None
@@ -85,6 +101,8 @@ class OpcuaDriver:
         rt = self._rt
         if rt is not None and rt.plan is plan and rt.generation == self._generation:
             return rt
+        if self._oversize_plan is not plan:  # what was found is about another plan's tags
+            self.oversize, self._oversize_plan = Oversize(), plan
         resolved = await self.client.resolve([t.node for t in plan.tags])
         nodes: dict[int, ua.NodeId] = {}
         unresolved: list[tuple[int, str]] = []
@@ -137,17 +155,29 @@ class OpcuaDriver:
 
     async def read_into(self, rt: Runtime, reads: Reads, batch: Batch) -> None:
         out = batch.readings
-        indices = reads.indices
         pos, bad = 0, 0
+        alone: list[int] = []
+        if self.oversize:  # rare: some answer was over the message limit
+            together, alone, skipped = self.oversize.split(reads.indices, time.monotonic())
+            reads = self.subset(rt, together)
+            ts = time.time_ns()
+            out += [(rt.plan.tag_names[i], ts, None, _BAD_CONFIG, why) for i, why in skipped]
+            bad += len(skipped)
+        indices = reads.indices
         while pos < len(indices):
             size = min(self.client.limits.max_nodes_per_read, len(indices) - pos)
             try:
                 bad += await self.read_part(rt, reads, pos, size, out)
             except LINK_ERRORS as exc:
-                names = [rt.plan.tag_names[i] for i in indices[pos:]]
-                self.link_failed(batch, names, exc, "reading")
+                self.read_failed(batch, rt, indices[pos:] + alone, exc)
                 return
             pos += size
+        for k, i in enumerate(alone):  # suspects, after the others: one may drop the link
+            try:
+                bad += await self.read_part(rt, self.subset(rt, [i]), 0, 1, out)
+            except LINK_ERRORS as exc:
+                self.read_failed(batch, rt, alone[k:], exc)
+                return
         if rt.unresolved:
             ts = time.time_ns()
             for i, reason in rt.unresolved:
@@ -171,6 +201,11 @@ class OpcuaDriver:
         stats.requests += 1
         try:
             results = await self.client.read(reads.params(pos, size))
+        except ResponseTooLarge:
+            self.oversize.tripped(
+                reads.indices[pos : pos + size], self._too_large(), time.monotonic()
+            )
+            raise
         except ua.UaStatusCodeError as exc:
             if exc.code in LINK_CODES:
                 raise
@@ -191,6 +226,8 @@ class OpcuaDriver:
             fault = f"cannot decode the server's response ({type(exc).__name__}: {exc})"
             stats.decode_errors += 1
         else:
+            if self.oversize:
+                self.oversize.cleared(reads.indices[pos : pos + size])
             stats.last_ok_ns = now = time.time_ns()
             return rt.decoder.decode(results, reads.indices[pos : pos + size], out, now)
         if size == 1:
@@ -203,6 +240,27 @@ class OpcuaDriver:
         first = await self.read_part(rt, reads, pos, half, out)
         return first + await self.read_part(rt, reads, pos + half, size - half, out)
 
+    def _too_large(self) -> str:
+        """The reason a tag gets when its answer alone is over the message limit."""
+        return (
+            f"value too large: the server's answer for this node is over "
+            f"{self.client.max_message_bytes} bytes (the message limit, from max_value_bytes "
+            f"{self.device.max_value_bytes}); read again every {RECHECK_S / 60:.0f} min; "
+            "raise the device's max_value_bytes if such values are meant"
+        )
+
+    def read_failed(
+        self, batch: Batch, rt: Runtime, indices: list[int], exc: BaseException
+    ) -> None:
+        """The link failed while reading: tags found too large say so, the rest BAD_COMM."""
+        culprits = self.oversize.culprits
+        ts = time.time_ns()
+        for i in indices:
+            if i in culprits:
+                batch.readings.append((rt.plan.tag_names[i], ts, None, _BAD_CONFIG, culprits[i][0]))
+        names = [rt.plan.tag_names[i] for i in indices if i not in culprits]
+        self.link_failed(batch, names, exc, "reading")
+
     def fail(self, batch: Batch, names: Any, reason: str) -> None:
         ts = time.time_ns()
         batch.readings += [(t, ts, None, _BAD_COMM, reason) for t in names]
@@ -212,6 +270,9 @@ class OpcuaDriver:
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
             why = f"no response within {self.device.timeout_ms} ms"
             self.stats.timeouts += 1
+        elif isinstance(exc, ResponseTooLarge):
+            why = f"{exc} (the tags read with it are read one at a time to find which value)"
+            self.stats.link_errors += 1
         elif isinstance(exc, ua.UaStatusCodeError):
             why = f"the server answered {status_name(exc.code)}"
             self.stats.link_errors += 1

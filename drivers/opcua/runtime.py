@@ -14,8 +14,10 @@ __all__ = [
     "FILTER_REFUSED",
     "LINK_CODES",
     "LINK_ERRORS",
+    "RECHECK_S",
     "TOO_MUCH",
     "OpcuaStats",
+    "Oversize",
     "Reads",
     "Runtime",
 ]
@@ -118,3 +120,54 @@ class OpcuaStats(DecodeCounts):
             self.exceptions[name] = self.exceptions.get(name, 0) + n
         self.last_ok_ns = self.last_ok_ns or old.last_ok_ns
         self.last_exception = self.last_exception or old.last_exception
+
+
+RECHECK_S = 600.0  # a value found too large is read again (alone) after this long
+
+
+@dataclass(slots=True)
+class Oversize:
+    """Tags whose answer was larger than the client's message limit (asyncua drops such
+    an answer with the link, so the culprit is found across reconnects): the tags of
+    such a read are suspects, read one at a time after the others; a suspect whose
+    answer alone is too large is a culprit, reported BAD_CONFIG unread and read alone
+    again every RECHECK_S (a value may shrink). Indices are the plan's tag indices."""
+
+    suspects: set[int] = field(default_factory=set)
+    culprits: dict[int, tuple[str, float]] = field(default_factory=dict)  # reason, next try
+    read_first: bool = False
+    """A subscription's answer was too large (which item's, asyncua cannot tell): read
+    every tag before subscribing again, and leave the culprits out of the subscription."""
+
+    def __bool__(self) -> bool:
+        return bool(self.suspects or self.culprits)
+
+    def split(
+        self, indices: list[int], now: float
+    ) -> tuple[list[int], list[int], list[tuple[int, str]]]:
+        """``indices`` as (read together, read alone, not read: (index, reason))."""
+        together: list[int] = []
+        alone: list[int] = []
+        skipped: list[tuple[int, str]] = []
+        for i in indices:
+            c = self.culprits.get(i)
+            if c is not None and now < c[1]:
+                skipped.append((i, c[0]))
+            elif c is not None or i in self.suspects:
+                alone.append(i)
+            else:
+                together.append(i)
+        return together, alone, skipped
+
+    def tripped(self, indices: list[int], reason: str, now: float) -> None:
+        if len(indices) == 1:
+            self.suspects.discard(indices[0])
+            self.culprits[indices[0]] = (reason, now + RECHECK_S)
+        else:
+            self.suspects.update(indices)
+
+    def cleared(self, indices: list[int]) -> None:
+        """These were read (their answer fit)."""
+        for i in indices:
+            self.suspects.discard(i)
+            self.culprits.pop(i, None)

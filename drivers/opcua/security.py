@@ -82,6 +82,8 @@ class ServerTrust:
     async def endpoint_certificate(self, timeout_s: float) -> bytes:
         """The certificate of the endpoint with our policy and mode, once trusted."""
         probe = Client(self.conn.endpoint, timeout=timeout_s)
+        probe.max_messagesize = 4 * 2**20  # endpoints and certificates: a few KiB
+        probe.max_chunkcount = probe.max_messagesize // 8192 + 1
         endpoints = await asyncio.wait_for(probe.connect_and_get_server_endpoints(), timeout_s * 2)
         policy, mode = POLICIES[self.conn.security_policy], security_mode(self.conn)
         for ep in endpoints:

@@ -70,6 +70,13 @@ class SubscriptionRun:
             try:
                 rt = await d.prepare(plan)
                 polled, stale_s = list(rt.nodes), None
+                if plan.mode is Mode.SUBSCRIBE and d.oversize.read_first:
+                    probe = Batch(d.name)  # its values come again from the subscription
+                    await d.read_into(rt, rt.reads, probe)
+                    if not d.connected:  # a value was too large again: keep looking
+                        await sink(probe)
+                        raise ConnectError(probe.error)
+                    d.oversize.read_first = False
                 if plan.mode is Mode.SUBSCRIBE:
                     polled, stale_s = await self._monitor(rt)
             except LINK_ERRORS as exc:
@@ -93,12 +100,16 @@ class SubscriptionRun:
                     if not d.connected:
                         raise ConnectError(batch.error)
                 else:
-                    d.drop(item.reason)
+                    reason = item.reason
+                    if d.client.too_large_seen:  # a notification over the message limit
+                        d.oversize.read_first = True
+                        reason = f"{d.client.too_large()} (finding which value)"
+                    d.drop(reason)
                     d.stats.link_errors += 1
                     lost = Batch(d.name)
-                    d.fail(lost, plan.tag_names, item.reason)
+                    d.fail(lost, plan.tag_names, reason)
                     await sink(lost)
-                    raise ConnectError(f"device {d.name!r}: {item.reason}")
+                    raise ConnectError(f"device {d.name!r}: {reason}")
         finally:
             d.client.on_lost = None
             if ticker is not None:
@@ -184,7 +195,8 @@ class SubscriptionRun:
             return self._refused(rt, "subscriptions", exc)
         d.subscription = sub_id
         self.last_publish = asyncio.get_running_loop().time()
-        indices = list(rt.nodes)
+        too_large = [i for i in rt.nodes if i in d.oversize.culprits]  # read instead
+        indices = [i for i in rt.nodes if i not in d.oversize.culprits]
         try:
             results = await client.create_monitored_items(
                 sub_id, [_item(rt, i, True) for i in indices]
@@ -211,7 +223,7 @@ class SubscriptionRun:
                 status_name(failed[0][1]),
                 plan.poll_interval_ms,
             )
-        return [i for i, _ in failed], silence_s + d.device.timeout_ms / 1000
+        return [i for i, _ in failed] + too_large, silence_s + d.device.timeout_ms / 1000
 
 
 def _item(rt: Runtime, i: int, with_filter: bool) -> ua.MonitoredItemCreateRequest:

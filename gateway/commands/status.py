@@ -213,18 +213,8 @@ def render(
     lines += fit(line)
     lim = up.get("limits") or {}
     if lim:  # what is in force: ours, and what the broker announced in CONNACK
-        mps = lim.get("max_packet_size")
-        lines += fit(
-            f"limits   {lim.get('protocol')} · window {lim.get('inflight_window')} · "
-            f"message ≤ {human_bytes(lim.get('max_message_bytes') or 0)} · broker: "
-            + (
-                f"max QoS {lim.get('max_qos')}, receive max {lim.get('receive_maximum')}, "
-                f"packet ≤ {human_bytes(mps) if mps else 'any'}"
-                if lim.get("announced")
-                else "announces nothing"
-            )
-            + (f" · {up['set_aside']} set aside" if up.get("set_aside") else "")
-        )
+        for text in _limits(lim, up.get("set_aside") or 0):
+            lines += fit(text)
 
     ob = snap.get("outbox") or {}
     oldest = ob.get("oldest_created_ns")
@@ -267,6 +257,34 @@ def _rate(
     if isinstance(now_v, int) and isinstance(started, int) and t > started:
         return now_v / ((t - started) / 1e9), "average since start"
     return None, "no data"
+
+
+def _limits(lim: dict[str, Any], set_aside: int) -> list[str]:
+    """The uplink's limits in force: ours, then what the broker said in CONNACK."""
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    ours = (
+        f"limits   {lim.get('protocol')} · window {lim.get('inflight_window')} · "
+        f"message ≤ {human_bytes(lim.get('max_message_bytes') or 0)}"
+    )
+    if lim.get("keepalive_s") is not None:
+        whose = " (the broker's)" if lim.get("server_keepalive_s") is not None else ""
+        ours += f" · keep-alive {lim['keepalive_s']} s{whose}"
+    if lim.get("assigned_client_id"):
+        ours += f" · client id {lim['assigned_client_id']!r} (assigned by the broker)"
+    if set_aside:
+        ours += f" · {set_aside} set aside"
+    if not lim.get("announced"):
+        return [ours + " · broker: announces nothing"]
+    mps = lim.get("max_packet_size")
+    broker = (
+        f"broker   max QoS {lim.get('max_qos')} · receive max {lim.get('receive_maximum')} · "
+        f"packet ≤ {human_bytes(mps) if mps else 'any'} · "
+        f"topic aliases {lim.get('topic_alias_maximum')}, "
+        f"retain {yes(lim.get('retain_available'))} (both unused) · "
+        f"wildcards {yes(lim.get('wildcard_subscription_available'))} · "
+        f"shared subscriptions {yes(lim.get('shared_subscription_available'))}"
+    )
+    return [ours, broker]
 
 
 def _device_table(snap: dict[str, Any], width: int, wide: bool) -> list[str]:

@@ -224,6 +224,8 @@ def full_snapshot() -> dict[str, Any]:
         "points_acked": 1,
         "bytes_published": 1,
         "puback_latency": h,
+        "set_aside": 1,
+        "limits": {"inflight_window": 64, "client_id": "edgegw-gw1"},
     }  # type: ignore[dict-item]
     snap["drops"] = {"outbox_full": {"messages": 1, "points": 1, "intentional": True}}
     snap["task_health"] = {

@@ -320,3 +320,40 @@ def test_audit_messages_carry_where_their_entries_sit(site: Site) -> None:
         assert len(head) == len(cp_prev) == 32 and len(frontier) == bin(size).count("1")
     raw = next(p for t, p in site.rx.snapshot() if t.endswith("/audit"))
     assert cbor2.loads(raw).tag == 18
+
+
+def test_audit_messages_fit_a_broker_with_a_small_packet_limit(tmp_path: Path) -> None:
+    """mosquitto max_packet_size 8192 and uplink.max_message_bytes 8000 (as the README
+    says to set it, so what is sealed before a connect fits too): a backlog of records
+    added while stopped (more than 64 KiB) goes as many audit messages, each within the
+    limit; none is set aside, and the platform's copy is the whole log."""
+    with Mosquitto(host="::1", workdir=tmp_path / "broker", max_packet_size=8192) as b:
+        site = Site(tmp_path, b)
+        try:
+            text = site.config.read_text()
+            site.config.write_text(
+                text.replace(f"port: {b.port}}}", f"port: {b.port}, max_message_bytes: 8000}}")
+            )
+            assert "max_message_bytes: 8000" in site.config.read_text()
+            site.run_once()
+            key = DeviceKey.load(site.state / DeviceKey.PRIVATE_KEY_FILE)
+            before = site.log_file.stat().st_size
+            with AuditLog(
+                site.log_file,
+                key,
+                boot=last_boot(site.log_file),
+                trusted_keys=load_keyring(site.state),
+            ) as log:
+                for i in range(300):
+                    log.record("config_change", path=f"/etc/edgegw/{i}.yaml", sha256="ab" * 100)
+            assert site.log_file.stat().st_size - before > 64 * 1024
+            site.run_once()
+            up = assert_same_and_verified(site)
+            raw = site.rx.snapshot()
+        finally:
+            site.close()
+    assert max(len(payload) for _, payload in raw) <= 8000
+    backlog = [m for m in up.audits() if m.body["offset"] >= before]
+    assert len(backlog) >= 64 * 1024 // 8000  # split to fit, each whole entries
+    assert not any(t.endswith("/notice") for t, _ in raw)  # nothing set aside
+    assert "set aside" not in site.gw.text()

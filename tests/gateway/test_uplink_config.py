@@ -120,3 +120,25 @@ def test_a_change_after_a_quiet_spell_is_recorded_at_once() -> None:
         {"repeated": 1, "over_s": 30.0, "reasons": {"certificate expired": 1}},
         {"reason": "handshake timed out"},
     ]
+
+
+def test_restart_says_what_was_counted_and_takes_the_next_as_a_first() -> None:
+    """A problem that changed (the forwarder's journal): its counts so far go out, and
+    the new one is said at once, while other events keep their own pace."""
+    clock = Clock()
+    out: list[tuple[str, dict[str, object]]] = []
+    d = Digest(lambda e, detail: out.append((e, detail)), first_s=60, clock=clock)
+    d.note("failure", "connection refused")
+    d.note("link_down", "connection refused")
+    clock.t += 5
+    d.note("failure", "connection refused")  # counted
+    d.note("link_down", "connection refused")  # counted
+    d.restart("failure")
+    d.note("failure", "Not authorized")
+    assert out == [
+        ("failure", {"reason": "connection refused"}),
+        ("link_down", {"reason": "connection refused"}),
+        ("failure", {"repeated": 1, "over_s": 0.0, "reasons": {"connection refused": 1}}),
+        ("failure", {"reason": "Not authorized"}),
+    ]
+    assert d.pending() == {"link_down": 1}

@@ -243,3 +243,22 @@ def test_overlapping_and_duplicate_registers_are_warned_with_both_places(tmp_pat
     assert not any("'ready'" in w or "'alarm'" in w or "'run'" in w for w in warn), warn
     assert len(warn) == 5, warn
     assert "OK (5 warning(s) above)" in r.stdout
+
+
+def test_messages_larger_than_the_receiver_takes_by_default_are_warned(tmp_path: Path) -> None:
+    from gateway.preflight import RECEIVER_MAX_MESSAGE_BYTES
+    from gateway.receiver import DEFAULT_MAX_MESSAGE_BYTES
+
+    assert RECEIVER_MAX_MESSAGE_BYTES == DEFAULT_MAX_MESSAGE_BYTES  # one figure, two places
+    big = DEFAULT_MAX_MESSAGE_BYTES + 1
+    f = write(tmp_path, f"uplink: {{host: '::1', max_message_bytes: {big}}}\n")
+    r = validate(f)
+    assert r.returncode == 0, r.stderr  # a warning: the receiver may be started to fit
+    warn = [ln for ln in r.stderr.splitlines() if "warning:" in ln]
+    assert len(warn) == 1, r.stderr
+    assert warn[0].startswith(f"{f}:2:42: uplink.max_message_bytes: warning: {big} bytes")
+    assert f"`edgegw receive --max-message-bytes {big}`" in warn[0]
+    # at the receiver's default: nothing to say
+    f = write(tmp_path, f"uplink: {{host: '::1', max_message_bytes: {big - 1}}}\n")
+    r = validate(f)
+    assert r.returncode == 0 and "warning:" not in r.stderr, r.stderr

@@ -49,3 +49,24 @@ def test_the_bound_counts_utf8_bytes_and_raw_byte_strings() -> None:
     assert out[0][3] == 3 and "120 bytes of String" in str(out[0][4])
     assert out[1][3] == 3 and "101 bytes of ByteString" in str(out[1][4])
     assert out[2][2:4] == ("é" * 50, 0)
+
+
+def test_every_value_that_becomes_text_keeps_the_bound() -> None:
+    """LocalizedText (its text), QualifiedName and NodeId names, and an array element
+    read by index: over max_value_bytes is BAD_CONFIG with the size, like a String."""
+    names = ["d/lt", "d/qn", "d/node", "d/elem", "d/ok"]
+    dec = Decoder(names, names, [None] * 5, [None, None, None, 1, None], max_value_bytes=100)
+    values = [
+        ua.DataValue(ua.Variant(ua.LocalizedText("t" * 101, "en"), ua.VariantType.LocalizedText)),
+        ua.DataValue(ua.Variant(ua.QualifiedName("q" * 200, 2), ua.VariantType.QualifiedName)),
+        ua.DataValue(ua.Variant(ua.NodeId("n" * 200, 2), ua.VariantType.NodeId)),
+        ua.DataValue(ua.Variant(["a", "b" * 101, "c"], ua.VariantType.String)),
+        ua.DataValue(ua.Variant(ua.LocalizedText("t" * 100, "en"), ua.VariantType.LocalizedText)),
+    ]
+    out: list[tuple[object, ...]] = []
+    assert dec.decode(values, range(5), out, 1) == 4
+    assert out[0][3] == 3 and "101 bytes of LocalizedText" in str(out[0][4])
+    assert out[1][3] == 3 and "bytes of QualifiedName" in str(out[1][4])
+    assert out[2][3] == 3 and "bytes of NodeId" in str(out[2][4])
+    assert out[3][3] == 3 and "101 bytes of String" in str(out[3][4])
+    assert out[4][2:4] == ("t" * 100, 0)
