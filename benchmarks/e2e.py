@@ -145,14 +145,14 @@ def main() -> int:
         key, _ = DeviceKey.load_or_create(state)
         rx = Receiver({"bench-gw": key.public_key}, "edgegw", track_latency=True)
         wire = [0]  # bytes of telemetry messages received (the paho thread adds)
-        handle = rx.handle
+        prepare = rx.prepare  # every message passes here (paho's thread), once
 
         def counted(topic: str, body: bytes, received_ns: int | None = None) -> Any:
             if topic.endswith("/telemetry"):
                 wire[0] += len(body)
-            return handle(topic, body, received_ns)
+            return prepare(topic, body, received_ns)
 
-        rx.handle = counted  # type: ignore[method-assign]
+        rx.prepare = counted  # type: ignore[method-assign]
         mr = MqttReceiver(rx, "::1", broker.port).start()
         gw = subprocess.Popen(
             [*exe, "run", "-c", str(cfg), "--log-level", "WARNING"],
