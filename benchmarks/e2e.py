@@ -76,8 +76,21 @@ def write_config(
 
 
 def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the process: its threads' run time in ns (``schedstat``), which is
+    finer than ``stat``'s clock ticks (10 ms: 4% of what an idle gateway uses in 30 s).
+    A thread that ends between two readings takes its time with it: the gateway's
+    threads live as long as it does."""
+    try:
+        return (
+            sum(
+                int((task / "schedstat").read_text().split()[0])
+                for task in Path(f"/proc/{pid}/task").iterdir()
+            )
+            / 1e9
+        )
+    except (OSError, ValueError, IndexError):  # no schedstat (a kernel without it)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -203,8 +216,8 @@ def main() -> int:
             "tags": a.tags,
             "interval_ms": interval,
             "points_per_s": round(points / (t1 - t0), 1),
-            "cpu_us_per_point": round((c1 - c0) / max(points, 1) * 1e6, 2),
-            "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
+            "cpu_us_per_point": round((c1 - c0) / max(points, 1) * 1e6, 3),
+            "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 2),
             "latency_p50_ms": round(pct(lat, 0.5), 2),
             "latency_p99_ms": round(pct(lat, 0.99), 2),
             "rss_mib": round(rss_max, 1),
