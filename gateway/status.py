@@ -50,7 +50,7 @@ def write_status(state_dir: Path, data: dict[str, Any]) -> None:
     tmp = path[: -len(".json")] + ".tmp"
     # without the cycle check (the snapshot is plain data): cheaper, and this runs every
     # second; plain os calls: pathlib's text file cost more than the write itself
-    body = json.dumps(data, default=str, check_circular=False, separators=(",", ":")).encode()
+    body = json.dumps(data, default=str, check_circular=False).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
         view = memoryview(body)
