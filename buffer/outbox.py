@@ -128,6 +128,10 @@ class Outbox(RoomMixin, SeqReservationMixin):
         self._reserve_ok = False  # the reserve beside the file is in place (room.py)
         self._reserve_retry = 0.0  # monotonic time of the next attempt to make it again
         self._reserved = 0  # seqs up to here are durably reserved (NORMAL mode)
+        self._last_seq = 0  # the highest seq handed out (set when the file is opened)
+        self.quarantined = 0
+        """Rows moved to the quarantine by this object (a reader's ``pending`` returned
+        fewer rows than were there)."""
         self._lock = threading.RLock()  # reentrant: seal() may call stats() without deadlock
         self._conn: sqlite3.Connection | None = None
         self._check_header()
@@ -447,7 +451,14 @@ class Outbox(RoomMixin, SeqReservationMixin):
         return seq
 
     def _next_seq_hint(self) -> int:
-        return getattr(self, "_last_seq", 0) + 1
+        return self._last_seq + 1
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq handed out so far (committed, or skipped after an unclean
+        stop); read without a query, from any thread: a reader that has seen every row
+        up to it knows nothing new was committed since."""
+        return self._last_seq
 
     def mark(self, name: str) -> int | None:
         """The value of mark ``name`` as last committed by :meth:`append`, or None."""

@@ -75,6 +75,7 @@ class RoomMixin(OutboxParts):
     _reserve_ok: bool
     _pool_ok: bool = False
     _room_budget: int = 0  # bytes new data may take before the disk is looked at again
+    quarantined: int
     _room_until: float = 0.0
     _room_generation = 0
 
@@ -415,6 +416,7 @@ class RoomMixin(OutboxParts):
 
     def _quarantine(self, rows: list[tuple], reason: str = "corrupt_at_rest") -> None:  # type: ignore[type-arg]
         self._essential("quarantine", lambda: self._quarantine_txn(rows, reason))
+        self.quarantined += len(rows)
 
     def _quarantine_txn(self, rows: list[tuple], reason: str) -> None:  # type: ignore[type-arg]
         now = time.time_ns()

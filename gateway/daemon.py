@@ -44,7 +44,7 @@ from .registry import DeviceRuntime, build_device
 from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
 from .snapshot import Snapshot, drops_by_reason
-from .status import plain, write_status
+from .status import StatusWriter, plain, write_status
 from .supervisor import Supervisor, cancel_all
 
 log = logging.getLogger("edgegw.daemon")
@@ -102,6 +102,7 @@ class Daemon:
         # Audit records are signed and fsynced here, in order, off the event loop.
         self._audit_ex = ThreadPoolExecutor(1, thread_name_prefix="audit")
         self.last_reload: dict[str, Any] | None = None  # what the last reload did
+        self._status_writer = StatusWriter()  # status.json, written in its own thread
 
     # -- running --------------------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class Daemon:
                 "stopped with %d messages unsent; they are kept and sent after restart", left.rows
             )
         await self.sup.stop(["forwarder", "status"])
+        await asyncio.to_thread(self._status_writer.close)  # the final snapshot comes last
         await asyncio.to_thread(write_status, state_dir, await self.snapshot(final=True))
         if self._metrics is not None:  # up to the end: a balancer sees "stopping"
             await asyncio.to_thread(self._metrics.stop)
@@ -788,10 +790,11 @@ class Daemon:
             try:
                 snap = await self.snapshot()
                 self.last_snapshot = snap
-                await asyncio.to_thread(write_status, self.cfg.state_dir, snap)
+                # handed over, not awaited: the writer's thread logs what fails
+                self._status_writer.submit(write_status, self.cfg.state_dir, snap)
             except OSError as exc:
                 log.warning("cannot write status: %s", exc)
-            if self.last_snapshot is not None:
+            if self.last_snapshot is not None and self.notify.enabled:
                 if not health_problems(self.last_snapshot):
                     self.notify.watchdog()  # only while our own loops are alive
                 self.notify.status(status_line(self.last_snapshot))

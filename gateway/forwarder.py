@@ -20,6 +20,11 @@ must fix (login, rights, QoS) are retried slowly, up to ``REFUSED_RETRY_MAX_S`` 
 
 paho runs its network loop in its own thread; its callbacks only hand events to the
 event loop with ``call_soon_threadsafe``, so all state here is touched by one thread.
+
+Nothing wakes without work: the pump sleeps until a commit (``wake``), a PUBACK or the
+end of the session, and asks the outbox for rows only when a commit came since it last
+saw every row there (``Outbox.last_seq``); acknowledged rows are deleted in the same
+trip to the outbox thread as that question, when there is one.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ log = logging.getLogger("edgegw.forwarder")
 
 REFUSED_RETRY_MAX_S = 300.0  # longest wait between attempts the broker refuses
 STRIKES = 3  # lone sends a message may fail before it is set aside
+# While nothing happens the pump looks at the outbox's last seq this often (no query: a
+# commit always wakes it; this only bounds the delay of a commit that did not say so).
+IDLE_CHECK_S = 5.0
 SET_ASIDE_REASON = "refused_by_broker"
 # PUBACK codes that refuse a topic or this client, not one message: never set aside
 _TOPIC_CODES = {0x87, 0x90}
@@ -160,6 +168,9 @@ class Forwarder:
         self._sent_at: dict[int, float] = {}  # paho mid -> time.monotonic() at publish
         self._acks: list[int] = []
         self._cursors = _Cursors()
+        # Every row up to this seq was fetched (or acknowledged) in this session; None:
+        # rows may be waiting (a session's start, a fetch that filled its room).
+        self._fetched_upto: int | None = None
         self._ack_error = ""
         self._bucket = _TokenBucket(uplink.max_bytes_per_s) if uplink.max_bytes_per_s else None
         self._drained = asyncio.Event()
@@ -438,6 +449,7 @@ class Forwarder:
         self._lone = None
         self._held.clear()
         self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
+        self._fetched_upto = None
 
     def _on_lost(self, s: _Session, why: str, broker_reason: int | None) -> None:
         s.broker_reason = broker_reason
@@ -452,30 +464,78 @@ class Forwarder:
         c.live_from = (await self.outbox.run(ob.stats)).last_seq
         lim = self.limits or BrokerLimits()
         window = min(self.uplink.max_inflight, lim.receive_maximum)  # the broker's word
+        wake = self._wake
+        s.lost.add_done_callback(lambda _: wake.set())
         while True:
             if s.lost.done():
                 raise s.refusal or ConnectionError(s.lost.result())
+            wake.clear()
             room = window - len(self._inflight)
             if self._lone is not None:
                 room = 0  # a suspect is alone in flight
             elif self._held and not self._inflight:
                 await self._publish(s, [self._held.pop(min(self._held))], lone=True)
                 room = 0
-            if room > 0:
-                await self._flush_acks()
-                rows = await self.outbox.run(self._next_rows, room)
+            if room > 0 and self._more(ob):
+                rows = await self._fetch(room)
                 rows = await self._screen(rows)
                 await self._publish(s, rows)
-                if not rows and not self._inflight and not self._acks and not self._held:
-                    self._drained.set()
-                if len(rows) == room:
+                if self._fetched_upto is None:
                     continue  # more may be waiting; the window is full only if acks lag
-            self._wake.clear()
-            wake = asyncio.ensure_future(self._wake.wait())
+            elif self._acks:
+                await self._flush_acks()
+            if not (self._inflight or self._acks or self._held) and not self._more(ob):
+                self._drained.set()
+            if wake.is_set() or s.lost.done():
+                continue
+            if self._held and not self._inflight and self._lone is None:
+                continue  # a suspect just held back goes alone now
+            try:  # deletes that failed (a full disk) are tried again within a second
+                async with asyncio.timeout(1.0 if self._acks else IDLE_CHECK_S):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    def _more(self, ob: Any) -> bool:
+        """Rows may be waiting in the outbox that this session has not fetched."""
+        return self._fetched_upto is None or ob.last_seq > self._fetched_upto
+
+    async def _fetch(self, room: int) -> list[OutboxRow]:
+        """One trip to the outbox thread: delete the acknowledged rows, take the next
+        ``room`` rows to send."""
+        acks, self._acks = self._acks, []
+        try:
+            res = await self.outbox.run(self._exchange_sync, acks, room)
+        except BaseException:
+            self._acks[:0] = acks  # kept for the next attempt (a restart, a retry)
+            raise
+        self._acked(acks, res.ack_error)
+        if res.error is not None:
+            raise res.error
+        self._fetched_upto = res.upto
+        return res.rows
+
+    def _exchange_sync(self, acks: list[int], room: int) -> _Exchange:
+        """In the outbox thread: ``_flush_acks`` and ``_next_rows`` in one trip."""
+        ob = self.outbox.outbox
+        assert ob is not None
+        res = _Exchange()
+        if acks:
             try:
-                await asyncio.wait({wake, s.lost}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                wake.cancel()
+                ob.ack(acks)
+            except OutboxError as exc:  # a full disk: kept, and the rows still go out
+                res.ack_error = exc
+        upto, quarantined = ob.last_seq, ob.quarantined
+        try:
+            res.rows = self._next_rows(room)
+        except Exception as exc:
+            res.error = exc
+            return res
+        # Fewer rows than asked, none set aside as corrupt on the way: every row up to
+        # ``upto`` has been handed to this session.
+        if len(res.rows) < room and ob.quarantined == quarantined:
+            res.upto = upto
+        return res
 
     async def _publish(self, s: _Session, rows: list[OutboxRow], lone: bool = False) -> None:
         for row in rows:
@@ -646,19 +706,26 @@ class Forwarder:
         assert self.outbox.outbox is not None
         try:
             await self.outbox.run(self.outbox.outbox.ack, acks)
-        except BaseException as exc:
-            if not isinstance(exc, OutboxError):
-                self._acks[:0] = acks  # kept for the next attempt (a restart, a retry)
-                raise
-            # e.g. a disk too full even for deletes: keep them and try again later;
-            # the MQTT session is fine and keeps sending.
-            self._acks[:0] = acks
-            if str(exc) != self._ack_error:
-                log.error("outbox: cannot delete %d acknowledged rows yet: %s", len(acks), exc)
-            self._ack_error = str(exc)
+        except OutboxError as exc:
+            self._acked(acks, exc)
             return
-        self._ack_error = ""
-        self.stats.acked += len(acks)
+        except BaseException:
+            self._acks[:0] = acks  # kept for the next attempt (a restart, a retry)
+            raise
+        self._acked(acks, None)
+
+    def _acked(self, acks: list[int], exc: OutboxError | None) -> None:
+        """The deletes of ``acks`` were committed (``exc`` None) or failed with ``exc``."""
+        if exc is None:
+            self._ack_error = ""
+            self.stats.acked += len(acks)
+            return
+        # e.g. a disk too full even for deletes: keep them and try again later;
+        # the MQTT session is fine and keeps sending.
+        self._acks[:0] = acks
+        if str(exc) != self._ack_error:
+            log.error("outbox: cannot delete %d acknowledged rows yet: %s", len(acks), exc)
+        self._ack_error = str(exc)
 
     def _log_event(self, event: str, detail: dict[str, Any]) -> None:
         """The journal's side of the digest: the first occurrence, then counts."""
@@ -689,6 +756,16 @@ def _before_connack(why: str, up: UplinkConfig) -> str:
         )
     hints.append("the broker's log says why")
     return f"the broker closed the connection before answering CONNECT ({why}): " + "; ".join(hints)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What one trip to the outbox thread did (``Forwarder._exchange_sync``)."""
+
+    rows: list[OutboxRow] = field(default_factory=list)
+    ack_error: OutboxError | None = None  # the deletes failed (kept for later)
+    error: Exception | None = None  # taking the next rows failed
+    upto: int | None = None  # every row up to this seq is among ``rows`` or was before
 
 
 @dataclass(slots=True)

@@ -264,6 +264,7 @@ class Pipeline:
             await self.outbox.run(self._drop_sync, points, reason)
         except Exception as exc:
             log.error("cannot record %d dropped points (%s): %s", points, reason, exc)
+        self.on_sealed()  # a notice may have been sealed: the forwarder looks
 
     def _drop_sync(self, points: int, reason: str) -> None:
         ob = self.outbox.outbox
@@ -286,6 +287,7 @@ class Pipeline:
             log.error("cannot record %d refused points yet: %s", n, exc)
             return
         self._unrecorded -= n
+        self.on_sealed()  # a notice may have been sealed: the forwarder looks
 
     def _seal_sync(
         self, readings: list[Any], done: _Progress | None = None, ends: list[int] | None = None

@@ -22,8 +22,10 @@ async def serve_all(
     *,
     interval_s: float = 0.1,
     anomalies: Iterable[Any] = (),
+    modbus_server: str = "pymodbus",
 ) -> None:
-    """Each protocol's own simulator for its devices, side by side, until ``stop``."""
+    """Each protocol's own simulator for its devices, side by side, until ``stop``;
+    ``modbus_server="fast"``: Modbus TCP from the lean server (benchmarks)."""
     by_pkg: dict[str, list[Any]] = {}
     for d in devices:  # one simulator module per package (Modbus TCP, RTU, RTU over TCP)
         by_pkg.setdefault(PACKAGES[d.protocol], []).append(d)
@@ -33,6 +35,7 @@ async def serve_all(
         kwargs: dict[str, Any] = {"interval_s": interval_s}
         if pkg == "drivers.modbus":
             kwargs["anomalies"] = anomalies
+            kwargs["server"] = modbus_server
         runs.append(sim.serve_devices(group, stop, **kwargs))
     await asyncio.gather(*runs)
 
@@ -78,7 +81,7 @@ def check_ports(devices: Sequence[Any]) -> str | None:
     return None
 
 
-def simulate(cfg: Config, update_interval_s: float = 0.1) -> int:
+def simulate(cfg: Config, update_interval_s: float = 0.1, modbus_server: str = "pymodbus") -> int:
     from .commands.scan import quiet_libraries
     from .daemon import run_async
 
@@ -95,7 +98,9 @@ def simulate(cfg: Config, update_interval_s: float = 0.1) -> int:
             loop.add_signal_handler(sig, stop.set)
         where = sorted({f"{d.protocol} {_where(d)}" for d in cfg.devices})
         print("simulating " + ", ".join(where), file=sys.stderr, flush=True)
-        await serve_all(list(cfg.devices), stop, interval_s=update_interval_s)
+        await serve_all(
+            list(cfg.devices), stop, interval_s=update_interval_s, modbus_server=modbus_server
+        )
 
     try:
         run_async(main())

@@ -6,10 +6,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("edgegw.status")
 
 STATUS_FILE = "status.json"
 STALE_AFTER_S = 5.0
@@ -43,11 +48,69 @@ def plain(obj: Any) -> Any:
 
 
 def write_status(state_dir: Path, data: dict[str, Any]) -> None:
-    path = state_dir / STATUS_FILE
-    tmp = path.with_suffix(".tmp")
-    # without the cycle check (the snapshot is plain data): cheaper, and this runs every second
-    tmp.write_text(json.dumps(data, default=str, check_circular=False))
+    """Replace ``status.json`` atomically (a reader sees the old file or the new one)."""
+    path = os.path.join(state_dir, STATUS_FILE)
+    tmp = path[: -len(".json")] + ".tmp"
+    # without the cycle check (the snapshot is plain data): cheaper, and this runs every
+    # second; plain os calls: pathlib's text file cost more than the write itself
+    body = json.dumps(data, default=str, check_circular=False).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+class StatusWriter:
+    """Writes snapshots in a thread of its own, so the status task hands one over and
+    goes on (no future to wait for, nothing on the event loop). Only the latest counts:
+    a snapshot not yet written when the next one comes is replaced by it. An error is
+    logged when it happens, and the next snapshot is tried as usual."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._next: tuple[Callable[..., None], tuple[Any, ...]] | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        """Have ``write(*args)`` called in the writer's thread (e.g. ``write_status``)."""
+        with self._cv:
+            if self._closing:
+                return
+            self._next = (write, args)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is pending, then end the thread (blocking: call it off the loop)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._next is None and not self._closing:
+                    self._cv.wait()
+                job, self._next = self._next, None
+                if job is None:
+                    return
+            write, args = job
+            try:
+                write(*args)
+            except OSError as exc:
+                log.warning("cannot write status: %s", exc)
+            except Exception:
+                log.exception("cannot write status")
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:

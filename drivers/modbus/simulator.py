@@ -43,6 +43,7 @@ from .anomalies import (
 )
 from .config import Device, ModbusRtuDevice, load_device_map
 from .decode import encode_raw, encode_value
+from .fastserver import FastServer
 from .ptybus import PtyBridge
 from .types import TABLES, Table
 from .waveforms import waveform_raw, waveform_value
@@ -88,6 +89,10 @@ class ModbusSimulator:
     refuses unmapped registers. Coil and discrete holes cover whole groups of 16 bits
     (pymodbus keeps bits by register). ``hole_exception``: the exception code holes
     answer; 2 (illegal data address) by default, 3 (illegal data value) as some devices do.
+
+    ``server="fast"``: Modbus TCP from ``fastserver.py`` instead of pymodbus's server
+    (same memory, same answers, a fraction of the CPU: for benchmarks, where the
+    simulator must not be the limit). Holes there cover exactly their addresses.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class ModbusSimulator:
         answer_unknown_units: bool | None = None,
         holes: Mapping[Table, Iterable[tuple[int, int]]] | None = None,
         hole_exception: int = 2,
+        server: Literal["pymodbus", "fast"] = "pymodbus",
     ) -> None:
         self.host = host
         self.port = port
@@ -117,6 +123,11 @@ class ModbusSimulator:
         self.size = size
         self.serial_port = serial_port
         self.framer = "rtu" if serial_port else framer
+        if server not in ("pymodbus", "fast"):
+            raise ValueError(f"server {server!r}: accepted: 'pymodbus', 'fast'")
+        if server == "fast" and self.framer != "socket":
+            raise ValueError("server='fast' serves Modbus TCP only (no RTU framing, no serial)")
+        self.server = server
         self._line = {
             "baudrate": baudrate,
             "parity": parity,
@@ -160,6 +171,14 @@ class ModbusSimulator:
         """Listen; returns once the server accepts requests. Keeps values across restarts."""
         if self._server is not None:
             return
+        if self.server == "fast":
+            fast = FastServer(self._memory, self.size, self._hole_code, self.answer_unknown_units)
+            try:
+                await fast.start(self.host, self.port)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}") from exc
+            self._server, self.port = fast, fast.port
+            return
         action = self._hole_action if self.hole_exception != 2 else None
         devices = [SimDevice(id=u, simdata=self._simdata(), action=action) for u in self.unit_ids]
         trace = None if self.answer_unknown_units else self._filter
@@ -202,6 +221,13 @@ class ModbusSimulator:
         if self._server is not None:
             self._mark_hole(table, start, end)
 
+    def _hole_code(self, table: Table, address: int, count: int) -> int | None:
+        """The exception a read of ``count`` at ``address`` answers for a hole, or None."""
+        for t, lo, hi in self.holes:
+            if t is table and address < hi and address + count > lo:
+                return self.hole_exception
+        return None
+
     async def _hole_action(
         self, fc: int, _start: int, address: int, count: int, _regs: Any, _values: Any
     ) -> ExcCodes | None:
@@ -212,8 +238,8 @@ class ModbusSimulator:
         return None
 
     def _mark_hole(self, table: Table, start: int, end: int) -> None:
-        if self.hole_exception != 2:
-            return  # answered by _hole_action with its own code
+        if self.hole_exception != 2 or self.server == "fast":
+            return  # answered by _hole_action (or the fast server) with its own code
         # pymodbus checks a per-register flag on every read: INVALID answers exception 2.
         if TABLES[table].bits:
             start, end = start // 16, (end + 15) // 16
@@ -224,7 +250,9 @@ class ModbusSimulator:
     async def stop(self) -> None:
         """Stop listening and drop every client connection."""
         server, self._server = self._server, None
-        if server is not None:
+        if isinstance(server, FastServer):
+            await server.stop()
+        elif server is not None:
             await server.shutdown()
             await asyncio.sleep(0)  # let the transports close
 
@@ -326,7 +354,11 @@ class ModbusSimulator:
             await asyncio.sleep(interval_s)
 
 
-def _server_for(group: Sequence[Device], bridges: list[PtyBridge]) -> ModbusSimulator:
+def _server_for(
+    group: Sequence[Device],
+    bridges: list[PtyBridge],
+    server: Literal["pymodbus", "fast"] = "pymodbus",
+) -> ModbusSimulator:
     first = group[0]
     ends = (t.address + t.registers for d in group for t in d.tags if t.address is not None)
     size = min(65536, max(10000, *ends))
@@ -346,7 +378,14 @@ def _server_for(group: Sequence[Device], bridges: list[PtyBridge]) -> ModbusSimu
         )
     framer: Literal["socket", "rtu"] = "rtu" if first.protocol == "modbus_rtu_tcp" else "socket"
     host, port = first.host, first.port  # type: ignore[union-attr]
-    return ModbusSimulator(host=host, port=port, unit_ids=units, size=size, framer=framer)
+    return ModbusSimulator(
+        host=host,
+        port=port,
+        unit_ids=units,
+        size=size,
+        framer=framer,
+        server=server if framer == "socket" else "pymodbus",
+    )
 
 
 async def serve_devices(
@@ -355,11 +394,13 @@ async def serve_devices(
     *,
     interval_s: float = 0.1,
     anomalies: Iterable[Anomaly] = (),
+    server: Literal["pymodbus", "fast"] = "pymodbus",
 ) -> None:
     """Simulate devices until ``stop`` is set: one server per TCP host:port and protocol,
     one per serial port (a ``PtyBridge`` whose client side is linked at the device's
     ``port``, which must not exist or be a symlink), waveforms on, with ``anomalies``
-    (e.g. from ``anomaly_schedule``) injected on their tags."""
+    (e.g. from ``anomaly_schedule``) injected on their tags. ``server="fast"``: Modbus
+    TCP devices from the lean server (``fastserver.py``), for benchmarks."""
     scheduled = list(anomalies)
     groups: dict[tuple[Any, ...], list[Device]] = {}
     for d in devices:
@@ -370,7 +411,7 @@ async def serve_devices(
     tasks: list[asyncio.Task[None]] = []
     try:
         for group in groups.values():
-            sims.append(sim := _server_for(group, bridges))
+            sims.append(sim := _server_for(group, bridges, server))
             names = {d.name for d in group}
             sim.add_anomalies(a for a in scheduled if a.device in names)
             sim.apply_waveforms(group, time.time())
