@@ -28,7 +28,9 @@ class SwallowingDriver:
 
     async def read(self, plan: object) -> Batch:
         try:
-            await asyncio.sleep(0.01)
+            # until cancelled: the cancellation always lands here (a short read let the
+            # loop see the stop flag first on a loaded machine, and nothing was swallowed)
+            await asyncio.sleep(3600)
         except asyncio.CancelledError:
             if self.swallowed == 0:
                 self.swallowed += 1
