@@ -239,8 +239,15 @@ def _read_only_fs(path: Path) -> bool:
 
 
 def deepest_existing(path: Path) -> Path:
-    """``path`` or the nearest folder above it that exists."""
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
+    """``path`` or the nearest folder above it that exists (as far as we may look: a
+    folder we may not enter ends the search there)."""
+    parts = path.absolute().parts
+    found = Path(parts[0])
+    for i in range(2, len(parts) + 1):
+        here = Path(*parts[:i])
+        try:
+            here.stat()
+        except OSError:
+            break
+        found = here
+    return found

@@ -10,6 +10,7 @@ a config that passes here does not fail later for one of these reasons.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -375,6 +376,7 @@ def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) ->
     def finding(message: str, fix: str, level: str = ERROR) -> Finding:
         return Finding(level, where, message, fix, OUTBOX_ROW)
 
+    is_dir = False
     # A file where a folder must be ("Not a directory" at the first write)
     for i in range(1, len(path.parts)):
         part = Path(*path.parts[:i])
@@ -388,7 +390,9 @@ def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) ->
                 f"fix {field}, or move {part} away",
             )
             return
-    if path.is_dir():
+    with contextlib.suppress(OSError):  # not there, or not ours to see: judged below
+        is_dir = stat.S_ISDIR(path.stat().st_mode)
+    if is_dir:
         yield finding(
             f"the outbox {path} is a folder, not a file",
             f"{field} names the outbox file itself (e.g. outbox.db): fix it, or move the "
@@ -434,11 +438,11 @@ def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) ->
             )
         elif "read-only" in why:
             yield finding(
-                f"{who} may not write the outbox's folder: {why}",
+                f"the outbox's folder {folder}: {why}",
                 f"remount it read-write, or put {field} on a writable disk",
             )
         else:
-            yield finding(f"{who} may not write the outbox's folder: {why}", own)
+            yield finding(f"the outbox's folder {folder}: {who} {why}", own)
         return
     # The files, when they exist: read and written in place
     for p in (path, *(path.with_name(path.name + s) for s in OUTBOX_SIDE_FILES)):
@@ -456,7 +460,7 @@ def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) ->
         except CannotTell:
             continue
         if why is not None:
-            yield finding(f"{who} may not use {p}: {why}", own)
+            yield finding(f"{p}: {who} {why}", own)
 
 
 def check_room(cfg: Config, sources: Sources) -> list[Finding]:

@@ -1118,62 +1118,55 @@ def check_state_files(cfg: Config) -> Check:
     outbox = cfg.outbox_path
     if state not in outbox.parents:
         found += [outbox.with_name(outbox.name + s) for s in ("", *OUTBOX_SIDE_FILES)]
-    bad: list[str] = []
-    unowned = unwritable = False
+    bad: dict[Path, str] = {}  # path -> what is wrong with it
+    fixes: list[str] = []
+    seen = 0
     for p in found:
         try:
             st = p.lstat()
         except OSError:
             continue  # gone meanwhile, or an outbox side file that is not there
+        seen += 1
         if stat.S_ISLNK(st.st_mode):
             continue  # the daemon makes none; what it points to is judged where it is
         shown = f"{p} ({_owner_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o})"
         if p.parent == state and p.name in STATE_FILES and not stat.S_ISREG(st.st_mode):
-            bad.append(f"{p}: a folder where the daemon writes a file: sudo rm -r {p}")
+            bad[p] = f"{shown}: a folder where the daemon writes a file"
+            fixes.append(f"sudo rm -r {p}")
             continue
         is_dir = stat.S_ISDIR(st.st_mode)
         try:
             why = denied(p, acct, READ | WRITE | SEARCH if is_dir else READ | WRITE)
-        except CannotTell as exc:
-            return Check(
-                name,
-                WARN,
-                f"cannot look at {exc}: permission denied",
-                "run as root: sudo edgegw doctor",
-            )
+        except CannotTell:
+            hidden.append(str(p))
+            continue
         if acct.uid != 0 and st.st_uid != acct.uid:
-            bad.append(
-                f"{shown}: belongs to {_owner_name(st.st_uid)}, the daemon runs as {acct.name}"
-            )
-            unowned = True
+            bad[p] = f"{shown}: belongs to {_owner_name(st.st_uid)}, the daemon runs as {acct.name}"
+            own = f"sudo chown -R {acct.spec} {state}"
+            fixes.append(own if state in p.parents else f"sudo chown {acct.spec} {p}")
         elif why is not None:
-            bad.append(f"{shown}: user {acct.name} {why.split(' (')[0]}")
-            unwritable = True
+            bad[p] = f"{shown}: user {acct.name} {why.split(' (')[0]}"
+            fixes.append(
+                f"sudo chmod -R u+rwX {state}" if state in p.parents else f"sudo chmod u+rw {p}"
+            )
+    hid = f"cannot look into {', '.join(hidden[:3])}: permission denied" if hidden else ""
     if not bad and hidden:
-        return Check(
-            name,
-            WARN,
-            f"cannot look into {', '.join(hidden[:3])}: permission denied",
-            "run as root to check every file: sudo edgegw doctor",
-        )
+        return Check(name, WARN, hid, "run as root to check every file: sudo edgegw doctor")
     if not bad:
         where = f"{state}" + ("" if state in outbox.parents else f" and {outbox}")
         return Check(
-            name, PASS, f"{len(found)} file(s) and folder(s) in {where}: {acct.name}'s, writable"
+            name, PASS, f"{seen} file(s) and folder(s) in {where}: {acct.name}'s, writable"
         )
-    fixes = []
-    if unowned:
-        fixes.append(f"sudo chown -R {acct.spec} {state}")
-        if state not in outbox.parents:
-            fixes[-1] += f" {outbox.parent}"
-    if unwritable:
-        fixes.append(f"sudo chmod -R u+rwX {state}")
-    fixes += [b.split(": ")[-1] for b in bad if b.split(": ")[-1].startswith("sudo rm")]
-    shown_bad = bad[:8] + ([f"... and {len(bad) - 8} more"] if len(bad) > 8 else [])
+    # every path named, but what is inside a folder named already only counted
+    inside = {p: sum(1 for q in bad if p in q.parents) for p in bad}
+    top = [p for p in bad if not any(a in bad for a in p.parents)]
+    lines = [bad[p] + (f" (and {inside[p]} inside)" if inside[p] else "") for p in top]
+    lines = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
     return Check(
         name,
         FAIL,
-        f"user {acct.name} (the daemon) must own and write these:\n" + "\n".join(shown_bad),
+        f"user {acct.name} (the daemon) must own and write these:\n"
+        + "\n".join(lines + ([hid] if hid else [])),
         "; ".join(dict.fromkeys(fixes)),
     )
 
