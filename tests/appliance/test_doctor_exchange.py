@@ -535,3 +535,37 @@ def test_each_preflight_finding_has_its_own_row_and_fix(tmp_path: Path, state: P
     assert f"pin it with sha256: {DEFAULT_SHA}" in pin.fix, pin
     assert [c.name for c in r.values() if "off-by-one" in c.fix] == ["tags of plc"]
     assert "tag map" not in r and "config files" not in r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes files owned by another user")
+def test_state_files_the_service_may_not_write_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service user (`nobody` here) owns its state dir, but one learned map is
+    read-only and status.json is a folder: each is named with its fix; fixed, it passes."""
+    monkeypatch.setattr(doctor, "SERVICE_USER", "nobody")
+    tmp_path = Path(tempfile.mkdtemp(prefix="edgegw-test-", dir="/var/tmp"))
+    request_cleanup(tmp_path)
+    tmp_path.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    DeviceKey.load_or_create(state)
+    learned = state / "modbus-learned" / "plc.json"
+    learned.parent.mkdir()
+    learned.write_text("{}\n")
+    learned.chmod(0o400)
+    (state / "status.json").mkdir()
+    for f in [state, *state.rglob("*")]:
+        os.chown(f, 65534, 65534)
+    dev = {"name": "plc", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1}
+    cfg = write(tmp_path, state, [{**dev, "tags": [{"name": "t", "address": 0}]}])
+    c = doctor.check_state_files(doctor.load_config(cfg))
+    assert c.outcome == "fail", c
+    assert f"{learned} (nobody, mode 0400): user nobody may not read and write" in c.detail, c
+    assert f"{state / 'status.json'} (nobody, mode " in c.detail, c
+    assert "a folder where the daemon writes a file" in c.detail, c
+    assert (
+        f"sudo chmod -R u+rwX {state}" in c.fix and f"sudo rm -r {state / 'status.json'}" in c.fix
+    )
+    learned.chmod(0o600)
+    (state / "status.json").rmdir()
+    c = doctor.check_state_files(doctor.load_config(cfg))
+    assert c.outcome == "pass" and "nobody's, writable" in c.detail, c
