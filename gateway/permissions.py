@@ -216,7 +216,7 @@ def denied(path: Path, acct: Account, bits: int) -> str | None:
         st = path.stat()
     except PermissionError:
         raise CannotTell(str(path)) from None
-    if bits & WRITE and _read_only_fs(path):
+    if bits & WRITE and on_read_only_fs(path):
         return f"{path} is on a file system mounted read-only (findmnt -T {path})"
     if acct.is_me:  # the kernel knows best (ACLs, capabilities)
         amode = (os.R_OK if bits & READ else 0) | (os.W_OK if bits & WRITE else 0)
@@ -231,7 +231,7 @@ def denied(path: Path, acct: Account, bits: int) -> str | None:
     return f"may not {verb} {_shown(path, st)}"
 
 
-def _read_only_fs(path: Path) -> bool:
+def on_read_only_fs(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:

@@ -34,6 +34,7 @@ from .permissions import (
     deepest_existing,
     denied,
     me,
+    on_read_only_fs,
     service_account,
 )
 from .registry import PACKAGES
@@ -436,7 +437,7 @@ def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) ->
                 ),
                 WARNING if later else ERROR,
             )
-        elif "read-only" in why:
+        elif on_read_only_fs(base):
             yield finding(
                 f"the outbox's folder {folder}: {why}",
                 f"remount it read-write, or put {field} on a writable disk",

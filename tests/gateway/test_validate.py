@@ -291,3 +291,18 @@ def test_the_outbox_reserve_is_checked_before_ok(tmp_path: Path) -> None:
     assert lines[0].startswith(f"{f}:3:24: outbox.min_free_mib: {huge} MiB is more than"), lines
     assert "; set outbox.min_free_mib to at most" in lines[0]
     assert lines[-1] == f"{f}: 1 problem(s)", lines  # not one that stops `edgegw run`
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a read-only file system")
+def test_an_outbox_on_a_read_only_mount_is_an_error(tmp_path: Path) -> None:
+    """Even root may not write there: blamed on the mount, not on permissions."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        r = validate(write(tmp_path, f"outbox: {{path: {ro / 'outbox.db'}, min_free_mib: 0}}\n"))
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert r.returncode == 2, r.stderr
+    assert f"the outbox's folder {ro}: {ro} is on a file system mounted read-only" in r.stderr
+    assert "remount it read-write, or put outbox.path on a writable disk" in r.stderr
