@@ -51,6 +51,16 @@ def main(args: argparse.Namespace) -> int:
 
         why = explain_permission(exc, service_dir=cfg.state_dir)
         raise fail(f"refusing to start: {why}", EXIT_BAD_INPUT) from None
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        # a folder where a file must be (status.json made a folder), or the other way
+        # round: the checks before the start name the outbox's; `edgegw doctor` the rest
+        path = exc.filename2 or exc.filename
+        what = "a folder where" if isinstance(exc, IsADirectoryError) else "a file on the way to"
+        raise fail(
+            f"refusing to start: {path}: {what} a file edgegw writes; move it away "
+            "(`edgegw doctor` checks every file in the state directory)",
+            EXIT_BAD_INPUT,
+        ) from None
     except (OutboxError, AuditLogBusy, OSError) as exc:
         # The audit log held by another process, an outbox or state file that failed to
         # open or write: what was started is stopped (Daemon._abort_start), and systemd

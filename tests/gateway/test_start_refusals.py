@@ -264,6 +264,24 @@ def test_a_failure_after_every_task_started_ends_the_process(
         gw.cleanup()
 
 
+def test_a_status_file_made_a_folder_is_refused_after_the_tasks_started(
+    site: tuple[Path, Callable[..., str]],
+) -> None:
+    """status.json is a folder (the daemon's first write of it is the last step of the
+    start, after every task started): the process ends by itself with exit 2, a person's
+    to fix, naming it; doctor's state files row names it before (test_doctor_exchange)."""
+    tmp, write = site
+    cfg = write(model())
+    status = tmp / "state" / "status.json"
+    status.unlink()
+    (status / "x").mkdir(parents=True)  # not empty: a rename onto it fails
+    r = run(cfg, timeout=30)  # a start takes a few seconds; a hang would not end
+    assert "polling 1 devices" in r.stderr, r.stderr[-3000:]  # the tasks had started
+    assert r.returncode == REFUSED and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"edgegw: refusing to start: {status}: a folder where a file"), last
+
+
 def test_an_audit_log_held_by_another_process_exits_1(
     site: tuple[Path, Callable[..., str]],
 ) -> None:
