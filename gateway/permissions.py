@@ -14,6 +14,7 @@ import os
 import pwd
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVICE_USER = "edgegw"
@@ -130,3 +131,123 @@ def _root_owned(top: Path) -> Iterator[Path]:
                     yield p
             except OSError:
                 continue
+
+
+# -- judging access as another user (the service user) ------------------------------------
+
+READ, WRITE, SEARCH = 4, 2, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user the daemon runs as: its ids and the groups it is in."""
+
+    name: str
+    uid: int
+    gid: int
+    gids: frozenset[int]
+
+    @property
+    def group(self) -> str:
+        return group_name(self.gid)
+
+    @property
+    def spec(self) -> str:
+        """``user:group``, as chown takes it."""
+        return f"{self.name}:{self.group}"
+
+    @property
+    def is_me(self) -> bool:
+        return self.uid == os.geteuid()
+
+
+def service_account(user: str = SERVICE_USER) -> Account:
+    """The account the daemon runs as: the service user when it exists (the package makes
+    it), else whoever runs this (a source tree, `edgegw run` by hand)."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return me()
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, frozenset(gids))
+
+
+def me() -> Account:
+    uid, gid = os.geteuid(), os.getegid()
+    return Account(user_name(uid), uid, gid, frozenset({gid, *os.getgroups()}))
+
+
+class CannotTell(Exception):
+    """We may not look at a path, so we cannot judge another user's access to it."""
+
+
+def _may(st: os.stat_result, acct: Account, bits: int) -> bool:
+    if acct.uid == 0:
+        return True
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == acct.uid:
+        return (mode >> 6) & bits == bits
+    if st.st_gid in acct.gids:
+        return (mode >> 3) & bits == bits
+    return mode & bits == bits
+
+
+def _shown(path: Path, st: os.stat_result) -> str:
+    owner = f"{user_name(st.st_uid)}:{group_name(st.st_gid)}"
+    return f"{path} ({owner}, mode {stat.S_IMODE(st.st_mode):04o})"
+
+
+def denied(path: Path, acct: Account, bits: int) -> str | None:
+    """Why ``acct`` may not ``bits`` (READ, WRITE, SEARCH, or'ed) ``path``, which exists:
+    the folder on the way it may not enter, the path itself with its owner and mode, or a
+    read-only file system; None when it may. Judged by the mode bits (and, for ourselves,
+    by the kernel). Raises CannotTell when we may not look."""
+    path = path.absolute()
+    parts = path.parts
+    for i in range(1, len(parts)):
+        folder = Path(*parts[:i])
+        try:
+            st = folder.stat()
+        except PermissionError:
+            raise CannotTell(str(folder)) from None
+        if not _may(st, acct, SEARCH):
+            return f"may not enter folder {_shown(folder, st)}"
+    try:
+        st = path.stat()
+    except PermissionError:
+        raise CannotTell(str(path)) from None
+    if bits & WRITE and on_read_only_fs(path):
+        return f"{path} is on a file system mounted read-only (findmnt -T {path})"
+    if acct.is_me:  # the kernel knows best (ACLs, capabilities)
+        amode = (os.R_OK if bits & READ else 0) | (os.W_OK if bits & WRITE else 0)
+        ok = os.access(path, amode | (os.X_OK if bits & SEARCH else 0), effective_ids=True)
+    else:
+        ok = _may(st, acct, bits)
+    if ok:
+        return None
+    verb = {READ: "read", WRITE: "write", READ | WRITE: "read and write"}.get(
+        bits & (READ | WRITE), "enter"
+    )
+    return f"may not {verb} {_shown(path, st)}"
+
+
+def on_read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def deepest_existing(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (as far as we may look: a
+    folder we may not enter ends the search there)."""
+    parts = path.absolute().parts
+    found = Path(parts[0])
+    for i in range(2, len(parts) + 1):
+        here = Path(*parts[:i])
+        try:
+            here.stat()
+        except OSError:
+            break
+        found = here
+    return found

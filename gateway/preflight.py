@@ -10,12 +10,14 @@ a config that passes here does not fail later for one of these reasons.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import logging
 import os
 import ssl
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -23,6 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, Sources
+from .diskroom import outbox_room
+from .permissions import (
+    READ,
+    SEARCH,
+    WRITE,
+    Account,
+    CannotTell,
+    deepest_existing,
+    denied,
+    me,
+    on_read_only_fs,
+    service_account,
+)
 from .registry import PACKAGES
 from .yamlsource import SourceMap
 
@@ -48,11 +63,14 @@ leaves out and why."""
 class Finding:
     level: str  # error | warning
     where: str  # file:line:col: field, or "" when it is about the config as a whole
-    message: str
+    message: str  # what is wrong
+    fix: str = ""  # what fixes it
+    row: str = "config"  # what it is about, in a word or two: doctor's row name
 
     def __str__(self) -> str:
         label = "warning: " if self.level == WARNING else ""
-        return f"{self.where}: {label}{self.message}" if self.where else label + self.message
+        text = label + self.message + (f"; {self.fix}" if self.fix else "")
+        return f"{self.where}: {text}" if self.where else text
 
 
 @cache
@@ -83,14 +101,20 @@ def install_hint(extra: str, what: str) -> str:
     return f"install it: pip install 'edgegw[{extra}]' (in a source tree: make setup)"
 
 
-def check(cfg: Config, sources: Sources, *, service: bool = False) -> list[Finding]:
+def check(
+    cfg: Config, sources: Sources, *, service: bool = False, account: Account | None = None
+) -> list[Finding]:
     """Every finding, errors and warnings. ``service``: run by the daemon itself, so a
     file it cannot read is an error (a person running validate may simply lack the
-    rights the service user has: a warning there, and doctor checks as the service)."""
+    rights the service user has: a warning there, and doctor checks as the service).
+    ``account``: whose rights the outbox's folder is judged by (default: the daemon's,
+    that is ours when ``service``, else the service user's when it exists)."""
+    acct = me() if service else (account or service_account())
     found = [
         *check_drivers(cfg, sources),
         *check_files(cfg, sources, service),
         *check_models(cfg, sources, service),
+        *check_outbox(cfg, sources, acct, service),
         *check_overlaps(cfg, sources),
         *check_receiver(cfg, sources),
     ]
@@ -121,7 +145,9 @@ def check_drivers(cfg: Config, sources: Sources) -> Iterator[Finding]:
                 ERROR,
                 sources.where(("devices", i, "protocol")),
                 f"protocol {protocol} (device {', '.join(users)}) cannot be used here: "
-                f"{_missing(exc)}; {fix}",
+                f"{_missing(exc)}",
+                fix,
+                f"driver {protocol}",
             )
     if cfg.inference.models:
         try:
@@ -131,12 +157,11 @@ def check_drivers(cfg: Config, sources: Sources) -> Iterator[Finding]:
                 ERROR,
                 sources.where(("inference", "models")),
                 f"{len(cfg.inference.models)} model(s) are bound but the inference engine "
-                f"cannot be loaded: {_missing(exc)}; "
-                + (
-                    install_hint("inference", "ONNX inference (onnxruntime)")
-                    if _absent(exc)
-                    else "reinstall edgegw"
-                ),
+                f"cannot be loaded: {_missing(exc)}",
+                install_hint("inference", "ONNX inference (onnxruntime)")
+                if _absent(exc)
+                else "reinstall edgegw",
+                "inference engine",
             )
 
 
@@ -159,31 +184,39 @@ def _missing(exc: ImportError) -> str:
 # -- files ----------------------------------------------------------------------------------
 
 
-def _unreadable(path: Path, field: str, where: str, service: bool) -> Finding | None:
-    """None when ``path`` is a readable file; else what is wrong."""
+def _unreadable(path: Path, field: str, where: str, service: bool, row: str = "") -> Finding | None:
+    """None when ``path`` is a readable file; else what is wrong. ``row``: what the file
+    is, for doctor (default: ``field``)."""
+    row = row or field
     try:
         with open(path, "rb") as f:
             f.read(1)
     except FileNotFoundError:
-        return Finding(ERROR, where, f"{path} does not exist: fix {field}, or put the file there")
+        return Finding(
+            ERROR, where, f"{path} does not exist", f"fix {field}, or put the file there", row
+        )
     except IsADirectoryError:
-        return Finding(ERROR, where, f"{path} is a folder, not a file: fix {field}")
+        return Finding(ERROR, where, f"{path} is a folder, not a file", f"fix {field}", row)
     except PermissionError:
         if service or os.geteuid() == 0:
             return Finding(
                 ERROR,
                 where,
-                f"{path} is not readable by user {_user()}: give the service user read "
-                f"access (e.g. chgrp edgegw {path}; chmod 640 {path})",
+                f"{path} is not readable by user {_user()}",
+                f"give the service user read access (e.g. chgrp edgegw {path}; chmod 640 {path})",
+                row,
             )
         return Finding(
             WARNING,
             where,
-            f"{path} is not readable by you ({_user()}), so it was not checked; the service "
-            "user must be able to read it: `sudo edgegw doctor` checks it as that user",
+            f"{path} is not readable by you ({_user()}), so it was not checked",
+            "the service user must be able to read it: `sudo edgegw doctor` checks it as that user",
+            row,
         )
     except OSError as exc:
-        return Finding(ERROR, where, f"cannot read {path}: {exc.strerror or exc}")
+        return Finding(
+            ERROR, where, f"cannot read {path}: {exc.strerror or exc}", f"fix {field}", row
+        )
     return None
 
 
@@ -228,16 +261,27 @@ def check_files(cfg: Config, sources: Sources, service: bool) -> Iterator[Findin
                     yield Finding(
                         ERROR,
                         where,
-                        f"{up.password_file} is empty: put the password on its first line",
+                        f"{up.password_file} is empty",
+                        "put the password on its first line",
+                        "uplink.password_file",
                     )
             except CredentialError as exc:
-                yield Finding(ERROR, where, str(exc).removeprefix("uplink.password_file: "))
+                yield Finding(
+                    ERROR,
+                    where,
+                    str(exc).removeprefix("uplink.password_file: "),
+                    row="uplink.password_file",
+                )
     for i, d in enumerate(cfg.devices):
         for key in ("password_file", "server_certificate"):
             path = getattr(d, key, None) if d.protocol == "opcua" else None
             if isinstance(path, Path):
                 bad = _unreadable(
-                    path, f"{key} of device {d.name}", sources.where(("devices", i, key)), service
+                    path,
+                    f"{key} of device {d.name}",
+                    sources.where(("devices", i, key)),
+                    service,
+                    f"{key} of {d.name}",
                 )
                 if bad is not None:
                     yield bad
@@ -257,13 +301,22 @@ def _tls_context(cfg: Config, sources: Sources) -> Iterator[Finding]:
         if "KEY_VALUES_MISMATCH" in str(exc):
             why = f"the key in {t.key_file} does not belong to the certificate in {t.cert_file}"
             key = "key_file"
+            fix = "put the key that was made with this certificate in uplink.tls.key_file"
         elif key == "ca_file":
             why = f"{t.ca_file} holds no usable CA certificate in PEM ({why})"
+            fix = "put the CA certificate that signed the broker's certificate there (PEM)"
         else:
             why = f"{t.cert_file} / {t.key_file}: not a PEM certificate and key ({why})"
-        yield Finding(ERROR, sources.where(("uplink", "tls", key)), why)
+            fix = "put the client certificate and its unencrypted key there (PEM)"
+        yield Finding(ERROR, sources.where(("uplink", "tls", key)), why, fix, f"uplink.tls.{key}")
     except (OSError, ValueError) as exc:
-        yield Finding(ERROR, sources.where(("uplink", "tls")), f"cannot load the TLS files: {exc}")
+        yield Finding(
+            ERROR,
+            sources.where(("uplink", "tls")),
+            f"cannot load the TLS files: {exc}",
+            "check uplink.tls.ca_file, cert_file and key_file",
+            "uplink TLS files",
+        )
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -275,7 +328,9 @@ def check_models(cfg: Config, sources: Sources, service: bool) -> Iterator[Findi
     for i, b in enumerate(cfg.inference.models):
         path = b.model_path(cfg.base_dir)
         where = sources.where(("inference", "models", i, "model"))
-        bad = _unreadable(path, f"inference.models[{i}].model", where, service)
+        bad = _unreadable(
+            path, f"inference.models[{i}].model", where, service, f"model file {b.name}"
+        )
         if bad is not None:
             if not path.exists() and path.parent.name == "models" and path.suffix == ".onnx":
                 from inference.config import SHIPPED_MODELS
@@ -285,7 +340,9 @@ def check_models(cfg: Config, sources: Sources, service: bool) -> Iterator[Findi
                     bad = Finding(
                         ERROR,
                         where,
-                        f"no shipped model {b.model!s}; shipped: {', '.join(shipped) or 'none'}",
+                        f"no shipped model {b.model!s}",
+                        f"shipped: {', '.join(shipped) or 'none'}",
+                        f"model file {b.name}",
                     )
             yield bad
             continue
@@ -299,8 +356,132 @@ def check_models(cfg: Config, sources: Sources, service: bool) -> Iterator[Findi
                 sources.where(("inference", "models", i, "sha256")),
                 f"model {b.name!r}: {path} has sha256 {actual} but the config pins "
                 f"{b.sha256}: the file was changed or the pin is wrong, so the daemon would "
-                f"refuse it (if you trust this file, pin it with sha256: {actual})",
+                "refuse it",
+                f"put the pinned file back, or, if you trust this file, pin it with sha256: "
+                f"{actual}",
+                f"model file {b.name}",
             )
+
+
+# -- the outbox's place ----------------------------------------------------------------------
+
+OUTBOX_ROW = "outbox path"
+OUTBOX_SIDE_FILES = ("-wal", "-shm", ".ballast")  # SQLite's journal and shared memory, room.py
+
+
+def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) -> Iterator[Finding]:
+    """The outbox file can be made and written where the config puts it, by the user the
+    daemon runs as (``acct``): no file where a folder must be, its folder there or one
+    it may create, writable, and the outbox and its side files (journal, shared memory,
+    the disk reserve) readable and writable. Else the daemon would fail at its first
+    write with "Not a directory" or "Permission denied", in a restart loop."""
+    path = cfg.outbox_path
+    state = cfg.state_dir
+    field = "outbox.path" if "path" in cfg.outbox.model_fields_set else "gateway.state_dir"
+    where = sources.where(
+        ("outbox", "path") if field == "outbox.path" else ("gateway", "state_dir")
+    )
+    in_state = path.parent == state or state in path.parent.parents
+
+    def finding(message: str, fix: str, level: str = ERROR) -> Finding:
+        return Finding(level, where, message, fix, OUTBOX_ROW)
+
+    is_dir = False
+    # A file where a folder must be ("Not a directory" at the first write)
+    for i in range(1, len(path.parts)):
+        part = Path(*path.parts[:i])
+        try:
+            st = part.stat()
+        except OSError:  # not there (made at start), or not ours to see: judged below
+            break
+        if not stat.S_ISDIR(st.st_mode):
+            yield finding(
+                f"{part} is a file, not a folder, so the outbox {path} cannot be made there",
+                f"fix {field}, or move {part} away",
+            )
+            return
+    with contextlib.suppress(OSError):  # not there, or not ours to see: judged below
+        is_dir = stat.S_ISDIR(path.stat().st_mode)
+    if is_dir:
+        yield finding(
+            f"the outbox {path} is a folder, not a file",
+            f"{field} names the outbox file itself (e.g. outbox.db): fix it, or move the "
+            "folder away",
+        )
+        return
+    # The folder: written by SQLite (the outbox, its -wal and -shm) and the disk reserve;
+    # made at start (with its parents) when missing.
+    folder = path.parent
+    base = deepest_existing(folder)
+    own = f"sudo chown -R {acct.spec} {state}" if in_state else f"sudo chown {acct.spec} {folder}"
+    who = "you" if acct.is_me else f"user {acct.name} (the daemon)"
+    try:
+        why = denied(base, acct, WRITE | SEARCH)
+    except CannotTell as exc:
+        yield finding(
+            f"could not check that {who} may write {folder}: you may not look into {exc}",
+            "`sudo edgegw doctor` checks it as the service user",
+            WARNING,
+        )
+        return
+    if why is not None:
+        if base != folder:
+            # A state directory that is not there yet (a laptop, a gateway before its
+            # first start: the packaged unit makes it) is the daemon's to make: a warning
+            # here, an error only when the daemon itself finds it so.
+            later = not service and in_state and not state.exists()
+            make = state if in_state and not state.exists() else folder
+            fix = (
+                own
+                if in_state and state.exists()
+                else f"sudo install -d -o {acct.name} -g {acct.group} -m 750 {make}"
+            )
+            yield finding(
+                f"{folder} does not exist and {who} may not create it: {why}",
+                fix
+                + (
+                    " (the packaged unit makes /var/lib/edgegw at its first start)"
+                    if later
+                    else f", or fix {field}"
+                ),
+                WARNING if later else ERROR,
+            )
+        elif on_read_only_fs(base):
+            yield finding(
+                f"the outbox's folder {folder}: {why}",
+                f"remount it read-write, or put {field} on a writable disk",
+            )
+        else:
+            yield finding(f"the outbox's folder {folder}: {who} {why}", own)
+        return
+    # The files, when they exist: read and written in place
+    for p in (path, *(path.with_name(path.name + s) for s in OUTBOX_SIDE_FILES)):
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break  # the folder was judged above; nothing more to see
+        if not stat.S_ISREG(st.st_mode):
+            yield finding(f"{p} is not a regular file", f"move {p} away")
+            continue
+        try:
+            why = denied(p, acct, READ | WRITE)
+        except CannotTell:
+            continue
+        if why is not None:
+            yield finding(f"{p}: {who} {why}", own)
+
+
+def check_room(cfg: Config, sources: Sources) -> list[Finding]:
+    """outbox.min_free_mib against the filesystem that holds the outbox (diskroom.py):
+    a reserve of half of it or more would refuse every window. Not part of ``check``: the
+    daemon starts anyway, keeping a tenth of the filesystem free instead (and says so)."""
+    problem = outbox_room(cfg.outbox_path, cfg.outbox.min_free_mib).problem()
+    if problem is None:
+        return []
+    message, _, fix = problem.removeprefix("outbox.min_free_mib: ").partition("; ")
+    return [Finding(ERROR, sources.where(("outbox", "min_free_mib")), message, fix, "outbox disk")]
 
 
 # -- overlapping tags --------------------------------------------------------------------------
@@ -402,8 +583,10 @@ def check_overlaps(cfg: Config, sources: Sources) -> Iterator[Finding]:
                     WARNING,
                     sources.where(("devices", i, "tags", later.tag)),
                     f"device {dev.name}: tag {t2!r} reads {how} tag {t1!r} ({first.text}, at "
-                    f"{sources.where(('devices', i, 'tags', first.tag)).split(': ')[0]}): "
-                    "a copy-paste slip or an off-by-one address?",
+                    f"{sources.where(('devices', i, 'tags', first.tag)).split(': ')[0]})",
+                    "check both addresses against the device's map: a copy-paste slip or an "
+                    "off-by-one address?",
+                    f"tags of {dev.name}",
                 )
             open_.append(s)
 

@@ -64,7 +64,18 @@ def _modbus_fix(dev: Any) -> str:
         f"is port {dev.port} a Modbus TCP server, and unit id {dev.unit_id} right? "
         f"(edgegw scan -c CONFIG finds the unit ids that answer)"
         if dev.protocol != "modbus_rtu"
-        else f"check the wiring, baud rate and unit id {dev.unit_id}"
+        else f"check the wiring (A/B, termination), the line settings ({dev.line}) against "
+        f"the device's, and unit id {dev.unit_id} (edgegw scan -c CONFIG finds the unit ids "
+        "that answer)"
+    )
+
+
+def _open_fix(dev: Any) -> str:
+    """A serial port that does not open: the port, not the device."""
+    return (
+        f"check that {dev.port} is the adapter's port (ls -l /dev/serial/by-id/), that the "
+        "service user may open it (group dialout), and that no other program holds it "
+        f"(fuser {dev.port})"
     )
 
 
@@ -86,6 +97,10 @@ async def probe(dev: Any, state_dir: Path | None, timeout_s: float) -> Probe:
     except (ConnectError, TimeoutError) as exc:
         what = str(exc) or f"no answer in {timeout_s:g} s"
         fix = _modbus_fix(dev) if dev.protocol.startswith("modbus") else _FIXES[dev.protocol]
+        if dev.protocol == "modbus_rtu":  # a serial port: no TCP, and opening it can fail
+            if isinstance(exc, ConnectError):
+                fix = _open_fix(dev)
+            return Probe(False, f"the Modbus RTU exchange failed: {what}", fix)
         return Probe(False, f"TCP connects, but the {dev.protocol} exchange failed: {what}", fix)
     finally:
         # closing a half-open link: nothing more to learn from it

@@ -829,6 +829,8 @@ def check_device(
 ) -> Check:
     """The device's address answers TCP, then one real exchange in its protocol."""
     name = f"device {dev.name}"
+    if dev.protocol == "modbus_rtu":
+        return check_serial_device(dev, timeout, state_dir, exchange=exchange)
     host, port = getattr(dev, "host", None), getattr(dev, "port", None)
     if not isinstance(host, str) or not isinstance(port, int):
         return Check(name, SKIP, f"{dev.protocol}: no TCP address to check")
@@ -865,6 +867,45 @@ def check_device(
             return Check(name, PASS, f"{where} connected in {ms:.0f} ms")
         return _exchange(dev, where, state_dir, timeout)
     return Check(name, FAIL, *last)
+
+
+SERIAL_DROP_IN = "/usr/share/doc/edgegw/examples/edgegw-serial.conf.example"
+
+
+def check_serial_device(
+    dev: Any, timeout: float, state_dir: Path | None = None, *, exchange: bool = True
+) -> Check:
+    """A Modbus RTU device: its serial port is there, the service user may open it, and
+    the first planned request is read through it with the configured line settings."""
+    from ..permissions import READ, WRITE, CannotTell, denied, service_account
+
+    name = f"device {dev.name}"
+    port = Path(dev.port)
+    where = f"modbus_rtu {port} ({dev.line}, unit {dev.unit_id})"
+    if not port.exists():
+        return Check(
+            name,
+            FAIL,
+            f"{where}: {port} does not exist",
+            "is the adapter plugged in? ls -l /dev/serial/by-id/ shows the serial ports by "
+            "adapter (a by-id path survives re-plugging): fix the device's port",
+        )
+    acct = service_account(SERVICE_USER)
+    try:
+        why = denied(port, acct, READ | WRITE)
+    except CannotTell:
+        why = None  # the exchange below says it
+    if why is not None:
+        return Check(
+            name,
+            FAIL,
+            f"{where}: user {acct.name} (the daemon) {why}",
+            f"serial ports belong to group dialout: sudo usermod -aG dialout {acct.name}; "
+            f"the systemd unit also needs the serial drop-in ({SERIAL_DROP_IN})",
+        )
+    if not exchange:
+        return Check(name, PASS, f"{where}: the port is there and {acct.name} may open it")
+    return _exchange(dev, where, state_dir, timeout)
 
 
 def _exchange(dev: Any, where: str, state_dir: Path | None, timeout: float) -> Check:
@@ -940,35 +981,26 @@ def check_models(cfg: Config) -> list[Check]:
 
 
 def check_preflight(cfg: Config, sources: Any) -> list[Check]:
-    """What `edgegw validate` finds beyond the syntax: referenced files, drivers, pins
-    (errors) and overlapping tags (a warning)."""
-    from ..preflight import ERROR, check
+    """What `edgegw validate` finds beyond the syntax (gateway/preflight.py), judged for
+    the service user: one row per subject (a driver, a file, a model, the outbox's place,
+    one device's tags), each with its own fix. An error there refuses `edgegw run`."""
+    from ..permissions import service_account
+    from ..preflight import ERROR, Finding, check
 
-    found = check(cfg, sources)
-    errors = [f for f in found if f.level == ERROR]
-    warnings = [f for f in found if f.level != ERROR]
+    found = check(cfg, sources, account=service_account(SERVICE_USER))
+    rows: dict[str, list[Finding]] = {}
+    for f in found:
+        rows.setdefault(f.row, []).append(f)
     out = []
-    if errors:
-        out.append(
-            Check(
-                "config files",
-                FAIL,
-                "\n".join(str(f) for f in errors[:5])
-                + (f"\n... and {len(errors) - 5} more" if len(errors) > 5 else ""),
-                "fix the lines above: the daemon refuses to start with them (`edgegw validate` "
-                "lists every one)",
-            )
-        )
-    if warnings:
-        out.append(
-            Check(
-                "tag map",
-                WARN,
-                "\n".join(str(f) for f in warnings[:3])
-                + (f"\n... and {len(warnings) - 3} more" if len(warnings) > 3 else ""),
-                "two tags read the same registers: check the addresses against the device's map",
-            )
-        )
+    for row, items in rows.items():
+        bad = any(f.level == ERROR for f in items)
+        shown = [f"{f.where}: {f.message}" if f.where else f.message for f in items[:5]]
+        if len(items) > 5:
+            shown.append(f"... and {len(items) - 5} more (`edgegw validate` lists every one)")
+        fix = "; ".join(dict.fromkeys(f.fix for f in items if f.fix))
+        if bad:
+            fix = (fix or "fix it") + " (until then the daemon refuses to start)"
+        out.append(Check(row, FAIL if bad else WARN, "\n".join(shown), fix))
     return out
 
 
@@ -1054,6 +1086,89 @@ def check_service_access(cfg: Config, config_path: str) -> Check:
             "o+x or g+x for the group)",
         )
     return Check(name, PASS, f"user {user} can read the config and every file it names")
+
+
+STATE_FILES = ("status.json", "status.tmp", "audit.cborseq", "audit.cborseq.resume", "commands.db")
+"""Files the daemon writes in the state directory by these names: never a folder."""
+MAX_STATE_ENTRIES = 10_000  # a state directory holds tens of files; stop looking after this
+
+
+def check_state_files(cfg: Config) -> Check:
+    """Everything in the state directory (learned Modbus maps, the OPC UA PKI, the outbox
+    and its -wal/-shm, the audit log, status.json, the command state, the keys), and the
+    outbox's files when they live elsewhere, as the service user sees them: its own, and
+    readable and writable by it. A file left to root by a command run with sudo, or made
+    read-only, stops the daemon (or one device) at its first write."""
+    from ..permissions import READ, SEARCH, WRITE, CannotTell, denied, service_account
+    from ..preflight import OUTBOX_SIDE_FILES
+
+    name = "state files"
+    acct = service_account(SERVICE_USER)
+    state = cfg.state_dir
+    if not state.is_dir():
+        return Check(name, SKIP, f"{state} is not there yet (see the state dir row)")
+    if os.statvfs(state).f_flag & os.ST_RDONLY:
+        return Check(name, SKIP, f"{state} is on a read-only file system (see the state dir row)")
+    found: list[Path] = []
+    hidden: list[str] = []  # folders we may not look into
+    for folder, dirs, files in os.walk(state, onerror=lambda e: hidden.append(str(e.filename))):
+        found += [Path(folder, n) for n in (*sorted(dirs), *sorted(files))]
+        if len(found) >= MAX_STATE_ENTRIES:
+            break
+    outbox = cfg.outbox_path
+    if state not in outbox.parents:
+        found += [outbox.with_name(outbox.name + s) for s in ("", *OUTBOX_SIDE_FILES)]
+    bad: dict[Path, str] = {}  # path -> what is wrong with it
+    fixes: list[str] = []
+    seen = 0
+    for p in found:
+        try:
+            st = p.lstat()
+        except OSError:
+            continue  # gone meanwhile, or an outbox side file that is not there
+        seen += 1
+        if stat.S_ISLNK(st.st_mode):
+            continue  # the daemon makes none; what it points to is judged where it is
+        shown = f"{p} ({_owner_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o})"
+        if p.parent == state and p.name in STATE_FILES and not stat.S_ISREG(st.st_mode):
+            bad[p] = f"{shown}: a folder where the daemon writes a file"
+            fixes.append(f"sudo rm -r {p}")
+            continue
+        is_dir = stat.S_ISDIR(st.st_mode)
+        try:
+            why = denied(p, acct, READ | WRITE | SEARCH if is_dir else READ | WRITE)
+        except CannotTell:
+            hidden.append(str(p))
+            continue
+        if acct.uid != 0 and st.st_uid != acct.uid:
+            bad[p] = f"{shown}: belongs to {_owner_name(st.st_uid)}, the daemon runs as {acct.name}"
+            own = f"sudo chown -R {acct.spec} {state}"
+            fixes.append(own if state in p.parents else f"sudo chown {acct.spec} {p}")
+        elif why is not None:
+            bad[p] = f"{shown}: user {acct.name} {why.split(' (')[0]}"
+            fixes.append(
+                f"sudo chmod -R u+rwX {state}" if state in p.parents else f"sudo chmod u+rw {p}"
+            )
+    hid = f"cannot look into {', '.join(hidden[:3])}: permission denied" if hidden else ""
+    if not bad and hidden:
+        return Check(name, WARN, hid, "run as root to check every file: sudo edgegw doctor")
+    if not bad:
+        where = f"{state}" + ("" if state in outbox.parents else f" and {outbox}")
+        return Check(
+            name, PASS, f"{seen} file(s) and folder(s) in {where}: {acct.name}'s, writable"
+        )
+    # every path named, but what is inside a folder named already only counted
+    inside = {p: sum(1 for q in bad if p in q.parents) for p in bad}
+    top = [p for p in bad if not any(a in bad for a in p.parents)]
+    lines = [bad[p] + (f" (and {inside[p]} inside)" if inside[p] else "") for p in top]
+    lines = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
+    return Check(
+        name,
+        FAIL,
+        f"user {acct.name} (the daemon) must own and write these:\n"
+        + "\n".join(lines + ([hid] if hid else [])),
+        "; ".join(dict.fromkeys(fixes)),
+    )
 
 
 def _mount_type(path: Path) -> str | None:
@@ -1192,6 +1307,7 @@ def run_checks(config: str, timeout: float = 3.0) -> list[Check]:
         ("state dir", lambda: check_state_dir(state)),
         ("device key", lambda: check_key(state)),
         ("file access", lambda: check_service_access(cfg, config)),
+        ("state files", lambda: check_state_files(cfg)),
         ("disk", lambda: check_disk(state)),
         ("outbox disk", lambda: check_outbox_room(cfg.outbox_path, cfg.outbox.min_free_mib)),
         ("clock", check_clock),
@@ -1200,16 +1316,25 @@ def run_checks(config: str, timeout: float = 3.0) -> list[Check]:
     checks += _rows("models", lambda: check_models(cfg))
     dns, addrs = check_dns(cfg.uplink.host, cfg.uplink.port, timeout)
     checks.append(dns)
+
+    def one(d: Any) -> Check:
+        got = _guarded(f"device {d.name}", lambda: check_device(d, timeout, state))
+        return got if isinstance(got, Check) else Check(f"device {d.name}", FAIL, str(got))
+
+    # Devices on serial buses one after another in one thread: a bus carries one request
+    # at a time, and the RTU driver shares one link per port within one event loop.
+    serial = [d for d in cfg.devices if d.protocol == "modbus_rtu"]
+    networked = [d for d in cfg.devices if d.protocol != "modbus_rtu"]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        devices = pool.map(
-            lambda d: _guarded(f"device {d.name}", lambda: check_device(d, timeout, state)),
-            cfg.devices,
-        )
+        over_ip = pool.map(one, networked)
+        on_buses = pool.submit(lambda: [one(d) for d in serial])
         tcp, working = check_broker_tcp(cfg.uplink.host, cfg.uplink.port, addrs, timeout)
         checks += tcp
         checks += _rows("broker TLS", lambda: check_tls(cfg, working, timeout))
         checks += _rows("broker MQTT", lambda: check_mqtt(cfg, working, timeout))
-        checks += list(devices)  # type: ignore[arg-type]
+        done = [*over_ip, *on_buses.result()]
+        rows = {id(d): c for d, c in zip([*networked, *serial], done, strict=True)}
+        checks += [rows[id(d)] for d in cfg.devices]
     checks += _rows("daemon", lambda: check_daemon(state))
     _blame_the_clock(checks)
     return checks

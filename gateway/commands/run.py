@@ -16,7 +16,11 @@ def register(sub: Subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from buffer import OutboxError
+    """Exit status (README, "Start-up refusals"): 0 after a clean stop; 2 when the start
+    is refused because the config or a file must be fixed by a person (systemd does not
+    restart it: RestartPreventExitStatus=2); 1 when it failed for a reason a restart may
+    cure (the audit log held by another process, an I/O error)."""
+    from buffer import OutboxCorrupt, OutboxError
     from security import AuditLogBusy, KeyFileError
     from security.keyring import IdentityRefused
 
@@ -29,8 +33,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         run_async(serve(cfg, Path(args.config), sources))
     except StartRefused as exc:
-        # A missing driver, file or model: restarting cannot fix it. Exit 2, which
-        # systemd does not restart (RestartPreventExitStatus=2); nothing was written.
+        # A missing driver, file or model: restarting cannot fix it; nothing was written.
         first, *more = exc.problems
         raise fail(
             f"refusing to start: {first}"
@@ -38,11 +41,29 @@ def main(args: argparse.Namespace) -> int:
             + f"\n(`edgegw validate {args.config}` shows the same)",
             EXIT_BAD_INPUT,
         ) from None
-    except IdentityRefused as exc:
-        # Restarting cannot fix a key that is not ours: exit 2, which systemd does not
-        # restart (RestartPreventExitStatus=2); a person must (see docs/security.md).
+    except (IdentityRefused, KeyFileError, OutboxCorrupt) as exc:
+        # A key that is not ours or cannot be used, an outbox that is not one: a person
+        # must restore or move the file (the message says which and how; docs/security.md).
         raise fail(f"refusing to start: {exc}", EXIT_BAD_INPUT) from None
-    except (OutboxError, KeyFileError, AuditLogBusy) as exc:
-        # The state cannot be used as it is: say what and how to fix it, no traceback.
-        raise fail(str(exc), EXIT_FAILED) from None
+    except PermissionError as exc:
+        # one the checks before the start could not foresee: still a person's to fix
+        from ..permissions import explain_permission
+
+        why = explain_permission(exc, service_dir=cfg.state_dir)
+        raise fail(f"refusing to start: {why}", EXIT_BAD_INPUT) from None
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        # a folder where a file must be (status.json made a folder), or the other way
+        # round: the checks before the start name the outbox's; `edgegw doctor` the rest
+        path = exc.filename2 or exc.filename
+        what = "a folder where" if isinstance(exc, IsADirectoryError) else "a file on the way to"
+        raise fail(
+            f"refusing to start: {path}: {what} a file edgegw writes; move it away "
+            "(`edgegw doctor` checks every file in the state directory)",
+            EXIT_BAD_INPUT,
+        ) from None
+    except (OutboxError, AuditLogBusy, OSError) as exc:
+        # The audit log held by another process, an outbox or state file that failed to
+        # open or write: what was started is stopped (Daemon._abort_start), and systemd
+        # tries again after RestartSec, which is what cures these.
+        raise fail(f"start failed: {exc}", EXIT_FAILED) from None
     return 0

@@ -98,3 +98,74 @@ def make_snapshot(now_ns: int | None = None, **overrides: object) -> dict[str, o
     }
     snap.update(overrides)
     return snap
+
+
+class SerialBus:
+    """A Modbus RTU bus in software for doctor's serial checks: two ptys joined back to
+    back (drivers/modbus/ptybus.py) with the project's simulator serving ``units`` on
+    one end, in a thread of its own; ``port`` is the end a device config names."""
+
+    def __init__(self, units: tuple[int, ...] = (1,)) -> None:
+        import asyncio
+        import threading
+
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self.port = ""
+        self._units = units
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError(f"the serial bus did not start: {self._error!r}")
+
+    async def _serve(self) -> None:
+        import asyncio
+
+        from drivers.modbus import Table
+        from drivers.modbus.ptybus import PtyBridge
+        from drivers.modbus.simulator import ModbusSimulator
+
+        try:
+            async with PtyBridge() as bridge:
+                sim = ModbusSimulator(serial_port=bridge.server_path, unit_ids=self._units)
+                async with sim:
+                    for u in self._units:
+                        sim.set_registers(u, Table.HOLDING, 0, [u * 100 + i for i in range(8)])
+                    self.port = bridge.client_path
+                    self._ready.set()
+                    while not self._stop.is_set():
+                        await asyncio.sleep(0.02)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def serial_bus() -> Iterator[SerialBus]:
+    """A serial line with unit 1 on it (pyserial is a dependency of the modbus extra)."""
+    pytest.importorskip("serial", reason="pyserial is not installed (pyproject.toml)")
+    bus = SerialBus()
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
+def rtu_device(port: str, unit: int = 1, **kw: object) -> dict[str, object]:
+    """A Modbus RTU device on ``port``, parity N (the only one a pty carries)."""
+    return {
+        "name": "meter",
+        "protocol": "modbus_rtu",
+        "port": port,
+        "unit_id": unit,
+        "parity": "N",
+        "baudrate": 115200,
+        "timeout_ms": 300,
+        "tags": [{"name": f"r{i}", "address": i} for i in range(3)],
+        **kw,
+    }

@@ -32,6 +32,8 @@ from tests.drivers.modbus.conftest import ThreadedSimulator
 from tests.drivers.opcua.conftest import SimThread
 from tests.tlscerts import Pki, _write_cert, _write_key, issue
 
+from .conftest import SerialBus, rtu_device
+
 DEFAULT_SHA = (SHIPPED_MODELS / "default.onnx.sha256").read_text().split()[0]
 
 
@@ -438,3 +440,132 @@ def test_a_wrong_s7_slot_fails(tmp_path: Path, state: Path, s7: S7Simulator) -> 
         assert plc.refused >= 1
     finally:
         plc.close()
+
+
+# -- Modbus RTU on a serial port --------------------------------------------------------
+
+
+def test_a_serial_device_reads_its_first_request(
+    tmp_path: Path, state: Path, serial_bus: SerialBus
+) -> None:
+    """A modbus_rtu device is not skipped: the port opens with the configured line
+    settings and the first planned request is read from the simulator behind it."""
+    r = rows(write(tmp_path, state, [rtu_device(serial_bus.port)]))["device meter"]
+    assert r.outcome == "pass", r
+    assert f"modbus_rtu {serial_bus.port} (115200 8N1, unit 1)" in r.detail, r
+    assert "first request read: 3 tag(s)" in r.detail, r
+
+
+def test_a_serial_unit_that_does_not_answer_blames_wiring_settings_and_unit(
+    tmp_path: Path, state: Path, serial_bus: SerialBus
+) -> None:
+    r = rows(write(tmp_path, state, [rtu_device(serial_bus.port, unit=9, retries=0)]))
+    c = r["device meter"]
+    assert c.outcome == "fail" and "3 of 3 tag(s) bad" in c.detail, c
+    assert "check the wiring" in c.fix and "115200 8N1" in c.fix and "unit id 9" in c.fix, c
+
+
+def test_a_missing_serial_port_fails_naming_it(tmp_path: Path, state: Path) -> None:
+    port = "/dev/serial/by-id/usb-edgegw-test-no-such-adapter"
+    c = rows(write(tmp_path, state, [rtu_device(port)]))["device meter"]
+    assert c.outcome == "fail" and f"{port} does not exist" in c.detail, c
+    assert "/dev/serial/by-id/" in c.fix and "plugged in" in c.fix, c
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="judges a port as another user (nobody)")
+def test_a_serial_port_the_service_user_may_not_open_fails(
+    tmp_path: Path, state: Path, serial_bus: SerialBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Doctor run as root, the daemon's user `nobody`: a port only root and its group may
+    open (a pty's mode 0620) fails with the path, its owner and mode, and the group to
+    join; the same port open to everyone passes, with the real exchange."""
+    monkeypatch.setattr(doctor, "SERVICE_USER", "nobody")
+    os.chmod(serial_bus.port, 0o620)
+    cfg = write(tmp_path, state, [rtu_device(serial_bus.port)])
+    c = rows(cfg)["device meter"]
+    assert c.outcome == "fail", c
+    assert f"user nobody (the daemon) may not read and write {serial_bus.port} (root:" in c.detail
+    assert "mode 0620)" in c.detail, c
+    assert "sudo usermod -aG dialout nobody" in c.fix and "edgegw-serial.conf" in c.fix, c
+    os.chmod(serial_bus.port, 0o666)
+    c = rows(cfg)["device meter"]
+    assert c.outcome == "pass" and "first request read" in c.detail, c
+
+
+# -- what validate finds, one row each ----------------------------------------------------
+
+
+def test_each_preflight_finding_has_its_own_row_and_fix(tmp_path: Path, state: Path) -> None:
+    """Overlapping tags, a missing CA file and a wrong model pin: three rows, each named
+    after what it is about and with its own fix (not every finding under "tag map" with
+    the fix for overlapping registers)."""
+    dev = {
+        "name": "plc",
+        "protocol": "modbus_tcp",
+        "host": "127.0.0.1",
+        "port": 1,
+        "tags": [
+            {"name": "a", "address": 0, "type": "float32"},
+            {"name": "b", "address": 1},
+        ],
+    }
+    model = {
+        "name": "m",
+        "model": "default",
+        "sha256": "ab" * 32,
+        "inputs": ["plc/a", "plc/b"],
+        "sample_ms": 1000,
+        "window": 4,
+        "threshold": {"enter": 1, "exit": 0.5},
+    }
+    cfg = write(
+        tmp_path,
+        state,
+        [dev],
+        uplink={"host": "::1", "port": 1, "tls": {"ca_file": "ca.pem"}},
+        inference={"models": [model]},
+    )
+    r = rows(cfg)
+    tags, ca, pin = r["tags of plc"], r["uplink.tls.ca_file"], r["model file m"]
+    assert tags.outcome == "warn" and "tag 'b' reads holding register 1" in tags.detail, tags
+    assert "off-by-one" in tags.fix, tags
+    assert ca.outcome == "fail" and f"{tmp_path / 'ca.pem'} does not exist" in ca.detail, ca
+    assert ca.fix.startswith("fix uplink.tls.ca_file, or put the file there"), ca
+    assert pin.outcome == "fail" and f"has sha256 {DEFAULT_SHA}" in pin.detail, pin
+    assert f"pin it with sha256: {DEFAULT_SHA}" in pin.fix, pin
+    assert [c.name for c in r.values() if "off-by-one" in c.fix] == ["tags of plc"]
+    assert "tag map" not in r and "config files" not in r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes files owned by another user")
+def test_state_files_the_service_may_not_write_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service user (`nobody` here) owns its state dir, but one learned map is
+    read-only and status.json is a folder: each is named with its fix; fixed, it passes."""
+    monkeypatch.setattr(doctor, "SERVICE_USER", "nobody")
+    tmp_path = Path(tempfile.mkdtemp(prefix="edgegw-test-", dir="/var/tmp"))
+    request_cleanup(tmp_path)
+    tmp_path.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    DeviceKey.load_or_create(state)
+    learned = state / "modbus-learned" / "plc.json"
+    learned.parent.mkdir()
+    learned.write_text("{}\n")
+    learned.chmod(0o400)
+    (state / "status.json").mkdir()
+    for f in [state, *state.rglob("*")]:
+        os.chown(f, 65534, 65534)
+    dev = {"name": "plc", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1}
+    cfg = write(tmp_path, state, [{**dev, "tags": [{"name": "t", "address": 0}]}])
+    c = doctor.check_state_files(doctor.load_config(cfg))
+    assert c.outcome == "fail", c
+    assert f"{learned} (nobody, mode 0400): user nobody may not read and write" in c.detail, c
+    assert f"{state / 'status.json'} (nobody, mode " in c.detail, c
+    assert "a folder where the daemon writes a file" in c.detail, c
+    assert (
+        f"sudo chmod -R u+rwX {state}" in c.fix and f"sudo rm -r {state / 'status.json'}" in c.fix
+    )
+    learned.chmod(0o600)
+    (state / "status.json").rmdir()
+    c = doctor.check_state_files(doctor.load_config(cfg))
+    assert c.outcome == "pass" and "nobody's, writable" in c.detail, c

@@ -43,8 +43,10 @@ def test_garbage_over_the_last_page_is_refused(tmp_path: Path) -> None:
     finally:
         rig.stop()
     log = rig.log()
-    assert rc == 1, log[-2000:]
-    assert f"edgegw: {db.absolute()}: not a usable edgegw outbox" in log, log[-2000:]
+    assert rc == 2, log[-2000:]  # a person must move the file: no restart loop
+    assert f"edgegw: refusing to start: {db.absolute()}: not a usable edgegw outbox" in log, log[
+        -2000:
+    ]
     assert "move" in log and "Traceback" not in log
     c = rig.counts()
     assert (c["signature_failures"], c["malformed"], c["conflicts"]) == (0, 0, 0)

@@ -203,7 +203,7 @@ def test_the_default_reserve_on_a_small_partition(tmp_path: Path, small_fs: Path
             text=True,
             timeout=60,
         )
-        assert v.returncode == 1 and "outbox.min_free_mib: 64 MiB is more than" in v.stderr, (
+        assert v.returncode == 2 and "outbox.min_free_mib: 64 MiB is more than" in v.stderr, (
             v.stdout,
             v.stderr,
         )

@@ -49,5 +49,6 @@ def test_validate_fails_on_it(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert f"{cfg}: error: outbox.min_free_mib: {huge} MiB is more than" in r.stderr
+    # exit 2 like every other error, and no "OK" on stdout before it
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert f"{cfg}:3:24: outbox.min_free_mib: {huge} MiB is more than" in r.stderr

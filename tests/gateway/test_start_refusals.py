@@ -74,11 +74,15 @@ def snapshot(state: Path) -> dict[str, bytes]:
     }
 
 
-def run(cfg: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """`edgegw run`; ``block``: modules made unimportable, as on an installation without them."""
+def run(
+    cfg: str, block: tuple[str, ...] = (), prelude: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`edgegw run`; ``block``: modules made unimportable, as on an installation without
+    them; ``prelude``: code run before it (a seeded fault)."""
     code = (
         "import sys\n"
         + "".join(f"sys.modules[{m!r}] = None\n" for m in block)
+        + prelude
         + "from gateway.cli import main\n"
         + f"sys.exit(main(['run', '-c', {cfg!r}]))\n"
     )
@@ -87,7 +91,7 @@ def run(cfg: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess[st
         env=dict(os.environ, PYTHONPATH=str(REPO)),
         capture_output=True,
         text=True,
-        timeout=60,  # catches a hang; a refusal takes about as long as the imports
+        timeout=timeout,  # catches a hang; a refusal takes about as long as the imports
         check=False,
     )
 
@@ -212,3 +216,113 @@ def catches_sigterm(pid: int) -> bool:
         return False
     mask = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt")), 16)
     return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+# -- after the start began: exit 1 (a restart may cure it) or 2 (a person must fix a file) --
+
+FAILED = 1
+
+
+def failed(r: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Ended by itself with exit 1 and one line saying why; no traceback."""
+    assert r.returncode == FAILED, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgegw: start failed: "), r.stderr[-3000:]
+    for w in words:
+        assert w in last, (w, last)
+    return last
+
+
+def test_a_failure_after_every_task_started_ends_the_process(
+    site: tuple[Path, Callable[..., str]],
+) -> None:
+    """The last step of the start, the first status file, fails with an I/O error (seeded:
+    a failing SD card is not something a test can make on demand) after the pipeline,
+    forwarder, audit uplink, inference and poll tasks all run: Daemon._abort_start ends
+    them and closes the outbox, and the process exits 1 by itself with one line; the
+    next start is a good one."""
+    tmp, write = site
+    cfg = write(model())
+    seeded = (
+        "import errno\n"
+        "import gateway.daemon\n"
+        "def _eio(state_dir, data):\n"
+        "    where = str(state_dir / 'status.json')\n"
+        "    raise OSError(errno.EIO, 'Input/output error (seeded)', where)\n"
+        "gateway.daemon.write_status = _eio\n"
+    )
+    # 30 s: a start takes a few seconds even on a loaded machine; a hang would take forever
+    r = run(cfg, prelude=seeded, timeout=30)
+    assert "polling 1 devices" in r.stderr, r.stderr[-3000:]  # the tasks had started
+    failed(r, "Input/output error (seeded)", str(tmp / "state" / "status.json"))
+    gw = Gateway(tmp / "gw.yaml", tmp / "state", tmp / "gw2.log")
+    try:
+        gw.start()
+        gw.stop()
+    finally:
+        gw.cleanup()
+
+
+def test_a_status_file_made_a_folder_is_refused_after_the_tasks_started(
+    site: tuple[Path, Callable[..., str]],
+) -> None:
+    """status.json is a folder (the daemon's first write of it is the last step of the
+    start, after every task started): the process ends by itself with exit 2, a person's
+    to fix, naming it; doctor's state files row names it before (test_doctor_exchange)."""
+    tmp, write = site
+    cfg = write(model())
+    status = tmp / "state" / "status.json"
+    status.unlink()
+    (status / "x").mkdir(parents=True)  # not empty: a rename onto it fails
+    r = run(cfg, timeout=30)  # a start takes a few seconds; a hang would not end
+    assert "polling 1 devices" in r.stderr, r.stderr[-3000:]  # the tasks had started
+    assert r.returncode == REFUSED and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"edgegw: refusing to start: {status}: a folder where a file"), last
+
+
+def test_an_audit_log_held_by_another_process_exits_1(
+    site: tuple[Path, Callable[..., str]],
+) -> None:
+    """Another process holds the audit log (another edgegw, or `keys rotate` at that
+    moment): the outbox is already open when the start finds it, so this is after the
+    start began; the process ends by itself with exit 1, which systemd restarts after
+    RestartSec: the cure, once the other process lets go."""
+    import fcntl
+
+    from security import AUDIT_FILE
+
+    tmp, write = site
+    cfg = write(model())
+    with open(tmp / "state" / AUDIT_FILE, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = run(cfg, timeout=30)  # a start takes a few seconds; a hang would not end
+    failed(r, "the audit log is in use by another process")
+
+
+def test_a_damaged_key_or_outbox_is_refused_with_2(
+    site: tuple[Path, Callable[..., str]],
+) -> None:
+    """A key file or an outbox that is not what it should be: a person must restore or
+    move it, so exit 2 (no restart loop), naming the file, and nothing else written."""
+    tmp, write = site
+    cfg = write(model())
+    state = tmp / "state"
+    key = state / "keys" / "device.ed25519.pem"
+    good = key.read_bytes()
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    before = snapshot(state)
+    r = run(cfg)
+    assert r.returncode == REFUSED and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"edgegw: refusing to start: {key}")
+    assert snapshot(state) == before
+    key.write_bytes(good)
+    (state / "outbox.db").write_bytes(b"not an outbox " * 100)
+    before = snapshot(state)
+    r = run(cfg)
+    assert r.returncode == REFUSED and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"edgegw: refusing to start: {state / 'outbox.db'}: not a usable")
+    assert "move" in last
+    assert snapshot(state) == before

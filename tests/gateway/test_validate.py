@@ -262,3 +262,66 @@ def test_messages_larger_than_the_receiver_takes_by_default_are_warned(tmp_path:
     f = write(tmp_path, f"uplink: {{host: '::1', max_message_bytes: {big - 1}}}\n")
     r = validate(f)
     assert r.returncode == 0 and "warning:" not in r.stderr, r.stderr
+
+
+def test_an_outbox_folder_that_is_a_file_is_refused_everywhere(tmp_path: Path) -> None:
+    """outbox.path under a file (not a folder): validate and doctor name the file and the
+    fix, and `edgegw run` refuses with exit 2 before anything is written, instead of
+    "Not a directory" at the first write (exit 1, a restart loop under systemd)."""
+    from gateway.commands import doctor
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "spool").write_text("a file where the outbox's folder should be\n")
+    f = write(tmp_path, "uplink: {host: '::1', port: 1}\noutbox:\n  path: spool/outbox.db\n")
+    r = validate(f)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert (
+        f"{f}:4:9: outbox.path: {state / 'spool'} is a file, not a folder, so the outbox "
+        f"{state / 'spool' / 'outbox.db'} cannot be made there; fix outbox.path, or move "
+        f"{state / 'spool'} away" in r.stderr
+    ), r.stderr
+    row = {c.name: c for c in doctor.run_checks(str(f), timeout=1)}["outbox path"]
+    assert row.outcome == "fail" and f"{state / 'spool'} is a file" in row.detail, row
+    assert row.fix.startswith(f"fix outbox.path, or move {state / 'spool'} away"), row
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # catches a hang; a refusal takes about as long as the imports
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"edgegw: refusing to start: {f}:4:9: outbox.path: " in run.stderr, run.stderr
+    assert sorted(p.name for p in state.iterdir()) == ["spool"]  # no key, no outbox
+
+
+def test_the_outbox_reserve_is_checked_before_ok(tmp_path: Path) -> None:
+    """A free-disk reserve the outbox's filesystem cannot give is an error like the others:
+    exit 2, nothing on stdout (no "OK" first), the line of outbox.min_free_mib."""
+    import shutil
+
+    huge = 2 * shutil.disk_usage(tmp_path).total // 2**20
+    f = write(tmp_path, f"uplink: {{host: '::1', port: 1}}\noutbox: {{min_free_mib: {huge}}}\n")
+    r = validate(f)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{f}:3:24: outbox.min_free_mib: {huge} MiB is more than"), lines
+    assert "; set outbox.min_free_mib to at most" in lines[0]
+    assert lines[-1] == f"{f}: 1 problem(s)", lines  # not one that stops `edgegw run`
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a read-only file system")
+def test_an_outbox_on_a_read_only_mount_is_an_error(tmp_path: Path) -> None:
+    """Even root may not write there: blamed on the mount, not on permissions."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        r = validate(write(tmp_path, f"outbox: {{path: {ro / 'outbox.db'}, min_free_mib: 0}}\n"))
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert r.returncode == 2, r.stderr
+    assert f"the outbox's folder {ro}: {ro} is on a file system mounted read-only" in r.stderr
+    assert "remount it read-write, or put outbox.path on a writable disk" in r.stderr
