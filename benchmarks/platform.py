@@ -306,10 +306,10 @@ def breakdown(
     t = time.perf_counter()
     payloads = [schema.decode(e.payload) for e in envs]
     t_decode = time.perf_counter() - t
-    ids = {r[0]: i for i, r in enumerate(payloads[0].readings)}
+    ids = {t: i for i, t in enumerate(payloads[0].tags)}
     t = time.perf_counter()
     for p in payloads:
-        copy_data(ids, p.seq, p.readings)
+        copy_data(ids, p.seq, p.rows, p.blocks)
     t_rows = time.perf_counter() - t
     store = PgStore(db)
     rx = Receiver(pub, "edgegw", store=store)

@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .outcome import Alert
 from .rows import command_result_row, device_of, join_ns, value_of
-from .schema import Payload
+from .schema import Block, Payload
 from .state import GatewayState
 from .store import (
     Batch,
@@ -169,18 +169,23 @@ _PG_EPOCH_US = 946_684_800 * 1_000_000  # timestamptz counts µs from 2000-01-01
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
+# The columns in the order whose values differ from reading to reading first (series,
+# value): a block's rows are then packed by one struct call, the rest of each row being
+# the same bytes (see copy_block).
 _COPY = (
-    "COPY readings (series, seq, ts, ts_nanos, quality, vtype, value, value_int, value_text,"
+    "COPY readings (series, value, seq, ts, ts_nanos, quality, vtype, value_int, value_text,"
     " value_bytes, reason, server_ts, server_ts_nanos) FROM STDIN (FORMAT BINARY)"
 )
-# field count, series, seq, ts, ts_nanos, quality: the head of every row
-_HEAD = struct.Struct(">hiiiqiqihih")
-_VFLOAT = struct.Struct(">i1sid")  # vtype "f", value
-_VNUM = struct.Struct(">i1sid")  # vtype "i" or "b", value (then value_int)
+_FIELDS = 13
+_SID = struct.Struct(">hii")  # field count, series
+_DOUBLE = struct.Struct(">id")  # value
+_MID = struct.Struct(">iqiqihih")  # seq, ts, ts_nanos, quality
 _SERVER = struct.Struct(">iqih")
 _NULL2 = _NULL * 2
 _NULL3 = _NULL * 3
+_NULL6 = _NULL * 6
 _NUMERIC_CACHE: dict[int, bytes] = {}
+_SET_IDS_MAX = 100_000  # tag sets whose series ids a store keeps (then it starts over)
 
 
 def _numeric(v: int) -> bytes:
@@ -222,47 +227,107 @@ CREATE TABLE IF NOT EXISTS command_results (
 """
 
 
-def copy_data(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
-    """The whole binary COPY stream of one message's readings."""
-    return _SIGNATURE + copy_rows(ids, seq, readings) + _TRAILER
+def copy_data(
+    ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]] = (), blocks: Any = ()
+) -> bytes:
+    """The whole binary COPY stream of one message's readings (rows or blocks)."""
+    out = [_SIGNATURE, copy_rows(ids, seq, readings)]
+    out += [copy_block([ids[t] for t in b.names], seq, b) for b in blocks]
+    return b"".join((*out, _TRAILER))
+
+
+_VT = b"\x00\x00\x00\x01"  # the length of a one-letter vtype
+
+
+def _value(v: Any) -> tuple[bytes, bytes]:
+    """A value as binary COPY fields: ``value``, then ``vtype`` to ``value_bytes``."""
+    t = type(v)
+    if t is float:
+        return _DOUBLE.pack(8, v), _VT + b"f" + _NULL3
+    if t is int:
+        return _DOUBLE.pack(8, float(v)), _VT + b"i" + _numeric(v) + _NULL2
+    if t is bool:
+        return _DOUBLE.pack(8, 1.0 if v else 0.0), _VT + b"b" + _NULL3
+    if t is str:
+        return _NULL, _VT + b"s" + _NULL + _field(v.encode()) + _NULL
+    if t is bytes:
+        return _NULL, _VT + b"x" + _NULL2 + _field(v)
+    return _NULL, _VT + b"n" + _NULL3
+
+
+def _row(sid: int, seq: int, r: Sequence[Any]) -> bytes:
+    """One reading ``[tag, ts, value, quality, reason?, server_ts?]`` as a binary COPY row."""
+    us, nanos = divmod(r[1], 1000)
+    value, vtype_to_bytes = _value(r[2])
+    reason = r[4] if len(r) > 4 else None
+    server = r[5] if len(r) > 5 else None
+    if server is None:
+        server_fields = _NULL2
+    else:
+        s_us, s_nanos = divmod(server, 1000)
+        server_fields = _SERVER.pack(8, s_us - _PG_EPOCH_US, 2, s_nanos)
+    return b"".join(
+        (
+            _SID.pack(_FIELDS, 4, sid),
+            value,
+            _MID.pack(8, seq, 8, us - _PG_EPOCH_US, 2, nanos, 2, r[3]),
+            vtype_to_bytes,
+            _NULL if reason is None else _field(reason.encode()),
+            server_fields,
+        )
+    )
 
 
 def copy_rows(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
-    """One message's readings as binary COPY rows (13 fields a row: the head, vtype, value,
-    value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
-    head, vfloat, vnum = _HEAD.pack, _VFLOAT.pack, _VNUM.pack
-    out: list[bytes] = []
-    add = out.append
-    epoch = _PG_EPOCH_US
-    for r in readings:
-        us, nanos = divmod(r[1], 1000)
-        add(head(13, 4, ids[r[0]], 8, seq, 8, us - epoch, 2, nanos, 2, r[3]))
-        v = r[2]
-        t = type(v)
-        if t is float:
-            add(vfloat(1, b"f", 8, v) + _NULL3)
-        elif t is int:
-            add(vnum(1, b"i", 8, float(v)) + _numeric(v) + _NULL2)
-        elif t is bool:
-            add(vnum(1, b"b", 8, 1.0 if v else 0.0) + _NULL3)
-        elif t is str:
-            add(b"\x00\x00\x00\x01s" + _NULL2 + _field(v.encode()) + _NULL)
-        elif t is bytes:
-            add(b"\x00\x00\x00\x01x" + _NULL3 + _field(v))
-        else:
-            add(b"\x00\x00\x00\x01n" + _NULL * 4)
-        if len(r) == 4:
-            add(_NULL3)  # reason, server_ts, server_ts_nanos
-            continue
-        reason = r[4]
-        add(_NULL if reason is None else _field(reason.encode()))
-        server = r[5] if len(r) > 5 else None
-        if server is None:
-            add(_NULL2)
-        else:
-            s_us, s_nanos = divmod(server, 1000)
-            add(_SERVER.pack(8, s_us - epoch, 2, s_nanos))
-    return b"".join(out)
+    """Readings one by one (payload version 1) as binary COPY rows."""
+    return b"".join([_row(ids[r[0]], seq, r) for r in readings])
+
+
+_BLOCK_ROWS = 128  # rows packed by one struct call at most (so a few Structs serve all)
+_packers: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _packer(n: int, tail: int) -> struct.Struct:
+    """Packs ``n`` rows of field count, series, value and ``tail`` constant bytes each."""
+    key = (n, tail)
+    s = _packers.get(key)
+    if s is None:
+        s = _packers[key] = struct.Struct(">" + f"hiiid{tail}s" * n)
+    return s
+
+
+def copy_block(sids: Sequence[int], seq: int, b: Block) -> bytes:
+    """A payload version 2 block as binary COPY rows. The common block (one device read:
+    every value a float, or every value a bool; one timestamp, one quality, no reasons or
+    server timestamps) is packed by C code, a few struct calls for the whole block: each
+    row is its series and value, then bytes that are the same for every row of the block.
+    Any other block goes row by row."""
+    values = b.values
+    vtypes = set(map(type, values))
+    ts, q = b.ts, b.quality
+    if (
+        len(vtypes) == 1
+        and (float in vtypes or bool in vtypes)
+        and type(ts) is int
+        and type(q) is int
+        and b.reason is None
+        and b.server_ts is None
+    ):
+        us, nanos = divmod(ts, 1000)
+        vtype = b"f" if float in vtypes else b"b"
+        tail = b"".join(
+            (_MID.pack(8, seq, 8, us - _PG_EPOCH_US, 2, nanos, 2, q), _VT, vtype, _NULL6)
+        )
+        n = len(values)
+        out = []
+        for at in range(0, n, _BLOCK_ROWS):
+            m = min(_BLOCK_ROWS, n - at)
+            args: list[Any] = [_FIELDS, 4, 0, 8, 0.0, tail] * m
+            args[2::6] = sids[at : at + m]
+            args[4::6] = values[at : at + m]  # a bool packs as 1.0 or 0.0
+            out.append(_packer(m, len(tail)).pack(*args))
+        return b"".join(out)
+    return b"".join([_row(sid, seq, r) for sid, r in zip(sids, b.readings(), strict=True)])
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -303,6 +368,8 @@ class PgStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._cache: dict[str, Cached] = {}
         self._series: dict[tuple[str, str], int] = {}
+        # The series ids of a tag set (a block's names) of a gateway: one lookup a block.
+        self._set_ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         self._lock = threading.RLock()
         self.timescale = False
         with self._lock:
@@ -434,6 +501,10 @@ class PgStore:
             for gw, txn in b.txns.items():
                 self._cache[gw] = Cached(txn.version, txn.state, txn.keys)
                 self._series.update(txn.new_series)
+                if txn.new_sets:
+                    if len(self._set_ids) > _SET_IDS_MAX:
+                        self._set_ids.clear()
+                    self._set_ids.update(txn.new_sets)
 
     def _fail(self, gws: list[str]) -> None:
         """After an error: the states may be half-changed, the connection may be gone."""
@@ -693,6 +764,7 @@ class _PgTxn:
         self.version, self.state, self.keys = version, state, keys
         self.dirty = False
         self.new_series: dict[tuple[str, str], int] = {}  # cached only after the commit
+        self.new_sets: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # the same
         self.batch: _PgBatch | None = None
         self.pending: dict[int, bytes] = {}  # digests of messages written at the batch's end
 
@@ -727,11 +799,11 @@ class _PgTxn:
 
     def _tag_ids(self, tags: list[str]) -> dict[str, int]:
         """Series id of each distinct tag of a message (``Payload.tags``)."""
-        known, gw = self.store._series, self.gw
+        known, gw, added = self.store._series, self.gw, self.new_series
         ids: dict[str, int] = {}
         new: list[str] = []
         for tag in tags:
-            sid = known.get((gw, tag))
+            sid = known.get((gw, tag)) or added.get((gw, tag))
             if sid is None:
                 new.append(tag)
                 sid = 0
@@ -750,17 +822,28 @@ class _PgTxn:
                 self.new_series[(gw, tag)] = sid
         return ids
 
+    def _set(self, names: tuple[str, ...]) -> list[int]:
+        """The series ids of a block's tags."""
+        key = (self.gw, names)
+        sids = self.store._set_ids.get(key) or self.new_sets.get(key)
+        if sids is None:
+            ids = self._tag_ids(list(dict.fromkeys(names)))
+            sids = self.new_sets[key] = [ids[t] for t in names]
+        return sids
+
     def put_message(self, p: Payload, kid: bytes, digest: bytes, received_ns: int) -> None:
         self.dirty = True
         cur, gw, seq = self.cur, self.gw, p.seq
         assert self.batch is not None
         self.pending[seq] = digest
         self.batch.messages.append(
-            (gw, seq, p.kind, p.boot, kid, digest, when(p.t_ns), when(received_ns),
-             len(p.readings))
-        )  # fmt: skip
-        if p.readings and self.store.keep_readings:
-            self.batch.rows.append(copy_rows(self._tag_ids(p.tags), seq, p.readings))
+            (gw, seq, p.kind, p.boot, kid, digest, when(p.t_ns), when(received_ns), p.points)
+        )
+        if p.points and self.store.keep_readings:
+            if p.blocks:
+                self.batch.rows += [copy_block(self._set(b.names), seq, b) for b in p.blocks]
+            else:
+                self.batch.rows.append(copy_rows(self._tag_ids(p.tags), seq, p.rows))
         if p.event is not None:
             e = p.event
             cur.execute(

@@ -9,7 +9,7 @@ so even a hostile signed payload costs time linear in its size.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -100,17 +100,52 @@ class AuditBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    """One batch of a version-2 message, checked, kept in columns (the stores write it
+    without a Python object per reading). A column with one value for every reading is
+    that value (``ts``, ``quality``, ``reason``); ``server_ts`` is None when absent."""
+
+    names: tuple[str, ...]  # the tag of each reading
+    ts: int | list[int]
+    values: list[Any]
+    quality: int | list[int]
+    reason: str | list[str | None] | None
+    server_ts: list[int | None] | None
+    width: int  # elements of the block on the wire (4..6): what readings() gives
+
+    def readings(self) -> Iterator[tuple[Any, ...]]:
+        """Its readings as version 1 has them: ``(tag, ts, value, quality[, reason[,
+        server_ts]])``."""
+        n = len(self.names)
+        cols: list[Any] = [
+            self.names,
+            repeat(self.ts, n) if type(self.ts) is int else self.ts,
+            self.values,
+            repeat(self.quality, n) if type(self.quality) is int else self.quality,
+        ]
+        if self.width > 4:
+            r = self.reason
+            cols.append(r if type(r) is list else repeat(r, n))
+        if self.width > 5:
+            cols.append(self.server_ts)
+        return zip(*cols, strict=False)  # lengths checked; one value for all: repeat()
+
+
+@dataclass(frozen=True, slots=True)
 class Payload:
     gw: str
     seq: int
     boot: int
     kind: str
     t_ns: int
-    readings: list[Sequence[Any]] = field(default_factory=list)
-    """``[tag, ts, value, quality, reason?, server_ts?]`` each (lists from version 1,
-    tuples from version 2), in message order."""
+    rows: list[Sequence[Any]] = field(default_factory=list)
+    """Version 1: ``[tag, ts, value, quality, reason?, server_ts?]`` each, as sent."""
+    blocks: list[Block] = field(default_factory=list)
+    """Version 2: the readings in columns, one block per batch, in message order."""
+    points: int = 0
+    """Readings in the message."""
     tags: list[str] = field(default_factory=list)
-    """The distinct tag names of ``readings`` (for the stores' series, without a pass over
+    """The distinct tag names of the readings (for the stores' series, without a pass over
     every reading)."""
     version: int = 1
     event: dict[str, Any] | None = None
@@ -120,6 +155,18 @@ class Payload:
     """kind "command_result": the gateway's answer to a signed command (its ``result``)."""
     body: dict[str, Any] = field(repr=False, default_factory=dict)
     """The whole map, as decoded."""
+
+    @property
+    def readings(self) -> list[Sequence[Any]]:
+        """Every reading, ``[tag, ts, value, quality, reason?, server_ts?]`` (lists from
+        version 1, tuples from version 2), in message order. Version 2 makes them here,
+        one object per reading: the hot path (the stores) reads ``blocks`` instead."""
+        if not self.blocks:
+            return self.rows
+        out: list[Sequence[Any]] = []
+        for b in self.blocks:
+            out += b.readings()
+        return out
 
 
 def _uint(v: Any, limit: int = U64) -> bool:
@@ -169,9 +216,13 @@ def decode(data: bytes) -> Payload:
             r = m["r"]
             _check_readings(r)
             tags = list(dict.fromkeys([x[0] for x in r]))
-            return Payload(gw, seq, boot, kind, t, readings=r, tags=tags, version=1, body=m)
-        readings, tags = _columns(m["tags"], m["b"], len(data))
-        return Payload(gw, seq, boot, kind, t, readings=readings, tags=tags, version=2, body=m)
+            return Payload(
+                gw, seq, boot, kind, t, rows=r, points=len(r), tags=tags, version=1, body=m
+            )
+        blocks, points, tags = _columns(m["tags"], m["b"], len(data))
+        return Payload(
+            gw, seq, boot, kind, t, blocks=blocks, points=points, tags=tags, version=2, body=m
+        )
     if kind == "event":
         return Payload(gw, seq, boot, kind, t, event=_event(m["event"]), version=v, body=m)
     if kind == "notice":
@@ -235,10 +286,10 @@ def _explain_reading(i: int, x: Any) -> None:
     raise PayloadError(f"r[{i}].server_ts: must be a uint64 or null")
 
 
-def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Sequence[Any]], list[str]]:
-    """Version 2: check the tag sets and blocks, and give the readings as version 1 has
-    them. Checks are per block with C-level passes over each column (``map``, ``min``,
-    ``count``); what a block costs is linear in its bytes."""
+def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Block], int, list[str]]:
+    """Version 2: check the tag sets and blocks; the blocks stay in columns. Checks are
+    per block with C-level passes over each column (``map``, ``min``, ``count``); what a
+    block costs is linear in its bytes, and nothing is made per reading."""
     if type(sets) is not list:
         raise PayloadError("tags: must be an array of tag sets")
     if type(blocks) is not list:
@@ -259,9 +310,12 @@ def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Sequence[Any]], li
                 f"tags[{i}].names: a tag name (prefix + name) is 1..{MAX_TAG} characters"
             )
         chars += len(prefix) * len(rest) + sum(lens)
-        names.append(tuple([prefix + n for n in rest]) if prefix else tuple(rest))
+        names.append(_names(prefix, rest))
+    if chars > 64 * size:  # the prefixes cannot make the names much larger than the message
+        raise PayloadError("tags: the tag names expand to more than 64 characters per byte")
     used = [False] * len(names)
-    readings: list[Sequence[Any]] = []
+    out: list[Block] = []
+    points = 0
     for i, b in enumerate(blocks):
         if type(b) is not list or not 4 <= len(b) <= 6:
             raise PayloadError(
@@ -278,23 +332,48 @@ def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Sequence[Any]], li
                 f"b[{i}].values: must be an array of {n} values, one per tag of its set"
             )
         _check_values(i, values)
-        cols: list[Any] = [
-            tags,
-            _column(i, "ts", ts, n, U64),
-            values,
-            _column(i, "quality", q, n, 5),
-        ]
-        if len(b) > 4:
-            cols.append(_reasons(i, b[4], n))
-        if len(b) > 5:
-            cols.append(_server_ts(i, b[5], n))
-        readings += zip(*cols, strict=False)  # lengths checked; one value for all: repeat()
+        width = len(b)
+        out.append(
+            Block(
+                tags,
+                _column(i, "ts", ts, n, U64),
+                values,
+                _column(i, "quality", q, n, 5),
+                _reasons(i, b[4], n) if width > 4 else None,
+                _server_ts(i, b[5], n) if width > 5 else None,
+                width,
+            )
+        )
+        points += n
     if not all(used):
         raise PayloadError(f"tags[{used.index(False)}]: a tag set no block reads")
-    if chars > 64 * size:  # the prefixes cannot make the names much larger than the message
-        raise PayloadError("tags: the tag names expand to more than 64 characters per byte")
     tag_names = list(dict.fromkeys([t for group in names for t in group]))
-    return readings, tag_names
+    return out, points, tag_names
+
+
+_NAMES_BUDGET = 4_000_000  # characters of names the cache holds at most (then it starts over)
+_names_cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+_names_chars = 0
+
+
+def _names(prefix: str, rest: list[str]) -> tuple[str, ...]:
+    """A tag set's full names (cached: a gateway sends the same sets in every message,
+    and the stores key their series ids by this tuple)."""
+    global _names_chars
+    if not prefix:
+        return tuple(rest)
+    key = (prefix, tuple(rest))
+    full = _names_cache.get(key)
+    if full is None:
+        full = tuple([prefix + n for n in rest])
+        size = len(prefix) * len(rest) * 2 + sum(map(len, rest))
+        if _names_chars + size > _NAMES_BUDGET:
+            _names_cache.clear()
+            _names_chars = 0
+        if size <= _NAMES_BUDGET // 16:
+            _names_cache[key] = full
+            _names_chars += size
+    return full
 
 
 def _check_values(i: int, values: list[Any]) -> None:
@@ -311,7 +390,7 @@ def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
     if type(x) is int:
         if not 0 <= x < limit:
             raise PayloadError(f"b[{i}].{name}: must be an integer 0..{limit - 1}")
-        return repeat(x, n)
+        return x
     if (
         type(x) is not list
         or len(x) != n
@@ -325,7 +404,7 @@ def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
 
 def _reasons(i: int, x: Any, n: int) -> Any:
     if x is None or (type(x) is str and _text(x)):
-        return repeat(x, n)
+        return x
     if type(x) is list and len(x) == n and set(map(type, x)) <= {str, _NONE}:
         texts = [r for r in x if r is not None]
         if not texts or (min(map(len, texts)) > 0 and max(map(len, texts)) <= MAX_TEXT):

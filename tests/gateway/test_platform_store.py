@@ -100,6 +100,38 @@ def test_every_value_type_round_trips(key: DeviceKey, store: Store) -> None:
         assert g.server_ts_ns == (r[5] if len(r) > 5 else None), r
 
 
+FLOATS = [1.5, F32, -0.0, 0.0, math.inf, -math.inf, math.nan, 5e-324, 1.7976931348623157e308]
+
+
+def test_device_reads_round_trip_in_columns(key: DeviceKey, store: Store) -> None:
+    """What gateways send most: a device read as one block of floats (or bools) with one
+    timestamp and one quality, which the stores write without a row object per reading;
+    and the blocks next to it that they write row by row (a timestamp or quality each,
+    reasons, server timestamps, mixed types). Every value and every column exact."""
+    groups = [
+        [[f"plc/f{i}", TS[3] + 7, v, 0] for i, v in enumerate(FLOATS)],  # one ts, one quality
+        [[f"plc/b{i}", U64_MAX, v, 4] for i, v in enumerate([True, False, True])],
+        [[f"plc/f{i}", TS[3] + 1000 + 999, v, 0] for i, v in enumerate(FLOATS)],  # set again
+        [[f"plc/g{i}", TS[i], float(i), 0] for i in range(len(TS))],  # a timestamp each
+        [[f"plc/q{i}", 5, 2.5, i] for i in range(5)],  # a quality each
+        [[f"plc/r{i}", 9, 0.5, 4, "stale"] for i in range(3)],  # one reason for all
+        [["plc/s0", 9, 0.25, 0, None, 123_456_789_012], ["plc/s1", 9, 0.75, 0, None, None]],
+        [["plc/m0", 9, 1.0, 0], ["plc/m1", 9, 2**64 - 1, 0], ["plc/m2", 9, None, 1, "timeout"]],
+        [[f"plc/i{i}", 9, v, 0] for i, v in enumerate([0, -(2**63), 2**63])],  # all ints
+    ]
+    readings = [r for g in groups for r in g]
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1, [], groups=groups)) is Outcome.VALID
+    got = store.readings("gw1")
+    assert len(got) == len(readings)
+    for r, g in zip(readings, got, strict=True):
+        assert (g.seq, g.tag, g.ts_ns, g.quality) == (1, r[0], r[1], r[3]), (r, g)
+        assert same(g.value, r[2]), (r, g)
+        assert g.reason == (r[4] if len(r) > 4 else None), (r, g)
+        assert g.server_ts_ns == (r[5] if len(r) > 5 else None), (r, g)
+    assert store.report().points == len(readings)
+
+
 def test_readings_are_chartable_by_series(key: DeviceKey, store: Store) -> None:
     """One number to chart (``value``) for every numeric type, the device from the tag."""
     rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
