@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 from security.strictcbor import CborError, strict_loads
 
@@ -99,8 +99,7 @@ class AuditBatch:
         return self.reset_reason is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
+class Block(NamedTuple):
     """One batch of a version-2 message, checked, kept in columns (the stores write it
     without a Python object per reading). A column with one value for every reading is
     that value (``ts``, ``quality``, ``reason``); ``server_ts`` is None when absent."""
@@ -112,6 +111,7 @@ class Block:
     reason: str | list[str | None] | None
     server_ts: list[int | None] | None
     width: int  # elements of the block on the wire (4..6): what readings() gives
+    vtype: type | None = None  # the type of every value, when they all have one
 
     def readings(self) -> Iterator[tuple[Any, ...]]:
         """Its readings as version 1 has them: ``(tag, ts, value, quality[, reason[,
@@ -144,9 +144,6 @@ class Payload:
     """Version 2: the readings in columns, one block per batch, in message order."""
     points: int = 0
     """Readings in the message."""
-    tags: list[str] = field(default_factory=list)
-    """The distinct tag names of the readings (for the stores' series, without a pass over
-    every reading)."""
     version: int = 1
     event: dict[str, Any] | None = None
     drops: list[Drop] = field(default_factory=list)
@@ -155,6 +152,13 @@ class Payload:
     """kind "command_result": the gateway's answer to a signed command (its ``result``)."""
     body: dict[str, Any] = field(repr=False, default_factory=dict)
     """The whole map, as decoded."""
+
+    @property
+    def tags(self) -> list[str]:
+        """The distinct tag names of the readings, in order of first appearance."""
+        if self.blocks:
+            return list(dict.fromkeys([t for b in self.blocks for t in b.names]))
+        return list(dict.fromkeys([r[0] for r in self.rows]))
 
     @property
     def readings(self) -> list[Sequence[Any]]:
@@ -215,14 +219,9 @@ def decode(data: bytes) -> Payload:
         if v == 1:
             r = m["r"]
             _check_readings(r)
-            tags = list(dict.fromkeys([x[0] for x in r]))
-            return Payload(
-                gw, seq, boot, kind, t, rows=r, points=len(r), tags=tags, version=1, body=m
-            )
-        blocks, points, tags = _columns(m["tags"], m["b"], len(data))
-        return Payload(
-            gw, seq, boot, kind, t, blocks=blocks, points=points, tags=tags, version=2, body=m
-        )
+            return Payload(gw, seq, boot, kind, t, rows=r, points=len(r), version=1, body=m)
+        blocks, points = _columns(m["tags"], m["b"], len(data))
+        return Payload(gw, seq, boot, kind, t, blocks=blocks, points=points, version=2, body=m)
     if kind == "event":
         return Payload(gw, seq, boot, kind, t, event=_event(m["event"]), version=v, body=m)
     if kind == "notice":
@@ -286,7 +285,7 @@ def _explain_reading(i: int, x: Any) -> None:
     raise PayloadError(f"r[{i}].server_ts: must be a uint64 or null")
 
 
-def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Block], int, list[str]]:
+def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Block], int]:
     """Version 2: check the tag sets and blocks; the blocks stay in columns. Checks are
     per block with C-level passes over each column (``map``, ``min``, ``count``); what a
     block costs is linear in its bytes, and nothing is made per reading."""
@@ -296,21 +295,18 @@ def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Block], int, list[
         raise PayloadError("b: must be an array of blocks")
     names: list[tuple[str, ...]] = []
     chars = 0
+    cache = _names_cache
     for i, ts in enumerate(sets):
         if type(ts) is not list or len(ts) != 2 or type(ts[0]) is not str:
             raise PayloadError(f"tags[{i}]: a tag set is [prefix, [names]]")
         prefix, rest = ts
-        if len(prefix) > MAX_PREFIX:
-            raise PayloadError(f"tags[{i}].prefix: more than {MAX_PREFIX} characters")
-        if type(rest) is not list or not rest or set(map(type, rest)) != {str}:
-            raise PayloadError(f"tags[{i}].names: must be a non-empty array of text")
-        lens = list(map(len, rest))
-        if min(lens) + len(prefix) < 1 or max(lens) + len(prefix) > MAX_TAG:
-            raise PayloadError(
-                f"tags[{i}].names: a tag name (prefix + name) is 1..{MAX_TAG} characters"
-            )
-        chars += len(prefix) * len(rest) + sum(lens)
-        names.append(_names(prefix, rest))
+        try:
+            known = cache.get((prefix, tuple(rest))) if type(rest) is list else None
+        except TypeError:  # a name that is not even hashable: refused below
+            known = None
+        full, n = known if known is not None else _tag_set(i, prefix, rest)
+        chars += n
+        names.append(full)
     if chars > 64 * size:  # the prefixes cannot make the names much larger than the message
         raise PayloadError("tags: the tag names expand to more than 64 characters per byte")
     used = [False] * len(names)
@@ -331,58 +327,66 @@ def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Block], int, list[
             raise PayloadError(
                 f"b[{i}].values: must be an array of {n} values, one per tag of its set"
             )
-        _check_values(i, values)
+        vtype = _check_values(i, values)
         width = len(b)
         out.append(
             Block(
                 tags,
-                _column(i, "ts", ts, n, U64),
+                ts if type(ts) is int and 0 <= ts < U64 else _column(i, "ts", ts, n, U64),
                 values,
-                _column(i, "quality", q, n, 5),
+                q if type(q) is int and 0 <= q < 5 else _column(i, "quality", q, n, 5),
                 _reasons(i, b[4], n) if width > 4 else None,
                 _server_ts(i, b[5], n) if width > 5 else None,
                 width,
+                vtype,
             )
         )
         points += n
     if not all(used):
         raise PayloadError(f"tags[{used.index(False)}]: a tag set no block reads")
-    tag_names = list(dict.fromkeys([t for group in names for t in group]))
-    return out, points, tag_names
+    return out, points
 
 
 _NAMES_BUDGET = 4_000_000  # characters of names the cache holds at most (then it starts over)
-_names_cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+_names_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], int]] = {}
 _names_chars = 0
 
 
-def _names(prefix: str, rest: list[str]) -> tuple[str, ...]:
-    """A tag set's full names (cached: a gateway sends the same sets in every message,
-    and the stores key their series ids by this tuple)."""
+def _tag_set(i: int, prefix: str, rest: Any) -> tuple[tuple[str, ...], int]:
+    """Check a tag set not seen before; its full names and what they count against the
+    message's size. Cached: a gateway sends the same sets in every message (and the
+    stores key their series ids by the names' tuple)."""
     global _names_chars
-    if not prefix:
-        return tuple(rest)
-    key = (prefix, tuple(rest))
-    full = _names_cache.get(key)
-    if full is None:
-        full = tuple([prefix + n for n in rest])
-        size = len(prefix) * len(rest) * 2 + sum(map(len, rest))
-        if _names_chars + size > _NAMES_BUDGET:
-            _names_cache.clear()
-            _names_chars = 0
-        if size <= _NAMES_BUDGET // 16:
-            _names_cache[key] = full
-            _names_chars += size
-    return full
+    if len(prefix) > MAX_PREFIX:
+        raise PayloadError(f"tags[{i}].prefix: more than {MAX_PREFIX} characters")
+    if type(rest) is not list or not rest or set(map(type, rest)) != {str}:
+        raise PayloadError(f"tags[{i}].names: must be a non-empty array of text")
+    lens = list(map(len, rest))
+    if min(lens) + len(prefix) < 1 or max(lens) + len(prefix) > MAX_TAG:
+        raise PayloadError(
+            f"tags[{i}].names: a tag name (prefix + name) is 1..{MAX_TAG} characters"
+        )
+    chars = len(prefix) * len(rest) + sum(lens)
+    full = tuple([prefix + n for n in rest]) if prefix else tuple(rest)
+    size = chars + sum(lens)  # the key's names and the full names
+    if _names_chars + size > _NAMES_BUDGET:
+        _names_cache.clear()
+        _names_chars = 0
+    if size <= _NAMES_BUDGET // 16:
+        _names_cache[(prefix, tuple(rest))] = (full, chars)
+        _names_chars += size
+    return full, chars
 
 
-def _check_values(i: int, values: list[Any]) -> None:
+def _check_values(i: int, values: list[Any]) -> type | None:
+    """Checks the values; returns their type when they all have one (a device read)."""
     types = set(map(type, values))
     if not types <= _VALUE_TYPES:
         bad = sorted(t.__name__ for t in types - _VALUE_TYPES)[0]
         raise PayloadError(f"b[{i}].values: {bad} is not a reading value")
     if int in types and min([x for x in values if type(x) is int]) < -I63:
         raise PayloadError(f"b[{i}].values: integer outside int64/uint64")
+    return types.pop() if len(types) == 1 else None
 
 
 def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
