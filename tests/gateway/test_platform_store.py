@@ -16,7 +16,9 @@ import pytest
 
 from gateway.receiver import Outcome, Receiver, SqliteStore, Store, StoreError, open_store
 from gateway.receiver.store import public_raw
-from security import DeviceKey
+from gateway.wire import encode_payload
+from security import DeviceKey, sign1
+from security.cose import parse1
 from tests.gateway.test_receiver import TOPIC, msg, notice
 
 U64_MAX = 2**64 - 1
@@ -130,6 +132,33 @@ def test_device_reads_round_trip_in_columns(key: DeviceKey, store: Store) -> Non
         assert g.reason == (r[4] if len(r) > 4 else None), (r, g)
         assert g.server_ts_ns == (r[5] if len(r) > 5 else None), (r, g)
     assert store.report().points == len(readings)
+
+
+def test_the_message_row_says_what_was_stored(key: DeviceKey, store: Store) -> None:
+    """Every column of ``messages`` (written in bulk at a group's end): kind, boot, key,
+    the signed content's digest, sealed and received to the µs, points."""
+    sealed = 1_700_000_000_123_456_789
+    body = sign1(
+        encode_payload(gw="gw1", seq=7, boot=3, kind="telemetry", t_ns=sealed,
+                       readings=[["plc/a", sealed, 1.5, 0], ["plc/b", sealed, 2.5, 0]]),
+        key, TOPIC.encode(),
+    )  # fmt: skip
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    received = 1_700_000_001_987_654_321
+    assert rx.handle(TOPIC, body, received) is Outcome.VALID
+    epoch_us = "(extract(epoch FROM {0}) * 1e6)::bigint"
+    cols = "kind, boot, kid, digest, {}, {}, points"
+    if isinstance(store, SqliteStore):
+        q = cols.format("sealed", "received")
+        row = store.db.execute(f"SELECT {q} FROM messages WHERE seq = 7").fetchone()
+    else:
+        q = cols.format(epoch_us.format("sealed"), epoch_us.format("received"))
+        (row,) = store._query(f"SELECT {q} FROM messages WHERE seq = 7")  # type: ignore[attr-defined]
+    env = parse1(body)
+    assert (row[0], row[1], bytes(row[2]), bytes(row[3])) == (
+        "telemetry", 3, key.kid, env.signed_digest(TOPIC.encode())
+    )  # fmt: skip
+    assert tuple(row[4:]) == (sealed // 1000, received // 1000, 2)
 
 
 def test_readings_are_chartable_by_series(key: DeviceKey, store: Store) -> None:
