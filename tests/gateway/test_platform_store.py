@@ -13,8 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.receiver import Outcome, Receiver, SqliteStore, Store, StoreError, open_store
+from gateway.receiver import (
+    Outcome,
+    Receiver,
+    SqliteStore,
+    Store,
+    StoreError,
+    open_store,
+    pg_store,
+    schema,
+)
 from gateway.receiver.store import public_raw
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
@@ -132,6 +143,37 @@ def test_device_reads_round_trip_in_columns(key: DeviceKey, store: Store) -> Non
         assert g.reason == (r[4] if len(r) > 4 else None), (r, g)
         assert g.server_ts_ns == (r[5] if len(r) > 5 else None), (r, g)
     assert store.report().points == len(readings)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.floats(), min_size=1, max_size=300),
+        st.lists(st.floats(width=32), min_size=1, max_size=300),
+        st.lists(st.booleans(), min_size=1, max_size=20),
+    ),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 4),
+    st.integers(0, 2**63 - 1),
+)
+def test_a_device_reads_copy_rows_are_the_rows_one_by_one(
+    values: list[Any], ts: int, quality: int, seq: int
+) -> None:
+    """The PostgreSQL store writes a device read (one type, one timestamp, one quality)
+    by copying series ids and values into one repeated row: byte for byte what the
+    reading-by-reading path (which the round trips above check) writes."""
+    names = [f"plc/t{i}" for i in range(len(values))]
+    body = encode_payload(
+        gw="gw1", seq=seq, boot=1, kind="telemetry", t_ns=1,
+        readings=[[n, ts, v, quality] for n, v in zip(names, values, strict=True)],
+    )  # fmt: skip
+    (block,) = schema.decode(body).blocks
+    sids = [7 * i + 1 for i in range(len(values))]
+    one_by_one = b"".join(
+        pg_store._row(sid, seq, r) for sid, r in zip(sids, block.readings(), strict=True)
+    )
+    assert block.vtype in (float, bool)
+    assert pg_store.copy_block(sids, seq, block) == one_by_one
 
 
 def test_the_message_row_says_what_was_stored(key: DeviceKey, store: Store) -> None:
