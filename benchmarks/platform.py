@@ -42,6 +42,7 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -119,7 +120,10 @@ def make_messages(
     first_seq: int,
     version: int = PAYLOAD_VERSION,
 ) -> list[tuple[str, str, int, bytes]]:
-    """(topic, gw, seq, body), round-robin over the gateways: a fleet's interleaving.
+    """(topic, gw, seq, body): each gateway's next message, the gateways in a shuffled
+    order each round (they publish independently; a fixed order would hand each member of
+    a share group its own gateways, sparing the receivers the row locks they contend for
+    in a real fleet).
 
     What a gateway seals from one flush window: one read of each of ``devices`` devices
     with ``tags`` float32 registers each (a batch per device read, sharing its timestamp;
@@ -130,7 +134,9 @@ def make_messages(
     for s in range(per_gw):
         seq = first_seq + s
         t_seal = T0 + seq * 1_000_000_000
-        for g, (gw, key) in enumerate(keys.items()):
+        fleet = list(enumerate(keys.items()))
+        random.Random(seq).shuffle(fleet)
+        for g, (gw, key) in fleet:
             groups = []
             for d in range(devices):
                 ts = t_seal - 200_000_000 + d * 3_000_000 + g  # reads spread over the window
