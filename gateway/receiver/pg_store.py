@@ -419,6 +419,9 @@ class PgStore:
         self._series: dict[tuple[str, str], int] = {}
         # The series ids of a tag set (a block's names) of a gateway: one lookup a block.
         self._set_ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        # Gateways whose series (as another receiver may have made them) were read in bulk.
+        self._series_read: set[str] = set()
+        self._key_objects: dict[bytes, Ed25519PublicKey] = {}  # raw public key -> object
         self._lock = threading.RLock()
         self.timescale = False
         with self._lock:
@@ -569,6 +572,26 @@ class PgStore:
         if conn.broken:
             self._drop()
 
+    def _read_series(self, cur: psycopg.Cursor[Any], gws: list[str]) -> None:
+        """The series of gateways this process has not read yet (another receiver may have
+        made them): one query for all, instead of an insert and a select per tag set at
+        first sight."""
+        unread = [gw for gw in gws if gw not in self._series_read]
+        if unread:
+            for gw, tag, sid in cur.execute(
+                "SELECT gw, tag, id FROM series WHERE gw = ANY(%s)", (unread,)
+            ).fetchall():
+                self._series[(gw, tag)] = sid  # committed rows: cached at once
+            self._series_read.update(unread)
+
+    def _key(self, raw: bytes) -> Ed25519PublicKey:
+        """The key object of a raw public key (made once: states are read again whenever
+        another receiver wrote them, and their keys with them)."""
+        key = self._key_objects.get(raw)
+        if key is None:
+            key = self._key_objects[raw] = Ed25519PublicKey.from_public_bytes(raw)
+        return key
+
     def _open(self, conn: psycopg.Connection[Any], e: Enrolment) -> _PgTxn:
         cur = conn.cursor()
         lock = "SELECT version, root_kid FROM gateways WHERE gw = %s FOR UPDATE"
@@ -591,12 +614,13 @@ class PgStore:
         version, root_kid = row
         if bytes(root_kid) != e.root_kid:
             self.check_enrolment(e)  # raises EnrolmentChanged; the batch rolls back
+        self._read_series(cur, [e.gw])
         cached = self._cache.get(e.gw)
         if cached is not None and cached.version == version:
             return _PgTxn(self, cur, e.gw, version, cached.state, cached.keys)
         (blob,) = cur.execute("SELECT state FROM gateways WHERE gw = %s", (e.gw,)).fetchone()  # type: ignore[misc]
         keys = {
-            bytes(kid): Ed25519PublicKey.from_public_bytes(bytes(pub))
+            bytes(kid): self._key(bytes(pub))
             for kid, pub in cur.execute(
                 "SELECT kid, public_key FROM gateway_keys WHERE gw = %s", (e.gw,)
             ).fetchall()
@@ -742,6 +766,7 @@ class _PgBatch(Batch):
                     ([e.gw for e in todo],),
                 ).fetchall()
             }
+            store._read_series(cur, list(found))
             stale = []
             for e in todo:
                 if e.gw not in found:
@@ -767,7 +792,7 @@ class _PgBatch(Batch):
                 for gw, kid, pub in cur.execute(
                     "SELECT gw, kid, public_key FROM gateway_keys WHERE gw = ANY(%s)", (names,)
                 ).fetchall():
-                    keys[gw][bytes(kid)] = Ed25519PublicKey.from_public_bytes(bytes(pub))
+                    keys[gw][bytes(kid)] = store._key(bytes(pub))
                 for gw, version in stale:
                     state = GatewayState.from_bytes(bytes(blobs[gw]))
                     txn = _PgTxn(store, cur, gw, version, state, keys[gw])
@@ -834,7 +859,7 @@ class _PgTxn:
         ).fetchone()
         if row is None:
             return None
-        return row[0], Ed25519PublicKey.from_public_bytes(bytes(row[1]))
+        return row[0], self.store._key(bytes(row[1]))
 
     def learn_key(self, key: LearnedKey) -> None:
         self.cur.execute(

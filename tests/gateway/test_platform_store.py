@@ -282,6 +282,33 @@ def test_a_restart_reloads_state_and_series(key: DeviceKey, store_url: str) -> N
     s2.close()
 
 
+def test_receivers_sharing_a_database_share_the_series(key: DeviceKey, pg_url: str) -> None:
+    """A receiver finds the series another one made (read in bulk when it first locks the
+    gateway, alone or in a group; looked up when made after that) and makes the ones
+    nobody has: one series per tag, each reading under its own tag, whichever receiver
+    stored it."""
+    stores = [open_store(pg_url) for _ in range(2)]
+    rxs = [Receiver({"gw1": key.public_key}, "edgegw", store=s) for s in stores]
+    tags = {1: ["a", "b"], 2: ["a", "b"], 3: ["b", "c"], 4: ["c"], 5: ["a", "d"], 6: ["d"]}
+    # (receiver, seqs stored in one transaction)
+    for n, seqs in [(0, [1]), (1, [2, 3]), (0, [4, 5]), (1, [6])]:
+        items = []
+        for seq in seqs:
+            groups = [[[f"plc/{t}", seq, float(seq * 10 + i), 0] for i, t in enumerate(tags[seq])]]
+            items.append((TOPIC, msg(key, seq, [], groups=groups), None))
+        assert rxs[n].handle_many(items) == [Outcome.VALID] * len(seqs)
+    got = [(r.seq, r.tag, r.value) for r in stores[0].readings("gw1")]
+    assert got == [
+        (seq, f"plc/{t}", float(seq * 10 + i))
+        for seq, names in tags.items()
+        for i, t in enumerate(names)
+    ]
+    series = _sql(stores[0], "SELECT tag, count(*) FROM series GROUP BY tag ORDER BY tag")
+    assert [tuple(r) for r in series] == [(f"plc/{t}", 1) for t in "abcd"]
+    for s in stores:
+        s.close()
+
+
 def _sql(store: Store, sql: str) -> list[Any]:
     if isinstance(store, SqliteStore):
         return store.db.execute(sql).fetchall()
