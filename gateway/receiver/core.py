@@ -398,7 +398,7 @@ class Receiver:
             )
 
     def _after_commit(self, p: Payload, kid: bytes, now: int) -> None:
-        self.stats.points_verified += len(p.readings)
+        self.stats.points_verified += p.points
         self.stats.gaps = sum(self._missing.values())
         if self.latencies_ms is not None:
             self.latencies_ms.extend((now - r[1]) / 1e6 for r in p.readings)

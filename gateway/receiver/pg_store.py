@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .outcome import Alert
 from .rows import command_result_row, device_of, join_ns, value_of
-from .schema import Payload
+from .schema import Block, Payload
 from .state import GatewayState
 from .store import (
     Batch,
@@ -169,18 +169,23 @@ _PG_EPOCH_US = 946_684_800 * 1_000_000  # timestamptz counts µs from 2000-01-01
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
+# The columns in the order whose values differ from reading to reading first (series,
+# value): a block's rows are then packed by one struct call, the rest of each row being
+# the same bytes (see copy_block).
 _COPY = (
-    "COPY readings (series, seq, ts, ts_nanos, quality, vtype, value, value_int, value_text,"
+    "COPY readings (series, value, seq, ts, ts_nanos, quality, vtype, value_int, value_text,"
     " value_bytes, reason, server_ts, server_ts_nanos) FROM STDIN (FORMAT BINARY)"
 )
-# field count, series, seq, ts, ts_nanos, quality: the head of every row
-_HEAD = struct.Struct(">hiiiqiqihih")
-_VFLOAT = struct.Struct(">i1sid")  # vtype "f", value
-_VNUM = struct.Struct(">i1sid")  # vtype "i" or "b", value (then value_int)
+_FIELDS = 13
+_SID = struct.Struct(">hii")  # field count, series
+_DOUBLE = struct.Struct(">id")  # value
+_MID = struct.Struct(">iqiqihih")  # seq, ts, ts_nanos, quality
 _SERVER = struct.Struct(">iqih")
 _NULL2 = _NULL * 2
 _NULL3 = _NULL * 3
+_NULL6 = _NULL * 6
 _NUMERIC_CACHE: dict[int, bytes] = {}
+_SET_IDS_MAX = 100_000  # tag sets whose series ids a store keeps (then it starts over)
 
 
 def _numeric(v: int) -> bytes:
@@ -222,47 +227,156 @@ CREATE TABLE IF NOT EXISTS command_results (
 """
 
 
-def copy_data(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
-    """The whole binary COPY stream of one message's readings."""
-    return _SIGNATURE + copy_rows(ids, seq, readings) + _TRAILER
+def copy_data(
+    ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]] = (), blocks: Any = ()
+) -> bytes:
+    """The whole binary COPY stream of one message's readings (rows or blocks)."""
+    out = [_SIGNATURE, copy_rows(ids, seq, readings)]
+    out += [copy_block([ids[t] for t in b.names], seq, b) for b in blocks]
+    return b"".join((*out, _TRAILER))
+
+
+_VT = b"\x00\x00\x00\x01"  # the length of a one-letter vtype
+
+
+def _value(v: Any) -> tuple[bytes, bytes]:
+    """A value as binary COPY fields: ``value``, then ``vtype`` to ``value_bytes``."""
+    t = type(v)
+    if t is float:
+        return _DOUBLE.pack(8, v), _VT + b"f" + _NULL3
+    if t is int:
+        return _DOUBLE.pack(8, float(v)), _VT + b"i" + _numeric(v) + _NULL2
+    if t is bool:
+        return _DOUBLE.pack(8, 1.0 if v else 0.0), _VT + b"b" + _NULL3
+    if t is str:
+        return _NULL, _VT + b"s" + _NULL + _field(v.encode()) + _NULL
+    if t is bytes:
+        return _NULL, _VT + b"x" + _NULL2 + _field(v)
+    return _NULL, _VT + b"n" + _NULL3
+
+
+def _row(sid: int, seq: int, r: Sequence[Any]) -> bytes:
+    """One reading ``[tag, ts, value, quality, reason?, server_ts?]`` as a binary COPY row."""
+    us, nanos = divmod(r[1], 1000)
+    value, vtype_to_bytes = _value(r[2])
+    reason = r[4] if len(r) > 4 else None
+    server = r[5] if len(r) > 5 else None
+    if server is None:
+        server_fields = _NULL2
+    else:
+        s_us, s_nanos = divmod(server, 1000)
+        server_fields = _SERVER.pack(8, s_us - _PG_EPOCH_US, 2, s_nanos)
+    return b"".join(
+        (
+            _SID.pack(_FIELDS, 4, sid),
+            value,
+            _MID.pack(8, seq, 8, us - _PG_EPOCH_US, 2, nanos, 2, r[3]),
+            vtype_to_bytes,
+            _NULL if reason is None else _field(reason.encode()),
+            server_fields,
+        )
+    )
 
 
 def copy_rows(ids: dict[str, int], seq: int, readings: Sequence[Sequence[Any]]) -> bytes:
-    """One message's readings as binary COPY rows (13 fields a row: the head, vtype, value,
-    value_int, value_text, value_bytes, reason, server_ts, server_ts_nanos)."""
-    head, vfloat, vnum = _HEAD.pack, _VFLOAT.pack, _VNUM.pack
-    out: list[bytes] = []
-    add = out.append
-    epoch = _PG_EPOCH_US
-    for r in readings:
-        us, nanos = divmod(r[1], 1000)
-        add(head(13, 4, ids[r[0]], 8, seq, 8, us - epoch, 2, nanos, 2, r[3]))
-        v = r[2]
-        t = type(v)
-        if t is float:
-            add(vfloat(1, b"f", 8, v) + _NULL3)
-        elif t is int:
-            add(vnum(1, b"i", 8, float(v)) + _numeric(v) + _NULL2)
-        elif t is bool:
-            add(vnum(1, b"b", 8, 1.0 if v else 0.0) + _NULL3)
-        elif t is str:
-            add(b"\x00\x00\x00\x01s" + _NULL2 + _field(v.encode()) + _NULL)
-        elif t is bytes:
-            add(b"\x00\x00\x00\x01x" + _NULL3 + _field(v))
-        else:
-            add(b"\x00\x00\x00\x01n" + _NULL * 4)
-        if len(r) == 4:
-            add(_NULL3)  # reason, server_ts, server_ts_nanos
-            continue
-        reason = r[4]
-        add(_NULL if reason is None else _field(reason.encode()))
-        server = r[5] if len(r) > 5 else None
-        if server is None:
-            add(_NULL2)
-        else:
-            s_us, s_nanos = divmod(server, 1000)
-            add(_SERVER.pack(8, s_us - epoch, 2, s_nanos))
-    return b"".join(out)
+    """Readings one by one (payload version 1) as binary COPY rows."""
+    return b"".join([_row(ids[r[0]], seq, r) for r in readings])
+
+
+_packers: dict[tuple[str, int], struct.Struct] = {}
+
+
+def _packer(code: str, n: int) -> struct.Struct:
+    """Packs ``n`` big-endian ``code`` (``i`` or ``d``) values (a few sizes: cached)."""
+    s = _packers.get((code, n))
+    if s is None:
+        if len(_packers) >= 1024:
+            _packers.clear()
+        s = _packers[(code, n)] = struct.Struct(f">{n}{code}")
+    return s
+
+
+_SID_AT = 6  # where a row's series id starts (after the field count and its length)
+_VALUE_AT = 14  # where its value starts (after the value's length)
+
+
+def copy_block(sids: Sequence[int], seq: int, b: Block) -> bytes:
+    """A payload version 2 block as binary COPY rows. The common block (one device read:
+    every value a float, or every value a bool; one timestamp, one quality, no reasons or
+    server timestamps) is written by C code, a dozen calls for the whole block: the rows
+    differ only in their series and value, so the block is one row repeated, then the
+    series ids and the values (each packed in one call) are copied in byte by byte with
+    strided slice assignments. Any other block goes row by row."""
+    vtype, ts, q = b.vtype, b.ts, b.quality
+    if (
+        (vtype is float or vtype is bool)
+        and type(ts) is int
+        and type(q) is int
+        and b.reason is None
+        and b.server_ts is None
+    ):
+        us, nanos = divmod(ts, 1000)
+        row = b"".join(
+            (
+                _SID.pack(_FIELDS, 4, 0),
+                _DOUBLE.pack(8, 0.0),
+                _MID.pack(8, seq, 8, us - _PG_EPOCH_US, 2, nanos, 2, q),
+                _VT,
+                b"f" if vtype is float else b"b",
+                _NULL6,
+            )
+        )
+        size, n = len(row), len(sids)
+        out = bytearray(row * n)
+        packed = _packer("i", n).pack(*sids)
+        for k in range(4):
+            out[_SID_AT + k :: size] = packed[k::4]
+        packed = _packer("d", n).pack(*b.values)  # a bool packs as 1.0 or 0.0
+        for k in range(8):
+            out[_VALUE_AT + k :: size] = packed[k::8]
+        return bytes(out)
+    return b"".join([_row(sid, seq, r) for sid, r in zip(sids, b.readings(), strict=True)])
+
+
+_COPY_MESSAGES = (
+    "COPY messages (gw, seq, kind, boot, kid, digest, sealed, received, points) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_MESSAGE_MID = struct.Struct(">iq")  # seq or boot
+_MESSAGE_END = struct.Struct(">iqiqii")  # sealed, received (µs), points
+
+
+def message_row(
+    gw: str,
+    seq: int,
+    kind: str,
+    boot: int,
+    kid: bytes,
+    digest: bytes,
+    sealed_ns: int,
+    received_ns: int,
+    points: int,
+) -> bytes:
+    """A ``messages`` row as binary COPY (times to the µs, as ``when`` gives them)."""
+    return b"".join(
+        (
+            b"\x00\x09",
+            _field(gw.encode()),
+            _MESSAGE_MID.pack(8, seq),
+            _field(kind.encode()),
+            _MESSAGE_MID.pack(8, boot),
+            _field(kid),
+            _field(digest),
+            _MESSAGE_END.pack(
+                8,
+                sealed_ns // 1000 - _PG_EPOCH_US,
+                8,
+                received_ns // 1000 - _PG_EPOCH_US,
+                4,
+                points,
+            ),
+        )
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -303,6 +417,11 @@ class PgStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._cache: dict[str, Cached] = {}
         self._series: dict[tuple[str, str], int] = {}
+        # The series ids of a tag set (a block's names) of a gateway: one lookup a block.
+        self._set_ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        # Gateways whose series (as another receiver may have made them) were read in bulk.
+        self._series_read: set[str] = set()
+        self._key_objects: dict[bytes, Ed25519PublicKey] = {}  # raw public key -> object
         self._lock = threading.RLock()
         self.timescale = False
         with self._lock:
@@ -434,6 +553,10 @@ class PgStore:
             for gw, txn in b.txns.items():
                 self._cache[gw] = Cached(txn.version, txn.state, txn.keys)
                 self._series.update(txn.new_series)
+                if txn.new_sets:
+                    if len(self._set_ids) > _SET_IDS_MAX:
+                        self._set_ids.clear()
+                    self._set_ids.update(txn.new_sets)
 
     def _fail(self, gws: list[str]) -> None:
         """After an error: the states may be half-changed, the connection may be gone."""
@@ -448,6 +571,26 @@ class PgStore:
             self._drop()
         if conn.broken:
             self._drop()
+
+    def _read_series(self, cur: psycopg.Cursor[Any], gws: list[str]) -> None:
+        """The series of gateways this process has not read yet (another receiver may have
+        made them): one query for all, instead of an insert and a select per tag set at
+        first sight."""
+        unread = [gw for gw in gws if gw not in self._series_read]
+        if unread:
+            for gw, tag, sid in cur.execute(
+                "SELECT gw, tag, id FROM series WHERE gw = ANY(%s)", (unread,)
+            ).fetchall():
+                self._series[(gw, tag)] = sid  # committed rows: cached at once
+            self._series_read.update(unread)
+
+    def _key(self, raw: bytes) -> Ed25519PublicKey:
+        """The key object of a raw public key (made once: states are read again whenever
+        another receiver wrote them, and their keys with them)."""
+        key = self._key_objects.get(raw)
+        if key is None:
+            key = self._key_objects[raw] = Ed25519PublicKey.from_public_bytes(raw)
+        return key
 
     def _open(self, conn: psycopg.Connection[Any], e: Enrolment) -> _PgTxn:
         cur = conn.cursor()
@@ -471,12 +614,13 @@ class PgStore:
         version, root_kid = row
         if bytes(root_kid) != e.root_kid:
             self.check_enrolment(e)  # raises EnrolmentChanged; the batch rolls back
+        self._read_series(cur, [e.gw])
         cached = self._cache.get(e.gw)
         if cached is not None and cached.version == version:
             return _PgTxn(self, cur, e.gw, version, cached.state, cached.keys)
         (blob,) = cur.execute("SELECT state FROM gateways WHERE gw = %s", (e.gw,)).fetchone()  # type: ignore[misc]
         keys = {
-            bytes(kid): Ed25519PublicKey.from_public_bytes(bytes(pub))
+            bytes(kid): self._key(bytes(pub))
             for kid, pub in cur.execute(
                 "SELECT kid, public_key FROM gateway_keys WHERE gw = %s", (e.gw,)
             ).fetchall()
@@ -594,7 +738,7 @@ class _PgBatch(Batch):
         super().__init__(self._open_one)
         self.store, self.conn = store, conn
         self.cur = conn.cursor()
-        self.messages: list[tuple[Any, ...]] = []
+        self.messages: list[bytes] = []  # binary COPY rows of messages
         self.rows: list[bytes] = []  # binary COPY rows of readings
 
     def _open_one(self, e: Enrolment) -> _PgTxn:
@@ -622,6 +766,7 @@ class _PgBatch(Batch):
                     ([e.gw for e in todo],),
                 ).fetchall()
             }
+            store._read_series(cur, list(found))
             stale = []
             for e in todo:
                 if e.gw not in found:
@@ -647,7 +792,7 @@ class _PgBatch(Batch):
                 for gw, kid, pub in cur.execute(
                     "SELECT gw, kid, public_key FROM gateway_keys WHERE gw = ANY(%s)", (names,)
                 ).fetchall():
-                    keys[gw][bytes(kid)] = Ed25519PublicKey.from_public_bytes(bytes(pub))
+                    keys[gw][bytes(kid)] = store._key(bytes(pub))
                 for gw, version in stale:
                     state = GatewayState.from_bytes(bytes(blobs[gw]))
                     txn = _PgTxn(store, cur, gw, version, state, keys[gw])
@@ -660,9 +805,8 @@ class _PgBatch(Batch):
         """Write what the messages left for the end, then the changed states."""
         cur = self.cur
         if self.messages:
-            cur.executemany(
-                "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.messages
-            )
+            with cur.copy(_COPY_MESSAGES) as cp:
+                cp.write(b"".join((_SIGNATURE, *self.messages, _TRAILER)))
             self.messages = []
         if self.rows:
             with cur.copy(_COPY) as cp:
@@ -670,11 +814,15 @@ class _PgBatch(Batch):
             self.rows = []
         dirty = [t for t in self.txns.values() if t.dirty]
         if dirty:
-            cur.executemany(
-                "UPDATE gateways SET state = %s, version = version + 1, updated = now() "
-                "WHERE gw = %s",
-                [(t.state.to_bytes(), t.gw) for t in dirty],
+            # One statement for all (the rows are locked by this transaction already).
+            cur.execute(
+                "UPDATE gateways AS g SET state = u.state, version = g.version + 1, "
+                "updated = now() FROM unnest(%s::text[], %s::bytea[]) AS u (gw, state) "
+                "WHERE g.gw = u.gw",
+                ([t.gw for t in dirty], [t.state.to_bytes() for t in dirty]),
             )
+            if cur.rowcount != len(dirty):  # cannot happen: each row was locked, so it exists
+                raise StoreError(f"updated {cur.rowcount} of {len(dirty)} gateways' states")
             for t in dirty:
                 t.version += 1
 
@@ -693,6 +841,7 @@ class _PgTxn:
         self.version, self.state, self.keys = version, state, keys
         self.dirty = False
         self.new_series: dict[tuple[str, str], int] = {}  # cached only after the commit
+        self.new_sets: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # the same
         self.batch: _PgBatch | None = None
         self.pending: dict[int, bytes] = {}  # digests of messages written at the batch's end
 
@@ -710,7 +859,7 @@ class _PgTxn:
         ).fetchone()
         if row is None:
             return None
-        return row[0], Ed25519PublicKey.from_public_bytes(bytes(row[1]))
+        return row[0], self.store._key(bytes(row[1]))
 
     def learn_key(self, key: LearnedKey) -> None:
         self.cur.execute(
@@ -727,11 +876,11 @@ class _PgTxn:
 
     def _tag_ids(self, tags: list[str]) -> dict[str, int]:
         """Series id of each distinct tag of a message (``Payload.tags``)."""
-        known, gw = self.store._series, self.gw
+        known, gw, added = self.store._series, self.gw, self.new_series
         ids: dict[str, int] = {}
         new: list[str] = []
         for tag in tags:
-            sid = known.get((gw, tag))
+            sid = known.get((gw, tag)) or added.get((gw, tag))
             if sid is None:
                 new.append(tag)
                 sid = 0
@@ -750,17 +899,28 @@ class _PgTxn:
                 self.new_series[(gw, tag)] = sid
         return ids
 
+    def _set(self, names: tuple[str, ...]) -> list[int]:
+        """The series ids of a block's tags."""
+        key = (self.gw, names)
+        sids = self.store._set_ids.get(key) or self.new_sets.get(key)
+        if sids is None:
+            ids = self._tag_ids(list(dict.fromkeys(names)))
+            sids = self.new_sets[key] = [ids[t] for t in names]
+        return sids
+
     def put_message(self, p: Payload, kid: bytes, digest: bytes, received_ns: int) -> None:
         self.dirty = True
         cur, gw, seq = self.cur, self.gw, p.seq
         assert self.batch is not None
         self.pending[seq] = digest
         self.batch.messages.append(
-            (gw, seq, p.kind, p.boot, kid, digest, when(p.t_ns), when(received_ns),
-             len(p.readings))
-        )  # fmt: skip
-        if p.readings and self.store.keep_readings:
-            self.batch.rows.append(copy_rows(self._tag_ids(p.tags), seq, p.readings))
+            message_row(gw, seq, p.kind, p.boot, kid, digest, p.t_ns, received_ns, p.points)
+        )
+        if p.points and self.store.keep_readings:
+            if p.blocks:
+                self.batch.rows += [copy_block(self._set(b.names), seq, b) for b in p.blocks]
+            else:
+                self.batch.rows.append(copy_rows(self._tag_ids(p.tags), seq, p.rows))
         if p.event is not None:
             e = p.event
             cur.execute(

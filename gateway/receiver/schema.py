@@ -9,10 +9,10 @@ so even a hostile signed payload costs time linear in its size.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 from security.strictcbor import CborError, strict_loads
 
@@ -100,6 +100,38 @@ class AuditBatch:
         return self.reset_reason is not None
 
 
+class Block(NamedTuple):
+    """One batch of a version-2 message, checked, kept in columns (the stores write it
+    without a Python object per reading). A column with one value for every reading is
+    that value (``ts``, ``quality``, ``reason``); ``server_ts`` is None when absent."""
+
+    names: tuple[str, ...]  # the tag of each reading
+    ts: int | list[int]
+    values: list[Any]
+    quality: int | list[int]
+    reason: str | list[str | None] | None
+    server_ts: list[int | None] | None
+    width: int  # elements of the block on the wire (4..6): what readings() gives
+    vtype: type | None = None  # the type of every value, when they all have one
+
+    def readings(self) -> Iterator[tuple[Any, ...]]:
+        """Its readings as version 1 has them: ``(tag, ts, value, quality[, reason[,
+        server_ts]])``."""
+        n = len(self.names)
+        cols: list[Any] = [
+            self.names,
+            repeat(self.ts, n) if type(self.ts) is int else self.ts,
+            self.values,
+            repeat(self.quality, n) if type(self.quality) is int else self.quality,
+        ]
+        if self.width > 4:
+            r = self.reason
+            cols.append(r if type(r) is list else repeat(r, n))
+        if self.width > 5:
+            cols.append(self.server_ts)
+        return zip(*cols, strict=False)  # lengths checked; one value for all: repeat()
+
+
 @dataclass(frozen=True, slots=True)
 class Payload:
     gw: str
@@ -107,12 +139,12 @@ class Payload:
     boot: int
     kind: str
     t_ns: int
-    readings: list[Sequence[Any]] = field(default_factory=list)
-    """``[tag, ts, value, quality, reason?, server_ts?]`` each (lists from version 1,
-    tuples from version 2), in message order."""
-    tags: list[str] = field(default_factory=list)
-    """The distinct tag names of ``readings`` (for the stores' series, without a pass over
-    every reading)."""
+    rows: list[Sequence[Any]] = field(default_factory=list)
+    """Version 1: ``[tag, ts, value, quality, reason?, server_ts?]`` each, as sent."""
+    blocks: list[Block] = field(default_factory=list)
+    """Version 2: the readings in columns, one block per batch, in message order."""
+    points: int = 0
+    """Readings in the message."""
     version: int = 1
     event: dict[str, Any] | None = None
     drops: list[Drop] = field(default_factory=list)
@@ -121,6 +153,25 @@ class Payload:
     """kind "command_result": the gateway's answer to a signed command (its ``result``)."""
     body: dict[str, Any] = field(repr=False, default_factory=dict)
     """The whole map, as decoded."""
+
+    @property
+    def tags(self) -> list[str]:
+        """The distinct tag names of the readings, in order of first appearance."""
+        if self.blocks:
+            return list(dict.fromkeys([t for b in self.blocks for t in b.names]))
+        return list(dict.fromkeys([r[0] for r in self.rows]))
+
+    @property
+    def readings(self) -> list[Sequence[Any]]:
+        """Every reading, ``[tag, ts, value, quality, reason?, server_ts?]`` (lists from
+        version 1, tuples from version 2), in message order. Version 2 makes them here,
+        one object per reading: the hot path (the stores) reads ``blocks`` instead."""
+        if not self.blocks:
+            return self.rows
+        out: list[Sequence[Any]] = []
+        for b in self.blocks:
+            out += b.readings()
+        return out
 
 
 def _uint(v: Any, limit: int = U64) -> bool:
@@ -169,10 +220,9 @@ def decode(data: bytes) -> Payload:
         if v == 1:
             r = m["r"]
             _check_readings(r)
-            tags = list(dict.fromkeys([x[0] for x in r]))
-            return Payload(gw, seq, boot, kind, t, readings=r, tags=tags, version=1, body=m)
-        readings, tags = _columns(m["tags"], m["b"], len(data))
-        return Payload(gw, seq, boot, kind, t, readings=readings, tags=tags, version=2, body=m)
+            return Payload(gw, seq, boot, kind, t, rows=r, points=len(r), version=1, body=m)
+        blocks, points = _columns(m["tags"], m["b"], len(data))
+        return Payload(gw, seq, boot, kind, t, blocks=blocks, points=points, version=2, body=m)
     if kind == "event":
         return Payload(gw, seq, boot, kind, t, event=_event(m["event"]), version=v, body=m)
     if kind == "notice":
@@ -236,33 +286,33 @@ def _explain_reading(i: int, x: Any) -> None:
     raise PayloadError(f"r[{i}].server_ts: must be a uint64 or null")
 
 
-def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Sequence[Any]], list[str]]:
-    """Version 2: check the tag sets and blocks, and give the readings as version 1 has
-    them. Checks are per block with C-level passes over each column (``map``, ``min``,
-    ``count``); what a block costs is linear in its bytes."""
+def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Block], int]:
+    """Version 2: check the tag sets and blocks; the blocks stay in columns. Checks are
+    per block with C-level passes over each column (``map``, ``min``, ``count``); what a
+    block costs is linear in its bytes, and nothing is made per reading."""
     if type(sets) is not list:
         raise PayloadError("tags: must be an array of tag sets")
     if type(blocks) is not list:
         raise PayloadError("b: must be an array of blocks")
     names: list[tuple[str, ...]] = []
     chars = 0
+    cache = _names_cache
     for i, ts in enumerate(sets):
         if type(ts) is not list or len(ts) != 2 or type(ts[0]) is not str:
             raise PayloadError(f"tags[{i}]: a tag set is [prefix, [names]]")
         prefix, rest = ts
-        if len(prefix) > MAX_PREFIX:
-            raise PayloadError(f"tags[{i}].prefix: more than {MAX_PREFIX} characters")
-        if type(rest) is not list or not rest or set(map(type, rest)) != {str}:
-            raise PayloadError(f"tags[{i}].names: must be a non-empty array of text")
-        lens = list(map(len, rest))
-        if min(lens) + len(prefix) < 1 or max(lens) + len(prefix) > MAX_TAG:
-            raise PayloadError(
-                f"tags[{i}].names: a tag name (prefix + name) is 1..{MAX_TAG} characters"
-            )
-        chars += len(prefix) * len(rest) + sum(lens)
-        names.append(tuple([prefix + n for n in rest]) if prefix else tuple(rest))
+        try:
+            known = cache.get((prefix, tuple(rest))) if type(rest) is list else None
+        except TypeError:  # a name that is not even hashable: refused below
+            known = None
+        full, n = known if known is not None else _tag_set(i, prefix, rest)
+        chars += n
+        names.append(full)
+    if chars > 64 * size:  # the prefixes cannot make the names much larger than the message
+        raise PayloadError("tags: the tag names expand to more than 64 characters per byte")
     used = [False] * len(names)
-    readings: list[Sequence[Any]] = []
+    out: list[Block] = []
+    points = 0
     for i, b in enumerate(blocks):
         if type(b) is not list or not 4 <= len(b) <= 6:
             raise PayloadError(
@@ -278,33 +328,66 @@ def _columns(sets: Any, blocks: Any, size: int) -> tuple[list[Sequence[Any]], li
             raise PayloadError(
                 f"b[{i}].values: must be an array of {n} values, one per tag of its set"
             )
-        _check_values(i, values)
-        cols: list[Any] = [
-            tags,
-            _column(i, "ts", ts, n, U64),
-            values,
-            _column(i, "quality", q, n, 5),
-        ]
-        if len(b) > 4:
-            cols.append(_reasons(i, b[4], n))
-        if len(b) > 5:
-            cols.append(_server_ts(i, b[5], n))
-        readings += zip(*cols, strict=False)  # lengths checked; one value for all: repeat()
+        vtype = _check_values(i, values)
+        width = len(b)
+        out.append(
+            Block(
+                tags,
+                ts if type(ts) is int and 0 <= ts < U64 else _column(i, "ts", ts, n, U64),
+                values,
+                q if type(q) is int and 0 <= q < 5 else _column(i, "quality", q, n, 5),
+                _reasons(i, b[4], n) if width > 4 else None,
+                _server_ts(i, b[5], n) if width > 5 else None,
+                width,
+                vtype,
+            )
+        )
+        points += n
     if not all(used):
         raise PayloadError(f"tags[{used.index(False)}]: a tag set no block reads")
-    if chars > 64 * size:  # the prefixes cannot make the names much larger than the message
-        raise PayloadError("tags: the tag names expand to more than 64 characters per byte")
-    tag_names = list(dict.fromkeys([t for group in names for t in group]))
-    return readings, tag_names
+    return out, points
 
 
-def _check_values(i: int, values: list[Any]) -> None:
+_NAMES_BUDGET = 4_000_000  # characters of names the cache holds at most (then it starts over)
+_names_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], int]] = {}
+_names_chars = 0
+
+
+def _tag_set(i: int, prefix: str, rest: Any) -> tuple[tuple[str, ...], int]:
+    """Check a tag set not seen before; its full names and what they count against the
+    message's size. Cached: a gateway sends the same sets in every message (and the
+    stores key their series ids by the names' tuple)."""
+    global _names_chars
+    if len(prefix) > MAX_PREFIX:
+        raise PayloadError(f"tags[{i}].prefix: more than {MAX_PREFIX} characters")
+    if type(rest) is not list or not rest or set(map(type, rest)) != {str}:
+        raise PayloadError(f"tags[{i}].names: must be a non-empty array of text")
+    lens = list(map(len, rest))
+    if min(lens) + len(prefix) < 1 or max(lens) + len(prefix) > MAX_TAG:
+        raise PayloadError(
+            f"tags[{i}].names: a tag name (prefix + name) is 1..{MAX_TAG} characters"
+        )
+    chars = len(prefix) * len(rest) + sum(lens)
+    full = tuple([prefix + n for n in rest]) if prefix else tuple(rest)
+    size = chars + sum(lens)  # the key's names and the full names
+    if _names_chars + size > _NAMES_BUDGET:
+        _names_cache.clear()
+        _names_chars = 0
+    if size <= _NAMES_BUDGET // 16:
+        _names_cache[(prefix, tuple(rest))] = (full, chars)
+        _names_chars += size
+    return full, chars
+
+
+def _check_values(i: int, values: list[Any]) -> type | None:
+    """Checks the values; returns their type when they all have one (a device read)."""
     types = set(map(type, values))
     if not types <= _VALUE_TYPES:
         bad = sorted(t.__name__ for t in types - _VALUE_TYPES)[0]
         raise PayloadError(f"b[{i}].values: {bad} is not a reading value")
     if int in types and min([x for x in values if type(x) is int]) < -I63:
         raise PayloadError(f"b[{i}].values: integer outside int64/uint64")
+    return types.pop() if len(types) == 1 else None
 
 
 def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
@@ -312,7 +395,7 @@ def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
     if type(x) is int:
         if not 0 <= x < limit:
             raise PayloadError(f"b[{i}].{name}: must be an integer 0..{limit - 1}")
-        return repeat(x, n)
+        return x
     if (
         type(x) is not list
         or len(x) != n
@@ -326,7 +409,7 @@ def _column(i: int, name: str, x: Any, n: int, limit: int) -> Any:
 
 def _reasons(i: int, x: Any, n: int) -> Any:
     if x is None or (type(x) is str and _text(x)):
-        return repeat(x, n)
+        return x
     if type(x) is list and len(x) == n and set(map(type, x)) <= {str, _NONE}:
         texts = [r for r in x if r is not None]
         if not texts or (min(map(len, texts)) > 0 and max(map(len, texts)) <= MAX_TEXT):

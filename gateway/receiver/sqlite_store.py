@@ -599,10 +599,10 @@ class _SqliteTxn:
                 digest,
                 p.t_ns // 1000,
                 received_ns // 1000,
-                len(p.readings),
+                p.points,
             ),
         )
-        if p.readings and self.store.keep_readings:
+        if p.points and self.store.keep_readings:
             ids = self._tag_ids(p.tags)
             db.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -13,10 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.receiver import Outcome, Receiver, SqliteStore, Store, StoreError, open_store
+from gateway.receiver import (
+    Outcome,
+    Receiver,
+    SqliteStore,
+    Store,
+    StoreError,
+    open_store,
+    pg_store,
+    schema,
+)
 from gateway.receiver.store import public_raw
-from security import DeviceKey
+from gateway.wire import encode_payload
+from security import DeviceKey, sign1
+from security.cose import parse1
 from tests.gateway.test_receiver import TOPIC, msg, notice
 
 U64_MAX = 2**64 - 1
@@ -100,6 +113,96 @@ def test_every_value_type_round_trips(key: DeviceKey, store: Store) -> None:
         assert g.server_ts_ns == (r[5] if len(r) > 5 else None), r
 
 
+FLOATS = [1.5, F32, -0.0, 0.0, math.inf, -math.inf, math.nan, 5e-324, 1.7976931348623157e308]
+
+
+def test_device_reads_round_trip_in_columns(key: DeviceKey, store: Store) -> None:
+    """What gateways send most: a device read as one block of floats (or bools) with one
+    timestamp and one quality, which the stores write without a row object per reading;
+    and the blocks next to it that they write row by row (a timestamp or quality each,
+    reasons, server timestamps, mixed types). Every value and every column exact."""
+    groups = [
+        [[f"plc/f{i}", TS[3] + 7, v, 0] for i, v in enumerate(FLOATS)],  # one ts, one quality
+        [[f"plc/b{i}", U64_MAX, v, 4] for i, v in enumerate([True, False, True])],
+        [[f"plc/f{i}", TS[3] + 1000 + 999, v, 0] for i, v in enumerate(FLOATS)],  # set again
+        [[f"plc/g{i}", TS[i], float(i), 0] for i in range(len(TS))],  # a timestamp each
+        [[f"plc/q{i}", 5, 2.5, i] for i in range(5)],  # a quality each
+        [[f"plc/r{i}", 9, 0.5, 4, "stale"] for i in range(3)],  # one reason for all
+        [["plc/s0", 9, 0.25, 0, None, 123_456_789_012], ["plc/s1", 9, 0.75, 0, None, None]],
+        [["plc/m0", 9, 1.0, 0], ["plc/m1", 9, 2**64 - 1, 0], ["plc/m2", 9, None, 1, "timeout"]],
+        [[f"plc/i{i}", 9, v, 0] for i, v in enumerate([0, -(2**63), 2**63])],  # all ints
+    ]
+    readings = [r for g in groups for r in g]
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1, [], groups=groups)) is Outcome.VALID
+    got = store.readings("gw1")
+    assert len(got) == len(readings)
+    for r, g in zip(readings, got, strict=True):
+        assert (g.seq, g.tag, g.ts_ns, g.quality) == (1, r[0], r[1], r[3]), (r, g)
+        assert same(g.value, r[2]), (r, g)
+        assert g.reason == (r[4] if len(r) > 4 else None), (r, g)
+        assert g.server_ts_ns == (r[5] if len(r) > 5 else None), (r, g)
+    assert store.report().points == len(readings)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.floats(), min_size=1, max_size=300),
+        st.lists(st.floats(width=32), min_size=1, max_size=300),
+        st.lists(st.booleans(), min_size=1, max_size=20),
+    ),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 4),
+    st.integers(0, 2**63 - 1),
+)
+def test_a_device_reads_copy_rows_are_the_rows_one_by_one(
+    values: list[Any], ts: int, quality: int, seq: int
+) -> None:
+    """The PostgreSQL store writes a device read (one type, one timestamp, one quality)
+    by copying series ids and values into one repeated row: byte for byte what the
+    reading-by-reading path (which the round trips above check) writes."""
+    names = [f"plc/t{i}" for i in range(len(values))]
+    body = encode_payload(
+        gw="gw1", seq=seq, boot=1, kind="telemetry", t_ns=1,
+        readings=[[n, ts, v, quality] for n, v in zip(names, values, strict=True)],
+    )  # fmt: skip
+    (block,) = schema.decode(body).blocks
+    sids = [7 * i + 1 for i in range(len(values))]
+    one_by_one = b"".join(
+        pg_store._row(sid, seq, r) for sid, r in zip(sids, block.readings(), strict=True)
+    )
+    assert block.vtype in (float, bool)
+    assert pg_store.copy_block(sids, seq, block) == one_by_one
+
+
+def test_the_message_row_says_what_was_stored(key: DeviceKey, store: Store) -> None:
+    """Every column of ``messages`` (written in bulk at a group's end): kind, boot, key,
+    the signed content's digest, sealed and received to the µs, points."""
+    sealed = 1_700_000_000_123_456_789
+    body = sign1(
+        encode_payload(gw="gw1", seq=7, boot=3, kind="telemetry", t_ns=sealed,
+                       readings=[["plc/a", sealed, 1.5, 0], ["plc/b", sealed, 2.5, 0]]),
+        key, TOPIC.encode(),
+    )  # fmt: skip
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    received = 1_700_000_001_987_654_321
+    assert rx.handle(TOPIC, body, received) is Outcome.VALID
+    epoch_us = "(extract(epoch FROM {0}) * 1e6)::bigint"
+    cols = "kind, boot, kid, digest, {}, {}, points"
+    if isinstance(store, SqliteStore):
+        q = cols.format("sealed", "received")
+        row = store.db.execute(f"SELECT {q} FROM messages WHERE seq = 7").fetchone()
+    else:
+        q = cols.format(epoch_us.format("sealed"), epoch_us.format("received"))
+        (row,) = store._query(f"SELECT {q} FROM messages WHERE seq = 7")  # type: ignore[attr-defined]
+    env = parse1(body)
+    assert (row[0], row[1], bytes(row[2]), bytes(row[3])) == (
+        "telemetry", 3, key.kid, env.signed_digest(TOPIC.encode())
+    )  # fmt: skip
+    assert tuple(row[4:]) == (sealed // 1000, received // 1000, 2)
+
+
 def test_readings_are_chartable_by_series(key: DeviceKey, store: Store) -> None:
     """One number to chart (``value``) for every numeric type, the device from the tag."""
     rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
@@ -177,6 +280,33 @@ def test_a_restart_reloads_state_and_series(key: DeviceKey, store_url: str) -> N
     assert [r.value for r in s2.readings("gw1", "plc/a")] == [1.0, 2.0, 3.0]
     assert s2.report().gaps == 0
     s2.close()
+
+
+def test_receivers_sharing_a_database_share_the_series(key: DeviceKey, pg_url: str) -> None:
+    """A receiver finds the series another one made (read in bulk when it first locks the
+    gateway, alone or in a group; looked up when made after that) and makes the ones
+    nobody has: one series per tag, each reading under its own tag, whichever receiver
+    stored it."""
+    stores = [open_store(pg_url) for _ in range(2)]
+    rxs = [Receiver({"gw1": key.public_key}, "edgegw", store=s) for s in stores]
+    tags = {1: ["a", "b"], 2: ["a", "b"], 3: ["b", "c"], 4: ["c"], 5: ["a", "d"], 6: ["d"]}
+    # (receiver, seqs stored in one transaction)
+    for n, seqs in [(0, [1]), (1, [2, 3]), (0, [4, 5]), (1, [6])]:
+        items = []
+        for seq in seqs:
+            groups = [[[f"plc/{t}", seq, float(seq * 10 + i), 0] for i, t in enumerate(tags[seq])]]
+            items.append((TOPIC, msg(key, seq, [], groups=groups), None))
+        assert rxs[n].handle_many(items) == [Outcome.VALID] * len(seqs)
+    got = [(r.seq, r.tag, r.value) for r in stores[0].readings("gw1")]
+    assert got == [
+        (seq, f"plc/{t}", float(seq * 10 + i))
+        for seq, names in tags.items()
+        for i, t in enumerate(names)
+    ]
+    series = _sql(stores[0], "SELECT tag, count(*) FROM series GROUP BY tag ORDER BY tag")
+    assert [tuple(r) for r in series] == [(f"plc/{t}", 1) for t in "abcd"]
+    for s in stores:
+        s.close()
 
 
 def _sql(store: Store, sql: str) -> list[Any]:
