@@ -249,7 +249,10 @@ def _value(v: Any) -> tuple[bytes, bytes]:
     if t is bool:
         return _DOUBLE.pack(8, 1.0 if v else 0.0), _VT + b"b" + _NULL3
     if t is str:
-        return _NULL, _VT + b"s" + _NULL + _field(v.encode()) + _NULL
+        b = v.encode()
+        if b"\x00" in b:  # PostgreSQL text cannot hold NUL: the exact UTF-8 in value_bytes
+            return _NULL, _VT + b"s" + _NULL2 + _field(b)
+        return _NULL, _VT + b"s" + _NULL + _field(b) + _NULL
     if t is bytes:
         return _NULL, _VT + b"x" + _NULL2 + _field(v)
     return _NULL, _VT + b"n" + _NULL3
@@ -272,7 +275,7 @@ def _row(sid: int, seq: int, r: Sequence[Any]) -> bytes:
             value,
             _MID.pack(8, seq, 8, us - _PG_EPOCH_US, 2, nanos, 2, r[3]),
             vtype_to_bytes,
-            _NULL if reason is None else _field(reason.encode()),
+            _NULL if reason is None else _field(reason.replace("\x00", "\ufffd").encode()),
             server_fields,
         )
     )

@@ -11,7 +11,8 @@ vtype  the gateway sent    columns
 ``i``  an integer          ``value_int`` exact (int64 and uint64 up to 2^64−1), ``value``
                            the nearest double (exact up to 2^53)
 ``b``  a bool              ``value`` 0 or 1
-``s``  text                ``value_text``
+``s``  text                ``value_text`` (PostgreSQL: text holding U+0000 is its UTF-8 in
+                           ``value_bytes``, ``value_text`` NULL; a reason's NUL is U+FFFD)
 ``x``  bytes               ``value_bytes``
 ``n``  no value            (quality says why)
 =====  ==================  ===============================================================
@@ -55,8 +56,8 @@ def value_of(
         return int(value_int)
     if vtype == "b":
         return bool(value)
-    if vtype == "s":
-        return value_text
+    if vtype == "s":  # text holding NUL is kept as its UTF-8 in value_bytes (PostgreSQL)
+        return value_text if value_bytes is None else bytes(value_bytes).decode()
     if vtype == "x":
         return bytes(value_bytes)
     return None
