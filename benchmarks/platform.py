@@ -546,7 +546,6 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-
     print(
         f"{args.gateways} gateways, {args.points} points per message ({args.devices} device "
         f"reads of {args.tags} float32 tags), payload version {args.payload_version}",
