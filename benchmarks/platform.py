@@ -43,6 +43,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -537,8 +538,14 @@ def main() -> int:
     )  # fmt: skip
     args = ap.parse_args()
     args.points = args.devices * args.tags
-
     work = Path(tempfile.mkdtemp(prefix="edgegw-platform-bench-"))
+    try:
+        return run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # keys, the broker's files, receiver logs
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
     print(
         f"{args.gateways} gateways, {args.points} points per message ({args.devices} device "
         f"reads of {args.tags} float32 tags), payload version {args.payload_version}",
