@@ -1,0 +1,170 @@
+"""More of the pipeline on a real outbox, judged by a real receiver: what each message
+carries (batch boundaries kept when a window is split to fit, the payload version, the key
+chain, marks), the stats and the audit callback, refusals labelled and counted across
+failed recordings, the refusal notice rate, and a window taken off the queue kept across a
+cancelled run() (mid-window, mid-retry, or idle)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buffer import OutboxError
+from gateway.receiver import Outcome
+
+from .test_pipeline import Rig, batch
+
+LIMIT = 400  # bytes a telemetry message may take: a 60-point window (~1 kB) needs several
+SIZES = [("a", 7), ("b", 17), ("c", 13), ("d", 23)]  # batches that parts cut across
+
+
+def blocks_of(rig: Rig) -> list[list[str]]:
+    """The tags of each block (one batch, or the piece of one) of every message."""
+    return [list(b.names) for p in rig.sink.payloads for b in p.blocks]
+
+
+def test_a_split_window_keeps_every_batch_in_blocks_of_its_own(tmp_path: Path) -> None:
+    """Batches of different devices (and sizes) in one window larger than a message: each
+    message fits the limit, each block holds readings of one batch only, nothing is lost
+    or reordered, and the stats count what was committed. The next window is cut from the
+    size of the last message: each of its messages is signed once (never a whole window
+    sealed only to be thrown away), and not into needlessly many messages."""
+
+    async def main() -> tuple[Rig, list[Any], list[tuple[int, Outcome]], list[int], list[int]]:
+        async with Rig(tmp_path, body_limit=lambda topic: LIMIT) as rig:
+            key = rig.key
+            signed = 0
+
+            class Counting:
+                kid = key.kid
+
+                def sign(self, data: bytes) -> bytes:
+                    nonlocal signed
+                    signed += 1
+                    return key.sign(data)
+
+            rig.pipe.key = Counting()  # type: ignore[assignment]
+            ob = rig.ob.outbox
+            assert ob is not None
+            task = asyncio.create_task(rig.pipe.run())
+            signs, messages = [], []
+            for w in range(2):
+                for dev, n in SIZES:
+                    await rig.pipe.put(batch(n, 100 * w, dev=dev))
+                await asyncio.sleep(0.15)
+                signs.append(signed - sum(signs))
+                messages.append(len(ob.pending(limit=1000)) - sum(messages))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rows = ob.pending(limit=1000)
+            return rig, rows, rig.deliver(), signs, messages
+
+    rig, rows, out, signs, messages = asyncio.run(main())
+    assert all(o == Outcome.VALID for _, o in out)
+    assert all(len(r.body) <= LIMIT for r in rows), [len(r.body) for r in rows]
+    total = sum(n for _, n in SIZES)
+    sent = [f"{dev}/t{i}" for _ in range(2) for dev, n in SIZES for i in range(n)]
+    assert [r[0] for r in rig.readings()] == sent
+    assert [r[2] for r in rig.readings()] == [
+        float(100 * w + i) for w in range(2) for _, n in SIZES for i in range(n)
+    ]
+    for tags in blocks_of(rig):  # a block never mixes two batches
+        assert len({t.split("/")[0] for t in tags}) == 1, tags
+    # ~1 kB a window: a few messages each, not one per point
+    assert 2 <= messages[0] <= 6 and 2 <= messages[1] <= 6, messages
+    assert signs[1] == messages[1], (signs, messages)  # pre-split: each part signed once
+    st = rig.pipe.stats
+    assert st.points_sealed == 2 * total and st.messages_sealed == len(rows)
+    assert st.last_seq == max(r.seq for r in rows)
+    assert all(p.points == len(p.readings) for p in rig.sink.payloads)
+
+
+def test_a_run_cancelled_mid_window_or_idle_loses_nothing(tmp_path: Path) -> None:
+    """A supervisor cancels run() while it collects a window, and again while it waits
+    for the next one: each restart seals what was taken off the queue, once, in order."""
+
+    async def main() -> list[list[str]]:
+        async with Rig(tmp_path, flush_window_s=30.0) as rig:
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.put(batch(3, 0, dev="a"))
+            await rig.pipe.put(batch(2, 0, dev="b"))
+            await rig.pipe.put(batch(4, 0, dev="e"))
+            await asyncio.sleep(0.1)  # taken off the queue, the window still open
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            rig.pipe.window = 0.05
+            task = asyncio.create_task(rig.pipe.run())  # the restart seals them first
+            await asyncio.sleep(0.2)
+            task.cancel()  # idle now: waiting for the first batch of a window
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await rig.pipe.put(batch(2, 0, dev="c"))
+            await rig.pipe.close()
+            await asyncio.wait_for(rig.pipe.run(), 10)
+            rig.deliver()
+            assert [r[0] for r in rig.readings()] == [
+                *(f"a/t{i}" for i in range(3)),
+                *(f"b/t{i}" for i in range(2)),
+                *(f"e/t{i}" for i in range(4)),
+                *(f"c/t{i}" for i in range(2)),
+            ]
+            return blocks_of(rig)
+
+    blocks = asyncio.run(main())
+    assert blocks == [
+        ["a/t0", "a/t1", "a/t2"],
+        ["b/t0", "b/t1"],
+        [f"e/t{i}" for i in range(4)],
+        ["c/t0", "c/t1"],
+    ]
+
+
+def test_a_run_cancelled_mid_retry_keeps_the_rest_with_its_batch_ends(tmp_path: Path) -> None:
+    """The outbox fails after the first messages of a split window were committed, and
+    run() is cancelled while it waits to retry: the restart seals only the rest, each
+    batch still in blocks of its own; nothing twice, nothing lost."""
+
+    async def main() -> Rig:
+        async with Rig(tmp_path, body_limit=lambda topic: LIMIT) as rig:
+            ob = rig.ob.outbox
+            assert ob is not None
+            real = ob.append
+            committed, failed = 0, False
+
+            def failing(topic: str, *a: Any, **kw: Any) -> int:
+                nonlocal committed, failed
+                if topic.endswith("/telemetry") and committed == 1 and not failed:
+                    failed = True  # once, after the first message of the window
+                    raise OutboxError("disk I/O error (injected)")
+                seq = real(topic, *a, **kw)
+                committed += 1
+                return seq
+
+            ob.append = failing  # type: ignore[method-assign]
+            task = asyncio.create_task(rig.pipe.run())
+            for dev in "abcd":
+                await rig.pipe.put(batch(15, 0, dev=dev))
+            for _ in range(200):  # bounded: until the failure (then it sleeps 0.2 s)
+                if rig.pipe.stats.seal_errors:
+                    break
+                await asyncio.sleep(0.01)
+            assert rig.pipe.stats.seal_errors == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert 0 < rig.pipe.stats.points_sealed < 60
+            assert len(rig.pipe._held[0]) == 60 - rig.pipe.stats.points_sealed
+            await rig.pipe.close()
+            await asyncio.wait_for(rig.pipe.run(), 10)
+            rig.deliver()
+            return rig
+
+    rig = asyncio.run(main())
+    assert [r[0] for r in rig.readings()] == [f"{d}/t{i}" for d in "abcd" for i in range(15)]
+    for tags in blocks_of(rig):
+        assert len({t.split("/")[0] for t in tags}) == 1, tags
+    assert rig.pipe.stats.points_sealed == 60
