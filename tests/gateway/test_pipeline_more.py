@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from buffer import OutboxError
+from gateway import pipeline as pipeline_mod
 from gateway.receiver import Outcome
 
 from .test_pipeline import Rig, batch
@@ -168,3 +169,66 @@ def test_a_run_cancelled_mid_retry_keeps_the_rest_with_its_batch_ends(tmp_path: 
     for tags in blocks_of(rig):
         assert len({t.split("/")[0] for t in tags}) == 1, tags
     assert rig.pipe.stats.points_sealed == 60
+
+
+def test_refusals_recorded_late_are_all_counted_and_labelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop_acquisition refuses windows, and recording the refusals fails for a while (a
+    full disk): the refused points add up until a recording works, after a window that
+    seals, and at close. Every refused point is told once, under a refusal reason; the
+    audit callback gets each drop; while refusing, notices stay rare."""
+    monkeypatch.setattr(pipeline_mod, "REFUSAL_NOTICE_S", 3600.0)  # one per run, here
+    audit: list[dict[str, Any]] = []
+
+    async def main() -> tuple[Any, Any, list[str], int]:
+        async with Rig(
+            tmp_path, max_bytes=3000, policy="stop_acquisition", on_drop=audit.append
+        ) as rig:
+            real = rig.pipe._refuse_sync
+            failing, failed = True, 0
+
+            def refuse(points: int, reason: str) -> None:
+                nonlocal failed
+                if failing:
+                    failed += 1
+                    raise OutboxError("disk full (injected)")
+                real(points, reason)
+
+            rig.pipe._refuse_sync = refuse  # type: ignore[method-assign]
+            task = asyncio.create_task(rig.pipe.run())
+            n = 0
+
+            async def windows(k: int) -> None:
+                nonlocal n
+                for _ in range(k):
+                    await rig.pipe.put(batch(20, 100 * n))
+                    n += 1
+                    await asyncio.sleep(0.07)
+
+            await windows(12)  # fills the outbox; the refusals are not recorded
+            assert failed >= 2 and rig.pipe.stats.points_refused > 0
+            refusals = rig.pipe.stats.points_refused
+            await rig.ob.run(rig.deliver)  # the platform acks: room again
+            failing = False
+            await windows(12)  # the first seals and records them; then refused again
+            failing = True
+            await windows(6)  # refused, not recorded
+            failing = False
+            await rig.pipe.close()  # what is still unrecorded is recorded at close
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            reasons = [d.reason for p in rig.sink.payloads for d in p.drops]
+            return rig.pipe.stats, rig.rx.stats, reasons, refusals
+
+    st, rx, reasons, refusals = asyncio.run(main())
+    assert st.points_refused > refusals > 0
+    assert rx.dropped_points == st.points_refused  # every refused point told, once
+    assert rx.points_verified + rx.dropped_points == st.points_polled == 20 * 30
+    assert set(reasons) <= {"refused_outbox_full", "refused_disk_full"}, reasons
+    assert "refused_disk_full" in reasons and "refused_outbox_full" in reasons
+    assert rx.notices == st.notices <= 5, st.notices  # not one per refused window
+    assert sum(d["points"] for d in audit) == st.points_refused
+    assert {d["reason"] for d in audit} == set(reasons)
+    for d in audit:
+        assert set(d) == {"reason", "first_seq", "last_seq", "messages", "points"}
