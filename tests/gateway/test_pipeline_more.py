@@ -15,8 +15,10 @@ import pytest
 from buffer import OutboxError
 from gateway import pipeline as pipeline_mod
 from gateway.receiver import Outcome
+from gateway.receiver.schema import decode
+from security.cose import KEYCHAIN, parse1
 
-from .test_pipeline import Rig, batch
+from .test_pipeline import EVENT, GW, Rig, batch
 
 LIMIT = 400  # bytes a telemetry message may take: a 60-point window (~1 kB) needs several
 SIZES = [("a", 7), ("b", 17), ("c", 13), ("d", 23)]  # batches that parts cut across
@@ -66,6 +68,7 @@ def test_a_split_window_keeps_every_batch_in_blocks_of_its_own(tmp_path: Path) -
     rig, rows, out, signs, messages = asyncio.run(main())
     assert all(o == Outcome.VALID for _, o in out)
     assert all(len(r.body) <= LIMIT for r in rows), [len(r.body) for r in rows]
+    assert all(not parse1(r.body).unprotected for r in rows)  # no key chain: no header
     total = sum(n for _, n in SIZES)
     sent = [f"{dev}/t{i}" for _ in range(2) for dev, n in SIZES for i in range(n)]
     assert [r[0] for r in rig.readings()] == sent
@@ -232,3 +235,36 @@ def test_refusals_recorded_late_are_all_counted_and_labelled(
     assert {d["reason"] for d in audit} == set(reasons)
     for d in audit:
         assert set(d) == {"reason", "first_seq", "last_seq", "messages", "points"}
+
+
+def test_every_kind_carries_the_version_the_key_chain_and_its_marks(tmp_path: Path) -> None:
+    """Telemetry, an event and a drop notice of a gateway set to payload version 1 with
+    a rotated key: each message is version 1 and carries the certificates in its
+    unprotected header; the marks of an urgent message are committed with it."""
+    chain = (b"cert: root to intermediate", b"cert: intermediate to gateway")
+
+    async def main() -> list[tuple[str, Any, Any]]:
+        async with Rig(tmp_path, payload_version=1, keychain=chain) as rig:
+            ob = rig.ob.outbox
+            assert ob is not None
+            await rig.ob.run(ob.record_drop, 5, "unclean_stop")  # told at the end of run()
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.put(batch(3))
+            await rig.pipe.seal_message(
+                "event", f"edgegw/{GW}/event", {"event": EVENT}, marks={"audit_sent": 7}
+            )
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            assert await rig.ob.run(ob.mark, "audit_sent") == 7
+            out = []
+            for r in ob.pending(limit=100):
+                env = parse1(r.body)
+                out.append((r.topic, env.unprotected.get(KEYCHAIN), decode(env.payload)))
+            return out
+
+    got = asyncio.run(main())
+    kinds = sorted(p.kind for _, _, p in got)
+    assert kinds == ["event", "notice", "telemetry"], kinds
+    for topic, keychain, p in got:
+        assert keychain == list(chain), topic
+        assert p.version == 1, topic
