@@ -7,12 +7,14 @@ cancelled run() (mid-window, mid-retry, or idle)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from buffer import OutboxError
+from drivers.contract import Quality
 from gateway import pipeline as pipeline_mod
 from gateway.receiver import Outcome
 from gateway.receiver.schema import decode
@@ -268,3 +270,91 @@ def test_every_kind_carries_the_version_the_key_chain_and_its_marks(tmp_path: Pa
     for topic, keychain, p in got:
         assert keychain == list(chain), topic
         assert p.version == 1, topic
+
+
+def test_unsealable_readings_each_counted_logged_once_and_kept_by_tag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two readings the encoder cannot take for the same reason, and one with a timestamp
+    that is neither encodable nor a number: each becomes a bad reading (the last under
+    its repr, now), all three are counted, the reason (the same for all) is logged once
+    (no flood), and run() goes on."""
+
+    async def main() -> tuple[list[tuple[Any, ...]], Any]:
+        async with Rig(tmp_path) as rig:
+            task = asyncio.create_task(rig.pipe.run())
+            b = batch(8)
+            for i in (2, 5):
+                b.readings[i] = (f"d/t{i}", b.readings[i][1], object(), 0)
+            b.readings[7] = ("d/t7", object(), 1.0, 0)  # type: ignore[call-overload]
+            await rig.pipe.put(b)
+            await rig.pipe.put(batch(2, 50, dev="e"))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return rig.readings(), rig.pipe.stats
+
+    with caplog.at_level(logging.ERROR, logger="edgegw.pipeline"):
+        readings, st = asyncio.run(main())
+    bad = int(Quality.BAD_CONFIG)
+    assert [r[3] for r in readings] == [0, 0, bad, 0, 0, bad, 0, bad, 0, 0]
+    assert [r[0] for r in readings[:7]] == [f"d/t{i}" for i in range(7)]
+    assert readings[7][0].startswith("('d/t7', <object object at ")
+    assert [r[0] for r in readings[8:]] == ["e/t0", "e/t1"]
+    assert all(r[4].startswith("cannot be sealed: ") for r in readings if r[3] == bad)
+    assert st.readings_unsealable == 3 and st.points_sealed == 10
+    logged = [r for r in caplog.records if "sent as a bad reading" in r.getMessage()]
+    assert len(logged) == 1, [r.getMessage() for r in logged]  # the same reason: once
+
+
+def test_a_key_failing_mid_window_drops_exactly_the_rest(tmp_path: Path) -> None:
+    """The key fails after the first message of a split window, and for the next window
+    too: exactly what was not committed is dropped and told (once the key works again),
+    each failed window counted."""
+
+    async def main() -> tuple[Any, Any]:
+        async with Rig(tmp_path, body_limit=lambda topic: LIMIT) as rig:
+            key = rig.key
+
+            class Failing:
+                kid = key.kid
+                broken = False
+
+                def sign(self, data: bytes) -> bytes:
+                    if self.broken:
+                        raise ValueError("the key is unusable (injected)")
+                    return key.sign(data)
+
+            signer = Failing()
+            rig.pipe.key = signer  # type: ignore[assignment]
+            ob = rig.ob.outbox
+            assert ob is not None
+            real = ob.append
+
+            def append(topic: str, *a: Any, **kw: Any) -> int:
+                seq = real(topic, *a, **kw)
+                if topic.endswith("/telemetry"):
+                    signer.broken = True  # from the first message committed on
+                return seq
+
+            ob.append = append  # type: ignore[method-assign]
+            task = asyncio.create_task(rig.pipe.run())
+            for dev in "abcd":
+                await rig.pipe.put(batch(15, 0, dev=dev))
+            await asyncio.sleep(0.3)
+            await rig.pipe.put(batch(5, 0, dev="e"))
+            await asyncio.sleep(0.3)
+            ob.append = real  # type: ignore[method-assign]
+            signer.broken = False
+            await rig.pipe.put(batch(2, 0, dev="f"))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return rig.pipe.stats, rig.rx.stats
+
+    st, rx = asyncio.run(main())
+    assert st.seal_failures == 2
+    assert 0 < st.points_sealed - 2 < 60  # the first part of the first window, and f
+    assert rx.points_verified == st.points_sealed
+    assert rx.dropped_points == 65 - (st.points_sealed - 2)
+    assert rx.points_verified + rx.dropped_points == st.points_polled == 67
