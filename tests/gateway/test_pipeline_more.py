@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from buffer import OutboxError
+from buffer import OutboxError, OutboxFull
 from drivers.contract import Quality
 from gateway import pipeline as pipeline_mod
 from gateway.receiver import Outcome
@@ -358,3 +358,36 @@ def test_a_key_failing_mid_window_drops_exactly_the_rest(tmp_path: Path) -> None
     assert rx.points_verified == st.points_sealed
     assert rx.dropped_points == 65 - (st.points_sealed - 2)
     assert rx.points_verified + rx.dropped_points == st.points_polled == 67
+
+
+def test_an_outbox_full_mid_window_refuses_exactly_the_rest(tmp_path: Path) -> None:
+    """The outbox refuses after the first message of a split window: exactly the
+    uncommitted rest is counted refused and told; the committed part arrives once."""
+
+    async def main() -> tuple[Any, Any]:
+        async with Rig(tmp_path, body_limit=lambda topic: LIMIT) as rig:
+            ob = rig.ob.outbox
+            assert ob is not None
+            real = ob.append
+            committed = 0
+
+            def append(topic: str, *a: Any, **kw: Any) -> int:
+                nonlocal committed
+                if topic.endswith("/telemetry") and committed == 1:
+                    raise OutboxFull("the outbox is full (injected)", "outbox_full")
+                seq = real(topic, *a, **kw)
+                committed += topic.endswith("/telemetry")
+                return seq
+
+            ob.append = append  # type: ignore[method-assign]
+            task = asyncio.create_task(rig.pipe.run())
+            for dev in "abcd":
+                await rig.pipe.put(batch(15, 0, dev=dev))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return rig.pipe.stats, rig.rx.stats
+
+    st, rx = asyncio.run(main())
+    assert 0 < st.points_sealed < 60 and st.points_refused == 60 - st.points_sealed
+    assert (rx.points_verified, rx.dropped_points) == (st.points_sealed, st.points_refused)
