@@ -391,3 +391,23 @@ def test_an_outbox_full_mid_window_refuses_exactly_the_rest(tmp_path: Path) -> N
     st, rx = asyncio.run(main())
     assert 0 < st.points_sealed < 60 and st.points_refused == 60 - st.points_sealed
     assert (rx.points_verified, rx.dropped_points) == (st.points_sealed, st.points_refused)
+
+
+def test_a_window_closes_when_it_reaches_max_points_exactly(tmp_path: Path) -> None:
+    """Batches arrive faster than the (long) window: a window closes as soon as it holds
+    max_points, not one batch later and not only when its time is up."""
+
+    async def main() -> list[int]:
+        async with Rig(tmp_path, max_points=25, flush_window_s=30.0) as rig:
+            task = asyncio.create_task(rig.pipe.run())
+            for i in range(7):
+                await rig.pipe.put(batch(5, 10 * i))
+            await asyncio.sleep(0.3)
+            sealed_before_close = rig.pipe.stats.points_sealed
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            assert sealed_before_close == 25  # sealed by size, long before its time
+            return [len(p.readings) for p in rig.sink.payloads]
+
+    assert asyncio.run(main()) == [25, 10]
