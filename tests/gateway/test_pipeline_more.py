@@ -301,7 +301,8 @@ def test_unsealable_readings_each_counted_logged_once_and_kept_by_tag(
     assert [r[0] for r in readings[:7]] == [f"d/t{i}" for i in range(7)]
     assert readings[7][0].startswith("('d/t7', <object object at ")
     assert [r[0] for r in readings[8:]] == ["e/t0", "e/t1"]
-    assert all(r[4].startswith("cannot be sealed: ") for r in readings if r[3] == bad)
+    why = "cannot be sealed: CBOREncodeError: "  # what the encoder said, passed on
+    assert all(r[4].startswith(why) for r in readings if r[3] == bad)
     assert st.readings_unsealable == 3 and st.points_sealed == 10
     logged = [r for r in caplog.records if "sent as a bad reading" in r.getMessage()]
     assert len(logged) == 1, [r.getMessage() for r in logged]  # the same reason: once
@@ -411,3 +412,26 @@ def test_a_window_closes_when_it_reaches_max_points_exactly(tmp_path: Path) -> N
             return [len(p.readings) for p in rig.sink.payloads]
 
     assert asyncio.run(main()) == [25, 10]
+
+
+def test_a_refusal_on_a_full_disk_is_still_told(tmp_path: Path) -> None:
+    """The disk is below the free space the outbox must keep (min_free_bytes far above
+    what any disk has): every window is refused, and the notice saying so is still
+    sealed, because a notice may spend the reserve that data may not."""
+
+    async def main() -> tuple[Any, Any, list[str]]:
+        async with Rig(tmp_path, policy="stop_acquisition", min_free_bytes=2**60) as rig:
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.put(batch(5))
+            await asyncio.sleep(0.2)
+            await rig.pipe.put(batch(3, 10))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            reasons = [d.reason for p in rig.sink.payloads for d in p.drops]
+            return rig.pipe.stats, rig.rx.stats, reasons
+
+    st, rx, reasons = asyncio.run(main())
+    assert st.points_refused == 8 and st.points_sealed == 0
+    assert rx.notices >= 1 and rx.dropped_points == 8
+    assert set(reasons) == {"refused_disk_full"}
