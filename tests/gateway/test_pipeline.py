@@ -52,7 +52,7 @@ def batch(n: int, start: int = 0, dev: str = "d") -> Batch:
 class Rig:
     def __init__(self, tmp: Path, **kw: Any) -> None:
         self.key, _ = DeviceKey.load_or_create(tmp)
-        limits = {k: kw.pop(k) for k in ("max_bytes", "policy") if k in kw}
+        limits = {k: kw.pop(k) for k in ("max_bytes", "policy", "min_free_bytes") if k in kw}
         self.ob = OutboxThread(tmp / "outbox.db", **limits)
         self.kw = kw
         self.sink = Collect()
