@@ -114,7 +114,12 @@ def columns(groups: Iterable[Sequence[Any]]) -> tuple[list[Any], list[Any]]:
             sets.append(tag_set(names))
         qs = cols[3]
         q0 = qs[0]
-        block = [k, t0 if ts.count(t0) == n else ts, cols[2], q0 if qs.count(q0) == n else qs]
+        same_ts = ts.count(t0) == n
+        # A timestamp that is not an integer (a driver's bug) would make the platform
+        # refuse the whole message: raise, so the pipeline isolates the reading.
+        if type(t0) is not int if same_ts else any(type(t) is not int for t in ts):
+            raise TypeError(f"a reading of {names[0]!r}..: timestamp is not an integer")
+        block = [k, t0 if same_ts else ts, cols[2], q0 if qs.count(q0) == n else qs]
         if width > 4:
             reasons = cols[4]
             r0 = reasons[0]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from buffer import OutboxError, OutboxFull
-from drivers.contract import Quality
+from drivers.contract import Batch, Quality
 from gateway import pipeline as pipeline_mod
 from gateway.receiver import Outcome
 from gateway.receiver.schema import decode
@@ -276,9 +277,9 @@ def test_unsealable_readings_each_counted_logged_once_and_kept_by_tag(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two readings the encoder cannot take for the same reason, and one with a timestamp
-    that is neither encodable nor a number: each becomes a bad reading (the last under
-    its repr, now), all three are counted, the reason (the same for all) is logged once
-    (no flood), and run() goes on."""
+    that is not an integer: each becomes a bad reading (the last under its repr, now),
+    all three are counted, each distinct reason is logged once (no flood), and run()
+    goes on."""
 
     async def main() -> tuple[list[tuple[Any, ...]], Any]:
         async with Rig(tmp_path) as rig:
@@ -302,10 +303,11 @@ def test_unsealable_readings_each_counted_logged_once_and_kept_by_tag(
     assert readings[7][0].startswith("('d/t7', <object object at ")
     assert [r[0] for r in readings[8:]] == ["e/t0", "e/t1"]
     why = "cannot be sealed: CBOREncodeError: "  # what the encoder said, passed on
-    assert all(r[4].startswith(why) for r in readings if r[3] == bad)
+    assert readings[2][4].startswith(why) and readings[5][4].startswith(why)
+    assert "timestamp is not an integer" in readings[7][4]
     assert st.readings_unsealable == 3 and st.points_sealed == 10
     logged = [r for r in caplog.records if "sent as a bad reading" in r.getMessage()]
-    assert len(logged) == 1, [r.getMessage() for r in logged]  # the same reason: once
+    assert len(logged) == 2, [r.getMessage() for r in logged]  # once per distinct reason
 
 
 def test_a_key_failing_mid_window_drops_exactly_the_rest(tmp_path: Path) -> None:
@@ -435,3 +437,27 @@ def test_a_refusal_on_a_full_disk_is_still_told(tmp_path: Path) -> None:
     assert st.points_refused == 8 and st.points_sealed == 0
     assert rx.notices >= 1 and rx.dropped_points == 8
     assert set(reasons) == {"refused_disk_full"}
+
+
+def test_a_reading_with_a_timestamp_that_is_not_an_integer_costs_only_itself(
+    tmp_path: Path,
+) -> None:
+    """A driver bug (a timestamp as text) made the platform refuse the whole message:
+    the encoder now refuses it, so the pipeline isolates that one reading (sent bad,
+    saying why) and its neighbours arrive."""
+
+    async def main() -> Any:
+        async with Rig(tmp_path) as rig:
+            task = asyncio.create_task(rig.pipe.run())
+            ts = time.time_ns()
+            good = [(f"plc/t{i}", ts, float(i), 0) for i in range(7)]
+            await rig.pipe.put(Batch("plc", [*good, ("plc/bad", "yesterday", 1.0, 0)]))
+            await rig.pipe.put(Batch("b", [("b/x", ts, 1.0, 0), ("b/y", ts, 2.0, 0)]))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return rig.rx.stats, rig.pipe.stats
+
+    rx, st = asyncio.run(main())
+    assert rx.points_verified == 10 and rx.malformed == 0, rx
+    assert st.readings_unsealable == 1
