@@ -26,8 +26,15 @@ reports, for the same processes:
   the first pass, without it);
 - the same two per import step (footprint.py's ``IMPORTS`` list).
 
-Times under emulation are not speed and are not reported as such. Bounded: each
-footprint.py run stops after ``--duration`` seconds.
+In a chroot of the machine's own architecture the guest's mappings are the whole
+process, so guest RSS equals VmRSS: the .deb test checks that (tests/appliance/
+test_packaging.py). Each run also says whether the gateway kept up (points polled,
+overruns, read errors, from its final status.json): under emulation it may not.
+
+``--steps rss,heap,imports`` picks the passes. A run that fails is reported and the others
+go on (exit status 1 at the end); ``--out`` is rewritten after each run. Times under
+emulation are not speed and are not reported as such. Bounded: each footprint.py run
+stops after ``--duration`` seconds (footprint.py gives a gateway 120 s to become ready).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from array import array  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
 
 GUEST_DIR = "/tmp/edgegw-footprint"  # inside the chroot
 GUEST_PYTHON = "/opt/edgegw/bin/python"
@@ -284,16 +292,18 @@ def run_footprint(
     )  # fmt: skip
     time.sleep(0.3)  # the sampler's last round
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    new_dirs = set((ch.root / "tmp").glob(f"edgegw-footprint-{kind}-{tags}-*")) - dirs
     if r.returncode != 0 or not lines:
-        out = r.stdout + r.stderr
-        raise SystemExit(f"footprint.py {kind} {tags} failed ({r.returncode}):\n{out}")
+        why = (r.stdout + r.stderr).strip().splitlines()[-1:]
+        logs = [tail(d / "gateway.log") for d in new_dirs]
+        raise RunFailed(f"footprint.py {kind} {tags}: {' '.join(why)}; gateway.log: {logs}")
     res: dict[str, object] = json.loads(lines[-1])
     gw = [
         s for pid in set(sampler.samples) - before for s in sampler.samples[pid]
         if s.label == "gateway"
     ]  # fmt: skip
     if not gw:
-        raise SystemExit(f"no guest map from the gateway ({kind} {tags}): {sampler.errors[-3:]}")
+        raise RunFailed(f"no guest map from the gateway ({kind} {tags}): {sampler.errors[-3:]}")
     last = gw[-1]
     res.update(
         guest_rss_end_mib=round(last.guest_rss_mib, 1),
@@ -302,7 +312,7 @@ def run_footprint(
         guest_anon_max_mib=round(max(s.guest_anon_mib for s in gw), 1),
         qemu_own_end_mib=round(last.vmrss_mib - last.guest_rss_mib, 1),
         samples=len(gw),
-        **load_done(set((ch.root / "tmp").glob(f"edgegw-footprint-{kind}-{tags}-*")) - dirs),
+        **load_done(new_dirs),
     )
     if trace:
         res = {
@@ -312,6 +322,17 @@ def run_footprint(
             "traced_peak_mib": round(max(s.traced_peak_mib or 0 for s in gw), 1),
         }
     return res
+
+
+class RunFailed(Exception):
+    """One footprint.py run failed; the others still run."""
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return repr(e)
 
 
 def load_done(new_dirs: set[Path]) -> dict[str, object]:
@@ -328,6 +349,11 @@ def load_done(new_dirs: set[Path]) -> dict[str, object]:
         "run_s": round((st["time_ns"] - st["started_ns"]) / 1e9, 1),
         "overruns": sum(d.get("overruns", 0) for d in devices),
         "read_errors": sum(d.get("errors", 0) for d in devices),
+        "errors_by_device": {
+            d["name"]: f"{d['errors']} errors, last: {d.get('last_error')}"
+            for d in devices
+            if d.get("errors")
+        },
     }
 
 
@@ -338,7 +364,7 @@ def run_imports(ch: Chroot, sampler: Sampler, trace: bool) -> list[Sample]:
         f"{GUEST_DIR}/maps", "1" if trace else "0", timeout=1200,
     )  # fmt: skip
     if r.returncode != 0:
-        raise SystemExit(f"the import steps failed:\n{r.stdout}{r.stderr}")
+        raise RunFailed(f"the import steps failed: {(r.stdout + r.stderr)[-2000:]}")
     pids = set(sampler.samples) - before
     return [s for pid in pids for s in sampler.samples[pid]]
 
@@ -351,7 +377,12 @@ def main() -> int:
     ap.add_argument("--tags", default="1000,10000", help="comma-separated tag counts")
     ap.add_argument("--configs", default="modbus,all", help="modbus, all, or both")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds sampled after ready")
-    ap.add_argument("--out", type=Path, help="write every figure here as JSON")
+    ap.add_argument("--out", type=Path, help="write every figure here as JSON (after each run)")
+    ap.add_argument(
+        "--steps",
+        default="rss,heap,imports",
+        help="rss: footprint.py runs; heap: the same with tracemalloc; imports: per import step",
+    )
     a = ap.parse_args()
     if not a.chroot:
         raise SystemExit("--chroot (or EDGEGW_CHROOT) is needed")
@@ -372,26 +403,55 @@ def main() -> int:
     sampler = Sampler(ch.root, work / "maps")
     thread = threading.Thread(target=sampler.run, name="guest-sampler", daemon=True)
     thread.start()
-    report: dict[str, object] = {"arch": arch, "duration_s": a.duration}
+    steps = set(a.steps.split(","))
+    report: dict[str, Any] = {"arch": arch, "duration_s": a.duration, "runs": [], "failed": []}
+
+    def save() -> None:
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(report, indent=1) + "\n")
+
     try:
-        runs, traced = [], []
         for kind in a.configs.split(","):
             for tags in (int(t) for t in a.tags.split(",")):
-                res = run_footprint(ch, sampler, kind, tags, a.duration, trace=False)
-                print(json.dumps(res), flush=True)
-                runs.append(res)
-                tr = run_footprint(ch, sampler, kind, tags, a.duration, trace=True)
-                print(json.dumps(tr), flush=True)
-                traced.append(tr)
-        report["runs"], report["tracemalloc"] = runs, traced
-        r = ch.run(GUEST_PYTHON, f"{GUEST_DIR}/benchmarks/footprint.py", "--imports")
-        if r.returncode != 0:
-            raise SystemExit(f"footprint.py --imports failed:\n{r.stdout}{r.stderr}")
-        print(r.stdout, end="", flush=True)
-        report["footprint_imports"] = json.loads(r.stdout.strip().splitlines()[-1])["imports"]
-        plain = run_imports(ch, sampler, trace=False)
-        with_trace = run_imports(ch, sampler, trace=True)
-        report["imports"] = [
+                for trace in [False] * ("rss" in steps) + [True] * ("heap" in steps):
+                    try:
+                        res = run_footprint(ch, sampler, kind, tags, a.duration, trace)
+                    except RunFailed as e:
+                        print(f"FAILED: {e}", flush=True)
+                        report["failed"].append(str(e))
+                        continue
+                    print(json.dumps(res), flush=True)
+                    report["runs"].append(res)
+                    save()
+        if "imports" in steps:
+            try:
+                report.update(measure_imports(ch, sampler))
+            except RunFailed as e:
+                print(f"FAILED: {e}", flush=True)
+                report["failed"].append(str(e))
+            save()
+    finally:
+        sampler.stop.set()
+        thread.join()
+        shutil.rmtree(work, ignore_errors=True)
+    summary(report)
+    if sampler.errors:
+        print(f"\n{len(sampler.errors)} sample(s) missed (a process exiting): {sampler.errors[:3]}")
+    save()
+    return 1 if report["failed"] else 0
+
+
+def measure_imports(ch: Chroot, sampler: Sampler) -> dict[str, Any]:
+    r = ch.run(GUEST_PYTHON, f"{GUEST_DIR}/benchmarks/footprint.py", "--imports")
+    if r.returncode != 0:
+        raise RunFailed(f"footprint.py --imports failed: {(r.stdout + r.stderr)[-2000:]}")
+    print(r.stdout, end="", flush=True)
+    plain = run_imports(ch, sampler, trace=False)
+    with_trace = run_imports(ch, sampler, trace=True)
+    return {
+        "footprint_imports": json.loads(r.stdout.strip().splitlines()[-1])["imports"],
+        "imports": [
             {
                 "step": p.label,
                 "vmrss_mib": round(p.vmrss_mib, 1),
@@ -400,35 +460,39 @@ def main() -> int:
                 "traced_mib": round(t.traced_mib or 0, 2),
             }
             for p, t in zip(plain, with_trace, strict=True)
-        ]
-    finally:
-        sampler.stop.set()
-        thread.join()
-        shutil.rmtree(work, ignore_errors=True)
+        ],
+    }
 
-    print(f"\n{arch}: gateway process, at the end of {a.duration:.0f} s of polling (MiB)")
+
+def summary(report: dict[str, Any]) -> None:
+    arch, runs = report["arch"], report["runs"]
+    print(f"\n{arch}: gateway process, at the end of {report['duration_s']:.0f} s of polling (MiB)")
     print(f"{'config':8} {'tags':>6} {'VmRSS':>7} {'guest RSS':>10} {'guest anon':>10} "
           f"{'qemu own':>9} {'py heap':>8} {'py peak':>8}  load")  # fmt: skip
-    for res, tr in zip(runs, traced, strict=True):
+    keys = sorted({(r["config"], r["tags"]) for r in runs}, key=lambda k: (k[0] != "modbus", k))
+    for kind, tags in keys:
+        res = next(
+            (r for r in runs if (r["config"], r["tags"]) == (kind, tags) and "rss_end_mib" in r), {}
+        )
+        tr = next(
+            (r for r in runs if (r["config"], r["tags"]) == (kind, tags) and "traced_end_mib" in r),
+            {},
+        )
         print(
-            f"{res['config']:8} {res['tags']:>6} {mib(res['rss_end_mib'])}  "  # type: ignore[arg-type]
-            f"{mib(res['guest_rss_end_mib'])}     {mib(res['guest_anon_end_mib'])}     "  # type: ignore[arg-type]
-            f"{mib(res['qemu_own_end_mib'])}   {mib(tr['traced_end_mib'])}   "  # type: ignore[arg-type]
-            f"{mib(tr['traced_peak_mib'])}  {res.get('points_polled')} points polled "
+            f"{kind:8} {tags:>6} {mib(res.get('rss_end_mib'))}  "
+            f"{mib(res.get('guest_rss_end_mib'))}     {mib(res.get('guest_anon_end_mib'))}     "
+            f"{mib(res.get('qemu_own_end_mib'))}   {mib(tr.get('traced_end_mib'))}   "
+            f"{mib(tr.get('traced_peak_mib'))}  {res.get('points_polled')} points polled "
             f"in {res.get('run_s')} s, {res.get('overruns')} overruns"
         )
-    print(f"\n{arch}: imports, cumulative (MiB)")
-    print(f"{'step':40} {'VmRSS':>7} {'guest RSS':>10} {'guest anon':>10} {'py heap':>8}")
-    for s in report["imports"]:  # type: ignore[attr-defined]
-        print(f"{s['step']:40} {mib(s['vmrss_mib'])}  {mib(s['guest_rss_mib'])}     "
-              f"{mib(s['guest_anon_mib'])}   {mib(s['traced_mib'])}")  # fmt: skip
-    if sampler.errors:
-        print(f"\n{len(sampler.errors)} sample(s) missed (a process exiting): "
-              f"{sampler.errors[:3]}")  # fmt: skip
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(report, indent=1) + "\n")
-    return 0
+    if report.get("imports"):
+        print(f"\n{arch}: imports, cumulative (MiB)")
+        print(f"{'step':40} {'VmRSS':>7} {'guest RSS':>10} {'guest anon':>10} {'py heap':>8}")
+        for s in report["imports"]:
+            print(f"{s['step']:40} {mib(s['vmrss_mib'])}  {mib(s['guest_rss_mib'])}     "
+                  f"{mib(s['guest_anon_mib'])}   {mib(s['traced_mib'])}")  # fmt: skip
+    for f in report["failed"]:
+        print(f"FAILED: {f}")
 
 
 if __name__ == "__main__":
