@@ -55,8 +55,9 @@ EXTRAS = {
 # keeps the two equal)
 RECEIVER_MAX_MESSAGE_BYTES = 2 * 2**20
 BUILD_INFO = Path(__file__).with_name("build_info.json")
-"""Written into a built package (images/build-deb.sh): its architecture, and the parts it
-leaves out and why."""
+"""Written into a built package (images/build-deb.sh): its architecture, the parts it was
+built without (``left_out``: the builder's choice, ``--extras``) and the parts that have no
+build for its architecture (``unavailable``), each with why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +87,20 @@ def build_info() -> dict[str, Any]:
 def install_hint(extra: str, what: str) -> str:
     """How to get the part ``extra`` (a pyproject extra) on this installation."""
     info = build_info()
-    left_out = info.get("left_out", {})
-    if extra in left_out:
+    arch = info.get("arch", "?")
+    unavailable = info.get("unavailable", {})
+    if extra in unavailable:  # no package for this architecture can have it
         return (
-            f"this edgegw package ({info.get('arch', '?')}) leaves out {what}: "
-            f"{left_out[extra]}; use a gateway of an architecture that has it "
+            f"{what} has no build for this architecture ({arch}): {unavailable[extra]}; "
+            "use a gateway of an architecture that has it "
             f"({', '.join(info.get('full_on', ['amd64', 'arm64']))}), or remove what needs it"
         )
-    if info:
+    if info:  # the builder chose a smaller package (images/build-deb.sh --extras)
+        why = info.get("left_out", {}).get(extra, "")
         return (
-            f"this edgegw package was built without {what}: install a package built with "
-            "every part (images/build-deb.sh builds them all by default)"
+            f"this edgegw package ({arch}) was built without {what}{f' ({why})' if why else ''}; "
+            "install the package built with every part (images/build-deb.sh's default), "
+            "or remove what needs it"
         )
     return f"install it: pip install 'edgegw[{extra}]' (in a source tree: make setup)"
 

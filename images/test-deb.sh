@@ -4,7 +4,7 @@
 # would; then remove and purge it.
 #
 #   sudo images/test-deb.sh [--deb FILE] [--arch amd64|arm64|armhf] [--demo] [--keep]
-#                           [--cache DIR] [--compress xz|gzip]
+#                           [--cache DIR] [--compress xz|gzip] [--exec CMD]
 #
 # Needs root (chroot, mount), debootstrap and dpkg-deb, and Debian's and PyPI's package
 # repositories; for another architecture also qemu-user-static and binfmt-support (the
@@ -12,9 +12,12 @@
 # `edgegw demo --duration 20 --json` there (simulated Modbus, OPC UA and S7 PLCs, the
 # shipped model, a verifying receiver), requiring every polled point verified, and prints
 # the footprint (disk, peak RSS of the gateway process). --cache DIR keeps the bare chroot
-# as a tarball there, so that later runs skip debootstrap. EDGEGW_DEBIAN_MIRROR overrides
-# http://deb.debian.org/debian. Ends with "test-deb: OK (N s)", or "test-deb: FAILED:
-# why" and exit status 1.
+# as a tarball there, so that later runs skip debootstrap. --exec CMD runs CMD (a shell
+# command, on this machine) once the package is installed and checked, before it is
+# removed, with EDGEGW_CHROOT set to the chroot (its /proc mounted); a failure of CMD fails
+# the test (benchmarks/footprint_chroot.py measures the footprint this way). --keep keeps the
+# work directory. EDGEGW_DEBIAN_MIRROR overrides http://deb.debian.org/debian. Ends with
+# "test-deb: OK (N s)", or "test-deb: FAILED: why" and exit status 1.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +29,7 @@ CACHE=""
 ARCH=""
 DEMO=0
 COMPRESS=xz
+EXEC=""
 START=$(date +%s)
 
 fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
@@ -39,7 +43,8 @@ while [ $# -gt 0 ]; do
     --arch) ARCH=$2; shift 2 ;;
     --demo) DEMO=1; shift ;;
     --compress) COMPRESS=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --exec) EXEC=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) fail "unknown argument '$1' (try --help)" ;;
     esac
 done
@@ -197,7 +202,13 @@ print("  demo:", r["points_verified"], "points verified of", r["points_polled"],
     echo "test-deb: footprint $ARCH: package $(du -h "$DEB" | cut -f1), installed $(( $(dpkg-deb -f "$DEB" Installed-Size) / 1024 )) MiB (/opt/edgegw $opt MiB), gateway peak RSS $rss MiB$([ "$ARCH" = "$(dpkg --print-architecture)" ] || echo ' (under qemu-user)')"
 fi
 
-# 6. Remove keeps the config; purge removes it and keeps the device's identity.
+# 6. Whatever the caller wants to run against the installed package (a benchmark...).
+if [ -n "$EXEC" ]; then
+    step "--exec: $EXEC"
+    EDGEGW_CHROOT=$ROOT bash -c "$EXEC" || fail "--exec '$EXEC' exited $?"
+fi
+
+# 7. Remove keeps the config; purge removes it and keeps the device's identity.
 step "remove and purge"
 in_root env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q edgegw >"$WORK/remove.log" 2>&1 \
     || { tail -20 "$WORK/remove.log" >&2; fail "apt-get remove"; }

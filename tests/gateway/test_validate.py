@@ -182,24 +182,56 @@ def test_models_without_onnxruntime_are_refused(tmp_path: Path) -> None:
     assert "pip install 'edgegw[inference]'" in r.stderr
 
 
-def test_a_package_that_leaves_a_part_out_says_so(tmp_path: Path) -> None:
-    """In a package built without a part (armhf has no onnxruntime), the message names the
-    package and why, not pip."""
+def _hint_with_build_info(tmp_path: Path, info: str, extra: str, what: str) -> str:
     from gateway import preflight
 
     preflight.build_info.cache_clear()
     try:
         preflight.BUILD_INFO = tmp_path / "build_info.json"
-        preflight.BUILD_INFO.write_text(
-            '{"arch": "armhf", "left_out": {"inference": "onnxruntime has no armv7l build"},'
-            ' "full_on": ["amd64", "arm64"]}'
-        )
-        hint = preflight.install_hint("inference", "ONNX inference (onnxruntime)")
-        assert "this edgegw package (armhf) leaves out ONNX inference (onnxruntime)" in hint
-        assert "onnxruntime has no armv7l build" in hint and "amd64, arm64" in hint
+        preflight.BUILD_INFO.write_text(info)
+        return preflight.install_hint(extra, what)
     finally:
         preflight.BUILD_INFO = Path(preflight.__file__).with_name("build_info.json")
         preflight.build_info.cache_clear()
+
+
+def test_a_package_built_without_a_part_says_so_not_the_architecture(tmp_path: Path) -> None:
+    """An amd64 package built with `--extras none` (build_info.json as images/build-deb.sh
+    writes it): the part was the builder's choice, so the advice is the full package, not
+    another architecture."""
+    hint = _hint_with_build_info(
+        tmp_path,
+        '{"package": "deb", "arch": "amd64", "extras": "none", "parts": [],'
+        ' "left_out": {"opcua": "images/build-deb.sh --extras none",'
+        ' "s7": "images/build-deb.sh --extras none",'
+        ' "inference": "images/build-deb.sh --extras none"},'
+        ' "unavailable": {}, "full_on": ["amd64", "arm64"]}',
+        "opcua",
+        "OPC UA (asyncua)",
+    )
+    assert hint.startswith(
+        "this edgegw package (amd64) was built without OPC UA (asyncua) "
+        "(images/build-deb.sh --extras none); install the package built with every part"
+    ), hint
+    assert "architecture" not in hint and "pip install" not in hint
+
+
+def test_a_part_with_no_build_for_the_architecture_says_so(tmp_path: Path) -> None:
+    """A part no package of this architecture can have (onnxruntime on armv7l): the
+    message says so and names the architectures that have it, not pip."""
+    hint = _hint_with_build_info(
+        tmp_path,
+        '{"arch": "armhf", "left_out": {}, "unavailable": {"inference":'
+        ' "onnxruntime has no armv7l build"}, "full_on": ["amd64", "arm64"]}',
+        "inference",
+        "ONNX inference (onnxruntime)",
+    )
+    assert hint.startswith(
+        "ONNX inference (onnxruntime) has no build for this architecture (armhf): "
+        "onnxruntime has no armv7l build; use a gateway of an architecture that has it "
+        "(amd64, arm64)"
+    ), hint
+    assert "built without" not in hint and "pip install" not in hint
 
 
 def test_overlapping_and_duplicate_registers_are_warned_with_both_places(tmp_path: Path) -> None:
