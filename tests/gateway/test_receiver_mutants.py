@@ -265,6 +265,10 @@ def test_rejections_anyone_can_send_are_logged_once_per_interval(
             assert rx.handle(TOPIC, b"\x00garbage") is Outcome.MALFORMED
         [(level, text)] = lines()
         assert level == logging.WARNING and "more like it" not in text
+        # another class, or another gateway, has its own interval: logged at once
+        assert rx.handle("edgegw/gw9/telemetry", msg(key, 1)) is Outcome.UNKNOWN_GATEWAY
+        assert rx.handle("edgegw/gw9/telemetry", b"\x00garbage") is Outcome.MALFORMED
+        assert [t.split(": ")[1] for _, t in lines()] == ["unknown_gateway", "malformed"]
         now[0] += rx_core.LOG_EVERY_S  # the interval has passed, exactly
         assert rx.handle(TOPIC, b"\x00garbage") is Outcome.MALFORMED
         [(_, text)] = lines()
