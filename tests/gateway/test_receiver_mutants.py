@@ -284,3 +284,31 @@ def test_rejections_anyone_can_send_are_logged_once_per_interval(
         got = lines()
         assert [lvl for lvl, _ in got] == [logging.ERROR] * 2
         assert all(t.startswith("SECURITY: gateway gw1: malformed") for _, t in got)
+
+
+def test_audit_entries_add_up_over_messages(key: DeviceKey, tmp_path: Path) -> None:
+    from security import AUDIT_FILE, AuditLog
+    from tests.gateway.auditmsgs import audit_messages
+
+    state = tmp_path / "st"
+    state.mkdir()
+    log = AuditLog(state / AUDIT_FILE, key, boot=1)
+    for n in range(3):
+        log.record("start", n=n)
+    log.close()
+    ms = audit_messages((state / AUDIT_FILE).read_bytes(), key, per_message=2)
+    assert len(ms) >= 2
+    rx = rx_for(key)
+    for m in ms:
+        assert rx.handle("edgegw/gw1/audit", m.body) is Outcome.VALID
+    total = sum(len(entries_of(m.body)) for m in ms)
+    assert rx.stats.audit_entries == total and total > 2
+    assert rx.store.alerts() == []
+
+
+def entries_of(body: bytes) -> list[bytes]:
+    from security.cose import parse1
+
+    audit = schema.decode(parse1(body).payload).audit
+    assert audit is not None
+    return audit.entries
