@@ -17,9 +17,13 @@ from gateway.receiver import GatewayState, Outcome, Receiver, SqliteStore, schem
 from gateway.receiver import core as rx_core
 from gateway.receiver.schema import Payload, PayloadError
 from gateway.wire import encode_payload
-from security import DeviceKey, sign1
+from security import AUDIT_FILE, AuditLog, DeviceKey, sign1
+from security.cose import parse1
+from security.keyring import init_keys
+from tests.gateway.auditmsgs import audit_messages, log_id_of
 from tests.gateway.test_receiver import TOPIC, msg, notice
 from tests.gateway.test_receiver_edges import raw, rx_for
+from tests.gateway.test_witness import write_log
 
 TS = 1_700_000_000_000_000_000
 
@@ -287,9 +291,6 @@ def test_rejections_anyone_can_send_are_logged_once_per_interval(
 
 
 def test_audit_entries_add_up_over_messages(key: DeviceKey, tmp_path: Path) -> None:
-    from security import AUDIT_FILE, AuditLog
-    from tests.gateway.auditmsgs import audit_messages
-
     state = tmp_path / "st"
     state.mkdir()
     log = AuditLog(state / AUDIT_FILE, key, boot=1)
@@ -307,8 +308,38 @@ def test_audit_entries_add_up_over_messages(key: DeviceKey, tmp_path: Path) -> N
 
 
 def entries_of(body: bytes) -> list[bytes]:
-    from security.cose import parse1
-
     audit = schema.decode(parse1(body).payload).audit
     assert audit is not None
     return audit.entries
+
+
+def test_witness_alerts_are_counted_and_logged_by_severity(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A log reset the gateway announced is a notice (WARNING); a new log without one is a
+    SECURITY event (ERROR); both are stored, counted, and logged naming gateway and seq."""
+    state = tmp_path / "gw"
+    key, _ = init_keys(state)
+    rx = rx_for(key)
+    t = "edgegw/gw1/audit"
+    first = write_log(state, key, 3)
+    for m in audit_messages(first, key):
+        assert rx.handle(t, m.body) is Outcome.VALID
+    (state / AUDIT_FILE).unlink()
+    second = write_log(state, key, 2, boot=2)
+    reset = {"old_log": log_id_of(first), "reason": "damaged"}
+    with caplog.at_level(logging.WARNING, logger="edgegw.receiver"):
+        for m in audit_messages(second, key, first_seq=20, reset=reset):
+            assert rx.handle(t, m.body) is Outcome.VALID
+        (state / AUDIT_FILE).unlink()
+        third = write_log(state, key, 2, boot=3)
+        for m in audit_messages(third, key, first_seq=40):  # no reset notice
+            assert rx.handle(t, m.body) is Outcome.VALID
+    found = [(a["gw"], a["seq"], a["class"], a["security"]) for a in rx.store.alerts()]
+    assert found == [("gw1", 20, "audit_reset", 0), ("gw1", 40, "audit_new_log", 1)]
+    assert rx.stats.alerts == 2
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if "audit_" in r.getMessage()]
+    assert [(lvl, text.split(": audit_")[0]) for lvl, text in logged] == [
+        (logging.WARNING, "notice: gateway gw1, seq 20"),
+        (logging.ERROR, "SECURITY: gateway gw1, seq 40"),
+    ]
