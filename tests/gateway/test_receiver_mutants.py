@@ -372,3 +372,23 @@ def test_a_refused_audit_message_is_compared_under_its_gateway_and_seq(
     assert rx.handle("edgegw/gw1/audit", m.body) is Outcome.REPLAY
     found = [(a["gw"], a["seq"], a["class"]) for a in rx.store.alerts()]
     assert found == [("gw1", 50, "replay"), ("gw1", 50, "audit_rewritten")]
+
+
+def test_keys_learned_add_up_over_messages(tmp_path: Path) -> None:
+    """Two rotations, their records in two audit messages: two keys learned."""
+    from security.keyring import rotate
+
+    state = tmp_path / "gw"
+    old, _ = init_keys(state)
+    log = AuditLog(state / AUDIT_FILE, old, boot=1)
+    rotate(state, audit=log)
+    log.record("link_up", n=1)
+    rotate(state, audit=log)
+    log.close()
+    data = (state / AUDIT_FILE).read_bytes()
+    ms = audit_messages(data, old, per_message=2)
+    assert len(ms) >= 2
+    rx = rx_for(old)
+    for m in ms:
+        assert rx.handle("edgegw/gw1/audit", m.body) is Outcome.VALID
+    assert rx.store.alerts() == [] and rx.stats.keys_learned == 2
