@@ -103,19 +103,16 @@ def in_force(d: Daemon, key: str) -> Any:
     }[key]
 
 
-def test_each_setting_changed_by_a_reload_is_applied_or_named(
-    tmp_path: Path, broker: Mosquitto
-) -> None:
-    sim = ModbusSimulator()
-    path = tmp_path / "gw.yaml"
-    base = {
-        "id": "gw-rl",
+def file_values(gw: str, broker_port: int) -> dict[str, Any]:
+    """The values HEAD is filled with at the start of a test."""
+    return {
+        "id": gw,
         "flush": 100,
         "points": 5000,
         "durability": "NORMAL",
         "drain": 5,
         "payload": 2,
-        "port": broker.port,
+        "port": broker_port,
         "keepalive": 30,
         "max_mib": 100,
         "when_full": "drop_oldest",
@@ -127,6 +124,14 @@ def test_each_setting_changed_by_a_reload_is_applied_or_named(
         "archive": "keep",
         "poll": 100,
     }
+
+
+def test_each_setting_changed_by_a_reload_is_applied_or_named(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    sim = ModbusSimulator()
+    path = tmp_path / "gw.yaml"
+    base = file_values("gw-rl", broker.port)
 
     async def main() -> dict[str, Any]:
         await sim.start()
@@ -200,25 +205,7 @@ def test_a_reload_naming_a_missing_file_is_refused_and_the_gateway_goes_on(
     forwarder still delivers, and the reload says why."""
     sim = ModbusSimulator()
     path = tmp_path / "gw.yaml"
-    values = {
-        "id": "gw-ca",
-        "flush": 100,
-        "points": 5000,
-        "durability": "NORMAL",
-        "drain": 5,
-        "payload": 2,
-        "port": broker.port,
-        "keepalive": 30,
-        "max_mib": 100,
-        "when_full": "drop_oldest",
-        "min_free": 1,
-        "metrics_port": free_port("127.0.0.1"),
-        "cp_every": 100,
-        "cp_interval": 300.0,
-        "poll": 100,
-        "seg_mib": 8.0,
-        "archive": "keep",
-    }
+    values = file_values("gw-ca", broker.port)
 
     async def main() -> tuple[bool, dict[str, Any], int, int, bool]:
         await sim.start()
