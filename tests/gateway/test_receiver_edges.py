@@ -215,6 +215,8 @@ def test_a_replayed_audit_message_is_still_compared(key: DeviceKey, tmp_path: Pa
     m = audit_messages(data, key, first_seq=50, boot=1, per_message=10)[0]
     assert rx.handle("edgegw/gw1/audit", m.body) is Outcome.REPLAY
     assert [a["class"] for a in rx.store.alerts()] == ["replay", "audit_rewritten"]
+    found = [(a["gw"], a["seq"], a["class"]) for a in rx.store.alerts()]
+    assert found == [("gw1", 50, "replay"), ("gw1", 50, "audit_rewritten")]  # named
     assert rx.store.audit_copy("gw1") == first  # nothing overwritten
 
 

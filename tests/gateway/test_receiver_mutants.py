@@ -345,35 +345,6 @@ def test_witness_alerts_are_counted_and_logged_by_severity(
     ]
 
 
-def test_a_refused_audit_message_is_compared_under_its_gateway_and_seq(
-    key: DeviceKey, tmp_path: Path
-) -> None:
-    """The rewrite alert of an audit message refused as a replay names gateway and seq."""
-    from security.checkpoint import encode_record, parse_entries
-
-    state = tmp_path / "st"
-    state.mkdir()
-    log = AuditLog(state / AUDIT_FILE, key, boot=1)
-    log.record("start", n=1)
-    log.close()
-    first = (state / AUDIT_FILE).read_bytes()
-    rx = rx_for(key)
-    for m in audit_messages(first, key, first_seq=10, boot=2, per_message=10):
-        assert rx.handle("edgegw/gw1/audit", m.body) is Outcome.VALID
-    entries = parse_entries(first).entries
-    r = entries[1].record
-    assert r is not None
-    edited = encode_record(
-        seq=r.seq, boot=r.boot, ts_ns=r.ts_ns, mono_ns=r.mono_ns, event=r.event,
-        detail={"n": 2}, prev=r.prev,
-    )  # fmt: skip
-    data = b"".join(edited if i == 1 else e.raw for i, e in enumerate(entries))
-    m = audit_messages(data, key, first_seq=50, boot=1, per_message=10)[0]
-    assert rx.handle("edgegw/gw1/audit", m.body) is Outcome.REPLAY
-    found = [(a["gw"], a["seq"], a["class"]) for a in rx.store.alerts()]
-    assert found == [("gw1", 50, "replay"), ("gw1", 50, "audit_rewritten")]
-
-
 def test_keys_learned_add_up_over_messages(tmp_path: Path) -> None:
     """Two rotations, their records in two audit messages: two keys learned."""
     from security.keyring import rotate
