@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -37,18 +38,22 @@ pytestmark = [
 ]
 
 
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def run_daemon_as_nobody(config: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`edgegw run -c CONFIG` as nobody, its output to ``log``."""
+    return subprocess.Popen(
+        [*AS_NOBODY, sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+
+
 def as_nobody(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            *argv,
-        ],
+        [*AS_NOBODY, sys.executable, "-m", "gateway.cli", *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -75,15 +80,7 @@ def site() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="edgegw-unpriv-", dir="/var/tmp"))
     d.chmod(0o755)
     probe = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            "import gateway",
-        ],
+        [*AS_NOBODY, sys.executable, "-c", "import gateway"],
         capture_output=True,
         text=True,
         check=False,
@@ -182,23 +179,7 @@ def test_the_daemon_runs_as_an_unprivileged_user(site: Path) -> None:
         )
         (site / "gw.yaml").write_text(cfg)
         log = open(site / "run.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={NOBODY}",
-                f"--regid={NOBODY}",
-                "--clear-groups",
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "run",
-                "-c",
-                str(site / "gw.yaml"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-        )
+        proc = run_daemon_as_nobody(site / "gw.yaml", log)
         try:
             deadline = time.monotonic() + 30  # generous: a cold start on a loaded machine
             while time.monotonic() < deadline:
@@ -251,23 +232,7 @@ def test_a_driver_file_the_service_may_not_use_is_a_device_error(site: Path) -> 
         old = cfg.split("uplink: ")[1].split("\n")[0]
         (site / "gw.yaml").write_text(cfg.replace(old, f"{{host: '::1', port: {broker.port}}}"))
         log = open(site / "run.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={NOBODY}",
-                f"--regid={NOBODY}",
-                "--clear-groups",
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "run",
-                "-c",
-                str(site / "gw.yaml"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-        )
+        proc = run_daemon_as_nobody(site / "gw.yaml", log)
         try:
             err = ""
             deadline = time.monotonic() + 30  # generous: a cold start on a loaded machine
@@ -307,23 +272,7 @@ def test_audit_segments_and_their_archive_belong_to_the_service_user(site: Path)
         cfg += "audit: {checkpoint_every: 1, segment_mib: 0.002, archive: move}\n"
         (site / "gw.yaml").write_text(cfg)
         log = open(site / "run.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={NOBODY}",
-                f"--regid={NOBODY}",
-                "--clear-groups",
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "run",
-                "-c",
-                str(site / "gw.yaml"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-        )
+        proc = run_daemon_as_nobody(site / "gw.yaml", log)
         archive = state / "audit-archive"
         try:
             deadline = time.monotonic() + 30  # generous: a cold start on a loaded machine
