@@ -34,6 +34,7 @@ from typing import Any
 
 from security.audit import AuditLog
 from security.checkpoint import FormatError, checkpoint_hash, iter_entries
+from security.keys import fsync_dir
 from security.segments import SegmentFile, SegmentReader
 
 from .audit_uplink import acknowledged_offset
@@ -163,7 +164,7 @@ class AuditArchiver:
                 detail["to"] = str(dest)
             self.audit.record("segment_archived", **detail)
             os.unlink(seg.path)
-            _fsync_dir(seg.path.parent)
+            fsync_dir(seg.path.parent)
         except (OSError, ValueError) as exc:
             self._say(seg.k, f"{seg.path}: cannot {mode} it ({exc}): left in place, retried")
             return False
@@ -187,7 +188,7 @@ class AuditArchiver:
         for d in (directory.parent, directory):  # the archive folder and its log's folder
             if not d.is_dir():
                 d.mkdir(mode=0o750, parents=True, exist_ok=True)
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
         dest = directory / src.name
         if dest.exists():
             if hashlib.sha256(dest.read_bytes()).hexdigest() == digest:
@@ -205,7 +206,7 @@ class AuditArchiver:
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(part, dest)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return dest
 
     def _say(self, k: int, what: str) -> None:
@@ -219,11 +220,3 @@ def _last_entry(data: bytes) -> bytes:
     for _, raw in iter_entries(data):
         last = raw
     return last
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -59,7 +59,7 @@ from security.checkpoint import (
 )
 from security.cose import CoseError, Signer, UnknownKid
 from security.keyring import learn_keys
-from security.keys import kid_for
+from security.keys import fsync_dir, kid_for
 
 __all__ = [
     "AUDIT_FILE",
@@ -286,7 +286,7 @@ class AuditLog:
         else:
             log.warning("%s: an empty segment left by a crash during a roll-over: removed", path)
         os.unlink(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def _load(self) -> int:
@@ -441,7 +441,7 @@ class AuditLog:
         if not parsed.entries:
             self._log_id = os.urandom(LOG_ID_LEN)
             self._head = genesis_head(self._log_id)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             return torn
         if start == 0:
             self._replay(parsed)
@@ -513,7 +513,7 @@ class AuditLog:
         keep = self._keep_beside("forged", data[start - base : parsed.good_length - base])
         os.ftruncate(self._fd, start)
         os.fsync(self._fd)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._length = start
         self._quarantined = _Quarantined(keep, records, nbytes, reason)
         log.warning(
@@ -584,7 +584,7 @@ class AuditLog:
             dest = f.with_name(f"{f.name}.bad-{ns}")
             os.rename(f, dest)
         resume.remove(p)
-        _fsync_dir(p.parent)
+        fsync_dir(p.parent)
         return dest
 
     # -- writing ---------------------------------------------------------------------------
@@ -769,7 +769,7 @@ class AuditLog:
             )
             _write_all(fd, cp.encoded)
             os.fsync(fd)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -866,14 +866,6 @@ def _read_fd(fd: int) -> bytes:
             return b"".join(chunks)
         chunks.append(chunk)
         off += len(chunk)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unverified_checkpoint(raw: bytes) -> Checkpoint:

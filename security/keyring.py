@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from security.cose import CoseError, Signer, UnknownKid, sign1, verify1
-from security.keys import DeviceKey, KeyFileError, kid_for, load_public_key
+from security.keys import DeviceKey, KeyFileError, fsync_dir, kid_for, load_public_key
 from security.strictcbor import CborError, strict_loads
 
 if TYPE_CHECKING:
@@ -208,14 +208,6 @@ def load_keyring(
 # -- files ----------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes, mode: int, *, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` complete or not at all, with exactly ``mode``. With
     ``exclusive`` an existing file is an error (FileExistsError), never replaced."""
@@ -234,7 +226,7 @@ def _atomic_write(path: Path, data: bytes, mode: int, *, exclusive: bool = False
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_public(state: Path, key: Ed25519PublicKey) -> None:
@@ -376,7 +368,7 @@ def _cert_file(state: Path, n: int, kid: bytes) -> Path:
 def _install(state: Path, new: DeviceKey) -> None:
     """Move the pending key into place (erasing the old one) and rewrite its public file."""
     os.replace(state / NEXT_FILE, state / DeviceKey.PRIVATE_KEY_FILE)
-    _fsync_dir(state / "keys")
+    fsync_dir(state / "keys")
     _atomic_write(state / DeviceKey.PUBLIC_KEY_FILE, new.public_pem(), 0o644)
 
 
@@ -401,7 +393,7 @@ def recover(state_dir: str | os.PathLike[str]) -> Rotation | None:
         _install(state, new)
         return Rotation(c.n, old.kid, new.kid, cert, path, new)
     nxt.unlink()
-    _fsync_dir(nxt.parent)
+    fsync_dir(nxt.parent)
     return None
 
 

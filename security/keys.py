@@ -115,7 +115,8 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (fsync the folder)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -244,7 +245,7 @@ class DeviceKey:
             os.link(tmp, priv_path)
         finally:
             tmp.unlink()
-        _fsync_dir(keys_dir)
+        fsync_dir(keys_dir)
         return cls(private_key)
 
     def _ensure_public_file(self, pub_path: Path) -> None:
@@ -269,7 +270,7 @@ class DeviceKey:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(pub_path.parent)
+            fsync_dir(pub_path.parent)
         except OSError as exc:
             raise KeyFileError(
                 f"{pub_path}: cannot write public key file ({exc.strerror}); the directory "

@@ -50,12 +50,12 @@ elif point == "half":  # half of the segment's first checkpoint written
         real_write(fd, data)
     A._write_all = write
 elif point == "dirsync":  # checkpoint written and synced, the directory not yet
-    real_sync = A._fsync_dir
+    real_sync = A.fsync_dir
     def sync(d):
         if armed:
             die()
         real_sync(d)
-    A._fsync_dir = sync
+    A.fsync_dir = sync
 elif point == "switched":  # the new segment is live, its resume point not yet saved
     real_save = resume.save
     def save(log, r):
