@@ -19,7 +19,7 @@ from security.strictcbor import strict_loads
 
 from .intervals import Intervals
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: "floor" is null until a boot folds (1 wrote [0, 0] for that)
 MAX_BOOTS = 256  # boots kept in detail; older ones fold into one floor
 
 
@@ -73,7 +73,9 @@ class GatewayState:
     seen: Intervals = field(default_factory=Intervals)  # delivered, or explained by a notice
     explained: Intervals = field(default_factory=Intervals)  # declared dropped by notices
     boots: dict[int, list[int]] = field(default_factory=dict)  # boot -> [lowest, highest] seq
-    boot_floor: tuple[int, int] = (0, 0)  # (boot, highest seq) folded from forgotten boots
+    # (boot, highest seq) folded from forgotten boots; None until a boot is folded (a
+    # folded boot 0 is a floor like any other).
+    boot_floor: tuple[int, int] | None = None
     logs: dict[bytes, LogWitness] = field(default_factory=dict)
     current_log: bytes | None = None
 
@@ -82,7 +84,7 @@ class GatewayState:
     @property
     def boot(self) -> int:
         """The newest boot seen."""
-        return max(self.boots, default=self.boot_floor[0])
+        return max(self.boots, default=self.boot_floor[0] if self.boot_floor else 0)
 
     def order_problem(self, boot: int, seq: int) -> str | None:
         """Why (boot, seq) cannot come from a gateway whose seqs only ever grow, if so.
@@ -100,8 +102,17 @@ class GatewayState:
                 f"seq {seq} of boot {boot} is not above seq {self.boots[lower][1]} of the "
                 f"earlier boot {lower}: the gateway's state was rolled back, or a replay"
             )
-        if lower is None and self.boot_floor[0] and boot <= self.boot_floor[0]:
-            return f"boot {boot} is older than the boots this receiver still tracks"
+        if lower is None and self.boot_floor is not None:
+            # Below every tracked boot: the folded boots are the lower neighbour.
+            floor_boot, floor_seq = self.boot_floor
+            if boot <= floor_boot:
+                return f"boot {boot} is older than the boots this receiver still tracks"
+            if floor_seq >= seq:
+                return (
+                    f"seq {seq} of boot {boot} is not above seq {floor_seq} of the earlier "
+                    f"boots (up to {floor_boot}): the gateway's state was rolled back, or a "
+                    "replay"
+                )
         if higher is not None and self.boots[higher][0] <= seq:
             return (
                 f"seq {seq} of boot {boot} is not below seq {self.boots[higher][0]} of the "
@@ -115,7 +126,10 @@ class GatewayState:
             self.boots[boot] = [seq, seq]
             if len(self.boots) > MAX_BOOTS:
                 oldest = min(self.boots)
-                self.boot_floor = (oldest, max(self.boot_floor[1], self.boots.pop(oldest)[1]))
+                high = self.boots.pop(oldest)[1]
+                if self.boot_floor is not None:
+                    high = max(high, self.boot_floor[1])
+                self.boot_floor = (oldest, high)
         else:
             r[0], r[1] = min(r[0], seq), max(r[1], seq)
 
@@ -129,7 +143,7 @@ class GatewayState:
                     "seen": self.seen.flat(),
                     "explained": self.explained.flat(),
                     "boots": [[b, lo, hi] for b, (lo, hi) in sorted(self.boots.items())],
-                    "floor": list(self.boot_floor),
+                    "floor": list(self.boot_floor) if self.boot_floor else None,
                     "logs": [[k, w.to_list()] for k, w in self.logs.items()],
                     "current_log": self.current_log,
                 }
@@ -139,13 +153,17 @@ class GatewayState:
     @classmethod
     def from_bytes(cls, data: bytes) -> GatewayState:
         m = strict_loads(data, max_depth=6)
-        if m.get("v") != STATE_VERSION:
-            raise ValueError(f"receiver state version {m.get('v')!r} is not {STATE_VERSION}")
+        v = m.get("v")
+        if v not in (1, STATE_VERSION):
+            raise ValueError(f"receiver state version {v!r} is not {STATE_VERSION}")
+        f = m["floor"]
+        legacy_none = v == 1 and f == [0, 0]
+        floor = None if f is None or legacy_none else (f[0], f[1])
         return cls(
             seen=Intervals.from_flat(m["seen"]),
             explained=Intervals.from_flat(m["explained"]),
             boots={b: [lo, hi] for b, lo, hi in m["boots"]},
-            boot_floor=(m["floor"][0], m["floor"][1]),
+            boot_floor=floor,
             logs={k: LogWitness.from_list(w) for k, w in m["logs"]},
             current_log=m["current_log"],
         )

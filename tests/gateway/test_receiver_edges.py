@@ -124,12 +124,49 @@ def test_old_boots_fold_into_a_floor() -> None:
     assert (back.boots, back.boot_floor) == (st.boots, st.boot_floor)
 
 
+def test_the_floor_bounds_boots_below_the_tracked_ones() -> None:
+    """Folded boots still order what arrives below the oldest tracked boot: boot 0 is a
+    floor like any other, and a boot between the floor and the oldest tracked boot must
+    have seqs above the floor's (else the gateway was rolled back, or it is a replay)."""
+    st = GatewayState()
+    for b in range(0, MAX_BOOTS + 1, 1):  # boots 0, 1, ... : boot 0 folds
+        st.note_boot(b * 2, b * 100)
+    assert st.boot_floor == (0, 0) and min(st.boots) == 2
+    assert st.order_problem(0, 50) is not None  # boot 0 is folded, not unknown
+    assert st.order_problem(0, 0) is not None
+    assert st.order_problem(1, 50) is None  # between boot 0 (seq 0) and boot 2 (seq 100)
+    assert st.order_problem(1, 0) is not None  # not above the floor's seq
+    assert "rolled back" in (st.order_problem(1, 0) or "")
+    assert st.order_problem(1, 100) is not None  # not below boot 2's lowest
+    st.note_boot(MAX_BOOTS * 2 + 2, 99_999)  # folds boot 2 (seq 100) as well
+    assert st.boot_floor == (2, 100)
+    assert st.order_problem(3, 100) is not None and st.order_problem(3, 101) is None
+    back = GatewayState.from_bytes(st.to_bytes())
+    assert back.boot_floor == (2, 100) and back == st
+    assert GatewayState.from_bytes(GatewayState().to_bytes()).boot_floor is None
+
+
+def test_a_version_1_state_still_loads() -> None:
+    """Receivers upgraded in place keep their state: version 1 wrote [0, 0] for no floor."""
+
+    def v1(floor: list[int]) -> bytes:
+        return cbor2.dumps(
+            {"v": 1, "seen": [], "explained": [], "boots": [[3, 5, 9]], "floor": floor}
+            | {"logs": [], "current_log": None}
+        )
+
+    old = GatewayState.from_bytes(v1([0, 0]))
+    assert old.boot_floor is None and old.boots == {3: [5, 9]}
+    assert old.order_problem(1, 2) is None  # no floor: a lower boot is judged by boot 3
+    assert GatewayState.from_bytes(v1([2, 4])).boot_floor == (2, 4)
+
+
 def test_state_round_trips_exactly() -> None:
     st = GatewayState(
         seen=Intervals([(1, 5), (9, 9)]),
         explained=Intervals([(6, 7)]),
         boots={1: [1, 5], 2: [9, 9]},
-        boot_floor=(0, 0),
+        boot_floor=None,
         logs={b"L" * 16: LogWitness(10, 2, b"h" * 32, b"c" * 32, [b"f" * 32], 0, 3, 2, 123)},
         current_log=b"L" * 16,
     )
