@@ -85,7 +85,8 @@ class Pipeline:
         # Bounded: when the outbox falls behind, pollers wait here (backpressure).
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(queue_size)
         self.stats = PipelineStats()
-        self._unrecorded = 0  # refused points not yet recorded as a drop
+        # refused points not yet recorded as a drop, by reason (outbox_full, disk_full)
+        self._unrecorded: dict[str, int] = {}
         # Largest message body to seal for a topic (the forwarder's ``body_limit``:
         # uplink.max_message_bytes, lowered to what the broker announced); None: no limit.
         self.body_limit = body_limit
@@ -152,7 +153,7 @@ class Pipeline:
             else:
                 self._held = ([], [])
         if self._unrecorded:  # refused while the disk was full: say so now
-            await self._record_refused("disk_full")
+            await self._record_refused()
         try:  # what is recorded but not yet told (refusals are told at most every 10 s)
             await self.notify_drops()
         except Exception as exc:  # recorded: told at the next start
@@ -213,10 +214,10 @@ class Pipeline:
                     # stop_acquisition (or a disk too full to make room): the rest is refused.
                     rest = len(readings) - done.points
                     self.stats.points_refused += rest
-                    self._unrecorded += rest
+                    self._unrecorded[exc.reason] = self._unrecorded.get(exc.reason, 0) + rest
                     log.warning("%s; %d points refused", exc, rest)
                     self._sealed(done)
-                    await self._record_refused(exc.reason)
+                    await self._record_refused()
                     return
                 except SealFailed as exc:
                     rest = len(readings) - done.points
@@ -249,7 +250,7 @@ class Pipeline:
         self._held = ([], [])
         self._sealed(done)
         if self._unrecorded:
-            await self._record_refused("disk_full")
+            await self._record_refused()
 
     def _sealed(self, done: _Progress) -> None:
         if not done.messages:
@@ -277,16 +278,21 @@ class Pipeline:
         except Exception:  # recorded: the notice goes with the next window that seals
             log.exception("cannot seal the notice of %d dropped points yet", points)
 
-    async def _record_refused(self, reason: str) -> None:
-        """Record refused points as a drop; on a full disk even that can fail: keep
-        the count and record it with the next successful commit."""
-        n = self._unrecorded
-        try:
-            await self.outbox.run(self._refuse_sync, n, reason)
-        except Exception as exc:
-            log.error("cannot record %d refused points yet: %s", n, exc)
-            return
-        self._unrecorded -= n
+    async def _record_refused(self) -> None:
+        """Record refused points as drops, each with the reason it was refused for; on a
+        full disk even that can fail: keep the counts and record them with the next
+        successful commit."""
+        for reason, n in list(self._unrecorded.items()):
+            try:
+                await self.outbox.run(self._refuse_sync, n, reason)
+            except Exception as exc:
+                log.error("cannot record %d refused points (%s) yet: %s", n, reason, exc)
+                return
+            left = self._unrecorded[reason] - n  # more may have been refused meanwhile
+            if left:
+                self._unrecorded[reason] = left
+            else:
+                del self._unrecorded[reason]
         self.on_sealed()  # a notice may have been sealed: the forwarder looks
 
     def _seal_sync(

@@ -231,8 +231,8 @@ def test_refusals_recorded_late_are_all_counted_and_labelled(
     assert st.points_refused > refusals > 0
     assert rx.dropped_points == st.points_refused  # every refused point told, once
     assert rx.points_verified + rx.dropped_points == st.points_polled == 20 * 30
-    assert set(reasons) <= {"refused_outbox_full", "refused_disk_full"}, reasons
-    assert "refused_disk_full" in reasons and "refused_outbox_full" in reasons
+    # refused because the outbox was full: recorded later still under that reason
+    assert set(reasons) == {"refused_outbox_full"}, reasons
     assert rx.notices == st.notices <= 5, st.notices  # not one per refused window
     assert sum(d["points"] for d in audit) == st.points_refused
     assert {d["reason"] for d in audit} == set(reasons)
