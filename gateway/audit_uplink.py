@@ -28,7 +28,6 @@ from typing import Any
 import cbor2
 
 from buffer import Outbox
-from security import sign1
 from security.audit import AuditLog
 from security.checkpoint import FormatError, LogState, iter_entries
 from security.cose import CoseError, parse1
@@ -308,7 +307,7 @@ class AuditUplink:
             version=p.payload_version,
             **self._fields([]),
         )
-        empty = sign1(payload, p.key, self.topic.encode(), p._unprotected)
+        empty = p.sign(payload, self.topic)
         return min(MAX_ENTRIES_BYTES, limit(self.topic) - len(empty) - 8)  # 8: the list head
 
     def _fields(self, entries: list[bytes]) -> dict[str, Any]:

@@ -180,7 +180,7 @@ class Pipeline:
                 version=self.payload_version,
                 **fields,
             )
-            return sign1(payload, self.key, topic.encode(), self._unprotected)
+            return self.sign(payload, topic)
 
         def append() -> int:
             assert self.outbox.outbox is not None
@@ -456,7 +456,12 @@ class Pipeline:
                 for d in drops
             ],
         )
-        return sign1(payload, self.key, self.notice_topic.encode(), self._unprotected)
+        return self.sign(payload, self.notice_topic)
+
+    def sign(self, payload: bytes, topic: str) -> bytes:
+        """A COSE_Sign1 of ``payload`` for ``topic``, as every message of this gateway is
+        signed (its key, the topic as external AAD, the key chain when there is one)."""
+        return sign1(payload, self.key, topic.encode(), self._unprotected)
 
 
 def _describe(d: Drop) -> str:
