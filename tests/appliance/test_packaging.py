@@ -2,11 +2,11 @@
 (debootstrap, apt, PyPI; about 2.5 minutes with a warm pip cache) runs with
 EDGEGW_DEB_TEST=1 or EDGEGW_FULL=1 (on by default as root in `make test`): it installs the
 package into a Debian 12 chroot and runs `edgegw demo --duration 20 --json` there, every
-protocol and the model from the package. The same for arm64 under qemu-user-static runs
-wherever its tools are present (root, debootstrap, qemu-user-static's binfmt entry for
-aarch64; slow: 4-8 minutes, figures in images/README.md): EDGEGW_ARM_TEST=0 turns it off,
-EDGEGW_ARM_TEST=1 makes missing tools a failure. The armhf build's refusal runs with
-EDGEGW_ARM_TEST=1."""
+protocol and the model from the package. The same for arm64 and armhf (no inference
+there) under qemu-user-static runs wherever its tools are present (root, debootstrap,
+qemu-user-static's binfmt entry for aarch64 / arm; slow: 3-8 minutes each, figures in
+images/README.md): EDGEGW_ARM_TEST=0 turns them off, EDGEGW_ARM_TEST=1 makes missing tools
+a failure."""
 
 from __future__ import annotations
 
