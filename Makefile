@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 # Debian packages the demo and the tests use: the broker, systemd-analyze (the unit's
 # hardening score), debootstrap (the .deb is installed into a Debian chroot), gcc and
 # libmodbus-dev (a Modbus server on libmodbus, a second implementation to test against),
-# PostgreSQL (the receiver's fleet store; tests run a private server as an unprivileged user).
-DEB_PACKAGES := mosquitto systemd debootstrap gcc pkg-config libmodbus-dev postgresql
+# PostgreSQL (the receiver's fleet store; tests run a private server as an unprivileged user),
+# python3-cbor2 (Debian's cbor2 5, which the armhf package runs on: the strict decoder's
+# walk path is tested against it).
+DEB_PACKAGES := mosquitto systemd debootstrap gcc pkg-config libmodbus-dev postgresql python3-cbor2
 # The .deb build-and-install test needs root (debootstrap): on by default as root.
 EDGEGW_DEB_TEST ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 export EDGEGW_DEB_TEST
@@ -33,6 +35,7 @@ deps:
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
 	pkg-config --exists libmodbus 2>/dev/null || missing="$$missing libmodbus-dev"; \
+	/usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || missing="$$missing python3-cbor2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing (apt):$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

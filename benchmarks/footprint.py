@@ -30,6 +30,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -122,6 +123,7 @@ def write_config(path: Path, state: Path, kind: str, tags: int, ports: dict[str,
             "type: REAL}"
             for i in range(other)
         ]
+    if kind == "all" and has_inference():  # not in the armhf package (no onnxruntime)
         lines += [
             "inference:",
             "  models:",
@@ -134,6 +136,12 @@ def write_config(path: Path, state: Path, kind: str, tags: int, ports: dict[str,
             "      threshold: {enter: 0.011, exit: 0.0057}",
         ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def has_inference() -> bool:
+    """Whether this python can run the model (the armhf package has no onnxruntime: there
+    ``all`` is every driver without the model)."""
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -203,6 +211,7 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
         third = samples[: max(1, len(samples) // 3)]
         res: dict[str, object] = {
             "config": kind,
+            "model": kind == "all" and has_inference(),
             "tags": tags,
             "startup_s": round(startup, 2),
             "rss_ready_mib": round(rss_ready, 1),

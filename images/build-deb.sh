@@ -61,6 +61,25 @@ esac
 PLATFORMS=(--platform "manylinux2014_$CPU")
 for minor in $(seq 17 36); do PLATFORMS+=(--platform "manylinux_2_${minor}_$CPU"); done
 
+# Requirements PyPI has no wheel of for this architecture (images/README.md, armhf): taken
+# from Debian 12 instead (a Depends, seen through the venv's system site-packages), or left
+# out with why. A part whose library is left out is `unavailable` in build_info.json, and
+# `edgegw validate` refuses a config that needs it, naming the architectures that have it.
+declare -A FROM_DEBIAN=() WITHOUT=() UNAVAILABLE=()
+if [ "$ARCH" = armhf ]; then
+    # cbor2 6 is Rust only; Debian's 5.4.6 has a C extension (security/strictcbor.py walks
+    # the heads itself there, as cbor2 5 has no strict decoder options).
+    FROM_DEBIAN[cbor2]="python3-cbor2 (>= 5.4)"
+    FROM_DEBIAN[pyyaml]="python3-yaml (>= 6.0)"  # with libyaml, which the config loader uses
+    WITHOUT[uvloop]="no armv7l wheel, and Debian 12's python3-uvloop 0.17 is older than 0.19: the daemon runs on asyncio's own event loop"
+    WITHOUT[onnxruntime]="no armv7l wheel on PyPI and not in Debian 12"
+    WITHOUT[numpy]="needed only by onnxruntime"
+    # cryptography's compiled OpenSSL bindings need only cffi's C backend at run time.
+    FROM_DEBIAN[cffi]="python3-cffi-backend"
+    WITHOUT[pycparser]="needed only by cffi's compiler, not at run time"
+    UNAVAILABLE[inference]="onnxruntime has no armhf build: no armv7l wheel on PyPI, none in Debian 12"
+fi
+
 VERSION=$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}
 
@@ -87,9 +106,8 @@ PIP_ARGS=(install --quiet --no-compile --target "$ROOT$SITE" --only-binary=:all:
 [ -z "$CONSTRAINTS" ] || PIP_ARGS+=(--constraint "$CONSTRAINTS")
 WHEEL=$(ls "$WORK"/wheels/edgegw-*.whl)
 [ "$EXTRAS" != none ] || EXTRAS=""
-if ! "$PYTHON" -m pip "${PIP_ARGS[@]}" "$WHEEL${EXTRAS:+[$EXTRAS]}" >&2; then
-    # Name the requirements that have no wheel for this platform (e.g. armv7l).
-    cat >"$WORK/requires.py" <<'PY'
+# The app's requirements (with the chosen extras), one a line, as in its METADATA.
+cat >"$WORK/requires.py" <<'PY'
 import re, sys, zipfile
 from email.parser import Parser
 
@@ -104,7 +122,41 @@ for req in meta.get_all("Requires-Dist") or []:
     if m is None or m.group(1) in extras:
         print(req.split(";")[0].strip())
 PY
-    missing=$("$PYTHON" "$WORK/requires.py" "$WHEEL" "${EXTRAS:-}")
+requirements=$("$PYTHON" "$WORK/requires.py" "$WHEEL" "${EXTRAS:-}")
+if [ ${#FROM_DEBIAN[@]} = 0 ] && [ ${#WITHOUT[@]} = 0 ]; then
+    TARGETS=("$WHEEL${EXTRAS:+[$EXTRAS]}")
+else
+    # pip cannot be told that Debian provides a requirement (cffi is one of cryptography's),
+    # so: resolve the requirements that are neither from Debian nor left out on this
+    # machine (which versions; wheels only, --constraints apply), then install each of
+    # them for the target without resolving again, less what Debian provides.
+    "$PYTHON" -m pip "${PIP_ARGS[@]}" --no-deps "$WHEEL" >&2
+    top=()
+    while IFS= read -r req; do
+        name=$(echo "$req" | sed 's/[<>=!~ ;\[].*//' | tr 'A-Z_.' 'a-z--')
+        case "$name" in edgegw | "") continue ;; esac
+        [ -n "${FROM_DEBIAN[$name]:-}${WITHOUT[$name]:-}" ] || top+=("$req")
+    done <<<"$requirements"
+    "$PYTHON" -c 'import sys; assert "%d.%d" % sys.version_info[:2] == sys.argv[1]' "$PYVER" \
+        || die "$PYTHON must be python$PYVER to resolve the requirements for $ARCH"
+    "$PYTHON" -m pip install --quiet --dry-run --ignore-installed --only-binary=:all: \
+        --report "$WORK/resolved.json" ${CONSTRAINTS:+--constraint "$CONSTRAINTS"} "${top[@]}" >&2 \
+        || die "pip could not resolve the requirements for $ARCH: ${top[*]}"
+    mapfile -t TARGETS < <("$PYTHON" - "$WORK/resolved.json" "${!FROM_DEBIAN[@]}" "${!WITHOUT[@]}" <<'PY'
+import json, re, sys
+skip = set(sys.argv[2:])
+for item in json.load(open(sys.argv[1]))["install"]:
+    meta = item["metadata"]
+    if re.sub(r"[-_.]+", "-", meta["name"]).lower() not in skip:
+        print(f"{meta['name']}=={meta['version']}")
+PY
+    )
+    PIP_ARGS+=(--no-deps)
+fi
+if ! "$PYTHON" -m pip "${PIP_ARGS[@]}" "${TARGETS[@]}" >&2; then
+    # Name the requirements that have no wheel for this platform.
+    missing=$(printf '%s\n' "${TARGETS[@]}" | grep -v '^/' || true)
+    [ "${#TARGETS[@]}" != 1 ] || missing=$requirements
     gone=""
     while IFS= read -r req; do
         case "$req" in edgegw*) continue ;; esac
@@ -120,18 +172,25 @@ rm -rf "$ROOT$SITE/bin"  # console scripts with the build machine's interpreter 
 rm -rf "$ROOT$SITE"/pip "$ROOT$SITE"/pip-*.dist-info
 
 # What is in the package, for `edgegw validate` and doctor (gateway/preflight.py).
-"$PYTHON" - "$ROOT$SITE" "$ARCH" "${EXTRAS:-none}" <<'PY'
+# Three tables, as name=why lines: Debian packages used, libraries and parts left out.
+table() { local -n t=$1; local k; for k in "${!t[@]}"; do printf '%s=%s\n' "$k" "${t[$k]}"; done; }
+"$PYTHON" - "$ROOT$SITE" "$ARCH" "${EXTRAS:-none}" "$(table FROM_DEBIAN)" "$(table WITHOUT)" \
+    "$(table UNAVAILABLE)" <<'PY'
 import json, pathlib, sys
 site, arch, extras = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+from_debian, without, unavailable = (
+    dict(ln.split("=", 1) for ln in arg.splitlines() if ln) for arg in sys.argv[4:7])
 have = {p: any(site.glob(f"{m}/__init__.py")) for p, m in
         (("opcua", "asyncua"), ("s7", "snap7"), ("inference", "onnxruntime"))}
 # left_out: parts the builder chose not to include (--extras); unavailable: parts with no
-# build for this architecture (none so far: amd64 and arm64 have every part, and armhf does
-# not build, see images/README.md). `edgegw validate` words its advice after which it is.
-left_out = {p: f"images/build-deb.sh --extras {extras}" for p, ok in have.items() if not ok}
+# build for this architecture (armhf: inference). `edgegw validate` words its advice after
+# which it is. from_debian / without: libraries taken from Debian 12 or left out, and why.
+left_out = {p: f"images/build-deb.sh --extras {extras}" for p, ok in have.items()
+            if not ok and p not in unavailable}
 info = {"package": "deb", "arch": arch, "extras": extras, "parts": sorted(p for p, ok in have.items() if ok),
-        "left_out": left_out, "unavailable": {}, "full_on": ["amd64", "arm64"]}
-(site / "gateway" / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
+        "left_out": left_out, "unavailable": unavailable, "full_on": ["amd64", "arm64"],
+        "from_debian": from_debian, "without": without}
+(site / "gateway" / "build_info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 PY
 PARTS=$("$PYTHON" -c 'import json, sys; i = json.load(open(sys.argv[1]))
 names = {"opcua": "OPC UA", "s7": "Siemens S7", "inference": "ONNX inference"}
@@ -140,9 +199,12 @@ print(", ".join(["Modbus TCP/RTU"] + [names[p] for p in i["parts"]]))' "$ROOT$SI
 # 3. Make it a venv: pyvenv.cfg and bin/python pointing at Debian's interpreter. This is
 #    all `python -m venv` would create (without pip), so python3-venv is not needed.
 mkdir -p "$ROOT$PREFIX/bin"
+# With libraries from Debian the venv sees Debian's site-packages too, after its own.
+SYSTEM_SITE=false
+[ ${#FROM_DEBIAN[@]} = 0 ] || SYSTEM_SITE=true
 cat >"$ROOT$PREFIX/pyvenv.cfg" <<EOF
 home = /usr/bin
-include-system-site-packages = false
+include-system-site-packages = $SYSTEM_SITE
 version = $PYVER
 executable = /usr/bin/python$PYVER
 EOF
@@ -228,6 +290,14 @@ for d in sorted(distributions(path=[sys.argv[1]]), key=lambda d: d.metadata["Nam
                         if c.startswith("License ::")) or "see its dist-info"
     print(f"{m['Name']} {m['Version']}: {lic}")
 PY
+if [ ${#FROM_DEBIAN[@]} != 0 ] || [ ${#WITHOUT[@]} != 0 ]; then
+    {
+        echo
+        echo "Not bundled for $ARCH (PyPI has no $CPU wheel):"
+        for k in "${!FROM_DEBIAN[@]}"; do echo "$k: from Debian, ${FROM_DEBIAN[$k]} (Depends)"; done
+        for k in "${!WITHOUT[@]}"; do echo "$k: left out: ${WITHOUT[$k]}"; done
+    } >>"$ROOT$DOC/bundled-packages.txt"
+fi
 
 # 5. Package metadata. The lowest glibc the wheels accept is what we depend on.
 GLIBC=$("$PYTHON" - "$ROOT$SITE" <<'PY'
@@ -245,13 +315,21 @@ install -m 0755 "$REPO/images/debian/postinst" "$REPO/images/debian/prerm" \
     "$REPO/images/debian/postrm" "$ROOT/DEBIAN/"
 echo /etc/edgegw/config.yaml >"$ROOT/DEBIAN/conffiles"
 SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
+DEPENDS="python$PYVER, libc6 (>= $GLIBC)"
+for k in "${!FROM_DEBIAN[@]}"; do DEPENDS="$DEPENDS, ${FROM_DEBIAN[$k]}"; done
+NOT_IN=""  # a paragraph of the description: what this architecture's package lacks
+if [ ${#UNAVAILABLE[@]} != 0 ]; then
+    NOT_IN=$(for k in "${!UNAVAILABLE[@]}"; do printf '%s ' "Not in the $ARCH package: $k (${UNAVAILABLE[$k]});"; done
+        printf '%s' "edgegw validate refuses a config that needs it.")
+    NOT_IN=$(echo "$NOT_IN" | fold -s -w 72 | sed 's/ *$//; s/^/ /'; echo " .")
+fi
 cat >"$ROOT/DEBIAN/control" <<EOF
 Package: edgegw
 Version: $VERSION-$REVISION
 Architecture: $ARCH
 Maintainer: $MAINTAINER
 Installed-Size: $SIZE
-Depends: python$PYVER, libc6 (>= $GLIBC)
+Depends: $DEPENDS
 Recommends: systemd, systemd-timesyncd | time-daemon
 Section: net
 Priority: optional
@@ -262,7 +340,8 @@ Description: industrial edge gateway: PLC polling, signed store-and-forward over
  .
  This package includes: $PARTS.
  .
- The application and its Python dependencies live in a venv of their own
+${NOT_IN:+$NOT_IN
+} The application and its Python dependencies live in a venv of their own
  under /opt/edgegw, run by Debian's python$PYVER. The systemd unit
  edgegw.service runs it hardened as user edgegw; it is not started until
  configured: edit /etc/edgegw/config.yaml, run 'edgegw validate' and

@@ -195,7 +195,9 @@ if [ "$DEMO" = 1 ]; then
 r = json.loads(sys.stdin.read())
 assert r["ok"] and r["points_polled"] > 0 and r["points_verified"] == r["points_polled"], r
 print("  demo:", r["points_verified"], "points verified of", r["points_polled"], "polled;",
-      r["messages_verified"], "messages; gaps", r["gaps"], "; anomaly events", r["anomaly_events"])' >&2 \
+      r["messages_verified"], "messages; gaps", r["gaps"], "; anomaly events", r["anomaly_events"])
+for part, why in r.get("left_out", {}).items():
+    print("  demo: left out:", part, "-", why)' >&2 \
         || fail "the demo did not verify every polled point: $result"
     rss=$(( $(cat "$WORK/rss.kb" 2>/dev/null || echo 0) / 1024 ))
     opt=$(du -sm "$ROOT/opt/edgegw" | cut -f1)

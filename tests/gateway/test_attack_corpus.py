@@ -11,6 +11,10 @@ import pytest
 
 from gateway.receiver import Outcome, Receiver, SqliteStore
 from tests.gateway.attack_corpus import GW, GW2, Case, Keys, corpus
+from tests.security.strictcbor_paths import strict_cbor_path  # noqa: F401  (fixture)
+
+# Every test here runs with both strict-CBOR decoders (tests/security/strictcbor_paths.py).
+pytestmark = pytest.mark.usefixtures("strict_cbor_path")
 
 
 @pytest.fixture(scope="module")

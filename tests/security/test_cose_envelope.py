@@ -21,6 +21,10 @@ from security.cose import (
     verify1,
 )
 from security.strictcbor import CborError, strict_loads
+from tests.security.strictcbor_paths import strict_cbor_path  # noqa: F401  (fixture)
+
+# Every test here runs with both strict-CBOR decoders (tests/security/strictcbor_paths.py).
+pytestmark = pytest.mark.usefixtures("strict_cbor_path")
 
 TOPIC = b"edgegw/gw1/telemetry"
 PAYLOAD = cbor2.dumps({"v": 1, "x": list(range(50))})
