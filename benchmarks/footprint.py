@@ -144,6 +144,32 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+def smaps(pid: int, top: int = 12) -> list[tuple[str, float, float, float]]:
+    """RSS by mapping (library file, or [heap]/[anon]), largest first: (name, rss,
+    private, shared) in MiB. Shared pages are library code other processes may map too;
+    the kernel can drop file-backed ones under pressure and read them again."""
+    by: dict[str, list[int]] = {}
+    name = "?"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if not head:
+            continue
+        if not head[0].endswith(":") or "-" in head[0]:  # a mapping's first line
+            name = Path(head[5]).name if len(head) > 5 else "[anon]"
+            continue
+        field = head[0][:-1]
+        kb = int(head[1]) if len(head) > 1 and head[1].isdigit() else 0
+        acc = by.setdefault(name, [0, 0, 0])
+        if field == "Rss":
+            acc[0] += kb
+        elif field in ("Private_Clean", "Private_Dirty"):
+            acc[1] += kb
+        elif field in ("Shared_Clean", "Shared_Dirty"):
+            acc[2] += kb
+    rows = sorted(by.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(n, r / 1024, p / 1024, s / 1024) for n, (r, p, s) in rows]
+
+
 def ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
@@ -152,7 +178,9 @@ def ready(port: int) -> bool:
         return False
 
 
-def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, object]:
+def measure(
+    kind: str, tags: int, duration: float, python: str, show_smaps: bool = False
+) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix=f"edgegw-footprint-{kind}-{tags}-"))
     procs: list[subprocess.Popen[bytes]] = []
     broker = Mosquitto(host="::1", workdir=work / "broker").start()
@@ -210,6 +238,7 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             "rss_end_mib": round(samples[-1], 1),
             "rss_growth_mib": round(samples[-1] - statistics.median(third), 1),
             "rss_anon_end_mib": round(rss_mib(gw.pid, "RssAnon"), 1),
+            "rss_file_end_mib": round(rss_mib(gw.pid, "RssFile"), 1),
             "duration_s": duration,
         }
         print(
@@ -217,6 +246,10 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             f"ready, max {max(samples):6.1f}, end {samples[-1]:6.1f} MiB",
             flush=True,
         )
+        if show_smaps:
+            print(f"{'mapping':40} {'RSS':>7} {'private':>8} {'shared':>7} MiB")
+            for name, rss, priv, shared in smaps(gw.pid):
+                print(f"{name[:40]:40} {rss:7.1f} {priv:8.1f} {shared:7.1f}")
         print(json.dumps(res), flush=True)
         return res
     finally:
@@ -271,13 +304,14 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds sampled after ready")
     ap.add_argument("--imports", action="store_true", help="RSS per runtime dependency")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the gateway")
+    ap.add_argument("--smaps", action="store_true", help="RSS by mapping at the end")
     a = ap.parse_args()
     if a.imports:
         imports(a.python)
         return 0
     for kind in a.configs.split(","):
         for tags in (int(t) for t in a.tags.split(",")):
-            measure(kind, tags, a.duration, a.python)
+            measure(kind, tags, a.duration, a.python, a.smaps)
     return 0
 
 

@@ -716,15 +716,18 @@ def _include_devices(
     folder = data.get("devices_dir")
     if folder is None:
         return {}
-    mark = smap.marks.get(("devices_dir",))
-    here = f"{smap.file}:{mark.line}:{mark.column}" if mark else smap.file
+
+    def here() -> str:  # only for an error: positions mean parsing the file again
+        mark = smap.marks.get(("devices_dir",))
+        return f"{smap.file}:{mark.line}:{mark.column}" if mark else smap.file
+
     if not isinstance(folder, str) or not folder.strip():
-        raise ConfigError([f"{here}: devices_dir: give a folder, e.g. devices.d"])
+        raise ConfigError([f"{here()}: devices_dir: give a folder, e.g. devices.d"])
     path = Path(folder) if Path(folder).is_absolute() else base / folder
     data["devices_dir"] = str(path)
     if not path.is_dir():
         raise ConfigError(
-            [f"{here}: devices_dir: {path} is not a folder (create it, or remove devices_dir)"]
+            [f"{here()}: devices_dir: {path} is not a folder (create it, or remove devices_dir)"]
         )
     devices = data.setdefault("devices", [])
     if not isinstance(devices, list):
