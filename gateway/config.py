@@ -667,9 +667,22 @@ def load_config_sourced(path: str | Path) -> tuple[Config, Sources]:
     included = _include_devices(data, smap, base)
     _check_unique_names(data.get("devices"), smap, included)
     try:
-        return Config.model_validate(data), Sources(smap, included)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(explain(exc, smap, included)) from None
+    share_fields_sets(cfg)
+    return cfg, Sources(smap, included)
+
+
+def share_fields_sets(cfg: Config) -> None:
+    """Tags with the same fields given share one frozen set of them (pydantic keeps a set
+    per model: 232 B a tag, 2.3 MiB at 10,000 tags). Frozen: a later change to a tag
+    would fail loudly (tags are not changed after validation) instead of changing all."""
+    shared: dict[frozenset[str], frozenset[str]] = {}
+    for dev in cfg.devices:
+        for tag in dev.tags:
+            given = frozenset(tag.__pydantic_fields_set__)
+            object.__setattr__(tag, "__pydantic_fields_set__", shared.setdefault(given, given))
 
 
 DEVICE_FILE_SUFFIXES = (".yaml", ".yml")

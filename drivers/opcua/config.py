@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,7 +304,7 @@ def load_device_map(path: str | Path) -> list[OpcuaDevice]:
     """
     data = read_device_list(path)
     resolve_paths(data, Path(path).resolve().parent)
-    return _DEVICE_LIST.validate_python(data)
+    return _device_list().validate_python(data)
 
 
 def resolve_paths(devices: Any, base: Path) -> None:
@@ -316,4 +317,8 @@ def resolve_paths(devices: Any, base: Path) -> None:
                     d[key] = str(base / d[key])
 
 
-_DEVICE_LIST = TypeAdapter(list[OpcuaDevice])
+@cache
+def _device_list() -> TypeAdapter[list[OpcuaDevice]]:
+    """Built when first used: only the tools load device files (the daemon validates its
+    whole config at once), and a validator costs memory."""
+    return TypeAdapter(list[OpcuaDevice])

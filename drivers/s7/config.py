@@ -9,6 +9,7 @@ gateway can point at the YAML line.
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -418,7 +419,11 @@ def load_devices(path: str | Path) -> list[DeviceConfig]:
     for a file of the wrong shape.
     """
     data = read_device_list(path)
-    return _DEVICE_LIST.validate_python(data)
+    return _device_list().validate_python(data)
 
 
-_DEVICE_LIST = TypeAdapter(list[DeviceConfig])
+@cache
+def _device_list() -> TypeAdapter[list[DeviceConfig]]:
+    """Built when first used: only the tools load device files (the daemon validates its
+    whole config at once), and a validator costs memory."""
+    return TypeAdapter(list[DeviceConfig])

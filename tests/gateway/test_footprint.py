@@ -2,13 +2,16 @@
 replaced: the status snapshot's ``plain`` equals ``dataclasses.asdict``; tag names are one
 string object per tag across the plan, its decoders and the driver; the collector is
 tuned once start-up is done; a good config is never parsed a second time for positions
-(that parse is only for an error message)."""
+(that parse is only for an error message); tags share their fields-set and the loader
+its repeated strings."""
 
 from __future__ import annotations
 
 import gc
 from dataclasses import asdict
 from pathlib import Path
+
+import pytest
 
 from buffer.model import OutboxStats
 from drivers.modbus import compile_plan
@@ -21,6 +24,7 @@ from gateway.pipeline import PipelineStats
 from gateway.poller import DeviceState
 from gateway.preflight import check
 from gateway.status import plain
+from gateway.yamlsource import load_yaml
 from inference.config import SHIPPED_MODELS
 from tests.tlscerts import make_pki
 
@@ -105,3 +109,49 @@ def test_a_good_config_is_not_parsed_again_for_positions(tmp_path: Path) -> None
     found = check(cfg, sources, service=True)
     assert [x.where for x in found] == [f"{f}:8:41: inference.models[0].sha256"]
     assert sources.smap._text is None
+
+
+def test_tags_share_their_fields_set_and_stay_what_they_were(tmp_path: Path) -> None:
+    """One frozen set per distinct set of given fields (pydantic keeps one per model);
+    what each tag says it was given is unchanged, and changing a tag fails loudly."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "gateway: {id: gw, state_dir: state}\n"
+        "devices:\n"
+        "  - name: plc\n    protocol: modbus_tcp\n    host: 127.0.0.1\n    tags:\n"
+        + "".join(f"      - {{name: t{i}, address: {2 * i}, type: float32}}\n" for i in range(50))
+        + "      - {name: r, register: 40201, scale: 0.5}\n"
+    )
+    cfg, _ = load_config_sourced(f)
+    tags = cfg.devices[0].tags
+    assert len({id(t.model_fields_set) for t in tags[:50]}) == 1
+    assert isinstance(tags[0].model_fields_set, frozenset)
+    assert {"name", "address", "type"} <= tags[0].model_fields_set
+    assert "scale" not in tags[0].model_fields_set and "scale" in tags[50].model_fields_set
+    assert tags[50].model_fields_set is not tags[0].model_fields_set
+    fresh = ModbusTcpDevice.model_validate(
+        {
+            "name": "plc",
+            "protocol": "modbus_tcp",
+            "host": "127.0.0.1",
+            "tags": [{"name": "t0", "address": 0, "type": "float32"}],
+        }
+    )
+    assert set(fresh.tags[0].model_fields_set) == set(tags[0].model_fields_set)
+    assert tags[0] == fresh.tags[0]
+    with pytest.raises(AttributeError):
+        tags[0].unit = "degC"  # would add to the shared set
+
+
+def test_repeated_strings_of_a_config_are_one_object(tmp_path: Path) -> None:
+    """libyaml makes a string per scalar; the loader keeps one per distinct text (keys and
+    values), so 10,000 tags do not hold 10,000 copies of "address" and "float32"."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "tags:\n" + "".join(f"  - {{name: t{i}, address: {i}, type: float32}}\n" for i in range(3))
+    )
+    data, _ = load_yaml(f)
+    a, b = data["tags"][0], data["tags"][2]
+    assert a["type"] is b["type"] == "float32"
+    assert [k for k in a][1] is [k for k in b][1] == "address"
+    assert data == {"tags": [{"name": f"t{i}", "address": i, "type": "float32"} for i in range(3)]}
