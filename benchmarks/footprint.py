@@ -49,10 +49,14 @@ DEFAULT_MODEL_SHA256 = "2298e92f287fbd92f61c5fe037edb568133c2c05ed93566fa4f72642
 IMPORTS = [
     ("python + stdlib the daemon needs", "asyncio, sqlite3, ssl, json, logging"),
     ("pydantic + PyYAML (config)", "pydantic, yaml"),
+    # what the first model class imports: the schema builder and the plugin lookup
+    # (importlib.metadata, which brings email, zipfile, csv)
+    ("pydantic's model builder", "pydantic._internal._generate_schema, pydantic.plugin._loader"),
     ("cbor2 + cryptography (signing)", "cbor2, cryptography.hazmat.primitives.asymmetric.ed25519"),
     ("paho-mqtt (uplink)", "paho.mqtt.client"),
     ("uvloop", "uvloop"),
-    ("gateway.daemon (edgegw itself)", "gateway.daemon"),
+    ("gateway.config (config models, every protocol)", "gateway.config"),
+    ("gateway.daemon (the rest of edgegw)", "gateway.daemon"),
     ("pymodbus (Modbus driver)", "drivers.modbus.driver"),
     ("asyncua (OPC UA driver)", "drivers.opcua.driver"),
     ("snap7 (S7 driver)", "drivers.s7.driver"),
@@ -288,9 +292,9 @@ def imports(python: str) -> None:
     ).stdout
     steps = json.loads(raw)
     prev = steps[0][1]
-    print(f"{'interpreter':40} {prev:6.1f} MiB")
+    print(f"{'interpreter':48} {prev:6.1f} MiB")
     for label, rss in steps[1:]:
-        print(f"{label:40} {rss - prev:+6.1f} MiB  (total {rss:6.1f})")
+        print(f"{label:48} {rss - prev:+6.1f} MiB  (total {rss:6.1f})")
         prev = rss
     print(json.dumps({"imports": steps}))
 
