@@ -232,6 +232,12 @@ def measure(
             if gw.poll() is not None:
                 raise SystemExit(f"gateway exited: see {work}/gateway.log")
             samples.append(rss_mib(gw.pid))
+            if len(samples) % 300 == 0:  # the shape of a long run: a line every 5 minutes
+                print(
+                    f"  {time.monotonic() - t1:6.0f} s: RSS {samples[-1]:6.1f} MiB, anonymous "
+                    f"{rss_mib(gw.pid, 'RssAnon'):6.1f}",
+                    flush=True,
+                )
         third = samples[: max(1, len(samples) // 3)]
         res: dict[str, object] = {
             "config": kind,
