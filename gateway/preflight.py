@@ -209,9 +209,7 @@ def _unreadable(
         return Finding(level, sources.where(loc), message, fix, row or field)
 
 
-def _why_unreadable(
-    path: Path, field: str, exc: OSError, service: bool
-) -> tuple[str, str, str]:
+def _why_unreadable(path: Path, field: str, exc: OSError, service: bool) -> tuple[str, str, str]:
     """(level, what is wrong, what fixes it) for a file that could not be read."""
     if isinstance(exc, FileNotFoundError):
         return ERROR, f"{path} does not exist", f"fix {field}, or put the file there"
