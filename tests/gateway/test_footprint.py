@@ -8,6 +8,9 @@ its repeated strings."""
 from __future__ import annotations
 
 import gc
+import math
+import pickle
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -141,6 +144,41 @@ def test_tags_share_their_fields_set_and_stay_what_they_were(tmp_path: Path) -> 
     assert tags[0] == fresh.tags[0]
     with pytest.raises(AttributeError):
         tags[0].unit = "degC"  # would add to the shared set
+
+
+def test_tags_keep_their_values_in_key_sharing_dicts(tmp_path: Path) -> None:
+    """A tag's ``__dict__`` is a key-sharing dict (smaller than the one pydantic made)
+    and equal numbers are one object; the tags read, compare, dump, copy and pickle as
+    freshly validated ones do."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "gateway: {id: gw, state_dir: state}\n"
+        "devices:\n"
+        "  - name: plc\n    protocol: modbus_tcp\n    host: 127.0.0.1\n    tags:\n"
+        + "".join(f"      - {{name: t{i}, address: {2 * i}, type: float32}}\n" for i in range(20))
+        + "      - {name: z, address: 100, offset: -0.0, scale: 1}\n"
+        + "      - {name: w, address: 101, write: {min: 0, max: 5}}\n"
+    )
+    cfg, _ = load_config_sourced(f)
+    tags = cfg.devices[0].tags
+    raw = [{**t.model_dump(mode="python", by_alias=True)} for t in tags]
+    fresh = ModbusTcpDevice.model_validate(
+        {"name": "plc", "protocol": "modbus_tcp", "host": "127.0.0.1", "tags": raw}
+    ).tags
+    assert tags == fresh
+    assert [t.model_dump() for t in tags] == [t.model_dump() for t in fresh]
+    assert sys.getsizeof(tags[0].__dict__) < sys.getsizeof(dict(tags[0].__dict__))
+    assert tags[0].scale is tags[1].scale == 1.0 and tags[0].offset is tags[1].offset == 0.0
+    assert math.copysign(1, tags[20].offset) == -1.0  # -0.0 stays itself, not the 0.0
+    assert tags[20].scale == 1.0 and type(tags[20].scale) is float
+    assert tags[21].write is not None and tags[21].write.max == 5
+    assert pickle.loads(pickle.dumps(tags)) == tags
+    copied = tags[3].model_copy(update={"unit": "degC"})
+    assert copied.unit == "degC" and tags[3].unit is None and copied.name == "t3"
+    assert "unit" in copied.model_fields_set and "unit" not in tags[3].model_fields_set
+    mine = tags[4].model_copy()
+    mine.unit = "bar"  # a copy's fields-set is its own
+    assert "unit" in mine.model_fields_set and "unit" not in tags[5].model_fields_set
 
 
 def test_repeated_strings_of_a_config_are_one_object(tmp_path: Path) -> None:
