@@ -670,28 +670,21 @@ def load_config_sourced(path: str | Path) -> tuple[Config, Sources]:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(explain(exc, smap, included)) from None
-    compact_tags(cfg)
+    share_fields_sets(cfg)
     return cfg, Sources(smap, included)
 
 
-def compact_tags(cfg: Config) -> None:
-    """Tags kept in less memory, each the same as before (equal, same fields, same
-    ``model_fields_set``): at 10,000 tags pydantic's per-tag objects were ~620 B a tag.
-
-    - Tags with the same fields given share one frozen set of them (pydantic keeps a set
-      per model: 232 B a tag). Frozen: a later change to a tag fails loudly (tags are not
-      changed after validation) instead of changing every tag that shares it.
-    - A tag's ``__dict__`` becomes a key-sharing dict (the layout CPython gives instance
-      dicts: one key table per class, 280 B a tag instead of 464).
-    - Equal numbers are one object (each tag had its own ``1.0`` scale and ``0.0`` offset).
-    """
+def share_fields_sets(cfg: Config) -> None:
+    """Tags with the same fields given share one set of them (pydantic keeps a set per
+    model: 232 B a tag, 2.3 MiB at 10,000 tags). Setting a field of such a tag fails
+    loudly (tags are not changed after validation) instead of changing every tag that
+    shares the set; a copy of a tag gets a set of its own. (Each tag's values are in a
+    key-sharing dict already: drivers.common.CompactFields.)"""
     shared: dict[frozenset[str], SharedFieldsSet] = {}
-    numbers: dict[tuple[type, str], Any] = {}
     for dev in cfg.devices:
         for tag in dev.tags:
             given = SharedFieldsSet(tag.__pydantic_fields_set__)
             object.__setattr__(tag, "__pydantic_fields_set__", shared.setdefault(given, given))
-            object.__setattr__(tag, "__dict__", _key_sharing(tag, numbers))
 
 
 class SharedFieldsSet(frozenset[str]):
@@ -703,27 +696,6 @@ class SharedFieldsSet(frozenset[str]):
 
     def __copy__(self) -> set[str]:  # type: ignore[override]
         return set(self)
-
-
-_HOLDERS: dict[type, type] = {}
-
-
-def _key_sharing(model: BaseModel, numbers: dict[tuple[type, str], Any]) -> dict[str, Any]:
-    """``model.__dict__`` as a key-sharing dict: set as attributes of an instance of a
-    plain class (one per model class), CPython keeps the keys once in that class and the
-    instance's dict holds only the values. Numbers by type and exact text (``repr``: 0.0
-    and -0.0 stay two, 1 and 1.0 and True stay three)."""
-    cls = type(model)
-    holder_cls = _HOLDERS.get(cls)
-    if holder_cls is None:
-        holder_cls = _HOLDERS[cls] = type(f"{cls.__name__}Fields", (), {"__module__": __name__})
-    holder = holder_cls()
-    for key, value in model.__dict__.items():
-        if type(value) in (int, float):
-            value = numbers.setdefault((type(value), repr(value)), value)
-        setattr(holder, key, value)
-    out: dict[str, Any] = holder.__dict__
-    return out
 
 
 DEVICE_FILE_SUFFIXES = (".yaml", ".yml")

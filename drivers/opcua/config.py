@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
-from ..common import read_device_list
+from ..common import CompactFields, read_device_list
 from ..write import WriteKind, WriteSpec, spec_problem
 from .connection import (
     Connection,
@@ -88,7 +88,7 @@ class Deadband(Model):
         return self
 
 
-class OpcuaTag(Model):
+class OpcuaTag(CompactFields, Model):
     """One variable read from the server."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")

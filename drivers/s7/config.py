@@ -25,7 +25,14 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..common import check_device_name, check_host, duplicate_tag, range_problem, read_device_list
+from ..common import (
+    CompactFields,
+    check_device_name,
+    check_host,
+    duplicate_tag,
+    range_problem,
+    read_device_list,
+)
 from ..write import WriteKind, WriteSpec, spec_problem
 from .address import Address, AddressError, parse_address, parse_tsap
 from .types import (
@@ -72,7 +79,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False, defer_build=True)
 
 
-class S7Tag(_Model):
+class S7Tag(CompactFields, _Model):
     """One value read from the PLC."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")

@@ -20,6 +20,8 @@ from buffer.model import OutboxStats
 from drivers.modbus import compile_plan
 from drivers.modbus.config import ModbusTcpDevice
 from drivers.modbus.driver import LinkStats, ModbusTcpDriver
+from drivers.opcua.config import OpcuaTag
+from drivers.s7.config import S7Tag
 from gateway.config import load_config_sourced
 from gateway.daemon import GC_GEN0_THRESHOLD, freeze_startup_objects
 from gateway.forwarder import ForwarderStats
@@ -147,9 +149,9 @@ def test_tags_share_their_fields_set_and_stay_what_they_were(tmp_path: Path) -> 
 
 
 def test_tags_keep_their_values_in_key_sharing_dicts(tmp_path: Path) -> None:
-    """A tag's ``__dict__`` is a key-sharing dict (smaller than the one pydantic made)
-    and equal numbers are one object; the tags read, compare, dump, copy and pickle as
-    freshly validated ones do."""
+    """A tag's ``__dict__`` is a key-sharing dict (smaller than the one pydantic made,
+    for every protocol's tags); the tags read, compare, dump, copy and pickle as tags
+    validated from their dump do, and a copy's fields-set is its own."""
     f = tmp_path / "c.yaml"
     f.write_text(
         "gateway: {id: gw, state_dir: state}\n"
@@ -168,8 +170,7 @@ def test_tags_keep_their_values_in_key_sharing_dicts(tmp_path: Path) -> None:
     assert tags == fresh
     assert [t.model_dump() for t in tags] == [t.model_dump() for t in fresh]
     assert sys.getsizeof(tags[0].__dict__) < sys.getsizeof(dict(tags[0].__dict__))
-    assert tags[0].scale is tags[1].scale == 1.0 and tags[0].offset is tags[1].offset == 0.0
-    assert math.copysign(1, tags[20].offset) == -1.0  # -0.0 stays itself, not the 0.0
+    assert math.copysign(1, tags[20].offset) == -1.0  # -0.0 stays itself
     assert tags[20].scale == 1.0 and type(tags[20].scale) is float
     assert tags[21].write is not None and tags[21].write.max == 5
     assert pickle.loads(pickle.dumps(tags)) == tags
@@ -193,3 +194,13 @@ def test_repeated_strings_of_a_config_are_one_object(tmp_path: Path) -> None:
     assert a["type"] is b["type"] == "float32"
     assert [k for k in a][1] is [k for k in b][1] == "address"
     assert data == {"tags": [{"name": f"t{i}", "address": i, "type": "float32"} for i in range(3)]}
+
+
+def test_tags_with_few_fields_keep_the_dict_that_is_smaller() -> None:
+    """OPC UA and S7 tags (7-8 fields): a key-sharing dict would be larger, so theirs
+    stays as pydantic made it; they validate and compare as always."""
+    ua = OpcuaTag.model_validate({"name": "n", "node": "ns=2;s=X", "type": "Double"})
+    s7 = S7Tag.model_validate({"name": "r", "address": "DB1.DBD4", "type": "REAL"})
+    for tag in (ua, s7):
+        assert sys.getsizeof(tag.__dict__) <= sys.getsizeof(dict(tag.__dict__))
+        assert type(tag).model_validate(tag.model_dump(by_alias=True)) == tag
