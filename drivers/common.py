@@ -151,18 +151,18 @@ _HOLDERS: dict[type, type | None] = {}
 def key_sharing(values: dict[str, Any], owner: type) -> dict[str, Any] | None:
     """``values`` as a key-sharing dict (the instance dict of a plain class, one per
     ``owner``, that they were set on in their order); None where that is not smaller."""
-    holder_cls = _HOLDERS.get(owner, type)
-    if holder_cls is None:
-        return None
-    first = holder_cls is type
-    if first:
+    if owner not in _HOLDERS:  # the first one made decides
         holder_cls = type(f"{owner.__name__}Fields", (), {"__module__": __name__})
-    holder = holder_cls()
+        out = _set_on(holder_cls(), values)
+        smaller = sys.getsizeof(out) < sys.getsizeof(values)
+        _HOLDERS[owner] = holder_cls if smaller else None
+        return out if smaller else None
+    known = _HOLDERS[owner]
+    return None if known is None else _set_on(known(), values)
+
+
+def _set_on(holder: Any, values: dict[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         setattr(holder, key, value)
     out: dict[str, Any] = holder.__dict__
-    if first:
-        _HOLDERS[owner] = holder_cls if sys.getsizeof(out) < sys.getsizeof(values) else None
-        if _HOLDERS[owner] is None:
-            return None
     return out
