@@ -129,9 +129,9 @@ class CompactFields:
     where that is smaller.
 
     pydantic gives each model a dict of its own (464 B for a Modbus tag's 16 fields);
-    set as attributes of a plain object, the same values take less (296 B), because
+    set as attributes of a plain object, the same values take 200-296 B, because
     CPython keeps the keys once per class and each object only its values (at 10,000
-    tags: 1.6 MiB, and less of the start-up peak that stays in RSS). A model with few
+    tags: 1.7-2.6 MiB, and less of the start-up peak that stays in RSS). A model with few
     fields (an OPC UA or S7 tag's 7-8) is smaller as it is and is left so. Done as each
     tag is validated, so the dict it replaces is freed before the next tag's is made.
     The model reads, compares, dumps, copies and pickles as before.
