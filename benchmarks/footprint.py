@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -186,6 +187,7 @@ def measure(
     kind: str, tags: int, duration: float, python: str, show_smaps: bool = False
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix=f"edgegw-footprint-{kind}-{tags}-"))
+    done = False
     procs: list[subprocess.Popen[bytes]] = []
     broker = Mosquitto(host="::1", workdir=work / "broker").start()
     try:
@@ -261,6 +263,7 @@ def measure(
             for name, rss, priv, shared in smaps(gw.pid):
                 print(f"{name[:40]:40} {rss:7.1f} {priv:8.1f} {shared:7.1f}")
         print(json.dumps(res), flush=True)
+        done = True
         return res
     finally:
         for p in reversed(procs):
@@ -272,6 +275,8 @@ def measure(
                     p.kill()
                     p.wait()
         broker.stop()
+        if done:  # a failed run keeps its folder: the message points at its logs
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def imports(python: str) -> None:
