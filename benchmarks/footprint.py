@@ -33,6 +33,7 @@ import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -50,10 +51,14 @@ DEFAULT_MODEL_SHA256 = "2298e92f287fbd92f61c5fe037edb568133c2c05ed93566fa4f72642
 IMPORTS = [
     ("python + stdlib the daemon needs", "asyncio, sqlite3, ssl, json, logging"),
     ("pydantic + PyYAML (config)", "pydantic, yaml"),
+    # what the first model class imports: the schema builder and the plugin lookup
+    # (importlib.metadata, which brings email, zipfile, csv)
+    ("pydantic's model builder", "pydantic._internal._generate_schema, pydantic.plugin._loader"),
     ("cbor2 + cryptography (signing)", "cbor2, cryptography.hazmat.primitives.asymmetric.ed25519"),
     ("paho-mqtt (uplink)", "paho.mqtt.client"),
     ("uvloop", "uvloop"),
-    ("gateway.daemon (edgegw itself)", "gateway.daemon"),
+    ("gateway.config (config models, every protocol)", "gateway.config"),
+    ("gateway.daemon (the rest of edgegw)", "gateway.daemon"),
     ("pymodbus (Modbus driver)", "drivers.modbus.driver"),
     ("asyncua (OPC UA driver)", "drivers.opcua.driver"),
     ("snap7 (S7 driver)", "drivers.s7.driver"),
@@ -152,6 +157,32 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+def smaps(pid: int, top: int = 12) -> list[tuple[str, float, float, float]]:
+    """RSS by mapping (library file, or [heap]/[anon]), largest first: (name, rss,
+    private, shared) in MiB. Shared pages are library code other processes may map too;
+    the kernel can drop file-backed ones under pressure and read them again."""
+    by: dict[str, list[int]] = {}
+    name = "?"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if not head:
+            continue
+        if not head[0].endswith(":") or "-" in head[0]:  # a mapping's first line
+            name = Path(head[5]).name if len(head) > 5 else "[anon]"
+            continue
+        field = head[0][:-1]
+        kb = int(head[1]) if len(head) > 1 and head[1].isdigit() else 0
+        acc = by.setdefault(name, [0, 0, 0])
+        if field == "Rss":
+            acc[0] += kb
+        elif field in ("Private_Clean", "Private_Dirty"):
+            acc[1] += kb
+        elif field in ("Shared_Clean", "Shared_Dirty"):
+            acc[2] += kb
+    rows = sorted(by.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(n, r / 1024, p / 1024, s / 1024) for n, (r, p, s) in rows]
+
+
 def ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
@@ -160,8 +191,11 @@ def ready(port: int) -> bool:
         return False
 
 
-def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, object]:
+def measure(
+    kind: str, tags: int, duration: float, python: str, show_smaps: bool = False
+) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix=f"edgegw-footprint-{kind}-{tags}-"))
+    done = False
     procs: list[subprocess.Popen[bytes]] = []
     broker = Mosquitto(host="::1", workdir=work / "broker").start()
     try:
@@ -208,6 +242,12 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             if gw.poll() is not None:
                 raise SystemExit(f"gateway exited: see {work}/gateway.log")
             samples.append(rss_mib(gw.pid))
+            if len(samples) % 300 == 0:  # the shape of a long run: a line every 5 minutes
+                print(
+                    f"  {time.monotonic() - t1:6.0f} s: RSS {samples[-1]:6.1f} MiB, anonymous "
+                    f"{rss_mib(gw.pid, 'RssAnon'):6.1f}",
+                    flush=True,
+                )
         third = samples[: max(1, len(samples) // 3)]
         res: dict[str, object] = {
             "config": kind,
@@ -219,6 +259,7 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             "rss_end_mib": round(samples[-1], 1),
             "rss_growth_mib": round(samples[-1] - statistics.median(third), 1),
             "rss_anon_end_mib": round(rss_mib(gw.pid, "RssAnon"), 1),
+            "rss_file_end_mib": round(rss_mib(gw.pid, "RssFile"), 1),
             "duration_s": duration,
         }
         print(
@@ -226,7 +267,12 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
             f"ready, max {max(samples):6.1f}, end {samples[-1]:6.1f} MiB",
             flush=True,
         )
+        if show_smaps:
+            print(f"{'mapping':40} {'RSS':>7} {'private':>8} {'shared':>7} MiB")
+            for name, rss, priv, shared in smaps(gw.pid):
+                print(f"{name[:40]:40} {rss:7.1f} {priv:8.1f} {shared:7.1f}")
         print(json.dumps(res), flush=True)
+        done = True
         return res
     finally:
         for p in reversed(procs):
@@ -238,6 +284,8 @@ def measure(kind: str, tags: int, duration: float, python: str) -> dict[str, obj
                     p.kill()
                     p.wait()
         broker.stop()
+        if done:  # a failed run keeps its folder: the message points at its logs
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def imports(python: str) -> None:
@@ -264,9 +312,9 @@ def imports(python: str) -> None:
     ).stdout
     steps = json.loads(raw)
     prev = steps[0][1]
-    print(f"{'interpreter':40} {prev:6.1f} MiB")
+    print(f"{'interpreter':48} {prev:6.1f} MiB")
     for label, rss in steps[1:]:
-        print(f"{label:40} {rss - prev:+6.1f} MiB  (total {rss:6.1f})")
+        print(f"{label:48} {rss - prev:+6.1f} MiB  (total {rss:6.1f})")
         prev = rss
     print(json.dumps({"imports": steps}))
 
@@ -280,13 +328,14 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds sampled after ready")
     ap.add_argument("--imports", action="store_true", help="RSS per runtime dependency")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the gateway")
+    ap.add_argument("--smaps", action="store_true", help="RSS by mapping at the end")
     a = ap.parse_args()
     if a.imports:
         imports(a.python)
         return 0
     for kind in a.configs.split(","):
         for tags in (int(t) for t in a.tags.split(",")):
-            measure(kind, tags, a.duration, a.python)
+            measure(kind, tags, a.duration, a.python, a.smaps)
     return 0
 
 

@@ -26,7 +26,9 @@ WriteKind = Literal["bool", "int", "float", "string", "any"]
 class WriteSpec(BaseModel):
     """A tag's ``write`` block."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: no validator of its own until one is used directly; the gateway's
+    # config validator holds this model's checks too (0.6 MiB for every protocol's models)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     allowed: bool = Field(
         True,

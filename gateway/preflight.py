@@ -188,40 +188,46 @@ def _missing(exc: ImportError) -> str:
 # -- files ----------------------------------------------------------------------------------
 
 
-def _unreadable(path: Path, field: str, where: str, service: bool, row: str = "") -> Finding | None:
-    """None when ``path`` is a readable file; else what is wrong. ``row``: what the file
-    is, for doctor (default: ``field``)."""
-    row = row or field
+def _unreadable(
+    path: Path,
+    field: str,
+    sources: Sources,
+    loc: tuple[str | int, ...],
+    service: bool,
+    row: str = "",
+) -> Finding | None:
+    """None when ``path`` is a readable file; else what is wrong, at ``loc``. ``row``: what
+    the file is, for doctor (default: ``field``). The place is looked up only for a finding:
+    looking it up parses the config again with positions (pure-Python PyYAML: a 10,000-tag
+    config costs seconds and tens of MiB that the daemon would keep)."""
     try:
         with open(path, "rb") as f:
             f.read(1)
-    except FileNotFoundError:
-        return Finding(
-            ERROR, where, f"{path} does not exist", f"fix {field}, or put the file there", row
-        )
-    except IsADirectoryError:
-        return Finding(ERROR, where, f"{path} is a folder, not a file", f"fix {field}", row)
-    except PermissionError:
+        return None
+    except OSError as exc:
+        level, message, fix = _why_unreadable(path, field, exc, service)
+        return Finding(level, sources.where(loc), message, fix, row or field)
+
+
+def _why_unreadable(path: Path, field: str, exc: OSError, service: bool) -> tuple[str, str, str]:
+    """(level, what is wrong, what fixes it) for a file that could not be read."""
+    if isinstance(exc, FileNotFoundError):
+        return ERROR, f"{path} does not exist", f"fix {field}, or put the file there"
+    if isinstance(exc, IsADirectoryError):
+        return ERROR, f"{path} is a folder, not a file", f"fix {field}"
+    if isinstance(exc, PermissionError):
         if service or os.geteuid() == 0:
-            return Finding(
+            return (
                 ERROR,
-                where,
                 f"{path} is not readable by user {_user()}",
                 f"give the service user read access (e.g. chgrp edgegw {path}; chmod 640 {path})",
-                row,
             )
-        return Finding(
+        return (
             WARNING,
-            where,
             f"{path} is not readable by you ({_user()}), so it was not checked",
             "the service user must be able to read it: `sudo edgegw doctor` checks it as that user",
-            row,
         )
-    except OSError as exc:
-        return Finding(
-            ERROR, where, f"cannot read {path}: {exc.strerror or exc}", f"fix {field}", row
-        )
-    return None
+    return ERROR, f"cannot read {path}: {exc.strerror or exc}", f"fix {field}"
 
 
 def _user() -> str:
@@ -244,17 +250,15 @@ def check_files(cfg: Config, sources: Sources, service: bool) -> Iterator[Findin
             path = getattr(tls, key)
             if path is None:
                 continue
-            bad = _unreadable(
-                path, f"uplink.tls.{key}", sources.where(("uplink", "tls", key)), service
-            )
+            bad = _unreadable(path, f"uplink.tls.{key}", sources, ("uplink", "tls", key), service)
             if bad is not None:
                 ok = False
                 yield bad
         if ok:
             yield from _tls_context(cfg, sources)
     if up.password_file is not None:
-        where = sources.where(("uplink", "password_file"))
-        bad = _unreadable(up.password_file, "uplink.password_file", where, service)
+        loc: tuple[str | int, ...] = ("uplink", "password_file")
+        bad = _unreadable(up.password_file, "uplink.password_file", sources, loc, service)
         if bad is not None:
             yield bad
         else:
@@ -264,7 +268,7 @@ def check_files(cfg: Config, sources: Sources, service: bool) -> Iterator[Findin
                 if not read_password(up):
                     yield Finding(
                         ERROR,
-                        where,
+                        sources.where(loc),
                         f"{up.password_file} is empty",
                         "put the password on its first line",
                         "uplink.password_file",
@@ -272,7 +276,7 @@ def check_files(cfg: Config, sources: Sources, service: bool) -> Iterator[Findin
             except CredentialError as exc:
                 yield Finding(
                     ERROR,
-                    where,
+                    sources.where(loc),
                     str(exc).removeprefix("uplink.password_file: "),
                     row="uplink.password_file",
                 )
@@ -283,7 +287,8 @@ def check_files(cfg: Config, sources: Sources, service: bool) -> Iterator[Findin
                 bad = _unreadable(
                     path,
                     f"{key} of device {d.name}",
-                    sources.where(("devices", i, key)),
+                    sources,
+                    ("devices", i, key),
                     service,
                     f"{key} of {d.name}",
                 )
@@ -331,9 +336,9 @@ def check_models(cfg: Config, sources: Sources, service: bool) -> Iterator[Findi
     onnxruntime is doctor's and the daemon's job: it costs a second per model)."""
     for i, b in enumerate(cfg.inference.models):
         path = b.model_path(cfg.base_dir)
-        where = sources.where(("inference", "models", i, "model"))
+        loc = ("inference", "models", i, "model")
         bad = _unreadable(
-            path, f"inference.models[{i}].model", where, service, f"model file {b.name}"
+            path, f"inference.models[{i}].model", sources, loc, service, f"model file {b.name}"
         )
         if bad is not None:
             if not path.exists() and path.parent.name == "models" and path.suffix == ".onnx":
@@ -343,7 +348,7 @@ def check_models(cfg: Config, sources: Sources, service: bool) -> Iterator[Findi
                     shipped = sorted(p.stem for p in SHIPPED_MODELS.glob("*.onnx"))
                     bad = Finding(
                         ERROR,
-                        where,
+                        bad.where,
                         f"no shipped model {b.model!s}",
                         f"shipped: {', '.join(shipped) or 'none'}",
                         f"model file {b.name}",
@@ -382,13 +387,12 @@ def check_outbox(cfg: Config, sources: Sources, acct: Account, service: bool) ->
     path = cfg.outbox_path
     state = cfg.state_dir
     field = "outbox.path" if "path" in cfg.outbox.model_fields_set else "gateway.state_dir"
-    where = sources.where(
-        ("outbox", "path") if field == "outbox.path" else ("gateway", "state_dir")
-    )
+    loc = ("outbox", "path") if field == "outbox.path" else ("gateway", "state_dir")
     in_state = path.parent == state or state in path.parent.parents
 
     def finding(message: str, fix: str, level: str = ERROR) -> Finding:
-        return Finding(level, where, message, fix, OUTBOX_ROW)
+        # the place only for a finding (looking it up parses the config again)
+        return Finding(level, sources.where(loc), message, fix, OUTBOX_ROW)
 
     is_dir = False
     # A file where a folder must be ("Not a directory" at the first write)

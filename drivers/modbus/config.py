@@ -10,6 +10,7 @@ YAML line. The tag model is in ``tags.py``.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -350,7 +351,7 @@ def load_device_map(path: str | Path) -> list[Device]:
     """
     data = read_device_list(path)
     try:
-        devices = _DEVICE_LIST.validate_python(data)
+        devices = _device_list().validate_python(data)
     except ValidationError as exc:
         raise _without_protocol(exc) from None
     problems = check_shared_links(devices)
@@ -369,7 +370,7 @@ def validate_device(data: Any) -> Device:
     """One device of any Modbus protocol (by its ``protocol``); errors located from the
     device down (``("tags", 3, "type")``), as a device map's are."""
     try:
-        device: Device = _DEVICE.validate_python(data)
+        device: Device = _device().validate_python(data)
     except ValidationError as exc:
         raise _without_protocol(exc, at=0) from None
     return device
@@ -391,5 +392,15 @@ def _without_protocol(exc: ValidationError, at: int = 1) -> ValidationError:
 
 
 _PROTOCOLS = ("modbus_tcp", "modbus_rtu", "modbus_rtu_tcp")
-_DEVICE: TypeAdapter[Device] = TypeAdapter(Annotated[Device, Field(discriminator="protocol")])
-_DEVICE_LIST = TypeAdapter(list[Annotated[Device, Field(discriminator="protocol")]])
+
+
+# Built when first used: only the tools load device files (the daemon validates its whole
+# config at once), and a validator costs memory.
+@cache
+def _device() -> TypeAdapter[Device]:
+    return TypeAdapter(Annotated[Device, Field(discriminator="protocol")])
+
+
+@cache
+def _device_list() -> TypeAdapter[list[Device]]:
+    return TypeAdapter(list[Annotated[Device, Field(discriminator="protocol")]])

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
-from ..common import read_device_list
+from ..common import CompactFields, read_device_list
 from ..write import WriteKind, WriteSpec, spec_problem
 from .connection import (
     Connection,
@@ -87,7 +88,7 @@ class Deadband(Model):
         return self
 
 
-class OpcuaTag(Model):
+class OpcuaTag(CompactFields, Model):
     """One variable read from the server."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")
@@ -303,7 +304,7 @@ def load_device_map(path: str | Path) -> list[OpcuaDevice]:
     """
     data = read_device_list(path)
     resolve_paths(data, Path(path).resolve().parent)
-    return _DEVICE_LIST.validate_python(data)
+    return _device_list().validate_python(data)
 
 
 def resolve_paths(devices: Any, base: Path) -> None:
@@ -316,4 +317,8 @@ def resolve_paths(devices: Any, base: Path) -> None:
                     d[key] = str(base / d[key])
 
 
-_DEVICE_LIST = TypeAdapter(list[OpcuaDevice])
+@cache
+def _device_list() -> TypeAdapter[list[OpcuaDevice]]:
+    """Built when first used: only the tools load device files (the daemon validates its
+    whole config at once), and a validator costs memory."""
+    return TypeAdapter(list[OpcuaDevice])

@@ -9,6 +9,7 @@ gateway can point at the YAML line.
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -24,7 +25,14 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..common import check_device_name, check_host, duplicate_tag, range_problem, read_device_list
+from ..common import (
+    CompactFields,
+    check_device_name,
+    check_host,
+    duplicate_tag,
+    range_problem,
+    read_device_list,
+)
 from ..write import WriteKind, WriteSpec, spec_problem
 from .address import Address, AddressError, parse_address, parse_tsap
 from .types import (
@@ -66,10 +74,12 @@ def _bounded(default: int, lo: int, hi: int | None, description: str) -> Any:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+    # defer_build: no validator of its own until one is used directly; the gateway's
+    # config validator holds this model's checks too (0.6 MiB for every protocol's models)
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, defer_build=True)
 
 
-class S7Tag(_Model):
+class S7Tag(CompactFields, _Model):
     """One value read from the PLC."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")
@@ -418,7 +428,11 @@ def load_devices(path: str | Path) -> list[DeviceConfig]:
     for a file of the wrong shape.
     """
     data = read_device_list(path)
-    return _DEVICE_LIST.validate_python(data)
+    return _device_list().validate_python(data)
 
 
-_DEVICE_LIST = TypeAdapter(list[DeviceConfig])
+@cache
+def _device_list() -> TypeAdapter[list[DeviceConfig]]:
+    """Built when first used: only the tools load device files (the daemon validates its
+    whole config at once), and a validator costs memory."""
+    return TypeAdapter(list[DeviceConfig])
