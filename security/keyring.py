@@ -286,14 +286,17 @@ def _traces(state: Path) -> list[str]:
     return found
 
 
-def open_identity(state_dir: str | os.PathLike[str]) -> Identity:
+def open_identity(state_dir: str | os.PathLike[str], *, record: bool = True) -> Identity:
     """The device key, checked against the enrolled root before anything is signed with it.
 
-    A key is made only in a pristine state directory. Raises :class:`IdentityRefused` (with
-    the files and the fix) when the key is missing where an identity exists (a root, a
-    chain, public keys or an audit log), when it is not reached from ``keys/root.pub.pem``
-    through ``keys/chain``, or when that chain does not verify; KeyFileError for a key file
-    that cannot be used (unreadable, unsafe mode)."""
+    A key is made only in a pristine state directory. ``record=False`` (a check such as
+    doctor) only reads: no key is made and the root and public key files are not written
+    (a check run as root must not leave root-owned files in the service's state dir).
+
+    Raises :class:`IdentityRefused` (with the files and the fix) when the key is missing
+    where an identity exists (a root, a chain, public keys or an audit log), when it is not
+    reached from ``keys/root.pub.pem`` through ``keys/chain``, or when that chain does not
+    verify; KeyFileError for a key file that cannot be used (unreadable, unsafe mode)."""
     state = Path(state_dir)
     priv = state / DeviceKey.PRIVATE_KEY_FILE
     reenrol = _REENROL.format(state=state)
@@ -305,6 +308,8 @@ def open_identity(state_dir: str | os.PathLike[str]) -> Identity:
                 f"identity ({', '.join(found)}); refusing to make a new key behind your back. "
                 f"Restore {priv} (mode 0600) from a backup. {reenrol}"
             )
+        if not record:
+            raise IdentityRefused(f"{priv}: no device key yet (the daemon makes it at its start)")
         key, created = init_keys(state)
         return Identity(key, created, {key.kid: key.public_key}, [])
     key = DeviceKey.load(priv)
@@ -347,6 +352,8 @@ def open_identity(state_dir: str | os.PathLike[str]) -> Identity:
             f"it was replaced or copied from another device. Restore the right key from a "
             f"backup. {reenrol}"
         )
+    if not record:
+        return Identity(key, False, keys, keychain)
     key, created = init_keys(state)  # records the root (first start) and the public key
     return Identity(key, created, keys, keychain)
 

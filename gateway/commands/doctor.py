@@ -359,7 +359,7 @@ def check_key(state_dir: Path) -> Check:
             name, FAIL, str(exc), "restore the key from a backup, or rotate it with the platform"
         )
     try:
-        ident = open_identity(state_dir)  # the key exists: this only reads and checks
+        ident = open_identity(state_dir, record=False)  # only reads and checks
     except IdentityRefused as exc:
         return Check(
             name,

@@ -93,7 +93,11 @@ def test_a_healthy_site_passes(
         [("127.0.0.1", device_port)],
     )
     write_status(state, make_snapshot())
+    files = sorted(state.rglob("*"))
     c = by_name(doctor.run_checks(cfg, timeout=2))
+    # a check writes nothing: run as root it left root-owned keys/root.pub.pem and
+    # keys/public/ in the service user's state dir (found in the armhf chroot run)
+    assert sorted(state.rglob("*")) == files
     assert c["config"].outcome == "pass" and "gateway gw-test" in c["config"].detail
     assert c["state dir"].outcome == "pass", c["state dir"]
     assert c["device key"].outcome == "pass" and "kid " in c["device key"].detail
