@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 # benchmarks/platform.py would shadow the stdlib's `platform`: keep this folder off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "benchmarks"))  # after the stdlib: for threadstat only
+
+import threadstat  # noqa: E402  (benchmarks/threadstat.py)
 
 from gateway.mosquitto import Mosquitto, free_port, wait_listening  # noqa: E402
 from gateway.receiver import MqttReceiver, Receiver, summary  # noqa: E402
@@ -52,6 +55,7 @@ def write_config(
     interval_ms: int,
     flush_ms: int,
     payload_version: int | None = None,
+    metrics_port: int = 0,
 ) -> None:
     lines = [
         "gateway:",
@@ -64,6 +68,9 @@ def write_config(
         "  host: '::1'",
         f"  port: {broker_port}",
         "  max_inflight: 128",
+        # a port of its own: the default one may be taken by another gateway on the
+        # machine, and then this one would run without its metrics server
+        *(["metrics:", f"  port: {metrics_port}"] if metrics_port else []),
         "devices:",
     ]
     for d in range(devices):
@@ -137,6 +144,12 @@ def main() -> int:
         default="fast",
         help="the simulator's Modbus TCP server (default: fast, the lean one)",
     )
+    ap.add_argument(
+        "--threads",
+        action="store_true",
+        help="also print each gateway thread's CPU and wakeups per second (names the "
+        "kernel threads after the Python ones: benchmarks/threadnames)",
+    )
     a = ap.parse_args()
     interval = 10 if a.max_rate else a.interval_ms
 
@@ -157,6 +170,7 @@ def main() -> int:
             interval,
             a.flush_ms,
             a.payload_version,
+            free_port("127.0.0.1"),
         )
         exe = [sys.executable, "-m", "gateway.cli"]
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -184,9 +198,13 @@ def main() -> int:
 
         rx.prepare = counted  # type: ignore[method-assign]
         mr = MqttReceiver(rx, "::1", broker.port).start()
+        gw_env = env
+        if a.threads:
+            names = str(REPO / "benchmarks" / "threadnames")
+            gw_env = dict(env, PYTHONPATH=os.pathsep.join([names, str(REPO)]))
         gw = subprocess.Popen(
             [*exe, "run", "-c", str(cfg), "--log-level", "WARNING"],
-            env=env,
+            env=gw_env,
             stdout=open(work / "gateway.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -205,6 +223,7 @@ def main() -> int:
             del rx.latencies_ms[:]
             p0 = rx.stats.points_verified
             b0 = wire[0]
+        th0 = threadstat.sample(gw.pid)
         c0, t0 = proc_cpu_s(gw.pid), time.monotonic()
         s0, r0 = proc_cpu_s(sim.pid), time.process_time()
         rss_max = anon_max = 0.0
@@ -220,6 +239,7 @@ def main() -> int:
                 flush=True,
             )
         c1, t1 = proc_cpu_s(gw.pid), time.monotonic()
+        threads = threadstat.per_second(gw.pid, th0, threadstat.sample(gw.pid), t1 - t0)
         s1, r1 = proc_cpu_s(sim.pid), time.process_time()
         with rx.lock:
             p1 = rx.stats.points_verified
@@ -260,6 +280,9 @@ def main() -> int:
             f"{res['simulator_cpu_percent']}% of a core, receiver {res['receiver_cpu_percent']}%, "
             f"load average {res['load_average']}"
         )
+        if a.threads:
+            print("gateway threads:\n" + threadstat.table(threads))
+            res["threads"] = threads
         print(json.dumps(res), flush=True)
         return 0
     finally:
