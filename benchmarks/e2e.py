@@ -2,6 +2,8 @@
 
     python benchmarks/e2e.py                          # 100 devices x 100 tags every 1 s
     python benchmarks/e2e.py --max-rate --duration 20 # poll as fast as the devices answer
+    python benchmarks/e2e.py --devices 1 --tags 1 --interval-ms 60000 --threads
+                                    # an idle gateway: CPU and wakeups per second, by thread
 
 The simulator, the broker and the gateway are separate processes, so the gateway's CPU
 time and RSS are its own. The receiver runs here and verifies every signature.
