@@ -13,6 +13,7 @@ import gc
 import hashlib
 import logging
 import os
+import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from .registry import DeviceRuntime, build_device
 from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
 from .snapshot import Snapshot, drops_by_reason
-from .status import STATUS_EVERY_S, STATUS_HEARTBEAT_S, StatusWriter, plain, write_status
+from .status import STATUS_HEARTBEAT_S, StatusWriter, plain, status_every_s, write_status
 from .supervisor import Supervisor, cancel_all
 
 log = logging.getLogger("edgegw.daemon")
@@ -107,6 +108,7 @@ class Daemon:
         # the status task wakes for it, at most every STATUS_EVERY_S (see _status_loop).
         self._status_changed = asyncio.Event()
         self.status_passes = 0  # snapshots the status task took (a test counts them)
+        self.status_every_s = status_every_s()  # at most this often while things change
 
     # -- running --------------------------------------------------------------------------
 
@@ -805,7 +807,7 @@ class Daemon:
         """(the least, the most) seconds between two passes of the status task: the most
         is the heartbeat, shorter when systemd's watchdog wants pings more often."""
         most = min(STATUS_HEARTBEAT_S, self.notify.watchdog_interval_s or STATUS_HEARTBEAT_S)
-        return min(STATUS_EVERY_S, most), most
+        return min(self.status_every_s, most), most
 
     async def _status_loop(self) -> None:
         """The status snapshot (status.json, the metrics), systemd's watchdog ping and
@@ -824,7 +826,10 @@ class Daemon:
                         await changed.wait()
                 except TimeoutError:
                     pass
-            if (early := last + least - loop.time()) > 0:
+            # up to a tenth later, at random: passes at a fixed period would keep the same
+            # phase to the devices' polls, and a reader would see the same moment of
+            # every window (e.g. always one message in flight)
+            if (early := last + least * (1 + 0.1 * random.random()) - loop.time()) > 0:
                 await asyncio.sleep(early)
             changed.clear()
             last = loop.time()

@@ -30,7 +30,7 @@ from gateway.config import load_config
 from gateway.daemon import Daemon
 from gateway.metrics import MetricsServer
 from gateway.mosquitto import Mosquitto
-from gateway.status import STATUS_FILE
+from gateway.status import STATUS_EVERY_ENV, STATUS_FILE, status_every_s
 
 IDLE_S = 4.0  # the window watched: four seconds of the old timers ran 20-odd wakeups
 
@@ -87,9 +87,12 @@ async def settled(d: Daemon) -> None:
     await asyncio.sleep(0.5)  # the pass's snapshot written, its outbox trip done
 
 
-def test_an_idle_gateway_does_not_wake_its_threads(tmp_path: Path, broker: Mosquitto) -> None:
+def test_an_idle_gateway_does_not_wake_its_threads(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Device polled once a minute: between two polls the event loop, the outbox, the
     status writer, the audit thread and the metrics server sleep until work comes."""
+    monkeypatch.delenv(STATUS_EVERY_ENV)  # the default (conftest makes it 1 s)
     sim = ModbusSimulator()
     path = tmp_path / "gw.yaml"
     loop_tid = threading.get_native_id()  # the daemon's event loop runs in this thread
@@ -137,7 +140,7 @@ def test_the_status_stays_fresh_on_its_heartbeat(
     can tell a running daemon from a dead one), and no more often than that. Here the
     heartbeat is cut to 1 s so that the test does not wait for the real one (10 s)."""
     monkeypatch.setattr(daemon_mod, "STATUS_HEARTBEAT_S", 1.0)
-    monkeypatch.setattr(daemon_mod, "STATUS_EVERY_S", 0.5)
+    monkeypatch.setenv(STATUS_EVERY_ENV, "0.5")
     sim = ModbusSimulator()
     path = tmp_path / "gw.yaml"
 
@@ -178,7 +181,7 @@ def test_busy_status_passes_are_spaced(
     """While windows seal all the time (a device polled every 50 ms), the status is
     taken at most every STATUS_EVERY_S, not for every change (here 1 s, for a short
     test; the default is 5 s)."""
-    monkeypatch.setattr(daemon_mod, "STATUS_EVERY_S", 1.0)
+    monkeypatch.setenv(STATUS_EVERY_ENV, "1")
     sim = ModbusSimulator()
     path = tmp_path / "gw.yaml"
 
@@ -247,3 +250,15 @@ def test_the_archiver_looks_again_only_while_segments_wait(tmp_path: Path) -> No
         assert first == 1 and len(passes) == 2, passes
 
     asyncio.run(main())
+
+
+def test_the_status_interval_from_the_environment(caplog: pytest.LogCaptureFixture) -> None:
+    """EDGEGW_STATUS_EVERY_S sets how often the status may be taken while things change;
+    a value that is not a number of seconds in range is said, and the default kept."""
+    assert status_every_s({}) == 5.0
+    assert status_every_s({STATUS_EVERY_ENV: "1"}) == 1.0
+    assert status_every_s({STATUS_EVERY_ENV: " 2.5 "}) == 2.5
+    for bad in ("soon", "0", "-1", "11", "nan"):
+        caplog.clear()
+        assert status_every_s({STATUS_EVERY_ENV: bad}) == 5.0, bad
+        assert f"EDGEGW_STATUS_EVERY_S={bad!r} is not a number of seconds" in caplog.text
