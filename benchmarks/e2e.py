@@ -2,6 +2,8 @@
 
     python benchmarks/e2e.py                          # 100 devices x 100 tags every 1 s
     python benchmarks/e2e.py --max-rate --duration 20 # poll as fast as the devices answer
+    python benchmarks/e2e.py --devices 1 --tags 1 --interval-ms 60000 --threads
+                                    # an idle gateway: CPU and wakeups per second, by thread
 
 The simulator, the broker and the gateway are separate processes, so the gateway's CPU
 time and RSS are its own. The receiver runs here and verifies every signature.
@@ -36,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 # benchmarks/platform.py would shadow the stdlib's `platform`: keep this folder off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "benchmarks"))  # after the stdlib: for threadstat only
+
+import threadstat  # noqa: E402  (benchmarks/threadstat.py)
 
 from gateway.mosquitto import Mosquitto, free_port, wait_listening  # noqa: E402
 from gateway.receiver import MqttReceiver, Receiver, summary  # noqa: E402
@@ -52,6 +57,7 @@ def write_config(
     interval_ms: int,
     flush_ms: int,
     payload_version: int | None = None,
+    metrics_port: int = 0,
 ) -> None:
     lines = [
         "gateway:",
@@ -64,6 +70,9 @@ def write_config(
         "  host: '::1'",
         f"  port: {broker_port}",
         "  max_inflight: 128",
+        # a port of its own: the default one may be taken by another gateway on the
+        # machine, and then this one would run without its metrics server
+        *(["metrics:", f"  port: {metrics_port}"] if metrics_port else []),
         "devices:",
     ]
     for d in range(devices):
@@ -137,6 +146,12 @@ def main() -> int:
         default="fast",
         help="the simulator's Modbus TCP server (default: fast, the lean one)",
     )
+    ap.add_argument(
+        "--threads",
+        action="store_true",
+        help="also print each gateway thread's CPU and wakeups per second (names the "
+        "kernel threads after the Python ones: benchmarks/threadnames)",
+    )
     a = ap.parse_args()
     interval = 10 if a.max_rate else a.interval_ms
 
@@ -157,6 +172,7 @@ def main() -> int:
             interval,
             a.flush_ms,
             a.payload_version,
+            free_port("127.0.0.1"),
         )
         exe = [sys.executable, "-m", "gateway.cli"]
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -184,9 +200,13 @@ def main() -> int:
 
         rx.prepare = counted  # type: ignore[method-assign]
         mr = MqttReceiver(rx, "::1", broker.port).start()
+        gw_env = env
+        if a.threads:
+            names = str(REPO / "benchmarks" / "threadnames")
+            gw_env = dict(env, PYTHONPATH=os.pathsep.join([names, str(REPO)]))
         gw = subprocess.Popen(
             [*exe, "run", "-c", str(cfg), "--log-level", "WARNING"],
-            env=env,
+            env=gw_env,
             stdout=open(work / "gateway.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -205,6 +225,7 @@ def main() -> int:
             del rx.latencies_ms[:]
             p0 = rx.stats.points_verified
             b0 = wire[0]
+        th0 = threadstat.sample(gw.pid)
         c0, t0 = proc_cpu_s(gw.pid), time.monotonic()
         s0, r0 = proc_cpu_s(sim.pid), time.process_time()
         rss_max = anon_max = 0.0
@@ -220,6 +241,7 @@ def main() -> int:
                 flush=True,
             )
         c1, t1 = proc_cpu_s(gw.pid), time.monotonic()
+        threads = threadstat.per_second(gw.pid, th0, threadstat.sample(gw.pid), t1 - t0)
         s1, r1 = proc_cpu_s(sim.pid), time.process_time()
         with rx.lock:
             p1 = rx.stats.points_verified
@@ -260,6 +282,9 @@ def main() -> int:
             f"{res['simulator_cpu_percent']}% of a core, receiver {res['receiver_cpu_percent']}%, "
             f"load average {res['load_average']}"
         )
+        if a.threads:
+            print("gateway threads:\n" + threadstat.table(threads))
+            res["threads"] = threads
         print(json.dumps(res), flush=True)
         return 0
     finally:

@@ -42,7 +42,7 @@ from .outbox_thread import OutboxThread
 
 log = logging.getLogger("edgegw.audit_archive")
 
-CHECK_S = 5.0  # how often acknowledgements are looked for (a directory listing)
+CHECK_S = 5.0  # how often acknowledgements are looked for while segments wait for them
 ARCHIVE_MODES = ("keep", "move", "delete")
 
 
@@ -65,6 +65,7 @@ class AuditArchiver:
         self.settings = settings
         self.check_s = check_s
         self.archived = 0  # segments moved or deleted by this process
+        self.waiting = 0  # closed segments the last pass left (not acknowledged yet, ...)
         self._reader = SegmentReader(audit.path, audit.log_id)
         self._wake = asyncio.Event()
         try:
@@ -79,19 +80,29 @@ class AuditArchiver:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
+        """A pass soon after the start (segments may be left from before), then at each
+        ``wake()`` (a roll-over, a reload) and every ``check_s`` only while closed segments
+        wait: with none waiting, nothing wakes this task."""
+        waiting = True
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.check_s)
+            if waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.check_s)
+            else:
+                await self._wake.wait()
             self._wake.clear()
             await self.pass_once()
+            waiting = self.waiting > 0
 
     async def pass_once(self) -> int:
         """Archive every segment that may be; returns how many were."""
+        self.waiting = 0
         mode, directory = self.settings()
         if mode == "keep":
             return 0
         loop = asyncio.get_running_loop()
         todo = await loop.run_in_executor(self.executor, self._candidates)
+        self.waiting = len(todo)
         if not todo:
             return 0
         ob = self.outbox.outbox
@@ -105,6 +116,7 @@ class AuditArchiver:
             if not ok:
                 break
             done += 1
+        self.waiting = len(todo) - done
         return done
 
     # -- in the audit thread -------------------------------------------------------------

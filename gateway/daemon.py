@@ -13,6 +13,7 @@ import gc
 import hashlib
 import logging
 import os
+import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from .registry import DeviceRuntime, build_device
 from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
 from .snapshot import Snapshot, drops_by_reason
-from .status import StatusWriter, plain, write_status
+from .status import STATUS_HEARTBEAT_S, StatusWriter, plain, status_every_s, write_status
 from .supervisor import Supervisor, cancel_all
 
 log = logging.getLogger("edgegw.daemon")
@@ -103,6 +104,11 @@ class Daemon:
         self._audit_ex = ThreadPoolExecutor(1, thread_name_prefix="audit")
         self.last_reload: dict[str, Any] | None = None  # what the last reload did
         self._status_writer = StatusWriter()  # status.json, written in its own thread
+        # Set when what the status shows changed (a window sealed, the link, a task):
+        # the status task wakes for it, at most every STATUS_EVERY_S (see _status_loop).
+        self._status_changed = asyncio.Event()
+        self.status_passes = 0  # snapshots the status task took (a test counts them)
+        self.status_every_s = status_every_s()  # at most this often while things change
 
     # -- running --------------------------------------------------------------------------
 
@@ -506,6 +512,7 @@ class Daemon:
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         """Every failure of a supervised task: audited (repeats counted, see digest.py)."""
+        self.status_changed()
         self._task_digest.note(f"task_failed:{name}", f"{type(exc).__name__}: {exc}"[:300])
 
     def _audit_task_failure(self, event: str, detail: dict[str, Any]) -> None:
@@ -599,6 +606,7 @@ class Daemon:
 
         def on_link(is_up: bool, why: str | None) -> None:
             digest.note("link_up" if is_up else "link_down", why)
+            self.status_changed()
 
         async def on_set_aside() -> None:  # seal the notice now, not with the next window
             if self.pipeline is not None:
@@ -615,7 +623,13 @@ class Daemon:
             commands=self.downlink,
         )
         if self.pipeline is not None:
-            self.pipeline.on_sealed = fwd.wake
+            status_changed = self.status_changed
+
+            def on_sealed() -> None:
+                fwd.wake()
+                status_changed()
+
+            self.pipeline.on_sealed = on_sealed
             self.pipeline.body_limit = fwd.body_limit
         return fwd
 
@@ -630,7 +644,10 @@ class Daemon:
         the seq stay; only devices whose config changed restart (counters go on), models
         swap, the uplink reconnects if it changed. True when the new config is applied."""
         async with self._reload_lock:
-            return await self._reload()
+            try:
+                return await self._reload()
+            finally:
+                self.status_changed()  # the status shows what the reload did
 
     async def _reload(self) -> bool:
         if self.config_path is None:
@@ -687,6 +704,8 @@ class Daemon:
             self._metrics = self._start_metrics()
         if self.uplink is not None:
             self.uplink.topic = new.topic("audit")
+        if self.archiver is not None:
+            self.archiver.wake()  # audit.archive may have changed: look again
         if new.inference != old.inference:
             if self.engine is not None and new.inference.models:
                 await self.engine.swap(new.inference)
@@ -784,26 +803,63 @@ class Daemon:
             snap["anomalies"] = self._anomalies
         return snap
 
+    def _status_due_s(self) -> tuple[float, float]:
+        """(the least, the most) seconds between two passes of the status task: the most
+        is the heartbeat, shorter when systemd's watchdog wants pings more often."""
+        most = min(STATUS_HEARTBEAT_S, self.notify.watchdog_interval_s or STATUS_HEARTBEAT_S)
+        return min(self.status_every_s, most), most
+
     async def _status_loop(self) -> None:
+        """The status snapshot (status.json, the metrics), systemd's watchdog ping and
+        STATUS=, the clock-jump check and the audit log's interval checkpoint, in one
+        pass: when something changed (``_status_changed``) but at most every
+        STATUS_EVERY_S, and every heartbeat when nothing did. So an idle gateway wakes
+        for them once a heartbeat, not every second."""
+        loop = asyncio.get_running_loop()
+        changed = self._status_changed
+        last = loop.time()
         while True:
-            await asyncio.sleep(1.0)
-            try:
-                snap = await self.snapshot()
-                self.last_snapshot = snap
-                # handed over, not awaited: the writer's thread logs what fails
-                self._status_writer.submit(write_status, self.cfg.state_dir, snap)
-            except OSError as exc:
-                log.warning("cannot write status: %s", exc)
-            if self.last_snapshot is not None and self.notify.enabled:
-                if not health_problems(self.last_snapshot):
-                    self.notify.watchdog()  # only while our own loops are alive
-                self.notify.status(status_line(self.last_snapshot))
-            offset = time.time() - time.monotonic()
-            if abs(offset - self._clock_offset) > CLOCK_JUMP_S:
-                self._audit("clock_jump", seconds=round(offset - self._clock_offset, 3))
-                self._clock_offset = offset
-            if self.audit is not None:  # seals a checkpoint when the interval is due
-                self._audit_thread(self._tick, self.audit)
+            least, most = self._status_due_s()
+            if not changed.is_set():
+                try:
+                    async with asyncio.timeout_at(last + most):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+            # up to a tenth later, at random: passes at a fixed period would keep the same
+            # phase to the devices' polls, and a reader would see the same moment of
+            # every window (e.g. always one message in flight)
+            if (early := last + least * (1 + 0.1 * random.random()) - loop.time()) > 0:
+                await asyncio.sleep(early)
+            changed.clear()
+            last = loop.time()
+            await self._status_pass()
+
+    async def _status_pass(self) -> None:
+        self.status_passes += 1
+        try:
+            snap = await self.snapshot()
+            self.last_snapshot = snap
+            # handed over, not awaited: the writer's thread logs what fails
+            self._status_writer.submit(write_status, self.cfg.state_dir, snap)
+        except OSError as exc:
+            log.warning("cannot write status: %s", exc)
+        if self.last_snapshot is not None and self.notify.enabled:
+            if not health_problems(self.last_snapshot):
+                self.notify.watchdog()  # only while our own loops are alive
+            self.notify.status(status_line(self.last_snapshot))
+        offset = time.time() - time.monotonic()
+        if abs(offset - self._clock_offset) > CLOCK_JUMP_S:
+            self._audit("clock_jump", seconds=round(offset - self._clock_offset, 3))
+            self._clock_offset = offset
+        # seals a checkpoint when records have waited the interval (a trip to the audit
+        # thread only while some wait: read without its lock, a miss waits one pass)
+        if self.audit is not None and self.audit.unsealed:
+            self._audit_thread(self._tick, self.audit)
+
+    def status_changed(self) -> None:
+        """What the status shows changed: the status task takes a snapshot soon (loop)."""
+        self._status_changed.set()
 
     def _start_metrics(self) -> Any:
         m = self.cfg.metrics

@@ -62,9 +62,10 @@ log = logging.getLogger("edgegw.forwarder")
 
 REFUSED_RETRY_MAX_S = 300.0  # longest wait between attempts the broker refuses
 STRIKES = 3  # lone sends a message may fail before it is set aside
-# While nothing happens the pump looks at the outbox's last seq this often (no query: a
-# commit always wakes it; this only bounds the delay of a commit that did not say so).
-IDLE_CHECK_S = 5.0
+# While nothing happens the pump looks at the outbox's last seq this often (no query).
+# Every commit wakes it (the pipeline's on_sealed); this only bounds the delay of one
+# that would not say so, and is long so that an idle gateway does not wake for it.
+IDLE_CHECK_S = 60.0
 SET_ASIDE_REASON = "refused_by_broker"
 # PUBACK codes that refuse a topic or this client, not one message: never set aside
 _TOPIC_CODES = {0x87, 0x90}

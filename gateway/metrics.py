@@ -12,9 +12,16 @@ further only on purpose) serves:
                   device is down: Consul's "warning" code); 503 ``unhealthy`` (not live)
 
 The snapshot (``gateway.snapshot.Snapshot``, the one typed model) is what
-``Daemon.snapshot()`` builds (also written to status.json every second). The daemon
-keeps its latest one and passes ``lambda: daemon.last_snapshot``; the HTTP thread only
-reads it. Keys read here (all optional except ``time_ns``)::
+``Daemon.snapshot()`` builds (also written to status.json: every few seconds while
+something changes, every ``STATUS_HEARTBEAT_S`` otherwise, see gateway/status.py). The
+daemon keeps its latest one and passes ``lambda: daemon.last_snapshot``; the HTTP thread
+only reads it.
+
+The server's thread sleeps in ``select`` with no timeout until a client connects or
+``stop()`` writes to its wake-up pipe: it does not wake while nobody asks (the stdlib's
+``serve_forever`` polls twice a second to notice a shutdown).
+
+Keys read here (all optional except ``time_ns``)::
 
     gateway, version, pid, boot, final, time_ns, started_ns
     stopping                          a stop was asked for: polling ended, the outbox drains
@@ -55,9 +62,11 @@ Units are base units: seconds and bytes. The README's metrics table lists every 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import selectors
 import socket
 import socketserver
 import threading
@@ -80,13 +89,12 @@ from prometheus_client.registry import Collector
 
 from .registry import certificate_files
 from .snapshot import Snapshot
+from .status import STALE_AFTER_S
 
 log = logging.getLogger("edgegw.metrics")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9810
-# The daemon writes a snapshot every second; a few missed ones mean it is stuck.
-STALE_AFTER_S = 5.0
 
 SnapshotFn = Callable[[], Snapshot | None]
 
@@ -800,12 +808,11 @@ class MetricsServer:
         self._server.max_age_s = max_age_s
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.5},
-            name="metrics",
-            daemon=True,
-        )
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        self.wakeups = 0
+        """Times the server's thread woke (a client, or stop): a test counts them."""
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
 
     @property
     def url(self) -> str:
@@ -818,10 +825,37 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         if self._thread.is_alive():
-            self._server.shutdown()
+            with contextlib.suppress(OSError):  # a full pipe: the thread is awake already
+                os.write(self._wake_w, b"x")
             self._thread.join(5)
+            if self._thread.is_alive():
+                log.error("metrics: the server's thread did not end within 5 s")
         self._server.server_close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _serve(self) -> None:
+        """Accept and hand each request to a thread of its own (``ThreadingHTTPServer``),
+        sleeping until a client or ``stop()`` comes: no timeout, no poll."""
+        server = self._server
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(server.socket, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = sel.select()
+                    self.wakeups += 1
+                    if self._stopping or any(key.fd == self._wake_r for key, _ in ready):
+                        break  # only stop() writes to the pipe
+                    # what serve_forever does for each connection (an error in a request
+                    # is reported there, by handle_error)
+                    server._handle_request_noblock()
+        except Exception:  # nothing dies silently: the endpoints are gone, say so
+            log.exception("metrics: the server stopped on an error; /metrics and /healthz gone")
 
     def __enter__(self) -> MetricsServer:
         return self.start()

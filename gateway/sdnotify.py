@@ -10,7 +10,7 @@ Typical use in the daemon::
     notify = Notifier.from_env()
     ...                                 # open outbox, start tasks
     notify.ready("polling 3 devices")   # READY=1 + STATUS=
-    while running:                      # every second, only while all loops are alive:
+    while running:                      # every few s, only while all loops are alive:
         notify.watchdog()               # WATCHDOG=1 (systemd restarts us when it stops)
     notify.stopping("draining outbox")  # STOPPING=1
 

@@ -17,6 +17,15 @@ from gateway.pgserver import PgServer
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def status_every_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons started by tests (in this process or as children, which inherit the
+    environment) write their status at most every second while things change, as they
+    did before the default became 5 s: tests that watch status.json see a change within a
+    second. tests/gateway/test_idle_wakeups.py removes it to test the default."""
+    monkeypatch.setenv("EDGEGW_STATUS_EVERY_S", "1")
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A private mosquitto listening on [::1] only; stopped after the test."""

@@ -1247,7 +1247,7 @@ def check_daemon(state_dir: Path) -> Check:
     if snap is None:
         path = state_dir / STATUS_FILE
         if state_dir.is_dir() and not path.exists():
-            problem = f"not running: no {path} (the daemon writes it every second)"
+            problem = f"not running: no {path} (the daemon writes it every few seconds)"
         return Check(name, WARN, str(problem), fix)
     age = status_age_s(snap)
     if snap.get("final"):

@@ -1,6 +1,7 @@
 """`edgegw status`: a live one-screen view of the running daemon, for the console.
 
-It reads ``status.json``, which the daemon rewrites every second in its state directory,
+It reads ``status.json``, which the daemon rewrites every few seconds in its state
+directory (gateway/status.py says when),
 so it needs no connection to the daemon and works for any user who may read that file
 (root, or members of group ``edgegw`` on the appliance).
 """
@@ -18,12 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..status import STATUS_FILE
+from ..status import STALE_AFTER_S, STATUS_FILE
 from . import EXIT_FAILED, EXIT_OK, Subparsers, add_command, load_or_exit
 
 DEFAULT_CONFIG = Path("/etc/edgegw/config.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/edgegw")
-STALE_AFTER_S = 5.0  # the daemon writes every second
 ANOMALIES_SHOWN = 5
 
 
@@ -128,7 +128,7 @@ def read_snapshot(state_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
             )
         return None, (
             f"the daemon is not running: {path} does not exist (`edgegw run` writes it every "
-            "second). Start it: sudo systemctl start edgegw; why it stopped: "
+            "few seconds). Start it: sudo systemctl start edgegw; why it stopped: "
             "journalctl -u edgegw -n 50"
         )
     except PermissionError:
