@@ -1,0 +1,251 @@
+"""Survivors of the mutation run over gateway/receiver/schema.py that mattered: each field of
+an event, a drop notice, an audit batch and a command result checked on its own (a bad
+field beside good ones is refused, a value at its exact bound is accepted), so that a
+genuine key signing something off the schema is a ``malformed`` security alert and never a
+stored row, a receiver error, or a row the store cannot hold (which would be re-delivered
+forever). Each case is a real signed message through a Receiver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.receiver import Outcome, Receiver, SqliteStore, schema
+from gateway.receiver.schema import MAX_ENTRY, PayloadError
+from gateway.wire import encode_payload
+from security import DeviceKey, sign1
+
+EVENT = {"model": "m", "kind": "start", "ts_ns": 1, "score": 0.5, "peak": 0.5,
+         "window_end_ns": 2, "inputs": ["plc/t"]}  # fmt: skip
+DROP = {"first_seq": 1, "last_seq": 2, "messages": 2, "points": 3, "bytes": 4,
+        "reason": "outbox_full", "at": 5}  # fmt: skip
+RESULT = {"id": "c1", "digest": b"d" * 32, "kid": b"k" * 16, "op": "write", "outcome": "done",
+          "reason": None, "detail": None, "tag": "plc/t", "value": 1, "before": 0, "after": 1,
+          "version": 3, "received": 10, "done": 11, "again": False}  # fmt: skip
+H = b"h" * 32
+AUDIT = {"log": b"L" * 16, "offset": 0, "base": [0, H, H, []], "entries": [b"e"]}
+RESET = {"old_log": b"O" * 16, "reason": "key rotated"}
+I63 = 2**63
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> DeviceKey:
+    return DeviceKey.load_or_create(tmp_path_factory.mktemp("gw"))[0]
+
+
+def payload(kind: str, **fields: Any) -> bytes:
+    return encode_payload(gw="gw1", seq=9, boot=1, kind=kind, t_ns=1, **fields)
+
+
+def verdict(key: DeviceKey, kind: str, body: bytes) -> Outcome:
+    """What a receiver makes of this payload, signed by the gateway's own key."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=SqliteStore())
+    topic = f"edgegw/gw1/{kind}"
+    outcome = rx.handle(topic, sign1(body, key, topic.encode()))
+    if outcome is Outcome.MALFORMED:
+        [a] = rx.store.alerts()
+        assert (a["class"], a["security"], a["seq"]) == ("signed_malformed", 1, None)
+    return outcome
+
+
+def case(kind: str, changes: dict[str, Any]) -> tuple[str, bytes]:
+    if kind == "event":
+        return kind, payload(kind, event={**EVENT, **changes})
+    if kind == "notice":
+        return kind, payload(kind, notice="data_dropped", drops=[{**DROP, **changes}])
+    if kind == "command_result":
+        return kind, payload(kind, result={**RESULT, **changes})
+    return kind, payload(kind, **{**AUDIT, **changes})
+
+
+BAD = {
+    "event": [
+        {"model": 5},
+        {"model": ""},
+        {"kind": "middle"},
+        {"ts_ns": -1},
+        {"window_end_ns": -1},
+        {"window_end_ns": 2**64},
+        {"score": "high"},
+        {"peak": None},
+        {"inputs": "plc/t"},  # text, not an array of tag names
+        {"inputs": ["plc/t", ""]},
+        {"inputs": ["t" * 513]},
+    ],
+    "notice": [
+        {"last_seq": 2.5},  # a float seq
+        {"last_seq": True},
+        {"first_seq": None},  # one set, one null
+        {"first_seq": 3},  # first > last
+        {"last_seq": 9},  # not below the notice's own seq
+        {"messages": I63},  # SQLite's INTEGER is signed 64-bit: the store could not hold it
+        {"points": -1},
+        {"bytes": 1.0},
+        {"at": I63},
+        {"reason": "bored"},
+    ],
+    "command_result": [
+        {"op": "delete"},
+        {"id": "i" * 129},
+        {"id": ""},
+        {"reason": 5},
+        {"reason": "r" * 129},
+        {"detail": 5},
+        {"detail": "d" * 4097},
+        {"tag": ""},
+        {"tag": "t" * 513},
+        {"value": [1]},
+        {"before": -(2**63) - 1},
+        {"after": "a" * 4097},
+        {"version": I63},
+        {"version": -1},
+        {"received": -1},
+        {"done": 2**64},
+        {"again": 0},
+        {"outcome": "maybe"},
+        {"kid": b"k" * 17},
+    ],
+    "audit": [
+        {"log": b"L" * 15},
+        {"offset": I63},
+        {"offset": -1},
+        {"base": [0, H, H]},
+        {"base": [-1, H, H, []]},
+        {"base": [I63, H, H, []]},
+        {"base": [0, b"h" * 31, H, []]},
+        {"base": [0, H, b"h" * 31, []]},
+        {"base": [0, H, H, H]},  # the frontier must be an array
+        {"base": [0, H, H, [H] * 65]},
+        {"base": [0, H, H, [H, b"h" * 31]]},
+        {"entries": []},
+        {"entries": ["text"]},
+        {"entries": [b"e", b""]},
+        {"entries": [b"e" * (MAX_ENTRY + 1)]},
+        {"reset": {**RESET, "old_log": b"O" * 15}},
+        {"reset": {**RESET, "reason": ""}},
+        {"reset": {**RESET, "extra": 1}},
+        {"reset": ["old_log", "reason"]},  # its keys, as an array
+        {"reset": RESET, "offset": 5},
+    ],
+}
+GOOD = {
+    "event": [
+        {"kind": "end"},
+        {"score": 1, "peak": -2.5},
+        {"inputs": []},
+        {"inputs": ["t" * 512]},
+    ],
+    "notice": [
+        {"first_seq": None, "last_seq": None, "messages": 0},
+        {"messages": I63 - 1, "points": I63 - 1, "bytes": 0, "at": I63 - 1},
+        {"first_seq": 8, "last_seq": 8},
+    ],
+    "command_result": [
+        {"op": "config"},
+        {"op": None, "kid": None, "id": None, "tag": None, "version": None},
+        {"id": "i" * 128, "reason": "r" * 128},
+        {"detail": "d" * 4096, "after": "a" * 4096, "before": b"b" * 4096},
+        {"detail": ""},
+        {"tag": "t" * 512},
+        {"value": -(2**63), "before": 2**64 - 1, "after": None},
+        {"version": I63 - 1, "received": 2**64 - 1, "again": True},
+    ],
+    "audit": [
+        {"offset": I63 - 1},
+        {"base": [I63 - 1, H, H, [H] * 64]},
+        {"entries": [b"e" * MAX_ENTRY, b"x"]},
+        {"reset": RESET},
+        {"reset": {**RESET, "old_log": None}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes"), [(k, c) for k, cs in BAD.items() for c in cs], ids=repr
+)
+def test_one_bad_field_beside_good_ones_is_malformed(
+    key: DeviceKey, kind: str, changes: dict[str, Any]
+) -> None:
+    assert verdict(key, *case(kind, changes)) is Outcome.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes"), [(k, c) for k, cs in GOOD.items() for c in cs], ids=repr
+)
+def test_a_field_at_its_bound_is_accepted(
+    key: DeviceKey, kind: str, changes: dict[str, Any]
+) -> None:
+    assert verdict(key, *case(kind, changes)) is Outcome.VALID
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("event", payload("event", event=list(EVENT))),  # the keys, as an array
+        ("command_result", payload("command_result", result=list(RESULT))),
+        ("notice", payload("notice", notice="data_dropped", drops=[])),
+        ("notice", payload("notice", notice="data_dropped", drops=DROP)),
+        ("notice", payload("notice", notice="other", drops=[DROP])),
+        ("notice", payload("notice", notice="data_dropped", drops=[list(DROP)])),
+    ],
+)
+def test_a_part_of_the_wrong_shape_is_malformed_not_a_receiver_error(
+    key: DeviceKey, kind: str, body: bytes
+) -> None:
+    assert verdict(key, kind, body) is Outcome.MALFORMED
+
+
+def test_an_audit_batch_keeps_its_reset_and_no_reset_is_none() -> None:
+    a = schema.decode(payload("audit", **AUDIT, reset=RESET)).audit
+    assert a is not None and a.is_reset
+    assert (a.reset_old_log, a.reset_reason) == (b"O" * 16, "key rotated")
+    assert (a.log, a.offset, a.base_size, a.base_head, a.base_cp_prev) == (b"L" * 16, 0, 0, H, H)
+    a = schema.decode(payload("audit", **{**AUDIT, "base": [3, H, b"c" * 32, [H]]})).audit
+    assert a is not None and not a.is_reset
+    assert (a.reset_old_log, a.reset_reason) == (None, None)
+    assert (a.base_size, a.base_cp_prev, a.base_frontier) == (3, b"c" * 32, [H])
+
+
+def test_what_a_refusal_names(tmp_path: Path) -> None:
+    """The alert's detail names the field (what the operator reads)."""
+    for kind, changes, says in (
+        ("event", {"kind": "x"}, "event: model must be text and kind 'start' or 'end'"),
+        ("event", {"ts_ns": -1}, "event: ts_ns and window_end_ns must be uint64"),
+        ("event", {"score": None}, "event: score and peak must be numbers"),
+        ("event", {"inputs": [1]}, "event.inputs: must be an array of tag names"),
+        ("notice", {"first_seq": None}, "drops[0]: first_seq and last_seq are both set or"),
+        ("notice", {"last_seq": 9}, "drops[0]: seq range must satisfy 1 <= first <= last < 9"),
+        ("notice", {"points": -1}, "drops[0]: messages, points, bytes and at must be uints"),
+        ("notice", {"reason": "x"}, "drops[0].reason: not a documented reason"),
+        ("command_result", {"op": "x"}, "result.op: must be 'write', 'config' or null"),
+        ("command_result", {"reason": 1}, "result.reason: must be short text or null"),
+        ("command_result", {"detail": 1}, "result.detail: must be text or null"),
+        ("command_result", {"tag": 1}, "result.tag: must be a tag name or null"),
+        ("command_result", {"value": [1]}, "result.value: not a reading value"),
+        ("command_result", {"after": "a" * 4097}, "result.after: too long"),
+        ("command_result", {"version": -1}, "result.version: must be a uint or null"),
+        ("command_result", {"done": -1}, "result.received and result.done: must be uint64"),
+        ("command_result", {"again": 1}, "result.again: must be a bool"),
+        ("command_result", {"outcome": "x"}, "result.outcome: not one of done, failed, ref"),
+        ("command_result", {"kid": b"k"}, "result.kid: must be 16 bytes or null"),
+        ("audit", {"log": b"L"}, "log: must be a 16-byte log id"),
+        ("audit", {"offset": -1}, "offset: must be a uint"),
+        ("audit", {"base": []}, "base: must be [size, head, cp_prev, [frontier hashes]]"),
+        ("audit", {"entries": []}, "entries: must be a non-empty array of byte strings"),
+        ("audit", {"reset": {}}, "reset: must be {old_log: 16 bytes or null, reason: text}"),
+        ("audit", {"reset": RESET, "offset": 1}, "reset: only the first message of a log"),
+    ):
+        with pytest.raises(PayloadError) as exc:
+            schema.decode(case(kind, changes)[1])
+        assert str(exc.value).startswith(says), (changes, str(exc.value))
+    for body, says in (
+        (payload("event", event=[]), "event: must be a map of inputs, kind, model, peak,"),
+        (payload("notice", notice="data_dropped", drops=[]), "drops: must be a non-empty array"),
+        (payload("notice", notice="data_dropped", drops=[{}]), "drops[0]: must be a map of a"),
+        (payload("command_result", result=[]), "result: must be a map of after, again, befo"),
+    ):
+        with pytest.raises(PayloadError) as exc:
+            schema.decode(body)
+        assert str(exc.value).startswith(says), str(exc.value)
