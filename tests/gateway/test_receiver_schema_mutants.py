@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 
 from gateway.receiver import Outcome, Receiver, SqliteStore, schema
@@ -28,6 +29,7 @@ H = b"h" * 32
 AUDIT = {"log": b"L" * 16, "offset": 0, "base": [0, H, H, []], "entries": [b"e"]}
 RESET = {"old_log": b"O" * 16, "reason": "key rotated"}
 I63 = 2**63
+TS = 1_700_000_000_000_000_000
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +251,52 @@ def test_what_a_refusal_names(tmp_path: Path) -> None:
         with pytest.raises(PayloadError) as exc:
             schema.decode(body)
         assert str(exc.value).startswith(says), str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("reading", "says"),
+    [
+        (["a", 1, 1.0], "r[1]: a reading is an array of 4 to 6 elements"),
+        (["a", 1, 1.0, 0, None, None, 7], "r[1]: a reading is an array of 4 to 6 elements"),
+        ("a", "r[1]: a reading is an array of 4 to 6 elements"),
+        (["", 1, 1.0, 0], "r[1].tag: must be text of 1..512 characters"),
+        (["a" * 513, 1, 1.0, 0], "r[1].tag: must be text of 1..512 characters"),
+        ([5, 1, 1.0, 0], "r[1].tag: must be text of 1..512 characters"),
+        (["a", -1, 1.0, 0], "r[1].ts: must be a uint64"),
+        (["a", 1.0, 1.0, 0], "r[1].ts: must be a uint64"),
+        (["a", 1, [1], 0], "r[1].value: list is not a reading value"),
+        (["a", 1, -(2**63) - 1, 0], "r[1].value: integer outside int64/uint64"),
+        (["a", 1, 1.0, 5], "r[1].quality: must be 0..4"),
+        (["a", 1, 1.0, -1], "r[1].quality: must be 0..4"),
+        (["a", 1, 1.0, 1.0], "r[1].quality: must be 0..4"),
+        (["a", 1, 1.0, 0, ""], "r[1].reason: must be text or null"),
+        (["a", 1, "text", 0, 5], "r[1].reason: must be text or null"),
+        (["a", 1, 1.0, 0, "x" * 1025], "r[1].reason: must be text or null"),
+        # every other field at its bound: only server_ts is wrong
+        (["a" * 512, 2**64 - 1, -(2**63), 4, "x" * 1024, -1], "r[1].server_ts: must be a uint"),
+        (["a", 0, 0, 0, None, -1], "r[1].server_ts: must be a uint64 or null"),
+        (["a", 1, 2**64 - 1, 1, "why", 1.5], "r[1].server_ts: must be a uint64 or null"),
+    ],
+)
+def test_what_a_refused_version_1_reading_names(reading: Any, says: str) -> None:
+    body = payload("telemetry", version=1, readings=[["ok", 1, 1.0, 0], reading])
+    with pytest.raises(PayloadError) as exc:
+        schema.decode(body)
+    assert str(exc.value).startswith(says), str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("block", "says"),
+    [
+        ([0, TS, [1.0, 2.0], 5], "b[0].quality: must be an integer 0..4"),
+        ([0, TS, [1.0, 2.0], [0, 5]], "b[0].quality: must be an integer 0..4 or an array of 2"),
+        ([0, -1, [1.0, 2.0], 0], "b[0].ts: must be an integer 0..18446744073709551615"),
+        ([0, [1, -1], [1.0, 2.0], 0], "b[0].ts: must be an integer 0..18446744073709551615 or an"),
+    ],
+)
+def test_what_a_refused_column_names(block: list[Any], says: str) -> None:
+    body = {"v": 2, "gw": "gw1", "seq": 1, "boot": 1, "kind": "telemetry", "t": 1}
+    body |= {"tags": [["plc/", ["a", "b"]]], "b": [block]}
+    with pytest.raises(PayloadError) as exc:
+        schema.decode(cbor2.dumps(body))
+    assert str(exc.value) in (says, says + " array of 2"), str(exc.value)
