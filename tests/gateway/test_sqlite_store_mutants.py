@@ -110,3 +110,26 @@ def test_the_report_counts_what_the_file_holds(tmp_path: Path, key: DeviceKey) -
     assert r.duplicates == 5
     assert (r.gaps, r.missing) == (1, {"gw1": [(3, 3)]})  # seq 2 was dropped, 3 is missing
     store.close()
+
+
+def test_an_sqlite_error_in_a_transaction_is_a_store_error_and_nothing_is_kept(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """A store error is never acknowledged (the broker delivers the message again); any
+    other error would be. So an error SQLite raises mid-transaction must be one."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as other:
+        other.execute(  # a real SQLite error inside the receiver's transaction
+            "CREATE TRIGGER fail BEFORE INSERT ON readings BEGIN SELECT RAISE(ABORT, 'I/O'); END"
+        )
+        other.commit()
+        assert rx.handle(TOPIC, msg(key, 2)) is Outcome.STORE_ERROR
+        assert (rx.stats.store_errors, rx.stats.errors) == (1, 0)
+        other.execute("DROP TRIGGER fail")
+        other.commit()
+    assert rx.received("gw1") == [(1, 1)]  # the failed message left nothing
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    assert [r.seq for r in store.readings("gw1")] == [1, 2]
+    store.close()
