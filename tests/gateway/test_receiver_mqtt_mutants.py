@@ -6,6 +6,7 @@ with the fix, and what health() says."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -125,3 +126,15 @@ def test_a_refused_login_ends_start_with_the_fix(tmp_path: Path) -> None:
             assert ok.health().subscribed and ok.connack_error is None
         finally:
             ok.stop()
+
+
+def test_a_peer_that_never_answers_ends_start_instead_of_hanging(tmp_path: Path) -> None:
+    """A TCP listener that is not a broker (no CONNACK, no SUBACK): start() gives up."""
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as mute:
+        port = mute.getsockname()[1]
+        mr = MqttReceiver(Receiver({}, "edgegw"), "::1", port)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=rf"no SUBACK from \[::1\]:{port}"):
+            mr.start(timeout=1.0)
+        assert time.monotonic() - t0 < 30  # generous: a hang would be forever
+        assert not mr.health().ok  # stopped: the command exits rather than idle
