@@ -133,3 +133,38 @@ def test_an_sqlite_error_in_a_transaction_is_a_store_error_and_nothing_is_kept(
     assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
     assert [r.seq for r in store.readings("gw1")] == [1, 2]
     store.close()
+
+
+def test_the_audit_copy_stops_at_the_first_hole(tmp_path: Path, key: DeviceKey) -> None:
+    """A copy with a gap spliced out would be a log the gateway never wrote."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    log_id = b"L" * 16
+    with store.transaction(rx.trust["gw1"]) as t:
+        assert t.put_audit_entries(log_id, [(0, b"abc"), (3, b"de"), (9, b"late")], 1) == []
+    assert store.audit_copy("gw1", log_id) == b"abcde"
+    # an entry that starts inside the one before (the stored entries disagree): stop there
+    with store.transaction(rx.trust["gw1"]) as t:
+        t.put_audit_entries(b"N" * 16, [(0, b"abc"), (2, b"x"), (3, b"de")], 2)
+    assert store.audit_copy("gw1", b"N" * 16) == b"abc"
+    assert store.audit_copy("gw1", b"M" * 16) == b""
+    assert store.audit_copy("gw2") == b""
+    store.close()
+
+
+def test_int64_values_stay_integers_in_sql_and_beyond_them_exact_text(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """``value_int`` is what SQL compares and sums: an integer wherever SQLite can hold it."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    values = [-(2**63), 2**63 - 1, 2**63, 2**64 - 1]
+    r = [[f"plc/{i}", 1, v, 0] for i, v in enumerate(values)]
+    assert rx.handle(TOPIC, msg(key, 1, r)) is Outcome.VALID
+    rows = store.db.execute(
+        "SELECT typeof(value_int), value_int FROM readings ORDER BY rowid"
+    ).fetchall()
+    assert rows == [("integer", -(2**63)), ("integer", 2**63 - 1),
+                    ("text", str(2**63)), ("text", str(2**64 - 1))]  # fmt: skip
+    assert [x.value for x in store.readings("gw1")] == values
+    store.close()
