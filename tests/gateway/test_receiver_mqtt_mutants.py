@@ -16,7 +16,7 @@ from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Receiver, SqliteStore
 from security import DeviceKey
 from tests.gateway.test_receiver import msg
-from tests.gateway.test_receiver_mqtt import publish_all, wait
+from tests.gateway.test_receiver_mqtt import FailingStore, publish_all, wait
 
 
 @pytest.fixture
@@ -138,3 +138,24 @@ def test_a_peer_that_never_answers_ends_start_instead_of_hanging(tmp_path: Path)
             mr.start(timeout=1.0)
         assert time.monotonic() - t0 < 30  # generous: a hang would be forever
         assert not mr.health().ok  # stopped: the command exits rather than idle
+
+
+def test_health_counts_what_was_not_stored_until_the_reconnect(
+    tmp_path: Path, key: DeviceKey, broker: Mosquitto
+) -> None:
+    store = FailingStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    mr = MqttReceiver(rx, "::1", broker.port, client_id="rx-h", session_expiry_s=600).start()
+    try:
+        store.failing = True
+        publish_all(broker.port, [msg(key, s) for s in range(1, 6)])
+        assert wait(lambda: rx.stats.store_errors == 5)
+        publish_all(broker.port, [msg(key, s) for s in range(6, 11)])  # another batch
+        assert wait(lambda: rx.stats.store_errors == 10)
+        assert mr.health().unacked == 10
+        store.failing = False
+        assert wait(lambda: (mr.supervise(), rx.received("gw1"))[1] == [(1, 10)], 30)
+        assert mr.health().unacked == 0
+    finally:
+        mr.stop()
+    store.close()
