@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from buffer import URGENT, Outbox, OutboxFull
-from buffer.room import BALLAST, WAL_ROOM
+from buffer.room import BALLAST, POOL, WAL_ROOM
 from tests.buffer.test_outbox_room import FakeDisk, big, body, outbox
 
 
@@ -210,3 +210,18 @@ def test_new_data_is_refused_before_it_takes_the_reserve(tmp_path: Path) -> None
         assert disk.releases == 0 and (tmp_path / "o.db.ballast").exists()
         assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 1
         assert ob.ack([first]) == 1
+
+
+def test_new_data_leaves_room_for_the_pool_while_it_is_missing(tmp_path: Path) -> None:
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        ob.append("t", body)
+        ob._release_pool()  # spent by a write that had to proceed
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        disk.full(WAL_ROOM + 1000 + POOL // 2)  # room for the data, not for the pool too
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full"
+        disk.full(WAL_ROOM + 1000 + POOL + 100_000)
+        ob.append("t", body)
