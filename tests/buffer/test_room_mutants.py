@@ -12,6 +12,7 @@ set aside are moved, counted and recorded; new data is refused before it takes t
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -119,9 +120,11 @@ def test_a_filling_disk_evicts_one_percent_of_the_backlog_at_a_time(tmp_path: Pa
     with ob:
         seqs = [ob.append("t", body, points=1) for _ in range(500)]  # 500 kB of bodies
         disk.full()
+        before = time.time_ns()
         ob.append("t", body, points=1)
         [d] = ob.pending_drops()
         assert (d.first_seq, d.last_seq, d.rows, d.bytes) == (seqs[0], seqs[4], 5, 5000)
+        assert before <= d.at_ns <= time.time_ns()  # when it was lost: the notice says
 
 
 def test_an_eviction_that_cannot_free_enough_evicts_nothing(tmp_path: Path) -> None:
