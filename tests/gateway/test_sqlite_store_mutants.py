@@ -168,3 +168,20 @@ def test_int64_values_stay_integers_in_sql_and_beyond_them_exact_text(
                     ("text", str(2**63)), ("text", str(2**64 - 1))]  # fmt: skip
     assert [x.value for x in store.readings("gw1")] == values
     store.close()
+
+
+def test_a_gateway_enrolled_anew_by_another_receiver_of_the_file_is_refused(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Two receivers share a file; one was started with another root key for gw1 (a
+    re-enrolment) before the other stored anything: its messages must not be mixed in."""
+    other = DeviceKey.load_or_create(tmp_path / "other")[0]
+    stores = [SqliteStore(tmp_path / "rx.db") for _ in range(2)]
+    old = Receiver({"gw1": key.public_key}, "edgegw", store=stores[0])
+    new = Receiver({"gw1": other.public_key}, "edgegw", store=stores[1])
+    assert old.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert new.handle(TOPIC, msg(other, 2)) is Outcome.STORE_ERROR
+    assert [r.seq for r in stores[0].readings("gw1")] == [1]
+    assert stores[0].states()["gw1"].seen.pairs() == [(1, 1)]
+    for s in stores:
+        s.close()
