@@ -232,6 +232,7 @@ def test_what_a_refusal_names(tmp_path: Path) -> None:
         ("command_result", {"again": 1}, "result.again: must be a bool"),
         ("command_result", {"outcome": "x"}, "result.outcome: not one of done, failed, ref"),
         ("command_result", {"kid": b"k"}, "result.kid: must be 16 bytes or null"),
+        ("command_result", {"digest": b"d"}, "result.digest: must be 32 bytes"),
         ("audit", {"log": b"L"}, "log: must be a 16-byte log id"),
         ("audit", {"offset": -1}, "offset: must be a uint"),
         ("audit", {"base": []}, "base: must be [size, head, cp_prev, [frontier hashes]]"),
@@ -245,7 +246,10 @@ def test_what_a_refusal_names(tmp_path: Path) -> None:
     for body, says in (
         (payload("event", event=[]), "event: must be a map of inputs, kind, model, peak,"),
         (payload("notice", notice="data_dropped", drops=[]), "drops: must be a non-empty array"),
-        (payload("notice", notice="data_dropped", drops=[{}]), "drops[0]: must be a map of a"),
+        (
+            payload("notice", notice="data_dropped", drops=[{}]),
+            "drops[0]: must be a map of at, bytes, first_seq,",
+        ),
         (payload("command_result", result=[]), "result: must be a map of after, again, befo"),
     ):
         with pytest.raises(PayloadError) as exc:
