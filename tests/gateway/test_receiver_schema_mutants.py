@@ -304,3 +304,75 @@ def test_what_a_refused_column_names(block: list[Any], says: str) -> None:
     with pytest.raises(PayloadError) as exc:
         schema.decode(cbor2.dumps(body))
     assert str(exc.value) in (says, says + " array of 2"), str(exc.value)
+
+
+@pytest.fixture
+def fresh_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tag sets are cached across messages (module-wide): start with none, so that every
+    set of the test is checked, not found in the cache."""
+    monkeypatch.setattr(schema, "_names_cache", {})
+    monkeypatch.setattr(schema, "_names_chars", 0)
+
+
+V2 = {"v": 2, "gw": "gw1", "seq": 1, "boot": 1, "kind": "telemetry", "t": 1}
+
+
+@pytest.mark.parametrize(
+    ("tags", "block", "readings"),
+    [
+        ([["p" * 64, ["a" * 448]]], [0, TS, [1], 0], [("p" * 64 + "a" * 448, TS, 1, 0)]),
+        ([["", ["a" * 512, "b"]]], [0, TS, [1, 2], 0], [("a" * 512, TS, 1, 0), ("b", TS, 2, 0)]),
+        ([["plc/", ["a", "b"]]], [0, TS, [1, 2], 0, ["x" * 1024, None]],
+         [("plc/a", TS, 1, 0, "x" * 1024), ("plc/b", TS, 2, 0, None)]),
+    ],
+)  # fmt: skip
+def test_a_tag_set_at_its_bounds_is_accepted(
+    fresh_names: None, tags: Any, block: Any, readings: Any
+) -> None:
+    p = schema.decode(cbor2.dumps({**V2, "tags": tags, "b": [block]}))
+    assert p.readings == readings
+
+
+@pytest.mark.parametrize(
+    ("tags", "block", "says"),
+    [
+        ([["plc/", "ab"]], [0, TS, [1, 2], 0], "tags[0].names: must be a non-empty array"),
+        ([["", ["a" * 513]]], [0, TS, [1], 0], "tags[0].names: a tag name (prefix + name) is"),
+        ([["plc/", ["a", "b"]]], [0, TS, [1, 2], 0, ["x", ""]], "b[0].reason: must be text"),
+        ([["plc/", ["a", "b"]]], [0, TS, [1, 2], 0, [None, "x" * 1025]], "b[0].reason: must"),
+    ],
+)
+def test_a_tag_set_beyond_its_bounds_is_refused(
+    fresh_names: None, tags: Any, block: Any, says: str
+) -> None:
+    with pytest.raises(PayloadError) as exc:
+        schema.decode(cbor2.dumps({**V2, "tags": tags, "b": [block]}))
+    assert str(exc.value).startswith(says), str(exc.value)
+
+
+def test_names_that_expand_too_far_are_refused_even_the_first_time(fresh_names: None) -> None:
+    n = 5000
+    ok = {**V2, "tags": [["p" * 64, ["a"] * n]], "b": [[0, TS, [0] * n, 0]]}
+    size = len(cbor2.dumps(ok))
+    with pytest.raises(PayloadError, match="tags: the tag names expand"):
+        schema._columns(ok["tags"], ok["b"], size // 6)  # 65 * 5000 > 64 * size // 6
+    assert len(schema.decode(cbor2.dumps(ok)).readings) == n
+
+
+def test_the_tag_set_cache_stays_within_its_budget(fresh_names: None) -> None:
+    """A key holder sending ever-new tag sets cannot grow the receiver's memory."""
+    for i in range(60):
+        names = [f"{i}-{j}-" + "n" * 400 for j in range(250)]  # ~100k characters a set
+        body = {**V2, "tags": [["", names]], "b": [[0, TS, [0] * 250, 0]]}
+        assert schema.decode(cbor2.dumps(body)).points == 250
+        held = sum(
+            len(prefix) * len(rest) + 2 * sum(map(len, rest))
+            for prefix, rest in schema._names_cache
+        )
+        assert held <= schema._NAMES_BUDGET
+
+
+def test_readings_that_are_not_an_array_are_named() -> None:
+    body = {"v": 1, "gw": "gw1", "seq": 1, "boot": 1, "kind": "telemetry", "t": 1, "r": {}}
+    with pytest.raises(PayloadError, match=r"^r: must be an array of readings$"):
+        schema.decode(cbor2.dumps(body))
