@@ -376,3 +376,44 @@ def test_readings_that_are_not_an_array_are_named() -> None:
     body = {"v": 1, "gw": "gw1", "seq": 1, "boot": 1, "kind": "telemetry", "t": 1, "r": {}}
     with pytest.raises(PayloadError, match=r"^r: must be an array of readings$"):
         schema.decode(cbor2.dumps(body))
+
+
+V1 = {"v": 1, "gw": "gw1", "seq": 1, "boot": 1, "kind": "telemetry", "t": 1, "r": []}
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"v": "2"}, "v: unsupported payload version (str); accepted: 1, 2"),
+        ({"v": 0}, "v: unsupported payload version (0); accepted: 1, 2"),
+        ({"kind": "x"}, "kind: not one of audit, command_result, event, notice, telemetry"),
+        ({"r": ...}, "lacks field(s) r"),
+        ({"r": ..., "t": ...}, "lacks field(s) r, t"),
+        ({"x": 1, "y": 2}, "unknown field(s) for kind telemetry: 'x', 'y'"),
+        ({"a" * 60: 1}, "unknown field(s) for kind telemetry: '" + "a" * 39),
+        ({"gw": "-gw"}, "gw: not a gateway id"),
+        ({"gw": "g" * 65}, "gw: not a gateway id"),
+        ({"gw": 1}, "gw: not a gateway id"),
+        ({"seq": -1}, "seq: must be an integer 0 <= seq < 2**63"),
+        ({"boot": 1.0}, "boot: must be an integer 0 <= boot < 2**63"),
+        ({"t": "now"}, "t: must be a uint64 (ns since the epoch)"),
+    ],
+)
+def test_what_a_refused_envelope_field_names(changes: dict[str, Any], says: str) -> None:
+    body = {k: v for k, v in {**V1, **changes}.items() if v is not ...}
+    with pytest.raises(PayloadError) as exc:
+        schema.decode(cbor2.dumps(body))
+    assert str(exc.value).startswith(says), str(exc.value)
+
+
+def test_gateway_ids_at_their_bounds() -> None:
+    for gw in ("g" * 64, "G0._-x", "9"):
+        assert schema.decode(cbor2.dumps({**V1, "gw": gw})).gw == gw
+    for body, says in (
+        (b"\xff", "payload is not strict CBOR: "),
+        (cbor2.dumps([1]), "payload is not a CBOR map"),
+        (payload("notice", notice="lost", drops=[DROP]), "notice: must be 'data_dropped'"),
+    ):
+        with pytest.raises(PayloadError) as exc:
+            schema.decode(body)
+        assert str(exc.value).startswith(says), str(exc.value)
