@@ -403,7 +403,7 @@ def test_what_a_refused_envelope_field_names(changes: dict[str, Any], says: str)
     body = {k: v for k, v in {**V1, **changes}.items() if v is not ...}
     with pytest.raises(PayloadError) as exc:
         schema.decode(cbor2.dumps(body))
-    assert str(exc.value).startswith(says), str(exc.value)
+    assert str(exc.value) == says
 
 
 def test_gateway_ids_at_their_bounds() -> None:
