@@ -417,3 +417,24 @@ def test_gateway_ids_at_their_bounds() -> None:
         with pytest.raises(PayloadError) as exc:
             schema.decode(body)
         assert str(exc.value).startswith(says), str(exc.value)
+
+
+def test_the_expansion_bound_is_exact_and_counts_every_set(fresh_names: None) -> None:
+    one = [[0, TS, [1], 0]]
+    schema._columns([["", ["a" * 64]]], one, 1)  # 64 characters for 1 byte: the bound
+    with pytest.raises(PayloadError, match="tags: the tag names expand"):
+        schema._columns([["", ["b" * 65]]], one, 1)
+    with pytest.raises(PayloadError, match="tags: the tag names expand"):  # 2 x 64 > 64
+        schema._columns([["", ["c" * 64]], ["", ["d" * 64]]], [*one, [1, TS, [1], 0]], 1)
+
+
+def test_a_block_knows_the_type_of_its_values_only_when_they_share_one() -> None:
+    p = schema.decode(cbor2.dumps({**V2, "tags": [["p/", ["a", "b"]]], "b": [
+        [0, TS, [1.5, 2.5], 0], [0, TS, [1, 2.5], 0], [0, TS, [None, None], 0]]}))  # fmt: skip
+    assert [b.vtype for b in p.blocks] == [float, None, type(None)]
+
+
+def test_an_unhashable_name_is_malformed_not_an_error(fresh_names: None) -> None:
+    body = {**V2, "tags": [["p/", [["x"]]]], "b": [[0, TS, [1], 0]]}
+    with pytest.raises(PayloadError, match=r"^tags\[0\]\.names: must be a non-empty array"):
+        schema.decode(cbor2.dumps(body))
