@@ -438,3 +438,26 @@ def test_an_unhashable_name_is_malformed_not_an_error(fresh_names: None) -> None
     body = {**V2, "tags": [["p/", [["x"]]]], "b": [[0, TS, [1], 0]]}
     with pytest.raises(PayloadError, match=r"^tags\[0\]\.names: must be a non-empty array"):
         schema.decode(cbor2.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("block", "says"),
+    [
+        (
+            [0, TS, [1, 2], 0, None, None, 7],
+            "b[0]: a block is [set, ts, values, quality, reason?, ",
+        ),
+        ([1, TS, [1, 2], 0], "b[0].set: not an index into tags (0..0)"),
+    ],
+)
+def test_what_a_refused_block_names(fresh_names: None, block: Any, says: str) -> None:
+    body = {**V2, "tags": [["p/", ["a", "b"]]], "b": [block]}
+    with pytest.raises(PayloadError) as exc:
+        schema.decode(cbor2.dumps(body))
+    assert str(exc.value).startswith(says), str(exc.value)
+
+
+def test_the_expansion_refusal_says_the_bound(fresh_names: None) -> None:
+    with pytest.raises(PayloadError) as exc:
+        schema._columns([["", ["b" * 65]]], [[0, TS, [1], 0]], 1)
+    assert str(exc.value) == "tags: the tag names expand to more than 64 characters per byte"
