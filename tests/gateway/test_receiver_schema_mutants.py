@@ -461,3 +461,19 @@ def test_the_expansion_refusal_says_the_bound(fresh_names: None) -> None:
     with pytest.raises(PayloadError) as exc:
         schema._columns([["", ["b" * 65]]], [[0, TS, [1], 0]], 1)
     assert str(exc.value) == "tags: the tag names expand to more than 64 characters per byte"
+
+
+def nested(depth: int) -> Any:
+    v: Any = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def test_a_payload_nests_six_deep_at_most() -> None:
+    """Checked while decoding, before the schema: a deeper payload costs nothing more."""
+    for depth, says in ((5, "r[0]: a reading is"), (6, "payload is not strict CBOR: max")):
+        body = {**V1, "r": nested(depth)}  # in the map: one level more
+        with pytest.raises(PayloadError) as exc:
+            schema.decode(cbor2.dumps(body))
+        assert str(exc.value).startswith(says), str(exc.value)
