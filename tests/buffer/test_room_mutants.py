@@ -228,3 +228,23 @@ def test_new_data_leaves_room_for_the_pool_while_it_is_missing(tmp_path: Path) -
         assert err.value.reason == "disk_full"
         disk.full(WAL_ROOM + 1000 + POOL + 100_000)
         ob.append("t", body)
+
+
+def test_new_data_leaves_room_for_the_reserve_file_and_the_wal(tmp_path: Path) -> None:
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    ballast = tmp_path / "o.db.ballast"
+    with ob:
+        ob.append("t", body)
+        disk.release(ballast)  # spent by a write that had to proceed
+        ob._reserve_ok = False
+        ob._reserve_retry = time.monotonic() + 60  # just tried to make it again: not yet
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        disk.full(WAL_ROOM + 1000 + BALLAST // 2)  # room for the data, not for the reserve
+        with pytest.raises(OutboxFull):
+            ob.append("t", body)
+        assert not ballast.exists()
+        ob._reserve_retry = 0.0
+        disk.full(WAL_ROOM + BALLAST)  # the reserve is made again first...
+        with pytest.raises(OutboxFull):  # ...and what is left is the WAL's: refused
+            ob.append("t", body)
+        assert ballast.exists()
