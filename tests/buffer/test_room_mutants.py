@@ -191,9 +191,11 @@ def test_rows_set_aside_are_moved_counted_and_recorded(tmp_path: Path) -> None:
         assert got == [(s, s, 1, 4, 1000, "refused_by_broker") for s in moved]
         assert ob.quarantined == 2
         assert ob.drop_totals() == {"refused_by_broker": (2, 8)}
+        assert ob.set_aside([seqs[3]], "refused_by_broker") == 1
+        assert ob.quarantined == 3  # counted over every call
     with sqlite3.connect(tmp_path / "o.db") as c:
         assert c.execute("SELECT seq, topic, body FROM quarantine ORDER BY seq").fetchall() == [
-            (s, "t", body(s)) for s in moved
+            (s, "t", body(s)) for s in [*moved, seqs[3]]
         ]
 
 
