@@ -10,11 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway.mosquitto import Mosquitto
 from gateway.pgserver import PgServer
 
 REPO = Path(__file__).resolve().parents[1]
+
+if REPO.name == "mutants":
+    # `make mutate` runs the tests from mutmut's copy, traced and on a loaded machine: a
+    # hypothesis deadline there fails a test (and "kills" a mutant) for its timing alone.
+    settings.register_profile("mutmut", deadline=None)
+    settings.load_profile("mutmut")
 
 
 @pytest.fixture(autouse=True)

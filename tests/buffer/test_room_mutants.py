@@ -1,0 +1,252 @@
+"""Survivors of the mutation run over buffer/room.py that mattered. A real SQLite file
+throughout; SQLITE_FULL comes from SQLite itself (``PRAGMA max_page_count`` caps the file
+where it is: the error a full disk gives), free space from the I/O seam (``FakeDisk``).
+
+What they pin: new data that meets SQLITE_FULL evicts the oldest telemetry (drop_oldest,
+recorded) or is refused with nothing lost (stop_acquisition); a notice or an ack on a full
+file spends the reserve and proceeds; a start on a disk full to the last byte spends the
+reserve to open; a disk that fills up evicts 1% of the backlog at a time; an eviction that
+cannot free enough evicts nothing; a refusal is merged only into a drop not yet told; rows
+set aside are moved, counted and recorded; new data is refused before it takes the reserve."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from buffer import URGENT, Outbox, OutboxFull
+from buffer.room import BALLAST, POOL, WAL_ROOM
+from tests.buffer.test_outbox_room import FakeDisk, big, body, outbox
+
+
+def cap_file(ob: Outbox) -> None:
+    """The file may not grow by one page more: SQLite answers SQLITE_FULL."""
+    c = ob._db()
+    c.execute(f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0]}")
+
+
+def test_new_data_on_a_full_file_evicts_the_oldest_and_says_so(tmp_path: Path) -> None:
+    ob, _ = outbox(tmp_path)
+    with ob:
+        seqs = [ob.append("t", big, points=2) for _ in range(100)]
+        cap_file(ob)
+        new = [ob.append("t", big, points=2) for _ in range(3)]
+        drops = [(d.first_seq, d.last_seq, d.rows, d.points, d.reason) for d in ob.pending_drops()]
+        assert drops == [(s, s, 1, 2, "disk_full") for s in seqs[:3]]  # 1% of 2 MB: a row
+        kept = [r.seq for r in ob.pending(limit=1000)]
+        assert kept == seqs[3:] + new
+        assert ob.drop_totals() == {"disk_full": (3, 6)}
+
+
+def test_a_full_file_under_stop_acquisition_refuses_and_loses_nothing(tmp_path: Path) -> None:
+    ob, _ = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        seqs = [ob.append("t", big, points=2) for _ in range(100)]
+        cap_file(ob)
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", big, points=2)
+        assert err.value.reason == "disk_full" and "the disk is full" in str(err.value)
+        assert [r.seq for r in ob.pending(limit=1000)] == seqs
+        assert ob.pending_drops() == []
+
+
+def test_a_notice_and_acks_on_a_full_file_spend_the_reserve(tmp_path: Path) -> None:
+    ob, disk = outbox(tmp_path)
+    with ob:
+        seqs = [ob.append("t", big, points=2) for _ in range(100)]
+        cap_file(ob)
+        ob.record_drop(5, "refused_disk_full")  # must proceed
+        [d] = ob.pending_drops()
+        seq = ob.append("t/notice", big, priority=URGENT, essential=True, notifies=[d.id])
+        assert [r.seq for r in ob.pending(urgent=True)] == [seq]
+        assert ob.pending_drops() == []  # told, in the same transaction
+        assert disk.releases == 1 and not (tmp_path / "o.db.ballast").exists()
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 0  # pool spent
+        assert ob.ack(seqs) == 100
+        assert ob.stats().rows == 1
+
+
+def test_drop_records_on_a_full_file_spend_the_reserve_and_are_all_kept(tmp_path: Path) -> None:
+    ob, disk = outbox(tmp_path)
+    with ob:
+        for _ in range(100):
+            ob.append("t", big, points=2)
+        cap_file(ob)
+        reasons = ("refused_disk_full", "refused_outbox_full")
+        for i in range(300):  # alternating: 300 records, pages more than the file has
+            ob.record_drop(1, reasons[i % 2])
+        assert len(ob.pending_drops()) == 300
+        assert ob.drop_totals() == {r: (0, 150) for r in reasons}
+        assert disk.releases == 1  # the reserve was spent for them
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 0
+
+
+def test_a_start_on_a_disk_full_to_the_last_byte_spends_the_reserve_to_open(
+    tmp_path: Path,
+) -> None:
+    disk = FakeDisk(tmp_path / "o.db")
+    with Outbox(tmp_path / "o.db", disk=disk) as ob:  # type: ignore[arg-type]
+        seqs = [ob.append("t", body, points=1) for _ in range(20)]
+    with Outbox(tmp_path / "o.db", disk=disk) as ob:  # type: ignore[arg-type]
+        assert disk.releases == 0  # room enough: the reserve stays
+    disk.full()
+    with Outbox(tmp_path / "o.db", disk=disk) as ob:  # type: ignore[arg-type]
+        assert disk.releases == 1 and not (tmp_path / "o.db.ballast").exists()
+        assert [r.seq for r in ob.pending(limit=100)] == seqs  # it can still send
+        assert ob.ack(seqs) == 20  # and delete
+
+
+def test_the_reserve_is_made_again_exactly_when_it_fits_with_an_eighth_to_spare(
+    tmp_path: Path,
+) -> None:
+    ob, disk = outbox(tmp_path)
+    ballast = tmp_path / "o.db.ballast"
+    with ob:
+        ob.append("t", body)
+        ob._on_disk_full()
+        ob._give_back_free_pages()  # the pool's freed pages leave the file
+        disk.full(BALLAST + BALLAST // 8 - 1)
+        assert not ob._ensure_ballast() and not ballast.exists()
+        disk.full(BALLAST + BALLAST // 8)
+        assert ob._ensure_ballast() and ballast.exists()
+
+
+def test_a_filling_disk_evicts_one_percent_of_the_backlog_at_a_time(tmp_path: Path) -> None:
+    """Not one row per message: freed pages are reused, so the file stops growing."""
+    ob, disk = outbox(tmp_path)
+    with ob:
+        seqs = [ob.append("t", body, points=1) for _ in range(500)]  # 500 kB of bodies
+        disk.full()
+        before = time.time_ns()
+        ob.append("t", body, points=1)
+        [d] = ob.pending_drops()
+        assert (d.first_seq, d.last_seq, d.rows, d.bytes) == (seqs[0], seqs[4], 5, 5000)
+        assert before <= d.at_ns <= time.time_ns()  # when it was lost: the notice says
+
+
+def test_an_eviction_that_cannot_free_enough_evicts_nothing(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=3000) as ob:
+        seqs = [ob.append("t", body, points=1) for _ in range(3)]
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", lambda s: bytes(5000))  # 5000 over the cap: only 3000 to evict
+        assert err.value.reason == "outbox_full"
+        assert str(err.value).endswith(
+            "outbox full (outbox.max_mib) and nothing left to evict (only urgent messages remain)"
+        )
+        assert [r.seq for r in ob.pending(limit=10)] == seqs and ob.pending_drops() == []
+
+
+def test_a_refusal_message_names_the_policy(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=2000, policy="stop_acquisition") as ob:
+        ob.append("t", body)
+        ob.append("t", body)
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert str(err.value).endswith(
+            "outbox full (outbox.max_mib): new data refused (policy stop_acquisition)"
+        )
+
+
+def test_refusals_merge_only_into_a_drop_not_yet_told(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.record_drop(2, "refused_disk_full")
+        ob.record_drop(3, "refused_disk_full")  # the same refusal going on: one drop
+        [d] = ob.pending_drops()
+        assert (d.first_seq, d.rows, d.points, d.reason) == (None, 0, 5, "refused_disk_full")
+        ob.append("t/notice", body, priority=URGENT, notifies=[d.id])
+        ob.record_drop(4, "refused_disk_full")  # after the notice: a new drop to tell
+        ob.record_drop(1, "refused_outbox_full")  # another reason: another drop
+        ob.record_drop(6, "refused_disk_full")  # the newest is of another reason: new too
+        got = [(d.points, d.reason) for d in ob.pending_drops()]
+        assert got == [
+            (4, "refused_disk_full"),
+            (1, "refused_outbox_full"),
+            (6, "refused_disk_full"),
+        ]
+        assert ob.drop_totals() == {"refused_disk_full": (0, 15), "refused_outbox_full": (0, 1)}
+
+
+def test_a_refusal_does_not_merge_into_an_eviction(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=2000) as ob:
+        first = ob.append("t", body, points=7)
+        ob.append("t", body, points=1)
+        ob.append("t", body, points=1)  # evicts the first
+        ob.record_drop(3, "outbox_full")
+        got = [(d.first_seq, d.rows, d.points) for d in ob.pending_drops()]
+        assert got == [(first, 1, 7), (None, 0, 3)]
+
+
+def test_rows_set_aside_are_moved_counted_and_recorded(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        seqs = [ob.append("t", body, points=4) for _ in range(4)]
+        moved = [seqs[1], seqs[2]]
+        assert ob.set_aside([*moved, 999], "refused_by_broker") == 2  # unknown seqs ignored
+        assert ob.set_aside([], "refused_by_broker") == 0
+        assert [r.seq for r in ob.pending(limit=10)] == [seqs[0], seqs[3]]
+        got = [(d.first_seq, d.last_seq, d.rows, d.points, d.bytes, d.reason)
+               for d in ob.pending_drops()]  # fmt: skip
+        assert got == [(s, s, 1, 4, 1000, "refused_by_broker") for s in moved]
+        assert ob.quarantined == 2
+        assert ob.drop_totals() == {"refused_by_broker": (2, 8)}
+        assert ob.set_aside([seqs[3]], "refused_by_broker") == 1
+        assert ob.quarantined == 3  # counted over every call
+    with sqlite3.connect(tmp_path / "o.db") as c:
+        assert c.execute("SELECT seq, topic, body FROM quarantine ORDER BY seq").fetchall() == [
+            (s, "t", body(s)) for s in [*moved, seqs[3]]
+        ]
+
+
+def test_new_data_is_refused_before_it_takes_the_reserve(tmp_path: Path) -> None:
+    """Between two looks at the disk new data may take half of what was free; at any pace
+    of appends it is refused before the reserve (file and pool) is touched, and an ack
+    still proceeds."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        first = ob.append("t", big)
+        disk.full(WAL_ROOM + 40 * 20_000)
+        with pytest.raises(OutboxFull) as err:
+            for _ in range(200):  # 4 MB: far more than the disk has
+                ob.append("t", big)
+        assert err.value.reason == "disk_full"
+        assert ob.stats().rows < 150
+        assert disk.releases == 0 and (tmp_path / "o.db.ballast").exists()
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 1
+        assert ob.ack([first]) == 1
+
+
+def test_new_data_leaves_room_for_the_pool_while_it_is_missing(tmp_path: Path) -> None:
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        ob.append("t", body)
+        ob._release_pool()  # spent by a write that had to proceed
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        disk.full(WAL_ROOM + 1000 + POOL // 2)  # room for the data, not for the pool too
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full"
+        disk.full(WAL_ROOM + 1000 + POOL + 100_000)
+        ob.append("t", body)
+
+
+def test_new_data_leaves_room_for_the_reserve_file_and_the_wal(tmp_path: Path) -> None:
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    ballast = tmp_path / "o.db.ballast"
+    with ob:
+        ob.append("t", body)
+        disk.release(ballast)  # spent by a write that had to proceed
+        ob._reserve_ok = False
+        ob._reserve_retry = time.monotonic() + 60  # just tried to make it again: not yet
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        disk.full(WAL_ROOM + 1000 + BALLAST // 2)  # room for the data, not for the reserve
+        with pytest.raises(OutboxFull):
+            ob.append("t", body)
+        assert not ballast.exists()
+        ob._reserve_retry = 0.0
+        disk.full(WAL_ROOM + BALLAST)  # the reserve is made again first...
+        with pytest.raises(OutboxFull):  # ...and what is left is the WAL's: refused
+            ob.append("t", body)
+        assert ballast.exists()

@@ -1,0 +1,187 @@
+"""Survivors of the mutation run over gateway/receiver/sqlite_store.py that mattered, each
+on a real SQLite file: a transaction that fails leaves no state behind (the message is
+stored when it comes again, never taken for a duplicate), two receivers sharing one file
+see each other's messages, a file store is in WAL mode, and the report counts what the
+file holds."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.receiver import Outcome, Receiver, SqliteStore, StoreError
+from gateway.receiver.outcome import Alert, AlertClass
+from security import DeviceKey
+from tests.gateway.test_receiver import TOPIC, msg, notice
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> DeviceKey:
+    return DeviceKey.load_or_create(tmp_path / "gw")[0]
+
+
+class FailingStore(SqliteStore):
+    """A real SQLite store whose next ``fail`` commits fail after the messages were
+    classified and written (a full disk at COMMIT, say): the rollback path of batch()."""
+
+    fail = 0
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator:  # type: ignore[override]
+        with super().batch() as b:
+            yield b
+            if self.fail:
+                self.fail -= 1
+                raise StoreError("disk full (injected)")
+
+
+def test_a_failed_transaction_leaves_no_state_and_the_retry_is_stored(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    store = FailingStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    store.fail = 1
+    m2 = msg(key, 2, [["plc/new", 5, 2.5, 0]])  # a new series too
+    assert rx.handle(TOPIC, m2) is Outcome.STORE_ERROR
+    assert rx.received("gw1") == [(1, 1)]
+    # the broker delivers it again: stored now, not a duplicate of what was rolled back
+    assert rx.handle(TOPIC, m2) is Outcome.VALID
+    assert [(r.seq, r.tag, r.value) for r in store.readings("gw1", "plc/new")] == [
+        (2, "plc/new", 2.5)
+    ]
+    assert rx.handle(TOPIC, m2) is Outcome.DUPLICATE
+    store.close()
+    again = SqliteStore(tmp_path / "rx.db")  # and what a restart reads back
+    assert [r.seq for r in again.readings("gw1")] == [1, 2]
+    assert again.states()["gw1"].seen.pairs() == [(1, 2)]
+    again.close()
+
+
+def test_two_receivers_sharing_a_file_see_each_others_messages(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Each keeps a cached state per gateway; a commit by the other makes it stale."""
+    stores = [SqliteStore(tmp_path / "rx.db") for _ in range(2)]
+    a, b = (Receiver({"gw1": key.public_key}, "edgegw", store=s) for s in stores)
+    for seq in range(1, 7):
+        first, second = (a, b) if seq % 2 else (b, a)
+        assert first.handle(TOPIC, msg(key, seq)) is Outcome.VALID
+        assert second.handle(TOPIC, msg(key, seq)) is Outcome.DUPLICATE  # not stored twice
+        conflict = msg(key, seq, [["plc/t", 1, -1.0, 0]])
+        assert second.handle(TOPIC, conflict) is Outcome.CONFLICT
+    assert [r.seq for r in stores[0].readings("gw1")] == [1, 2, 3, 4, 5, 6]
+    assert a.received("gw1") == b.received("gw1") == [(1, 6)]
+    for s in stores:
+        s.close()
+
+
+def test_a_file_store_is_in_wal_mode(tmp_path: Path) -> None:
+    """Readers (``--report``, Grafana) do not block the receiver's writes."""
+    SqliteStore(tmp_path / "rx.db").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_the_report_counts_what_the_file_holds(tmp_path: Path, key: DeviceKey) -> None:
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 4)) is Outcome.VALID
+    assert rx.handle("edgegw/gw1/notice", notice(key, 5, 2, 2)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 1, [["plc/a", 1, 9.0, 0]])) is Outcome.CONFLICT
+    with store.transaction(rx.trust["gw1"]) as t:  # news, not an attack
+        t.alert(Alert(AlertClass.AUDIT_RESET, "gw1", 5, "the gateway reset its log"), 1)
+    store.record_stats("rx-a", {"duplicates": 3})
+    store.record_stats("rx-a", {"duplicates": 4})  # the latest counters replace the last
+    store.record_stats("rx-b", {"duplicates": 1})
+    r = store.report()
+    assert (r.gateways, r.messages, r.points, r.events, r.notices) == (1, 3, 3, 0, 1)
+    assert (r.alerts, r.security_alerts) == (2, 1)
+    assert [a["class"] for a in store.alerts("gw1")] == ["conflict", "audit_reset"]
+    assert store.alerts("gw2") == []
+    assert r.receivers == {"rx-a": {"duplicates": 4}, "rx-b": {"duplicates": 1}}
+    assert r.duplicates == 5
+    assert (r.gaps, r.missing) == (1, {"gw1": [(3, 3)]})  # seq 2 was dropped, 3 is missing
+    store.close()
+
+
+def test_an_sqlite_error_in_a_transaction_is_a_store_error_and_nothing_is_kept(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """A store error is never acknowledged (the broker delivers the message again); any
+    other error would be. So an error SQLite raises mid-transaction must be one."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as other:
+        other.execute(  # a real SQLite error inside the receiver's transaction
+            "CREATE TRIGGER fail BEFORE INSERT ON readings BEGIN SELECT RAISE(ABORT, 'I/O'); END"
+        )
+        other.commit()
+        assert rx.handle(TOPIC, msg(key, 2)) is Outcome.STORE_ERROR
+        assert (rx.stats.store_errors, rx.stats.errors) == (1, 0)
+        other.execute("DROP TRIGGER fail")
+        other.commit()
+    assert rx.received("gw1") == [(1, 1)]  # the failed message left nothing
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    assert [r.seq for r in store.readings("gw1")] == [1, 2]
+    store.close()
+
+
+def test_the_audit_copy_stops_at_the_first_hole(tmp_path: Path, key: DeviceKey) -> None:
+    """A copy with a gap spliced out would be a log the gateway never wrote."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    log_id = b"L" * 16
+    with store.transaction(rx.trust["gw1"]) as t:
+        assert t.put_audit_entries(log_id, [(0, b"abc"), (3, b"de"), (9, b"late")], 1) == []
+    assert store.audit_copy("gw1", log_id) == b"abcde"
+    # an entry that starts inside the one before (the stored entries disagree): stop there
+    with store.transaction(rx.trust["gw1"]) as t:
+        t.put_audit_entries(b"N" * 16, [(0, b"abc"), (2, b"x"), (3, b"de")], 2)
+    assert store.audit_copy("gw1", b"N" * 16) == b"abc"
+    assert store.audit_copy("gw1", b"M" * 16) == b""
+    assert store.audit_copy("gw2") == b""
+    store.close()
+
+
+def test_int64_values_stay_integers_in_sql_and_beyond_them_exact_text(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """``value_int`` is what SQL compares and sums: an integer wherever SQLite can hold it."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    values = [-(2**63), 2**63 - 1, 2**63, 2**64 - 1]
+    r = [[f"plc/{i}", 1, v, 0] for i, v in enumerate(values)]
+    assert rx.handle(TOPIC, msg(key, 1, r)) is Outcome.VALID
+    rows = store.db.execute(
+        "SELECT typeof(value_int), value_int FROM readings ORDER BY rowid"
+    ).fetchall()
+    assert rows == [("integer", -(2**63)), ("integer", 2**63 - 1),
+                    ("text", str(2**63)), ("text", str(2**64 - 1))]  # fmt: skip
+    assert [x.value for x in store.readings("gw1")] == values
+    store.close()
+
+
+def test_a_gateway_enrolled_anew_by_another_receiver_of_the_file_is_refused(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Two receivers share a file; one was started with another root key for gw1 (a
+    re-enrolment) before the other stored anything: its messages must not be mixed in."""
+    other = DeviceKey.load_or_create(tmp_path / "other")[0]
+    stores = [SqliteStore(tmp_path / "rx.db") for _ in range(2)]
+    old = Receiver({"gw1": key.public_key}, "edgegw", store=stores[0])
+    new = Receiver({"gw1": other.public_key}, "edgegw", store=stores[1])
+    assert old.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert new.handle(TOPIC, msg(other, 2)) is Outcome.STORE_ERROR
+    assert [r.seq for r in stores[0].readings("gw1")] == [1]
+    assert stores[0].states()["gw1"].seen.pairs() == [(1, 1)]
+    for s in stores:
+        s.close()
