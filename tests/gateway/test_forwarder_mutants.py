@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import UplinkConfig
+from gateway.forwarder import Forwarder
+from gateway.mosquitto import Mosquitto
+from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, wait_until
 from tests.mqttscript import ScriptedBroker
 
@@ -46,3 +54,100 @@ def test_max_bytes_per_s_paces_publishing_and_a_large_message_still_goes(tmp_pat
     assert seqs == list(range(1, 14)) and left == []
     # A lower bound: load only makes it slower, so this cannot fail on a busy machine.
     assert elapsed >= 1.5, f"12 x 512 bytes at 2048 B/s took {elapsed:.2f} s: not paced"
+
+
+class Inlet:
+    """A command inlet (gateway/downlink/'s side of the forwarder) that records what it
+    is handed and acknowledges a message only when the test says."""
+
+    topic = "edgegw/gw1/command"
+    enabled = True
+    session_expiry_s = 3600
+
+    def __init__(self) -> None:
+        self.offers: list[tuple[str, bytes]] = []
+        self.acks: list[Callable[[], None]] = []
+        self.subs: list[tuple[bool, str | None]] = []
+
+    def offer(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+        self.offers.append((topic, payload))
+        self.acks.append(ack)
+
+    def subscribed(self, ok: bool, why: str | None) -> None:
+        self.subs.append((ok, why))
+
+
+def publish_command(port: int, payload: bytes) -> None:
+    """What the platform does: one QoS 1 message on the gateway's command topic."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform", protocol=mqtt.MQTTv5)
+    c.connect("::1", port)
+    c.loop_start()
+    try:
+        c.publish(Inlet.topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_a_command_is_handed_over_untouched_and_redelivered_until_the_inlet_acks_it(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A command the inlet has not acknowledged when the connection ends comes again on
+    the next one (the broker keeps the session); once acknowledged it never comes again."""
+    inlet = Inlet()
+    first, second = b"\x00cmd-1\xff", b"cmd-2"
+
+    async def main() -> None:
+        ot = OutboxThread(tmp_path / "outbox.db")
+        await ot.open()
+        up = UplinkConfig(host="::1", port=broker.port, reconnect_max_s=1)
+        fwd = Forwarder(up, "edgegw-gw1", ot, commands=inlet)
+
+        async def session(subs: int, offers: int) -> None:
+            task = asyncio.create_task(fwd.run())
+            try:
+                assert await wait_until(lambda: len(inlet.subs) >= subs)
+                if offers == 1:  # the first session: the platform sends a command
+                    await asyncio.to_thread(publish_command, broker.port, first)
+                if offers == 3:  # the third: a new command after the acknowledged one
+                    await asyncio.to_thread(publish_command, broker.port, second)
+                assert await wait_until(lambda: len(inlet.offers) >= offers), inlet.offers
+                if offers == 2:
+                    inlet.acks[-1]()  # recorded: acknowledge it now
+                    await asyncio.sleep(0.5)  # the PUBACK on its way before the disconnect
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        try:
+            await session(1, 1)  # handed over, never acknowledged
+            await session(2, 2)  # so it comes again; acknowledged this time
+            await session(3, 3)  # only the new command comes
+        finally:
+            await ot.close()
+
+    asyncio.run(main())
+    topic = Inlet.topic
+    assert inlet.offers == [(topic, first), (topic, first), (topic, second)]
+    assert inlet.subs == [(True, None)] * 3
+
+
+def test_a_refused_command_subscription_is_reported_to_the_inlet(tmp_path: Path) -> None:
+    """The broker refuses the subscription (SUBACK 0x87, not authorized): the inlet hears
+    that it failed, and why, while telemetry still flows."""
+    inlet = Inlet()
+
+    async def main() -> tuple[list[int], list[int], bool]:
+        broker = ScriptedBroker(suback=0x87)
+        async with Rig(tmp_path, broker) as rig:
+            rig.fwd.commands = inlet
+            sent = await rig.add(3)
+            rig.run()
+            assert await wait_until(lambda: bool(inlet.subs))
+            drained = await rig.fwd.drain(15)
+            return sent, await rig.rows(), drained
+
+    sent, left, drained = asyncio.run(main())
+    assert drained and left == [] and sent == [1, 2, 3]
+    [(ok, why)] = inlet.subs
+    assert ok is False and why is not None and Inlet.topic in why and "refused" in why
