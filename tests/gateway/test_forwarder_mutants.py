@@ -151,3 +151,45 @@ def test_a_refused_command_subscription_is_reported_to_the_inlet(tmp_path: Path)
     assert drained and left == [] and sent == [1, 2, 3]
     [(ok, why)] = inlet.subs
     assert ok is False and why is not None and Inlet.topic in why and "refused" in why
+
+
+def test_what_the_uplink_stats_count_after_refused_pubacks(tmp_path: Path) -> None:
+    """The broker refuses seq 5 twice (0x80): ten publishes (seq 5 three times), two
+    rejected, eight acknowledged, ten bytes, ten PUBACK latencies (each a sane value), and
+    the link went down twice and up three times."""
+
+    async def main() -> Forwarder:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 5 and n <= 2 else 0)
+        async with Rig(tmp_path, broker, max_inflight=1) as rig:
+            await rig.add(8)
+            rig.run()
+            assert await rig.fwd.drain(30)
+            assert await rig.rows() == []
+            return rig.fwd
+
+    st = asyncio.run(main()).stats
+    assert (st.published, st.rejected, st.acked, st.bytes_published) == (10, 2, 8, 10)
+    assert (st.connects, st.disconnects, st.link_up) == (3, 2, True)
+    lat = st.puback_latency
+    assert lat.count == 10 and sum(lat.counts) == 10
+    # a bound that only catches nonsense (a wall clock, a negative time), not slowness
+    assert 0 <= lat.sum < 60 * lat.count, lat.sum
+
+
+def test_refusals_before_any_ack_are_no_evidence_against_a_message(tmp_path: Path) -> None:
+    """A message is set aside (dropped, with a notice) only when the broker refuses it
+    while it takes others. Refused (0x80) each time before the broker acknowledged
+    anything on the connection, it is kept and sent until it goes (here the fifth time),
+    and the messages behind it follow in order."""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 and n <= 4 else 0)
+        async with Rig(tmp_path, broker, max_inflight=1, reconnect_max_s=1) as rig:
+            await rig.add(4)
+            rig.run()
+            assert await rig.fwd.drain(60), broker.seqs()
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert set_aside == 0 and left == []
+    assert seqs == [1, 1, 1, 1, 1, 2, 3, 4]
