@@ -6,6 +6,7 @@ files; a crash is a real SIGKILL of a process that holds the outbox open."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,26 @@ def test_full_durability_reserves_nothing_and_a_sigkill_skips_nothing(tmp_path: 
     with Outbox(path) as ob:
         assert drops(ob) == [(6, 5 + SEQ_BLOCK, "unclean_stop")]
         assert ob.append("t", body) == 5 + SEQ_BLOCK + 1
+
+
+def test_every_seq_handed_out_is_inside_the_durable_reservation(tmp_path: Path) -> None:
+    """What makes a power cut safe in NORMAL mode: whatever a reader of the file sees
+    (what a power cut could leave, at best), the reserved mark covers every seq handed
+    out, across several blocks, and a new block is reserved only when the
+    last one is used up (one fsync per SEQ_BLOCK messages)."""
+    path = tmp_path / "o.db"
+    marks: list[int] = []
+    with Outbox(path) as ob:
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            for _ in range(2 * SEQ_BLOCK + 5):
+                seq = ob.append("t", body)
+                (reserved,) = reader.execute(
+                    "SELECT value FROM meta WHERE key = 'seq_reserved'"
+                ).fetchone()
+                assert reserved >= seq, (seq, reserved)
+                if not marks or marks[-1] != reserved:
+                    marks.append(reserved)
+        finally:
+            reader.close()
+    assert marks == [1 + SEQ_BLOCK, 2 + 2 * SEQ_BLOCK, 3 + 3 * SEQ_BLOCK]
