@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buffer import Outbox
+from buffer import Outbox, OutboxError
+from buffer.model import is_full
 from buffer.seqs import SEQ_BLOCK
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,3 +107,38 @@ def test_every_seq_handed_out_is_inside_the_durable_reservation(tmp_path: Path) 
         finally:
             reader.close()
     assert marks == [1 + SEQ_BLOCK, 2 + 2 * SEQ_BLOCK, 3 + 3 * SEQ_BLOCK]
+
+
+def _raised(conn: sqlite3.Connection, sql: str) -> sqlite3.Error:
+    try:
+        conn.execute(sql)
+    except sqlite3.Error as exc:
+        return exc
+    raise AssertionError(f"{sql} did not fail")
+
+
+def test_only_a_full_database_counts_as_a_full_disk(tmp_path: Path) -> None:
+    """``is_full`` decides whether the outbox evicts or refuses (a full disk) or reports
+    an error: real SQLite errors, SQLITE_FULL (a database at its page limit, as on a full
+    disk) and others (a UNIQUE violation has an extended code; a read-only database)."""
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (b BLOB)")
+    conn.execute("CREATE TABLE u (a UNIQUE)")
+    conn.execute("INSERT INTO u VALUES (1)")
+    conn.execute("PRAGMA max_page_count = 4")
+    full = _raised(conn, "INSERT INTO t VALUES (zeroblob(100000))")
+    unique = _raised(conn, "INSERT INTO u VALUES (1)")
+    conn.close()
+    ro = sqlite3.connect(f"file:{tmp_path / 'x.db'}?mode=ro", uri=True)
+    readonly = _raised(ro, "INSERT INTO u VALUES (2)")
+    ro.close()
+
+    def wrapped(cause: BaseException | None) -> OutboxError:
+        try:
+            raise OutboxError("append failed") from cause
+        except OutboxError as exc:
+            return exc
+
+    assert is_full(wrapped(full))
+    assert not is_full(wrapped(unique)) and not is_full(wrapped(readonly))
+    assert not is_full(wrapped(None)) and not is_full(wrapped(OSError(28, "No space")))
