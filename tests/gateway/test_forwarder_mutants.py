@@ -21,6 +21,7 @@ from tests.gateway.test_forwarder_rules import Rig, wait_until
 from tests.mqttscript import ScriptedBroker
 
 T = "edgegw/gw1/telemetry"
+U = "edgegw/gw1/event"
 
 
 def padded(size: int):  # type: ignore[no-untyped-def]
@@ -216,3 +217,33 @@ def test_a_message_the_broker_refuses_while_it_takes_others_is_set_aside_after_3
     assert set_aside == 1 and left == [] and drops == [(3, SET_ASIDE_REASON)]
     others = [s for s in seqs if s != 3]
     assert set(others) == set(range(1, 13)) - {3}
+
+
+def test_urgent_and_live_rows_keep_to_the_brokers_receive_maximum_too(tmp_path: Path) -> None:
+    """A backlog of urgent rows (events, audit records), then rows sealed while
+    connected (live): never more in flight than the broker's Receive Maximum (3, below
+    max_inflight 8), and all of them arrive in order."""
+
+    async def main() -> tuple[list[int], list[int], list[int], list[int]]:
+        broker = ScriptedBroker(hold=True, receive_maximum=3)
+        async with Rig(tmp_path, broker, max_inflight=8) as rig:
+            sent = []
+            urgent = await rig.add(30, U, urgent=True)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 3)
+            await asyncio.sleep(1.0)  # give it every chance to send more than allowed
+            sent.append(broker.max_unacked)
+            broker.release()
+            assert await rig.fwd.drain(30)
+            broker.hold, broker.max_unacked = True, 0
+            live = await rig.add(30)
+            assert await wait_until(lambda: len(broker.received) == 33)
+            await asyncio.sleep(1.0)
+            sent.append(broker.max_unacked)
+            broker.release()
+            assert await rig.fwd.drain(30)
+            return sent, broker.seqs(), urgent, live
+
+    sent, seqs, urgent, live = asyncio.run(main())
+    assert sent == [3, 3]
+    assert seqs == urgent + live
