@@ -247,3 +247,60 @@ def test_urgent_and_live_rows_keep_to_the_brokers_receive_maximum_too(tmp_path: 
     sent, seqs, urgent, live = asyncio.run(main())
     assert sent == [3, 3]
     assert seqs == urgent + live
+
+
+def test_no_message_goes_twice_on_one_connection(tmp_path: Path) -> None:
+    """The three streams (urgent, live, backlog) never overlap: with PUBACKs held, an
+    urgent row among the backlog, and live rows sealed while the backlog's last row is
+    still to go, each message is published once."""
+
+    async def urgent_inside_the_backlog() -> list[int]:
+        broker = ScriptedBroker(hold=True)
+        async with Rig(tmp_path / "u", broker, max_inflight=16) as rig:
+            await rig.add(5)
+            await rig.add(2, U, urgent=True)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) >= 7)
+            await asyncio.sleep(0.5)  # time for a second copy, if one were coming
+            seqs = broker.seqs()
+            broker.release()
+            assert await rig.fwd.drain(15)
+            return seqs
+
+    async def live_behind_the_backlog() -> list[int]:
+        broker = ScriptedBroker(hold=True)
+        async with Rig(tmp_path / "l", broker, max_inflight=4) as rig:
+            await rig.add(5)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 4)
+            await rig.add(2)  # live: 6, 7
+            broker.release()
+            broker.hold = True  # the next window stays in flight
+            assert await wait_until(lambda: len(broker.received) >= 7)
+            await asyncio.sleep(0.5)
+            seqs = broker.seqs()
+            broker.release()
+            assert await rig.fwd.drain(15)
+            return seqs
+
+    assert asyncio.run(urgent_inside_the_backlog()) == [6, 7, 1, 2, 3, 4, 5]
+    assert asyncio.run(live_behind_the_backlog()) == [1, 2, 3, 4, 6, 7, 5]
+
+
+def test_a_window_filled_by_urgent_rows_does_not_skip_the_backlog(tmp_path: Path) -> None:
+    """Ten backlog rows and eight urgent ones, a window of 4: the urgent rows fill the
+    first windows; the backlog is not passed over, and drain() is True only once every
+    row went (not while backlog rows wait in the outbox)."""
+
+    async def main() -> tuple[list[int], list[int], bool]:
+        broker = ScriptedBroker()
+        async with Rig(tmp_path, broker, max_inflight=4) as rig:
+            await rig.add(10)
+            await rig.add(8, U, urgent=True)
+            rig.run()
+            drained = await rig.fwd.drain(15)
+            return broker.seqs(), await rig.rows(), drained
+
+    seqs, left, drained = asyncio.run(main())
+    assert drained and left == []
+    assert seqs == list(range(11, 19)) + list(range(1, 11))
