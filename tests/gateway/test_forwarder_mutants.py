@@ -304,3 +304,25 @@ def test_a_window_filled_by_urgent_rows_does_not_skip_the_backlog(tmp_path: Path
     seqs, left, drained = asyncio.run(main())
     assert drained and left == []
     assert seqs == list(range(11, 19)) + list(range(1, 11))
+
+
+def test_an_outbox_that_fails_while_fetching_is_an_error_not_a_silent_spin(
+    tmp_path: Path,
+) -> None:
+    """The outbox fails under the forwarder (here: closed) just as it fetches the next
+    rows: the error is reported (the link goes down with it, as `edgegw status` shows),
+    and the forwarder retries with backoff instead of spinning without a word."""
+
+    async def main() -> tuple[str | None, bool]:
+        broker = ScriptedBroker(hold=True)
+        async with Rig(tmp_path, broker, max_inflight=2) as rig:
+            await rig.add(5)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 2)
+            await rig.ot.run(rig.ob.close)
+            broker.release()  # the PUBACKs make room: the next fetch meets the failure
+            await wait_until(lambda: not rig.fwd.stats.link_up, 10)
+            return rig.fwd.stats.last_error, rig.fwd.stats.link_up
+
+    why, up = asyncio.run(main())
+    assert not up and why is not None and "outbox error" in why and "closed" in why, why
