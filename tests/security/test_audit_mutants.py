@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify
-from security.checkpoint import parse_entries
+from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify, verify_bytes
+from security.checkpoint import parse_entries, peek_checkpoint
 from security.keys import DeviceKey
 
 KEY = DeviceKey(Ed25519PrivateKey.generate())
@@ -57,3 +57,25 @@ def test_a_bad_close_checkpoint_does_not_hide_the_open_checkpoint_at_the_same_pl
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.BAD_CHECKPOINT
     assert rep.first_bad == 10
     assert rep.sealed == 10
+
+
+def test_a_foreign_checkpoint_right_after_the_genesis_does_not_take_the_logs_place(
+    tmp_path: Path,
+) -> None:
+    """Another device's checkpoint inserted right after this log's genesis checkpoint,
+    the verifier trusting both keys: the log is the genesis checkpoint's, and the
+    inserted one is named as another log's, not the other way round."""
+    other_key = DeviceKey(Ed25519PrivateKey.generate())
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for path, key in ((ours, KEY), (theirs, other_key)):
+        with AuditLog(path, key, boot=1, checkpoint_every=5) as log:
+            for i in range(10):
+                log.record("link_up", host="::1", note=f"{path.name}{i}")
+    mine = parse_entries(ours.read_bytes()).entries
+    foreign = [e.raw for e in parse_entries(theirs.read_bytes()).entries if e.record is None][1]
+    data = mine[0].raw + foreign + b"".join(e.raw for e in mine[1:])
+    log_id = peek_checkpoint(mine[0].raw).log_id
+    rep = verify_bytes(data, [KEY.public_key, other_key.public_key])
+    assert rep.log_id == log_id
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.FOREIGN_LOG, rep
+    assert rep.first_bad == 0 and rep.bad_offset == len(mine[0].raw), rep
