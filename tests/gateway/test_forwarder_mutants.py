@@ -6,11 +6,14 @@ codes and timing) or a real mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import UplinkConfig
@@ -326,3 +329,36 @@ def test_an_outbox_that_fails_while_fetching_is_an_error_not_a_silent_spin(
 
     why, up = asyncio.run(main())
     assert not up and why is not None and "outbox error" in why and "closed" in why, why
+
+
+def test_acknowledged_rows_that_cannot_be_deleted_yet_are_kept_and_deleted_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another program holds the outbox's write lock (as a full disk would, the deletes
+    fail) when the broker acknowledges five messages: the failure is logged, nothing
+    counts as acknowledged yet, and once the lock is gone the rows are deleted, without
+    sending anything twice."""
+    caplog.set_level(logging.ERROR, logger="edgegw.forwarder")
+
+    async def main() -> tuple[list[int], list[int], int, int, bool]:
+        broker = ScriptedBroker(hold=True)
+        async with Rig(tmp_path, broker, max_inflight=8) as rig:
+            await rig.add(5)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 5)
+            locker = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")  # the write lock; readers go on (WAL)
+            try:
+                broker.release()
+                said = "cannot delete"  # "... N acknowledged rows yet: ... database is locked"
+                assert await wait_until(lambda: said in caplog.text, 60), caplog.text
+                acked_while_locked = rig.fwd.stats.acked
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            drained = await rig.fwd.drain(60)
+            return broker.seqs(), await rig.rows(), acked_while_locked, rig.fwd.stats.acked, drained
+
+    seqs, left, acked_while_locked, acked, drained = asyncio.run(main())
+    assert acked_while_locked == 0 and acked == 5
+    assert drained and left == [] and seqs == [1, 2, 3, 4, 5]
