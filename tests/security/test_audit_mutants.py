@@ -79,3 +79,19 @@ def test_a_foreign_checkpoint_right_after_the_genesis_does_not_take_the_logs_pla
     assert rep.log_id == log_id
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.FOREIGN_LOG, rep
     assert rep.first_bad == 0 and rep.bad_offset == len(mine[0].raw), rep
+
+
+def test_a_log_without_its_genesis_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    """The genesis checkpoint is cut off a log that has only one other checkpoint: verify
+    does not fail, keeps the log's id (from the remaining checkpoint) and names the
+    missing genesis checkpoint."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1) as log:
+        for i in range(5):
+            log.record("link_up", host="::1", note=f"r{i}")
+    entries = parse_entries(path.read_bytes()).entries
+    assert [e.record is None for e in entries] == [True] + [False] * 5 + [True]
+    rep = verify_bytes(b"".join(e.raw for e in entries[1:]), [KEY.public_key])
+    assert rep.log_id == peek_checkpoint(entries[0].raw).log_id
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.DELETED, rep
+    assert rep.first_bad == 0 and "genesis checkpoint" in rep.message, rep
