@@ -160,11 +160,15 @@ def test_a_refused_command_subscription_is_reported_to_the_inlet(tmp_path: Path)
 def test_what_the_uplink_stats_count_after_refused_pubacks(tmp_path: Path) -> None:
     """The broker refuses seq 5 twice (0x80): ten publishes (seq 5 three times), two
     rejected, eight acknowledged, ten bytes, ten PUBACK latencies (each a sane value), and
-    the link went down twice and up three times."""
+    the link went down twice (saying which message the broker rejected, and why) and up
+    three times."""
+
+    downs: list[str | None] = []
 
     async def main() -> Forwarder:
         broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 5 and n <= 2 else 0)
         async with Rig(tmp_path, broker, max_inflight=1) as rig:
+            rig.fwd.on_link = lambda up, why: None if up else downs.append(why)
             await rig.add(8)
             rig.run()
             assert await rig.fwd.drain(30)
@@ -174,6 +178,8 @@ def test_what_the_uplink_stats_count_after_refused_pubacks(tmp_path: Path) -> No
     st = asyncio.run(main()).stats
     assert (st.published, st.rejected, st.acked, st.bytes_published) == (10, 2, 8, 10)
     assert (st.connects, st.disconnects, st.link_up) == (3, 2, True)
+    # what the journal and `edgegw status` say about each drop of the link
+    assert downs == ["broker rejected seq 5: Unspecified error (0x80)"] * 2, downs
     lat = st.puback_latency
     assert lat.count == 10 and sum(lat.counts) == 10
     # a bound that only catches nonsense (a wall clock, a negative time), not slowness
