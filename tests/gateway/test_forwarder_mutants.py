@@ -337,21 +337,26 @@ def test_an_outbox_that_fails_while_fetching_is_an_error_not_a_silent_spin(
     assert not up and why is not None and "outbox error" in why and "closed" in why, why
 
 
+@pytest.mark.parametrize(
+    ("window", "sent_first"),
+    [(8, 5), (2, 2)],
+    ids=["all-in-flight", "more-to-fetch"],  # the deletes go alone, or with the next fetch
+)
 def test_acknowledged_rows_that_cannot_be_deleted_yet_are_kept_and_deleted_later(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, window: int, sent_first: int
 ) -> None:
     """Another program holds the outbox's write lock (as a full disk would, the deletes
-    fail) when the broker acknowledges five messages: the failure is logged, nothing
-    counts as acknowledged yet, and once the lock is gone the rows are deleted, without
+    fail) when the broker acknowledges messages: the failure is logged, nothing counts
+    as acknowledged yet, and once the lock is gone the rows are deleted, without
     sending anything twice."""
     caplog.set_level(logging.ERROR, logger="edgegw.forwarder")
 
     async def main() -> tuple[list[int], list[int], int, int, bool]:
         broker = ScriptedBroker(hold=True)
-        async with Rig(tmp_path, broker, max_inflight=8) as rig:
+        async with Rig(tmp_path, broker, max_inflight=window) as rig:
             await rig.add(5)
             rig.run()
-            assert await wait_until(lambda: len(broker.received) == 5)
+            assert await wait_until(lambda: len(broker.received) == sent_first)
             locker = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
             locker.execute("BEGIN IMMEDIATE")  # the write lock; readers go on (WAL)
             try:
