@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import UplinkConfig
-from gateway.forwarder import SET_ASIDE_REASON, STRIKES, Forwarder
+from gateway.forwarder import Forwarder
 from gateway.mosquitto import Mosquitto
 from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, wait_until
@@ -203,29 +203,6 @@ def test_refusals_before_any_ack_are_no_evidence_against_a_message(tmp_path: Pat
     seqs, left, set_aside = asyncio.run(main())
     assert set_aside == 0 and left == []
     assert seqs == [1, 1, 1, 1, 1, 2, 3, 4]
-
-
-def test_a_message_the_broker_refuses_while_it_takes_others_is_set_aside_after_3_strikes(
-    tmp_path: Path,
-) -> None:
-    """The broker refuses seq 3 every time (0x80) and takes every other message: seq 3
-    goes exactly STRIKES times, then it is set aside with a drop record naming it (for the
-    signed notice), and does not block the messages behind it."""
-
-    async def main() -> tuple[list[int], list[int], int, list[tuple[int | None, str]]]:
-        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 3 else 0)
-        async with Rig(tmp_path, broker, max_inflight=2, reconnect_max_s=1) as rig:
-            await rig.add(12)
-            rig.run()
-            assert await rig.fwd.drain(60), broker.seqs()
-            drops = [(d.first_seq, d.reason) for d in await rig.ot.run(rig.ob.pending_drops)]
-            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, drops
-
-    seqs, left, set_aside, drops = asyncio.run(main())
-    assert seqs.count(3) == STRIKES
-    assert set_aside == 1 and left == [] and drops == [(3, SET_ASIDE_REASON)]
-    others = [s for s in seqs if s != 3]
-    assert set(others) == set(range(1, 13)) - {3}
 
 
 def test_urgent_and_live_rows_keep_to_the_brokers_receive_maximum_too(tmp_path: Path) -> None:
