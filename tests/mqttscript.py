@@ -116,6 +116,7 @@ class ScriptedBroker:
     host: str = "::1"
     port: int = 0
     hold: bool = False  # keep PUBACKs until release()
+    suback: int = 0x01  # SUBACK reason code for every filter (0x01 granted QoS 1)
     received: list[tuple[str, int]] = field(default_factory=list)  # (topic, seq) in order
     connects: list[float] = field(default_factory=list)  # loop time of each CONNECT
     connect_packets: list[Connect] = field(default_factory=list)  # what each one said
@@ -211,7 +212,7 @@ class ScriptedBroker:
             n = struct.unpack(">H", body[pos : pos + 2])[0]
             self.subscriptions.append(body[pos + 2 : pos + 2 + n].decode())
             pos += 2 + n + 1  # the filter and its options
-            codes += b"\x01"
+            codes += bytes([self.suback])
         return pid + b"\x00" + codes
 
     def _publish(self, w: asyncio.StreamWriter, head: int, body: bytes) -> None:

@@ -1,0 +1,97 @@
+"""Audit verification details that mutation testing (``make mutate``) showed no test
+judged: each test here fails with at least one mutant of security/audit.py that the rest
+of the audit suite lets through. Real log files written by AuditLog, tampered with
+byte by byte, verified as ``edgegw audit verify`` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify, verify_bytes
+from security.checkpoint import parse_entries, peek_checkpoint
+from security.keys import DeviceKey
+
+KEY = DeviceKey(Ed25519PrivateKey.generate())
+
+
+def test_an_edit_just_after_a_checkpoint_still_verifies_what_that_checkpoint_seals(
+    tmp_path: Path,
+) -> None:
+    """Records 0..19, a checkpoint every 10; record 10 is edited. The checkpoint after
+    record 9 still vouches for 0..9: verify names seq 10 and says 0..9 verified."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=10) as log:
+        for i in range(20):
+            log.record("link_up", host="::1", note=f"r{i:03d}")
+    data = path.read_bytes()
+    assert data.count(b"r010") == 1
+    path.write_bytes(data.replace(b"r010", b"r01X"))
+    rep = verify(path, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED
+    assert (rep.first_bad, rep.last_bad) == (10, 10)
+    assert rep.sealed == 10  # `edgegw audit verify`: "verified: seq 0..9 of 20 records"
+
+
+def test_a_bad_close_checkpoint_does_not_hide_the_open_checkpoint_at_the_same_place(
+    tmp_path: Path,
+) -> None:
+    """Boot 1 writes records 0..9 and closes; boot 2 opens (its "open" checkpoint seals
+    the same 10 records) and adds 10..14. The "close" checkpoint's signature is damaged:
+    verify says so, and still counts 0..9 as verified by the "open" checkpoint."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1) as log:
+        for i in range(10):
+            log.record("link_up", host="::1", note=f"a{i}")
+    close_end = path.stat().st_size
+    with AuditLog(path, KEY, boot=2) as log:
+        for i in range(5):
+            log.record("link_down", host="::1", note=f"b{i}")
+    data = bytearray(path.read_bytes())
+    [close] = [e for e in parse_entries(bytes(data)).entries if e.offset + len(e.raw) == close_end]
+    assert close.record is None
+    data[close_end - 1] ^= 0x01  # the last byte of its signature
+    path.write_bytes(bytes(data))
+    rep = verify(path, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.BAD_CHECKPOINT
+    assert rep.first_bad == 10
+    assert rep.sealed == 10
+
+
+def test_a_foreign_checkpoint_right_after_the_genesis_does_not_take_the_logs_place(
+    tmp_path: Path,
+) -> None:
+    """Another device's checkpoint inserted right after this log's genesis checkpoint,
+    the verifier trusting both keys: the log is the genesis checkpoint's, and the
+    inserted one is named as another log's, not the other way round."""
+    other_key = DeviceKey(Ed25519PrivateKey.generate())
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for path, key in ((ours, KEY), (theirs, other_key)):
+        with AuditLog(path, key, boot=1, checkpoint_every=5) as log:
+            for i in range(10):
+                log.record("link_up", host="::1", note=f"{path.name}{i}")
+    mine = parse_entries(ours.read_bytes()).entries
+    foreign = [e.raw for e in parse_entries(theirs.read_bytes()).entries if e.record is None][1]
+    data = mine[0].raw + foreign + b"".join(e.raw for e in mine[1:])
+    log_id = peek_checkpoint(mine[0].raw).log_id
+    rep = verify_bytes(data, [KEY.public_key, other_key.public_key])
+    assert rep.log_id == log_id
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.FOREIGN_LOG, rep
+    assert rep.first_bad == 0 and rep.bad_offset == len(mine[0].raw), rep
+
+
+def test_a_log_without_its_genesis_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    """The genesis checkpoint is cut off a log that has only one other checkpoint: verify
+    does not fail, keeps the log's id (from the remaining checkpoint) and names the
+    missing genesis checkpoint."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1) as log:
+        for i in range(5):
+            log.record("link_up", host="::1", note=f"r{i}")
+    entries = parse_entries(path.read_bytes()).entries
+    assert [e.record is None for e in entries] == [True] + [False] * 5 + [True]
+    rep = verify_bytes(b"".join(e.raw for e in entries[1:]), [KEY.public_key])
+    assert rep.log_id == peek_checkpoint(entries[0].raw).log_id
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.DELETED, rep
+    assert rep.first_bad == 0 and "genesis checkpoint" in rep.message, rep
