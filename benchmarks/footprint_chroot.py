@@ -282,7 +282,8 @@ def run_footprint(
 ) -> dict[str, object]:
     before = set(sampler.samples)
     dirs = set((ch.root / "tmp").glob(f"edgegw-footprint-{kind}-{tags}-*"))
-    env = {"EDGEGW_GUEST_MAPS": f"{GUEST_DIR}/maps"}
+    # keep the run's folder: its status.json says whether the gateway kept up (below)
+    env = {"EDGEGW_GUEST_MAPS": f"{GUEST_DIR}/maps", "EDGEGW_FOOTPRINT_KEEP": "1"}
     if trace:
         env["EDGEGW_GUEST_TRACEMALLOC"] = "1"
     r = ch.run(
@@ -312,8 +313,10 @@ def run_footprint(
         guest_anon_max_mib=round(max(s.guest_anon_mib for s in gw), 1),
         qemu_own_end_mib=round(last.vmrss_mib - last.guest_rss_mib, 1),
         samples=len(gw),
-        **load_done(new_dirs),
+        **load_done(set(new_dirs)),
     )
+    for d in new_dirs:
+        shutil.rmtree(d, ignore_errors=True)
     if trace:
         res = {
             "config": kind,
