@@ -127,6 +127,7 @@ class _Session:
         self.lost: asyncio.Future[str] = loop.create_future()
         self.broker_reason: int | None = None  # reason code of the broker's DISCONNECT
         self.acked_any = False  # the broker acknowledged something on this connection
+        self.rejected_any = False  # ... and refused a message
         self.refusal: BrokerRefused | None = None  # a refusal an operator must fix
 
     def _set(
@@ -177,6 +178,11 @@ class Forwarder:
         self._drained = asyncio.Event()
         self._max_acked = 0  # largest message the broker ever acknowledged (bytes)
         self._strikes: dict[int, int] = {}  # seq -> lone sends that failed
+        # Evidence that a refusal is about the message, not the broker: acks since the
+        # message was first refused (on any connection; a message refused first on
+        # every new connection never sees an ack on its own one).
+        self._acks_total = 0
+        self._refused_at: dict[int, int] = {}  # seq -> _acks_total at its first refusal
         self._held: dict[int, OutboxRow] = {}  # suspects, sent alone
         self._lone: int | None = None  # the suspect now in flight alone
         self._condemned: list[int] = []  # refused STRIKES times: set aside at session end
@@ -214,7 +220,6 @@ class Forwarder:
                 wait = backoff
                 try:
                     session = await self._connect()
-                    backoff.reset()
                     self._link(True, None)
                     await self._pump(session)
                 except OutboxError as exc:
@@ -240,6 +245,10 @@ class Forwarder:
                     if session is not None:
                         if session.acked_any:  # it worked: a later refusal is news
                             slow.reset()
+                        # A connection that only had a message refused made no progress:
+                        # the next one waits longer (no reconnect storm over one message).
+                        if session.acked_any or not session.rejected_any:
+                            backoff.reset()
                         await self._end(session)
                 await asyncio.sleep(wait.next())
         finally:
@@ -485,7 +494,11 @@ class Forwarder:
                     continue  # more may be waiting; the window is full only if acks lag
             elif self._acks:
                 await self._flush_acks()
-            if not (self._inflight or self._acks or self._held) and not self._more(ob):
+            # (not once the session is lost: a refused row left the in-flight map but
+            # is still in the outbox, to go again on the next connection)
+            if not (self._inflight or self._acks or self._held or s.lost.done()) and not self._more(
+                ob
+            ):
                 self._drained.set()
             if wake.is_set() or s.lost.done():
                 continue
@@ -589,6 +602,7 @@ class Forwarder:
         self.stats.set_aside += n
         for q in seqs:
             self._strikes.pop(q, None)
+            self._refused_at.pop(q, None)
         self.on_problem("message_set_aside", f"seq {', '.join(map(str, seqs))}: {SET_ASIDE_REASON}")
         if self.on_set_aside is not None:
             try:
@@ -676,7 +690,12 @@ class Forwarder:
                 )
                 s._set(s.lost, str(s.refusal))
                 return
-            if code != _QUOTA and s.acked_any:
+            s.rejected_any = True
+            first = self._refused_at.setdefault(seq, self._acks_total)
+            if code != _QUOTA and not (s.acked_any or self._acks_total > first):
+                # no evidence yet: it goes alone, after the others, next time
+                self._strikes.setdefault(seq, 0)
+            elif code != _QUOTA:
                 # this message, not the link: it goes alone next time, then aside
                 n = self._strikes.get(seq, 0) + 1
                 self._strikes[seq] = n
@@ -694,8 +713,10 @@ class Forwarder:
             s._set(s.lost, f"broker rejected seq {seq}: {rc} (0x{code:02X})")
             return
         s.acked_any = True
+        self._acks_total += 1
         self._max_acked = max(self._max_acked, size)
         self._strikes.pop(seq, None)
+        self._refused_at.pop(seq, None)
         self._acks.append(seq)
         self._drained.clear()
         self._wake.set()

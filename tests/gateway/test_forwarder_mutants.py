@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import UplinkConfig
-from gateway.forwarder import Forwarder
+from gateway.forwarder import SET_ASIDE_REASON, STRIKES, Forwarder
 from gateway.mosquitto import Mosquitto
 from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, wait_until
@@ -203,6 +203,57 @@ def test_refusals_before_any_ack_are_no_evidence_against_a_message(tmp_path: Pat
     seqs, left, set_aside = asyncio.run(main())
     assert set_aside == 0 and left == []
     assert seqs == [1, 1, 1, 1, 1, 2, 3, 4]
+
+
+def test_a_message_the_broker_refuses_while_it_takes_others_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """The broker refuses seq 3 every time (0x80) and takes every other message. Its first
+    refusal may come before any ack on that connection (no evidence yet: it goes alone,
+    after the others, next time); from then on acks of other messages are the evidence,
+    on any connection. So it goes STRIKES times, or once more, then it is set aside with a
+    drop record naming it, and does not block the messages behind it. (It was resent on
+    every new connection without end, ~2.6 connections a second, once it was the only
+    message left: the refusal always came before any ack on its own connection.)"""
+
+    async def main() -> tuple[list[int], list[int], int, list[tuple[int | None, str]]]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 3 else 0)
+        async with Rig(tmp_path, broker, max_inflight=2, reconnect_max_s=1) as rig:
+            await rig.add(12)
+            rig.run()
+            assert await rig.fwd.drain(60), broker.seqs()
+            drops = [(d.first_seq, d.reason) for d in await rig.ot.run(rig.ob.pending_drops)]
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, drops
+
+    seqs, left, set_aside, drops = asyncio.run(main())
+    assert STRIKES <= seqs.count(3) <= STRIKES + 1, seqs
+    assert set_aside == 1 and left == [] and drops == [(3, SET_ASIDE_REASON)]
+    others = [s for s in seqs if s != 3]
+    assert set(others) == set(range(1, 13)) - {3}
+
+
+def test_a_broker_that_refuses_everything_is_not_stormed(tmp_path: Path) -> None:
+    """A broker that refuses every message gives no evidence against any one: nothing is
+    set aside, and a connection that only had a message refused does not reset the
+    backoff. With jitter the waits are at least 0.25, 0.5, 1, 2 s: at most 4 connections
+    in 3 s (it reconnected every 0.25-0.5 s, 6 or more)."""
+
+    async def main() -> tuple[int, list[int], int]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80)
+        async with Rig(tmp_path, broker, max_inflight=2, reconnect_max_s=4) as rig:
+            await rig.add(3)
+            rig.run()
+            await asyncio.sleep(3.0)
+            first = broker.connects[0]
+            return (
+                sum(t - first < 3.0 for t in broker.connects),
+                await rig.rows(),
+                (rig.fwd.stats.set_aside),
+            )
+
+    connects, left, set_aside = asyncio.run(main())
+    assert 2 <= connects <= 4, connects
+    assert left == [1, 2, 3] and set_aside == 0
 
 
 def test_urgent_and_live_rows_keep_to_the_brokers_receive_maximum_too(tmp_path: Path) -> None:
