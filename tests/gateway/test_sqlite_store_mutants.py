@@ -15,7 +15,10 @@ import pytest
 
 from gateway.receiver import Outcome, Receiver, SqliteStore, StoreError
 from gateway.receiver.outcome import Alert, AlertClass
-from security import DeviceKey
+from gateway.wire import encode_payload
+from security import DeviceKey, sign1
+from security.cose import KEYCHAIN, encode_unprotected
+from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.test_receiver import TOPIC, msg, notice
 
 
@@ -185,3 +188,79 @@ def test_a_gateway_enrolled_anew_by_another_receiver_of_the_file_is_refused(
     assert stores[0].states()["gw1"].seen.pairs() == [(1, 1)]
     for s in stores:
         s.close()
+
+
+def test_a_learned_key_of_one_gateway_on_anothers_topic_is_a_wrong_gateway(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """gw1 rotated its key; the receiver learned the new key from gw1's keychain. A
+    message signed with it on gw2's topic is gw1 speaking for gw2 (found through the
+    store's learned keys, not the enrolled roots): never gw2's data, nor a mere stranger."""
+    state = tmp_path / "gw1"
+    root, _ = init_keys(state)
+    rotate(state)
+    ident = open_identity(state, record=False)
+    assert ident.key.kid != root.kid and ident.keychain
+    chain = encode_unprotected({KEYCHAIN: ident.keychain})
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": root.public_key, "gw2": key.public_key}, "edgegw", store=store)
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), chain)) is Outcome.VALID
+    assert rx.stats.keys_learned == 1
+    t2 = "edgegw/gw2/telemetry"
+    p2 = encode_payload(gw="gw2", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(t2, sign1(p2, ident.key, t2.encode())) is Outcome.WRONG_GATEWAY
+    [a] = store.alerts()
+    assert (a["gw"], a["class"], a["security"]) == ("gw2", "wrong_gateway", 1)
+    assert f"signed by gw1's key {ident.key.kid.hex()}" in a["detail"]
+    # a forgery with that kid but another key's signature is a bad signature, not news
+    forged = bytearray(sign1(p2, ident.key, t2.encode()))
+    forged[-1] ^= 1
+    assert rx.handle(t2, bytes(forged)) is Outcome.BAD_SIGNATURE
+    assert rx.received("gw2") == [] and len(store.alerts()) == 1
+    store.close()
+
+
+def test_a_notice_keeps_each_drops_fields_and_time_exactly(tmp_path: Path, key: DeviceKey) -> None:
+    """``at`` is nanoseconds on the wire, microseconds in the table: exact, not rounded."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    at = 1_733_475_600_123_456_789
+    m = notice(key, 5, 2, 4, at=at, points=31, bytes=4096, reason="disk_full")
+    assert rx.handle("edgegw/gw1/notice", m) is Outcome.VALID
+    rows = store.db.execute("SELECT * FROM notices").fetchall()
+    assert rows == [("gw1", 5, 0, 2, 4, 3, 31, 4096, "disk_full", at // 1000)]
+    assert rows[0][-1] == 1_733_475_600_123_456
+    store.close()
+
+
+def test_audit_entries_not_inserted_still_report_every_rewrite(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """With ``insert=False`` an entry not stored is passed over, and the ones after it
+    are still compared: a rewrite after a gap is reported, and nothing is inserted."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    log_id = b"L" * 16
+    with store.transaction(rx.trust["gw1"]) as t:
+        t.put_audit_entries(log_id, [(0, b"abc"), (9, b"zz")], 1)
+    with store.transaction(rx.trust["gw1"]) as t:
+        got = t.put_audit_entries(log_id, [(0, b"abc"), (3, b"de"), (9, b"yy")], 2, insert=False)
+        assert got == [(9, b"zz", b"yy")]
+        assert list(t.audit_entries(log_id, 0)) == [(0, b"abc"), (9, b"zz")]
+    store.close()
+
+
+def test_a_store_without_readings_keeps_the_index_and_no_readings(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    store = SqliteStore(tmp_path / "rx.db", readings=False)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.DUPLICATE  # still classified
+    assert store.db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM series").fetchone()[0] == 0
+    assert store.db.execute("SELECT seq, points FROM messages").fetchall() == [(1, 2)]
+    assert store.readings("gw1") == []
+    store.close()
