@@ -264,3 +264,29 @@ def test_a_store_without_readings_keeps_the_index_and_no_readings(
     assert store.db.execute("SELECT seq, points FROM messages").fetchall() == [(1, 2)]
     assert store.readings("gw1") == []
     store.close()
+
+
+def test_the_cached_state_is_used_until_another_receiver_changes_it(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """A receiver reads a gateway's state (a blob that grows with its history) from the
+    file only when another receiver of the file has changed it since: not per message."""
+    stores = [SqliteStore(tmp_path / "rx.db") for _ in range(2)]
+    a, b = (Receiver({"gw1": key.public_key}, "edgegw", store=s) for s in stores)
+    reads: list[str] = []
+    stores[0].db.set_trace_callback(
+        lambda sql: reads.append(sql) if sql.startswith("SELECT state FROM gateways") else None
+    )
+    assert a.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert a.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    assert a.handle(TOPIC, msg(key, 2)) is Outcome.DUPLICATE
+    assert reads == []  # its own changes: known without reading them back
+    assert b.handle(TOPIC, msg(key, 3)) is Outcome.VALID  # the other one changes it
+    assert a.handle(TOPIC, msg(key, 3)) is Outcome.DUPLICATE  # seen: read again
+    assert len(reads) == 1
+    assert a.handle(TOPIC, msg(key, 4)) is Outcome.VALID
+    assert len(reads) == 1
+    assert b.handle(TOPIC, msg(key, 4)) is Outcome.DUPLICATE
+    assert a.received("gw1") == b.received("gw1") == [(1, 4)]
+    for s in stores:
+        s.close()
