@@ -250,3 +250,77 @@ def test_new_data_leaves_room_for_the_reserve_file_and_the_wal(tmp_path: Path) -
         with pytest.raises(OutboxFull):  # ...and what is left is the WAL's: refused
             ob.append("t", body)
         assert ballast.exists()
+
+
+def test_a_reserve_that_could_not_be_made_is_still_owed(tmp_path: Path) -> None:
+    """The reserve was spent and the disk had no room to make it again: until it is made,
+    new data leaves room for it (then it is made, and data is taken again)."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    ballast = tmp_path / "o.db.ballast"
+    with ob:
+        ob.append("t", body)
+        ob._on_disk_full()  # a write that had to proceed spent the reserve
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        disk.full()
+        ob._reserve_retry = 0.0
+        with pytest.raises(OutboxFull):  # tries to make the reserve again: no room
+            ob.append("t", body)
+        assert not ballast.exists() and disk.allocations == 1  # the one made at open
+        ob._reserve_retry = time.monotonic() + 3600  # just tried: not again yet
+        disk.full(WAL_ROOM + POOL + 1000 + BALLAST // 2)  # room for data, not the reserve
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full" and ob.stats().rows == 1
+        ob._reserve_retry = 0.0
+        disk.full(BALLAST + POOL + WAL_ROOM + 4 * POOL)
+        ob.append("t", body)  # the reserve (file and pool) is made first, then the data
+        assert ballast.exists() and disk.allocations == 2 and ob.stats().rows == 2
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 1
+
+
+def test_a_reserve_just_spent_is_owed_before_it_is_tried_again(tmp_path: Path) -> None:
+    """Right after SQLITE_FULL spent the reserve, new data may not take its room."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    ballast = tmp_path / "o.db.ballast"
+    with ob:
+        ob.append("t", body)
+        ob._on_disk_full()
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        ob._reserve_retry = time.monotonic() + 3600  # just tried: not again yet
+        disk.full(WAL_ROOM + POOL + 1000 + BALLAST // 2)  # room for data, not the reserve
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full" and not ballast.exists()
+        assert ob.stats().rows == 1 and disk.releases == 1
+
+
+def test_a_refusal_is_recorded_with_no_rows_and_no_bytes(tmp_path: Path) -> None:
+    """Refused data never had a seq nor a body: the drop says points only."""
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.record_drop(7, "refused_disk_full")
+        [d] = ob.pending_drops()
+        assert (d.first_seq, d.last_seq, d.rows, d.points, d.bytes) == (None, None, 0, 7, 0)
+        assert ob.drop_totals() == {"refused_disk_full": (0, 7)}
+
+
+def test_free_pages_in_the_file_count_to_the_byte(tmp_path: Path) -> None:
+    """New data that fits the disk's free bytes plus the file's free pages exactly is
+    taken; one byte less, refused (the WAL's room is owed throughout)."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        seqs = [ob.append("t", body) for _ in range(20)]
+        assert ob.ack(seqs) == 20  # their pages stay in the file, free
+        c = ob._db()
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        freed = c.execute("PRAGMA freelist_count").fetchone()[0]
+        freed *= c.execute("PRAGMA page_size").fetchone()[0]
+        assert 0 < freed < WAL_ROOM
+        disk.full(WAL_ROOM + 1000 - freed - 1)
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full"
+        disk.full(WAL_ROOM + 1000 - freed)
+        ob.append("t", body)
+        assert ob.stats().rows == 1
