@@ -324,3 +324,26 @@ def test_free_pages_in_the_file_count_to_the_byte(tmp_path: Path) -> None:
         disk.full(WAL_ROOM + 1000 - freed)
         ob.append("t", body)
         assert ob.stats().rows == 1
+
+
+def test_new_data_between_looks_takes_no_more_than_the_disk_had(tmp_path: Path) -> None:
+    """Between two looks at the disk new data takes at most half of what was free beyond
+    what is owed, so it stops where the disk ends, and it gets nearly all of that room."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        ob.append("t", big)
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        disk.full(WAL_ROOM + 40 * 20_000)  # the WAL may grow to its cap, and 800 kB more
+        taken = 0
+        with pytest.raises(OutboxFull) as err:
+            for _ in range(100):
+                ob.append("t", big)
+                taken += 1
+        assert err.value.reason == "disk_full"
+        # the WAL's bytes count once reused, so the data gets more than 40 bodies' room
+        assert taken >= 40, taken
+        # sizes are counted as body bytes, not pages (about 3% more for 20 kB bodies): a
+        # little over the quota, never a budget's worth (twice the budget: ~500 kB over)
+        assert disk.used() - disk.quota < 64 * 1024, disk.used() - disk.quota
+        assert (tmp_path / "o.db.ballast").exists() and disk.releases == 0
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 1
