@@ -347,3 +347,54 @@ def test_new_data_between_looks_takes_no_more_than_the_disk_had(tmp_path: Path) 
         assert disk.used() - disk.quota < 64 * 1024, disk.used() - disk.quota
         assert (tmp_path / "o.db.ballast").exists() and disk.releases == 0
         assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize(("slack", "kept"), [(WAL_ROOM, True), (WAL_ROOM - 1, False)])
+def test_a_start_keeps_the_reserve_while_the_wal_has_its_room(
+    tmp_path: Path, slack: int, kept: bool
+) -> None:
+    """A start spends the reserve only when the WAL could not get its room otherwise."""
+    disk = FakeDisk(tmp_path / "o.db")
+    with Outbox(tmp_path / "o.db", disk=disk) as ob:  # type: ignore[arg-type]
+        ob.append("t", body)
+    disk.full(slack)
+    with Outbox(tmp_path / "o.db", disk=disk):  # type: ignore[arg-type]
+        # spent to open, then made again at once (the WAL's room is what it gave back)
+        assert disk.releases == (0 if kept else 1)
+        assert disk.allocations == (1 if kept else 2)
+
+
+def test_the_pool_is_made_again_only_with_room_for_it_the_reserve_and_the_wal(
+    tmp_path: Path,
+) -> None:
+    ob, disk = outbox(tmp_path)
+    pad = "SELECT count(*) FROM pad"
+    with ob:
+        ob.append("t", body)
+        ob._release_pool()  # spent by a write that had to proceed
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # the reserve file is in place (counted as used): free must hold it again too
+        disk.full(POOL + BALLAST + WAL_ROOM - 1)
+        assert ob._ensure_ballast() and ob._db().execute(pad).fetchone()[0] == 0
+        disk.full(POOL + BALLAST + WAL_ROOM)
+        assert ob._ensure_ballast() and ob._db().execute(pad).fetchone()[0] == 1
+
+
+def test_spending_the_reserve_forgets_the_room_known_from_the_last_look(
+    tmp_path: Path,
+) -> None:
+    """A roomy look lets new data go on without looking for a while; SQLITE_FULL in a
+    write that must proceed says that room is gone: the next new data looks again."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        ob.append("t", body)  # looked: a 1 GB disk, half of it new data may take
+        ob._on_disk_full()
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        ob._reserve_retry = time.monotonic() + 3600  # just tried: not again yet
+        # another program filled the disk (this disk's generation does not change)
+        disk.quota = disk.used() + WAL_ROOM + POOL + 1000 + BALLAST // 2
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full" and ob.stats().rows == 1
