@@ -11,6 +11,7 @@ set aside are moved, counted and recorded; new data is refused before it takes t
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -398,3 +399,23 @@ def test_spending_the_reserve_forgets_the_room_known_from_the_last_look(
         with pytest.raises(OutboxFull) as err:
             ob.append("t", body)
         assert err.value.reason == "disk_full" and ob.stats().rows == 1
+
+
+def test_a_wal_grown_past_its_room_counts_only_its_room(tmp_path: Path) -> None:
+    """A reader kept the WAL from restarting, so it grew past WAL_ROOM. On a full disk its
+    bytes beyond that are not room for new data: the file it is copied into must grow."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        ob.append("t", body)
+        with contextlib.closing(sqlite3.connect(tmp_path / "o.db")) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM outbox").fetchone()  # holds a snapshot
+            for _ in range(150):
+                ob.append("t", big)
+            reader.execute("COMMIT")
+        wal = Path(f"{tmp_path / 'o.db'}-wal").stat().st_size
+        assert wal > WAL_ROOM + 1000, wal
+        disk.full()
+        with pytest.raises(OutboxFull) as err:
+            ob.append("t", body)
+        assert err.value.reason == "disk_full" and ob.stats().rows == 151
