@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -290,3 +291,37 @@ def test_the_cached_state_is_used_until_another_receiver_changes_it(
     assert a.received("gw1") == b.received("gw1") == [(1, 4)]
     for s in stores:
         s.close()
+
+
+def test_message_and_event_times_are_kept_to_the_nanosecond(tmp_path: Path, key: DeviceKey) -> None:
+    """Times are microseconds plus ``*_nanos`` in the tables: nothing lost or rescaled."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    t = "edgegw/gw1/event"
+    ev = {
+        "model": "m",
+        "kind": "start",
+        "ts_ns": 1_733_475_600_123_456_789,
+        "score": 0.5,
+        "peak": 0.75,
+        "window_end_ns": 1_733_475_660_987_654_321,
+        "inputs": ["plc/t"],
+    }
+    sealed = 1_733_475_661_000_001_999
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="event", t_ns=sealed, event=ev)
+    assert rx.handle(t, sign1(p, key, t.encode())) is Outcome.VALID
+    hour = 3600 * 10**6  # the receive time is the wall clock's: near now, in microseconds
+    [(kind, got_sealed, received)] = store.db.execute(
+        "SELECT kind, sealed, received FROM messages"
+    ).fetchall()
+    assert (kind, got_sealed) == ("event", 1_733_475_661_000_001)
+    assert abs(received - time.time_ns() // 1000) < hour
+    rows = store.db.execute("SELECT * FROM events").fetchall()
+    assert rows == [
+        ("gw1", 1, "m", "start", 1_733_475_600_123_456, 789, 1_733_475_660_987_654, 321,
+         0.5, 0.75, '["plc/t"]'),
+    ]  # fmt: skip
+    store.record_stats("rx-a", {"duplicates": 0})
+    [(updated,)] = store.db.execute("SELECT updated FROM receivers").fetchall()
+    assert abs(updated - time.time_ns() // 1000) < hour
+    store.close()
