@@ -325,3 +325,40 @@ def test_message_and_event_times_are_kept_to_the_nanosecond(tmp_path: Path, key:
     [(updated,)] = store.db.execute("SELECT updated FROM receivers").fetchall()
     assert abs(updated - time.time_ns() // 1000) < hour
     store.close()
+
+
+def test_each_reading_is_stored_to_the_nanosecond_with_its_type(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Source and server times exactly (microseconds plus ``*_nanos``), each value with
+    its own type (a bool is not an integer), the reason and the server time kept."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    ts, server = 1_733_475_600_123_456_789, 1_733_475_600_223_456_001
+    r = [
+        ["plc/f", ts, 2.5, 0, None, server],
+        ["plc/b", ts + 1, True, 0],
+        ["plc/i", ts + 2, 7, 2, "uncertain"],
+        ["plc/s", ts + 3, "on", 0, "bad link", server + 998],
+    ]
+    assert rx.handle(TOPIC, msg(key, 1, r)) is Outcome.VALID
+    rows = store.db.execute(
+        "SELECT ts, ts_nanos, vtype, reason, server_ts, server_ts_nanos FROM readings_view"
+        " ORDER BY rowid"
+    ).fetchall()
+    assert rows == [
+        (1_733_475_600_123_456, 789, "f", None, 1_733_475_600_223_456, 1),
+        (1_733_475_600_123_456, 790, "b", None, None, None),
+        (1_733_475_600_123_456, 791, "i", "uncertain", None, None),
+        (1_733_475_600_123_456, 792, "s", "bad link", 1_733_475_600_223_456, 999),
+    ]
+    got = [(x.tag, x.ts_ns, x.value, x.quality, x.reason, x.server_ts_ns)
+           for x in store.readings("gw1")]  # fmt: skip
+    assert got == [
+        ("plc/f", ts, 2.5, 0, None, server),
+        ("plc/b", ts + 1, True, 0, None, None),
+        ("plc/i", ts + 2, 7, 2, "uncertain", None),
+        ("plc/s", ts + 3, "on", 0, "bad link", server + 998),
+    ]
+    assert type(got[1][2]) is bool and type(got[2][2]) is int
+    store.close()
