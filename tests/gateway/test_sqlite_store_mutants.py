@@ -362,3 +362,24 @@ def test_each_reading_is_stored_to_the_nanosecond_with_its_type(
     ]
     assert type(got[1][2]) is bool and type(got[2][2]) is int
     store.close()
+
+
+def test_known_series_and_unchanged_states_cost_no_writes(tmp_path: Path, key: DeviceKey) -> None:
+    """The per-message work stays small: a known tag's series id comes from the cache (no
+    lookup), a message that changes nothing (a duplicate) does not rewrite the state,
+    and commits are WAL-synchronous NORMAL (durable at checkpoints, no fsync each)."""
+    store = SqliteStore(tmp_path / "rx.db")
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    sql: list[str] = []
+    store.db.set_trace_callback(sql.append)
+    assert rx.handle(TOPIC, msg(key, 2, two)) is Outcome.VALID
+    assert not [s for s in sql if "series" in s], sql
+    version = "SELECT version FROM gateways WHERE gw = 'gw1'"
+    (v,) = store.db.execute(version).fetchone()
+    assert rx.handle(TOPIC, msg(key, 2, two)) is Outcome.DUPLICATE
+    assert store.db.execute(version).fetchone() == (v,)
+    assert [r.tag for r in store.readings("gw1")] == ["plc/a", "plc/b"] * 2
+    store.close()
