@@ -419,3 +419,27 @@ def test_a_wal_grown_past_its_room_counts_only_its_room(tmp_path: Path) -> None:
         with pytest.raises(OutboxFull) as err:
             ob.append("t", body)
         assert err.value.reason == "disk_full" and ob.stats().rows == 151
+
+
+def test_a_filling_disk_evicts_one_percent_to_the_byte(tmp_path: Path) -> None:
+    """1% of 500 100 bytes is 5 001: five rows of 1 000 are not enough, six are evicted."""
+    ob, disk = outbox(tmp_path)
+    with ob:
+        seqs = [ob.append("t", body, points=1) for _ in range(500)]
+        ob.append("t", lambda s: bytes(100), points=1)
+        disk.full()
+        ob.append("t", body, points=1)
+        [d] = ob.pending_drops()
+        assert (d.first_seq, d.last_seq, d.rows, d.bytes) == (seqs[0], seqs[5], 6, 6000)
+
+
+def test_sqlite_full_evicts_one_percent_to_the_byte(tmp_path: Path) -> None:
+    """After SQLITE_FULL: 1% of 2 000 100 bytes is 20 001, more than one 20 kB row."""
+    ob, _ = outbox(tmp_path)
+    with ob:
+        seqs = [ob.append("t", big, points=2) for _ in range(100)]
+        ob.append("t", lambda s: bytes(100), points=1)
+        cap_file(ob)
+        ob.append("t", big, points=2)
+        drops = [(d.first_seq, d.last_seq, d.rows, d.bytes) for d in ob.pending_drops()]
+        assert drops == [(seqs[0], seqs[1], 2, 40_000)]
