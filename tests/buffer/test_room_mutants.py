@@ -443,3 +443,22 @@ def test_sqlite_full_evicts_one_percent_to_the_byte(tmp_path: Path) -> None:
         ob.append("t", big, points=2)
         drops = [(d.first_seq, d.last_seq, d.rows, d.bytes) for d in ob.pending_drops()]
         assert drops == [(seqs[0], seqs[1], 2, 40_000)]
+
+
+def test_a_reserve_made_again_is_no_longer_owed(tmp_path: Path) -> None:
+    """Once the reserve file is back, new data may have the rest (the pool, still missing
+    for want of room, stays owed)."""
+    ob, disk = outbox(tmp_path, policy="stop_acquisition")
+    with ob:
+        ob.append("t", body)
+        ob._on_disk_full()
+        ob._give_back_free_pages()
+        ob._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space to count on
+        ob._reserve_retry = 0.0
+        # room for the reserve file, then for the data while the pool stays owed (and
+        # not for the pool itself, which needs room for a second reserve file beside it)
+        disk.full(BALLAST + WAL_ROOM + POOL + 1000 + BALLAST // 2)
+        ob.append("t", body)
+        assert (tmp_path / "o.db.ballast").exists() and disk.allocations == 2
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 0
+        assert ob.stats().rows == 2
