@@ -462,3 +462,14 @@ def test_a_reserve_made_again_is_no_longer_owed(tmp_path: Path) -> None:
         assert (tmp_path / "o.db.ballast").exists() and disk.allocations == 2
         assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 0
         assert ob.stats().rows == 2
+
+
+def test_the_byte_cap_holds_to_the_byte(tmp_path: Path) -> None:
+    """Bodies filling the cap exactly are all kept; one byte more evicts the oldest."""
+    with Outbox(tmp_path / "o.db", max_bytes=3000) as ob:
+        seqs = [ob.append("t", body, points=1) for _ in range(3)]
+        assert ob.pending_drops() == [] and ob.stats().bytes == 3000
+        last = ob.append("t", lambda s: b"x", points=1)
+        [d] = ob.pending_drops()
+        assert (d.first_seq, d.last_seq, d.rows, d.bytes) == (seqs[0], seqs[0], 1, 1000)
+        assert [r.seq for r in ob.pending(limit=10)] == [*seqs[1:], last]
