@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from buffer import URGENT, Outbox, OutboxFull
-from buffer.room import BALLAST, POOL, WAL_ROOM
+from buffer.room import BALLAST, POOL, WAL_ROOM, Disk
 from tests.buffer.test_outbox_room import FakeDisk, big, body, outbox
 
 
@@ -473,3 +473,17 @@ def test_the_byte_cap_holds_to_the_byte(tmp_path: Path) -> None:
         [d] = ob.pending_drops()
         assert (d.first_seq, d.last_seq, d.rows, d.bytes) == (seqs[0], seqs[0], 1, 1000)
         assert [r.seq for r in ob.pending(limit=10)] == [*seqs[1:], last]
+
+
+def test_a_reserve_the_filesystem_cannot_hold_leaves_no_file(tmp_path: Path) -> None:
+    """The real seam on the real filesystem: half a reserve is none, so a failed
+    allocation leaves nothing behind (a later start would take it for the reserve)."""
+    path = tmp_path / "o.db.ballast"
+    with pytest.raises(OSError):
+        Disk().allocate(path, 1 << 62)  # more than any filesystem here holds
+    assert not path.exists()
+    Disk().allocate(path, 4096)
+    assert path.stat().st_size == 4096 and path.stat().st_mode & 0o777 == 0o600
+    Disk().release(path)
+    Disk().release(path)  # already gone: nothing to do
+    assert not path.exists()
