@@ -7,7 +7,9 @@ recorded) or is refused with nothing lost (stop_acquisition); a notice or an ack
 file spends the reserve and proceeds; a start on a disk full to the last byte spends the
 reserve to open; a disk that fills up evicts 1% of the backlog at a time; an eviction that
 cannot free enough evicts nothing; a refusal is merged only into a drop not yet told; rows
-set aside are moved, counted and recorded; new data is refused before it takes the reserve."""
+set aside are moved, counted and recorded; new data is refused before it takes the reserve
+(owed while it is missing, no longer once it is back) and stops where the disk ends; the
+edges (byte cap, free pages, WAL room, 1% eviction, pool, start) hold to the byte."""
 
 from __future__ import annotations
 

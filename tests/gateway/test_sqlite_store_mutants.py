@@ -1,8 +1,10 @@
 """Survivors of the mutation run over gateway/receiver/sqlite_store.py that mattered, each
 on a real SQLite file: a transaction that fails leaves no state behind (the message is
 stored when it comes again, never taken for a duplicate), two receivers sharing one file
-see each other's messages, a file store is in WAL mode, and the report counts what the
-file holds."""
+see each other's messages (and use their cached state until the other changes it), a
+file store is in WAL mode, the report counts what the file holds, a learned key of one
+gateway on another's topic is a wrong gateway, times are kept to the nanosecond, and a
+store without readings keeps none."""
 
 from __future__ import annotations
 
