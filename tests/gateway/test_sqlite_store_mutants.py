@@ -9,6 +9,7 @@ store without readings keeps none."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from gateway.receiver import Outcome, Receiver, SqliteStore, StoreError
 from gateway.receiver.outcome import Alert, AlertClass
+from gateway.receiver.sqlite_store import SCHEMA_VERSION
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
@@ -385,3 +387,19 @@ def test_known_series_and_unchanged_states_cost_no_writes(tmp_path: Path, key: D
     assert store.db.execute(version).fetchone() == (v,)
     assert [r.tag for r in store.readings("gw1")] == ["plc/a", "plc/b"] * 2
     store.close()
+
+
+def test_the_next_schema_is_refused_and_a_new_file_is_made_silently(
+    tmp_path: Path, key: DeviceKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file from the very next schema is refused untouched (never "migrated" down); a
+    new file is made silently."""
+    with caplog.at_level(logging.INFO, logger="edgegw.receiver"):
+        SqliteStore(tmp_path / "rx.db").close()
+    assert caplog.records == []
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer edgegw"):
+        SqliteStore(tmp_path / "rx.db")
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
