@@ -1,13 +1,17 @@
 """Survivors of the mutation run over gateway/receiver/sqlite_store.py that mattered, each
 on a real SQLite file: a transaction that fails leaves no state behind (the message is
 stored when it comes again, never taken for a duplicate), two receivers sharing one file
-see each other's messages, a file store is in WAL mode, and the report counts what the
-file holds."""
+see each other's messages (and use their cached state until the other changes it), a
+file store is in WAL mode, the report counts what the file holds, a learned key of one
+gateway on another's topic is a wrong gateway, times are kept to the nanosecond, and a
+store without readings keeps none."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +19,11 @@ import pytest
 
 from gateway.receiver import Outcome, Receiver, SqliteStore, StoreError
 from gateway.receiver.outcome import Alert, AlertClass
-from security import DeviceKey
+from gateway.receiver.sqlite_store import SCHEMA_VERSION
+from gateway.wire import encode_payload
+from security import DeviceKey, sign1
+from security.cose import KEYCHAIN, encode_unprotected
+from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.test_receiver import TOPIC, msg, notice
 
 
@@ -185,3 +193,213 @@ def test_a_gateway_enrolled_anew_by_another_receiver_of_the_file_is_refused(
     assert stores[0].states()["gw1"].seen.pairs() == [(1, 1)]
     for s in stores:
         s.close()
+
+
+def test_a_learned_key_of_one_gateway_on_anothers_topic_is_a_wrong_gateway(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """gw1 rotated its key; the receiver learned the new key from gw1's keychain. A
+    message signed with it on gw2's topic is gw1 speaking for gw2 (found through the
+    store's learned keys, not the enrolled roots): never gw2's data, nor a mere stranger."""
+    state = tmp_path / "gw1"
+    root, _ = init_keys(state)
+    rotate(state)
+    ident = open_identity(state, record=False)
+    assert ident.key.kid != root.kid and ident.keychain
+    chain = encode_unprotected({KEYCHAIN: ident.keychain})
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": root.public_key, "gw2": key.public_key}, "edgegw", store=store)
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), chain)) is Outcome.VALID
+    assert rx.stats.keys_learned == 1
+    t2 = "edgegw/gw2/telemetry"
+    p2 = encode_payload(gw="gw2", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(t2, sign1(p2, ident.key, t2.encode())) is Outcome.WRONG_GATEWAY
+    [a] = store.alerts()
+    assert (a["gw"], a["class"], a["security"]) == ("gw2", "wrong_gateway", 1)
+    assert f"signed by gw1's key {ident.key.kid.hex()}" in a["detail"]
+    # a forgery with that kid but another key's signature is a bad signature, not news
+    forged = bytearray(sign1(p2, ident.key, t2.encode()))
+    forged[-1] ^= 1
+    assert rx.handle(t2, bytes(forged)) is Outcome.BAD_SIGNATURE
+    assert rx.received("gw2") == [] and len(store.alerts()) == 1
+    store.close()
+
+
+def test_a_notice_keeps_each_drops_fields_and_time_exactly(tmp_path: Path, key: DeviceKey) -> None:
+    """``at`` is nanoseconds on the wire, microseconds in the table: exact, not rounded."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    at = 1_733_475_600_123_456_789
+    m = notice(key, 5, 2, 4, at=at, points=31, bytes=4096, reason="disk_full")
+    assert rx.handle("edgegw/gw1/notice", m) is Outcome.VALID
+    rows = store.db.execute("SELECT * FROM notices").fetchall()
+    assert rows == [("gw1", 5, 0, 2, 4, 3, 31, 4096, "disk_full", at // 1000)]
+    assert rows[0][-1] == 1_733_475_600_123_456
+    store.close()
+
+
+def test_audit_entries_not_inserted_still_report_every_rewrite(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """With ``insert=False`` an entry not stored is passed over, and the ones after it
+    are still compared: a rewrite after a gap is reported, and nothing is inserted."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    log_id = b"L" * 16
+    with store.transaction(rx.trust["gw1"]) as t:
+        t.put_audit_entries(log_id, [(0, b"abc"), (9, b"zz")], 1)
+    with store.transaction(rx.trust["gw1"]) as t:
+        got = t.put_audit_entries(log_id, [(0, b"abc"), (3, b"de"), (9, b"yy")], 2, insert=False)
+        assert got == [(9, b"zz", b"yy")]
+        assert list(t.audit_entries(log_id, 0)) == [(0, b"abc"), (9, b"zz")]
+    store.close()
+
+
+def test_a_store_without_readings_keeps_the_index_and_no_readings(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    store = SqliteStore(tmp_path / "rx.db", readings=False)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.DUPLICATE  # still classified
+    assert store.db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM series").fetchone()[0] == 0
+    assert store.db.execute("SELECT seq, points FROM messages").fetchall() == [(1, 2)]
+    assert store.readings("gw1") == []
+    store.close()
+
+
+def test_the_cached_state_is_used_until_another_receiver_changes_it(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """A receiver reads a gateway's state (a blob that grows with its history) from the
+    file only when another receiver of the file has changed it since: not per message."""
+    stores = [SqliteStore(tmp_path / "rx.db") for _ in range(2)]
+    a, b = (Receiver({"gw1": key.public_key}, "edgegw", store=s) for s in stores)
+    reads: list[str] = []
+    stores[0].db.set_trace_callback(
+        lambda sql: reads.append(sql) if sql.startswith("SELECT state FROM gateways") else None
+    )
+    assert a.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert a.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    assert a.handle(TOPIC, msg(key, 2)) is Outcome.DUPLICATE
+    assert reads == []  # its own changes: known without reading them back
+    assert b.handle(TOPIC, msg(key, 3)) is Outcome.VALID  # the other one changes it
+    assert a.handle(TOPIC, msg(key, 3)) is Outcome.DUPLICATE  # seen: read again
+    assert len(reads) == 1
+    assert a.handle(TOPIC, msg(key, 4)) is Outcome.VALID
+    assert len(reads) == 1
+    assert b.handle(TOPIC, msg(key, 4)) is Outcome.DUPLICATE
+    assert a.received("gw1") == b.received("gw1") == [(1, 4)]
+    for s in stores:
+        s.close()
+
+
+def test_message_and_event_times_are_kept_to_the_nanosecond(tmp_path: Path, key: DeviceKey) -> None:
+    """Times are microseconds plus ``*_nanos`` in the tables: nothing lost or rescaled."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    t = "edgegw/gw1/event"
+    ev = {
+        "model": "m",
+        "kind": "start",
+        "ts_ns": 1_733_475_600_123_456_789,
+        "score": 0.5,
+        "peak": 0.75,
+        "window_end_ns": 1_733_475_660_987_654_321,
+        "inputs": ["plc/t"],
+    }
+    sealed = 1_733_475_661_000_001_999
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="event", t_ns=sealed, event=ev)
+    assert rx.handle(t, sign1(p, key, t.encode())) is Outcome.VALID
+    hour = 3600 * 10**6  # the receive time is the wall clock's: near now, in microseconds
+    [(kind, got_sealed, received)] = store.db.execute(
+        "SELECT kind, sealed, received FROM messages"
+    ).fetchall()
+    assert (kind, got_sealed) == ("event", 1_733_475_661_000_001)
+    assert abs(received - time.time_ns() // 1000) < hour
+    rows = store.db.execute("SELECT * FROM events").fetchall()
+    assert rows == [
+        ("gw1", 1, "m", "start", 1_733_475_600_123_456, 789, 1_733_475_660_987_654, 321,
+         0.5, 0.75, '["plc/t"]'),
+    ]  # fmt: skip
+    store.record_stats("rx-a", {"duplicates": 0})
+    [(updated,)] = store.db.execute("SELECT updated FROM receivers").fetchall()
+    assert abs(updated - time.time_ns() // 1000) < hour
+    store.close()
+
+
+def test_each_reading_is_stored_to_the_nanosecond_with_its_type(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Source and server times exactly (microseconds plus ``*_nanos``), each value with
+    its own type (a bool is not an integer), the reason and the server time kept."""
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    ts, server = 1_733_475_600_123_456_789, 1_733_475_600_223_456_001
+    r = [
+        ["plc/f", ts, 2.5, 0, None, server],
+        ["plc/b", ts + 1, True, 0],
+        ["plc/i", ts + 2, 7, 2, "uncertain"],
+        ["plc/s", ts + 3, "on", 0, "bad link", server + 998],
+    ]
+    assert rx.handle(TOPIC, msg(key, 1, r)) is Outcome.VALID
+    rows = store.db.execute(
+        "SELECT ts, ts_nanos, vtype, reason, server_ts, server_ts_nanos FROM readings_view"
+        " ORDER BY rowid"
+    ).fetchall()
+    assert rows == [
+        (1_733_475_600_123_456, 789, "f", None, 1_733_475_600_223_456, 1),
+        (1_733_475_600_123_456, 790, "b", None, None, None),
+        (1_733_475_600_123_456, 791, "i", "uncertain", None, None),
+        (1_733_475_600_123_456, 792, "s", "bad link", 1_733_475_600_223_456, 999),
+    ]
+    got = [(x.tag, x.ts_ns, x.value, x.quality, x.reason, x.server_ts_ns)
+           for x in store.readings("gw1")]  # fmt: skip
+    assert got == [
+        ("plc/f", ts, 2.5, 0, None, server),
+        ("plc/b", ts + 1, True, 0, None, None),
+        ("plc/i", ts + 2, 7, 2, "uncertain", None),
+        ("plc/s", ts + 3, "on", 0, "bad link", server + 998),
+    ]
+    assert type(got[1][2]) is bool and type(got[2][2]) is int
+    store.close()
+
+
+def test_known_series_and_unchanged_states_cost_no_writes(tmp_path: Path, key: DeviceKey) -> None:
+    """The per-message work stays small: a known tag's series id comes from the cache (no
+    lookup), a message that changes nothing (a duplicate) does not rewrite the state,
+    and commits are WAL-synchronous NORMAL (durable at checkpoints, no fsync each)."""
+    store = SqliteStore(tmp_path / "rx.db")
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    sql: list[str] = []
+    store.db.set_trace_callback(sql.append)
+    assert rx.handle(TOPIC, msg(key, 2, two)) is Outcome.VALID
+    assert not [s for s in sql if "series" in s], sql
+    version = "SELECT version FROM gateways WHERE gw = 'gw1'"
+    (v,) = store.db.execute(version).fetchone()
+    assert rx.handle(TOPIC, msg(key, 2, two)) is Outcome.DUPLICATE
+    assert store.db.execute(version).fetchone() == (v,)
+    assert [r.tag for r in store.readings("gw1")] == ["plc/a", "plc/b"] * 2
+    store.close()
+
+
+def test_the_next_schema_is_refused_and_a_new_file_is_made_silently(
+    tmp_path: Path, key: DeviceKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file from the very next schema is refused untouched (never "migrated" down); a
+    new file is made silently."""
+    with caplog.at_level(logging.INFO, logger="edgegw.receiver"):
+        SqliteStore(tmp_path / "rx.db").close()
+    assert caplog.records == []
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer edgegw"):
+        SqliteStore(tmp_path / "rx.db")
+    with contextlib.closing(sqlite3.connect(tmp_path / "rx.db")) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
