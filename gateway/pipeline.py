@@ -308,7 +308,10 @@ class Pipeline:
         ends = ends if ends else [len(readings)]
         t_ns = time.time_ns()
         limit = self.body_limit(self.topic) if self.body_limit is not None else None
-        todo = deque(self._chunks(done.points, len(readings), limit))
+        # a retry after every reading was committed (the notice failed): only the notice
+        todo = deque(
+            self._chunks(done.points, len(readings), limit) if done.points < len(readings) else ()
+        )
         while todo:
             part = todo.popleft()
             size = 0
@@ -399,9 +402,16 @@ class Pipeline:
         ob = self.outbox.outbox
         assert ob is not None
         ob.record_drop(points, "refused_" + reason)
+        # Recorded (committed): from here nothing may raise, or the caller would record
+        # the same points again. A notice that fails now goes with the next seal.
         now = time.monotonic()
-        if now - self._refusal_notice_at >= REFUSAL_NOTICE_S and self._notify_sync():
-            self._refusal_notice_at = now
+        if now - self._refusal_notice_at < REFUSAL_NOTICE_S:
+            return
+        try:
+            if self._notify_sync():
+                self._refusal_notice_at = now
+        except Exception as exc:
+            log.error("cannot seal the notice of %d refused points yet: %s", points, exc)
 
     def _notify_sync(self) -> bool:
         """Seal one notice for all unnotified drops; True if one was sealed."""

@@ -177,6 +177,39 @@ def test_a_run_cancelled_mid_retry_keeps_the_rest_with_its_batch_ends(tmp_path: 
     assert rig.pipe.stats.points_sealed == 60
 
 
+def test_a_refusal_whose_notice_fails_is_recorded_once(tmp_path: Path) -> None:
+    """The refusal is committed, then sealing its notice fails (an I/O error): the points
+    must not be recorded again with the next refusal (they were: the platform was told
+    of more dropped points than were polled and not delivered)."""
+
+    async def main() -> tuple[Any, Any]:
+        async with Rig(tmp_path, max_bytes=3000, policy="stop_acquisition") as rig:
+            real = rig.pipe._notify_sync
+            calls = 0
+
+            def notify() -> bool:  # fails once: the first notice after a refusal
+                nonlocal calls
+                if rig.pipe.stats.points_refused and not calls:
+                    calls += 1
+                    raise OutboxError("disk I/O error (injected)")
+                return real()
+
+            rig.pipe._notify_sync = notify  # type: ignore[method-assign]
+            task = asyncio.create_task(rig.pipe.run())
+            for n in range(12):  # fills the outbox, then windows are refused
+                await rig.pipe.put(batch(20, 100 * n))
+                await asyncio.sleep(0.07)
+            assert calls >= 1 and rig.pipe.stats.points_refused > 0
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return rig.pipe.stats, rig.rx.stats
+
+    st, rx = asyncio.run(main())
+    assert rx.dropped_points == st.points_refused > 0
+    assert rx.points_verified + rx.dropped_points == st.points_polled == 20 * 12
+
+
 def test_refusals_recorded_late_are_all_counted_and_labelled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
