@@ -17,14 +17,8 @@ from gateway.receiver import Outcome, Receiver, SqliteStore, schema
 from gateway.receiver.schema import MAX_ENTRY, PayloadError
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
+from tests.gateway.test_receiver_mutants import DROP, EVENT, RESULT  # the same valid fields
 
-EVENT = {"model": "m", "kind": "start", "ts_ns": 1, "score": 0.5, "peak": 0.5,
-         "window_end_ns": 2, "inputs": ["plc/t"]}  # fmt: skip
-DROP = {"first_seq": 1, "last_seq": 2, "messages": 2, "points": 3, "bytes": 4,
-        "reason": "outbox_full", "at": 5}  # fmt: skip
-RESULT = {"id": "c1", "digest": b"d" * 32, "kid": b"k" * 16, "op": "write", "outcome": "done",
-          "reason": None, "detail": None, "tag": "plc/t", "value": 1, "before": 0, "after": 1,
-          "version": 3, "received": 10, "done": 11, "again": False}  # fmt: skip
 H = b"h" * 32
 AUDIT = {"log": b"L" * 16, "offset": 0, "base": [0, H, H, []], "entries": [b"e"]}
 RESET = {"old_log": b"O" * 16, "reason": "key rotated"}
