@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -116,6 +114,8 @@ def range_problem(field: str, v: int, lo: int, hi: int | None) -> str | None:
 def read_device_list(path: str | Path) -> list[Any]:
     """The raw device list of a YAML file holding ``devices:`` (a list) or a bare list;
     ValueError for a file of another shape."""
+    import yaml  # here: the daemon gets its config from a child process (gateway/configload.py)
+
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if isinstance(data, dict) and "devices" in data:
         data = data["devices"]

@@ -11,9 +11,10 @@ bool may be limited to some ``values`` (e.g. only ``[false]``: a stop that canno
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+if TYPE_CHECKING:
+    from .writespec import WriteSpec
 
 __all__ = ["WriteKind", "WriteSpec", "spec_problem", "value_problem"]
 
@@ -21,46 +22,6 @@ WriteKind = Literal["bool", "int", "float", "string", "any"]
 """What a tag holds, for writes: ``int`` means a command's value must be a whole number
 (an integer type read without scale or offset); ``any``: not known before the device says
 (an OPC UA node without a declared ``type``)."""
-
-
-class WriteSpec(BaseModel):
-    """A tag's ``write`` block."""
-
-    # defer_build: no validator of its own until one is used directly; the gateway's
-    # config validator holds this model's checks too (0.6 MiB for every protocol's models)
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
-    allowed: bool = Field(
-        True,
-        description="the block makes the tag writable; false keeps the limits but refuses "
-        "every write (e.g. during commissioning)",
-    )
-    min: float | None = Field(
-        None, allow_inf_nan=False, description="smallest value a command may set (engineering)"
-    )
-    max: float | None = Field(
-        None, allow_inf_nan=False, description="largest value a command may set (engineering)"
-    )
-    values: list[bool | int | float | str] | None = Field(
-        None,
-        min_length=1,
-        description="the only values a command may set (enum states, or [false] for a bool)",
-    )
-    min_interval_s: float = Field(
-        1.0,
-        ge=0,
-        le=86400,
-        allow_inf_nan=False,
-        description="shortest time between two writes of this tag (0: no limit)",
-    )
-
-    @model_validator(mode="after")
-    def _range(self) -> WriteSpec:
-        if (self.min is None) != (self.max is None):
-            raise ValueError("write: give min and max together (the range a command may set)")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"write: min {self.min:g} is above max {self.max:g}")
-        return self
 
 
 def _is_number(v: Any) -> bool:
@@ -138,3 +99,13 @@ def _among(value: Any, values: list[Any]) -> bool:
     if type(value) is bool or type(value) is str:
         return any(type(v) is type(value) and v == value for v in values)
     return any(_is_number(v) and v == value for v in values)
+
+
+def __getattr__(name: str) -> Any:
+    # The pydantic model is imported on first use: the daemon runs without pydantic
+    # (gateway/plainconfig.py) and checks values with the functions above.
+    if name == "WriteSpec":
+        from .writespec import WriteSpec
+
+        return WriteSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,9 @@ from pathlib import Path
 from . import __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or with ``only`` of that one (what it imports is
+    all the process loads: `edgegw run` stays free of the tools' imports)."""
     p = argparse.ArgumentParser(
         prog="edgegw",
         description="Industrial edge gateway: polls PLCs, signs the data, stores it until "
@@ -25,17 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .commands import COMMANDS  # here: `run` takes its signals over before this import
 
-    for name in COMMANDS:
+    for name in COMMANDS if only not in COMMANDS else (only,):
         importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
+    first = (sys.argv[1:] if argv is None else argv)[:1]
+    if first == ["run"]:
         from .early_stop import remember_signals
 
         remember_signals()  # before the imports: a SIGTERM while starting is not fatal
-    args = build_parser().parse_args(argv)
+    args = build_parser(only=first[0] if first else None).parse_args(argv)
     try:
         from .permissions import state_files_keep_owner
 
@@ -66,6 +69,12 @@ def _state_dir_as_root(args: argparse.Namespace) -> Path | None:
     if args.command == "keys" and getattr(args, "state_dir", None):
         return Path(args.state_dir)
     path = getattr(args, "config", None) or getattr(args, "config_opt", None)
+    if isinstance(path, str) and args.command == "run":
+        # validated (and checked) in a child process, kept for `run` itself
+        from .commands.run import load_checked_or_exit
+
+        args.checked_config = load_checked_or_exit(path)
+        return Path(args.checked_config.state_dir)
     if isinstance(path, str) and args.command != "demo":
         from .config import ConfigError, load_config
 

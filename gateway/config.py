@@ -29,17 +29,10 @@ from drivers.opcua.config import OpcuaDevice, resolve_paths
 from drivers.s7.config import DeviceConfig as S7Device
 from inference.config import InferenceConfig
 
+from .plainconfig import CommandsDerived, ConfigDerived, ConfigError
 from .yamlsource import SourceMap, YamlError, load_yaml
 
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; ``lines`` holds one ``file:line:col: field: problem`` each."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 class _Model(BaseModel):
@@ -304,7 +297,7 @@ class CommandKey(_Model):
         return self
 
 
-class CommandsConfig(_Model):
+class CommandsConfig(CommandsDerived, _Model):
     """Signed commands from the platform (see the README's "Commands" section)."""
 
     keys: list[CommandKey] = Field(
@@ -339,10 +332,6 @@ class CommandsConfig(_Model):
         "link is down (MQTT 5 Session Expiry Interval)",
     )
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.keys)
-
     @model_validator(mode="after")
     def _unique(self) -> CommandsConfig:
         names = [k.name for k in self.keys]
@@ -354,7 +343,7 @@ class CommandsConfig(_Model):
         return self
 
 
-class Config(_Model):
+class Config(ConfigDerived, _Model):
     gateway: GatewaySection = Field(description="this gateway: its id and where its state lives")
     uplink: UplinkConfig = Field(
         UplinkConfig(), description="the MQTT broker the signed messages go to"
@@ -468,25 +457,6 @@ class Config(_Model):
         if problems:
             raise ValidationError.from_exception_data("devices", problems)
         return v
-
-    @property
-    def state_dir(self) -> Path:
-        return self.gateway.state_dir
-
-    def input_tags(self) -> set[str]:
-        """Every tag a device of this config produces: "<device>/<tag>"."""
-        return {f"{d.name}/{t.name}" for d in self.devices for t in d.tags}
-
-    @property
-    def outbox_path(self) -> Path:
-        return self.gateway.state_dir / self.outbox.path
-
-    @property
-    def audit_archive_dir(self) -> Path:
-        return self.gateway.state_dir / self.audit.archive_dir
-
-    def topic(self, kind: str) -> str:
-        return f"{self.uplink.topic_prefix}/{self.gateway.id}/{kind}"
 
 
 CONFIG_REFERENCE = "config.md: /usr/share/doc/edgegw/, or docs/ in the source"

@@ -10,8 +10,10 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import UplinkConfig
+if TYPE_CHECKING:
+    from .config import UplinkConfig
 
 
 class CredentialError(Exception):

@@ -18,7 +18,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.contract import Batch
 from security import AUDIT_FILE, AuditLog, AuditLogCorrupt
@@ -28,7 +28,7 @@ from security.tls import client_context
 from . import __version__
 from .audit_archive import AuditArchiver
 from .audit_uplink import AuditUplink
-from .config import Config, ConfigError, Sources, load_config_sourced
+from .configload import load_checked, to_plain
 from .digest import Digest
 from .diskroom import outbox_room
 from .downlink import Downlink
@@ -39,14 +39,17 @@ from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
 from .permissions import explain_permission
 from .pipeline import Pipeline
+from .plainconfig import ConfigError, Plain
 from .poller import DeviceState, carry_counters, failed_batch, poll_device, subscribe_device
-from .preflight import service_errors as preflight_errors
 from .registry import DeviceRuntime, build_device
 from .reloadplan import plan as reload_plan
 from .sdnotify import Notifier
 from .snapshot import Snapshot, drops_by_reason
 from .status import STATUS_HEARTBEAT_S, StatusWriter, plain, status_every_s, write_status
 from .supervisor import Supervisor, cancel_all
+
+if TYPE_CHECKING:
+    from .config import Config, Sources
 
 log = logging.getLogger("edgegw.daemon")
 
@@ -67,9 +70,14 @@ class Daemon:
     def __init__(
         self, cfg: Config, config_path: Path | None = None, sources: Sources | None = None
     ) -> None:
-        self.cfg = cfg
+        # The daemon runs on the config's plain copy (gateway/plainconfig.py); `edgegw run`
+        # hands it one, validated and checked in a child process (gateway/configload.py).
+        # A pydantic config (tests, tools) is checked at the start, then let go.
+        self.cfg = to_plain(cfg)
+        self._unchecked: tuple[Config, Sources | None] | None = (
+            None if isinstance(cfg, Plain) else (cfg, sources)
+        )
         self.config_path = config_path
-        self.sources = sources  # where each part of the config was written, for messages
         self.devices: dict[str, DeviceState] = {}
         self.started_ns = time.time_ns()
         self.pipeline: Pipeline | None = None
@@ -279,7 +287,12 @@ class Daemon:
     def _preflight(self) -> None:
         """What the files tell: drivers and libraries installed, referenced files
         readable, model pins (gateway/preflight.py, as `edgegw validate` shows them)."""
-        bad = preflight_errors(self.cfg, self.sources, self.config_path)
+        if self._unchecked is None:
+            return  # checked with the config, in its child process (gateway/configload.py)
+        from .preflight import service_errors
+
+        (cfg, sources), self._unchecked = self._unchecked, None
+        bad = service_errors(cfg, sources, self.config_path)
         if bad:
             raise StartRefused(bad)
 
@@ -655,12 +668,10 @@ class Daemon:
             return False
         self.notify.reloading()
         try:
-            new, sources = load_config_sourced(self.config_path)
-            # What `validate` checks (files, drivers, models) and the uplink's TLS
-            # context, before anything changes: a refused reload leaves all as it was.
-            bad = await asyncio.to_thread(preflight_errors, new, sources, self.config_path)
-            if bad:
-                raise ConfigError(bad)
+            # Validated, with what `validate` checks (files, drivers, models), in a child
+            # process (gateway/configload.py), and the uplink's TLS context, before
+            # anything changes: a refused reload leaves all as it was.
+            new = await asyncio.to_thread(load_checked, self.config_path)
             tls = _tls_context(new)
         except (ConfigError, OSError, ValueError) as exc:
             lines = exc.lines if isinstance(exc, ConfigError) else [f"uplink.tls: {exc}"]
@@ -683,7 +694,7 @@ class Daemon:
             }
             self.notify.ready(status_line(self.last_snapshot))
             return False
-        self.cfg, self.sources = new, sources
+        self.cfg = new
         if self.downlink is not None:
             self.downlink.update(new)
         assert self.pipeline is not None and self.outbox is not None

@@ -36,7 +36,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -44,7 +44,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from buffer import OutboxError, OutboxRow
 
 from .backoff import Backoff
-from .config import UplinkConfig
 from .credentials import CredentialError
 from .digest import Digest
 from .histogram import Histogram
@@ -57,6 +56,9 @@ from .mqttlink import (
     publish_overhead,
 )
 from .outbox_thread import OutboxThread
+
+if TYPE_CHECKING:
+    from .config import UplinkConfig
 
 log = logging.getLogger("edgegw.forwarder")
 

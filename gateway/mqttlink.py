@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .config import UplinkConfig
 from .credentials import password_source, read_password
+
+if TYPE_CHECKING:
+    from .config import UplinkConfig
 
 PROTOCOLS = {"mqtt5": mqtt.MQTTv5, "mqtt311": mqtt.MQTTv311}
 PROTOCOL_NAMES = {"mqtt5": "MQTT 5", "mqtt311": "MQTT 3.1.1"}

@@ -602,6 +602,17 @@ def check_overlaps(cfg: Config, sources: Sources) -> Iterator[Finding]:
 def service_errors(cfg: Config, sources: Sources | None, path: str | Path | None) -> list[str]:
     """The checks `edgegw validate` makes of what the files tell, as the service: the
     errors (warnings are logged). Shared by a start, a SIGHUP reload and a config push."""
+    bad, warnings = service_findings(cfg, sources, path)
+    for w in warnings:
+        log.warning("%s", w)
+    return bad
+
+
+def service_findings(
+    cfg: Config, sources: Sources | None, path: str | Path | None
+) -> tuple[list[str], list[str]]:
+    """:func:`service_errors`' errors and warnings, as lines (for gateway/configload.py,
+    whose parent logs the warnings)."""
     # First with places unknown (file and field only): looking a place up parses the file
     # again with positions, which for a 10,000-tag config costs seconds and tens of MiB
     # that the daemon would keep. Only when there is something to say, again with places.
@@ -609,7 +620,4 @@ def service_errors(cfg: Config, sources: Sources | None, path: str | Path | None
     found = check(cfg, Sources(SourceMap(name), {}), service=True)
     if found and sources is not None:
         found = check(cfg, sources, service=True)
-    for f in found:
-        if f.level != "error":
-            log.warning("%s", f)
-    return [str(f) for f in errors(found)]
+    return [str(f) for f in errors(found)], [str(f) for f in found if f.level != "error"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
+from .plainconfig import Plain, settings
 
 
 class Effect(StrEnum):
@@ -67,12 +67,11 @@ def effect(name: str) -> Effect:
 
 def changed(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ; sub-models are walked, anything else
-    (lists, e.g. devices) compared whole."""
-    if isinstance(old, BaseModel) and type(old) is type(new):
+    (lists, e.g. devices) compared whole. Works on the daemon's plain configs
+    (gateway/plainconfig.py) and on pydantic ones (tests, tools)."""
+    if type(old) is type(new) and (names := _settings(old)) is not None:
         out: list[str] = []
-        for name, f in type(old).model_fields.items():
-            if f.exclude:
-                continue
+        for name in names:
             out += changed(getattr(old, name), getattr(new, name), f"{prefix}{name}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]
@@ -85,3 +84,13 @@ def plan(old: Any, new: Any) -> ReloadPlan:
             effect(name)
         ].append(name)
     return p
+
+
+def _settings(obj: Any) -> tuple[str, ...] | None:
+    """The setting names of a config model, or None for a value that is not one."""
+    if isinstance(obj, Plain):
+        return settings(obj)
+    fields = getattr(type(obj), "model_fields", None)  # a pydantic model
+    if not isinstance(fields, dict):
+        return None
+    return tuple(n for n, f in fields.items() if not f.exclude)

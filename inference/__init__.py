@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import InferenceConfig, ModelBinding, Scaling, Threshold
-
 if TYPE_CHECKING:
+    from .config import InferenceConfig, ModelBinding, Scaling, Threshold
     from .engine import InferenceEngine
     from .hysteresis import AnomalyEvent
     from .model import ModelRefused
@@ -31,7 +30,14 @@ __all__ = [
     "Threshold",
 ]
 
-_LAZY = {"InferenceEngine": "engine", "ModelRefused": "model", "AnomalyEvent": "hysteresis"}
+# The engine imports numpy and onnxruntime, the config models pydantic (the daemon runs on
+# plain copies of them: gateway/plainconfig.py): each on first use.
+_LAZY = {
+    "InferenceEngine": "engine",
+    "ModelRefused": "model",
+    "AnomalyEvent": "hysteresis",
+    **dict.fromkeys(("InferenceConfig", "ModelBinding", "Scaling", "Threshold"), "config"),
+}
 
 
 def __getattr__(name: str) -> Any:

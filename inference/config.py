@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .derived import SHIPPED_MODELS, BindingDerived, InferenceDerived
+
 __all__ = [
     "SHIPPED_MODELS",
     "InferenceConfig",
@@ -22,8 +24,6 @@ __all__ = [
     "Threshold",
 ]
 
-SHIPPED_MODELS = Path(__file__).resolve().with_name("models")
-"""Folder of the models that ship with the package (``model: default`` names one)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _INPUT = re.compile(r"^[A-Za-z0-9_.-]+/\S(?:.*\S)?$")
@@ -105,7 +105,7 @@ class Threshold(_Model):
         return self
 
 
-class ModelBinding(_Model):
+class ModelBinding(BindingDerived, _Model):
     """One ONNX model bound to live tags."""
 
     name: str = Field(description="model name, unique; [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -237,19 +237,8 @@ class ModelBinding(_Model):
             )
         return self
 
-    def model_path(self, base_dir: Path) -> Path:
-        """The file to load: a shipped model for a bare name, else against ``base_dir``."""
-        m = self.model
-        if not m.is_absolute() and len(m.parts) == 1 and not m.suffix:
-            return SHIPPED_MODELS / f"{m}.onnx"
-        return m if m.is_absolute() else base_dir / m
 
-    @property
-    def period_ns(self) -> int:
-        return self.sample_ms * 1_000_000
-
-
-class InferenceConfig(_Model):
+class InferenceConfig(InferenceDerived, _Model):
     """The ``inference:`` section: models and how hard they may work."""
 
     models: list[ModelBinding] = Field(default_factory=list, description="model bindings")
@@ -281,7 +270,3 @@ class InferenceConfig(_Model):
                 raise ValueError(f"model name {b.name!r} is used twice; names must be unique")
             seen.add(b.name)
         return v
-
-    def input_tags(self) -> set[str]:
-        """Every tag some model reads: the gateway checks they are configured tags."""
-        return {t for b in self.models for t in b.inputs}

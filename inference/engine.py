@@ -31,11 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import InferenceConfig, ModelBinding
 from .hysteresis import AnomalyEvent, Hysteresis
 from .model import LoadedModel, ModelRefused, load_model
 from .window import Reading, Window, WindowCutter
+
+if TYPE_CHECKING:
+    from .config import InferenceConfig, ModelBinding
 
 __all__ = ["BATCH_WINDOWS", "AnomalyEvent", "InferenceEngine", "ModelRefused"]
 

@@ -13,11 +13,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
-from .config import SHIPPED_MODELS, ModelBinding
+from .derived import SHIPPED_MODELS
+
+if TYPE_CHECKING:
+    from .config import ModelBinding
 
 __all__ = ["LoadedModel", "ModelRefused", "load_model", "sha256_file"]
 

@@ -12,31 +12,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import (
-    DataType,
-    ModbusDevice,
-    ModbusRtuDevice,
-    ModbusRtuTcpDevice,
-    ModbusTag,
-    ModbusTcpDevice,
-    Order,
-    Parity,
-    Table,
-    check_shared_links,
-    load_device_map,
-)
 from .decode import DecodeError, decode_value, encode_value
 from .learn import Learned, learned_file
+from .links import check_shared_links
 from .plan import ReadPlan, Request, compile_plan, describe_plan, summarize_plan
+from .types import DataType, Order, Parity, Table
 
 if TYPE_CHECKING:
+    from .config import (
+        ModbusDevice,
+        ModbusRtuDevice,
+        ModbusRtuTcpDevice,
+        ModbusTag,
+        ModbusTcpDevice,
+        load_device_map,
+    )
     from .driver import ModbusTcpDriver
     from .rtu import ModbusRtuDriver
 
 PROTOCOL = "modbus_tcp"
 PROTOCOLS = ("modbus_tcp", "modbus_rtu", "modbus_rtu_tcp")
-DeviceConfig = ModbusTcpDevice
-DEVICE_CONFIGS = (ModbusTcpDevice, ModbusRtuDevice, ModbusRtuTcpDevice)
 
 __all__ = [
     "DEVICE_CONFIGS",
@@ -77,7 +72,24 @@ def learned_plan(device: ModbusDevice, state_dir: Path) -> tuple[ReadPlan, list[
     return compile_plan(device, learned.barriers), learned.lines()
 
 
+# The config models (pydantic) are imported on first use: the daemon runs on plain
+# copies of them without pydantic (gateway/plainconfig.py).
+_CONFIG = {"ModbusDevice", "ModbusRtuDevice", "ModbusRtuTcpDevice", "ModbusTag", "ModbusTcpDevice"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _CONFIG or name == "load_device_map":
+        from . import config
+
+        return getattr(config, name)
+    if name == "DeviceConfig":
+        from .config import ModbusTcpDevice
+
+        return ModbusTcpDevice
+    if name == "DEVICE_CONFIGS":
+        from .config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
+
+        return (ModbusTcpDevice, ModbusRtuDevice, ModbusRtuTcpDevice)
     # The drivers import pymodbus's client: only when asked for.
     if name == "ModbusTcpDriver":
         from .driver import ModbusTcpDriver

@@ -9,7 +9,6 @@ YAML line. The tag model is in ``tags.py``.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,10 +17,11 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..common import check_device_name, check_host, duplicate_tag, range_problem, read_device_list
+from .derived import RtuDerived
 from .links import check_shared_links
 from .notation import parse_order
 from .tags import ModbusTag, Model, check_order, error, fail_at, parse_enum
-from .types import TABLES, DataType, Order, Table
+from .types import TABLES, DataType, OnIllegalAddress, Order, Parity, Table, WriteFunctions
 
 __all__ = [
     "DataType",
@@ -71,34 +71,6 @@ def _bounded(default: int, span: Range, description: str) -> Any:
         extra["maximum"] = hi
     text = f"{lo}..{hi}" if hi is not None else f">= {lo}"
     return Field(default, description=f"{description} ({text})", json_schema_extra=extra)
-
-
-class OnIllegalAddress(StrEnum):
-    """What a refused request (Modbus exception 2, or 3 on some devices) of several tags
-    does. ``split`` (default): bisect it until every readable tag is read again and the
-    refused addresses are isolated, and remember that (a few extra requests once, then a
-    plan that avoids them). ``fail``: every tag of the request is bad while it is refused
-    (the device map must then avoid unmapped addresses, e.g. with ``max_gap: 0``)."""
-
-    SPLIT = "split"
-    FAIL = "fail"
-
-
-class WriteFunctions(StrEnum):
-    """Which Modbus functions write tags. ``single`` (default): 5 for a coil, 6 for a
-    one-register value, 16 for wider values, 22 (mask write) for a bit of a register.
-    ``multiple``: 15 and 16 always, for devices that implement only those."""
-
-    SINGLE = "single"
-    MULTIPLE = "multiple"
-
-
-class Parity(StrEnum):
-    """Serial parity; the Modbus serial line standard's default is even."""
-
-    NONE = "N"
-    EVEN = "E"
-    ODD = "O"
 
 
 _PARITY_WORDS = {"none": Parity.NONE, "even": Parity.EVEN, "odd": Parity.ODD}
@@ -302,7 +274,7 @@ class ModbusRtuTcpDevice(_TcpHost):
     port: int = _bounded(502, _TCP_RANGES["port"], "TCP port of the serial device server")
 
 
-class ModbusRtuDevice(ModbusDevice):
+class ModbusRtuDevice(RtuDerived, ModbusDevice):
     """One Modbus RTU device on a serial line (RS-485/RS-232). Devices on one port share
     one connection and one bus lock, so their requests never interleave."""
 
@@ -333,11 +305,6 @@ class ModbusRtuDevice(ModbusDevice):
                 if v.strip().upper() == p.value:
                     return p
         raise error(f"unknown parity {v!r}; accepted: 'N' (none), 'E' (even), 'O' (odd)")
-
-    @property
-    def line(self) -> str:
-        """e.g. ``19200 8E1``."""
-        return f"{self.baudrate} {self.bytesize}{self.parity.value}{self.stopbits}"
 
 
 Device = ModbusTcpDevice | ModbusRtuDevice | ModbusRtuTcpDevice

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.contract import (
     Batch,
@@ -24,21 +24,15 @@ from drivers.contract import (
     ValueRejected,
 )
 
-from .config import (
-    ModbusDevice,
-    ModbusRtuDevice,
-    ModbusRtuTcpDevice,
-    ModbusTag,
-    ModbusTcpDevice,
-    OnIllegalAddress,
-    WriteFunctions,
-)
 from .decode import DecodeError, decode_value, encode_value
 from .learn import Learned
 from .pdu import FUNCTIONS, ReplyMismatch, reply_mismatch
 from .plan import ReadPlan, Request, compile_plan, full_name, split_request
 from .tcp import LinkLost, NoAnswer, TcpLink
-from .types import TABLES, DataType, Table
+from .types import TABLES, DataType, OnIllegalAddress, Table, WriteFunctions
+
+if TYPE_CHECKING:
+    from .config import ModbusDevice, ModbusTag, ModbusTcpDevice
 
 __all__ = ["EXCEPTION_NAMES", "Driver", "LinkStats", "ModbusDriverBase", "ModbusTcpDriver"]
 
@@ -608,9 +602,10 @@ def Driver(
     ``learned_file``: where what the driver learns about the device's map is kept
     (``learn.py``); ``read_only``: load it but never write it (tools)."""
     learned = Learned.load(device, learned_file, read_only=read_only)
-    if isinstance(device, ModbusTcpDevice):
+    # by protocol, not class: the daemon's devices are plain copies (gateway/plainconfig.py)
+    if device.protocol == "modbus_tcp":
         return ModbusTcpDriver(device, learned)
-    if isinstance(device, ModbusRtuDevice | ModbusRtuTcpDevice):
+    if device.protocol in ("modbus_rtu", "modbus_rtu_tcp"):
         from .rtu import ModbusRtuDriver
 
         return ModbusRtuDriver(device, learned)

@@ -26,11 +26,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import ModbusDevice
 from .plan import Barrier
 from .types import Table
+
+if TYPE_CHECKING:
+    from .config import ModbusDevice
 
 __all__ = ["LEARNED_DIR", "Learned", "fingerprint", "learned_file"]
 

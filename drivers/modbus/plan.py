@@ -23,11 +23,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..common import covered, partition
-from .config import ModbusDevice, ModbusTag
 from .decode import BitDecoder, RegisterDecoder, layout
 from .types import TABLES, Table
+
+if TYPE_CHECKING:
+    from .config import ModbusDevice, ModbusTag
 
 __all__ = [
     "Barrier",
@@ -45,7 +48,7 @@ Barrier = tuple[Table, int, int]
 it may neither read an address in it nor, when ``lo == hi``, both ``lo - 1`` and ``lo``.
 A single tag is always read (a tag is never split)."""
 
-_Entry = tuple[int, int, int, ModbusTag]  # start, end, index in device.tags, tag
+_Entry = tuple[int, int, int, "ModbusTag"]  # start, end, index in device.tags, tag
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -29,11 +29,14 @@ from pymodbus.framer import FramerType
 
 from drivers.contract import ConnectError
 
-from .config import ModbusRtuDevice, ModbusRtuTcpDevice
 from .driver import READS, ModbusDriverBase, NoResponse, where
 from .learn import Learned
 from .links import link_key
-from .pdu import ReplyMismatch, register_fast_responses
+from .pdu import ReplyMismatch
+from .responses import register_fast_responses
+
+if TYPE_CHECKING:
+    from .config import ModbusRtuDevice, ModbusRtuTcpDevice
 
 __all__ = ["ModbusRtuDriver", "SharedLink", "shared_links"]
 
@@ -164,7 +167,7 @@ def shared_links() -> dict[str, SharedLink]:
 
 
 def _settings(device: ModbusRtuDevice | ModbusRtuTcpDevice) -> tuple[Any, ...]:
-    if isinstance(device, ModbusRtuDevice):
+    if device.protocol == "modbus_rtu":
         return (device.baudrate, device.parity, device.stopbits, device.bytesize)
     return ()
 
@@ -180,7 +183,7 @@ def _acquire(device: ModbusRtuDevice | ModbusRtuTcpDevice, owner: object) -> Sha
     if link is None:
         link = _LINKS[key] = SharedLink(key, _settings(device), loop)
     elif link.settings != _settings(device):
-        assert isinstance(device, ModbusRtuDevice)
+        assert device.protocol == "modbus_rtu"
         raise ConnectError(
             f"device {device.name!r} wants {device.port} at {device.line}, but "
             f"{', '.join(link.names)} use it with other settings; devices on one "
@@ -199,7 +202,7 @@ def _release(link: SharedLink, owner: object) -> None:
 
 
 def _describe(device: ModbusRtuDevice | ModbusRtuTcpDevice) -> str:
-    if isinstance(device, ModbusRtuDevice):
+    if device.protocol == "modbus_rtu":
         return f"{device.port} ({device.line})"
     return f"RTU over TCP {where(device.host, device.port)}"
 
@@ -213,7 +216,7 @@ def _client(device: ModbusRtuDevice | ModbusRtuTcpDevice) -> Any:
         "reconnect_delay_max": 0,
     }
     client: Any
-    if isinstance(device, ModbusRtuTcpDevice):
+    if device.protocol == "modbus_rtu_tcp":
         client = AsyncModbusTcpClient(
             device.host, port=device.port, framer=FramerType.RTU, **common
         )
@@ -239,7 +242,7 @@ def _client(device: ModbusRtuDevice | ModbusRtuTcpDevice) -> Any:
 
 async def _why_closed(device: ModbusRtuDevice | ModbusRtuTcpDevice, timeout: float) -> str:
     """The operating system's reason a port or connection did not open."""
-    if isinstance(device, ModbusRtuTcpDevice):
+    if device.protocol == "modbus_rtu_tcp":
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(device.host, device.port), timeout
@@ -341,7 +344,7 @@ class ModbusRtuDriver(ModbusDriverBase):
         if isinstance(exc, ModbusException):
             return f"bad response ({exc})"
         if isinstance(exc, ConnectionError) or not (self._link and self._link.open):
-            return "port closed" if isinstance(self.device, ModbusRtuDevice) else "link lost"
+            return "port closed" if self.device.protocol == "modbus_rtu" else "link lost"
         return f"link error ({type(exc).__name__}: {exc})"
 
     async def close(self) -> None:

@@ -24,7 +24,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..common import CompactFields
-from ..write import WriteKind, WriteSpec, spec_problem
+from ..write import WriteSpec, spec_problem
+from .derived import TagDerived
 from .notation import order_for_width, parse_order, parse_register
 from .types import (
     MAX_STRING_LENGTH,
@@ -34,7 +35,6 @@ from .types import (
     DataType,
     Order,
     Table,
-    register_count,
 )
 
 __all__ = ["ModbusTag"]
@@ -88,7 +88,7 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False, defer_build=True)
 
 
-class ModbusTag(CompactFields, Model):
+class ModbusTag(TagDerived, CompactFields, Model):
     """One value read from a device."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")
@@ -153,11 +153,6 @@ class ModbusTag(CompactFields, Model):
         description="makes the tag writable by signed commands (holding and coil tables "
         "only): {min, max} or values, min_interval_s; see drivers/write.py",
     )
-
-    @property
-    def registers(self) -> int:
-        """Registers (or bits) the tag occupies."""
-        return register_count(self.table, self.type, self.length)
 
     @field_validator("name")
     @classmethod
@@ -334,17 +329,6 @@ class ModbusTag(CompactFields, Model):
         if self.write is not None:
             self._check_write(self.write)
         return self
-
-    def write_kind(self) -> WriteKind:
-        """What a command's value must be for this tag (see drivers/write.py)."""
-        spec = TYPES[self.type]
-        if spec.is_bool:
-            return "bool"
-        if spec.is_string:
-            return "string"
-        if spec.is_float or self.scale != 1 or self.offset != 0:
-            return "float"
-        return "int"
 
     def _check_write(self, write: WriteSpec) -> None:
         if self.table in (Table.INPUT, Table.DISCRETE):

@@ -192,3 +192,32 @@ def type_table_markdown() -> str:
             f"| {byte} | {yes_no[spec.registers > 1]} | {values} |"
         )
     return "\n".join(lines)
+
+
+# Device settings' choices (here, not in config.py: the daemon runs without pydantic)
+class OnIllegalAddress(StrEnum):
+    """What a refused request (Modbus exception 2, or 3 on some devices) of several tags
+    does. ``split`` (default): bisect it until every readable tag is read again and the
+    refused addresses are isolated, and remember that (a few extra requests once, then a
+    plan that avoids them). ``fail``: every tag of the request is bad while it is refused
+    (the device map must then avoid unmapped addresses, e.g. with ``max_gap: 0``)."""
+
+    SPLIT = "split"
+    FAIL = "fail"
+
+
+class WriteFunctions(StrEnum):
+    """Which Modbus functions write tags. ``single`` (default): 5 for a coil, 6 for a
+    one-register value, 16 for wider values, 22 (mask write) for a bit of a register.
+    ``multiple``: 15 and 16 always, for devices that implement only those."""
+
+    SINGLE = "single"
+    MULTIPLE = "multiple"
+
+
+class Parity(StrEnum):
+    """Serial parity; the Modbus serial line standard's default is even."""
+
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"

@@ -14,25 +14,19 @@ The registry's interface (see the end of ``drivers/contract.py``):
   their expiry (metrics).
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from .config import (
-    Connection,
-    Deadband,
-    DeadbandType,
-    Mode,
-    OpcuaDevice,
-    OpcuaTag,
-    SecurityMode,
-    SecurityPolicy,
-    load_device_map,
-    resolve_paths,
-)
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from .nodeid import BrowsePath, ExplicitNode, NodeSyntaxError, parse_node
 from .plan import OpcuaPlan, TagPlan, compile_plan, describe_plan
+from .types import DeadbandType, Mode, SecurityMode, SecurityPolicy
+
+if TYPE_CHECKING:
+    from .config import Connection, Deadband, OpcuaDevice, OpcuaTag, load_device_map, resolve_paths
 
 PROTOCOL = "opcua"
-DeviceConfig = OpcuaDevice
 
 CLIENT_CERTIFICATE = Path("own", "cert.der")
 """This gateway's client certificate for a device, under its ``pki_dir`` (``pki.py``)."""
@@ -72,3 +66,15 @@ __all__ = [
     "parse_node",
     "resolve_paths",
 ]
+
+# The config models (pydantic) are imported on first use: the daemon runs on plain
+# copies of them without pydantic (gateway/plainconfig.py).
+_CONFIG = {"Connection", "Deadband", "OpcuaDevice", "OpcuaTag", "load_device_map", "resolve_paths"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONFIG or name == "DeviceConfig":
+        from . import config
+
+        return getattr(config, "OpcuaDevice" if name == "DeviceConfig" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,13 +16,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncua import Client, ua
 
 from drivers.contract import ConnectError
 
-from .connection import Connection, SecurityPolicy
 from .decode import status_name
 from .nodeid import BrowsePath, NodeRef
 from .pki import ClientIdentity, TrustList, ensure_client_certificate
@@ -36,7 +35,11 @@ from .security import (
     explain,
     security_mode,
 )
+from .types import SecurityPolicy
 from .uanode import node_text, to_ua_node
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 __all__ = [
     "EndpointNotOffered",

@@ -11,7 +11,6 @@ point at the YAML line.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from ..common import CompactFields, read_device_list
-from ..write import WriteKind, WriteSpec, spec_problem
+from ..write import WriteSpec, spec_problem
 from .connection import (
     Connection,
     Model,
@@ -29,8 +28,9 @@ from .connection import (
     fail_at,
     parse_enum,
 )
+from .derived import _WRITE_KINDS, DeviceDerived, TagDerived
 from .nodeid import NodeSyntaxError, parse_node
-from .types import lookup_type
+from .types import DeadbandType, Mode, lookup_type
 
 __all__ = [
     "Connection",
@@ -47,22 +47,6 @@ __all__ = [
 
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class Mode(StrEnum):
-    SUBSCRIBE = "subscribe"
-    """The server samples and pushes changes: least traffic, no missed short changes
-    between polls; falls back to polling where the server refuses."""
-    POLL = "poll"
-    """Read every node each poll_interval_ms: one Read request per MaxNodesPerRead nodes."""
-
-
-class DeadbandType(StrEnum):
-    ABSOLUTE = "absolute"
-    """Report a change only when it exceeds ``value`` in engineering units."""
-    PERCENT = "percent"
-    """Report a change only when it exceeds ``value`` % of the node's EURange (the server
-    must know the range; many do not support percent deadbands)."""
 
 
 class Deadband(Model):
@@ -88,7 +72,7 @@ class Deadband(Model):
         return self
 
 
-class OpcuaTag(CompactFields, Model):
+class OpcuaTag(TagDerived, CompactFields, Model):
     """One variable read from the server."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")
@@ -114,12 +98,6 @@ class OpcuaTag(CompactFields, Model):
         description="makes the tag writable by signed commands (written with the node's "
         "data type); see drivers/write.py",
     )
-
-    def write_kind(self) -> WriteKind:
-        """What a command's value must be for this tag (see drivers/write.py)."""
-        if self.type is None:
-            return "any"
-        return _WRITE_KINDS.get(self.type, "any")
 
     @field_validator("name")
     @classmethod
@@ -177,18 +155,6 @@ class OpcuaTag(CompactFields, Model):
             fail(problem)
 
 
-# OPC UA types a command can write, and what the command's value must be.
-_WRITE_KINDS: dict[str, WriteKind] = {
-    "Boolean": "bool",
-    **dict.fromkeys(
-        ("SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64"), "int"
-    ),
-    "Float": "float",
-    "Double": "float",
-    "String": "string",
-}
-
-
 # Bounds of the device's timing fields: one table read by the validator and the docs.
 _RANGES: dict[str, tuple[int, int]] = {
     "poll_interval_ms": (10, 86_400_000),
@@ -197,7 +163,7 @@ _RANGES: dict[str, tuple[int, int]] = {
 }
 
 
-class OpcuaDevice(Connection):
+class OpcuaDevice(DeviceDerived, Connection):
     """One OPC UA server (one session) and the variables read from it."""
 
     protocol: Literal["opcua"] = Field(description="selects this driver")
@@ -285,15 +251,6 @@ class OpcuaDevice(Connection):
                     "every read reports every value: remove it or set mode: subscribe",
                 )
         return self
-
-    @property
-    def publishing_ms(self) -> int:
-        return self.publishing_interval_ms or self.poll_interval_ms
-
-    @property
-    def sampling_ms(self) -> int:
-        s = self.sampling_interval_ms
-        return self.publishing_ms if s is None else s
 
 
 def load_device_map(path: str | Path) -> list[OpcuaDevice]:

@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import os
 import re
-from enum import Enum, StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -27,6 +27,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .derived import DEFAULT_PORT, ConnectionDerived
+from .types import SecurityMode, SecurityPolicy
+
 __all__ = [
     "DEFAULT_PORT",
     "Connection",
@@ -38,23 +41,8 @@ __all__ = [
 ]
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-DEFAULT_PORT = 4840
 
 E = TypeVar("E", bound=Enum)
-
-
-class SecurityPolicy(StrEnum):
-    NONE = "None"
-    BASIC256SHA256 = "Basic256Sha256"
-    AES128SHA256RSAOAEP = "Aes128Sha256RsaOaep"
-
-
-class SecurityMode(StrEnum):
-    NONE = "None"
-    SIGN = "Sign"
-    """Messages are signed (tamper-proof) but readable on the wire."""
-    SIGN_AND_ENCRYPT = "SignAndEncrypt"
-    """Signed and encrypted; costs a little more CPU per message."""
 
 
 def config_error(message: str) -> PydanticCustomError:
@@ -153,7 +141,7 @@ def _readable_file(v: Path | None, what: str) -> Path | None:
     return v
 
 
-class Connection(Model):
+class Connection(ConnectionDerived, Model):
     """How to reach and log in to one OPC UA server (shared by devices and `edgegw browse`)."""
 
     endpoint: str = Field(
@@ -277,20 +265,3 @@ class Connection(Model):
                 "the server's certificate is not used; remove it or set a security_policy",
             )
         return self
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.endpoint).hostname or ""
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.endpoint).port or DEFAULT_PORT
-
-    def read_password(self) -> str | None:
-        """The password, from the config or the first line of password_file (read now)."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            text = self.password_file.read_text(encoding="utf-8")
-            return text.splitlines()[0] if text else ""
-        return None

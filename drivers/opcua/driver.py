@@ -14,14 +14,13 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 
 from drivers.contract import Batch, ConnectError, DriverError, Quality, Value, ValueRejected
 
 from .client import OpcuaClient, ResponseTooLarge, message_limit
-from .config import OpcuaDevice
 from .decode import Decoder, status_name
 from .plan import OpcuaPlan, TagPlan, compile_plan
 from .runtime import (
@@ -35,6 +34,9 @@ from .runtime import (
     Runtime,
 )
 from .subscription import SubscriptionRun
+
+if TYPE_CHECKING:
+    from .config import OpcuaDevice
 
 __all__ = ["Driver", "OpcuaDriver"]
 

@@ -10,10 +10,13 @@ be split rather than listing them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .config import DeadbandType, Mode, OpcuaDevice
 from .nodeid import BrowsePath, ExplicitNode, NodeRef, parse_node
-from .types import lookup_type
+from .types import DeadbandType, Mode, lookup_type
+
+if TYPE_CHECKING:
+    from .config import OpcuaDevice
 
 __all__ = ["OpcuaPlan", "TagPlan", "compile_plan", "describe_plan"]
 

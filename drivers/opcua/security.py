@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from asyncua import Client, ua
 from asyncua.common.utils import ServiceError
@@ -17,9 +18,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.contract import ConnectError
 
-from .connection import Connection, SecurityMode, SecurityPolicy
 from .decode import status_name
 from .pki import ClientIdentity, TrustList, describe_certificate
+from .types import SecurityMode, SecurityPolicy
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 __all__ = [
     "POLICIES",

@@ -20,10 +20,10 @@ from asyncua import ua
 
 from drivers.contract import Batch, ConnectError, Quality
 
-from .config import Mode
 from .decode import Decoder, status_name
 from .plan import OpcuaPlan
 from .runtime import FILTER_REFUSED, LINK_CODES, LINK_ERRORS, Runtime
+from .types import Mode
 
 if TYPE_CHECKING:
     from .driver import OpcuaDriver

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from enum import StrEnum
 
 __all__ = ["TYPES", "TYPE_BY_ID", "TypeSpec", "lookup_type", "type_table_markdown"]
 
@@ -89,3 +90,34 @@ def type_table_markdown() -> str:
     for t in TYPES:
         rows.append(f"| `{t.name}` | {t.value} | {'yes' if t.numeric else 'no'} |")
     return "\n".join(rows)
+
+
+# Device settings' choices (here, not in config.py: the daemon runs without pydantic)
+class Mode(StrEnum):
+    SUBSCRIBE = "subscribe"
+    """The server samples and pushes changes: least traffic, no missed short changes
+    between polls; falls back to polling where the server refuses."""
+    POLL = "poll"
+    """Read every node each poll_interval_ms: one Read request per MaxNodesPerRead nodes."""
+
+
+class DeadbandType(StrEnum):
+    ABSOLUTE = "absolute"
+    """Report a change only when it exceeds ``value`` in engineering units."""
+    PERCENT = "percent"
+    """Report a change only when it exceeds ``value`` % of the node's EURange (the server
+    must know the range; many do not support percent deadbands)."""
+
+
+class SecurityPolicy(StrEnum):
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128SHA256RSAOAEP = "Aes128Sha256RsaOaep"
+
+
+class SecurityMode(StrEnum):
+    NONE = "None"
+    SIGN = "Sign"
+    """Messages are signed (tamper-proof) but readable on the wire."""
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+    """Signed and encrypted; costs a little more CPU per message."""

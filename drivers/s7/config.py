@@ -33,8 +33,9 @@ from ..common import (
     range_problem,
     read_device_list,
 )
-from ..write import WriteKind, WriteSpec, spec_problem
+from ..write import WriteSpec, spec_problem
 from .address import Address, AddressError, parse_address, parse_tsap
+from .derived import DeviceDerived, TagDerived
 from .types import (
     LETTERS,
     MAX_BYTE,
@@ -43,7 +44,6 @@ from .types import (
     Area,
     DataType,
     parse_type,
-    type_size,
     types_for_letter,
 )
 
@@ -79,7 +79,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False, defer_build=True)
 
 
-class S7Tag(CompactFields, _Model):
+class S7Tag(TagDerived, CompactFields, _Model):
     """One value read from the PLC."""
 
     name: str = Field(description="tag name, unique within the device; [A-Za-z0-9_.:-]+")
@@ -114,22 +114,6 @@ class S7Tag(CompactFields, _Model):
     )
 
     _location: Address = PrivateAttr()
-
-    @property
-    def location(self) -> Address:
-        """The parsed address."""
-        return self._location
-
-    @property
-    def data_type(self) -> DataType:
-        """The resolved type (never None once validated)."""
-        assert self.type is not None
-        return self.type
-
-    @property
-    def size(self) -> int:
-        """Bytes the tag occupies (a BOOL reads its whole byte)."""
-        return type_size(self.data_type, self.length)
 
     @model_validator(mode="before")
     @classmethod
@@ -241,17 +225,6 @@ class S7Tag(CompactFields, _Model):
             self._check_write(self.write, at)
         return self
 
-    def write_kind(self) -> WriteKind:
-        """What a command's value must be for this tag (see drivers/write.py)."""
-        dtype = self.data_type
-        if dtype is DataType.BOOL:
-            return "bool"
-        if dtype is DataType.STRING:
-            return "string"
-        if TYPES[dtype].is_float or self.scale != 1 or self.offset != 0:
-            return "float"
-        return "int"
-
     def _check_write(self, write: WriteSpec, at: Address) -> None:
         if at.area is Area.I:
             self._fail(
@@ -304,7 +277,7 @@ _RANGES: dict[str, tuple[int, int | None]] = {
 }
 
 
-class DeviceConfig(_Model):
+class DeviceConfig(DeviceDerived, _Model):
     """One S7 PLC (one connection to host:port, rack/slot or TSAPs) and its tags."""
 
     protocol: Literal["s7"] = Field(description="selects this driver")
@@ -346,14 +319,6 @@ class DeviceConfig(_Model):
         "items (address ranges) in one multi-variable read; 20 is the S7 CPUs' limit",
     )
     tags: list[S7Tag] = Field(description="at least one tag; names unique")
-
-    @property
-    def tsaps(self) -> tuple[int, int]:
-        """(local, remote) TSAP; remote from rack/slot as a PG connection unless given."""
-        local = 0x0100 if self.local_tsap is None else self.local_tsap
-        if self.remote_tsap is not None:
-            return local, self.remote_tsap
-        return local, 0x0100 | self.rack << 5 | self.slot
 
     @field_validator("name")
     @classmethod

@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snap7.connection import ISOTCPConnection
 from snap7.error import S7ConnectionError, S7Error, S7TimeoutError, get_protocol_error_message
@@ -34,11 +34,13 @@ from drivers.contract import (
     bad_readings,
 )
 
-from .config import DeviceConfig, S7Tag
 from .decode import encode_value
 from .plan import ReadPlan, Request, single_tag_plan
 from .stats import S7Stats
 from .types import AREAS, DataType
+
+if TYPE_CHECKING:
+    from .config import DeviceConfig, S7Tag
 
 __all__ = ["ITEM_ERRORS", "Driver"]
 

@@ -27,11 +27,14 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..common import covered, partition
-from .config import DeviceConfig, S7Tag
 from .decode import RangeDecoder, field_of
 from .types import AREAS, Area
+
+if TYPE_CHECKING:
+    from .config import DeviceConfig, S7Tag
 
 __all__ = [
     "Item",

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ..config import Config, ConfigError, Sources, load_config_sourced
+if TYPE_CHECKING:
+    from ..config import Config, Sources
 
 COMMANDS: tuple[str, ...] = (
     "run",
@@ -54,6 +55,8 @@ def load_or_exit(path: str, sourced: Literal[True]) -> tuple[Config, Sources]: .
 def load_or_exit(path: str, sourced: bool = False) -> Any:
     """Load a config; on error print ``file:line:col: field: problem`` lines, exit 2.
     ``sourced``: also return where each part was written."""
+    from ..config import ConfigError, load_config_sourced
+
     try:
         loaded = load_config_sourced(path)
         return loaded if sourced else loaded[0]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
-from . import EXIT_BAD_INPUT, EXIT_FAILED, Subparsers, add_command, fail, load_or_exit
+from . import EXIT_BAD_INPUT, EXIT_FAILED, Subparsers, add_command, fail
 
 
 def register(sub: Subparsers) -> None:
@@ -28,19 +30,13 @@ def main(args: argparse.Namespace) -> int:
     from ..early_stop import remember_signals
 
     remember_signals()  # again, in case main() was entered another way than the CLI
-    cfg, sources = load_or_exit(args.config, sourced=True)
     setup_logging(args.log_level)
+    cfg = getattr(args, "checked_config", None) or load_checked_or_exit(args.config)
     try:
-        run_async(serve(cfg, Path(args.config), sources))
+        run_async(serve(cfg, Path(args.config)))
     except StartRefused as exc:
         # A missing driver, file or model: restarting cannot fix it; nothing was written.
-        first, *more = exc.problems
-        raise fail(
-            f"refusing to start: {first}"
-            + "".join(f"\n  {m}" for m in more)
-            + f"\n(`edgegw validate {args.config}` shows the same)",
-            EXIT_BAD_INPUT,
-        ) from None
+        raise refused(exc.problems, args.config) from None
     except (IdentityRefused, KeyFileError, OutboxCorrupt) as exc:
         # A key that is not ours or cannot be used, an outbox that is not one: a person
         # must restore or move the file (the message says which and how; docs/security.md).
@@ -67,3 +63,33 @@ def main(args: argparse.Namespace) -> int:
         # tries again after RestartSec, which is what cures these.
         raise fail(f"start failed: {exc}", EXIT_FAILED) from None
     return 0
+
+
+def load_checked_or_exit(path: str) -> Any:
+    """The config as the daemon runs on it (plain objects), validated and checked in a
+    child process (gateway/configload.py: the daemon never imports pydantic). A config
+    error prints ``file:line:col: field: problem`` lines; a failed check (a file, a
+    driver, a model) says the start is refused; both exit 2."""
+    from ..configload import StartChecksFailed, load_checked
+    from ..plainconfig import ConfigError
+
+    try:
+        return load_checked(path)
+    except StartChecksFailed as exc:
+        raise refused(exc.lines, path) from None
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+def refused(problems: list[str], path: str) -> SystemExit:
+    """What a refused start prints (exit 2): each problem, and that `validate` says the
+    same."""
+    first, *more = problems
+    return fail(
+        f"refusing to start: {first}"
+        + "".join(f"\n  {m}" for m in more)
+        + f"\n(`edgegw validate {path}` shows the same)",
+        EXIT_BAD_INPUT,
+    )

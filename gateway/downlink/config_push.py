@@ -22,12 +22,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import Config, ConfigError, load_config_sourced
-from ..preflight import service_errors
+from ..configload import load_checked
+from ..plainconfig import ConfigError
 from ..reloadplan import plan as reload_plan
 from .wire import Command
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("edgegw.downlink")
 
@@ -115,11 +118,9 @@ async def push_config(
         )
     try:
         try:
-            # exactly as `edgegw validate` (and the daemon's own start) judges a file
-            new, sources = load_config_sourced(candidate)
-            bad = await asyncio.to_thread(service_errors, new, sources, candidate)
-            if bad:
-                raise ConfigError(bad)
+            # exactly as `edgegw validate` (and the daemon's own start) judges a file, in
+            # a child process (gateway/configload.py)
+            new = await asyncio.to_thread(load_checked, candidate)
         except ConfigError as exc:
             lines = [line.replace(str(candidate), "pushed config") for line in exc.lines]
             return "refused", "invalid_config", "\n".join(lines[:20])

@@ -7,14 +7,19 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from drivers.write import WriteSpec, value_problem
+from drivers.write import value_problem
 from security import kid_for, load_public_key
 
-from ..config import CommandsConfig, Config
 from .wire import Command
+
+if TYPE_CHECKING:
+    from drivers.writespec import WriteSpec
+
+    from ..config import CommandsConfig, Config
 
 
 class Refused(Exception):

@@ -38,12 +38,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers.contract import ConnectError, DriverError, ValueRejected
 from security.cose import BadSignature, CoseError, parse1
 
-from ..config import Config
 from ..digest import Digest
 from .policy import (
     Refused,
@@ -56,6 +55,9 @@ from .policy import (
 )
 from .state import FILE, CommandState, Seen, StateError
 from .wire import Command, CommandError, decode_command, result
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("edgegw.downlink")
 

@@ -78,7 +78,8 @@ def run(
     cfg: str, block: tuple[str, ...] = (), prelude: str = "", timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """`edgegw run`; ``block``: modules made unimportable, as on an installation without
-    them; ``prelude``: code run before it (a seeded fault)."""
+    them (in the config check's child process too: a folder of stand-ins that fail to
+    import, first on its path); ``prelude``: code run before it (a seeded fault)."""
     code = (
         "import sys\n"
         + "".join(f"sys.modules[{m!r}] = None\n" for m in block)
@@ -86,9 +87,18 @@ def run(
         + "from gateway.cli import main\n"
         + f"sys.exit(main(['run', '-c', {cfg!r}]))\n"
     )
+    path = [str(REPO)]
+    if block:
+        blocked = Path(cfg).parent / "blocked-modules"
+        for m in block:
+            (blocked / m).mkdir(parents=True, exist_ok=True)
+            (blocked / m / "__init__.py").write_text(
+                f"raise ModuleNotFoundError({f'No module named {m!r} (blocked)'!r}, name={m!r})\n"
+            )
+        path.insert(0, str(blocked))
     return subprocess.run(
         [sys.executable, "-c", code],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)),
         capture_output=True,
         text=True,
         timeout=timeout,  # catches a hang; a refusal takes about as long as the imports
