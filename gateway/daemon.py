@@ -37,6 +37,7 @@ from .early_stop import stop_requested
 from .forwarder import Forwarder
 from .metrics import health_problems, host_facts, serve_metrics, status_line
 from .outbox_thread import OutboxThread
+from .pageout import release_startup_pages
 from .permissions import explain_permission
 from .pipeline import Pipeline
 from .plainconfig import ConfigError, Plain
@@ -280,6 +281,7 @@ class Daemon:
         self.last_snapshot = await self.snapshot()
         await asyncio.to_thread(write_status, state_dir, self.last_snapshot)
         freeze_startup_objects()
+        await self._release_startup_pages()
         self.notify.ready(status_line(self.last_snapshot))
 
     # -- before anything starts ------------------------------------------------------------
@@ -759,8 +761,14 @@ class Daemon:
                 "(systemctl restart edgegw)",
                 ", ".join(changes.restart),
             )
+        await self._release_startup_pages()  # a new model or protocol library loaded
         self.notify.ready(status_line(self.last_snapshot))
         return True
+
+    async def _release_startup_pages(self) -> None:
+        """Library pages only the start-up touched leave the RSS (gateway/pageout.py)."""
+        released = await asyncio.to_thread(release_startup_pages)
+        log.debug("library pages let go after start-up: %.1f MiB", released / 2**20)
 
     def _apply_outbox_limits(self) -> None:
         """In the outbox thread: the cap, the full policy and the free-disk reserve."""
