@@ -3,6 +3,7 @@
     python benchmarks/footprint.py               # Modbus only and every driver, 1k and 10k tags
     python benchmarks/footprint.py --tags 10000 --configs modbus --duration 3600
     python benchmarks/footprint.py --imports     # RSS each runtime dependency adds
+    python benchmarks/footprint.py --tags 10000 --configs modbus --reloads 5   # SIGHUPs
 
 For each config the simulators (each protocol library's own server), mosquitto and the
 gateway (``edgegw run``, its own process) start; start-up time is from the gateway's
@@ -45,6 +46,7 @@ import urllib.request  # noqa: E402
 from gateway.mosquitto import Mosquitto, free_port, wait_listening  # noqa: E402
 
 TAGS_PER_DEVICE = 100
+RELOAD_GAP_S = 12  # seconds sampled after each SIGHUP of --reloads
 DEFAULT_MODEL_SHA256 = "2298e92f287fbd92f61c5fe037edb568133c2c05ed93566fa4f726421442e971"
 
 # What ``--imports`` measures, in the order the daemon meets them.
@@ -192,7 +194,12 @@ def ready(port: int) -> bool:
 
 
 def measure(
-    kind: str, tags: int, duration: float, python: str, show_smaps: bool = False
+    kind: str,
+    tags: int,
+    duration: float,
+    python: str,
+    show_smaps: bool = False,
+    reloads: int = 0,
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix=f"edgegw-footprint-{kind}-{tags}-"))
     done = False
@@ -249,6 +256,15 @@ def measure(
                     flush=True,
                 )
         third = samples[: max(1, len(samples) // 3)]
+        after_reloads: list[float] = []
+        for i in range(reloads):  # the unchanged config, read again (SIGHUP)
+            gw.send_signal(signal.SIGHUP)
+            top = 0.0
+            for _ in range(RELOAD_GAP_S):
+                time.sleep(1.0)
+                top = max(top, rss_mib(gw.pid))
+            after_reloads.append(round(top, 1))
+            print(f"  reload {i + 1}: RSS {top:6.1f} MiB", flush=True)
         res: dict[str, object] = {
             "config": kind,
             "model": kind == "all" and has_inference(),
@@ -261,6 +277,7 @@ def measure(
             "rss_anon_end_mib": round(rss_mib(gw.pid, "RssAnon"), 1),
             "rss_file_end_mib": round(rss_mib(gw.pid, "RssFile"), 1),
             "duration_s": duration,
+            **({"rss_after_reloads_mib": after_reloads} if reloads else {}),
         }
         print(
             f"{kind:6} {tags:6} tags: ready in {startup:5.2f} s, RSS {rss_ready:6.1f} MiB at "
@@ -331,13 +348,16 @@ def main() -> int:
     ap.add_argument("--imports", action="store_true", help="RSS per runtime dependency")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the gateway")
     ap.add_argument("--smaps", action="store_true", help="RSS by mapping at the end")
+    ap.add_argument(
+        "--reloads", type=int, default=0, help=f"then N SIGHUPs, {RELOAD_GAP_S} s apart"
+    )
     a = ap.parse_args()
     if a.imports:
         imports(a.python)
         return 0
     for kind in a.configs.split(","):
         for tags in (int(t) for t in a.tags.split(",")):
-            measure(kind, tags, a.duration, a.python, a.smaps)
+            measure(kind, tags, a.duration, a.python, a.smaps, a.reloads)
     return 0
 
 

@@ -696,6 +696,10 @@ class Daemon:
             }
             self.notify.ready(status_line(self.last_snapshot))
             return False
+        # A device whose settings did not change keeps its objects, and the new copy goes
+        # at once: a reload of a large config leaves no second copy of its tags behind.
+        same = {d.name: d for d in old.devices}
+        new.devices[:] = [same[d.name] if same.get(d.name) == d else d for d in new.devices]
         self.cfg = new
         if self.downlink is not None:
             self.downlink.update(new)

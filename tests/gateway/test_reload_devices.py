@@ -58,6 +58,7 @@ def test_reload_restarts_only_changed_devices_and_counters_go_on(
             assert await wait_for(lambda: len(daemon.devices) == 2)
             assert await wait_for(lambda: all(d.reads >= 3 for d in daemon.devices.values()))
             keep_task = daemon.tasks["poll:keep"]
+            keep_cfg, change_cfg = daemon.cfg.devices
             keep_driver = daemon._runtimes["keep"].driver
             change_driver = daemon._runtimes["change"].driver
             keep_learned = learned_file(cfg.state_dir, "keep")
@@ -80,6 +81,9 @@ def test_reload_restarts_only_changed_devices_and_counters_go_on(
                 lambda: daemon.devices["change"].reads >= reads_before["change"] + 2
             )
             out["same_task"] = daemon.tasks["poll:keep"] is keep_task
+            # the unchanged device keeps its config objects (the new copy is let go)
+            out["same_keep_cfg"] = daemon.cfg.devices[0] is keep_cfg
+            out["new_change_cfg"] = daemon.cfg.devices[1] is not change_cfg
             out["same_keep_driver"] = daemon._runtimes["keep"].driver is keep_driver
             out["new_change_driver"] = daemon._runtimes["change"].driver is not change_driver
             out["keep_requests"] = (requests_before["keep"], daemon.devices["keep"].driver.requests)
@@ -107,6 +111,7 @@ def test_reload_restarts_only_changed_devices_and_counters_go_on(
 
     out = asyncio.run(main())
     assert out["same_task"] and out["same_keep_driver"] and out["new_change_driver"]
+    assert out["same_keep_cfg"] and out["new_change_cfg"]
     before, after = out["keep_requests"]
     assert after > before
     before, after = out["change_requests"]
