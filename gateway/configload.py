@@ -37,11 +37,17 @@ class StartChecksFailed(ConfigError):
     pin): the errors `edgegw validate` shows."""
 
 
+class CheckCrashed(ConfigError):
+    """The child process that checks the config could not run or died (out of memory, a
+    broken installation): not the config's fault, so a restart may cure it."""
+
+
 def load_checked(path: str | Path, *, checks: bool = True) -> Any:
     """The config at ``path`` as plain objects, validated (and, with ``checks``, its files,
     drivers and models checked) in a child process. Raises :class:`ConfigError` naming
-    file, line and field (:class:`StartChecksFailed` for a failed check); warnings of the
-    checks are logged."""
+    file, line and field (:class:`StartChecksFailed` for a failed check,
+    :class:`CheckCrashed` when the child could not do its work); warnings of the checks
+    are logged."""
     cmd = [sys.executable, "-m", "gateway.configload", str(path)]
     if not checks:
         cmd.append("--no-checks")
@@ -59,14 +65,14 @@ def load_checked(path: str | Path, *, checks: bool = True) -> Any:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ConfigError(
+        raise CheckCrashed(
             [f"{path}: checking the config took over {CHILD_TIMEOUT_S:.0f} s; gave up"]
         ) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: could not start the config check ({exc})"]) from None
+        raise CheckCrashed([f"{path}: could not start the config check ({exc})"]) from None
     if proc.returncode != 0 or not proc.stdout:
         tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
-        raise ConfigError(
+        raise CheckCrashed(
             [f"{path}: the config check failed (exit {proc.returncode})"]
             + [f"  {line}" for line in tail]
         )

@@ -69,14 +69,17 @@ def load_checked_or_exit(path: str) -> Any:
     """The config as the daemon runs on it (plain objects), validated and checked in a
     child process (gateway/configload.py: the daemon never imports pydantic). A config
     error prints ``file:line:col: field: problem`` lines; a failed check (a file, a
-    driver, a model) says the start is refused; both exit 2."""
-    from ..configload import StartChecksFailed, load_checked
+    driver, a model) says the start is refused; both exit 2. A check that could not run
+    exits 1 (a restart may cure it)."""
+    from ..configload import CheckCrashed, StartChecksFailed, load_checked
     from ..plainconfig import ConfigError
 
     try:
         return load_checked(path)
     except StartChecksFailed as exc:
         raise refused(exc.lines, path) from None
+    except CheckCrashed as exc:  # not the config's fault: systemd tries again
+        raise fail("start failed: " + "\n".join(exc.lines), EXIT_FAILED) from None
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

@@ -21,7 +21,7 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.config import Config, load_config
-from gateway.configload import StartChecksFailed, dumps, load_checked, to_plain
+from gateway.configload import CheckCrashed, StartChecksFailed, dumps, load_checked, to_plain
 from gateway.mosquitto import free_port
 from gateway.plainconfig import ConfigError, Plain, Secret, loads
 from gateway.status import read_status
@@ -270,3 +270,23 @@ def test_a_pydantic_config_given_to_the_daemon_is_checked_and_let_go(tmp_path: P
     assert isinstance(cfg, Config)
     d = Daemon(cfg, tmp_path / "gw.yaml")
     assert isinstance(d.cfg, Plain) and d.cfg == to_plain(cfg)
+
+
+def test_a_check_that_cannot_run_is_not_the_configs_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that dies without an answer (here: the interpreter replaced by one that
+    exits 1) is a CheckCrashed, which `run` turns into exit 1 (systemd tries again), not
+    the exit 2 of a config a person must fix."""
+    import gateway.configload as configload
+
+    path = every_protocol(tmp_path, free_port("127.0.0.1"))
+    monkeypatch.setattr(configload, "_SELF", "/bin/false")
+    with pytest.raises(CheckCrashed) as crashed:
+        load_checked(path)
+    assert crashed.value.lines[0] == f"{path}: the config check failed (exit 1)"
+    from gateway.commands.run import load_checked_or_exit
+
+    with pytest.raises(SystemExit) as exit_:
+        load_checked_or_exit(str(path))
+    assert exit_.value.code == 1
