@@ -1,9 +1,10 @@
 """Prometheus metrics and a health endpoint, computed from the daemon's status snapshot.
 
-One small HTTP server (stdlib, own thread, bound to 127.0.0.1 by default: expose it
-further only on purpose) serves:
+One small HTTP server (gateway.httpserve: a plain socket, own thread, bound to
+127.0.0.1 by default: expose it further only on purpose) serves, to GET and HEAD:
 
-``GET /metrics``  Prometheus text format, computed at scrape time from ``snapshot()``
+``GET /metrics``  Prometheus text format 0.0.4 (gateway.exposition), computed at scrape
+                  time from ``snapshot()``, then the standard ``process_*`` metrics
 ``GET /livez``    200 while our own loops run (what systemd's watchdog is fed on), else 503
 ``GET /readyz``   200 once started, live and acquiring; 503 while starting (the server
                   opens first in start-up) and from SIGTERM on, while the outbox drains
@@ -19,7 +20,9 @@ only reads it.
 
 The server's thread sleeps in ``select`` with no timeout until a client connects or
 ``stop()`` writes to its wake-up pipe: it does not wake while nobody asks (the stdlib's
-``serve_forever`` polls twice a second to notice a shutdown).
+``serve_forever`` polls twice a second to notice a shutdown). Neither prometheus_client
+nor ``http.server`` is imported: with what they pull in (``http.client``, ``email``,
+``urllib``, ...) they cost the daemon about 4.5 MiB of RSS (issue 18).
 
 Keys read here (all optional except ``time_ns``)::
 
@@ -62,31 +65,25 @@ Units are base units: seconds and bytes. The README's metrics table lists every 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import selectors
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
+from .exposition import (
+    CONTENT_TYPE,
+    CounterFamily,
+    Family,
+    GaugeFamily,
+    HistogramFamily,
+    ProcessMetrics,
+    render,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
-
+from .httpserve import HttpServer
 from .registry import certificate_files
 from .snapshot import Snapshot
 from .status import STALE_AFTER_S
@@ -230,29 +227,29 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-class SnapshotCollector(Collector):
+class SnapshotCollector:
     """Builds every edgegw metric family from one snapshot, at scrape time."""
 
     def __init__(self, snapshot: SnapshotFn, max_age_s: float = STALE_AFTER_S) -> None:
         self.snapshot = snapshot
         self.max_age_s = max_age_s
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[Family]:
         snap = self.snapshot()
         problems = health_problems(snap, max_age_s=self.max_age_s)
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "edgegw_healthy",
             "1 when every poll loop and the forwarder run and the status is fresh (/livez)",
             value=0.0 if problems else 1.0,
         )
         if snap is None:
             return
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "edgegw_ready",
             "1 when started, live and not stopping (/readyz answers 200)",
             value=1.0 if is_ready(snap, problems) else 0.0,
         )
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "edgegw_degraded",
             "1 while the uplink or a device is down (/healthz answers 429)",
             value=1.0 if degraded_reasons(snap) else 0.0,
@@ -260,16 +257,16 @@ class SnapshotCollector(Collector):
         yield from _metrics(snap)
 
 
-def _counter(name: str, doc: str, value: Any) -> Iterable[Metric]:
+def _counter(name: str, doc: str, value: Any) -> Iterable[Family]:
     v = _num(value)
     if v is not None:
-        yield CounterMetricFamily(name, doc, value=v)
+        yield CounterFamily(name, doc, value=v)
 
 
-def _gauge(name: str, doc: str, value: Any) -> Iterable[Metric]:
+def _gauge(name: str, doc: str, value: Any) -> Iterable[Family]:
     v = _num(value)
     if v is not None:
-        yield GaugeMetricFamily(name, doc, value=v)
+        yield GaugeFamily(name, doc, value=v)
 
 
 def _histogram_sample(h: Any) -> tuple[list[tuple[str, float]], float] | None:
@@ -288,8 +285,8 @@ def _histogram_sample(h: Any) -> tuple[list[tuple[str, float]], float] | None:
     return buckets, total
 
 
-def _metrics(snap: Snapshot) -> Iterable[Metric]:
-    info = GaugeMetricFamily(
+def _metrics(snap: Snapshot) -> Iterable[Family]:
+    info = GaugeFamily(
         "edgegw_build_info",
         "edgegw version and gateway id (always 1)",
         labels=["version", "gateway"],
@@ -301,10 +298,10 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
     )
     started = _num(snap.get("started_ns"))
     if started is not None:
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "edgegw_start_time_seconds", "when the daemon started (unix time)", value=started / 1e9
         )
-    yield GaugeMetricFamily(
+    yield GaugeFamily(
         "edgegw_status_age_seconds",
         "age of the status snapshot these metrics come from",
         value=min(snapshot_age_s(snap), 1e9),
@@ -330,7 +327,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
 
     health = snap.get("task_health") or {}
     if health:
-        restarts = CounterMetricFamily(
+        restarts = CounterFamily(
             "edgegw_task_restarts",
             "times a task of the daemon failed and was started again",
             labels=["task"],
@@ -343,7 +340,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
     up = snap.get("uplink") or {}
     link = up.get("link_up")
     if isinstance(link, bool):
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "edgegw_uplink_up", "1 while connected to the MQTT broker", value=float(link)
         )
     yield from _counter(
@@ -372,7 +369,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
     )
     limits = up.get("limits") or {}
     if limits:
-        lim = GaugeMetricFamily(
+        lim = GaugeFamily(
             "edgegw_uplink_limit",
             "uplink limits in force (the broker's CONNACK and ours), by name",
             labels=["limit"],
@@ -395,7 +392,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
                 lim.add_metric([name], v)
         yield lim
         if limits.get("client_id") is not None:
-            info = GaugeMetricFamily(
+            info = GaugeFamily(
                 "edgegw_uplink_client_info",
                 "the MQTT client id in use, and whether the broker assigned it (always 1)",
                 labels=["client_id", "assigned"],
@@ -414,7 +411,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         up.get("bytes_published"),
     )
     if (hist := _histogram_sample(up.get("puback_latency"))) is not None:
-        fam = HistogramMetricFamily(
+        fam = HistogramFamily(
             "edgegw_uplink_puback_latency_seconds", "time from publish to the broker's PUBACK"
         )
         fam.add_metric([], hist[0], hist[1])
@@ -434,7 +431,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         oldest = _num(ob.get("oldest_created_ns"))
         now = _num(snap.get("time_ns")) or float(time.time_ns())
         age = max(0.0, (now - oldest) / 1e9) if oldest is not None else 0.0
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "edgegw_outbox_oldest_age_seconds",
             "age of the oldest unsent message (0 when empty)",
             value=age,
@@ -448,7 +445,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
     )
     disks = host.get("disk_free_bytes") or {}
     if disks:
-        fam = GaugeMetricFamily(
+        fam = GaugeFamily(
             "edgegw_disk_free_bytes",
             "free bytes on the filesystem of the state dir and of the outbox",
             labels=["path"],
@@ -459,7 +456,7 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
         yield fam
     certs = host.get("cert_expiry") or {}
     if certs:
-        fam = GaugeMetricFamily(
+        fam = GaugeFamily(
             "edgegw_certificate_expiry_timestamp_seconds",
             "when each certificate the gateway uses expires (unix time)",
             labels=["certificate"],
@@ -471,12 +468,12 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
 
     drops = snap.get("drops") or {}
     if drops:
-        dm = CounterMetricFamily(
+        dm = CounterFamily(
             "edgegw_dropped_messages",
             "messages dropped, by reason",
             labels=["reason", "intentional"],
         )
-        dp = CounterMetricFamily(
+        dp = CounterFamily(
             "edgegw_dropped_points", "readings dropped, by reason", labels=["reason", "intentional"]
         )
         for reason, d in sorted(drops.items()):
@@ -496,29 +493,27 @@ def _metrics(snap: Snapshot) -> Iterable[Metric]:
     models = snap.get("inference") or {}
     if models:
         fams = {
-            "score": GaugeMetricFamily(
-                "edgegw_model_score", "latest anomaly score", labels=["model"]
-            ),
-            "threshold": GaugeMetricFamily(
+            "score": GaugeFamily("edgegw_model_score", "latest anomaly score", labels=["model"]),
+            "threshold": GaugeFamily(
                 "edgegw_model_threshold",
                 "score above which a window is anomalous",
                 labels=["model"],
             ),
-            "anomalous": GaugeMetricFamily(
+            "anomalous": GaugeFamily(
                 "edgegw_model_anomalous", "1 while the model reports an anomaly", labels=["model"]
             ),
-            "inferences": CounterMetricFamily(
+            "inferences": CounterFamily(
                 "edgegw_model_inferences", "windows scored", labels=["model"]
             ),
-            "events": CounterMetricFamily(
+            "events": CounterFamily(
                 "edgegw_anomaly_events", "anomaly events raised", labels=["model"]
             ),
-            "windows_skipped": CounterMetricFamily(
+            "windows_skipped": CounterFamily(
                 "edgegw_model_windows_skipped",
                 "windows not scored (incomplete data, dropped under load)",
                 labels=["model"],
             ),
-            "windows_failed": CounterMetricFamily(
+            "windows_failed": CounterFamily(
                 "edgegw_model_windows_failed", "windows whose scoring failed", labels=["model"]
             ),
         }
@@ -565,36 +560,36 @@ def _code_order(item: tuple[Any, Any]) -> tuple[int, str]:
     return (int(code), "") if code.isdigit() else (1 << 16, code)
 
 
-def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Metric]:
-    up = GaugeMetricFamily("edgegw_device_up", "1 while the device answers", labels=["device"])
+def _device_metrics(devices: Mapping[str, Any]) -> Iterable[Family]:
+    up = GaugeFamily("edgegw_device_up", "1 while the device answers", labels=["device"])
     counters = {
-        key: CounterMetricFamily(name, doc, labels=["device"])
+        key: CounterFamily(name, doc, labels=["device"])
         for key, (name, doc) in (_DEVICE_COUNTERS | _DRIVER_COUNTERS).items()
     }
-    exceptions = CounterMetricFamily(
+    exceptions = CounterFamily(
         "edgegw_device_exceptions",
         "errors the device answered, by code: Modbus exception (2 illegal address, 6 "
         "busy, ...), OPC UA bad status (BadNodeIdUnknown, ...), S7 return code (0x05 "
         "address out of range, 0x0a object does not exist, ...)",
         labels=["device", "code"],
     )
-    plan = GaugeMetricFamily(
+    plan = GaugeFamily(
         "edgegw_device_plan_requests",
         "requests per cycle of the plan in use (after what was learned about the device)",
         labels=["device"],
     )
-    latency = GaugeMetricFamily(
+    latency = GaugeFamily(
         "edgegw_device_latency_seconds", "duration of the last read", labels=["device"]
     )
-    durations = HistogramMetricFamily(
+    durations = HistogramFamily(
         "edgegw_device_read_duration_seconds", "duration of each read", labels=["device"]
     )
-    last = GaugeMetricFamily(
+    last = GaugeFamily(
         "edgegw_device_last_read_timestamp_seconds",
         "when the device was last read (unix time)",
         labels=["device"],
     )
-    last_ok = GaugeMetricFamily(
+    last_ok = GaugeFamily(
         "edgegw_device_last_success_timestamp_seconds",
         "when a read last brought a good reading (unix time)",
         labels=["device"],
@@ -689,37 +684,76 @@ def _cert_expiry(path: Path, cache: dict[tuple[str, int], float | None]) -> floa
     return cache[key]
 
 
-def build_registry(
-    snapshot: SnapshotFn, *, max_age_s: float = STALE_AFTER_S, process: bool = True
-) -> CollectorRegistry:
-    """A registry of its own (not prometheus_client's global one) with the edgegw metrics
-    and, unless ``process`` is False, the standard process_* metrics (CPU, memory, fds)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, max_age_s))
-    if process:
-        ProcessCollector(registry=registry)
-    return registry
+def render_metrics(
+    snapshot: SnapshotFn,
+    *,
+    max_age_s: float = STALE_AFTER_S,
+    process: ProcessMetrics | None = None,
+) -> bytes:
+    """The ``/metrics`` body: the edgegw families from the snapshot, then (when given)
+    the standard process_* ones (CPU, memory, fds)."""
+    families: list[Family] = list(SnapshotCollector(snapshot, max_age_s).collect())
+    if process is not None:
+        families += process.families()
+    return render(families)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10  # a slow client does not hold a thread for long
-    server_version = "edgegw"
+_TEXT = "text/plain; charset=utf-8"
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+
+class MetricsServer:
+    """The metrics/health HTTP server on its own thread. ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        snapshot: SnapshotFn,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        max_age_s: float = STALE_AFTER_S,
+        process_metrics: bool = True,
+    ) -> None:
+        self._snapshot = snapshot
+        self._max_age_s = max_age_s
+        self._process = ProcessMetrics() if process_metrics else None
+        self._http = HttpServer(host, port, self._answer, name="metrics")
+        self.host = self._http.host
+        self.port = self._http.port
+
+    @property
+    def url(self) -> str:
+        return self._http.url
+
+    @property
+    def wakeups(self) -> int:
+        """Times the server's thread woke (a client, or stop): a test counts them."""
+        return self._http.wakeups
+
+    @property
+    def _thread(self) -> threading.Thread:
+        return self._http._thread
+
+    def start(self) -> MetricsServer:
+        self._http.start()
+        log.info("metrics on %s/metrics, health on %s/healthz", self.url, self.url)
+        return self
+
+    def stop(self) -> None:
+        self._http.stop()
+
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
             try:
-                body = generate_latest(self.server.registry)
+                body = render_metrics(
+                    self._snapshot, max_age_s=self._max_age_s, process=self._process
+                )
             except Exception as exc:  # a bug here must not kill the thread silently
                 log.exception("metrics: cannot render")
-                self._send(500, "text/plain; charset=utf-8", f"error: {exc}\n".encode())
-                return
-            self._send(200, CONTENT_TYPE_LATEST, body)
-        elif path in ("/healthz", "/health", "/livez", "/readyz"):
+                return 500, _TEXT, f"error: {exc}\n".encode()
+            return 200, CONTENT_TYPE, body
+        if path in ("/healthz", "/health", "/livez", "/readyz"):
             try:
-                snap = self.server.snapshot()
-                code, doc = health_doc(snap, max_age_s=self.server.max_age_s)
+                code, doc = health_doc(self._snapshot(), max_age_s=self._max_age_s)
             except Exception as exc:  # the daemon's callable failed: that is unhealthy
                 log.exception("health: cannot read the snapshot")
                 code, doc = (
@@ -738,124 +772,10 @@ class _Handler(BaseHTTPRequestHandler):
                 code = 200 if doc["live"] else 503
             elif path == "/readyz":
                 code = 200 if doc["ready"] else 503
-            self._send(code, "application/json", json.dumps(doc).encode() + b"\n")
-        elif path == "/":
-            self._send(
-                200, "text/plain; charset=utf-8", b"edgegw: /metrics /healthz /livez /readyz\n"
-            )
-        else:
-            self._send(
-                404,
-                "text/plain; charset=utf-8",
-                b"not found: try /metrics, /healthz, /livez or /readyz\n",
-            )
-
-    def _send(self, code: int, ctype: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("metrics: %s " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    registry: CollectorRegistry
-    snapshot: SnapshotFn
-    max_age_s: float
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look up the host's FQDN (a DNS query): not needed.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-
-class MetricsServer:
-    """The metrics/health HTTP server on its own thread. ``port=0`` picks a free port."""
-
-    def __init__(
-        self,
-        snapshot: SnapshotFn,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        *,
-        max_age_s: float = STALE_AFTER_S,
-        process_metrics: bool = True,
-    ) -> None:
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_cls = type("_BoundServer", (_Server,), {"address_family": family})
-        self._server: _Server = server_cls((host, port), _Handler, bind_and_activate=False)
-        if family == socket.AF_INET6:
-            # "::" alone would also take IPv4 on most systems; that is what a user means by it.
-            self._server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            self._server.server_bind()
-            self._server.server_activate()
-        except OSError:
-            self._server.server_close()
-            raise
-        self._server.registry = build_registry(
-            snapshot, max_age_s=max_age_s, process=process_metrics
-        )
-        self._server.snapshot = snapshot
-        self._server.max_age_s = max_age_s
-        self.host = host
-        self.port = int(self._server.server_address[1])
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stopping = False
-        self.wakeups = 0
-        """Times the server's thread woke (a client, or stop): a test counts them."""
-        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        log.info("metrics on %s/metrics, health on %s/healthz", self.url, self.url)
-        return self
-
-    def stop(self) -> None:
-        self._stopping = True
-        if self._thread.is_alive():
-            with contextlib.suppress(OSError):  # a full pipe: the thread is awake already
-                os.write(self._wake_w, b"x")
-            self._thread.join(5)
-            if self._thread.is_alive():
-                log.error("metrics: the server's thread did not end within 5 s")
-        self._server.server_close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
-
-    def _serve(self) -> None:
-        """Accept and hand each request to a thread of its own (``ThreadingHTTPServer``),
-        sleeping until a client or ``stop()`` comes: no timeout, no poll."""
-        server = self._server
-        try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(server.socket, selectors.EVENT_READ)
-                sel.register(self._wake_r, selectors.EVENT_READ)
-                while not self._stopping:
-                    ready = sel.select()
-                    self.wakeups += 1
-                    if self._stopping or any(key.fd == self._wake_r for key, _ in ready):
-                        break  # only stop() writes to the pipe
-                    # what serve_forever does for each connection (an error in a request
-                    # is reported there, by handle_error)
-                    server._handle_request_noblock()
-        except Exception:  # nothing dies silently: the endpoints are gone, say so
-            log.exception("metrics: the server stopped on an error; /metrics and /healthz gone")
+            return code, "application/json", json.dumps(doc).encode() + b"\n"
+        if path == "/":
+            return 200, _TEXT, b"edgegw: /metrics /healthz /livez /readyz\n"
+        return 404, _TEXT, b"not found: try /metrics, /healthz, /livez or /readyz\n"
 
     def __enter__(self) -> MetricsServer:
         return self.start()

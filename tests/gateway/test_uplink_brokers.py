@@ -18,13 +18,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client.exposition import generate_latest
 
 from drivers.contract import Batch
 from gateway.commands.status import render
 from gateway.config import UplinkConfig
 from gateway.forwarder import Forwarder
-from gateway.metrics import build_registry
+from gateway.metrics import render_metrics
 from gateway.mosquitto import Mosquitto
 from gateway.outbox_thread import OutboxThread
 from gateway.pipeline import Pipeline
@@ -171,7 +170,7 @@ def test_login_with_a_password_file_delivers_everything(
     assert gw.fwd.stats.limits["announced"] is (protocol == "mqtt5")
     # the limits in force show in status and metrics
     snap = {"time_ns": time.time_ns(), "uplink": asdict(gw.fwd.stats)}
-    text = generate_latest(build_registry(lambda: snap, process=False)).decode()
+    text = render_metrics(lambda: snap).decode()
     assert 'edgegw_uplink_limit{limit="inflight_window"} 64.0' in text
     assert 'edgegw_uplink_limit{limit="max_message_bytes"} 262144.0' in text
     shown = "\n".join(render(snap, now_ns=snap["time_ns"], width=200)[0])
