@@ -233,6 +233,12 @@ class NetworkThread:
             self._thread.join(timeout)
             if self._thread.is_alive():  # a bound, never expected: say so, do not hang
                 log.error("the MQTT network thread did not end within %.0f s", timeout)
+                return
+        if self.client.socket() is not None:
+            # it ended on its own (an error) with the link still open: nobody else writes
+            # now, so send the DISCONNECT from here (paho closes the socket after it)
+            with contextlib.suppress(Exception):
+                self.client.loop_write()
 
 
 def _no_op(*_: Any) -> None:

@@ -135,6 +135,7 @@ def test_a_thread_that_fails_is_logged_and_reported(
         assert done.wait(20), "the failure was not reported"  # a bound only
         net.stop()
     assert len(ended) == 1 and "seeded bug in on_connect" in ended[0], ended
+    assert c.socket() is None  # stop() still sent the DISCONNECT, and the link is closed
     failed = [r for r in caplog.records if r.exc_info and "seeded bug" in str(r.exc_info[1])]
     assert len(failed) == 1, caplog.records
 
