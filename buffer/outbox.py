@@ -82,6 +82,9 @@ Policy = Literal["drop_oldest", "stop_acquisition"]
 _MARK_PREFIX = "mark:"  # marks live in the meta table under these keys
 _INT64 = range(-(2**63), 2**63)  # what a SQLite INTEGER holds
 _NO_MARKS: Mapping[str, int] = {}
+# Acks of up to this many rows are one DELETE statement (SQLite allows 32766 parameters
+# since 3.32, 999 before); larger ones are one transaction of single-row deletes.
+_ONE_DELETE = 500
 
 
 def _check_marks(marks: Mapping[str, int]) -> list[tuple[str, int]]:
@@ -535,11 +538,22 @@ class Outbox(RoomMixin, SeqReservationMixin):
             return self._essential("ack", lambda: self._ack(keys))
 
     def _ack(self, keys: list[int]) -> int:
-        with self._write("ack") as txn:
-            # rowcount counts the statement's own deletes, not the triggers' updates.
-            deleted: int = txn.conn.executemany(
-                "DELETE FROM outbox WHERE seq = ?", ((k,) for k in keys)
-            ).rowcount
+        # rowcount counts the statement's own deletes, not the triggers' updates.
+        deleted: int
+        if len(keys) <= _ONE_DELETE:
+            # One statement is a transaction of its own (autocommit): the same commit
+            # without the BEGIN and COMMIT statements around it (a fourth of an ack's CPU).
+            conn = self._db()
+            marks = ",".join("?" * len(keys))
+            try:
+                deleted = conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", keys).rowcount
+            except sqlite3.Error as exc:
+                self._fail(conn, exc, "ack")
+        else:
+            with self._write("ack") as txn:
+                deleted = txn.conn.executemany(
+                    "DELETE FROM outbox WHERE seq = ?", ((k,) for k in keys)
+                ).rowcount
         self._ensure_ballast()
         return deleted
 
