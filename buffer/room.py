@@ -4,6 +4,7 @@ ballast released on ENOSPC, and quarantine of damaged rows. A mixin of Outbox.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -78,16 +79,24 @@ class RoomMixin(OutboxParts):
     quarantined: int
     _room_until: float = 0.0
     _room_generation = 0
+    # PRAGMA data_version when pending_drops() last found none, if no drop was recorded
+    # through this object since: then none is pending while no other connection commits.
+    _no_drops_at: int | None = None
 
     @property
     def _ballast(self) -> Path:
         return self.path.with_name(self.path.name + ".ballast")
 
+    @functools.cached_property
+    def _ballast_file(self) -> str:
+        # looked at after every delete: os.path.exists on a str costs a third of Path's
+        return str(self._ballast)
+
     def _ensure_ballast(self) -> bool:
         """Keep the reserve (BALLAST bytes beside the outbox): made again as soon as the
         filesystem has room for it, after giving back the free pages of the file if it
         has none. True when the reserve is in place."""
-        if self._ballast.exists():
+        if os.path.exists(self._ballast_file):
             self._reserve_ok = True
             self._ensure_pool()
             return True
@@ -219,14 +228,18 @@ class RoomMixin(OutboxParts):
         except OSError:
             return 0
 
-    def _make_room(self, conn: sqlite3.Connection, size: int, priority: int) -> None:
+    def _make_room(
+        self, conn: sqlite3.Connection, size: int, priority: int, used: int | None = None
+    ) -> None:
         """Inside the append transaction: evict or refuse when the message does not fit
         under the byte cap (telemetry), or on the disk without spending the reserves
-        (any message: urgent ones evict telemetry, never the other way round)."""
+        (any message: urgent ones evict telemetry, never the other way round). ``used``:
+        the bytes held, if already read in this transaction."""
         over = 0
         reason = ""
         if self.max_bytes is not None and priority != URGENT:
-            used = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
+            if used is None:
+                used = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
             over = used + size - self.max_bytes
             reason = "outbox_full"
         if over <= 0 and not self._room_for_data(conn, size):
@@ -308,6 +321,7 @@ class RoomMixin(OutboxParts):
         nbytes: int,
         reason: str,
     ) -> None:
+        self._no_drops_at = None
         conn.execute(
             "INSERT INTO drops (first_seq, last_seq, rows, points, bytes, reason, at_ns)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -333,6 +347,7 @@ class RoomMixin(OutboxParts):
         refusal is one drop (and one notice), not one per window."""
 
         def write() -> None:
+            self._no_drops_at = None
             with self._write("record_drop") as txn:
                 c = txn.conn
                 row = c.execute(  # the newest drop only: its rowid, no scan
@@ -382,16 +397,25 @@ class RoomMixin(OutboxParts):
             conn.execute("INSERT INTO meta (key, value) VALUES ('drop_totals', 1)")
 
     def pending_drops(self) -> list[Drop]:
-        """Drops the platform has not been told about yet (see ``append(notifies=...)``)."""
+        """Drops the platform has not been told about yet (see ``append(notifies=...)``).
+
+        Asked after every sealed message: when none were pending at the last look, no
+        drop was recorded here since and no other connection committed anything (PRAGMA
+        data_version), the answer is known without reading the drops table (which keeps
+        every drop ever recorded, so reading it grows with the gateway's age)."""
         with self._lock:
             conn = self._db()
             try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version == self._no_drops_at:
+                    return []
                 rows = conn.execute(
                     "SELECT id, first_seq, last_seq, rows, points, bytes, reason, at_ns"
                     " FROM drops WHERE notified = 0 ORDER BY id"
                 ).fetchall()
             except sqlite3.Error as exc:
                 self._fail(conn, exc, "pending_drops")
+            self._no_drops_at = None if rows else version
         return [Drop(*r) for r in rows]
 
     # -- reading, acknowledging -----------------------------------------------------------

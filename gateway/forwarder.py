@@ -18,8 +18,10 @@ message the broker keeps refusing on its own (while it acknowledges others) is s
 alone, and after ``STRIKES`` refusals set aside the same way. Refusals that an operator
 must fix (login, rights, QoS) are retried slowly, up to ``REFUSED_RETRY_MAX_S`` apart.
 
-paho runs its network loop in its own thread; its callbacks only hand events to the
-event loop with ``call_soon_threadsafe``, so all state here is touched by one thread.
+paho's network loop runs in a thread of its own (``mqttlink.NetworkThread``: it sleeps
+until there is traffic or a keep-alive is due, where ``loop_start`` woke every second);
+its callbacks only hand events to the event loop with ``call_soon_threadsafe``, so all
+state here is touched by one thread.
 
 Nothing wakes without work: the pump sleeps until a commit (``wake``), a PUBACK or the
 end of the session, and asks the outbox for rows only when a commit came since it last
@@ -50,6 +52,7 @@ from .histogram import Histogram
 from .mqttlink import (
     AUTH_CODES,
     BrokerLimits,
+    NetworkThread,
     connect_kwargs,
     explain_refusal,
     new_client,
@@ -125,6 +128,7 @@ class _Session:
     def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client) -> None:
         self.loop = loop
         self.client = client
+        self.net: NetworkThread | None = None  # paho's network loop, once connect() returned
         self.connected: asyncio.Future[BrokerLimits] = loop.create_future()
         self.lost: asyncio.Future[str] = loop.create_future()
         self.broker_reason: int | None = None  # reason code of the broker's DISCONNECT
@@ -347,7 +351,8 @@ class Forwarder:
             ),
             timeout=15,
         )
-        client.loop_start()
+        s.net = NetworkThread(client, lambda why: self._network_ended(s, why))
+        s.net.start()
         try:
             lim = await asyncio.wait_for(asyncio.shield(s.connected), timeout=15)
             self._accept(s, lim)
@@ -452,8 +457,7 @@ class Forwarder:
         except OutboxError as exc:  # kept, and judged again after the next session
             log.error("outbox: cannot set a refused message aside yet: %s", exc)
         self._forget_session()
-        c = s.client
-        await asyncio.get_running_loop().run_in_executor(None, _close_client, c)
+        await asyncio.get_running_loop().run_in_executor(None, _close_client, s)
 
     def _forget_session(self) -> None:
         self._inflight.clear()
@@ -462,6 +466,17 @@ class Forwarder:
         self._held.clear()
         self._cursors = _Cursors()  # the next session starts at the first unacknowledged row
         self._fetched_upto = None
+
+    def _network_ended(self, s: _Session, why: str) -> None:
+        """In the network thread, as it ends on its own: the session is over (if paho's
+        on_disconnect said so first, its reason stands)."""
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
+            s.loop.call_soon_threadsafe(self._on_ended, s, why)
+
+    def _on_ended(self, s: _Session, why: str) -> None:
+        if not s.connected.done():
+            s._set(s.connected, None, ConnectionError(_before_connack(why, self.uplink)))
+        s._set(s.lost, why)
 
     def _on_lost(self, s: _Session, why: str, broker_reason: int | None) -> None:
         s.broker_reason = broker_reason
@@ -823,10 +838,13 @@ class _TokenBucket:
             await asyncio.sleep((min(n, self.rate) - self.tokens) / self.rate)
 
 
-def _close_client(c: mqtt.Client) -> None:
-    with contextlib.suppress(Exception):  # already closed
-        c.disconnect()
-    c.loop_stop()
+def _close_client(s: _Session) -> None:
+    """Blocking: DISCONNECT if the link is up, and the network thread ended."""
+    if s.net is not None:
+        s.net.stop()
+        return
+    with contextlib.suppress(Exception):  # connect() failed or never ran: nothing to stop
+        s.client.disconnect()
 
 
 def _describe(exc: BaseException, up: UplinkConfig) -> str:

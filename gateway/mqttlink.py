@@ -5,7 +5,11 @@ broker announces in CONNACK, and saying what a refusal means and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +21,8 @@ from .credentials import password_source, read_password
 
 if TYPE_CHECKING:
     from .config import UplinkConfig
+
+log = logging.getLogger("edgegw.mqttlink")
 
 PROTOCOLS = {"mqtt5": mqtt.MQTTv5, "mqtt311": mqtt.MQTTv311}
 PROTOCOL_NAMES = {"mqtt5": "MQTT 5", "mqtt311": "MQTT 3.1.1"}
@@ -163,3 +169,79 @@ def explain_refusal(rc: ReasonCode | int, up: UplinkConfig) -> str:
     if code in (0x9C, 0x9D):
         return "the broker sends us elsewhere: set uplink.host to the broker it names"
     return "see the broker's log for why it refused"
+
+
+def select_timeout(keepalive_s: float) -> float:
+    """How long the network thread may sleep with nothing to do: a quarter of the
+    keep-alive in force. paho checks the keep-alive after each wait, so a PINGREQ goes
+    out at most 1.25 keep-alives after the last packet (the broker waits 1.5), and an
+    unanswered one is noticed at most a quarter late."""
+    return keepalive_s / 4 if keepalive_s > 0 else 3600.0
+
+
+class NetworkThread:
+    """paho's network loop in a thread of our own, in place of ``loop_start``.
+
+    ``loop_start`` wakes every second whatever the keep-alive (its ``select`` timeout is
+    fixed inside paho). Here the thread sleeps until there is something to send or read
+    or a keep-alive check is due (:func:`select_timeout`, from the keep-alive in force:
+    the broker may set its own in CONNACK). ``stop`` sends DISCONNECT and ends it at
+    once; it never reconnects (a session is one connection: the forwarder makes a new
+    client for the next). ``on_end(why)`` is called from the thread when it ends on its
+    own (the link closed, or an error in paho or a callback, which is logged): the owner
+    learns of it even where paho did not call ``on_disconnect``.
+    """
+
+    def __init__(
+        self, client: mqtt.Client, on_end: Callable[[str], None], name: str = "mqtt_link"
+    ) -> None:
+        self.client = client
+        self._on_end = on_end
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        # Every write from this thread: with a write callback registered, paho queues
+        # what other threads send (publish, ack, subscribe, disconnect) and wakes this
+        # thread's select (its socket pair) instead of writing from the caller's thread,
+        # which would race this one. (loop_start gets the same from a thread of paho's.)
+        self.client.on_socket_register_write = _no_op
+        self._thread.start()
+
+    def _run(self) -> None:
+        c = self.client
+        why = "the MQTT network loop ended"
+        try:
+            while not self._stopping:
+                rc = c.loop(timeout=select_timeout(c.keepalive))
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    why = f"connection closed: {mqtt.error_string(rc)}"
+                    break
+        except Exception as exc:  # a bug in paho or in a callback: said, and the owner told
+            log.exception("the MQTT network thread failed")
+            why = f"the MQTT network thread failed: {exc!r}"
+        if not self._stopping:
+            try:
+                self._on_end(why)
+            except Exception:
+                log.exception("the MQTT network thread could not report its end (%s)", why)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send DISCONNECT if the link is up, end the thread and wait for it (blocking)."""
+        self._stopping = True
+        with contextlib.suppress(Exception):  # already closed
+            self.client.disconnect()  # queued: wakes the thread, which sends it and closes
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # a bound, never expected: say so, do not hang
+                log.error("the MQTT network thread did not end within %.0f s", timeout)
+                return
+        if self.client.socket() is not None:
+            # it ended on its own (an error) with the link still open: nobody else writes
+            # now, so send the DISCONNECT from here (paho closes the socket after it)
+            with contextlib.suppress(Exception):
+                self.client.loop_write()
+
+
+def _no_op(*_: Any) -> None:
+    pass

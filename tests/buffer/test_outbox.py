@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from buffer import Outbox, OutboxCorrupt, OutboxError, OutboxRow, OutboxStats
+from buffer import URGENT, Outbox, OutboxCorrupt, OutboxError, OutboxRow, OutboxStats
 
 
 def body_for(seq: int) -> bytes:
@@ -483,3 +483,31 @@ def test_newer_schema_version_is_refused_but_not_called_corrupt(path: Path) -> N
     with pytest.raises(OutboxError, match="newer") as info:
         Outbox(path)
     assert not isinstance(info.value, OutboxCorrupt)
+
+
+def test_pending_drops_answered_from_memory_still_sees_every_new_drop(path: Path) -> None:
+    # pending_drops() skips the drops table while nothing can have changed it: a drop
+    # recorded here, or committed by another connection, must still be seen at once.
+    with Outbox(path) as ob, Outbox(path) as other:
+        assert ob.pending_drops() == []
+        assert ob.pending_drops() == []  # (answered from memory)
+        other.record_drop(5, "disk_full")
+        drops = ob.pending_drops()
+        assert [(d.points, d.reason) for d in drops] == [(5, "disk_full")]
+        ob.append("n", seal, priority=URGENT, notifies=[d.id for d in drops], essential=True)
+        assert ob.pending_drops() == [] and other.pending_drops() == []
+        ob.record_drop(3, "outbox_full")
+        assert [(d.points, d.reason) for d in ob.pending_drops()] == [(3, "outbox_full")]
+        assert [(d.points, d.reason) for d in other.pending_drops()] == [(3, "outbox_full")]
+
+
+def test_ack_of_many_rows_deletes_them_all_and_ignores_unknown_seqs(path: Path) -> None:
+    # up to 500 seqs are one DELETE statement, more are one transaction of single deletes
+    with Outbox(path) as ob:
+        seqs = [ob.append("t", seal) for _ in range(1300)]
+        assert ob.ack([*seqs[:3], 10**6]) == 3
+        assert ob.ack([*seqs[3:503], 10**6 + 1]) == 500  # 501 keys: the other way
+        assert ob.ack(seqs[503:1003]) == 500  # 500 keys: one statement
+        assert [r.seq for r in ob.pending(limit=10**6)] == seqs[1003:]
+        st = ob.stats()
+        assert (st.rows, st.bytes) == (297, sum(len(body_for(s)) for s in seqs[1003:]))

@@ -1,7 +1,7 @@
 """Nothing wakes without work: a gateway whose device is not due does not wake its threads
 on timers of its own (the status every second, the metrics server's poll, the audit tick,
-the archiver's look-around), and yet its status stays fresh (a heartbeat) and its
-metrics server still answers and stops at once.
+the archiver's look-around, paho's network loop every second), and yet its status stays
+fresh (a heartbeat) and its metrics server still answers and stops at once.
 
 Wakeups are counted, not timed: a thread's voluntary context switches
 (``/proc/self/task/TID/status``) go up by one each time it sleeps after waking, so an
@@ -123,12 +123,15 @@ def test_an_idle_gateway_does_not_wake_its_threads(
 
     out = asyncio.run(main())
     woke = out["woke"]
-    assert {"metrics", "outbox_0", "status", "audit_0"} <= woke.keys(), woke
+    assert {"metrics", "outbox_0", "status", "audit_0", "mqtt_link"} <= woke.keys(), woke
     assert out["passes"] <= 1, out  # a heartbeat at most (every second: 4)
     assert woke["metrics"] == 0, out  # it polled twice a second: 8
     assert woke["status"] <= 2, out  # one write, its rename (every second: ~12)
     assert woke["outbox_0"] <= 2, out  # the snapshot's counts (every second: ~8)
     assert woke["audit_0"] <= 2, out  # the interval checkpoint's tick (every second: ~8)
+    # paho's network thread sleeps a quarter of the keep-alive (30 s: 7.5 s); a PINGREQ
+    # and its PINGRESP may fall inside the window (loop_start's thread woke every second: 4)
+    assert woke["mqtt_link"] <= 2, out
     assert out["loop"] <= 6, out  # the sleep above, one pass (every second: ~12)
     assert out["health"]["live"] is True, out
 
