@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,6 @@ from buffer.seqs import SEQ_BLOCK
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = 10  # small messages before the big one: seqs 1..10, the big one is 11
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs: a disk that can really fill up."""
-    if os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root and always runs this)")
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(fs)], check=True)
-    try:
-        yield fs
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
 
 
 def crash_with_a_big_last_message(path: Path, *, reader: bool) -> None:
