@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify, verify_bytes
 from security.checkpoint import parse_entries, peek_checkpoint
 from security.keys import DeviceKey
+
+from .test_audit_mutations import Log, rebuild
 
 KEY = DeviceKey(Ed25519PrivateKey.generate())
 
@@ -95,3 +98,35 @@ def test_a_log_without_its_genesis_checkpoint_is_named_as_such(tmp_path: Path) -
     assert rep.log_id == peek_checkpoint(entries[0].raw).log_id
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.DELETED, rep
     assert rep.first_bad == 0 and "genesis checkpoint" in rep.message, rep
+
+
+@pytest.mark.parametrize(
+    ("every", "k", "first", "last", "says"),
+    [
+        (5, 6, 5, 9, "seq 5..9: altered (checkpoint after seq 9 names another head; the"),
+        (5, 9, 5, 9, "seq 5..9: altered (checkpoint after seq 9 names another head; the"),
+        (5, 11, 10, 11, "seq 10..11: altered (checkpoint after seq 11 names another head;"),
+        (1, 3, 3, 3, "seq 3: record altered (checkpoint after seq 3 names another head)"),
+    ],
+)
+def test_a_relinked_rewrite_is_named_from_the_last_good_checkpoint_to_the_next(
+    tmp_path: Path, every: int, k: int, first: int, last: int, says: str
+) -> None:
+    """Record k is altered and every later record re-linked and re-signed (a stolen
+    key), but the genuine checkpoints are kept: the first checkpoint after the change
+    names another head. Which record changed cannot be told, so verify names exactly
+    the run between the last checkpoint that still holds and that one (one record
+    when a checkpoint follows every record), and counts only what comes before as
+    verified."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=every) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    genuine = parse_entries(data).entries
+    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), k, KEY)).entries]
+    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    rep = verify_bytes(b"".join(kept), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, first), rep
+    assert rep.message.startswith(says), rep.message
