@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify, verify_bytes
-from security.checkpoint import parse_entries, peek_checkpoint
+from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
 from security.keys import DeviceKey
 
 from .test_audit_mutations import Log, rebuild
@@ -130,3 +130,105 @@ def test_a_relinked_rewrite_is_named_from_the_last_good_checkpoint_to_the_next(
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
     assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, first), rep
     assert rep.message.startswith(says), rep.message
+
+
+def _resigned(raw: bytes, **change: object) -> bytes:
+    """The checkpoint ``raw`` signed again with the device's key (a stolen key), with
+    some of its fields changed."""
+    cp = peek_checkpoint(raw)
+    fields = ("log_id", "size", "root", "head", "prev", "boot", "ts_ns", "why")
+    return sign_checkpoint(KEY, **{**{f: getattr(cp, f) for f in fields}, **change}).encoded  # type: ignore[arg-type]
+
+
+# Records 0..11, a checkpoint every 5: entries are
+# [genesis, 0..4, cp(5), 5..9, cp(10), 10, 11, close(12)].
+CHECKPOINT_CASES = {
+    "last records cut": (
+        lambda r: r[:-3] + r[-1:],
+        (
+            Problem.DELETED,
+            10,
+            10,
+            10,
+            "checkpoint after seq 9 seals 12 records: seq 10..11 deleted",
+        ),
+    ),
+    "close claims one more": (
+        lambda r: [*r[:-1], _resigned(r[-1], size=13)],
+        (
+            Problem.DELETED,
+            12,
+            12,
+            10,
+            "checkpoint after seq 11 seals 13 records: seq 12..12 deleted",
+        ),
+    ),
+    "close claims one fewer": (
+        lambda r: [*r[:-1], _resigned(r[-1], size=11)],
+        (
+            Problem.INSERTED,
+            11,
+            11,
+            10,
+            "checkpoint after seq 11 seals 11 records, but 12 precede it",
+        ),
+    ),
+    "wrong Merkle root": (
+        lambda r: [*r[:-1], _resigned(r[-1], root=bytes(32))],
+        (
+            Problem.BAD_CHECKPOINT,
+            12,
+            12,
+            12,
+            "checkpoint after seq 11: its Merkle root does not match the records",
+        ),
+    ),
+    "chain of checkpoints broken": (
+        lambda r: [*r[:-1], _resigned(r[-1], prev=bytes(32))],
+        (
+            Problem.DELETED,
+            12,
+            12,
+            12,
+            "checkpoint after seq 11: the checkpoint before it is missing or was replaced",
+        ),
+    ),
+    "genesis claims a record": (
+        lambda r: [_resigned(r[0], size=1), *r[1:]],
+        (Problem.DELETED, 0, 0, 0, "first checkpoint seals 1 records: seq 0..0 deleted"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_a_checkpoint_that_disagrees_with_the_records_is_named_exactly(
+    tmp_path: Path, case: str
+) -> None:
+    """Each way a validly signed checkpoint can disagree with the records before it
+    (records cut off the end, a size that claims more or fewer, a wrong Merkle root, a
+    broken chain of checkpoints): verify names the problem, the seqs, what still counts
+    as verified, the message `edgegw audit verify` prints, and the byte where that
+    checkpoint starts."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    entries = parse_entries(path.read_bytes()).entries
+    assert [e.record is None for e in entries] == [
+        True,
+        *[False] * 5,
+        True,
+        *[False] * 5,
+        True,
+        False,
+        False,
+        True,
+    ]
+    tamper, (problem, first, last, sealed, message) = CHECKPOINT_CASES[case]
+    raws = tamper([e.raw for e in entries])
+    bad = 0 if case.startswith("genesis") else len(raws) - 1  # the checkpoint named
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is problem, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, sealed), rep
+    assert rep.message == message
+    assert rep.bad_offset == sum(len(r) for r in raws[:bad])
