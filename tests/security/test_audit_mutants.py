@@ -232,3 +232,39 @@ def test_a_checkpoint_that_disagrees_with_the_records_is_named_exactly(
     assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, sealed), rep
     assert rep.message == message
     assert rep.bad_offset == sum(len(r) for r in raws[:bad])
+
+
+JUNK = b"\xff\x00\xfe"  # not CBOR: a damaged entry
+
+
+@pytest.mark.parametrize(
+    ("case", "at", "sealed"),
+    [
+        ("in the middle", 7, 5),
+        ("at one place with a bad checkpoint", 12, 12),
+        ("before a cut genesis", 0, 0),
+    ],
+)
+def test_a_damaged_entry_is_named_even_where_another_problem_is(
+    tmp_path: Path, case: str, at: int, sealed: int
+) -> None:
+    """Bytes that are not an entry: verify names them (the seq after which they sit and
+    their byte), also where a checkpoint problem is found at the same place (a close
+    checkpoint with a wrong Merkle root followed by junk; junk where the genesis
+    checkpoint was cut off): one report, the damage first, never a crash."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    raws = [e.raw for e in parse_entries(path.read_bytes()).entries]
+    if case == "in the middle":
+        raws = [*raws[:9], JUNK, *raws[9:]]  # after record 6
+    elif case.startswith("at one place"):
+        raws = [*raws[:-1], _resigned(raws[-1], root=bytes(32)), JUNK]
+    else:
+        raws = [JUNK, *raws[1:]]
+    offset = sum(len(r) for r in raws[: raws.index(JUNK)])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed, rep.bad_offset) == (at, at, sealed, offset)
+    assert rep.message.startswith(f"damaged entry at byte {offset}, after seq {at - 1} (")
