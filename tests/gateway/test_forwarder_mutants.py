@@ -401,3 +401,50 @@ def test_acknowledged_rows_that_cannot_be_deleted_yet_are_kept_and_deleted_later
     seqs, left, acked_while_locked, acked, drained = asyncio.run(main())
     assert acked_while_locked == 0 and acked == 5
     assert drained and left == [] and seqs == [1, 2, 3, 4, 5]
+
+
+def test_an_old_refusal_of_another_message_is_no_evidence(tmp_path: Path) -> None:
+    """Evidence against a message is counted from ITS first refusal. Seq 1 is refused
+    once, then taken (2 follows): two acks. After the connection drops, seq 3 is refused
+    four times, each before any ack on its connection: those acks of 1 and 2 came
+    before its first refusal, so they are no evidence against it. It is kept and goes
+    the fifth time, nothing is set aside, and 4 follows."""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(
+            puback=lambda seq, n: 0x80 if (seq == 1 and n == 1) or (seq == 3 and n <= 4) else 0
+        )
+        async with Rig(tmp_path, broker, max_inflight=1, reconnect_max_s=1) as rig:
+            await rig.add(2)
+            rig.run()
+            assert await rig.fwd.drain(30), broker.seqs()
+            connects = len(broker.connects)
+            broker.kick()  # seq 3 will be the first message on a new connection
+            assert await wait_until(lambda: len(broker.connects) > connects, 30)
+            await rig.add(2)
+            assert await rig.fwd.drain(60), broker.seqs()
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert set_aside == 0 and left == []
+    assert seqs == [1, 1, 2, 3, 3, 3, 3, 3, 4], seqs
+
+
+def test_a_message_refused_before_any_ack_waits_behind_the_others(tmp_path: Path) -> None:
+    """Seq 1 is refused once (0x80), before the broker acknowledged anything on the
+    connection: no evidence against it, but it must not hold up the stream. On the new
+    connection the others go first (5 and 6, never sent yet, included), and 1 goes
+    alone, last; nothing is set aside or left."""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 and n == 1 else 0)
+        async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
+            await rig.add(6)
+            rig.run()
+            assert await rig.fwd.drain(30), broker.seqs()
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert set_aside == 0 and left == []
+    assert seqs[0] == 1 and seqs.count(1) == 2 and seqs[-1] == 1, seqs
+    assert set(seqs) == set(range(1, 7)), seqs
