@@ -448,3 +448,26 @@ def test_a_message_refused_before_any_ack_waits_behind_the_others(tmp_path: Path
     assert set_aside == 0 and left == []
     assert seqs[0] == 1 and seqs.count(1) == 2 and seqs[-1] == 1, seqs
     assert set(seqs) == set(range(1, 7)), seqs
+
+
+def test_a_message_refused_first_without_evidence_then_with_it_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """Seq 1 is refused every time: first before any ack (no evidence: it waits behind
+    the others), then after the others were taken (evidence). Its strikes count from
+    there: it is set aside with a drop record after STRIKES (or one more) sends, and
+    every other message is delivered."""
+
+    async def main() -> tuple[list[int], list[int], int, list[tuple[int | None, str]]]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 else 0)
+        async with Rig(tmp_path, broker, max_inflight=2, reconnect_max_s=1) as rig:
+            await rig.add(4)
+            rig.run()
+            assert await rig.fwd.drain(60), broker.seqs()
+            drops = [(d.first_seq, d.reason) for d in await rig.ot.run(rig.ob.pending_drops)]
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, drops
+
+    seqs, left, set_aside, drops = asyncio.run(main())
+    assert seqs[0] == 1 and STRIKES + 1 <= seqs.count(1) <= STRIKES + 2, seqs
+    assert set_aside == 1 and left == [] and drops == [(1, SET_ASIDE_REASON)]
+    assert {2, 3, 4} <= set(seqs)
