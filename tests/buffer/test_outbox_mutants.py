@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from buffer import Outbox, OutboxError
+from buffer import URGENT, Outbox, OutboxError
 from buffer.model import is_full
 from buffer.seqs import SEQ_BLOCK
 
@@ -221,3 +221,21 @@ def test_an_outbox_in_a_directory_that_does_not_exist_yet_makes_it(tmp_path: Pat
     with Outbox(path) as ob:
         assert ob.append("t", body) == 1
     assert path.is_file()
+
+
+def test_pending_up_to_a_seq_gives_exactly_the_backlog_rows_in_order(tmp_path: Path) -> None:
+    """The forwarder reads the backlog (rows sealed before it connected) with
+    ``max_seq``: every row after ``after_seq`` up to and including ``max_seq``, of the
+    asked kind, in seq order, at most ``limit``; none after it."""
+    with Outbox(tmp_path / "o.db") as ob:
+        for s in range(1, 11):
+            ob.append("t", body, priority=URGENT if s in (3, 7) else 1)
+
+        def seqs(**kw: object) -> list[int]:
+            return [r.seq for r in ob.pending(**kw)]  # type: ignore[arg-type]
+
+        assert seqs(after_seq=1, urgent=False, max_seq=8) == [2, 4, 5, 6, 8]
+        assert seqs(after_seq=1, urgent=True, max_seq=6) == [3]
+        assert seqs(after_seq=0, max_seq=5) == [1, 2, 3, 4, 5]
+        assert seqs(after_seq=0, limit=2, urgent=False, max_seq=8) == [1, 2]
+        assert seqs(after_seq=8, urgent=False, max_seq=8) == []
