@@ -268,3 +268,69 @@ def test_a_damaged_entry_is_named_even_where_another_problem_is(
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
     assert (rep.first_bad, rep.last_bad, rep.sealed, rep.bad_offset) == (at, at, sealed, offset)
     assert rep.message.startswith(f"damaged entry at byte {offset}, after seq {at - 1} (")
+
+
+def _twelve_records(tmp_path: Path) -> list[bytes]:
+    """Records 0..11 (notes r000..r011), a checkpoint every 5, closed: the raw entries."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i:03d}")
+    return [e.raw for e in parse_entries(path.read_bytes()).entries]
+
+
+def test_an_edit_inside_a_checkpoints_range_names_the_one_record(tmp_path: Path) -> None:
+    """Record 7 is edited (not re-linked): the checkpoint after seq 9 names another head
+    (the range 5..9), but record 8 does not link to 7, which names the record exactly:
+    verify reports seq 7 alone, not the range."""
+    data = b"".join(_twelve_records(tmp_path))
+    assert data.count(b"r007") == 1
+    rep = verify_bytes(data.replace(b"r007", b"r00X"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (7, 7, 5), rep
+    assert rep.message == "seq 7: record altered (seq 8 does not link to it)"
+
+
+TAIL = "after the last checkpoint ({}); the tail cannot be checked for truncation or edits"
+
+
+@pytest.mark.parametrize(
+    ("case", "first", "last", "sealed", "torn", "says"),
+    [
+        ("not closed", 10, 11, 10, False, "records seq 10..11 " + TAIL.format("seq 0..9 sealed")),
+        (
+            "torn after the close",
+            12,
+            12,
+            12,
+            True,
+            "a torn (incomplete) final entry " + TAIL.format("seq 0..11 sealed"),
+        ),
+        (
+            "not closed and torn",
+            10,
+            11,
+            10,
+            True,
+            "records seq 10..11 and a torn (incomplete) final entry "
+            + TAIL.format("seq 0..9 sealed"),
+        ),
+    ],
+)
+def test_a_tail_after_the_last_checkpoint_is_named_as_unsealed(
+    tmp_path: Path, case: str, first: int, last: int, sealed: int, torn: bool, says: str
+) -> None:
+    """A log that ends without its close checkpoint (a crash), or with a torn final entry
+    (a crash mid-write), is not tampered but cannot be fully checked: verify names the
+    unsealed records (or the torn bytes), what is sealed, and for a torn entry after
+    everything sealed, the byte where it starts."""
+    raws = _twelve_records(tmp_path)
+    if case.startswith("not closed"):
+        raws = raws[:-1]
+    whole = b"".join(raws)
+    data = whole + (raws[3][:10] if torn else b"")
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.UNSEALED_TAIL, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, sealed), rep
+    assert rep.message == says
+    assert rep.bad_offset == (len(whole) if torn and sealed == 12 else None)
