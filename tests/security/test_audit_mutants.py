@@ -322,8 +322,8 @@ def test_a_tail_after_the_last_checkpoint_is_named_as_unsealed(
 ) -> None:
     """A log that ends without its close checkpoint (a crash), or with a torn final entry
     (a crash mid-write), is not tampered but cannot be fully checked: verify names the
-    unsealed records (or the torn bytes), what is sealed, and for a torn entry after
-    everything sealed, the byte where it starts."""
+    unsealed records (or the torn bytes), what is sealed (and the time span it
+    covers), and for a torn entry after everything sealed, the byte where it starts."""
     raws = _twelve_records(tmp_path)
     if case.startswith("not closed"):
         raws = raws[:-1]
@@ -334,3 +334,6 @@ def test_a_tail_after_the_last_checkpoint_is_named_as_unsealed(
     assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, sealed), rep
     assert rep.message == says
     assert rep.bad_offset == (len(whole) if torn and sealed == 12 else None)
+    # the time span verify vouches for: the first record's to the last sealed one's
+    recs = [e.record for e in parse_entries(whole).entries if e.record is not None]
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (recs[0].ts_ns, recs[sealed - 1].ts_ns)
