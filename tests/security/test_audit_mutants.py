@@ -5,12 +5,22 @@ byte by byte, verified as ``edgegw audit verify`` does."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify, verify_bytes
+from security.audit import (
+    AUDIT_FILE,
+    AuditLog,
+    AuditLogError,
+    Outcome,
+    Problem,
+    verify,
+    verify_bytes,
+)
 from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
 from security.keys import DeviceKey
 
@@ -337,3 +347,32 @@ def test_a_tail_after_the_last_checkpoint_is_named_as_unsealed(
     # the time span verify vouches for: the first record's to the last sealed one's
     recs = [e.record for e in parse_entries(whole).entries if e.record is not None]
     assert (rep.first_ts_ns, rep.last_ts_ns) == (recs[0].ts_ns, recs[sealed - 1].ts_ns)
+
+
+def test_a_record_that_fails_on_a_full_disk_leaves_no_torn_entry(tmp_path: Path) -> None:
+    """The disk fills up while a record is written (a real tmpfs: part of the record is
+    written, then ENOSPC): record() fails with a clear error and the part written is cut
+    off again. Once space is freed the next records follow, and the log verifies: no
+    damaged entry in its middle (which verify would call tampering)."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root and always runs this)")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)], check=True)
+    try:
+        path = fs / AUDIT_FILE
+        with AuditLog(path, KEY, boot=1, checkpoint_every=1000) as log:
+            log.record("link_up", host="::1", note="before")
+            filler = fs / "other-program"
+            with open(filler, "wb") as f:  # leave less room than the next record needs
+                f.write(b"\0" * (1024 * 1024 - path.stat().st_size - 8192 - 1000))
+            size = path.stat().st_size
+            with pytest.raises(AuditLogError, match="cannot append"):
+                log.record("link_up", host="::1", note="x" * 20_000)
+            assert path.stat().st_size == size  # the part that was written is cut off
+            filler.unlink()
+            log.record("link_up", host="::1", note="after")
+        rep = verify(path, [KEY.public_key])
+        assert rep.ok and rep.sealed == 2, rep
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
