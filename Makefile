@@ -33,6 +33,7 @@ deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	$(PY) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
 	pkg-config --exists libmodbus 2>/dev/null || missing="$$missing libmodbus-dev"; \
 	/usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || missing="$$missing python3-cbor2"; \

@@ -500,7 +500,8 @@ class Forwarder:
             room = window - len(self._inflight)
             if self._lone is not None:
                 room = 0  # a suspect is alone in flight
-            elif self._held and not self._inflight:
+            elif self._held and not self._inflight and not self._more(ob):
+                # alone, after the others (also when only one fits in the window)
                 await self._publish(s, [self._held.pop(min(self._held))], lone=True)
                 room = 0
             if room > 0 and self._more(ob):

@@ -4,6 +4,8 @@ DISCONNECT) and lets a test decide what a real broker decides on its own: the PU
 reason code of each message, when PUBACKs go out (held, then released), the properties
 of CONNACK (Receive Maximum, or any others: ``connack_props``, built with ``props``),
 refusing connections, and dropping them mid-stream. It keeps what each CONNECT said.
+For the receiver's tests it also delivers to a subscriber (``deliver``, any packet id)
+and records the PUBACKs it gets back, per connection (``pubacks``).
 Like the hostile Modbus device, it is a peer that misbehaves on purpose; mosquitto
 covers the well-behaved paths.
 
@@ -122,11 +124,13 @@ class ScriptedBroker:
     connect_packets: list[Connect] = field(default_factory=list)  # what each one said
     subscriptions: list[str] = field(default_factory=list)  # topic filters, in order
     max_unacked: int = 0
+    pubacks: list[tuple[int, int]] = field(default_factory=list)  # (connection, packet id)
     _held: list[tuple[asyncio.StreamWriter, bytes]] = field(default_factory=list)
     _unacked: int = 0
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
     _attempts: dict[int, int] = field(default_factory=dict)
     _server: asyncio.base_events.Server | None = None
+    _latest: asyncio.StreamWriter | None = None  # the last connection's, for deliver()
 
     async def start(self) -> ScriptedBroker:
         self._server = await asyncio.start_server(self._client, self.host, self.port)
@@ -157,11 +161,20 @@ class ScriptedBroker:
                 w.write(pkt)
         self._unacked = 0
 
+    def deliver(self, topic: str, payload: bytes, pid: int) -> None:
+        """Send a QoS 1 PUBLISH with packet id ``pid`` to the latest connection (as a
+        broker delivers to a subscriber); its PUBACKs are recorded in ``pubacks``."""
+        assert self._latest is not None
+        t = topic.encode()
+        body = struct.pack(">H", len(t)) + t + struct.pack(">H", pid) + b"\x00" + payload
+        self._latest.write(_packet(3, 0x02, body))
+
     def seqs(self) -> list[int]:
         return [s for _, s in self.received]
 
     async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self._writers.add(w)
+        conn = 0  # this connection's number (1 for the first CONNECT)
         try:
             while True:
                 head = (await r.readexactly(1))[0]
@@ -170,6 +183,7 @@ class ScriptedBroker:
                 if kind == 1:  # CONNECT
                     self.connects.append(asyncio.get_running_loop().time())
                     self.connect_packets.append(_parse_connect(body))
+                    conn, self._latest = len(self.connects), w
                     if self.refuse > 0:
                         self.refuse -= 1
                         w.write(_packet(2, 0, b"\x00\x88\x00"))
@@ -183,6 +197,8 @@ class ScriptedBroker:
                     w.write(_packet(9, 0, self._subscribe(body)))
                 elif kind == 3:  # PUBLISH, QoS 1
                     self._publish(w, head, body)
+                elif kind == 4:  # PUBACK from a subscriber (see deliver)
+                    self.pubacks.append((conn, struct.unpack(">H", body[:2])[0]))
                 elif kind == 12:  # PINGREQ
                     w.write(b"\xd0\x00")
                 elif kind == 14:  # DISCONNECT

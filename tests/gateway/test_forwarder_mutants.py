@@ -188,15 +188,17 @@ def test_what_the_uplink_stats_count_after_refused_pubacks(tmp_path: Path) -> No
 
 def test_refusals_before_any_ack_are_no_evidence_against_a_message(tmp_path: Path) -> None:
     """A message is set aside (dropped, with a notice) only when the broker refuses it
-    while it takes others. Refused (0x80) each time before the broker acknowledged
-    anything on the connection, it is kept and sent until it goes (here the fifth time),
-    and the messages behind it follow in order."""
+    while it takes others. The only message, refused (0x80) each time before the broker
+    acknowledged anything, is kept and sent until it goes (here the fifth time), and
+    the messages sealed after it follow in order."""
 
     async def main() -> tuple[list[int], list[int], int]:
         broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 and n <= 4 else 0)
         async with Rig(tmp_path, broker, max_inflight=1, reconnect_max_s=1) as rig:
-            await rig.add(4)
+            await rig.add(1)
             rig.run()
+            assert await wait_until(lambda: broker.seqs().count(1) == 5, 60), broker.seqs()
+            await rig.add(3)
             assert await rig.fwd.drain(60), broker.seqs()
             return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
 
@@ -401,3 +403,100 @@ def test_acknowledged_rows_that_cannot_be_deleted_yet_are_kept_and_deleted_later
     seqs, left, acked_while_locked, acked, drained = asyncio.run(main())
     assert acked_while_locked == 0 and acked == 5
     assert drained and left == [] and seqs == [1, 2, 3, 4, 5]
+
+
+def test_an_old_refusal_of_another_message_is_no_evidence(tmp_path: Path) -> None:
+    """Evidence against a message is counted from ITS first refusal. Seq 1 is refused
+    once (2 goes first), then taken: two acks. After the connection drops, seq 3 (the only
+    message) is refused four times, each before any ack on its connection: those acks
+    of 1 and 2 came before its first refusal, so they are no evidence against it. It is
+    kept and goes the fifth time, nothing is set aside, and 4 (sealed later) follows."""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(
+            puback=lambda seq, n: 0x80 if (seq == 1 and n == 1) or (seq == 3 and n <= 4) else 0
+        )
+        async with Rig(tmp_path, broker, max_inflight=1, reconnect_max_s=1) as rig:
+            await rig.add(2)
+            rig.run()
+            assert await rig.fwd.drain(30), broker.seqs()
+            connects = len(broker.connects)
+            broker.kick()  # seq 3 will be the first message on a new connection
+            assert await wait_until(lambda: len(broker.connects) > connects, 30)
+            await rig.add(1)
+            assert await wait_until(lambda: broker.seqs().count(3) == 5, 60), broker.seqs()
+            await rig.add(1)
+            assert await rig.fwd.drain(60), broker.seqs()
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert set_aside == 0 and left == []
+    assert seqs == [1, 2, 1, 3, 3, 3, 3, 3, 4], seqs  # 2 goes first: 1 waits behind it
+
+
+def test_a_message_refused_before_any_ack_waits_behind_the_others(tmp_path: Path) -> None:
+    """Seq 1 is refused once (0x80), before the broker acknowledged anything on the
+    connection: no evidence against it, but it must not hold up the stream. On the new
+    connection the others go first (5 and 6, never sent yet, included), and 1 goes
+    alone, last; nothing is set aside or left."""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 and n == 1 else 0)
+        async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
+            await rig.add(6)
+            rig.run()
+            assert await rig.fwd.drain(30), broker.seqs()
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert set_aside == 0 and left == []
+    assert seqs[0] == 1 and seqs.count(1) == 2 and seqs[-1] == 1, seqs
+    assert set(seqs) == set(range(1, 7)), seqs
+
+
+def test_a_message_refused_first_without_evidence_then_with_it_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """Seq 1 is refused every time: first before any ack (no evidence: it waits behind
+    the others), then after the others were taken (evidence). Its strikes count from
+    there: it is set aside with a drop record after exactly STRIKES more sends, and
+    every other message is delivered."""
+
+    async def main() -> tuple[list[int], list[int], int, list[tuple[int | None, str]]]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 else 0)
+        async with Rig(tmp_path, broker, max_inflight=2, reconnect_max_s=1) as rig:
+            await rig.add(4)
+            rig.run()
+            assert await rig.fwd.drain(60), broker.seqs()
+            drops = [(d.first_seq, d.reason) for d in await rig.ot.run(rig.ob.pending_drops)]
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, drops
+
+    seqs, left, set_aside, drops = asyncio.run(main())
+    # its first refusal always comes first (PUBACKs go in order): no evidence; then
+    # exactly STRIKES refusals with evidence
+    assert seqs[0] == 1 and seqs.count(1) == STRIKES + 1, seqs
+    assert set_aside == 1 and left == [] and drops == [(1, SET_ASIDE_REASON)]
+    assert {2, 3, 4} <= set(seqs)
+
+
+def test_a_refusal_after_acks_on_the_same_connection_is_the_first_strike(
+    tmp_path: Path,
+) -> None:
+    """One message in flight at a time (max_inflight 1, or a broker's Receive Maximum
+    of 1): 1 and 2 are taken, then 3 is refused on the same connection. Those acks are
+    evidence at once: 3 is set aside after exactly STRIKES sends, and the messages
+    behind it go first, not after it. (They waited behind it for ever: with room for
+    one message, the suspect went alone at once on every new connection, was refused
+    before any ack, so no evidence ever came, and nothing behind it was sent.)"""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 3 else 0)
+        async with Rig(tmp_path, broker, max_inflight=1, reconnect_max_s=1) as rig:
+            await rig.add(6)
+            rig.run()
+            assert await rig.fwd.drain(60), broker.seqs()
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert seqs[:3] == [1, 2, 3] and seqs.count(3) == STRIKES, seqs
+    assert set_aside == 1 and left == [] and set(seqs) == set(range(1, 7))

@@ -6,7 +6,9 @@ with the fix, and what health() says."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -15,8 +17,10 @@ import pytest
 from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Receiver, SqliteStore
 from security import DeviceKey
-from tests.gateway.test_receiver import msg
+from tests.gateway.test_forwarder_rules import wait_until
+from tests.gateway.test_receiver import TOPIC, msg
 from tests.gateway.test_receiver_mqtt import FailingStore, publish_all, wait
+from tests.mqttscript import ScriptedBroker
 
 
 @pytest.fixture
@@ -164,3 +168,45 @@ def test_health_counts_what_was_not_stored_until_the_reconnect(
     finally:
         mr.stop()
     store.close()
+
+
+def test_a_message_of_an_earlier_connection_never_acknowledges_one_of_the_next(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Message A arrives on the first connection (packet id 7) while the store is busy
+    (another program holds its write lock); the connection drops, and on the next one
+    the broker, with a new session, gives packet id 7 to message B. When the store is
+    free again A is stored but must not be acknowledged (on this connection id 7 is B,
+    not yet stored: acknowledging it would let the broker forget B before it is safe):
+    the broker gets exactly one PUBACK for id 7 on the second connection, B's, and both
+    are stored."""
+    store_path = tmp_path / "rx.db"
+    store = SqliteStore(store_path)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+
+    async def main() -> list[tuple[int, int]]:
+        broker = await ScriptedBroker().start()
+        lock = sqlite3.connect(store_path, isolation_level=None, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")  # the store's writes wait (its busy timeout is 30 s)
+        mr = MqttReceiver(rx, "::1", broker.port)
+        try:
+            await asyncio.to_thread(mr.start)
+            broker.deliver(TOPIC, msg(key, 1), pid=7)
+            await asyncio.sleep(0.5)  # A is received (it waits for the store)
+            broker.kick()
+            assert await wait_until(lambda: len(broker.subscriptions) == 2, 30)
+            broker.deliver(TOPIC, msg(key, 2), pid=7)
+            await asyncio.sleep(0.5)  # B is received too
+            lock.execute("ROLLBACK")
+            assert await wait_until(lambda: rx.received("gw1") == [(1, 2)], 30)
+            assert await wait_until(lambda: (2, 7) in broker.pubacks, 10)
+            await asyncio.sleep(0.5)  # a stray second PUBACK would follow at once
+            return broker.pubacks
+        finally:
+            lock.close()
+            await asyncio.to_thread(mr.stop)
+            await broker.stop()
+
+    pubacks = asyncio.run(main())
+    store.close()
+    assert pubacks == [(2, 7)], pubacks

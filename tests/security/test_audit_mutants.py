@@ -5,13 +5,26 @@ byte by byte, verified as ``edgegw audit verify`` does."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from security.audit import AUDIT_FILE, AuditLog, Outcome, Problem, verify, verify_bytes
-from security.checkpoint import parse_entries, peek_checkpoint
+from security.audit import (
+    AUDIT_FILE,
+    AuditLog,
+    AuditLogError,
+    Outcome,
+    Problem,
+    verify,
+    verify_bytes,
+)
+from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
 from security.keys import DeviceKey
+
+from .test_audit_mutations import Log, rebuild
 
 KEY = DeviceKey(Ed25519PrivateKey.generate())
 
@@ -95,3 +108,271 @@ def test_a_log_without_its_genesis_checkpoint_is_named_as_such(tmp_path: Path) -
     assert rep.log_id == peek_checkpoint(entries[0].raw).log_id
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.DELETED, rep
     assert rep.first_bad == 0 and "genesis checkpoint" in rep.message, rep
+
+
+@pytest.mark.parametrize(
+    ("every", "k", "first", "last", "says"),
+    [
+        (5, 6, 5, 9, "seq 5..9: altered (checkpoint after seq 9 names another head; the"),
+        (5, 9, 5, 9, "seq 5..9: altered (checkpoint after seq 9 names another head; the"),
+        (5, 11, 10, 11, "seq 10..11: altered (checkpoint after seq 11 names another head;"),
+        (1, 3, 3, 3, "seq 3: record altered (checkpoint after seq 3 names another head)"),
+    ],
+)
+def test_a_relinked_rewrite_is_named_from_the_last_good_checkpoint_to_the_next(
+    tmp_path: Path, every: int, k: int, first: int, last: int, says: str
+) -> None:
+    """Record k is altered and every later record re-linked and re-signed (a stolen
+    key), but the genuine checkpoints are kept: the first checkpoint after the change
+    names another head. Which record changed cannot be told, so verify names exactly
+    the run between the last checkpoint that still holds and that one (one record
+    when a checkpoint follows every record), and counts only what comes before as
+    verified."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=every) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    genuine = parse_entries(data).entries
+    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), k, KEY)).entries]
+    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    rep = verify_bytes(b"".join(kept), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, first), rep
+    assert rep.message.startswith(says), rep.message
+
+
+def _resigned(raw: bytes, **change: object) -> bytes:
+    """The checkpoint ``raw`` signed again with the device's key (a stolen key), with
+    some of its fields changed."""
+    cp = peek_checkpoint(raw)
+    fields = ("log_id", "size", "root", "head", "prev", "boot", "ts_ns", "why")
+    return sign_checkpoint(KEY, **{**{f: getattr(cp, f) for f in fields}, **change}).encoded  # type: ignore[arg-type]
+
+
+# Records 0..11, a checkpoint every 5: entries are
+# [genesis, 0..4, cp(5), 5..9, cp(10), 10, 11, close(12)].
+CHECKPOINT_CASES = {
+    "last records cut": (
+        lambda r: r[:-3] + r[-1:],
+        (
+            Problem.DELETED,
+            10,
+            10,
+            10,
+            "checkpoint after seq 9 seals 12 records: seq 10..11 deleted",
+        ),
+    ),
+    "close claims one more": (
+        lambda r: [*r[:-1], _resigned(r[-1], size=13)],
+        (
+            Problem.DELETED,
+            12,
+            12,
+            10,
+            "checkpoint after seq 11 seals 13 records: seq 12..12 deleted",
+        ),
+    ),
+    "close claims one fewer": (
+        lambda r: [*r[:-1], _resigned(r[-1], size=11)],
+        (
+            Problem.INSERTED,
+            11,
+            11,
+            10,
+            "checkpoint after seq 11 seals 11 records, but 12 precede it",
+        ),
+    ),
+    "wrong Merkle root": (
+        lambda r: [*r[:-1], _resigned(r[-1], root=bytes(32))],
+        (
+            Problem.BAD_CHECKPOINT,
+            12,
+            12,
+            12,
+            "checkpoint after seq 11: its Merkle root does not match the records",
+        ),
+    ),
+    "chain of checkpoints broken": (
+        lambda r: [*r[:-1], _resigned(r[-1], prev=bytes(32))],
+        (
+            Problem.DELETED,
+            12,
+            12,
+            12,
+            "checkpoint after seq 11: the checkpoint before it is missing or was replaced",
+        ),
+    ),
+    "genesis claims a record": (
+        lambda r: [_resigned(r[0], size=1), *r[1:]],
+        (Problem.DELETED, 0, 0, 0, "first checkpoint seals 1 records: seq 0..0 deleted"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_a_checkpoint_that_disagrees_with_the_records_is_named_exactly(
+    tmp_path: Path, case: str
+) -> None:
+    """Each way a validly signed checkpoint can disagree with the records before it
+    (records cut off the end, a size that claims more or fewer, a wrong Merkle root, a
+    broken chain of checkpoints): verify names the problem, the seqs, what still counts
+    as verified, the message `edgegw audit verify` prints, and the byte where that
+    checkpoint starts."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    entries = parse_entries(path.read_bytes()).entries
+    assert [e.record is None for e in entries] == [
+        True,
+        *[False] * 5,
+        True,
+        *[False] * 5,
+        True,
+        False,
+        False,
+        True,
+    ]
+    tamper, (problem, first, last, sealed, message) = CHECKPOINT_CASES[case]
+    raws = tamper([e.raw for e in entries])
+    bad = 0 if case.startswith("genesis") else len(raws) - 1  # the checkpoint named
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is problem, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, sealed), rep
+    assert rep.message == message
+    assert rep.bad_offset == sum(len(r) for r in raws[:bad])
+
+
+JUNK = b"\xff\x00\xfe"  # not CBOR: a damaged entry
+
+
+@pytest.mark.parametrize(
+    ("case", "at", "sealed"),
+    [
+        ("in the middle", 7, 5),
+        ("at one place with a bad checkpoint", 12, 12),
+        ("before a cut genesis", 0, 0),
+    ],
+)
+def test_a_damaged_entry_is_named_even_where_another_problem_is(
+    tmp_path: Path, case: str, at: int, sealed: int
+) -> None:
+    """Bytes that are not an entry: verify names them (the seq after which they sit and
+    their byte), also where a checkpoint problem is found at the same place (a close
+    checkpoint with a wrong Merkle root followed by junk; junk where the genesis
+    checkpoint was cut off): one report, the damage first, never a crash."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    raws = [e.raw for e in parse_entries(path.read_bytes()).entries]
+    if case == "in the middle":
+        raws = [*raws[:9], JUNK, *raws[9:]]  # after record 6
+    elif case.startswith("at one place"):
+        raws = [*raws[:-1], _resigned(raws[-1], root=bytes(32)), JUNK]
+    else:
+        raws = [JUNK, *raws[1:]]
+    offset = sum(len(r) for r in raws[: raws.index(JUNK)])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed, rep.bad_offset) == (at, at, sealed, offset)
+    assert rep.message.startswith(f"damaged entry at byte {offset}, after seq {at - 1} (")
+
+
+def _twelve_records(tmp_path: Path) -> list[bytes]:
+    """Records 0..11 (notes r000..r011), a checkpoint every 5, closed: the raw entries."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i:03d}")
+    return [e.raw for e in parse_entries(path.read_bytes()).entries]
+
+
+def test_an_edit_inside_a_checkpoints_range_names_the_one_record(tmp_path: Path) -> None:
+    """Record 7 is edited (not re-linked): the checkpoint after seq 9 names another head
+    (the range 5..9), but record 8 does not link to 7, which names the record exactly:
+    verify reports seq 7 alone, not the range."""
+    data = b"".join(_twelve_records(tmp_path))
+    assert data.count(b"r007") == 1
+    rep = verify_bytes(data.replace(b"r007", b"r00X"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (7, 7, 5), rep
+    assert rep.message == "seq 7: record altered (seq 8 does not link to it)"
+
+
+TAIL = "after the last checkpoint ({}); the tail cannot be checked for truncation or edits"
+
+
+@pytest.mark.parametrize(
+    ("case", "first", "last", "sealed", "torn", "says"),
+    [
+        ("not closed", 10, 11, 10, False, "records seq 10..11 " + TAIL.format("seq 0..9 sealed")),
+        (
+            "torn after the close",
+            12,
+            12,
+            12,
+            True,
+            "a torn (incomplete) final entry " + TAIL.format("seq 0..11 sealed"),
+        ),
+        (
+            "not closed and torn",
+            10,
+            11,
+            10,
+            True,
+            "records seq 10..11 and a torn (incomplete) final entry "
+            + TAIL.format("seq 0..9 sealed"),
+        ),
+    ],
+)
+def test_a_tail_after_the_last_checkpoint_is_named_as_unsealed(
+    tmp_path: Path, case: str, first: int, last: int, sealed: int, torn: bool, says: str
+) -> None:
+    """A log that ends without its close checkpoint (a crash), or with a torn final entry
+    (a crash mid-write), is not tampered but cannot be fully checked: verify names the
+    unsealed records (or the torn bytes), what is sealed (and the time span it
+    covers), and for a torn entry after everything sealed, the byte where it starts."""
+    raws = _twelve_records(tmp_path)
+    if case.startswith("not closed"):
+        raws = raws[:-1]
+    whole = b"".join(raws)
+    data = whole + (raws[3][:10] if torn else b"")
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.UNSEALED_TAIL, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (first, last, sealed), rep
+    assert rep.message == says
+    assert rep.bad_offset == (len(whole) if torn and sealed == 12 else None)
+    # the time span verify vouches for: the first record's to the last sealed one's
+    recs = [e.record for e in parse_entries(whole).entries if e.record is not None]
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (recs[0].ts_ns, recs[sealed - 1].ts_ns)
+
+
+def test_a_record_that_fails_on_a_full_disk_leaves_no_torn_entry(tmp_path: Path) -> None:
+    """The disk fills up while a record is written (a real tmpfs: part of the record is
+    written, then ENOSPC): record() fails with a clear error and the part written is cut
+    off again. Once space is freed the next records follow, and the log verifies: no
+    damaged entry in its middle (which verify would call tampering)."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root and always runs this)")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)], check=True)
+    try:
+        path = fs / AUDIT_FILE
+        with AuditLog(path, KEY, boot=1, checkpoint_every=1000) as log:
+            log.record("link_up", host="::1", note="before")
+            filler = fs / "other-program"
+            with open(filler, "wb") as f:  # leave less room than the next record needs
+                f.write(b"\0" * (1024 * 1024 - path.stat().st_size - 8192 - 1000))
+            size = path.stat().st_size
+            with pytest.raises(AuditLogError, match="cannot append"):
+                log.record("link_up", host="::1", note="x" * 20_000)
+            assert path.stat().st_size == size  # the part that was written is cut off
+            filler.unlink()
+            log.record("link_up", host="::1", note="after")
+        rep = verify(path, [KEY.public_key])
+        assert rep.ok and rep.sealed == 2, rep
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)

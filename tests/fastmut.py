@@ -1,0 +1,192 @@
+"""A fast pass over mutmut's own mutants, for a loaded machine where ``make mutate`` is
+too slow: each mutant is run (in a forked child, ``-x``, with a time budget) against
+only the tests that reach its function, found by one traced run of the tests you name.
+It can only over-count survivors: a test that starts the code in a subprocess is not
+seen by the traced run (run such tests against a mutant by hand, ``MUTANT_UNDER_TEST``).
+
+From the repository root, with mutmut installed (``make mutate`` installs it)::
+
+    .venv/bin/python tests/fastmut.py gen                       # mutants/ (no test run)
+    .venv/bin/python tests/fastmut.py stats ST.json TESTS...    # who reaches what
+    .venv/bin/python tests/fastmut.py run ST.json 'security.audit.*' RES.jsonl [ORDER]
+    .venv/bin/python tests/fastmut.py show RES.jsonl [survived]  # diffs of a status
+
+``run`` appends one JSON line per mutant to RES.jsonl and skips those already there
+(resumable); ORDER is a file of mutant names, to run those, in that order. Run it
+niced; it starts a process group per mutant and kills it at the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path.cwd()
+MUT = ROOT / "mutants"
+
+
+def gen() -> None:
+    from mutmut.__main__ import create_mutants
+    from mutmut.mutation.trampoline import set_mutant_under_test
+    from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir
+
+    set_mutant_under_test("mutant_generation")
+    MUT.mkdir(exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    print(create_mutants(2))
+
+
+def enter() -> None:
+    """Run from the mutated copy, as mutmut does; children import it too."""
+    shutil.copytree(ROOT / "tests", MUT / "tests", dirs_exist_ok=True)
+    os.chdir(MUT)
+    sys.path = [str(MUT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+    os.environ["PYTHONPATH"] = str(MUT)
+
+
+def all_mutants() -> list[str]:
+    names: list[str] = []
+    for meta in MUT.rglob("*.meta"):
+        names += json.loads(meta.read_text())["exit_code_by_key"].keys()
+    return names
+
+
+def stats(out: Path, tests: list[str]) -> None:
+    import pytest
+    from mutmut.mutation import trampoline
+
+    enter()
+    hits: dict[str, set[str]] = defaultdict(set)
+    dur: dict[str, float] = defaultdict(float)
+    current: set[str] = set()
+
+    def record(name: str, caller: str | None = None) -> None:
+        current.add(name)
+
+    trampoline.record_trampoline_hit = record  # type: ignore[assignment]
+    trampoline.set_mutant_under_test("stats")
+
+    class Plugin:
+        def pytest_runtest_setup(self, item: Any) -> None:
+            current.clear()
+
+        def pytest_runtest_teardown(self, item: Any, nextitem: Any) -> None:
+            for f in current:
+                hits[f].add(item.nodeid)
+            current.clear()
+
+        def pytest_runtest_logreport(self, report: Any) -> None:
+            dur[report.nodeid] += report.duration
+
+    rc = pytest.main(["--rootdir=.", "-q", "-p", "no:cacheprovider", *tests], plugins=[Plugin()])
+    found = {k: sorted(v) for k, v in hits.items()}
+    out.write_text(json.dumps({"rc": int(rc), "hits": found, "dur": dur}))
+    print("stats: exit", rc, "functions reached", len(hits))
+
+
+def one(name: str, tests: list[str], budget: float) -> tuple[str, int | None]:
+    """The mutant against the tests, in a forked child (its own process group)."""
+    import pytest
+    from mutmut.mutation.trampoline import set_mutant_under_test
+
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.environ["MUTANT_UNDER_TEST"] = name
+        set_mutant_under_test(name)
+        try:
+            rc = int(pytest.main(["--rootdir=.", "-x", "-q", "-p", "no:cacheprovider", *tests]))
+        except BaseException:
+            rc = 99
+        os._exit(rc)
+    start = time.monotonic()
+    status: str | None = None
+    rc: int | None = None
+    while True:
+        done, ws = os.waitpid(pid, os.WNOHANG)
+        if done:
+            rc = os.waitstatus_to_exitcode(ws)
+            break
+        if time.monotonic() - start > budget:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = "timeout"
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # whatever the child left running (a broker)
+    if status is None:
+        status = {0: "survived", 1: "killed", 3: "killed"}.get(rc or 0, f"exit {rc}")
+    return status, rc
+
+
+def run(stats_file: Path, pattern: str, results: Path, order: Path | None) -> None:
+    import pytest
+    from mutmut.utils.format_utils import mangled_name_from_mutant_name
+
+    st = json.loads(stats_file.read_text())
+    hits, dur = st["hits"], st["dur"]
+    names = sorted(n for n in all_mutants() if fnmatch.fnmatch(n, pattern))
+    if order is not None:
+        have = set(names)
+        names = [n for n in order.read_text().split() if n in have]
+    done = set()
+    if results.exists():
+        done = {json.loads(line)["name"] for line in results.read_text().splitlines() if line}
+    todo = [n for n in names if n not in done]
+    print(f"{len(names)} mutants, {len(todo)} to run", flush=True)
+    enter()
+    files = sorted({t.split("::")[0] for f in hits.values() for t in f})
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        pytest.main(["--rootdir=.", "-q", "-p", "no:cacheprovider", "--collect-only", *files])
+    for i, name in enumerate(todo, 1):
+        tests = sorted(hits.get(mangled_name_from_mutant_name(name), []), key=lambda t: dur[t])
+        start = time.monotonic()
+        if tests:
+            status, rc = one(name, tests, 20 + 4 * sum(dur[t] for t in tests))
+        else:
+            status, rc = "no tests", None
+        secs = round(time.monotonic() - start, 1)
+        rec = {"name": name, "status": status, "rc": rc, "secs": secs, "tests": len(tests)}
+        with open(results, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(i, len(todo), status, secs, name, flush=True)
+
+
+def show(results: Path, status: str) -> None:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        if r["status"] == status:
+            diff = get_diff_for_mutant(r["name"]).splitlines()[2:]
+            print("##", r["name"])
+            print("\n".join(x for x in diff if x[:1] in "+-" and x[:3] not in ("+++", "---")))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "gen":
+        gen()
+    elif cmd == "stats":
+        stats(ROOT / args[0], args[1:])
+    elif cmd == "run":
+        run(ROOT / args[0], args[1], ROOT / args[2], ROOT / args[3] if len(args) > 3 else None)
+    elif cmd == "show":
+        show(ROOT / args[0], args[1] if len(args) > 1 else "survived")
+    else:
+        sys.exit(__doc__)
