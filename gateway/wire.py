@@ -38,8 +38,15 @@ VERSIONS = (1, 2)
 MAX_PREFIX = 64
 """Characters of a tag set's common prefix (bounds what a receiver expands)."""
 
-_SET_CACHE_MAX = 4096
+# Tag sets met again are kept (a polled device's plan reads the same names every cycle);
+# a set met once is only remembered by its hash: an OPC UA subscription's changes name
+# another subset of its tags in every message, and keeping each (36 KiB for 500 tags)
+# grew the daemon by 2 MiB a minute until the cache was full (4,096 sets: 150 MiB).
+_SET_CACHE_NAMES = 100_000  # names held at most (a 10,000-tag config's sets hold 10,000)
+_SEEN_ONCE_MAX = 4096
 _set_cache: dict[tuple[str, ...], list[Any]] = {}
+_seen_once: set[int] = set()
+_cached_names = 0
 
 
 def encode_payload(
@@ -137,8 +144,8 @@ def columns(groups: Iterable[Sequence[Any]]) -> tuple[list[Any], list[Any]]:
 
 
 def tag_set(names: tuple[str, ...]) -> list[Any]:
-    """``[prefix, [rest of each name]]``: the names' common prefix once (cached: a
-    device's plan reads the same names every cycle)."""
+    """``[prefix, [rest of each name]]``: the names' common prefix once (cached from the
+    second time a set is met: a device's plan reads the same names every cycle)."""
     cached = _set_cache.get(names)
     if cached is not None:
         return cached
@@ -146,7 +153,16 @@ def tag_set(names: tuple[str, ...]) -> list[Any]:
     prefix = os.path.commonprefix([min(names), max(names)])[:MAX_PREFIX]  # noqa: RUF071
     cut = len(prefix)
     out = [prefix, [n[cut:] for n in names]]
-    if len(_set_cache) >= _SET_CACHE_MAX:
+    h = hash(names)
+    if h not in _seen_once:  # the first time: remembered, not kept
+        if len(_seen_once) >= _SEEN_ONCE_MAX:
+            _seen_once.clear()
+        _seen_once.add(h)
+        return out
+    global _cached_names
+    if _cached_names + len(names) > _SET_CACHE_NAMES:
         _set_cache.clear()
+        _cached_names = 0
     _set_cache[names] = out
+    _cached_names += len(names)
     return out

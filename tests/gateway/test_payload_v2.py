@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import re
 import struct
 import time
@@ -348,3 +349,32 @@ def test_a_reading_too_large_for_any_message_becomes_a_bad_reading(tmp_path: Pat
     got = asyncio.run(main())
     assert [r[0] for r in got] == ["a/small", "a/blob", "a/next"]
     assert got[1][2] is None and got[1][3] == 3 and "value too large" in got[1][4]
+
+
+def test_a_subscriptions_ever_new_tag_sets_are_not_kept() -> None:
+    """An OPC UA subscription names another subset of its tags in every message: those
+    sets are not kept (they grew the daemon 2 MiB a minute), while a polled device's set,
+    met every cycle, is kept from its second message and encoded the same."""
+    from gateway import wire
+
+    wire._set_cache.clear()
+    wire._seen_once.clear()
+    wire._cached_names = 0
+    rng = random.Random(7)
+    every = [f"ua/n{i:04d}" for i in range(500)]
+    for _ in range(300):  # five minutes of one-second publishes
+        names = tuple(sorted(rng.sample(every, 250)))
+        prefix, rest = wire.tag_set(names)
+        assert [prefix + r for r in rest] == list(names)
+    assert len(wire._set_cache) <= 1 and wire._cached_names <= 250
+    polled = tuple(f"plc7/t{i:02d}" for i in range(50))
+    first = wire.tag_set(polled)
+    second = wire.tag_set(polled)
+    assert second == first == ["plc7/t", [f"{i:02d}" for i in range(50)]]
+    assert wire.tag_set(polled) is second  # kept from the second time
+    # a pathological stream of sets met twice each stays within the names budget
+    for k in range(3000):
+        names = tuple(f"d{k}/t{i}" for i in range(100))
+        wire.tag_set(names)
+        wire.tag_set(names)
+        assert wire._cached_names <= wire._SET_CACHE_NAMES
