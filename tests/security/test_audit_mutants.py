@@ -376,3 +376,73 @@ def test_a_record_that_fails_on_a_full_disk_leaves_no_torn_entry(tmp_path: Path)
         assert rep.ok and rep.sealed == 2, rep
     finally:
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def _unclosed(tmp_path: Path, n: int) -> list[bytes]:
+    """Records 0..n-1 (notes r000..), a checkpoint every 5, never closed (a crash): the
+    raw entries, the last checkpoint sealing seq 0..9."""
+    path = tmp_path / AUDIT_FILE
+    log = AuditLog(path, KEY, boot=1, checkpoint_every=5)
+    for i in range(n):
+        log.record("link_up", host="::1", note=f"r{i:03d}")
+    raws = [e.raw for e in parse_entries(path.read_bytes()).entries]
+    log.close()
+    return raws
+
+
+@pytest.mark.parametrize(
+    ("k", "named", "sealed", "says"),
+    [
+        (9, 9, 5, "seq 9: record altered (seq 10 does not link to it; not sealed)"),
+        (10, 10, 10, "seq 10: record altered (seq 11 does not link to it; not sealed)"),
+        (11, 12, 10, "seq 12: record altered (it does not link to seq 11)"),
+    ],
+)
+def test_an_edit_at_the_unsealed_tail_names_the_likelier_record(
+    tmp_path: Path, k: int, named: int, sealed: int, says: str
+) -> None:
+    """A crashed log (records 0..12, the last checkpoint seals 0..9) whose record k is
+    edited (not re-linked): in the unsealed tail, where a record's successor still links
+    to it, the record before the break is named. At the tail's first record (k=9: seq 10
+    is the first unsealed one) too; at the very last link (k=11) there is no successor
+    to agree with, so the last record is named, and verify does not crash."""
+    raws = _unclosed(tmp_path, 13)
+    data = b"".join(raws)
+    note = f"r{k:03d}".encode()
+    assert data.count(note) == 1
+    rep = verify_bytes(data.replace(note, b"r0XX"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (named, named, sealed), rep
+    assert rep.message == says
+
+
+def test_an_edit_of_the_last_record_a_checkpoint_seals_names_that_record(
+    tmp_path: Path,
+) -> None:
+    """Record 9 is edited (not re-linked): the checkpoint after seq 9 names another head
+    (the range 5..9), and record 10 does not link to 9, which names the last record of
+    that range exactly."""
+    data = b"".join(_twelve_records(tmp_path))
+    assert data.count(b"r009") == 1
+    rep = verify_bytes(data.replace(b"r009", b"r00X"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (9, 9, 5), rep
+    assert rep.message == "seq 9: record altered (seq 10 does not link to it)"
+
+
+@pytest.mark.parametrize(
+    "case", ["close claims one more", "wrong Merkle root", "chain of checkpoints broken"]
+)
+def test_damage_right_after_a_bad_close_checkpoint_is_named_first(
+    tmp_path: Path, case: str
+) -> None:
+    """A close checkpoint that disagrees with the records (validly signed), then bytes
+    that are not an entry: both are found at seq 12. Verify does not crash on the tie
+    and names the damage first."""
+    raws = _twelve_records(tmp_path)
+    tamper = CHECKPOINT_CASES[case][0]
+    raws = [*tamper(raws), JUNK]
+    offset = sum(len(r) for r in raws[:-1])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.bad_offset) == (12, 12, offset), rep
