@@ -23,6 +23,7 @@ from security.audit import (
 )
 from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
 from security.keys import DeviceKey
+from security.segments import log_dir_files
 
 from .test_audit_mutations import Log, rebuild
 
@@ -446,3 +447,64 @@ def test_damage_right_after_a_bad_close_checkpoint_is_named_first(
     rep = verify_bytes(b"".join(raws), [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
     assert (rep.first_bad, rep.last_bad, rep.bad_offset) == (12, 12, offset), rep
+
+
+def test_a_run_of_segments_from_the_middle_with_an_unsealed_tail_is_named_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """An archived log whose first segments are gone, and whose writer crashed (records
+    after its last checkpoint): verify counts from the first given segment's checkpoint,
+    names the unsealed tail and what is sealed from that seq on, and vouches for the
+    time span of the given records that are sealed."""
+    path = tmp_path / AUDIT_FILE
+    log = AuditLog(path, KEY, boot=1, checkpoint_every=7, segment_bytes=4096)
+    for i in range(200):
+        log.record("link_up", host=f"h{i}", port=i)
+    segs = [f for _, f in log_dir_files(path)]
+    assert len(segs) >= 4
+    data = b"".join(f.read_bytes() for f in segs[2:])
+    everything = b"".join(f.read_bytes() for f in segs)
+    log.close()
+    first = parse_entries(segs[2].read_bytes()).entries[0]
+    b = peek_checkpoint(first.raw).size
+    recs = [e.record for e in parse_entries(everything).entries if e.record is not None]
+    assert len(recs) == 200 and 0 < b < 196
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.UNSEALED_TAIL, rep
+    assert (rep.first_seq, rep.records) == (b, 200 - b), rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (196, 199, 196), rep
+    assert rep.message == (
+        f"records seq 196..199 after the last checkpoint (seq {b}..195 sealed); the tail "
+        "cannot be checked for truncation or edits"
+    )
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (recs[b].ts_ns, recs[195].ts_ns)
+
+
+def test_a_last_segment_alone_with_nothing_sealed_after_its_start_says_so(
+    tmp_path: Path,
+) -> None:
+    """Only the live segment of a crashed log is given, and no checkpoint follows its
+    first one: verify counts from that checkpoint's seq, says nothing is sealed, names
+    every given record as the unsealed tail, and vouches for no time span."""
+    path = tmp_path / AUDIT_FILE
+    log = AuditLog(path, KEY, boot=1, checkpoint_every=7, segment_bytes=4096)
+    i = 0
+    while log.segment < 2:
+        log.record("link_up", host=f"h{i}", port=i)
+        i += 1
+    b = log.size
+    for j in range(3):
+        log.record("link_up", host=f"t{j}", port=j)
+    segs = [f for _, f in log_dir_files(path)]
+    data = segs[-1].read_bytes()
+    log.close()
+    assert peek_checkpoint(parse_entries(data).entries[0].raw).size == b > 0
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.UNSEALED_TAIL, rep
+    assert (rep.first_seq, rep.records) == (b, 3), rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (b, b + 2, b), rep
+    assert rep.message == (
+        f"records seq {b}..{b + 2} after the last checkpoint (nothing sealed); the tail "
+        "cannot be checked for truncation or edits"
+    )
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (None, None), rep
