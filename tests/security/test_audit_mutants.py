@@ -508,3 +508,54 @@ def test_a_last_segment_alone_with_nothing_sealed_after_its_start_says_so(
         "cannot be checked for truncation or edits"
     )
     assert (rep.first_ts_ns, rep.last_ts_ns) == (None, None), rep
+
+
+def test_an_edit_of_the_first_record_after_a_checkpoint_names_that_record(
+    tmp_path: Path,
+) -> None:
+    """Record 5 is edited (not re-linked): the checkpoints after seq 9 and 11 find that
+    their Merkle roots do not match, and record 6 does not link to 5: verify names seq 5
+    alone, and counts 0..4 as verified."""
+    data = b"".join(_twelve_records(tmp_path))
+    assert data.count(b"r005") == 1
+    rep = verify_bytes(data.replace(b"r005", b"r00X"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (5, 5, 5), rep
+    assert rep.message == "seq 5: record altered (seq 6 does not link to it)"
+
+
+def test_another_logs_record_inserted_before_a_real_one_is_named_as_inserted(
+    tmp_path: Path,
+) -> None:
+    """Another log's record 5 (same seq, but it links to that log's record 4) is put
+    before this log's record 5: verify names an inserted forgery at seq 5."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    ours, theirs = _twelve_records(tmp_path / "ours"), _twelve_records(tmp_path / "theirs")
+    # entries: [genesis, 0..4, cp(5), 5..9, ...]: record 5 is entry 7
+    assert parse_entries(theirs[7]).entries[0].record.seq == 5  # type: ignore[union-attr]
+    rep = verify_bytes(b"".join([*ours[:7], theirs[7], *ours[7:]]), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (5, 5, 5), rep
+    assert rep.message == "seq 5: forged record inserted before the real seq 5"
+
+
+def test_damage_where_a_relinked_rewrite_starts_is_named_first(tmp_path: Path) -> None:
+    """Record 7 is altered and every later record re-linked and re-signed (a stolen key),
+    so the checkpoint after seq 9 names another head (the range 5..9), and bytes that are
+    not an entry sit right after the checkpoint after seq 4: both are found at seq 5.
+    Verify does not crash on the tie and names the damage first."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    genuine = parse_entries(data).entries
+    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), 7, KEY)).entries]
+    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    assert genuine[6].record is None  # [genesis, 0..4, cp(5), ...]
+    raws = [*kept[:7], JUNK, *kept[7:]]
+    offset = sum(len(r) for r in kept[:7])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed, rep.bad_offset) == (5, 5, 5, offset), rep
