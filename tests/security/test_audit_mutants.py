@@ -559,3 +559,52 @@ def test_damage_where_a_relinked_rewrite_starts_is_named_first(tmp_path: Path) -
     rep = verify_bytes(b"".join(raws), [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
     assert (rep.first_bad, rep.last_bad, rep.sealed, rep.bad_offset) == (5, 5, 5, offset), rep
+
+
+def _archived_run(tmp_path: Path) -> tuple[list[bytes], int]:
+    """A closed log of 200 records in segments, its first two segments gone: the raw
+    entries of the rest, and the seq they start at."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=7, segment_bytes=4096) as log:
+        for i in range(200):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f for _, f in log_dir_files(path)]
+    assert len(segs) >= 4
+    raws = [e.raw for e in parse_entries(b"".join(f.read_bytes() for f in segs[2:])).entries]
+    b = peek_checkpoint(raws[0]).size
+    assert b > 0
+    return raws, b
+
+
+def test_damage_in_a_run_of_segments_from_the_middle_is_named_by_its_seq(
+    tmp_path: Path,
+) -> None:
+    """Bytes that are not an entry, after the third record of an archived run whose
+    first segments are gone: verify names the seq they follow, counted from the run's
+    first checkpoint, and what is verified before them."""
+    raws, b = _archived_run(tmp_path)
+    kinds = [parse_entries(r).entries[0].record is None for r in raws[:4]]
+    assert kinds == [True, False, False, False]
+    raws = [*raws[:4], JUNK, *raws[4:]]  # the first checkpoint, then records b..b+2
+    offset = sum(len(r) for r in raws[:4])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (b + 3, b + 3, b), rep
+    assert rep.bad_offset == offset
+    assert rep.message.startswith(f"damaged entry at byte {offset}, after seq {b + 2} (")
+
+
+def test_a_bad_first_checkpoint_of_a_run_from_the_middle_seals_nothing(
+    tmp_path: Path,
+) -> None:
+    """The first checkpoint of an archived run (its first segments gone) has a damaged
+    signature: verify names it, at the run's first seq, and counts nothing as
+    verified, not the records before the run."""
+    raws, b = _archived_run(tmp_path)
+    first = bytearray(raws[0])
+    first[-1] ^= 0x01  # the last byte of its signature
+    rep = verify_bytes(b"".join([bytes(first), *raws[1:]]), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.BAD_CHECKPOINT, rep
+    assert (rep.first_seq, rep.first_bad, rep.sealed) == (b, b, b), rep
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (None, None), rep
+    assert rep.bad_offset == 0
