@@ -22,6 +22,7 @@ from security.audit import (
     verify_bytes,
 )
 from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
+from security.keyring import certify
 from security.keys import DeviceKey
 from security.segments import log_dir_files
 
@@ -608,3 +609,30 @@ def test_a_bad_first_checkpoint_of_a_run_from_the_middle_seals_nothing(
     assert (rep.first_seq, rep.first_bad, rep.sealed) == (b, b, b), rep
     assert (rep.first_ts_ns, rep.last_ts_ns) == (None, None), rep
     assert rep.bad_offset == 0
+
+
+def test_a_run_from_the_middle_verifies_with_the_rotated_key_alone(tmp_path: Path) -> None:
+    """The device rotated its key at the start of the log (a key_rotated record with the
+    certificate the old key signed for the new one); the segments from the third on, all
+    signed by the new key, are verified with that key alone. The certificate each
+    segment's first checkpoint carries cannot be checked (the old key is not given): it
+    is passed over, not an error, and the run verifies; with the old key alone it
+    verifies through that certificate."""
+    old, new = DeviceKey(Ed25519PrivateKey.generate()), DeviceKey(Ed25519PrivateKey.generate())
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, old, boot=1, checkpoint_every=7, segment_bytes=4096) as log:
+        cert = certify(old, new.public_key, 1)
+        log.record("key_rotated", old_kid=old.kid.hex(), new_kid=new.kid.hex(), n=1, cert=cert)
+        log.signer = new
+        for i in range(200):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f for _, f in log_dir_files(path)]
+    assert len(segs) >= 4
+    first = peek_checkpoint(parse_entries(segs[2].read_bytes()).entries[0].raw)
+    assert first.certs == (cert,)
+    data = b"".join(f.read_bytes() for f in segs[2:])
+    for key in (new, old):
+        rep = verify_bytes(data, [key.public_key])
+        assert rep.ok, (key is new, rep.summary())
+        assert (rep.first_seq, rep.sealed) == (first.size, 201), rep
+        assert rep.kids == [new.kid], rep
