@@ -636,3 +636,26 @@ def test_a_run_from_the_middle_verifies_with_the_rotated_key_alone(tmp_path: Pat
         assert rep.ok, (key is new, rep.summary())
         assert (rep.first_seq, rep.sealed) == (first.size, 201), rep
         assert rep.kids == [new.kid], rep
+
+
+def test_a_finding_at_the_start_of_a_relinked_range_is_preferred_to_the_range(
+    tmp_path: Path,
+) -> None:
+    """Record 7 is altered and every later record re-linked (a stolen key): the
+    checkpoint after seq 9 names another head (the range 5..9). The close checkpoint is
+    also re-signed to claim only 5 records: that names seq 5, the first seq of the
+    range, and being one place, it is reported rather than the range."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    genuine = parse_entries(data).entries
+    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), 7, KEY)).entries]
+    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    raws = [*kept[:-1], _resigned(kept[-1], size=5)]
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (5, 5, 5), rep
+    assert rep.message == "checkpoint after seq 11 seals 5 records, but 12 precede it"
+    assert rep.bad_offset == sum(len(r) for r in raws[:-1])
