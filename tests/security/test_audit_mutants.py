@@ -22,7 +22,9 @@ from security.audit import (
     verify_bytes,
 )
 from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
+from security.keyring import certify
 from security.keys import DeviceKey
+from security.segments import log_dir_files
 
 from .test_audit_mutations import Log, rebuild
 
@@ -376,3 +378,284 @@ def test_a_record_that_fails_on_a_full_disk_leaves_no_torn_entry(tmp_path: Path)
         assert rep.ok and rep.sealed == 2, rep
     finally:
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def _unclosed(tmp_path: Path, n: int) -> list[bytes]:
+    """Records 0..n-1 (notes r000..), a checkpoint every 5, never closed (a crash): the
+    raw entries, the last checkpoint sealing seq 0..9."""
+    path = tmp_path / AUDIT_FILE
+    log = AuditLog(path, KEY, boot=1, checkpoint_every=5)
+    for i in range(n):
+        log.record("link_up", host="::1", note=f"r{i:03d}")
+    raws = [e.raw for e in parse_entries(path.read_bytes()).entries]
+    log.close()
+    return raws
+
+
+@pytest.mark.parametrize(
+    ("k", "named", "sealed", "says"),
+    [
+        (9, 9, 5, "seq 9: record altered (seq 10 does not link to it; not sealed)"),
+        (10, 10, 10, "seq 10: record altered (seq 11 does not link to it; not sealed)"),
+        (11, 12, 10, "seq 12: record altered (it does not link to seq 11)"),
+    ],
+)
+def test_an_edit_at_the_unsealed_tail_names_the_likelier_record(
+    tmp_path: Path, k: int, named: int, sealed: int, says: str
+) -> None:
+    """A crashed log (records 0..12, the last checkpoint seals 0..9) whose record k is
+    edited (not re-linked): in the unsealed tail, where a record's successor still links
+    to it, the record before the break is named. At the tail's first record (k=9: seq 10
+    is the first unsealed one) too; at the very last link (k=11) there is no successor
+    to agree with, so the last record is named, and verify does not crash."""
+    raws = _unclosed(tmp_path, 13)
+    data = b"".join(raws)
+    note = f"r{k:03d}".encode()
+    assert data.count(note) == 1
+    rep = verify_bytes(data.replace(note, b"r0XX"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (named, named, sealed), rep
+    assert rep.message == says
+
+
+def test_an_edit_of_the_last_record_a_checkpoint_seals_names_that_record(
+    tmp_path: Path,
+) -> None:
+    """Record 9 is edited (not re-linked): the checkpoint after seq 9 names another head
+    (the range 5..9), and record 10 does not link to 9, which names the last record of
+    that range exactly."""
+    data = b"".join(_twelve_records(tmp_path))
+    assert data.count(b"r009") == 1
+    rep = verify_bytes(data.replace(b"r009", b"r00X"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (9, 9, 5), rep
+    assert rep.message == "seq 9: record altered (seq 10 does not link to it)"
+
+
+@pytest.mark.parametrize(
+    "case", ["close claims one more", "wrong Merkle root", "chain of checkpoints broken"]
+)
+def test_damage_right_after_a_bad_close_checkpoint_is_named_first(
+    tmp_path: Path, case: str
+) -> None:
+    """A close checkpoint that disagrees with the records (validly signed), then bytes
+    that are not an entry: both are found at seq 12. Verify does not crash on the tie
+    and names the damage first."""
+    raws = _twelve_records(tmp_path)
+    tamper = CHECKPOINT_CASES[case][0]
+    raws = [*tamper(raws), JUNK]
+    offset = sum(len(r) for r in raws[:-1])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.bad_offset) == (12, 12, offset), rep
+
+
+def test_a_run_of_segments_from_the_middle_with_an_unsealed_tail_is_named_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """An archived log whose first segments are gone, and whose writer crashed (records
+    after its last checkpoint): verify counts from the first given segment's checkpoint,
+    names the unsealed tail and what is sealed from that seq on, and vouches for the
+    time span of the given records that are sealed."""
+    path = tmp_path / AUDIT_FILE
+    log = AuditLog(path, KEY, boot=1, checkpoint_every=7, segment_bytes=4096)
+    for i in range(200):
+        log.record("link_up", host=f"h{i}", port=i)
+    segs = [f for _, f in log_dir_files(path)]
+    assert len(segs) >= 4
+    data = b"".join(f.read_bytes() for f in segs[2:])
+    everything = b"".join(f.read_bytes() for f in segs)
+    log.close()
+    first = parse_entries(segs[2].read_bytes()).entries[0]
+    b = peek_checkpoint(first.raw).size
+    recs = [e.record for e in parse_entries(everything).entries if e.record is not None]
+    assert len(recs) == 200 and 0 < b < 196
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.UNSEALED_TAIL, rep
+    assert (rep.first_seq, rep.records) == (b, 200 - b), rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (196, 199, 196), rep
+    assert rep.message == (
+        f"records seq 196..199 after the last checkpoint (seq {b}..195 sealed); the tail "
+        "cannot be checked for truncation or edits"
+    )
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (recs[b].ts_ns, recs[195].ts_ns)
+
+
+def test_a_last_segment_alone_with_nothing_sealed_after_its_start_says_so(
+    tmp_path: Path,
+) -> None:
+    """Only the live segment of a crashed log is given, and no checkpoint follows its
+    first one: verify counts from that checkpoint's seq, says nothing is sealed, names
+    every given record as the unsealed tail, and vouches for no time span."""
+    path = tmp_path / AUDIT_FILE
+    log = AuditLog(path, KEY, boot=1, checkpoint_every=7, segment_bytes=4096)
+    i = 0
+    while log.segment < 2:
+        log.record("link_up", host=f"h{i}", port=i)
+        i += 1
+    b = log.size
+    for j in range(3):
+        log.record("link_up", host=f"t{j}", port=j)
+    segs = [f for _, f in log_dir_files(path)]
+    data = segs[-1].read_bytes()
+    log.close()
+    assert peek_checkpoint(parse_entries(data).entries[0].raw).size == b > 0
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.UNSEALED_TAIL, rep
+    assert (rep.first_seq, rep.records) == (b, 3), rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (b, b + 2, b), rep
+    assert rep.message == (
+        f"records seq {b}..{b + 2} after the last checkpoint (nothing sealed); the tail "
+        "cannot be checked for truncation or edits"
+    )
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (None, None), rep
+
+
+def test_an_edit_of_the_first_record_after_a_checkpoint_names_that_record(
+    tmp_path: Path,
+) -> None:
+    """Record 5 is edited (not re-linked): the checkpoints after seq 9 and 11 find that
+    their Merkle roots do not match, and record 6 does not link to 5: verify names seq 5
+    alone, and counts 0..4 as verified."""
+    data = b"".join(_twelve_records(tmp_path))
+    assert data.count(b"r005") == 1
+    rep = verify_bytes(data.replace(b"r005", b"r00X"), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (5, 5, 5), rep
+    assert rep.message == "seq 5: record altered (seq 6 does not link to it)"
+
+
+def test_another_logs_record_inserted_before_a_real_one_is_named_as_inserted(
+    tmp_path: Path,
+) -> None:
+    """Another log's record 5 (same seq, but it links to that log's record 4) is put
+    before this log's record 5: verify names an inserted forgery at seq 5."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    ours, theirs = _twelve_records(tmp_path / "ours"), _twelve_records(tmp_path / "theirs")
+    # entries: [genesis, 0..4, cp(5), 5..9, ...]: record 5 is entry 7
+    assert parse_entries(theirs[7]).entries[0].record.seq == 5  # type: ignore[union-attr]
+    rep = verify_bytes(b"".join([*ours[:7], theirs[7], *ours[7:]]), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (5, 5, 5), rep
+    assert rep.message == "seq 5: forged record inserted before the real seq 5"
+
+
+def test_damage_where_a_relinked_rewrite_starts_is_named_first(tmp_path: Path) -> None:
+    """Record 7 is altered and every later record re-linked and re-signed (a stolen key),
+    so the checkpoint after seq 9 names another head (the range 5..9), and bytes that are
+    not an entry sit right after the checkpoint after seq 4: both are found at seq 5.
+    Verify does not crash on the tie and names the damage first."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    genuine = parse_entries(data).entries
+    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), 7, KEY)).entries]
+    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    assert genuine[6].record is None  # [genesis, 0..4, cp(5), ...]
+    raws = [*kept[:7], JUNK, *kept[7:]]
+    offset = sum(len(r) for r in kept[:7])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed, rep.bad_offset) == (5, 5, 5, offset), rep
+
+
+def _archived_run(tmp_path: Path) -> tuple[list[bytes], int]:
+    """A closed log of 200 records in segments, its first two segments gone: the raw
+    entries of the rest, and the seq they start at."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=7, segment_bytes=4096) as log:
+        for i in range(200):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f for _, f in log_dir_files(path)]
+    assert len(segs) >= 4
+    raws = [e.raw for e in parse_entries(b"".join(f.read_bytes() for f in segs[2:])).entries]
+    b = peek_checkpoint(raws[0]).size
+    assert b > 0
+    return raws, b
+
+
+def test_damage_in_a_run_of_segments_from_the_middle_is_named_by_its_seq(
+    tmp_path: Path,
+) -> None:
+    """Bytes that are not an entry, after the third record of an archived run whose
+    first segments are gone: verify names the seq they follow, counted from the run's
+    first checkpoint, and what is verified before them."""
+    raws, b = _archived_run(tmp_path)
+    kinds = [parse_entries(r).entries[0].record is None for r in raws[:4]]
+    assert kinds == [True, False, False, False]
+    raws = [*raws[:4], JUNK, *raws[4:]]  # the first checkpoint, then records b..b+2
+    offset = sum(len(r) for r in raws[:4])
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.MALFORMED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (b + 3, b + 3, b), rep
+    assert rep.bad_offset == offset
+    assert rep.message.startswith(f"damaged entry at byte {offset}, after seq {b + 2} (")
+
+
+def test_a_bad_first_checkpoint_of_a_run_from_the_middle_seals_nothing(
+    tmp_path: Path,
+) -> None:
+    """The first checkpoint of an archived run (its first segments gone) has a damaged
+    signature: verify names it, at the run's first seq, and counts nothing as
+    verified, not the records before the run."""
+    raws, b = _archived_run(tmp_path)
+    first = bytearray(raws[0])
+    first[-1] ^= 0x01  # the last byte of its signature
+    rep = verify_bytes(b"".join([bytes(first), *raws[1:]]), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.BAD_CHECKPOINT, rep
+    assert (rep.first_seq, rep.first_bad, rep.sealed) == (b, b, b), rep
+    assert (rep.first_ts_ns, rep.last_ts_ns) == (None, None), rep
+    assert rep.bad_offset == 0
+
+
+def test_a_run_from_the_middle_verifies_with_the_rotated_key_alone(tmp_path: Path) -> None:
+    """The device rotated its key at the start of the log (a key_rotated record with the
+    certificate the old key signed for the new one); the segments from the third on, all
+    signed by the new key, are verified with that key alone. The certificate each
+    segment's first checkpoint carries cannot be checked (the old key is not given): it
+    is passed over, not an error, and the run verifies; with the old key alone it
+    verifies through that certificate."""
+    old, new = DeviceKey(Ed25519PrivateKey.generate()), DeviceKey(Ed25519PrivateKey.generate())
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, old, boot=1, checkpoint_every=7, segment_bytes=4096) as log:
+        cert = certify(old, new.public_key, 1)
+        log.record("key_rotated", old_kid=old.kid.hex(), new_kid=new.kid.hex(), n=1, cert=cert)
+        log.signer = new
+        for i in range(200):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f for _, f in log_dir_files(path)]
+    assert len(segs) >= 4
+    first = peek_checkpoint(parse_entries(segs[2].read_bytes()).entries[0].raw)
+    assert first.certs == (cert,)
+    data = b"".join(f.read_bytes() for f in segs[2:])
+    for key in (new, old):
+        rep = verify_bytes(data, [key.public_key])
+        assert rep.ok, (key is new, rep.summary())
+        assert (rep.first_seq, rep.sealed) == (first.size, 201), rep
+        assert rep.kids == [new.kid], rep
+
+
+def test_a_finding_at_the_start_of_a_relinked_range_is_preferred_to_the_range(
+    tmp_path: Path,
+) -> None:
+    """Record 7 is altered and every later record re-linked (a stolen key): the
+    checkpoint after seq 9 names another head (the range 5..9). The close checkpoint is
+    also re-signed to claim only 5 records: that names seq 5, the first seq of the
+    range, and being one place, it is reported rather than the range."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    genuine = parse_entries(data).entries
+    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), 7, KEY)).entries]
+    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    raws = [*kept[:-1], _resigned(kept[-1], size=5)]
+    rep = verify_bytes(b"".join(raws), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (5, 5, 5), rep
+    assert rep.message == "checkpoint after seq 11 seals 5 records, but 12 precede it"
+    assert rep.bad_offset == sum(len(r) for r in raws[:-1])
