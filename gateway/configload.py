@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .plainconfig import ConfigError, loads
+from .plainconfig import ConfigError, Plain, loads
 
 log = logging.getLogger("edgegw.config")
 
@@ -89,8 +89,6 @@ def load_checked(path: str | Path, *, checks: bool = True) -> Any:
 def to_plain(cfg: Any) -> Any:
     """A config as the daemon runs on it: plain objects, from a pydantic ``Config`` (a
     test's, or a tool's) or as it is when it is plain already."""
-    from .plainconfig import Plain
-
     if isinstance(cfg, Plain):
         return cfg
     return loads(dumps(cfg))

@@ -5,8 +5,6 @@ byte by byte, verified as ``edgegw audit verify`` does."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
 from security.keyring import certify
 from security.keys import DeviceKey
 from security.segments import log_dir_files
+from tests.tmpfs import tmpfs
 
 from .test_audit_mutations import Log, rebuild
 
@@ -356,12 +355,7 @@ def test_a_record_that_fails_on_a_full_disk_leaves_no_torn_entry(tmp_path: Path)
     written, then ENOSPC): record() fails with a clear error and the part written is cut
     off again. Once space is freed the next records follow, and the log verifies: no
     damaged entry in its middle (which verify would call tampering)."""
-    if os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root and always runs this)")
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)], check=True)
-    try:
+    with tmpfs(tmp_path / "fs", "1m") as fs:
         path = fs / AUDIT_FILE
         with AuditLog(path, KEY, boot=1, checkpoint_every=1000) as log:
             log.record("link_up", host="::1", note="before")
@@ -376,8 +370,6 @@ def test_a_record_that_fails_on_a_full_disk_leaves_no_torn_entry(tmp_path: Path)
             log.record("link_up", host="::1", note="after")
         rep = verify(path, [KEY.public_key])
         assert rep.ok and rep.sealed == 2, rep
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
 
 
 def _unclosed(tmp_path: Path, n: int) -> list[bytes]:
