@@ -11,9 +11,14 @@ The RSS measured afterwards is the daemon's working set; its anonymous memory (t
 which no kernel can reclaim without swap) does not change.
 
 Safe by construction: only mappings of files that are neither writable nor hold any
-private copy of a page (``Anonymous: 0 kB`` in ``/proc/self/smaps``: no relocated or
-otherwise written page, which ``MADV_DONTNEED`` would throw away) are advised; such a
-mapping reads back exactly what the file holds. ``EDGEGW_PAGEOUT=0`` turns it off.
+private copy of a page (``Anonymous: 0 kB`` and ``Private_Dirty: 0 kB`` in
+``/proc/self/smaps``: no relocated or otherwise written page, which ``MADV_DONTNEED``
+would throw away) and that have resident pages (``Rss``) are advised; such a mapping
+reads back exactly what the file holds. Under an emulator (qemu-user) ``/proc/self/smaps``
+is not the kernel's: qemu answers with zero for every page count, so a relocated
+read-only page (glibc's stack-protector guard on armhf lives in one) would look clean;
+a mapping with no resident page is never advised, so there nothing is.
+``EDGEGW_PAGEOUT=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -28,15 +33,30 @@ MADV_DONTNEED = 4  # linux/mman-common.h
 
 
 def clean_file_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int, str]]:
-    """(start, length, path) of this process's mappings of files that are not writable
-    and hold no private (anonymous) page."""
+    """(start, length, path) of this process's mappings of files that are not writable,
+    have resident pages and hold no private (anonymous or dirty) page."""
     out: list[tuple[int, int, str]] = []
     current: tuple[int, int, str] | None = None
+    counts: dict[str, str] = {}
+
+    def close() -> None:
+        # A count missing from the file is taken as "not clean": never guess.
+        if (
+            current is not None
+            and counts.get("Rss:", "0") != "0"
+            and counts.get("Anonymous:") == "0"
+            and counts.get("Private_Dirty:") == "0"
+        ):
+            out.append(current)
+
     with open(smaps, encoding="ascii", errors="replace") as f:
         for line in f:
             head = line.split(maxsplit=5)
+            if not head:
+                continue
             if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
-                current = None
+                close()
+                current, counts = None, {}
                 if len(head) < 6 or "w" in head[1] or head[4] == "0":  # inode 0: anonymous
                     continue
                 path = head[5].strip()
@@ -44,10 +64,9 @@ def clean_file_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int,
                     continue
                 lo, hi = (int(x, 16) for x in head[0].split("-"))
                 current = (lo, hi - lo, path)
-            elif head[0] == "Anonymous:" and current is not None:
-                if head[1] == "0":
-                    out.append(current)
-                current = None
+            elif current is not None and len(head) > 1:
+                counts[head[0]] = head[1]
+        close()
     return out
 
 

@@ -13,35 +13,60 @@ from gateway.pageout import clean_file_mappings
 
 from .upstream import REPO
 
-SMAPS = """\
-55d0c0a00000-55d0c0a10000 r--p 00000000 fd:01 100 /usr/bin/python3.11
-Size:                 64 kB
-Anonymous:             0 kB
-55d0c0a10000-55d0c0b00000 r-xp 00010000 fd:01 100 /usr/bin/python3.11
-Size:                960 kB
-Anonymous:             0 kB
-55d0c0b00000-55d0c0b10000 r--p 00100000 fd:01 100 /usr/bin/python3.11
-Size:                 64 kB
-Anonymous:            64 kB
-55d0c0b10000-55d0c0b20000 rw-p 00110000 fd:01 100 /usr/bin/python3.11
-Size:                 64 kB
-Anonymous:            12 kB
-55d0c1000000-55d0c2000000 rw-p 00000000 00:00 0 [heap]
-Size:              16384 kB
-Anonymous:         16384 kB
-7f0000000000-7f0000100000 r--p 00000000 00:00 0
-Size:               1024 kB
-Anonymous:          1024 kB
-7f0000100000-7f0000200000 r-xp 00000000 fd:01 200 /opt/lib/libgone.so (deleted)
-Size:               1024 kB
-Anonymous:             0 kB
-7f0000200000-7f0000300000 r--s 00000000 fd:01 300 /var/lib/edgegw/outbox.db
-Size:               1024 kB
-Anonymous:             0 kB
-7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
-Size:                  4 kB
-Anonymous:             0 kB
-"""
+
+def mapping(head: str, size: int, rss: int, dirty: int, anon: int) -> str:
+    """One mapping as the kernel writes it in smaps (the counts the code reads, in kB)."""
+    return (
+        f"{head}\nSize: {size:>14} kB\nKernelPageSize: 4 kB\nRss: {rss:>15} kB\n"
+        f"Pss: {rss:>15} kB\nPrivate_Dirty: {dirty:>5} kB\nAnonymous: {anon:>9} kB\n"
+        "VmFlags: rd mr mw me\n"
+    )
+
+
+SMAPS = "".join(
+    [
+        mapping(
+            "55d0c0a00000-55d0c0a10000 r--p 00000000 fd:01 100 /usr/bin/python3.11", 64, 64, 0, 0
+        ),
+        mapping(
+            "55d0c0a10000-55d0c0b00000 r-xp 00010000 fd:01 100 /usr/bin/python3.11", 960, 700, 0, 0
+        ),
+        # relocated, then made read-only (RELRO): private pages
+        mapping(
+            "55d0c0b00000-55d0c0b10000 r--p 00100000 fd:01 100 /usr/bin/python3.11", 64, 64, 64, 64
+        ),
+        mapping(
+            "55d0c0b10000-55d0c0b20000 rw-p 00110000 fd:01 100 /usr/bin/python3.11", 64, 12, 12, 12
+        ),
+        mapping(
+            "55d0c1000000-55d0c2000000 rw-p 00000000 00:00 0 [heap]", 16384, 16384, 16384, 16384
+        ),
+        mapping("7f0000000000-7f0000100000 r--p 00000000 00:00 0", 1024, 1024, 1024, 1024),
+        mapping(
+            "7f0000100000-7f0000200000 r-xp 00000000 fd:01 200 /opt/lib/libgone.so (deleted)",
+            1024,
+            8,
+            0,
+            0,
+        ),
+        mapping(
+            "7f0000200000-7f0000300000 r--s 00000000 fd:01 300 /var/lib/edgegw/outbox.db",
+            1024,
+            40,
+            0,
+            0,
+        ),
+        # nothing resident: nothing to release
+        mapping(
+            "7f0000300000-7f0000400000 r--p 00000000 fd:01 400 /usr/lib/libcold.so", 1024, 0, 0, 0
+        ),
+        # dirty though not counted as anonymous (a kernel that counts it so): kept
+        mapping(
+            "7f0000400000-7f0000410000 r--p 00000000 fd:01 500 /usr/lib/libodd.so", 64, 64, 4, 0
+        ),
+        mapping("7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]", 4, 4, 0, 0),
+    ]
+)
 
 
 def test_only_clean_read_only_file_mappings_are_chosen(tmp_path: Path) -> None:
@@ -55,6 +80,46 @@ def test_only_clean_read_only_file_mappings_are_chosen(tmp_path: Path) -> None:
         (0x55D0C0A10000, 0xF0000, "/usr/bin/python3.11"),
         (0x7F0000200000, 0x100000, "/var/lib/edgegw/outbox.db"),
     ]
+
+
+# What qemu-user (Debian 12's 7.2) answers a guest that reads /proc/self/smaps: every
+# count zero but Anonymous for anonymous mappings. Its RELRO page holding glibc's
+# stack-protector guard (armhf) then looks clean; releasing it zeroed the guard and the
+# armhf gateway died with "stack smashing detected" right after start-up.
+QEMU_SMAPS = "".join(
+    mapping(head, size, 0, 0, anon)
+    for head, size, anon in [
+        ("00400000-00410000 r--p 00000000 fd:01 100 /usr/bin/python3.11", 64, 0),
+        ("00410000-00500000 r-xp 00010000 fd:01 100 /usr/bin/python3.11", 960, 0),
+        ("00500000-00510000 r--p 00100000 fd:01 100 /usr/bin/python3.11", 64, 0),
+        (
+            "40000000-40020000 r--p 00019000 fd:01 600 /usr/lib/ld-linux-armhf.so.3",
+            128,
+            0,
+        ),
+        ("01000000-02000000 rw-p 00000000 00:00 0 [heap]", 16384, 16384),
+    ]
+)
+
+
+def test_nothing_is_chosen_from_an_emulators_smaps(tmp_path: Path) -> None:
+    f = tmp_path / "smaps"
+    f.write_text(QEMU_SMAPS)
+    assert clean_file_mappings(str(f)) == []
+
+
+def test_a_mapping_whose_counts_are_missing_is_not_chosen(tmp_path: Path) -> None:
+    f = tmp_path / "smaps"
+    f.write_text(
+        "00400000-00410000 r--p 00000000 fd:01 100 /usr/bin/python3.11\nSize: 64 kB\nRss: 64 kB\n"
+    )
+    assert clean_file_mappings(str(f)) == []
+
+
+def test_the_real_smaps_of_this_process_gives_clean_mappings() -> None:
+    """The kernel's own file, parsed: python's text is resident and clean."""
+    chosen = clean_file_mappings()
+    assert chosen and all(length > 0 and path.startswith("/") for _, length, path in chosen)
 
 
 PROBE = """
