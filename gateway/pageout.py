@@ -14,17 +14,18 @@ Safe by construction: only mappings of files that are neither writable nor hold 
 private copy of a page (``Anonymous: 0 kB`` and ``Private_Dirty: 0 kB`` in
 ``/proc/self/smaps``: no relocated or otherwise written page, which ``MADV_DONTNEED``
 would throw away) and that have resident pages (``Rss``) are advised; such a mapping
-reads back exactly what the file holds. Under an emulator (qemu-user) ``/proc/self/smaps``
-is not the kernel's: qemu answers with zero for every page count, so a relocated
-read-only page (glibc's stack-protector guard on armhf lives in one) would look clean;
-a mapping with no resident page is never advised, so there nothing is.
-``EDGEGW_PAGEOUT=0`` turns it off.
+reads back exactly what the file holds. Never under an emulator (qemu-user): there the
+program's mappings are qemu's, which turns some private file mappings into anonymous
+ones filled by reads, and its ``/proc/self/smaps`` is qemu's account of them; releasing
+pages there killed the armhf gateway ("stack smashing detected": its stack-protector
+guard lives in a read-only page). ``EDGEGW_PAGEOUT=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 log = logging.getLogger("edgegw.pageout")
@@ -70,10 +71,25 @@ def clean_file_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int,
     return out
 
 
+def under_emulation() -> bool:
+    """Whether this program runs under qemu-user: qemu answers ``/proc/self/exe`` with the
+    emulated program but not the same link under ``/proc/self/task/TID/``, which names
+    qemu itself; natively the two are one file."""
+    try:
+        own = os.readlink("/proc/self/exe")
+        task = os.readlink(f"/proc/self/task/{threading.get_native_id()}/exe")
+    except OSError:
+        return True  # cannot tell: do not touch pages
+    return own != task
+
+
 def release_startup_pages() -> int:
     """Drop this process's mappings of clean library pages (see the module docstring);
     the bytes advised, 0 when turned off or not supported."""
     if os.environ.get("EDGEGW_PAGEOUT", "1") == "0" or not os.path.exists("/proc/self/smaps"):
+        return 0
+    if under_emulation():
+        log.debug("running under an emulator: start-up library pages kept")
         return 0
     try:
         import ctypes
