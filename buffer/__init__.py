@@ -1,6 +1,7 @@
 """The SQLite outbox: every signed message is committed here before it is published."""
 
 from .outbox import (
+    NORMAL,
     URGENT,
     Drop,
     Outbox,
@@ -13,6 +14,7 @@ from .outbox import (
 )
 
 __all__ = [
+    "NORMAL",
     "URGENT",
     "Drop",
     "Outbox",

@@ -52,6 +52,7 @@ from .schema import (
     APPLICATION_ID,
     NEXT_SEQ,
     NEXT_SEQ_AND_BYTES,
+    NORMAL,
     OBJECTS,
     ROW_COLUMNS,
     SCHEMA,
@@ -66,6 +67,7 @@ from .schema import (
 from .seqs import SEQ_BLOCK, SeqReservationMixin
 
 __all__ = [
+    "NORMAL",
     "URGENT",
     "Drop",
     "Outbox",
@@ -333,7 +335,7 @@ class Outbox(RoomMixin, SeqReservationMixin):
         topic: str,
         seal: Callable[[int], bytes],
         *,
-        priority: int = 1,
+        priority: int = NORMAL,
         points: int = 0,
         notifies: Iterable[int] = (),
         marks: Mapping[str, int] = _NO_MARKS,

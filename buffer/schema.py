@@ -17,6 +17,7 @@ SQLITE_NOTADB = 26
 # Priority 0 is urgent (anomaly events, audit records, drop notices): sent before any
 # telemetry backlog and never evicted to make room.
 URGENT = 0
+NORMAL = 1  # telemetry
 
 SCHEMA = f"""
 CREATE TABLE meta (

@@ -645,6 +645,7 @@ class Daemon:
                 status_changed()
 
             self.pipeline.on_sealed = on_sealed
+            self.pipeline.on_rows = fwd.offer
             self.pipeline.body_limit = fwd.body_limit
         return fwd
 

@@ -20,10 +20,10 @@ import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from buffer import URGENT, Drop, OutboxError, OutboxFull
+from buffer import NORMAL, URGENT, Drop, OutboxError, OutboxFull, OutboxRow
 from drivers.contract import Batch, Quality
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
@@ -82,6 +82,9 @@ class Pipeline:
         self.max_points = max_points
         self.on_sealed = on_sealed
         self.on_drop = on_drop  # each drop, once notified (for the audit log)
+        # Telemetry rows just committed, as the outbox holds them (the forwarder's offer():
+        # it can send them without fetching them back from the outbox).
+        self.on_rows: Callable[[list[OutboxRow]], None] = lambda rows: None
         # Bounded: when the outbox falls behind, pollers wait here (backpressure).
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(queue_size)
         self.stats = PipelineStats()
@@ -258,6 +261,9 @@ class Pipeline:
         self.stats.points_sealed += done.points
         self.stats.messages_sealed += done.messages
         self.stats.last_seq = done.last_seq
+        rows, done.rows = done.rows, []
+        if rows:
+            self.on_rows(rows)
         self.on_sealed()
 
     async def _record_drop(self, points: int, reason: str) -> None:
@@ -315,11 +321,12 @@ class Pipeline:
         while todo:
             part = todo.popleft()
             size = 0
+            body = b""
             groups = part.groups(readings, ends)
             points = part.points
 
             def seal(seq: int, groups: list[list[Any]] = groups) -> bytes:
-                nonlocal size
+                nonlocal size, body
                 payload = encode_payload(
                     gw=self.gw_id,
                     seq=seq,
@@ -351,6 +358,7 @@ class Pipeline:
             done.points += points
             done.messages += 1
             done.last_seq = seq
+            done.rows.append(OutboxRow(seq, self.topic, body, NORMAL, t_ns, points))
         try:
             self._notify_sync()
         except OutboxError:
@@ -486,6 +494,7 @@ class _Progress:
     points: int = 0
     messages: int = 0
     last_seq: int = 0
+    rows: list[OutboxRow] = field(default_factory=list)  # committed, not yet offered
 
 
 class SealFailed(Exception):

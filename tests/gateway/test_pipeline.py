@@ -292,3 +292,30 @@ def test_urgent_rows_outrank_telemetry_on_eviction(tmp_path: Path) -> None:
 
     priorities = asyncio.run(main())
     assert priorities.count(URGENT) >= 2  # the event and the notice of the evictions
+
+
+def test_the_rows_offered_are_the_rows_committed(tmp_path: Path) -> None:
+    """What the pipeline offers the forwarder after a commit (``on_rows``) is, row for
+    row, what the outbox holds: seq, topic, body, priority and points; a window split
+    into several messages offers each, in seq order, once."""
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with Rig(tmp_path, max_points=1000, body_limit=lambda topic: 600) as rig:
+            offered: list[Any] = []
+            rig.pipe.on_rows = offered.extend
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.put(batch(40))  # too large for one 600-byte message: split
+            await asyncio.sleep(0.2)
+            await rig.pipe.put(batch(3, 100))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            assert rig.ob.outbox is not None
+            held = rig.ob.outbox.pending(limit=1000)
+            return offered, held
+
+    offered, held = asyncio.run(main())
+    assert len(held) > 2  # the split happened
+    fields = ("seq", "topic", "body", "priority", "points")
+    assert [tuple(getattr(r, f) for f in fields) for r in offered] == [
+        tuple(getattr(r, f) for f in fields) for r in held
+    ]
