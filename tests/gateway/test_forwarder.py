@@ -31,6 +31,19 @@ def seal_for(key: DeviceKey, n_points: int = 3):  # type: ignore[no-untyped-def]
     return seal
 
 
+class SeqOrder:
+    """A receiver's store that keeps only the seqs, in the order the platform got them."""
+
+    def __init__(self, order: list[int]) -> None:
+        self.order = order
+
+    def write(self, p: Any, kid: bytes, received_ns: int) -> None:
+        self.order.append(p.seq)
+
+    def close(self) -> None:
+        pass
+
+
 async def wait_until(cond, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not cond():
@@ -44,14 +57,7 @@ def test_publishes_in_order_and_acks(tmp_path: Path, broker: Mosquitto) -> None:
     key, _ = DeviceKey.load_or_create(tmp_path)
     order: list[int] = []  # seqs in the order the platform got them
 
-    class Order:
-        def write(self, p: Any, kid: bytes, received_ns: int) -> None:
-            order.append(p.seq)
-
-        def close(self) -> None:
-            pass
-
-    rx = Receiver({"gw1": key.public_key}, "edgegw", Order())
+    rx = Receiver({"gw1": key.public_key}, "edgegw", SeqOrder(order))
     mr = MqttReceiver(rx, "::1", broker.port).start()
 
     async def main() -> None:
@@ -142,14 +148,7 @@ def test_rows_offered_by_the_pipeline_go_out_without_a_fetch(
     key, _ = DeviceKey.load_or_create(tmp_path)
     order: list[int] = []
 
-    class Order:
-        def write(self, p: Any, kid: bytes, received_ns: int) -> None:
-            order.append(p.seq)
-
-        def close(self) -> None:
-            pass
-
-    rx = Receiver({"gw1": key.public_key}, "edgegw", Order())
+    rx = Receiver({"gw1": key.public_key}, "edgegw", SeqOrder(order))
     mr = MqttReceiver(rx, "::1", broker.port).start()
     trips: list[int] = []
 
