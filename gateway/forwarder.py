@@ -71,7 +71,7 @@ STRIKES = 3  # lone sends a message may fail before it is set aside
 # Every commit wakes it (the pipeline's on_sealed); this only bounds the delay of one
 # that would not say so, and is long so that an idle gateway does not wake for it.
 IDLE_CHECK_S = 60.0
-OFFER_MAX = 256  # rows offered and not taken (no session): let go, the fetch reads them
+OFFER_MAX, OFFER_MAX_BYTES = 64, 2**20  # offered, not taken: let go, the fetch reads them
 SET_ASIDE_REASON = "refused_by_broker"
 # PUBACK codes that refuse a topic or this client, not one message: never set aside
 _TOPIC_CODES = {0x87, 0x90}
@@ -210,10 +210,17 @@ class Forwarder:
         after them), they go out without a trip to the outbox thread to read them back:
         at a message a second that trip was a third of the forwarder's outbox work.
         Anything else is left to the fetch; an offer is only ever a shortcut."""
-        if len(self._offered) + len(rows) > OFFER_MAX:
-            self._offered.clear()  # nobody is taking them (no session): the fetch will
-            return
-        self._offered += rows
+        held = self._offered
+        if (
+            self._fetched_upto is None
+            or len(held) + len(rows) > OFFER_MAX
+            or sum(len(r.body) for r in held) + sum(len(r.body) for r in rows) > OFFER_MAX_BYTES
+        ):
+            # no session, or rows wait to be fetched anyway, or nobody takes them (the
+            # window stays full): held in memory for nothing; the fetch reads them
+            self._offered.clear()
+        else:
+            self._offered += rows
         self.wake()
 
     def _take_offered(self, ob: Any, room: int) -> list[OutboxRow]:

@@ -220,3 +220,27 @@ def test_rows_offered_by_the_pipeline_go_out_without_a_fetch(
         mr.stop()
     assert order == [*range(1, 11), 12, 11, 13, 15, 14]
     assert rx.stats.duplicates == 0 and rx.stats.gaps == 0
+
+
+def test_offered_rows_are_held_only_while_a_session_can_take_them(tmp_path: Path) -> None:
+    """No session (or a fetch pending): an offer is let go at once; a session that does
+    not take them (its window full) holds at most OFFER_MAX rows and OFFER_MAX_BYTES."""
+    from buffer import NORMAL, OutboxRow
+    from gateway import forwarder as fw
+
+    def row(seq: int, size: int = 100) -> OutboxRow:
+        return OutboxRow(seq, TOPIC, b"x" * size, NORMAL, 0, 1)
+
+    fwd = Forwarder(UplinkConfig(host="::1", port=1), "t1", OutboxThread(tmp_path / "o.db"))
+    fwd.offer([row(1)])
+    assert fwd._offered == []  # no session
+    fwd._fetched_upto = 0
+    fwd.offer([row(q) for q in range(1, fw.OFFER_MAX + 1)])
+    assert len(fwd._offered) == fw.OFFER_MAX
+    fwd.offer([row(fw.OFFER_MAX + 1)])
+    assert fwd._offered == []  # one more than it may hold: all let go
+    half = fw.OFFER_MAX_BYTES // 2
+    fwd.offer([row(1, half), row(2, half)])
+    assert len(fwd._offered) == 2
+    fwd.offer([row(3, 1)])
+    assert fwd._offered == []
