@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from buffer import OutboxError
 from drivers.contract import Quality
 from gateway.mqttlink import publish_overhead
@@ -137,3 +139,52 @@ def test_a_lasting_outbox_error_is_retried_with_a_growing_delay(tmp_path: Path) 
     errors, values = asyncio.run(main())
     assert 1 <= errors <= 6, errors  # 0.2 + 0.4 + 0.8 = 1.4 s: about 4 tries
     assert values == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_an_empty_batch_then_a_cancel_while_idle_loses_nothing(tmp_path: Path) -> None:
+    """A batch without readings makes an empty window; run() is cancelled while it waits
+    for the next one and started again: it runs on, and seals what comes next."""
+
+    async def main() -> list[str]:
+        async with Rig(tmp_path) as rig:
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.put(batch(0))
+            await asyncio.sleep(0.2)  # the empty window closed; waiting for the next
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.put(batch(2, dev="e"))
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return [r[0] for r in rig.readings()]
+
+    assert asyncio.run(main()) == ["e/t0", "e/t1"]
+
+
+def test_offer_takes_what_fits_says_when_full_and_counts_only_what_it_took(
+    tmp_path: Path,
+) -> None:
+    """offer() is how the daemon hands in model scores without waiting: a full queue is
+    False (the caller counts the score as dropped), and only what was taken is counted
+    polled and sealed, in order."""
+
+    async def main() -> tuple[list[bool], int, list[str]]:
+        async with Rig(tmp_path, queue_size=2) as rig:
+            took = [
+                rig.pipe.offer(batch(3, dev="s")),
+                rig.pipe.offer(batch(2, dev="u")),
+                rig.pipe.offer(batch(4, dev="x")),  # the queue is full
+            ]
+            polled = rig.pipe.stats.points_polled
+            task = asyncio.create_task(rig.pipe.run())
+            await rig.pipe.close()
+            await asyncio.wait_for(task, 10)
+            rig.deliver()
+            return took, polled, [r[0] for r in rig.readings()]
+
+    took, polled, tags = asyncio.run(main())
+    assert took == [True, True, False]
+    assert polled == 5
+    assert tags == ["s/t0", "s/t1", "s/t2", "u/t0", "u/t1"]
