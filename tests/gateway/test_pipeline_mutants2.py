@@ -188,3 +188,25 @@ def test_offer_takes_what_fits_says_when_full_and_counts_only_what_it_took(
     assert took == [True, True, False]
     assert polled == 5
     assert tags == ["s/t0", "s/t1", "s/t2", "u/t0", "u/t1"]
+
+
+def test_a_message_of_exactly_the_limit_is_sealed_whole(tmp_path: Path) -> None:
+    """uplink.max_message_bytes is the largest body allowed, inclusive: a reading whose
+    message takes exactly that many bytes is sent as it is, not replaced as too large."""
+    reading = ("a/blob", 10**18, "z" * 1500, 0)
+
+    async def sealed(where: Path, limit: int | None) -> tuple[list[int], list[Any]]:
+        where.mkdir()
+        async with Rig(where, body_limit=None if limit is None else lambda topic: limit) as rig:
+            await rig.pipe._seal([reading], [1])
+            ob = rig.ob.outbox
+            assert ob is not None
+            sizes = [len(r.body) for r in ob.pending(limit=10)]
+            rig.deliver()
+            return sizes, [r[2] for r in rig.readings()]
+
+    (size,), _ = asyncio.run(sealed(tmp_path / "free", None))  # what it takes, unlimited
+    sizes, values = asyncio.run(sealed(tmp_path / "exact", size))
+    assert sizes == [size] and values == ["z" * 1500]
+    sizes, values = asyncio.run(sealed(tmp_path / "less", size - 1))  # one byte less: too large
+    assert values == [None]
