@@ -121,9 +121,11 @@ def test_a_lasting_outbox_error_is_retried_with_a_growing_delay(tmp_path: Path) 
         async with Rig(tmp_path) as rig:
             real = rig.pipe._seal_sync
             loop = asyncio.get_running_loop()
-            until = loop.time() + 1.5
+            until: float | None = None  # 1.5 s from the first try
 
             def flaky(*a: Any, **kw: Any) -> Any:
+                nonlocal until
+                until = until if until is not None else loop.time() + 1.5
                 if loop.time() < until:
                     raise OutboxError("disk I/O error (injected)")
                 return real(*a, **kw)
