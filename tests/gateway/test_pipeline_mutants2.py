@@ -1,6 +1,9 @@
 """Survivors of the session-5 mutation run over gateway/pipeline.py that mattered, on a
-real outbox file, judged by a real receiver: what a reading too large for any message
-is replaced by says how large it was and what the limit is."""
+real outbox file, judged by a real receiver: a retry after the whole window was committed
+seals only the notice, the limit is asked for the telemetry topic (it holds the PUBLISH
+overhead), a lasting outbox error backs off, a message of exactly the limit is sealed
+whole, a too-large reading says its size and the limit, an empty window then a cancel
+while idle, and offer() (the model scores' way in)."""
 
 from __future__ import annotations
 
