@@ -53,3 +53,39 @@ def test_drain_is_false_while_the_only_row_is_held_back(tmp_path: Path) -> None:
     drained, left, sent = asyncio.run(main())
     assert drained is False and left == [1]
     assert sent >= 2  # it did go again (held back, then alone)
+
+
+def test_a_commit_while_a_held_row_is_alone_in_flight_waits_for_its_puback(
+    tmp_path: Path,
+) -> None:
+    """Seq 1 is refused once (0x80) before any ack: held back, it goes alone on the next
+    connection, where the broker holds its PUBACK. A row committed meanwhile waits for
+    that PUBACK on the same connection: no second connection, nothing sent beside the
+    lone one, each row acknowledged once. (A pump that could not compute its room while
+    a row was alone ended the session with an internal error at every commit, and
+    counted that against the lone row.)"""
+
+    async def main() -> tuple[list[int], list[int], int, bool, int]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq == 1 and n == 1 else 0)
+        async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
+            await rig.add(1)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 1)
+            broker.hold = True  # the next send of seq 1, alone, stays unacknowledged
+            assert await wait_until(lambda: len(broker.received) == 2)
+            await rig.add(1)  # wakes the pump while seq 1 is alone in flight
+            await asyncio.sleep(1.0)  # time for anything wrong to happen
+            sent_meanwhile = broker.seqs()
+            broker.release()
+            drained = await rig.fwd.drain(15)
+            return (
+                sent_meanwhile,
+                broker.seqs(),
+                len(broker.connects),
+                drained,
+                (rig.fwd.stats.acked),
+            )
+
+    meanwhile, seqs, connects, drained, acked = asyncio.run(main())
+    assert meanwhile == [1, 1] and seqs == [1, 1, 2]
+    assert connects == 2 and drained and acked == 2
