@@ -89,3 +89,49 @@ def test_a_commit_while_a_held_row_is_alone_in_flight_waits_for_its_puback(
     meanwhile, seqs, connects, drained, acked = asyncio.run(main())
     assert meanwhile == [1, 1] and seqs == [1, 1, 2]
     assert connects == 2 and drained and acked == 2
+
+
+def test_backoff_starts_over_after_a_connection_that_had_nothing_to_send(
+    tmp_path: Path,
+) -> None:
+    """Four refused connections grow the backoff (0.5, 1, 2, 4 s before jitter); the
+    fifth comes up with an empty outbox (nothing acknowledged, nothing refused) and then
+    drops: the next attempt comes after the first backoff again (an idle gateway whose
+    link flaps must not wait 8 s and more per flap)."""
+
+    async def main() -> float:
+        broker = ScriptedBroker(refuse=4)
+        async with Rig(tmp_path, broker, reconnect_max_s=30) as rig:
+            rig.run()
+            assert await wait_until(lambda: len(broker.connects) == 5 and rig.fwd.stats.link_up, 30)
+            t = asyncio.get_running_loop().time()
+            broker.kick()
+            assert await wait_until(lambda: len(broker.connects) > 5, 30)
+            return broker.connects[5] - t
+
+    gap = asyncio.run(main())
+    # Reset: at most 0.5 s plus scheduling; not reset: at least 8 s x 0.5 (jitter) = 4 s.
+    assert gap < 3.0, gap
+
+
+def test_backoff_starts_over_after_a_connection_with_acks_and_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """Four refused connections grow the backoff; on the fifth the broker acknowledges
+    seq 1 and then refuses seq 2 (0x80) once, which ends that connection. It made
+    progress, so the next attempt comes after the first backoff again (only a connection
+    that had nothing but refusals waits longer)."""
+
+    async def main() -> tuple[float, list[int]]:
+        broker = ScriptedBroker(refuse=4, puback=lambda seq, n: 0x80 if seq == 2 and n == 1 else 0)
+        async with Rig(tmp_path, broker, max_inflight=1, reconnect_max_s=30) as rig:
+            await rig.add(2)
+            rig.run()
+            assert await wait_until(lambda: len(broker.connects) > 5, 30)
+            assert await rig.fwd.drain(15)
+            return broker.connects[5] - broker.connects[4], await rig.rows()
+
+    gap, left = asyncio.run(main())
+    assert left == []
+    # Reset: at most 0.5 s plus scheduling; not reset: at least 8 s x 0.5 (jitter) = 4 s.
+    assert gap < 3.0, gap
