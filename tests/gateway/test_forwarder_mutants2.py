@@ -135,3 +135,37 @@ def test_backoff_starts_over_after_a_connection_with_acks_and_a_refusal(
     assert left == []
     # Reset: at most 0.5 s plus scheduling; not reset: at least 8 s x 0.5 (jitter) = 4 s.
     assert gap < 3.0, gap
+
+
+def test_a_full_window_does_not_spin_on_the_outbox(tmp_path: Path) -> None:
+    """Ten rows, a window of four, PUBACKs held: once the window is full the pump waits
+    for a PUBACK. It must not keep asking the outbox thread for rows it has no room for
+    (a busy loop that burns a Raspberry Pi's CPU while a backlog drains). Trips to the
+    outbox thread are counted over one second of a full window."""
+
+    async def main() -> tuple[int, list[int], bool]:
+        broker = ScriptedBroker(hold=True)
+        async with Rig(tmp_path, broker, max_inflight=4) as rig:
+            await rig.add(10)
+            trips = 0
+            real_run = rig.ot.run
+
+            async def counted(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+                nonlocal trips
+                trips += 1
+                return await real_run(fn, *args, **kwargs)
+
+            rig.ot.run = counted  # type: ignore[method-assign]
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 4)
+            trips = 0
+            await asyncio.sleep(1.0)
+            during = trips
+            broker.release()
+            drained = await rig.fwd.drain(15)
+            return during, await rig.rows(), drained
+
+    during, left, drained = asyncio.run(main())
+    assert drained and left == []
+    # Nothing happens in that second: no trip is needed (a busy loop made thousands).
+    assert during <= 2, during
