@@ -169,3 +169,22 @@ def test_a_full_window_does_not_spin_on_the_outbox(tmp_path: Path) -> None:
     assert drained and left == []
     # Nothing happens in that second: no trip is needed (a busy loop made thousands).
     assert during <= 2, during
+
+
+def test_reconnect_max_s_caps_the_wait_between_attempts(tmp_path: Path) -> None:
+    """uplink.reconnect_max_s: 1 and six refused connections: the waits grow 0.5, 1, then
+    stay at 1 s (before jitter), so the seventh attempt comes within about 6 s. Without
+    the cap they grow 0.5, 1, 2, 4, 8, 16 s: at least 15.75 s even with jitter."""
+
+    async def main() -> float:
+        broker = ScriptedBroker(refuse=6)
+        async with Rig(tmp_path, broker, reconnect_max_s=1) as rig:
+            await rig.add(1)
+            rig.run()
+            assert await wait_until(lambda: len(broker.connects) == 7, 14), broker.connects
+            assert await rig.fwd.drain(15)
+            return broker.connects[6] - broker.connects[0]
+
+    span = asyncio.run(main())
+    # A bound that only catches the uncapped growth (15.75 s or more), not slowness.
+    assert span < 14, span
