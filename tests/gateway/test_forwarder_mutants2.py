@@ -6,8 +6,13 @@ broker of tests/mqttscript.py (it decides PUBACK codes and timing), real SQLite 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from pathlib import Path
 
+from gateway.config import UplinkConfig
+from gateway.forwarder import Forwarder
+from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, wait_until
 from tests.mqttscript import ScriptedBroker
 
@@ -188,3 +193,44 @@ def test_reconnect_max_s_caps_the_wait_between_attempts(tmp_path: Path) -> None:
     span = asyncio.run(main())
     # A bound that only catches the uncapped growth (15.75 s or more), not slowness.
     assert span < 14, span
+
+
+def test_a_tls_handshake_failure_is_reported_for_the_audit_log(tmp_path: Path) -> None:
+    """The uplink speaks TLS to a port where a plain (non-TLS) server answers, as when
+    uplink.port names a broker's plain listener behind a proxy: each failed handshake
+    goes to on_problem as ``tls_failure`` (the daemon records it in the audit log) with
+    a reason that says what to fix, the link stays down, and the message stays in the
+    outbox. (Nothing else checked that this kind reaches the audit log.)"""
+    problems: list[tuple[str, str]] = []
+
+    async def plain(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await r.read(100)  # the ClientHello
+            w.write(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            await w.drain()
+        w.close()
+
+    async def main() -> tuple[list[int], bool]:
+        server = await asyncio.start_server(plain, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        ot = OutboxThread(tmp_path / "outbox.db")
+        ob = await ot.open()
+        up = UplinkConfig(host="::1", port=port, reconnect_max_s=1)
+        tls = ssl.create_default_context()
+        fwd = Forwarder(up, "gw1", ot, tls, on_problem=lambda k, w: problems.append((k, w)))
+        await ot.run(ob.append, "edgegw/gw1/telemetry", lambda seq: b"x", priority=1)
+        task = asyncio.create_task(fwd.run())
+        try:
+            assert await wait_until(lambda: len(problems) >= 2, 15), problems
+            return [r.seq for r in await ot.run(ob.pending, 0, 10)], fwd.stats.link_up
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await ot.close()
+            server.close()
+
+    left, up = asyncio.run(main())
+    assert left == [1] and not up
+    assert {kind for kind, _ in problems} == {"tls_failure"}, problems
+    why = problems[0][1]
+    assert "TLS handshake failed" in why and "does not speak TLS" in why, why
