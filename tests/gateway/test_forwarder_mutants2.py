@@ -11,10 +11,12 @@ import ssl
 from pathlib import Path
 
 from gateway.config import UplinkConfig
-from gateway.forwarder import Forwarder
+from gateway.forwarder import SET_ASIDE_REASON, Forwarder
 from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, wait_until
-from tests.mqttscript import ScriptedBroker
+from tests.mqttscript import ScriptedBroker, props
+
+T = "edgegw/gw1/telemetry"
 
 
 def test_drain_is_false_while_every_row_is_in_flight_unacknowledged(tmp_path: Path) -> None:
@@ -234,3 +236,40 @@ def test_a_tls_handshake_failure_is_reported_for_the_audit_log(tmp_path: Path) -
     assert {kind for kind, _ in problems} == {"tls_failure"}, problems
     why = problems[0][1]
     assert "TLS handshake failed" in why and "does not speak TLS" in why, why
+
+
+def test_a_row_larger_than_the_brokers_packet_limit_is_set_aside_and_audited(
+    tmp_path: Path,
+) -> None:
+    """The broker announces a Maximum Packet Size of 1024 bytes (MQTT 5 CONNACK); seq 2
+    was sealed at 3000 bytes before it connected. Seq 2 is set aside at once (never
+    sent), with a drop record and an on_problem ``message_set_aside`` naming it (the
+    daemon's audit record); seqs 1 and 3 arrive, and the link stays up (it ended the
+    session with an internal error when the set-aside row had no strikes to forget)."""
+    problems: list[tuple[str, str]] = []
+
+    def padded(size: int):  # type: ignore[no-untyped-def]
+        return lambda seq: str(seq).zfill(size).encode()
+
+    async def main() -> tuple[list[int], list[int], int, list[tuple[int | None, str]], int]:
+        broker = ScriptedBroker(connack_props=props(max_packet_size=1024))
+        async with Rig(tmp_path, broker) as rig:
+            rig.fwd.on_problem = lambda kind, why: problems.append((kind, why))
+            for size in (10, 3000, 10):
+                await rig.ot.run(rig.ob.append, T, padded(size), priority=1)
+            rig.run()
+            assert await rig.fwd.drain(15)
+            drops = [(d.first_seq, d.reason) for d in await rig.ot.run(rig.ob.pending_drops)]
+            return (
+                broker.seqs(),
+                await rig.rows(),
+                rig.fwd.stats.set_aside,
+                drops,
+                len(broker.connects),
+            )
+
+    seqs, left, set_aside, drops, connects = asyncio.run(main())
+    assert seqs == [1, 3] and left == [] and set_aside == 1
+    assert drops == [(2, SET_ASIDE_REASON)]
+    assert problems == [("message_set_aside", f"seq 2: {SET_ASIDE_REASON}")]
+    assert connects == 1
