@@ -10,13 +10,15 @@ import contextlib
 import ssl
 from pathlib import Path
 
+from buffer import URGENT
 from gateway.config import UplinkConfig
 from gateway.forwarder import SET_ASIDE_REASON, Forwarder
 from gateway.outbox_thread import OutboxThread
-from tests.gateway.test_forwarder_rules import Rig, wait_until
+from tests.gateway.test_forwarder_rules import Rig, body, wait_until
 from tests.mqttscript import ScriptedBroker, props
 
 T = "edgegw/gw1/telemetry"
+U = "edgegw/gw1/event"
 
 
 def test_drain_is_false_while_every_row_is_in_flight_unacknowledged(tmp_path: Path) -> None:
@@ -273,3 +275,40 @@ def test_a_row_larger_than_the_brokers_packet_limit_is_set_aside_and_audited(
     assert drops == [(2, SET_ASIDE_REASON)]
     assert problems == [("message_set_aside", f"seq 2: {SET_ASIDE_REASON}")]
     assert connects == 1
+
+
+def test_urgent_and_live_rows_in_one_fetch_keep_to_the_window_and_go_once(
+    tmp_path: Path,
+) -> None:
+    """Connected with an empty outbox, five live rows then two urgent ones are committed
+    before the pump wakes, so one fetch takes both streams; the broker's Receive Maximum
+    is 3. Never more than 3 in flight (the live stream was given the room the urgent
+    rows had already taken), the urgent rows first. Then four more live rows: each row
+    is published once (the live cursor stopped one short of a window and its last row
+    went twice)."""
+
+    async def main() -> tuple[int, list[int], list[int]]:
+        broker = ScriptedBroker(hold=True, receive_maximum=3)
+        async with Rig(tmp_path, broker, max_inflight=8) as rig:
+            rig.run()
+            assert await wait_until(lambda: rig.fwd.stats.link_up)
+            for _ in range(5):
+                await rig.ot.run(rig.ob.append, T, body, priority=1)
+            for _ in range(2):
+                await rig.ot.run(rig.ob.append, U, body, priority=URGENT)
+            rig.fwd.wake()
+            assert await wait_until(lambda: len(broker.received) >= 3)
+            await asyncio.sleep(0.5)  # time to send more than allowed, if it would
+            most = broker.max_unacked
+            broker.release()
+            assert await rig.fwd.drain(15)
+            for _ in range(4):  # more live rows, in windows of 3: 8 9 10, then 11
+                await rig.ot.run(rig.ob.append, T, body, priority=1)
+            rig.fwd.wake()
+            assert await rig.fwd.drain(15)
+            await asyncio.sleep(0.3)  # time for a second copy, if one were coming
+            return most, broker.seqs(), await rig.rows()
+
+    most, seqs, left = asyncio.run(main())
+    assert most == 3 and left == []
+    assert seqs == [6, 7, 1, 2, 3, 4, 5, 8, 9, 10, 11], seqs
