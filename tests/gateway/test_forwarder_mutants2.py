@@ -312,3 +312,38 @@ def test_urgent_and_live_rows_in_one_fetch_keep_to_the_window_and_go_once(
     most, seqs, left = asyncio.run(main())
     assert most == 3 and left == []
     assert seqs == [6, 7, 1, 2, 3, 4, 5, 8, 9, 10, 11], seqs
+
+
+def test_a_broker_that_never_answers_connect_is_a_timeout_not_a_dead_uplink(
+    tmp_path: Path,
+) -> None:
+    """A server that takes the TCP connection and never answers CONNECT: after the
+    15 s CONNACK timeout the attempt is a failure ("timed out") and the uplink goes on
+    trying; run() must not end (it died with InvalidStateError when the session's end
+    asked a connect future that never resolved for its exception)."""
+
+    async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await r.read()  # CONNECT, then nothing until the client hangs up
+        w.close()
+
+    async def main() -> tuple[str | None, bool, list[int]]:
+        server = await asyncio.start_server(silent, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        ot = OutboxThread(tmp_path / "outbox.db")
+        ob = await ot.open()
+        fwd = Forwarder(UplinkConfig(host="::1", port=port, reconnect_max_s=1), "gw1", ot)
+        await ot.run(ob.append, T, body, priority=1)
+        task = asyncio.create_task(fwd.run())
+        try:
+            assert await wait_until(lambda: fwd.stats.last_error is not None or task.done(), 40)
+            await asyncio.sleep(0.5)
+            return fwd.stats.last_error, task.done(), [r.seq for r in await ot.run(ob.pending)]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await ot.close()
+            server.close()
+
+    why, ended, left = asyncio.run(main())
+    assert not ended and why == "timed out" and left == [1]
