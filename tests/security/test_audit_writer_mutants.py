@@ -1,0 +1,333 @@
+"""The audit log writer's internals, where mutation testing found gaps: a crash during
+the very first roll-over, the torn bytes an open states in its checkpoint, a roll-over
+that fails on a full disk (no room, or no inode), what ``on_append`` is handed across
+roll-overs, ``tick()`` with nothing waiting, and opening a segment after the first
+without its resume file. Real files, real processes killed with SIGKILL, a real tmpfs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from security import resume
+from security.audit import AUDIT_FILE, AuditLog, AuditLogCorrupt, last_boot, verify_bytes
+from security.checkpoint import Checkpoint, Record, parse_entries, peek_checkpoint
+from security.keys import DeviceKey
+from security.segments import log_dir_files, segment_path
+from tests.security.test_audit_segment_crash import CHILD
+from tests.tmpfs import tmpfs
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = DeviceKey(Ed25519PrivateKey.generate())
+TRUST = {KEY.kid: KEY.public_key}
+
+
+def whole(path: Path) -> bytes:
+    return b"".join(f.read_bytes() for _, f in log_dir_files(path))
+
+
+def records(data: bytes) -> list[Record]:
+    return [e.record for e in parse_entries(data).entries if e.record is not None]
+
+
+def checkpoints(data: bytes) -> list[Checkpoint]:
+    return [peek_checkpoint(e.raw) for e in parse_entries(data).entries if e.record is None]
+
+
+@pytest.mark.parametrize("point", ["create", "half"])
+def test_a_sigkill_during_the_first_roll_over_goes_on_in_the_first_file(
+    tmp_path: Path, point: str
+) -> None:
+    """A log that has never rolled over: the child is killed (SIGKILL) just after
+    creating ``audit.000001.cborseq`` (empty) or with half of its first checkpoint
+    written. The next open removes that file, keeps the half checkpoint's bytes beside
+    it exactly, and goes on in the first file; nothing returned by record() is lost."""
+    key, _ = DeviceKey.load_or_create(tmp_path)
+    keyfile = tmp_path / DeviceKey.PRIVATE_KEY_FILE
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, key, boot=1, checkpoint_every=3, segment_bytes=2048):
+        pass
+    assert [k for k, _ in log_dir_files(path)] == [0]
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(keyfile), point, "2048"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    returned = [int(x) for x in r.stdout.split()]
+    seg1 = segment_path(path, 1)
+    assert seg1.exists()
+    cut = seg1.read_bytes()
+    assert (cut == b"") is (point == "create")
+    with AuditLog(path, key, boot=9, checkpoint_every=3, segment_bytes=2048) as log:
+        assert log.size == len(returned) + 1  # + the record whose checkpoint was rolling
+        # the first file goes on: its open checkpoint rolls over again, to a whole file
+        assert log.segment == 1 and log.segment_start == path.stat().st_size
+    kept = sorted(tmp_path.glob(f"{seg1.name}.torn-*"))
+    if point == "half":
+        assert len(kept) == 1 and kept[0].read_bytes() == cut  # every byte, from byte 0
+        with pytest.raises(cbor2.CBORDecodeEOF):
+            cbor2.loads(cut)
+    else:
+        assert kept == []
+    rep = verify_bytes(whole(path), [key.public_key])
+    assert rep.ok and rep.records == len(returned) + 1, rep.summary()
+    assert [r.seq for r in records(whole(path))][: len(returned)] == returned
+
+
+TORN_CHILD = r"""
+import os, signal, sys
+import security.audit as A
+from security.keys import DeviceKey
+
+path, keyfile, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+key = DeviceKey.load(keyfile)
+log = A.AuditLog(path, key, boot=2, checkpoint_every=1000)
+for i in range(n):
+    log.record("link_up", host=f"h{i}", port=i)
+real_write = A._write_all
+def write(fd, data):  # the next record: 37 bytes of it reach the file, then the power goes
+    os.write(fd, data[:37])
+    os.fsync(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+A._write_all = write
+log.record("link_up", host="lost", port=0)
+"""
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_the_open_checkpoint_states_exactly_the_torn_bytes_it_removed(
+    tmp_path: Path, resumed: bool
+) -> None:
+    """A SIGKILL in the middle of writing a record leaves 37 bytes of it. The next open
+    removes them, keeps them beside the log, and its signed "open" checkpoint says 37
+    (``torn``): read from the resume point (the last checkpoint is well into the file)
+    or in full."""
+    key, _ = DeviceKey.load_or_create(tmp_path)
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, key, boot=1, checkpoint_every=4) as log:
+        for i in range(10):
+            log.record("config_change", sha256=f"{i:064x}")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TORN_CHILD,
+            str(path),
+            str(tmp_path / DeviceKey.PRIVATE_KEY_FILE),
+            "3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    good = path.stat().st_size - 37
+    if not resumed:
+        resume.remove(path)
+    with AuditLog(path, key, boot=3, trusted_keys={key.kid: key.public_key}) as log:
+        assert (log.resumed_from is not None) is resumed
+        assert log.size == 13 and log.loaded_length == good
+    data = path.read_bytes()
+    opened = [c for c in checkpoints(data) if c.why == "open"]
+    assert [c.torn_bytes for c in opened] == [0, 0, 37]
+    kept = list(tmp_path.glob(f"{AUDIT_FILE}.torn-*"))
+    assert len(kept) == 1 and len(kept[0].read_bytes()) == 37
+    rep = verify_bytes(data, [key.public_key])
+    assert rep.ok and rep.records == 13, rep.summary()
+
+
+def test_tick_writes_nothing_while_no_record_waits(tmp_path: Path) -> None:
+    """``tick()`` seals records that have waited the interval; with none waiting it writes
+    nothing, however long the log has been idle (an idle gateway's log does not grow)."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_interval_s=0.0) as log:
+        size = path.stat().st_size
+        assert log.tick() is None and log.tick() is None
+        assert path.stat().st_size == size
+        log.record("link_up", host="::1", port=1)  # interval 0: sealed at once
+        size = path.stat().st_size
+        assert log.tick() is None
+        assert path.stat().st_size == size
+
+
+def test_on_append_is_handed_every_entry_in_file_order_across_roll_overs(tmp_path: Path) -> None:
+    """The upstream copy is built from what ``on_append`` is handed: across roll-overs it
+    is every byte of every segment file, in order (including each segment's first
+    checkpoint, which the next checkpoint's ``prev`` is bound to), and every checkpoint
+    names the origin."""
+    path = tmp_path / AUDIT_FILE
+    got: list[Record | Checkpoint] = []
+    with AuditLog(
+        path,
+        KEY,
+        boot=1,
+        checkpoint_every=5,
+        segment_bytes=2048,
+        origin="gw-7",
+        on_append=got.append,
+    ) as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+    assert len(log_dir_files(path)) >= 4
+    assert b"".join(x.encoded for x in got) == whole(path)
+    cps = checkpoints(whole(path))
+    assert "segment" in {c.why for c in cps}
+    assert {c.origin for c in cps} == {"gw-7"}
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_later_segment_opens_without_its_resume_file(tmp_path: Path, trusted: bool) -> None:
+    """Without the resume file an open reads the live segment (the fifth, say) from its
+    first checkpoint, which states the log's state there; with trusted keys it checks that
+    checkpoint's signature. The log goes on, in that segment, and verifies."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+        live = log.segment
+    assert live >= 3
+    resume.remove(path)
+    kw = {"trusted_keys": TRUST} if trusted else {}
+    with AuditLog(path, KEY, boot=2, checkpoint_every=5, segment_bytes=2048, **kw) as log:  # type: ignore[arg-type]
+        assert log.resumed_from is None and (log.segment, log.size) == (live, 60)
+        log.record("link_up", host="after", port=0)
+    rep = verify_bytes(whole(path), [KEY.public_key])
+    assert rep.ok and rep.records == 61, rep.summary()
+
+
+def test_a_later_segment_whose_first_checkpoint_another_key_signed_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The live segment's first checkpoint was signed by a key this device never had (its
+    file replaced by one from another log of the same shape): with trusted keys, an open
+    without the resume file refuses it rather than adopting it."""
+    other = DeviceKey(Ed25519PrivateKey.generate())
+    a, b = tmp_path / "a" / AUDIT_FILE, tmp_path / "b" / AUDIT_FILE
+    for p, k in ((a, KEY), (b, other)):
+        p.parent.mkdir()
+        with AuditLog(p, k, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+            for i in range(30):
+                log.record("link_up", host=f"h{i}", port=i)
+    (ka, fa), (kb, fb) = log_dir_files(a)[-1], log_dir_files(b)[-1]
+    assert ka == kb
+    os.replace(fb, fa)
+    resume.remove(a)
+    with pytest.raises(AuditLogCorrupt, match="first checkpoint is not valid"):
+        AuditLog(a, KEY, boot=2, segment_bytes=2048, trusted_keys=TRUST)
+
+
+@pytest.mark.parametrize("short_of", ["space", "inodes"])
+def test_a_roll_over_that_fails_on_a_full_disk_loses_nothing_and_is_retried(
+    tmp_path: Path, short_of: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk is full when the log rolls over (a real tmpfs: no free page for the new
+    segment's first checkpoint, or no free inode for its file). The checkpoint that
+    ended the segment is written, record() returns, the new file is not left behind and
+    the log goes on in the segment it was in; the error is logged once. Once there is
+    room the next checkpoint rolls over, and nothing was lost."""
+    size = "1m,nr_inodes=64" if short_of == "inodes" else "1m"
+    with tmpfs(tmp_path / "fs", size) as fs:
+        path = fs / AUDIT_FILE
+        filler = fs / "filler"
+        filler.mkdir()
+        # segment_bytes 1: every checkpoint rolls over (the open one too)
+        with AuditLog(path, KEY, boot=1, checkpoint_every=1000, segment_bytes=1) as log:
+            seg = log.segment
+            assert seg == 1
+            if short_of == "space":
+                with open(filler / "big", "wb", buffering=0) as f, pytest.raises(OSError):
+                    while True:
+                        f.write(b"\0" * 4096)
+                assert os.statvfs(fs).f_bavail == 0
+            else:
+                with pytest.raises(OSError):
+                    for i in range(1000):
+                        (filler / f"{i}").touch()
+                assert os.statvfs(fs).f_favail == 0
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="security.audit"):
+                log.record("link_up", host="::1", port=1)
+                log.checkpoint()  # the live segment's last page still has room for it
+                log.record("link_up", host="::1", port=2)
+                log.checkpoint()
+            assert log.segment == seg
+            assert not segment_path(path, seg + 1).exists()
+            fails = [
+                r for r in caplog.records if "cannot start a new audit log segment" in r.message
+            ]
+            assert len(fails) == 1, caplog.text
+            for f in filler.iterdir():
+                f.unlink()
+            log.checkpoint()
+            assert log.segment == seg + 1
+            log.record("link_up", host="::1", port=3)
+        rep = verify_bytes(whole(path), [KEY.public_key])
+        assert rep.ok and rep.records == 3, rep.summary()
+        assert [r.detail["port"] for r in records(whole(path))] == [1, 2, 3]
+
+
+def test_a_key_rotated_in_the_live_segment_is_learnt_when_it_is_read_in_full(
+    tmp_path: Path,
+) -> None:
+    """The device key was rotated (``keyring.rotate`` with the log: a key_rotated record
+    carrying the certificate, then checkpoints signed by the new key). Opened without the
+    resume file and trusting only the first key, the writer learns the new key from that
+    record: nothing is cut off as forged. After the next roll-over the new segment's first
+    checkpoint carries the certificate, so a run of segments from there verifies with the
+    first key alone."""
+    from security.keyring import init_keys, rotate
+
+    state = tmp_path / "state"
+    old, _ = init_keys(state)
+    root = {old.kid: old.public_key}
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, old, boot=1, checkpoint_every=5) as log:
+        for i in range(7):
+            log.record("link_up", host=f"h{i}", port=i)
+        cert = rotate(state, audit=log).certificate
+        for i in range(7):
+            log.record("link_up", host=f"k{i}", port=i)
+    new = DeviceKey.load(state / DeviceKey.PRIVATE_KEY_FILE)
+    assert new.kid != old.kid
+    resume.remove(path)
+    with AuditLog(path, new, boot=2, checkpoint_every=5, segment_bytes=1, trusted_keys=root) as log:
+        assert log.resumed_from is None and log.size == 15
+        assert log.segment == 1  # the open checkpoint rolled over
+        log.record("link_up", host="after", port=0)
+    assert list(tmp_path.glob(f"{AUDIT_FILE}.forged-*")) == []
+    seg1 = log_dir_files(path)[1][1]
+    assert peek_checkpoint(parse_entries(seg1.read_bytes()).entries[0].raw).certs == (cert,)
+    rep = verify_bytes(seg1.read_bytes(), [old.public_key])
+    assert rep.ok and rep.records == 1, rep.summary()
+    rep = verify_bytes(whole(path), [old.public_key])
+    assert rep.ok and rep.records == 16, rep.summary()
+
+
+def test_last_boot_is_that_of_the_newest_entry_in_the_live_segment(tmp_path: Path) -> None:
+    """``edgegw keys rotate`` appends under ``last_boot()``: the boot of the newest entry
+    (a checkpoint when the last run recorded nothing), read from the live segment, not
+    the first file; 0 for a log that does not exist yet."""
+    path = tmp_path / AUDIT_FILE
+    assert last_boot(path) == 0
+    with AuditLog(path, KEY, boot=3, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+    assert len(log_dir_files(path)) >= 3
+    assert last_boot(path) == 3
+    with AuditLog(path, KEY, boot=4, segment_bytes=2048):
+        pass  # a run that recorded nothing: its checkpoints carry its boot
+    assert last_boot(path) == 4
