@@ -331,3 +331,115 @@ def test_last_boot_is_that_of_the_newest_entry_in_the_live_segment(tmp_path: Pat
     with AuditLog(path, KEY, boot=4, segment_bytes=2048):
         pass  # a run that recorded nothing: its checkpoints carry its boot
     assert last_boot(path) == 4
+
+
+def _stale_listing(monkeypatch: pytest.MonkeyPatch, first: list[tuple[int, Path]]) -> None:
+    """The first listing of the log's files is ``first``, as if another process changed
+    the directory just after it was read (the race _open_live_segment guards against)."""
+    import security.audit as audit_mod
+
+    real = audit_mod.segments.log_dir_files
+    calls: list[int] = []
+
+    def listing(path: Path) -> list[tuple[int, Path]]:
+        calls.append(1)
+        return first if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(audit_mod.segments, "log_dir_files", listing)
+
+
+def test_a_roll_over_by_another_writer_between_listing_and_locking_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (the daemon) rolled over just after this one listed the files: the
+    segment it listed as live is no longer locked, but a newer one is. Opening refuses
+    (AuditLogBusy) rather than writing into the older segment, which would fork the log."""
+    from security.audit import AuditLogBusy
+
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(40):
+            log.record("link_up", host=f"h{i}", port=i)
+    daemon = AuditLog(path, KEY, boot=2, checkpoint_every=5, segment_bytes=2048)
+    try:
+        files = log_dir_files(path)
+        sizes = [f.stat().st_size for _, f in files]
+        _stale_listing(monkeypatch, files[:-1])
+        with pytest.raises(AuditLogBusy, match="rolled over to a new segment by another"):
+            AuditLog(path, KEY, boot=3, checkpoint_every=5, segment_bytes=2048)
+        assert [f.stat().st_size for _, f in log_dir_files(path)] == sizes
+    finally:
+        daemon.close()
+
+
+def test_a_segment_file_gone_between_listing_and_opening_is_looked_for_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest file listed is gone when it is opened (removed meanwhile, e.g. an
+    unfinished segment another open cleaned up): the open lists the files again and goes
+    on in the live segment."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(40):
+            log.record("link_up", host=f"h{i}", port=i)
+        live = log.segment
+    files = log_dir_files(path)
+    _stale_listing(monkeypatch, [*files, (live + 1, segment_path(path, live + 1))])
+    with AuditLog(path, KEY, boot=2, checkpoint_every=5, segment_bytes=2048) as log:
+        assert (log.segment, log.size) == (live, 40)
+
+
+@pytest.mark.parametrize("first", [b"\xff", b"\x00"])  # not CBOR; CBOR but not an entry
+def test_a_live_segment_whose_first_byte_is_damaged_is_refused_not_removed(
+    tmp_path: Path, first: bytes
+) -> None:
+    """Only a segment that a crash left empty or with its first checkpoint cut short is
+    removed at open. One whose first byte is damaged (not CBOR at all) holds records: the
+    open refuses it and leaves it in place, every byte, rather than dropping them."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(40):
+            log.record("link_up", host=f"h{i}", port=i)
+    live = log_dir_files(path)[-1][1]
+    assert records(live.read_bytes())
+    data = first + live.read_bytes()[1:]
+    live.write_bytes(data)
+    resume.remove(path)
+    with pytest.raises(AuditLogCorrupt, match=live.name):
+        AuditLog(path, KEY, boot=2, segment_bytes=2048)
+    assert live.read_bytes() == data
+    assert list(tmp_path.glob("*.torn-*")) == []
+
+
+def test_a_forged_key_rotation_after_a_clean_close_is_cut_off_not_fatal(tmp_path: Path) -> None:
+    """While edgegw was stopped someone appended a key_rotated record whose certificate
+    another device's key signed. The certificate is passed over (it vouches for nothing);
+    the record is a forged tail, cut off and kept beside the log, and the log opens: a
+    bad certificate in the log does not stop the daemon."""
+    from security.audit import encode_record
+    from security.keyring import certify
+
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(7):
+            log.record("link_up", host=f"h{i}", port=i)
+    stranger = DeviceKey(Ed25519PrivateKey.generate())
+    last = records(path.read_bytes())[-1]
+    cert = certify(stranger, DeviceKey(Ed25519PrivateKey.generate()).public_key, 1)
+    with open(path, "ab") as f:
+        f.write(
+            encode_record(
+                seq=last.seq + 1,
+                boot=last.boot,
+                ts_ns=last.ts_ns + 1,
+                mono_ns=None,
+                event="key_rotated",
+                detail={"old_kid": KEY.kid.hex(), "new_kid": "00" * 8, "n": 1, "cert": cert},
+                prev=last.hash,
+            )
+        )
+    resume.remove(path)
+    with AuditLog(path, KEY, boot=2, trusted_keys=TRUST) as log:
+        assert log.size == 8  # 7, and tail_quarantined
+    assert len(list(tmp_path.glob(f"{AUDIT_FILE}.forged-*"))) == 1
+    assert [r.event for r in records(path.read_bytes())][-1] == "tail_quarantined"
