@@ -389,20 +389,24 @@ def test_a_segment_file_gone_between_listing_and_opening_is_looked_for_again(
         assert (log.segment, log.size) == (live, 40)
 
 
-@pytest.mark.parametrize("first", [b"\xff", b"\x00"])  # not CBOR; CBOR but not an entry
+@pytest.mark.parametrize(
+    ("first", "rest"),
+    [(b"\xff", True), (b"\x00", True), (b"\x00", False)],  # not CBOR; CBOR, not an entry
+)
 def test_a_live_segment_whose_first_byte_is_damaged_is_refused_not_removed(
-    tmp_path: Path, first: bytes
+    tmp_path: Path, first: bytes, rest: bool
 ) -> None:
     """Only a segment that a crash left empty or with its first checkpoint cut short is
     removed at open. One whose first byte is damaged (not CBOR at all) holds records: the
-    open refuses it and leaves it in place, every byte, rather than dropping them."""
+    open refuses it and leaves it in place, every byte, rather than dropping them; so
+    does one that holds nothing but a whole CBOR item that is not an entry."""
     path = tmp_path / AUDIT_FILE
     with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
         for i in range(40):
             log.record("link_up", host=f"h{i}", port=i)
     live = log_dir_files(path)[-1][1]
     assert records(live.read_bytes())
-    data = first + live.read_bytes()[1:]
+    data = first + (live.read_bytes()[1:] if rest else b"")
     live.write_bytes(data)
     resume.remove(path)
     with pytest.raises(AuditLogCorrupt, match=live.name):
