@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cbor2
@@ -447,3 +448,49 @@ def test_a_forged_key_rotation_after_a_clean_close_is_cut_off_not_fatal(tmp_path
         assert log.size == 8  # 7, and tail_quarantined
     assert len(list(tmp_path.glob(f"{AUDIT_FILE}.forged-*"))) == 1
     assert [r.event for r in records(path.read_bytes())][-1] == "tail_quarantined"
+
+
+def test_each_log_set_aside_is_kept(tmp_path: Path) -> None:
+    """A damaged log set aside, a new one started, and that one set aside too: both are
+    kept, each under its own name (the second does not replace the first)."""
+    path = tmp_path / AUDIT_FILE
+    kept: list[bytes] = []
+    for boot in (1, 2):
+        with AuditLog(path, KEY, boot=boot) as log:
+            log.record("link_up", host="::1", port=boot)
+        kept.append(path.read_bytes())
+        aside = AuditLog.set_aside(path)
+        assert aside.read_bytes() == kept[-1] and not path.exists()
+    assert sorted(p.read_bytes() for p in tmp_path.glob(f"{AUDIT_FILE}.bad-*")) == sorted(kept)
+
+
+def test_a_live_file_of_several_mebibytes_is_read_whole(tmp_path: Path) -> None:
+    """Without the resume file an open reads the whole live file, which can be several
+    MiB (one file, or large segments): in chunks, every byte once, in order."""
+    path = tmp_path / AUDIT_FILE
+    note = "n" * 60_000
+    with AuditLog(path, KEY, boot=1, checkpoint_every=10) as log:
+        for i in range(45):
+            log.record("link_up", host=f"h{i}", note=note)
+    assert path.stat().st_size > 5 * 2**20 // 2
+    resume.remove(path)
+    with AuditLog(path, KEY, boot=2) as log:
+        assert log.resumed_from is None and log.size == 45
+    rep = verify_bytes(path.read_bytes(), [KEY.public_key])
+    assert rep.ok and rep.records == 45, rep.summary()
+
+
+def test_the_interval_runs_from_the_oldest_unsealed_record(tmp_path: Path) -> None:
+    """An "interval" checkpoint is due when the oldest unsealed record has waited the
+    interval, however often records follow it (each must not restart the wait)."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_interval_s=1.0) as log:
+        log.record("link_up", host="::1", port=1)
+        time.sleep(0.6)
+        log.record("link_up", host="::1", port=2)
+        time.sleep(0.6)  # the first has now waited 1.2 s, the second 0.6 s
+        log.record("link_up", host="::1", port=3)
+        # sealed at the third record (or, had a sleep overrun, at the second)
+        assert log.unsealed in (0, 1)
+    whys = [c.why for c in checkpoints(path.read_bytes())]
+    assert whys == ["open", "interval", "close"]
