@@ -190,24 +190,28 @@ def test_on_append_is_handed_every_entry_in_file_order_across_roll_overs(tmp_pat
     assert {c.origin for c in cps} == {"gw-7"}
 
 
-@pytest.mark.parametrize("trusted", [True, False])
-def test_a_later_segment_opens_without_its_resume_file(tmp_path: Path, trusted: bool) -> None:
-    """Without the resume file an open reads the live segment (the fifth, say) from its
-    first checkpoint, which states the log's state there; with trusted keys it checks that
-    checkpoint's signature. The log goes on, in that segment, and verifies."""
+@pytest.mark.parametrize(("trusted", "live"), [(True, 1), (True, 4), (False, 1), (False, 4)])
+def test_a_later_segment_opens_without_its_resume_file(
+    tmp_path: Path, trusted: bool, live: int
+) -> None:
+    """Without the resume file an open reads the live segment (the second, or the fifth)
+    from its first checkpoint, which states the log's state there; with trusted keys it
+    checks that checkpoint's signature. The log goes on, in that segment, and verifies."""
     path = tmp_path / AUDIT_FILE
     with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
-        for i in range(60):
-            log.record("link_up", host=f"h{i}", port=i)
-        live = log.segment
-    assert live >= 3
+        while log.segment < live:
+            log.record("link_up", host=f"h{log.size}", port=log.size)
+        for _ in range(3):
+            log.record("link_up", host=f"h{log.size}", port=log.size)
+        n = log.size
+    assert log_dir_files(path)[-1][0] == live
     resume.remove(path)
     kw = {"trusted_keys": TRUST} if trusted else {}
     with AuditLog(path, KEY, boot=2, checkpoint_every=5, segment_bytes=2048, **kw) as log:  # type: ignore[arg-type]
-        assert log.resumed_from is None and (log.segment, log.size) == (live, 60)
+        assert log.resumed_from is None and (log.segment, log.size) == (live, n)
         log.record("link_up", host="after", port=0)
     rep = verify_bytes(whole(path), [KEY.public_key])
-    assert rep.ok and rep.records == 61, rep.summary()
+    assert rep.ok and rep.records == n + 1, rep.summary()
 
 
 def test_a_later_segment_whose_first_checkpoint_another_key_signed_is_refused(
@@ -494,3 +498,24 @@ def test_the_interval_runs_from_the_oldest_unsealed_record(tmp_path: Path) -> No
         assert log.unsealed in (0, 1)
     whys = [c.why for c in checkpoints(path.read_bytes())]
     assert whys == ["open", "interval", "close"]
+
+
+def test_an_unsealed_record_that_does_not_link_is_refused_not_sealed(tmp_path: Path) -> None:
+    """After a crash (no close checkpoint) the last record's ``prev`` was altered; its seq
+    is still right. The next open refuses the log (the chain is broken) instead of
+    sealing the altered record under a checkpoint of its own."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(7):
+            log.record("link_up", host=f"h{i}", port=i)
+    entries = parse_entries(path.read_bytes()).entries
+    assert entries[-1].record is None and entries[-2].record is not None  # the close
+    last = entries[-2].record
+    data = path.read_bytes()[: entries[-1].offset]  # as if it crashed before the close
+    at = data.rindex(last.prev)
+    data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+    path.write_bytes(data)
+    resume.remove(path)
+    with pytest.raises(AuditLogCorrupt, match="breaks the chain"):
+        AuditLog(path, KEY, boot=2)
+    assert path.read_bytes() == data
