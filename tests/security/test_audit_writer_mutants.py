@@ -19,8 +19,29 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security import resume
-from security.audit import AUDIT_FILE, AuditLog, AuditLogCorrupt, last_boot, verify_bytes
-from security.checkpoint import Checkpoint, Record, parse_entries, peek_checkpoint
+from security.audit import (
+    AUDIT_FILE,
+    AuditLog,
+    AuditLogCorrupt,
+    Outcome,
+    Problem,
+    last_boot,
+    verify_bytes,
+)
+from security.checkpoint import (
+    LOG_ID_LEN,
+    ZERO_HASH,
+    Checkpoint,
+    MerkleFrontier,
+    Record,
+    checkpoint_hash,
+    decode_record,
+    encode_record,
+    genesis_head,
+    parse_entries,
+    peek_checkpoint,
+    sign_checkpoint,
+)
 from security.keys import DeviceKey
 from security.segments import log_dir_files, segment_path
 from tests.security.test_audit_segment_crash import CHILD
@@ -425,7 +446,6 @@ def test_a_forged_key_rotation_after_a_clean_close_is_cut_off_not_fatal(tmp_path
     another device's key signed. The certificate is passed over (it vouches for nothing);
     the record is a forged tail, cut off and kept beside the log, and the log opens: a
     bad certificate in the log does not stop the daemon."""
-    from security.audit import encode_record
     from security.keyring import certify
 
     path = tmp_path / AUDIT_FILE
@@ -519,3 +539,90 @@ def test_an_unsealed_record_that_does_not_link_is_refused_not_sealed(tmp_path: P
     with pytest.raises(AuditLogCorrupt, match="breaks the chain"):
         AuditLog(path, KEY, boot=2)
     assert path.read_bytes() == data
+
+
+# -- verification: what only a stolen key can produce ---------------------------------------
+
+
+def _signed_log(records: int, first_prev: bytes | None = None) -> tuple[bytes, bytes]:
+    """A whole log signed with the device's key by hand (as whoever holds the key can):
+    genesis, ``records`` records, a close checkpoint that vouches for them. The first
+    record links to ``first_prev`` instead of the genesis head when given. Returns the
+    bytes and the raw close checkpoint."""
+    log_id = os.urandom(LOG_ID_LEN)
+    frontier = MerkleFrontier()
+    genesis = sign_checkpoint(
+        KEY,
+        log_id=log_id,
+        size=0,
+        root=frontier.root(),
+        head=genesis_head(log_id),
+        prev=ZERO_HASH,
+        boot=1,
+        ts_ns=1,
+        why="open",
+    ).encoded
+    out, head = [genesis], first_prev or genesis_head(log_id)
+    for i in range(records):
+        raw = encode_record(
+            seq=i,
+            boot=1,
+            ts_ns=2 + i,
+            mono_ns=None,
+            event="link_up",
+            detail={"port": i},
+            prev=head,
+        )
+        head = decode_record(raw).hash
+        frontier.append(head)
+        out.append(raw)
+    close = sign_checkpoint(
+        KEY,
+        log_id=log_id,
+        size=records,
+        root=frontier.root(),
+        head=head,
+        prev=checkpoint_hash(genesis),
+        boot=1,
+        ts_ns=99,
+        why="close",
+    ).encoded
+    return b"".join([*out, close]), close
+
+
+def test_a_signed_first_record_that_does_not_link_to_the_genesis_is_named(
+    tmp_path: Path,
+) -> None:
+    """Every checkpoint is validly signed and vouches for the records, but the first
+    record does not link to the log's genesis head: verify names seq 0 (not seq -1,
+    and not "OK")."""
+    data, _ = _signed_log(7, first_prev=bytes(32))
+    assert verify_bytes(_signed_log(7)[0], [KEY.public_key]).ok
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad) == (0, 0), rep
+
+
+def test_a_signed_checkpoint_naming_another_head_at_the_same_size_names_the_last_record(
+    tmp_path: Path,
+) -> None:
+    """Right after the close checkpoint, a second one (validly signed, chained to it)
+    seals the same 7 records but names another head: no record came between the two, so
+    the record it contradicts is seq 6, and only that one is named."""
+    data, close = _signed_log(7)
+    cp = peek_checkpoint(close)
+    other = sign_checkpoint(
+        KEY,
+        log_id=cp.log_id,
+        size=7,
+        root=cp.root,
+        head=bytes(32),
+        prev=checkpoint_hash(close),
+        boot=1,
+        ts_ns=100,
+        why="close",
+    ).encoded
+    rep = verify_bytes(data + other, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad) == (6, 6), rep
+    assert rep.message.startswith("seq 6: record altered"), rep.message
