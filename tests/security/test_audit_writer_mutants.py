@@ -626,3 +626,50 @@ def test_a_signed_checkpoint_naming_another_head_at_the_same_size_names_the_last
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
     assert (rep.first_bad, rep.last_bad) == (6, 6), rep
     assert rep.message.startswith("seq 6: record altered"), rep.message
+
+
+def _entries_with_stranger(tmp_path: Path, seq: int, before: int, close: bool) -> bytes:
+    """Records 0..11 of a real log (a checkpoint every 5: genesis, 0..4, cp, 5..9, cp,
+    10, 11, close), with a record claiming ``seq`` that links to nothing in it (from
+    another log) inserted before entry ``before``; without the close when not ``close``
+    (a crash: 10 and 11 unsealed)."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(12):
+            log.record("link_up", host="::1", port=i)
+    raws = [e.raw for e in parse_entries(path.read_bytes()).entries]
+    if not close:
+        raws = raws[:-1]
+    stranger = encode_record(
+        seq=seq,
+        boot=1,
+        ts_ns=1,
+        mono_ns=None,
+        event="link_up",
+        detail={"port": -1},
+        prev=bytes(32),
+    )
+    return b"".join([*raws[:before], stranger, *raws[before:]])
+
+
+def test_a_stranger_inserted_just_before_the_checkpoint_that_counts_it_is_named(
+    tmp_path: Path,
+) -> None:
+    """A record claiming seq 5 (linking to nothing here) is inserted just before the
+    checkpoint that seals 5 records: the record scan and that checkpoint both name seq 5.
+    verify reports the inserted record (it does not fail on the tie)."""
+    data = _entries_with_stranger(tmp_path, seq=5, before=6, close=True)
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
+    assert (rep.first_bad, rep.last_bad) == (5, 5), rep
+    assert rep.message.startswith("seq 5: forged record inserted"), rep.message
+
+
+def test_a_stranger_inserted_in_the_unsealed_tail_is_named_as_inserted(tmp_path: Path) -> None:
+    """After a crash, seq 10 and 11 are unsealed; a record claiming seq 11 that links to
+    nothing here is inserted before the real seq 11. Neither is vouched for, but the
+    real one follows: verify names an insertion at seq 11, not an edit."""
+    data = _entries_with_stranger(tmp_path, seq=11, before=14, close=False)
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
+    assert (rep.first_bad, rep.last_bad) == (11, 11), rep
