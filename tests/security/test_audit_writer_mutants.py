@@ -628,11 +628,14 @@ def test_a_signed_checkpoint_naming_another_head_at_the_same_size_names_the_last
     assert rep.message.startswith("seq 6: record altered"), rep.message
 
 
-def _entries_with_stranger(tmp_path: Path, seq: int, before: int, close: bool) -> bytes:
+def _entries_with_stranger(
+    tmp_path: Path, seq: int, before: int, close: bool, linked: bool = False
+) -> bytes:
     """Records 0..11 of a real log (a checkpoint every 5: genesis, 0..4, cp, 5..9, cp,
     10, 11, close), with a record claiming ``seq`` that links to nothing in it (from
     another log) inserted before entry ``before``; without the close when not ``close``
-    (a crash: 10 and 11 unsealed)."""
+    (a crash: 10 and 11 unsealed). With ``linked`` it links to the record before it
+    instead, as a forger who read the log would make it."""
     path = tmp_path / AUDIT_FILE
     with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
         for i in range(12):
@@ -647,18 +650,19 @@ def _entries_with_stranger(tmp_path: Path, seq: int, before: int, close: bool) -
         mono_ns=None,
         event="link_up",
         detail={"port": -1},
-        prev=bytes(32),
+        prev=records(b"".join(raws))[seq - 1].hash if linked else bytes(32),
     )
     return b"".join([*raws[:before], stranger, *raws[before:]])
 
 
+@pytest.mark.parametrize("linked", [False, True])
 def test_a_stranger_inserted_just_before_the_checkpoint_that_counts_it_is_named(
-    tmp_path: Path,
+    tmp_path: Path, linked: bool
 ) -> None:
-    """A record claiming seq 5 (linking to nothing here) is inserted just before the
-    checkpoint that seals 5 records: the record scan and that checkpoint both name seq 5.
-    verify reports the inserted record (it does not fail on the tie)."""
-    data = _entries_with_stranger(tmp_path, seq=5, before=6, close=True)
+    """A record claiming seq 5 (linking to nothing here, or to seq 4) is inserted just
+    before the checkpoint that seals 5 records: the record scan and that checkpoint both
+    name seq 5. verify reports the inserted record (it does not fail on the tie)."""
+    data = _entries_with_stranger(tmp_path, seq=5, before=6, close=True, linked=linked)
     rep = verify_bytes(data, [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
     assert (rep.first_bad, rep.last_bad) == (5, 5), rep
