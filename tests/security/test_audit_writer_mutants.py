@@ -34,6 +34,7 @@ from security.checkpoint import (
     Checkpoint,
     MerkleFrontier,
     Record,
+    SegmentStart,
     checkpoint_hash,
     decode_record,
     encode_record,
@@ -677,3 +678,51 @@ def test_a_stranger_inserted_in_the_unsealed_tail_is_named_as_inserted(tmp_path:
     rep = verify_bytes(data, [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep
     assert (rep.first_bad, rep.last_bad) == (11, 11), rep
+
+
+def test_an_edit_when_a_checkpoint_follows_every_record_is_named_once(tmp_path: Path) -> None:
+    """With a checkpoint after every record, record 3 is altered (same length): the record
+    scan and the checkpoint after it both name seq 3. verify names it (and does not fail
+    on the tie)."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=1) as log:
+        for i in range(6):
+            log.record("link_up", host="::1", note=f"r{i}")
+    data = path.read_bytes()
+    raw = records(data)[3].encoded
+    data = data.replace(raw, raw.replace(b"r3", b"x3"))
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed) == (3, 3, 3), rep
+
+
+def test_a_run_from_a_segment_whose_signed_start_names_another_head_names_its_first_record(
+    tmp_path: Path,
+) -> None:
+    """A run of segments from the middle whose first checkpoint (validly signed: a stolen
+    key) states another head than the record before the segment: the segment's first
+    record does not link to it, and verify names that record, not a later checkpoint."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f.read_bytes() for _, f in log_dir_files(path)][2:]
+    first = parse_entries(segs[0]).entries[0].raw
+    cp = peek_checkpoint(first)
+    assert cp.seg == 2 and cp.at is not None
+    forged = sign_checkpoint(
+        KEY,
+        log_id=cp.log_id,
+        size=cp.size,
+        root=cp.root,
+        head=bytes(32),
+        prev=cp.prev,
+        boot=cp.boot,
+        ts_ns=cp.ts_ns,
+        why=cp.why,
+        segment=SegmentStart(cp.seg, cp.at, cp.compact, cp.certs),
+    ).encoded
+    assert verify_bytes(b"".join(segs), [KEY.public_key]).ok
+    rep = verify_bytes(b"".join([forged + segs[0][len(first) :], *segs[1:]]), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
+    assert (rep.first_bad, rep.last_bad) == (cp.size, cp.size), rep
