@@ -726,3 +726,19 @@ def test_a_run_from_a_segment_whose_signed_start_names_another_head_names_its_fi
     rep = verify_bytes(b"".join([forged + segs[0][len(first) :], *segs[1:]]), [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EDITED, rep
     assert (rep.first_bad, rep.last_bad) == (cp.size, cp.size), rep
+
+
+def test_a_record_deleted_from_the_unsealed_tail_is_named_as_deleted(tmp_path: Path) -> None:
+    """After a crash seq 10..12 are unsealed; seq 11 is cut out. Nothing vouches for the
+    tail, but seq 12 follows seq 10: verify names seq 11 as deleted (not seq 12 as
+    altered)."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(13):
+            log.record("link_up", host="::1", port=i)
+    entries = parse_entries(path.read_bytes()).entries
+    raws = [e.raw for e in entries[:-1]]  # no close: a crash
+    gone = records(path.read_bytes())[11].encoded
+    rep = verify_bytes(b"".join(r for r in raws if r != gone), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.DELETED, rep
+    assert (rep.first_bad, rep.last_bad) == (11, 11), rep
