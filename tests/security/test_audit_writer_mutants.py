@@ -742,3 +742,19 @@ def test_a_record_deleted_from_the_unsealed_tail_is_named_as_deleted(tmp_path: P
     rep = verify_bytes(b"".join(r for r in raws if r != gone), [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.DELETED, rep
     assert (rep.first_bad, rep.last_bad) == (11, 11), rep
+
+
+def test_records_swapped_in_the_unsealed_tail_are_named_as_reordered(tmp_path: Path) -> None:
+    """After a crash seq 10..12 are unsealed; seq 11 and 12 swapped places. Nothing
+    vouches for them, but the real seq 11 follows: verify names seq 11 as out of order
+    (not as deleted)."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
+        for i in range(13):
+            log.record("link_up", host="::1", port=i)
+    raws = [e.raw for e in parse_entries(path.read_bytes()).entries[:-1]]  # a crash
+    r11, r12 = (r.encoded for r in records(path.read_bytes())[11:13])
+    assert raws[-2:] == [r11, r12]
+    rep = verify_bytes(b"".join([*raws[:-2], r12, r11]), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.REORDERED, rep
+    assert (rep.first_bad, rep.last_bad) == (11, 11), rep
