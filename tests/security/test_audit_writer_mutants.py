@@ -758,3 +758,22 @@ def test_records_swapped_in_the_unsealed_tail_are_named_as_reordered(tmp_path: P
     rep = verify_bytes(b"".join([*raws[:-2], r12, r11]), [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.REORDERED, rep
     assert (rep.first_bad, rep.last_bad) == (11, 11), rep
+
+
+def test_a_run_from_a_segment_whose_merkle_range_was_damaged_is_named(tmp_path: Path) -> None:
+    """One byte of the Merkle range in a run's first checkpoint is flipped (no key
+    needed): the range no longer gives the root it states. verify names that checkpoint
+    (the run's first seq), with nothing verified."""
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048) as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f.read_bytes() for _, f in log_dir_files(path)][2:]
+    cp = peek_checkpoint(parse_entries(segs[0]).entries[0].raw)
+    assert cp.seg == 2 and cp.compact
+    at = segs[0].index(cp.compact[0])
+    segs[0] = segs[0][:at] + bytes([segs[0][at] ^ 1]) + segs[0][at + 1 :]
+    rep = verify_bytes(b"".join(segs), [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.BAD_CHECKPOINT, rep
+    assert (rep.first_seq, rep.first_bad, rep.last_bad) == (cp.size, cp.size, cp.size), rep
+    assert rep.message.startswith("the first checkpoint of segment 2"), rep.message
