@@ -777,3 +777,27 @@ def test_a_run_from_a_segment_whose_merkle_range_was_damaged_is_named(tmp_path: 
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.BAD_CHECKPOINT, rep
     assert (rep.first_seq, rep.first_bad, rep.last_bad) == (cp.size, cp.size, cp.size), rep
     assert rep.message.startswith("the first checkpoint of segment 2"), rep.message
+
+
+def test_an_empty_log_is_reported_as_such_with_nothing_sealed() -> None:
+    rep = verify_bytes(b"", [KEY.public_key])
+    assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.EMPTY, rep
+    assert (rep.first_bad, rep.last_bad, rep.sealed, rep.records) == (0, 0, 0, 0), rep
+
+
+def test_the_report_of_a_run_from_the_middle_states_its_segment_checkpoints_and_origin(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / AUDIT_FILE
+    with AuditLog(path, KEY, boot=1, checkpoint_every=5, segment_bytes=2048, origin="gw-7") as log:
+        for i in range(60):
+            log.record("link_up", host=f"h{i}", port=i)
+    segs = [f.read_bytes() for _, f in log_dir_files(path)][2:]
+    data = b"".join(segs)
+    rep = verify_bytes(data, [KEY.public_key])
+    assert rep.ok and rep.segment == 2 and rep.origin == "gw-7", rep
+    assert rep.checkpoints == len(checkpoints(data)) and rep.checkpoints >= 3, rep
+    assert (
+        rep.sealed == 60
+        and rep.first_seq == peek_checkpoint(parse_entries(segs[0]).entries[0].raw).size
+    ), rep
