@@ -801,3 +801,18 @@ def test_the_report_of_a_run_from_the_middle_states_its_segment_checkpoints_and_
         rep.sealed == 60
         and rep.first_seq == peek_checkpoint(parse_entries(segs[0]).entries[0].raw).size
     ), rep
+
+
+def test_a_given_certificate_that_does_not_verify_is_an_error_for_a_whole_log(
+    tmp_path: Path,
+) -> None:
+    """A certificate passed to verify (``--chain``) that no trusted key signed is an error
+    that says so, not silently left out (for a whole log; a run from the middle passes
+    over the certificates its first checkpoint carries)."""
+    from security.keyring import KeyChainError, certify
+
+    data, _ = _signed_log(3)
+    stranger = DeviceKey(Ed25519PrivateKey.generate())
+    cert = certify(stranger, DeviceKey(Ed25519PrivateKey.generate()).public_key, 1)
+    with pytest.raises(KeyChainError, match="not signed by a trusted key"):
+        verify_bytes(data, [KEY.public_key], certificates=[cert])
