@@ -19,7 +19,7 @@ from security.audit import (
     verify,
     verify_bytes,
 )
-from security.checkpoint import parse_entries, peek_checkpoint, sign_checkpoint
+from security.checkpoint import Entry, parse_entries, peek_checkpoint, sign_checkpoint
 from security.keyring import certify
 from security.keys import DeviceKey
 from security.segments import log_dir_files
@@ -533,11 +533,10 @@ def test_another_logs_record_inserted_before_a_real_one_is_named_as_inserted(
     assert rep.message == "seq 5: forged record inserted before the real seq 5"
 
 
-def test_damage_where_a_relinked_rewrite_starts_is_named_first(tmp_path: Path) -> None:
-    """Record 7 is altered and every later record re-linked and re-signed (a stolen key),
-    so the checkpoint after seq 9 names another head (the range 5..9), and bytes that are
-    not an entry sit right after the checkpoint after seq 4: both are found at seq 5.
-    Verify does not crash on the tie and names the damage first."""
+def _relinked_from_seq7(tmp_path: Path) -> tuple[list[Entry], list[bytes]]:
+    """Records 0..11, a checkpoint every 5; record 7 altered and every later record
+    re-linked and re-signed (a stolen key), checkpoints kept as they were: the genuine
+    entries, and the raw entries of the rewrite."""
     path = tmp_path / AUDIT_FILE
     with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
         for i in range(12):
@@ -545,7 +544,15 @@ def test_damage_where_a_relinked_rewrite_starts_is_named_first(tmp_path: Path) -
     data = path.read_bytes()
     genuine = parse_entries(data).entries
     rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), 7, KEY)).entries]
-    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    return genuine, [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+
+
+def test_damage_where_a_relinked_rewrite_starts_is_named_first(tmp_path: Path) -> None:
+    """Record 7 is altered and every later record re-linked and re-signed (a stolen key),
+    so the checkpoint after seq 9 names another head (the range 5..9), and bytes that are
+    not an entry sit right after the checkpoint after seq 4: both are found at seq 5.
+    Verify does not crash on the tie and names the damage first."""
+    genuine, kept = _relinked_from_seq7(tmp_path)
     assert genuine[6].record is None  # [genesis, 0..4, cp(5), ...]
     raws = [*kept[:7], JUNK, *kept[7:]]
     offset = sum(len(r) for r in kept[:7])
@@ -637,14 +644,7 @@ def test_a_finding_at_the_start_of_a_relinked_range_is_preferred_to_the_range(
     checkpoint after seq 9 names another head (the range 5..9). The close checkpoint is
     also re-signed to claim only 5 records: that names seq 5, the first seq of the
     range, and being one place, it is reported rather than the range."""
-    path = tmp_path / AUDIT_FILE
-    with AuditLog(path, KEY, boot=1, checkpoint_every=5) as log:
-        for i in range(12):
-            log.record("link_up", host="::1", note=f"r{i}")
-    data = path.read_bytes()
-    genuine = parse_entries(data).entries
-    rewritten = [e.raw for e in parse_entries(rebuild(Log(data, genuine, KEY), 7, KEY)).entries]
-    kept = [e.raw if e.record is None else rewritten[i] for i, e in enumerate(genuine)]
+    _, kept = _relinked_from_seq7(tmp_path)
     raws = [*kept[:-1], _resigned(kept[-1], size=5)]
     rep = verify_bytes(b"".join(raws), [KEY.public_key])
     assert rep.outcome is Outcome.TAMPERED and rep.problem is Problem.INSERTED, rep

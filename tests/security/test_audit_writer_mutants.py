@@ -53,6 +53,20 @@ KEY = DeviceKey(Ed25519PrivateKey.generate())
 TRUST = {KEY.kid: KEY.public_key}
 
 
+def killed_child(code: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a child python with ``args``; it must end killed by SIGKILL."""
+    r = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    return r
+
+
 def whole(path: Path) -> bytes:
     return b"".join(f.read_bytes() for _, f in log_dir_files(path))
 
@@ -79,15 +93,7 @@ def test_a_sigkill_during_the_first_roll_over_goes_on_in_the_first_file(
     with AuditLog(path, key, boot=1, checkpoint_every=3, segment_bytes=2048):
         pass
     assert [k for k, _ in log_dir_files(path)] == [0]
-    r = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), str(keyfile), point, "2048"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert r.returncode == -signal.SIGKILL, r.stderr
+    r = killed_child(CHILD, path, keyfile, point, "2048")
     returned = [int(x) for x in r.stdout.split()]
     seg1 = segment_path(path, 1)
     assert seg1.exists()
@@ -142,22 +148,7 @@ def test_the_open_checkpoint_states_exactly_the_torn_bytes_it_removed(
     with AuditLog(path, key, boot=1, checkpoint_every=4) as log:
         for i in range(10):
             log.record("config_change", sha256=f"{i:064x}")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            TORN_CHILD,
-            str(path),
-            str(tmp_path / DeviceKey.PRIVATE_KEY_FILE),
-            "3",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert r.returncode == -signal.SIGKILL, r.stderr
+    killed_child(TORN_CHILD, path, tmp_path / DeviceKey.PRIVATE_KEY_FILE, 3)
     good = path.stat().st_size - 37
     if not resumed:
         resume.remove(path)
