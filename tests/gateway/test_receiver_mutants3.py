@@ -1,0 +1,58 @@
+"""Survivors of session 6's receiver mutation run (gateway/receiver core, intervals, trust,
+state, rows, store, outcome) that mattered: how ``edgegw receive`` builds its receiver
+(an ``Enrolments`` registry, no latency list growing forever), what the default store
+keeps, topic prefixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.receiver import Outcome, Receiver
+from gateway.receiver.trust import Enrolment, Enrolments
+from security import DeviceKey
+from tests.gateway.test_receiver import TOPIC, msg
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> DeviceKey:
+    return DeviceKey.load_or_create(tmp_path / "gw")[0]
+
+
+# -- the receiver as `edgegw receive` builds it ------------------------------------------
+
+
+def test_an_enrolment_registry_is_used_as_given(key: DeviceKey) -> None:
+    """`edgegw receive` passes the Enrolments it loaded: kept as they are (with where each
+    key came from), not re-read as a mapping of keys."""
+    trust = Enrolments([Enrolment("gw1", key.public_key, "enrol/gw1.pub.pem")])
+    rx = Receiver(trust, "edgegw")
+    assert rx.trust is trust and rx.trust["gw1"].source == "enrol/gw1.pub.pem"
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+
+
+def test_a_receiver_keeps_no_latencies_unless_asked(key: DeviceKey) -> None:
+    """Latencies are one float per reading, never dropped: only a bounded run (the demo,
+    the benchmark) asks for them; `edgegw receive` runs for months without."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert rx.latencies_ms is None
+
+
+def test_the_default_store_keeps_no_readings(key: DeviceKey) -> None:
+    """Without a store: an in-memory one with state and message index only (the readings
+    go to the sink), so a long run does not grow by every reading."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.DUPLICATE  # the index is kept
+    assert rx.store.readings("gw1") == []
+
+
+@pytest.mark.parametrize("prefix", ["edgegw/", "plantX", "site/X/"])
+def test_a_prefix_is_taken_as_written_with_or_without_a_slash(key: DeviceKey, prefix: str) -> None:
+    base = prefix.rstrip("/")
+    topic = f"{base}/gw1/telemetry"
+    rx = Receiver({"gw1": key.public_key}, prefix)
+    assert rx.handle(topic, msg(key, 1, topic=topic)) is Outcome.VALID
+    assert rx.handle(f"{base}x/gw1/telemetry", msg(key, 2, topic=topic)) is Outcome.MALFORMED
