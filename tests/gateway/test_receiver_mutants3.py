@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.receiver import Outcome, Receiver
+from gateway.receiver.core import Prepared
+from gateway.receiver.schema import Payload
 from gateway.receiver.trust import Enrolment, Enrolments
 from security import DeviceKey
 from tests.gateway.test_receiver import TOPIC, msg
@@ -56,3 +58,32 @@ def test_a_prefix_is_taken_as_written_with_or_without_a_slash(key: DeviceKey, pr
     rx = Receiver({"gw1": key.public_key}, prefix)
     assert rx.handle(topic, msg(key, 1, topic=topic)) is Outcome.VALID
     assert rx.handle(f"{base}x/gw1/telemetry", msg(key, 2, topic=topic)) is Outcome.MALFORMED
+
+
+# -- a message prepare() could not finish is done again in the store transaction ----------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.got: list[tuple[int, bytes, int]] = []
+
+    def write(self, p: Payload, kid: bytes, received_ns: int) -> None:
+        self.got.append((p.seq, kid, received_ns))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_message_prepare_could_not_finish_is_handled_in_full(key: DeviceKey) -> None:
+    """prepare() runs in paho's thread; if it fails unexpectedly it leaves no envelope
+    (env None, as here) and the store path does it all again. A transient failure there
+    must not cost the message: an ERROR is acknowledged, so it would be lost."""
+    sink = Recorder()
+    rx = Receiver({"gw1": key.public_key}, "edgegw", sink)
+    unfinished = Prepared(TOPIC, msg(key, 1), 123_456_789, gw="gw1", kind="telemetry")
+    assert rx.handle_many([unfinished]) == [Outcome.VALID]
+    assert sink.got == [(1, key.kid, 123_456_789)]  # the time it was received, kept
+    # and one that is garbage is still classified as such, not as the receiver's error
+    garbage = Prepared(TOPIC, b"\x00garbage", 1, gw="gw1", kind="telemetry")
+    assert rx.handle_many([garbage]) == [Outcome.MALFORMED]
+    assert (rx.stats.messages_verified, rx.stats.malformed, rx.stats.errors) == (1, 1, 0)
