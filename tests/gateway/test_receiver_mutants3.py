@@ -87,3 +87,19 @@ def test_a_message_prepare_could_not_finish_is_handled_in_full(key: DeviceKey) -
     garbage = Prepared(TOPIC, b"\x00garbage", 1, gw="gw1", kind="telemetry")
     assert rx.handle_many([garbage]) == [Outcome.MALFORMED]
     assert (rx.stats.messages_verified, rx.stats.malformed, rx.stats.errors) == (1, 1, 0)
+
+
+class _BrokenCache(dict):  # type: ignore[type-arg]
+    def get(self, *_: object) -> None:  # type: ignore[override]
+        raise RuntimeError("the fast path's key cache is broken")
+
+
+def test_a_fault_only_prepare_hits_costs_no_message(key: DeviceKey) -> None:
+    """prepare() failing where the store path does not (its cache of trusted keys, here):
+    the store path parses the envelope itself and stores the message."""
+    sink = Recorder()
+    rx = Receiver({"gw1": key.public_key}, "edgegw", sink)
+    rx._trusted["gw1"] = _BrokenCache()
+    assert rx.handle(TOPIC, msg(key, 1), 5) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 2), 6) is Outcome.VALID  # the cache was replaced
+    assert sink.got == [(1, key.kid, 5), (2, key.kid, 6)] and rx.stats.errors == 0
