@@ -5,11 +5,12 @@ keeps, topic prefixes."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from gateway.receiver import Outcome, Receiver
+from gateway.receiver import Outcome, Receiver, SqliteStore
 from gateway.receiver.core import Prepared
 from gateway.receiver.schema import Payload
 from gateway.receiver.trust import Enrolment, Enrolments
@@ -103,3 +104,34 @@ def test_a_fault_only_prepare_hits_costs_no_message(key: DeviceKey) -> None:
     assert rx.handle(TOPIC, msg(key, 1), 5) is Outcome.VALID
     assert rx.handle(TOPIC, msg(key, 2), 6) is Outcome.VALID  # the cache was replaced
     assert sink.got == [(1, key.kid, 5), (2, key.kid, 6)] and rx.stats.errors == 0
+
+
+# -- topics and groups ---------------------------------------------------------------------
+
+
+def test_a_topic_outside_the_prefix_is_refused_even_when_signed_for_it(key: DeviceKey) -> None:
+    """Another fleet's prefix of the same length: its gateway signed its own topic, so the
+    signature would verify; only the prefix keeps it out."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
+    other = "plant1/gw1/telemetry"
+    assert rx.handle(other, msg(key, 1, topic=other)) is Outcome.MALFORMED
+    assert rx.stats.messages_verified == 0 and rx.received("gw1") == []
+
+
+def test_garbage_in_a_group_does_not_roll_the_group_back(
+    key: DeviceKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone on the broker can send garbage: it must not cost the group its single commit
+    (a rollback stores each message in its own transaction, one fsync each)."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=SqliteStore(tmp_path / "g.db"))
+    items = [
+        (TOPIC, msg(key, 1), None),
+        ("edgegw/gw9/telemetry", msg(key, 2), None),  # not enrolled
+        ("nowhere", b"\x00garbage", None),
+        (TOPIC, msg(key, 2), None),
+    ]
+    with caplog.at_level(logging.WARNING, logger="edgegw.receiver"):
+        got = rx.handle_many(items)
+    assert got == [Outcome.VALID, Outcome.UNKNOWN_GATEWAY, Outcome.MALFORMED, Outcome.VALID]
+    assert "rolled back" not in caplog.text
+    assert rx.received("gw1") == [(1, 2)]
