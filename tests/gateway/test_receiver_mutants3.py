@@ -14,7 +14,10 @@ from gateway.receiver import Outcome, Receiver, SqliteStore
 from gateway.receiver.core import Prepared
 from gateway.receiver.schema import Payload
 from gateway.receiver.trust import Enrolment, Enrolments
-from security import DeviceKey
+from gateway.wire import encode_payload
+from security import DeviceKey, sign1
+from security.cose import KEYCHAIN, encode_unprotected
+from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.test_receiver import TOPIC, msg
 
 
@@ -135,3 +138,30 @@ def test_garbage_in_a_group_does_not_roll_the_group_back(
     assert got == [Outcome.VALID, Outcome.UNKNOWN_GATEWAY, Outcome.MALFORMED, Outcome.VALID]
     assert "rolled back" not in caplog.text
     assert rx.received("gw1") == [(1, 2)]
+
+
+# -- keys: learned from keychains, counted; a keychain is not read when the key is known ----
+
+
+def test_a_junk_keychain_beside_a_known_key_is_not_read(key: DeviceKey, tmp_path: Path) -> None:
+    """The unprotected header is anyone's to rewrite: when the signing key is already the
+    gateway's, a junk keychain there must not get a genuine message refused (as the first
+    message after a restart, it is verified in the store path)."""
+    junk = encode_unprotected({KEYCHAIN: "junk"})
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=SqliteStore(tmp_path / "rx.db"))
+    assert rx.handle(TOPIC, sign1(p, key, TOPIC.encode(), junk)) is Outcome.VALID
+    assert rx.received("gw1") == [(1, 1)]
+
+
+def test_keys_learned_from_keychains_add_up(tmp_path: Path) -> None:
+    state = tmp_path / "gw1"
+    root, _ = init_keys(state)
+    rx = Receiver({"gw1": root.public_key}, "edgegw", store=SqliteStore(tmp_path / "rx.db"))
+    for seq in (1, 2):  # two rotations, each key first seen in its own message
+        rotate(state)
+        ident = open_identity(state, record=False)
+        chain = encode_unprotected({KEYCHAIN: ident.keychain})
+        p = encode_payload(gw="gw1", seq=seq, boot=1, kind="telemetry", t_ns=1, readings=[])
+        assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), chain)) is Outcome.VALID
+    assert rx.stats.keys_learned == 2
