@@ -165,3 +165,15 @@ def test_keys_learned_from_keychains_add_up(tmp_path: Path) -> None:
         p = encode_payload(gw="gw1", seq=seq, boot=1, kind="telemetry", t_ns=1, readings=[])
         assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), chain)) is Outcome.VALID
     assert rx.stats.keys_learned == 2
+
+
+def test_a_junk_keychain_beside_an_unknown_key_is_malformed(key: DeviceKey, tmp_path: Path) -> None:
+    """Anyone can send it: classified and counted as malformed (rate-limited logs), never
+    the receiver's own error, and handle() does not raise."""
+    stranger = DeviceKey.load_or_create(tmp_path / "stranger")[0]
+    junk = encode_unprotected({KEYCHAIN: "junk"})
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
+    for _ in range(2):
+        assert rx.handle(TOPIC, sign1(p, stranger, TOPIC.encode(), junk)) is Outcome.MALFORMED
+    assert (rx.stats.malformed, rx.stats.errors) == (2, 0) and rx.received("gw1") == []
