@@ -16,9 +16,10 @@ from gateway.receiver.schema import Payload
 from gateway.receiver.trust import Enrolment, Enrolments
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
-from security.cose import KEYCHAIN, encode_unprotected
+from security.cose import KEYCHAIN, encode_unprotected, parse1
 from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.test_receiver import TOPIC, msg
+from tests.gateway.test_receiver_mutants import EVENT
 
 
 @pytest.fixture
@@ -177,3 +178,44 @@ def test_a_junk_keychain_beside_an_unknown_key_is_malformed(key: DeviceKey, tmp_
     for _ in range(2):
         assert rx.handle(TOPIC, sign1(p, stranger, TOPIC.encode(), junk)) is Outcome.MALFORMED
     assert (rx.stats.malformed, rx.stats.errors) == (2, 0) and rx.received("gw1") == []
+
+
+# -- prepare(): the checks paho's thread does while the previous group is stored -----------
+
+
+def test_prepare_verifies_and_decodes_with_a_key_it_already_trusts(key: DeviceKey) -> None:
+    """The receiver's throughput rests on this: with a key this process trusts for the
+    gateway, the signature and the payload are checked in prepare(), not under the lock."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw")
+    m1, m2 = msg(key, 1), msg(key, 2)
+    first = rx.prepare(TOPIC, m1, 5)  # no key trusted yet: parsed, the rest left to the store
+    assert first.rejected is None and first.env is not None and first.payload is None
+    assert (first.gw, first.kind, first.received_ns) == ("gw1", "telemetry", 5)
+    assert rx.handle_many([first]) == [Outcome.VALID]
+    second = rx.prepare(TOPIC, m2, 6)
+    assert second.rejected is None and second.payload is not None
+    assert (second.payload.gw, second.payload.seq) == ("gw1", 2)
+    assert second.digest == parse1(m2).signed_digest(TOPIC.encode())
+    bad = bytearray(msg(key, 3))
+    bad[-1] ^= 1
+    forged = rx.prepare(TOPIC, bytes(bad))
+    assert forged.rejected is not None and forged.rejected.outcome is Outcome.BAD_SIGNATURE
+    moved_p = encode_payload(gw="gw1", seq=4, boot=1, kind="event", t_ns=1, event=EVENT)
+    moved = rx.prepare(TOPIC, sign1(moved_p, key, TOPIC.encode()))  # an event's payload
+    assert moved.rejected is not None and moved.rejected.outcome is Outcome.TOPIC_MISMATCH
+    assert rx.handle_many([second, forged, moved]) == [
+        Outcome.VALID,
+        Outcome.BAD_SIGNATURE,
+        Outcome.TOPIC_MISMATCH,
+    ]
+    assert rx.received("gw1") == [(1, 2)]
+
+
+def test_a_message_of_exactly_the_size_limit_is_accepted(key: DeviceKey) -> None:
+    m = msg(key, 1)
+    assert (
+        Receiver({"gw1": key.public_key}, "edgegw", max_message_bytes=len(m)).handle(TOPIC, m)
+        is Outcome.VALID
+    )
+    small = Receiver({"gw1": key.public_key}, "edgegw", max_message_bytes=len(m) - 1)
+    assert small.handle(TOPIC, m) is Outcome.OVERSIZE
