@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from gateway.pgserver import PgServer
 from gateway.receiver import Outcome, Receiver, SqliteStore
-from gateway.receiver.core import Prepared
+from gateway.receiver.core import Prepared, summary
 from gateway.receiver.schema import Payload
 from gateway.receiver.trust import Enrolment, Enrolments
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected, parse1
 from security.keyring import init_keys, open_identity, rotate
-from tests.gateway.test_receiver import TOPIC, msg
-from tests.gateway.test_receiver_mutants import EVENT
+from tests.gateway.test_receiver import TOPIC, msg, notice
+from tests.gateway.test_receiver_mutants import EVENT, RESULT
 
 
 @pytest.fixture
@@ -219,3 +220,122 @@ def test_a_message_of_exactly_the_size_limit_is_accepted(key: DeviceKey) -> None
     )
     small = Receiver({"gw1": key.public_key}, "edgegw", max_message_bytes=len(m) - 1)
     assert small.handle(TOPIC, m) is Outcome.OVERSIZE
+
+
+# -- enrolment sources ---------------------------------------------------------------------
+
+
+def test_an_enrolment_file_may_name_a_key_by_its_absolute_path(
+    key: DeviceKey, tmp_path: Path
+) -> None:
+    pem = tmp_path / "keys" / "press.pub.pem"
+    pem.parent.mkdir()
+    pem.write_bytes(key.public_pem())
+    (tmp_path / "conf").mkdir()
+    enrol = tmp_path / "conf" / "fleet.yaml"
+    enrol.write_text(f"gw1: {pem}\n")  # absolute: not under the YAML file's directory
+    trust = Enrolments()
+    trust.load(enrol)
+    assert trust["gw1"].root_kid == key.kid and trust["gw1"].source == f"{enrol}: gw1"
+
+
+def test_a_pubkey_file_name_may_hold_an_equals_sign(key: DeviceKey, tmp_path: Path) -> None:
+    """GATEWAY_ID=FILE splits at the first '=': a gateway id has none, a file name may."""
+    pem = tmp_path / "gw1=2026.pub.pem"
+    pem.write_bytes(key.public_pem())
+    trust = Enrolments()
+    trust.add_pubkey(f"gw1={pem}")
+    assert list(trust) == ["gw1"] and trust["gw1"].root_kid == key.kid
+
+
+# -- stores: which one a --db opens, and --no-readings -------------------------------------
+
+
+@pytest.mark.parametrize("form", ["postgresql", "postgres", "conninfo"])
+def test_every_postgresql_url_form_opens_a_pg_store_that_honours_no_readings(
+    key: DeviceKey, pg_server: PgServer, pg_url: str, form: str
+) -> None:
+    from gateway.receiver.pg_store import PgStore
+    from gateway.receiver.store import open_store
+
+    name = pg_url.rsplit("/", 1)[1]
+    url = {
+        "postgresql": pg_url,
+        "postgres": "postgres://" + pg_url.split("://", 1)[1],
+        "conninfo": f"host={pg_server.host} port={pg_server.port} user={pg_server.user} "
+        f"dbname={name}",
+    }[form]
+    for seq, readings in ((1, False), (2, True)):
+        store = open_store(url, readings=readings)
+        try:
+            assert isinstance(store, PgStore) and store.keep_readings is readings
+            rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+            assert rx.handle(TOPIC, msg(key, seq)) is Outcome.VALID
+            assert [r.seq for r in store.readings("gw1")] == ([2] if readings else [])
+        finally:
+            store.close()
+
+
+def test_no_readings_is_kept_by_a_sqlite_store(key: DeviceKey, tmp_path: Path) -> None:
+    from gateway.receiver.store import open_store
+
+    store = open_store(str(tmp_path / "rx.db"), readings=False)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert store.readings("gw1") == [] and store.report().points == 1
+    store.close()
+
+
+# -- a command result's row ----------------------------------------------------------------
+
+
+def test_a_command_result_row_keeps_every_field_and_time_exactly(
+    key: DeviceKey, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    received, done = 1_733_475_600_123_456_789, 1_733_475_600_987_654_321
+    result = {**RESULT, "received": received, "done": done, "again": True}
+    t = "edgegw/gw1/command_result"
+    p = encode_payload(gw="gw1", seq=3, boot=1, kind="command_result", t_ns=1, result=result)
+    assert rx.handle(t, sign1(p, key, t.encode())) is Outcome.VALID
+    row = store.db.execute(
+        "SELECT id, op, outcome, tag, value, before, after, version, received, "
+        "received_nanos, done, done_nanos, again FROM command_results"
+    ).fetchall()
+    assert row == [
+        ("c1", "write", "done", "plc/t", "1", "0", "1", 3,
+         1_733_475_600_123_456, 789, 1_733_475_600_987_654, 321, 1),
+    ]  # fmt: skip
+    store.close()
+
+
+# -- the store's report, as `edgegw receive --report` prints it ----------------------------
+
+
+def test_the_report_json_names_every_total(key: DeviceKey, tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    for seq in range(1, 46, 2):  # 23 messages, 22 holes: 2, 4, ..., 44
+        assert rx.handle(TOPIC, msg(key, seq)) is Outcome.VALID
+    te = "edgegw/gw1/event"
+    ev = encode_payload(gw="gw1", seq=46, boot=1, kind="event", t_ns=1, event=EVENT)
+    assert rx.handle(te, sign1(ev, key, te.encode())) is Outcome.VALID
+    assert rx.handle("edgegw/gw1/notice", notice(key, 48, 47, 47)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.DUPLICATE
+    assert rx.handle(TOPIC, msg(key, 3, [["plc/t", 1, 9.0, 0]])) is Outcome.CONFLICT
+    store.record_stats("rx-a", summary(rx))
+    assert store.report().to_json() == {
+        "gateways": 1,
+        "messages": 25,
+        "points": 23,
+        "events": 1,
+        "notices": 1,
+        "alerts": 1,
+        "security_alerts": 1,
+        "gaps": 22,
+        "duplicates": 1,
+        "receivers": 1,
+        "missing": {"gw1": [[s, s] for s in range(2, 42, 2)]},  # the first 20 holes
+    }
+    store.close()
