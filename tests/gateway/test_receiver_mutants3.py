@@ -1,7 +1,10 @@
 """Survivors of session 6's receiver mutation run (gateway/receiver core, intervals, trust,
 state, rows, store, outcome) that mattered: how ``edgegw receive`` builds its receiver
 (an ``Enrolments`` registry, no latency list growing forever), what the default store
-keeps, topic prefixes."""
+keeps, topic prefixes, a message prepare() could not finish (redone in the store path,
+never an acknowledged ERROR), prepare()'s fast path, keychains beside known and unknown
+keys, the size limit, enrolment sources, which store a --db opens and --no-readings, a
+command result's row, and the report's JSON."""
 
 from __future__ import annotations
 
