@@ -40,6 +40,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 2 * 2**20
 # Topic kinds under the prefix that are not a gateway's messages (the platform's downlink).
 IGNORED_KINDS = frozenset({"command"})
 LOG_EVERY_S = 10.0  # rejections anyone can cause: one log line per class and gateway
+# Gateways with a rejection log bucket of their own; past them (anyone can name a new
+# gateway in a topic) one shared bucket per class: memory and log lines stay bounded.
+LOG_BUCKETS_MAX = 1024
 
 
 class Sink(Protocol):
@@ -415,6 +418,8 @@ class Receiver:
             log.error("SECURITY: gateway %s: %s: %s", gw, r.outcome.value, r.why)
             return
         key = (r.outcome.value, gw)
+        if key not in self._logged and len(self._logged) >= LOG_BUCKETS_MAX:
+            key = (r.outcome.value, "*")  # any gateway past the first buckets
         t = time.monotonic()
         last, suppressed = self._logged.get(key, (0.0, 0))
         if t - last < LOG_EVERY_S:
