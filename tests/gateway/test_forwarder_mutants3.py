@@ -16,7 +16,7 @@ from gateway.config import UplinkConfig
 from gateway.forwarder import SET_ASIDE_REASON, Forwarder
 from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, body, wait_until
-from tests.mqttscript import ScriptedBroker
+from tests.mqttscript import ScriptedBroker, props
 
 T = "edgegw/gw1/telemetry"
 CMD = "edgegw/gw1/cmd"
@@ -162,3 +162,109 @@ def test_a_network_thread_that_dies_without_on_disconnect_ends_the_session(
     downs = [why or "" for up, why in links if not up]
     assert len(downs) == 1 and "network thread failed" in downs[0], downs
     assert "UnicodeDecodeError" in downs[0], downs
+
+
+def test_a_lone_suspect_whose_connections_end_is_set_aside_after_strikes_lone_sends(
+    tmp_path: Path,
+) -> None:
+    """As above, but the broker ends the connection with a code that says nothing about
+    the message (0x89 Server busy) each time the 2 kB seq 2 arrives. With the others it
+    becomes a suspect (larger than anything acknowledged); then each lone send that ends
+    the connection is one strike, and after STRIKES (3) it is set aside with a notice:
+    seq 2 reaches the broker exactly 1 + 3 times. (Sooner would drop a message over a
+    flaky link; never would reconnect forever, the suspect never isolated.)"""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(disconnect=lambda seq, n: 0x89 if seq == 2 else None)
+        async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
+            for extra in (0, 2000, 0):
+                await rig.ot.run(rig.ob.append, T, padded(extra), priority=1)
+            rig.run()
+            assert await wait_until(lambda: rig.fwd.stats.set_aside == 1, 60), broker.seqs()
+            assert await rig.fwd.drain(15)
+            await asyncio.sleep(0.3)  # time for another send of seq 2, if one were coming
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert left == [] and set_aside == 1
+    assert seqs.count(2) == 4, seqs
+    assert 1 in seqs and 3 in seqs, seqs
+
+
+def test_a_lone_suspect_without_evidence_against_it_is_never_set_aside(
+    tmp_path: Path,
+) -> None:
+    """Seq 1 is refused (0x80) by a broker that has acknowledged nothing: held back and
+    sent alone next time, though nothing shows the message is at fault. Then three
+    connections end (0x89) while it is in flight, the first with it alone: with no
+    acknowledged message to compare it with, those are no strikes. The fifth send is
+    acknowledged: nothing set aside, the uplink still running. (Counting them set seq 1
+    aside; a failure to forget its strikes ended run() with a KeyError.)"""
+
+    async def main() -> tuple[list[int], list[int], int, bool]:
+        broker = ScriptedBroker(
+            puback=lambda seq, n: 0x80 if n == 1 else 0,
+            disconnect=lambda seq, n: 0x89 if n in (2, 3, 4) else None,
+        )
+        async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
+            await rig.add(1)
+            rig.run()
+            assert await wait_until(lambda: rig.fwd.stats.acked == 1 or rig.task.done(), 40)
+            assert await rig.fwd.drain(15)
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, rig.task.done()
+
+    seqs, left, set_aside, ended = asyncio.run(main())
+    assert not ended and left == [] and set_aside == 0
+    assert seqs == [1, 1, 1, 1, 1], seqs
+
+
+def test_a_lone_suspect_no_larger_than_an_acknowledged_message_gets_no_strike(
+    tmp_path: Path,
+) -> None:
+    """Seq 1 is acknowledged; seq 2, of the same size, is refused once (0x80) after
+    that ack: a suspect, sent alone next time. Two connections then end (0x89) while
+    seq 2 is in flight, the first with it alone. A message no larger than one the broker
+    acknowledged is not what it refuses: no strikes, and the fourth send is acknowledged
+    (counting them set seq 2 aside after its second lone send)."""
+
+    async def main() -> tuple[list[int], list[int], int]:
+        broker = ScriptedBroker(
+            puback=lambda seq, n: 0x80 if seq == 2 and n == 1 else 0,
+            disconnect=lambda seq, n: 0x89 if seq == 2 and n in (2, 3) else None,
+        )
+        async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
+            await rig.add(2)
+            rig.run()
+            assert await wait_until(lambda: rig.fwd.stats.acked == 2, 40), broker.seqs()
+            assert await rig.fwd.drain(15)
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside
+
+    seqs, left, set_aside = asyncio.run(main())
+    assert left == [] and set_aside == 0
+    assert seqs == [1, 2, 2, 2, 2], seqs
+
+
+def test_a_message_of_exactly_the_body_limit_is_sent_not_set_aside(tmp_path: Path) -> None:
+    """The broker announces a Maximum Packet Size of 1024 bytes; once connected, rows
+    are sealed to ``body_limit`` as the pipeline does. A row of exactly that size fits
+    and is sent (set aside, every full-size window would be dropped); a row clearly
+    larger (10 bytes more than the limit) is set aside."""
+
+    def sized(n: int) -> Callable[[int], bytes]:
+        return lambda seq: str(seq).zfill(n).encode()
+
+    async def main() -> tuple[list[int], list[int], int, int]:
+        broker = ScriptedBroker(connack_props=props(max_packet_size=1024))
+        async with Rig(tmp_path, broker) as rig:
+            rig.run()
+            assert await wait_until(lambda: rig.fwd.stats.link_up)
+            limit = rig.fwd.body_limit(T)
+            for n in (limit, limit + 10, limit):
+                await rig.ot.run(rig.ob.append, T, sized(n), priority=1)
+            rig.fwd.wake()
+            assert await rig.fwd.drain(15)
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, limit
+
+    seqs, left, set_aside, limit = asyncio.run(main())
+    assert limit < 1024 - 20  # the broker's limit applies (topic and headers included)
+    assert seqs == [1, 3] and left == [] and set_aside == 1
