@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,13 +109,14 @@ class Inlet:
 
     topic = CMD
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.got: list[tuple[str, bytes]] = []
         self.subscribed_ok: list[bool] = []
+        self._enabled = enabled
 
     @property
     def enabled(self) -> bool:
-        return True
+        return self._enabled
 
     @property
     def session_expiry_s(self) -> int:
@@ -268,3 +270,59 @@ def test_a_message_of_exactly_the_body_limit_is_sent_not_set_aside(tmp_path: Pat
     seqs, left, set_aside, limit = asyncio.run(main())
     assert limit < 1024 - 20  # the broker's limit applies (topic and headers included)
     assert seqs == [1, 3] and left == [] and set_aside == 1
+
+
+def test_a_disabled_command_inlet_gets_no_subscription_and_no_session(tmp_path: Path) -> None:
+    """The daemon always hands the forwarder its downlink; with commands off (not
+    configured, or their state file unusable) ``enabled`` is False. Then the connection
+    starts clean and subscribes to nothing: no command reaches a gateway whose commands
+    are off, and the broker keeps no session for it."""
+    inlet = Inlet(enabled=False)
+
+    async def main() -> tuple[list[str], bool, list[int]]:
+        broker = ScriptedBroker()
+        async with Rig(tmp_path, broker) as rig:
+            rig.fwd.commands = inlet
+            await rig.add(1)
+            rig.run()
+            assert await rig.fwd.drain(15)
+            await asyncio.sleep(0.3)  # time for a SUBSCRIBE, if one were coming
+            return broker.subscriptions, broker.connect_packets[0].clean_start, broker.seqs()
+
+    subscriptions, clean, seqs = asyncio.run(main())
+    assert subscriptions == [] and clean and seqs == [1]
+    assert inlet.subscribed_ok == []
+
+
+def test_a_stop_while_acknowledged_rows_are_being_deleted_stops_the_uplink(
+    tmp_path: Path,
+) -> None:
+    """The uplink task is cancelled (the daemon stops) while the pump waits for the
+    outbox thread to delete an acknowledged row (held up here by a slow call before it,
+    as a loaded SD card holds it up). run() must end, cancelled, and the row be deleted
+    all the same; it swallowed the cancellation when keeping the acks for later failed,
+    and went on reconnecting: a stop that never ends."""
+
+    async def main() -> tuple[bool, bool, list[int]]:
+        broker = ScriptedBroker(hold=True)
+        async with Rig(tmp_path, broker, max_inflight=4) as rig:
+            await rig.add(1)
+            rig.run()
+            assert await wait_until(lambda: len(broker.received) == 1)
+            gate = threading.Event()
+            blocker = asyncio.create_task(rig.ot.run(gate.wait, 30))
+            await asyncio.sleep(0.1)  # the outbox thread is now in gate.wait
+            broker.release()  # the PUBACK: the pump asks the outbox thread to delete seq 1
+            assert await wait_until(lambda: not rig.fwd._inflight)
+            await asyncio.sleep(0.3)  # the pump is waiting for the delete
+            rig.task.cancel()
+            await asyncio.sleep(0.1)
+            gate.set()
+            await blocker
+            await asyncio.wait({rig.task}, timeout=10)  # a bound, not a timing
+            done, cancelled = rig.task.done(), rig.task.cancelled()
+            return done, cancelled, await rig.rows()
+
+    done, cancelled, left = asyncio.run(main())
+    assert done and cancelled
+    assert left == []
