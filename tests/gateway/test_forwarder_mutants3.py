@@ -196,12 +196,12 @@ def test_a_lone_suspect_whose_connections_end_is_set_aside_after_strikes_lone_se
 def test_a_lone_suspect_without_evidence_against_it_is_never_set_aside(
     tmp_path: Path,
 ) -> None:
-    """Seq 1 is refused (0x80) by a broker that has acknowledged nothing: held back and
-    sent alone next time, though nothing shows the message is at fault. Then three
-    connections end (0x89) while it is in flight, the first with it alone: with no
-    acknowledged message to compare it with, those are no strikes. The fifth send is
-    acknowledged: nothing set aside, the uplink still running. (Counting them set seq 1
-    aside; a failure to forget its strikes ended run() with a KeyError.)"""
+    """Seq 1 (100 bytes) is refused (0x80) by a broker that has acknowledged nothing:
+    held back and sent alone next time, though nothing shows the message is at fault.
+    Then three connections end (0x89) while it is in flight, the first with it alone:
+    with no acknowledged message to compare it with, those are no strikes. The fifth
+    send is acknowledged: nothing set aside, the uplink still running. (Counting them set
+    seq 1 aside; a failure to forget its strikes ended run() with a KeyError.)"""
 
     async def main() -> tuple[list[int], list[int], int, bool]:
         broker = ScriptedBroker(
@@ -209,7 +209,7 @@ def test_a_lone_suspect_without_evidence_against_it_is_never_set_aside(
             disconnect=lambda seq, n: 0x89 if n in (2, 3, 4) else None,
         )
         async with Rig(tmp_path, broker, max_inflight=4, reconnect_max_s=1) as rig:
-            await rig.add(1)
+            await rig.ot.run(rig.ob.append, T, padded(100), priority=1)
             rig.run()
             assert await wait_until(lambda: rig.fwd.stats.acked == 1 or rig.task.done(), 40)
             assert await rig.fwd.drain(15)
@@ -250,7 +250,8 @@ def test_a_message_of_exactly_the_body_limit_is_sent_not_set_aside(tmp_path: Pat
     """The broker announces a Maximum Packet Size of 1024 bytes; once connected, rows
     are sealed to ``body_limit`` as the pipeline does. A row of exactly that size fits
     and is sent (set aside, every full-size window would be dropped); a row clearly
-    larger (10 bytes more than the limit) is set aside."""
+    larger (10 bytes more than the limit) is set aside, and so is a second one later:
+    the uplink's count of set-aside messages says 2."""
 
     def sized(n: int) -> Callable[[int], bytes]:
         return lambda seq: str(seq).zfill(n).encode()
@@ -265,11 +266,15 @@ def test_a_message_of_exactly_the_body_limit_is_sent_not_set_aside(tmp_path: Pat
                 await rig.ot.run(rig.ob.append, T, sized(n), priority=1)
             rig.fwd.wake()
             assert await rig.fwd.drain(15)
-            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, limit
+            first = rig.fwd.stats.set_aside
+            await rig.ot.run(rig.ob.append, T, sized(limit + 10), priority=1)
+            rig.fwd.wake()
+            assert await rig.fwd.drain(15)
+            return broker.seqs(), await rig.rows(), [first, rig.fwd.stats.set_aside], limit
 
     seqs, left, set_aside, limit = asyncio.run(main())
     assert limit < 1024 - 20  # the broker's limit applies (topic and headers included)
-    assert seqs == [1, 3] and left == [] and set_aside == 1
+    assert seqs == [1, 3] and left == [] and set_aside == [1, 2]
 
 
 def test_a_disabled_command_inlet_gets_no_subscription_and_no_session(tmp_path: Path) -> None:
