@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.forwarder import SET_ASIDE_REASON, Forwarder
 from gateway.outbox_thread import OutboxThread
 from tests.gateway.test_forwarder_rules import Rig, body, wait_until
 from tests.mqttscript import ScriptedBroker, props
+from tests.tlscerts import make_pki
 
 T = "edgegw/gw1/telemetry"
 CMD = "edgegw/gw1/cmd"
@@ -331,3 +333,48 @@ def test_a_stop_while_acknowledged_rows_are_being_deleted_stops_the_uplink(
     done, cancelled, left = asyncio.run(main())
     assert done and cancelled
     assert left == []
+
+
+def test_a_certificate_the_uplink_does_not_trust_is_not_blamed_on_a_plain_port(
+    tmp_path: Path,
+) -> None:
+    """The broker's TLS port presents a certificate from a CA the gateway does not trust
+    (uplink.tls names another CA). Each failed handshake is a ``tls_failure`` for the
+    audit log whose reason is the verification failure; it must not say that the port
+    does not speak TLS and to remove uplink.tls (that hint is for a plain port only: here
+    it would advise turning TLS off over a certificate problem)."""
+    pki = make_pki(tmp_path / "pki")
+    problems: list[tuple[str, str]] = []
+
+    async def tls_port(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await r.read(100)
+        w.close()
+
+    async def main() -> list[int]:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        server = await asyncio.start_server(tls_port, "::1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        ot = OutboxThread(tmp_path / "outbox.db")
+        ob = await ot.open()
+        up = UplinkConfig(host="::1", port=port, reconnect_max_s=1)
+        tls = ssl.create_default_context(cafile=str(pki.rogue_ca))
+        fwd = Forwarder(up, "gw1", ot, tls, on_problem=lambda k, w: problems.append((k, w)))
+        await ot.run(ob.append, T, body, priority=1)
+        task = asyncio.create_task(fwd.run())
+        try:
+            assert await wait_until(lambda: len(problems) >= 2, 15), problems
+            return [r.seq for r in await ot.run(ob.pending, 0, 10)]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await ot.close()
+            server.close()
+
+    left = asyncio.run(main())
+    assert left == [1]
+    assert {kind for kind, _ in problems} == {"tls_failure"}, problems
+    why = problems[0][1]
+    assert "CERTIFICATE_VERIFY_FAILED" in why.upper(), why
+    assert "does not speak TLS" not in why and "remove uplink.tls" not in why, why
