@@ -378,3 +378,44 @@ def test_a_certificate_the_uplink_does_not_trust_is_not_blamed_on_a_plain_port(
     why = problems[0][1]
     assert "CERTIFICATE_VERIFY_FAILED" in why.upper(), why
     assert "does not speak TLS" not in why and "remove uplink.tls" not in why, why
+
+
+def test_two_messages_the_broker_keeps_refusing_are_both_set_aside(tmp_path: Path) -> None:
+    """The broker refuses seqs 3 and 6 every time (0x80) and takes the others. Each is
+    set aside after its strikes, one after the other, each with its drop record; the
+    rest arrive and the outbox empties. (Once the first was set aside, the list of
+    condemned messages was gone: the second refusal raised in the PUBACK callback, the
+    message stayed in the outbox unsent, and drain() said True all the same.)"""
+
+    async def main() -> tuple[list[int], list[int], int, list[int | None]]:
+        broker = ScriptedBroker(puback=lambda seq, n: 0x80 if seq in (3, 6) else 0)
+        async with Rig(tmp_path, broker, max_inflight=2, reconnect_max_s=1) as rig:
+            await rig.add(8)
+            rig.run()
+            assert await wait_until(lambda: rig.fwd.stats.set_aside == 2, 60), broker.seqs()
+            assert await rig.fwd.drain(15)
+            drops = [d.first_seq for d in await rig.ot.run(rig.ob.pending_drops)]
+            return broker.seqs(), await rig.rows(), rig.fwd.stats.set_aside, drops
+
+    seqs, left, set_aside, drops = asyncio.run(main())
+    assert left == [] and set_aside == 2 and sorted(drops) == [3, 6], drops
+    assert set(seqs) - {3, 6} == {1, 2, 4, 5, 7, 8}, seqs
+
+
+def test_a_broker_that_allows_qos_1_at_most_gets_everything(tmp_path: Path) -> None:
+    """The broker announces Maximum QoS 1 in CONNACK (as AWS IoT Core and others do):
+    QoS 1 is all the forwarder needs, so everything is sent and acknowledged. Only a
+    broker that allows QoS 0 alone is refused."""
+    problems: list[tuple[str, str]] = []
+
+    async def main() -> tuple[list[int], list[int], bool]:
+        broker = ScriptedBroker(connack_props=props(max_qos=1))
+        async with Rig(tmp_path, broker) as rig:
+            rig.fwd.on_problem = lambda kind, why: problems.append((kind, why))
+            await rig.add(3)
+            rig.run()
+            drained = await rig.fwd.drain(15)
+            return broker.seqs(), await rig.rows(), drained
+
+    seqs, left, drained = asyncio.run(main())
+    assert drained and seqs == [1, 2, 3] and left == [] and problems == []
