@@ -125,6 +125,9 @@ class ScriptedBroker:
     subscriptions: list[str] = field(default_factory=list)  # topic filters, in order
     max_unacked: int = 0
     pubacks: list[tuple[int, int]] = field(default_factory=list)  # (connection, packet id)
+    # A DISCONNECT reason code to answer a message with instead of its PUBACK, then hang
+    # up (as a broker does with 0x95 Packet too large); None: the PUBACK as usual.
+    disconnect: Callable[[int, int], int | None] = lambda seq, attempt: None
     _held: list[tuple[asyncio.StreamWriter, bytes]] = field(default_factory=list)
     _unacked: int = 0
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -167,6 +170,13 @@ class ScriptedBroker:
         assert self._latest is not None
         t = topic.encode()
         body = struct.pack(">H", len(t)) + t + struct.pack(">H", pid) + b"\x00" + payload
+        self._latest.write(_packet(3, 0x02, body))
+
+    def deliver_raw(self, topic: bytes, payload: bytes, pid: int) -> None:
+        """``deliver`` with the topic's bytes as given: a broker that passes on a topic
+        that is not UTF-8 (MQTT forbids it; not every broker checks)."""
+        assert self._latest is not None
+        body = struct.pack(">H", len(topic)) + topic + struct.pack(">H", pid) + b"\x00" + payload
         self._latest.write(_packet(3, 0x02, body))
 
     def seqs(self) -> list[int]:
@@ -253,6 +263,11 @@ class ScriptedBroker:
             return
         attempt = self._attempts.get(seq, 0) + 1
         self._attempts[seq] = attempt
+        reason = self.disconnect(seq, attempt)
+        if reason is not None:  # DISCONNECT (MQTT 5, 3.14): reason code, no properties
+            w.write(_packet(14, 0, bytes([reason]) + b"\x00"))
+            w.close()
+            return
         code = self.puback(seq, attempt)
         pkt = _packet(4, 0, pid + bytes([code]) + b"\x00")
         self._unacked += 1
