@@ -411,7 +411,17 @@ class Forwarder:
         acknowledged when the inlet says (a crash before that: the broker sends it again)."""
 
         def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-            topic, payload, mid, qos = msg.topic, bytes(msg.payload), msg.mid, msg.qos
+            mid, qos = msg.mid, msg.qos
+            try:
+                topic, payload = msg.topic, bytes(msg.payload)
+            except UnicodeDecodeError:
+                # MQTT topics are UTF-8; a broker that does not check passed this one on.
+                # It cannot be on the command topic: acknowledged and dropped, or the
+                # broker would deliver it again on every connection.
+                log.error("the broker delivered a message on a topic that is not UTF-8: dropped")
+                if qos:
+                    c.ack(mid, qos)
+                return
 
             def ack() -> None:
                 if qos:
