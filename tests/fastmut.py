@@ -10,6 +10,7 @@ From the repository root, with mutmut installed (``make mutate`` installs it)::
     .venv/bin/python tests/fastmut.py stats ST.json TESTS...    # who reaches what
     .venv/bin/python tests/fastmut.py run ST.json 'security.audit.*' RES.jsonl [ORDER]
     .venv/bin/python tests/fastmut.py show RES.jsonl [survived]  # diffs of a status
+    .venv/bin/python tests/fastmut.py module forwarder RES.jsonl  # gen, stats, run: a set below
 
 ``run`` appends one JSON line per mutant to RES.jsonl (with the first failing test of a
 killed one) and skips those already there (resumable); ORDER is a file of mutant names,
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -218,6 +220,65 @@ def show(results: Path, status: str) -> None:
             print("\n".join(x for x in diff if x[:1] in "+-" and x[:3] not in ("+++", "---")))
 
 
+# The test sets each module was judged by (docs/mutation/), and how many mutants run side
+# by side: the forwarder's and the receiver's slow tests wait on a broker or a child.
+G, S = "tests/gateway/", "tests/security/"
+SETS: dict[str, tuple[str, list[str], int]] = {
+    "forwarder": (
+        "gateway.forwarder.*",
+        [
+            *(G + f"test_{n}.py" for n in ("forwarder", "forwarder_rules", "forwarder_offer")),
+            *(G + f"test_forwarder_mutants{n}.py" for n in ("", "2", "3")),
+            *(G + f"test_{n}.py" for n in ("uplink_connack", "uplink_brokers", "uplink_audit")),
+            *(G + f"test_{n}.py" for n in ("uplink_flapping", "mqtt_link")),
+            "-k",
+            "not wrong_password and not idle_link",
+        ],
+        12,
+    ),
+    "receiver": (
+        "gateway.receiver.*",
+        [
+            *(G + f"test_receiver{n}.py" for n in ("", "_edges", "_interleaved", "_mqtt")),
+            *(G + f"test_receiver_{n}.py" for n in ("mqtt_mutants", "mutants", "mutants3")),
+            *(G + f"test_{n}.py" for n in ("receiver_mutants4", "receiver_schema_mutants")),
+            *(G + f"test_{n}.py" for n in ("sqlite_store_mutants", "witness", "attack_corpus")),
+            *(G + f"test_{n}.py" for n in ("enrolment", "payload_v2", "platform_store")),
+            *(G + f"test_{n}.py" for n in ("receive_cli", "command_results_receiver")),
+        ],
+        6,
+    ),
+    "buffer": (
+        "buffer.*",
+        ["tests/buffer", G + "test_pipeline.py", G + "test_pipeline_mutants2.py"],
+        3,
+    ),
+    "pipeline": (
+        "gateway.pipeline.*",
+        [
+            *(G + f"test_pipeline{n}.py" for n in ("", "_more", "_mutants2")),
+            *(G + f"test_{n}.py" for n in ("payload_v2", "attack_corpus", "receiver_mutants")),
+            "tests/buffer/test_outbox_room.py",
+            *(S + f"test_{n}.py" for n in ("cose", "cose_envelope", "cose_mutants", "keyring")),
+        ],
+        2,
+    ),
+}
+
+
+def module(name: str, results: Path) -> None:
+    """gen (once), the traced run of the module's test set, then the run: one command."""
+    pattern, tests, jobs = SETS[name]
+    tests = [t for t in tests if t.startswith("-") or (ROOT / t).exists() or " " in t]
+    me = [sys.executable, __file__]
+    if not MUT.exists():
+        subprocess.run([*me, "gen"], check=True)
+    st = MUT / f"{name}-stats.json"
+    subprocess.run([*me, "stats", str(st), *tests], check=False)
+    env = {"FASTMUT_JOBS": str(jobs)} | dict(os.environ)
+    subprocess.run([*me, "run", str(st), pattern, str(results)], check=True, env=env)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "gen":
@@ -226,6 +287,8 @@ if __name__ == "__main__":
         stats(ROOT / args[0], args[1:])
     elif cmd == "run":
         run(ROOT / args[0], args[1], ROOT / args[2], ROOT / args[3] if len(args) > 3 else None)
+    elif cmd == "module":
+        module(args[0], ROOT / args[1])
     elif cmd == "show":
         show(ROOT / args[0], args[1] if len(args) > 1 else "survived")
     else:
