@@ -1,0 +1,40 @@
+"""Survivors of the session-6 mutation run over buffer/ that mattered. Real SQLite files
+on a real full filesystem (a small tmpfs), filled by "another program".
+
+A disk so full that even the eviction fails after the reserve was spent: new data is
+refused with :class:`OutboxFull` (reason ``disk_full``), not a bare :class:`OutboxError`.
+The class decides what the pipeline does (gateway/pipeline.py ``_seal``): OutboxFull
+refuses the window's points and records them as a drop (a signed notice follows);
+OutboxError is taken for a passing I/O fault and the same batch is retried for ever
+with backoff while acquisition waits behind it, and the gap is never explained."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from buffer import Outbox, OutboxFull
+from tests.buffer.test_seqs_mutants import fill
+
+
+def test_new_data_is_refused_as_full_when_even_the_eviction_finds_no_room(
+    small_fs: Path,
+) -> None:
+    db = small_fs / "o.db"
+    with Outbox(db) as ob:
+        seqs = [ob.append("t", lambda s: os.urandom(3000), points=1) for _ in range(50)]
+    other = small_fs / "other-program"
+    fill(other)  # the open gives the reserve file back to start at all...
+    with Outbox(db) as ob:
+        assert not ob._reserve_ok  # ...and there is no room to make it again
+        fill(other)  # and another program takes what the open left
+        with pytest.raises(OutboxFull) as err:  # a bare OutboxError would be the bug
+            ob.append("t", lambda s: os.urandom(3000), points=1)
+        assert err.value.reason == "disk_full" and "the disk is full" in str(err.value)
+        # Nothing committed was lost: no row was evicted (the eviction failed whole).
+        assert [r.seq for r in ob.pending(limit=100)] == seqs
+        assert ob.pending_drops() == []
+        other.unlink()  # room again: the next message is taken, with the next seq
+        assert ob.append("t", lambda s: os.urandom(3000), points=1) == seqs[-1] + 1
