@@ -38,3 +38,22 @@ def test_new_data_is_refused_as_full_when_even_the_eviction_finds_no_room(
         assert ob.pending_drops() == []
         other.unlink()  # room again: the next message is taken, with the next seq
         assert ob.append("t", lambda s: os.urandom(3000), points=1) == seqs[-1] + 1
+
+
+def test_an_ack_on_a_full_disk_spends_the_reserve_and_deletes(small_fs: Path) -> None:
+    """An ack of a few rows is one DELETE on its own (autocommit); on a disk full to the
+    last page its WAL cannot grow (SQLITE_FULL): the reserve file is given back and the
+    delete goes through. Were the error not recognised as a full disk, acknowledged rows
+    could never be deleted while the disk stays full, and the disk would stay full."""
+    db = small_fs / "o.db"
+    with Outbox(db) as ob:
+        seqs = [ob.append("t", lambda s: os.urandom(3000), points=1) for _ in range(50)]
+    with Outbox(db) as ob:  # the WAL starts empty: the first write must grow it
+        assert ob._reserve_ok
+        fill(small_fs / "other-program")
+        assert ob.ack(seqs[:10]) == 10
+        assert not Path(f"{db}.ballast").exists()  # spent for it
+        assert [r.seq for r in ob.pending(limit=100)] == seqs[10:]
+        assert ob.stats().rows == 40
+    with Outbox(db) as ob:  # and it is durable
+        assert [r.seq for r in ob.pending(limit=100)] == seqs[10:]
