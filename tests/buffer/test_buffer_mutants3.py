@@ -57,19 +57,3 @@ def test_an_ack_on_a_full_disk_spends_the_reserve_and_deletes(small_fs: Path) ->
         assert ob.stats().rows == 40
     with Outbox(db) as ob:  # and it is durable
         assert [r.seq for r in ob.pending(limit=100)] == seqs[10:]
-
-
-def test_an_ack_of_more_than_500_rows_deletes_them_all_and_counts_them(tmp_path: Path) -> None:
-    """Acks of up to 500 seqs are one DELETE ... IN (...); larger ones (a backlog drained
-    after a long outage) are one transaction of single-row deletes: both delete exactly
-    the known rows, ignore unknown seqs and repeats, and say how many they deleted."""
-    with Outbox(tmp_path / "o.db") as ob:
-        seqs = [ob.append("t", lambda s: s.to_bytes(8, "big"), points=1) for _ in range(1300)]
-        big_ack = seqs[100:900] + seqs[100:110] + [10**9, 10**9 + 1]  # repeats, unknown
-        assert ob.ack(big_ack) == 800
-        assert ob.ack(seqs[:500]) == 100  # exactly 500 seqs: 400 already gone
-        left = seqs[900:]
-        assert [r.seq for r in ob.pending(limit=2000)] == left
-        assert ob.stats().rows == len(left) and ob.stats().bytes == 8 * len(left)
-    with Outbox(tmp_path / "o.db") as ob:  # committed
-        assert [r.seq for r in ob.pending(limit=2000)] == left
