@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from buffer import Outbox, OutboxFull
+from buffer.seqs import SEQ_BLOCK
 from tests.buffer.test_seqs_mutants import fill
 
 
@@ -57,3 +58,25 @@ def test_an_ack_on_a_full_disk_spends_the_reserve_and_deletes(small_fs: Path) ->
         assert ob.stats().rows == 40
     with Outbox(db) as ob:  # and it is durable
         assert [r.seq for r in ob.pending(limit=100)] == seqs[10:]
+
+
+def test_a_clean_close_on_a_full_disk_still_closes(small_fs: Path) -> None:
+    """close() gives the unused seqs of the reserved block back in a write of its own;
+    on a disk full to the last page that write fails. The close must still close (it
+    runs at every stop: raising there would leave the outbox thread running and the
+    file open), and the next open skips the block instead, as after a crash."""
+    db = small_fs / "o.db"
+    with Outbox(db) as ob:
+        seqs = [ob.append("t", lambda s: os.urandom(3000), points=1)]
+    ob = Outbox(db)  # the WAL starts empty: every write from here on must grow it
+    seqs += [ob.append("t", lambda s: os.urandom(3000), points=1) for _ in range(2)]
+    fill(small_fs / "other-program")
+    ob.close()
+    assert "closed" in repr(ob)
+    (small_fs / "other-program").unlink()
+    with Outbox(db) as ob:
+        assert [r.seq for r in ob.pending(limit=10)] == seqs  # nothing lost
+        # the block was not given back (the disk was full): skipped, and said so
+        skipped = [(d.first_seq, d.last_seq, d.reason) for d in ob.pending_drops()]
+        assert skipped == [(seqs[-1] + 1, SEQ_BLOCK + 2, "unclean_stop")]
+        assert ob.append("t", lambda s: b"x") == SEQ_BLOCK + 3
