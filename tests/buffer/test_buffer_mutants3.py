@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from buffer import Outbox, OutboxFull
+from buffer.room import POOL
 from buffer.seqs import SEQ_BLOCK
 from tests.buffer.test_seqs_mutants import fill
 
@@ -80,3 +81,16 @@ def test_a_clean_close_on_a_full_disk_still_closes(small_fs: Path) -> None:
         skipped = [(d.first_seq, d.last_seq, d.reason) for d in ob.pending_drops()]
         assert skipped == [(seqs[-1] + 1, SEQ_BLOCK + 2, "unclean_stop")]
         assert ob.append("t", lambda s: b"x") == SEQ_BLOCK + 3
+
+
+def test_the_pool_is_held_once_not_added_again_at_every_open(tmp_path: Path) -> None:
+    """The pool of reserved pages inside the file (one POOL-byte blob in table pad) is
+    made once and found again at the next open: were it not found, every start of the
+    daemon would add another POOL bytes to the file, until the disk fills with them and
+    telemetry is evicted for room that the pool took."""
+    path = tmp_path / "o.db"
+    for _ in range(4):
+        with Outbox(path) as ob:
+            ob.append("t", lambda s: os.urandom(3000), points=1)
+            held = ob._db().execute("SELECT count(*), sum(length(b)) FROM pad").fetchone()
+            assert held == (1, POOL)
