@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from buffer import Outbox, OutboxFull
-from buffer.room import POOL
+from buffer.room import POOL, Disk
 from buffer.seqs import SEQ_BLOCK
 from tests.buffer.test_seqs_mutants import fill
 
@@ -94,3 +94,33 @@ def test_the_pool_is_held_once_not_added_again_at_every_open(tmp_path: Path) -> 
             ob.append("t", lambda s: os.urandom(3000), points=1)
             held = ob._db().execute("SELECT count(*), sum(length(b)) FROM pad").fetchone()
             assert held == (1, POOL)
+
+
+class _FilledMeanwhile(Disk):
+    """The filesystem as the outbox looked at it a moment before another program took
+    the rest: plenty of room by statvfs, none for the write that follows."""
+
+    def free(self, path: Path) -> int:
+        return 1 << 30
+
+
+def test_an_open_whose_pool_cannot_be_made_still_opens(small_fs: Path) -> None:
+    """Making the pool again is best effort: on a disk that another program filled
+    between the look and the write, SQLITE_FULL (an OutboxError) leaves it owed, and the
+    open (or the ack, or the append that tried) goes on; it is made at a later look."""
+    db = small_fs / "o.db"
+    with Outbox(db) as ob:
+        seqs = [ob.append("t", lambda s: os.urandom(3000), points=1) for _ in range(5)]
+        ob._release_pool()  # spent on an earlier full disk
+    other, slack = small_fs / "other-program", small_fs / "slack"
+    slack.write_bytes(bytes(256 << 10))
+    fill(other)
+    slack.unlink()  # 256 KiB left: room to open, not for the pool's 1 MiB
+    with Outbox(db, disk=_FilledMeanwhile()) as ob:
+        assert not ob._pool_ok  # owed: its write found no room
+        assert ob._db().execute("SELECT count(*) FROM pad").fetchone()[0] == 0
+        assert [r.seq for r in ob.pending(limit=10)] == seqs
+    other.unlink()
+    with Outbox(db) as ob:  # room again: made at the next open
+        assert ob._pool_ok
+        assert ob._db().execute("SELECT count(*), sum(length(b)) FROM pad").fetchone() == (1, POOL)
