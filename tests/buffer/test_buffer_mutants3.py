@@ -124,3 +124,22 @@ def test_an_open_whose_pool_cannot_be_made_still_opens(small_fs: Path) -> None:
     with Outbox(db) as ob:  # room again: made at the next open
         assert ob._pool_ok
         assert ob._db().execute("SELECT count(*), sum(length(b)) FROM pad").fetchone() == (1, POOL)
+
+
+def test_giving_free_pages_back_on_a_full_disk_is_best_effort(small_fs: Path) -> None:
+    """With the reserve spent and the disk nearly full, making it again first gives the
+    file's free pages back (incremental vacuum, a write of its own). When even that finds
+    no room (SQLITE_FULL), the open goes on with the reserve owed: nothing here may fail
+    a start, an append or an ack."""
+    db = small_fs / "o.db"
+    with Outbox(db) as ob:
+        seqs = [ob.append("t", lambda s: os.urandom(3000), points=1) for _ in range(200)]
+        ob.ack(seqs[:100])  # their pages are free in the file
+        ob._on_disk_full()  # the reserve (file and pool) was spent on an earlier full disk
+    other, slack = small_fs / "other-program", small_fs / "slack"
+    slack.write_bytes(bytes(64 << 10))
+    fill(other)
+    slack.unlink()  # 64 KiB left: room to open, not to move the free pages out
+    with Outbox(db) as ob:
+        assert not ob._reserve_ok
+        assert [r.seq for r in ob.pending(limit=200)] == seqs[100:]
