@@ -1,12 +1,12 @@
 """Survivors of the session-6 mutation run over buffer/ that mattered. Real SQLite files
 on a real full filesystem (a small tmpfs), filled by "another program".
 
-A disk so full that even the eviction fails after the reserve was spent: new data is
-refused with :class:`OutboxFull` (reason ``disk_full``), not a bare :class:`OutboxError`.
-The class decides what the pipeline does (gateway/pipeline.py ``_seal``): OutboxFull
-refuses the window's points and records them as a drop (a signed notice follows);
-OutboxError is taken for a passing I/O fault and the same batch is retried for ever
-with backoff while acquisition waits behind it, and the gap is never explained."""
+What they pin, on a disk full to the last page: new data is refused as OutboxFull
+(``disk_full``) when even the eviction finds no room; an ack spends the reserve and
+deletes; a clean close still closes; making the reserve again (the pool of pages, the
+free pages given back) is best effort and never fails an open. And the pool is held
+once, not added again at every open.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ from tests.buffer.test_seqs_mutants import fill
 def test_new_data_is_refused_as_full_when_even_the_eviction_finds_no_room(
     small_fs: Path,
 ) -> None:
+    """The class decides what the pipeline does (gateway/pipeline.py ``_seal``):
+    OutboxFull refuses the window's points and records them as a drop (a signed notice
+    follows); OutboxError is taken for a passing I/O fault and the same batch is retried
+    for ever with backoff while acquisition waits behind it, the gap never explained."""
     db = small_fs / "o.db"
     with Outbox(db) as ob:
         seqs = [ob.append("t", lambda s: os.urandom(3000), points=1) for _ in range(50)]
