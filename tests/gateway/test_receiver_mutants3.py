@@ -16,14 +16,13 @@ import pytest
 from gateway.pgserver import PgServer
 from gateway.receiver import Outcome, Receiver, SqliteStore
 from gateway.receiver.core import Prepared, summary
-from gateway.receiver.schema import Payload
 from gateway.receiver.trust import Enrolment, Enrolments
 from gateway.wire import encode_payload
 from security import DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected, parse1
 from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.test_receiver import TOPIC, msg, notice
-from tests.gateway.test_receiver_mutants import EVENT, RESULT
+from tests.gateway.test_receiver_mutants import EVENT, RESULT, Recorder
 
 
 @pytest.fixture
@@ -70,17 +69,6 @@ def test_a_prefix_is_taken_as_written_with_or_without_a_slash(key: DeviceKey, pr
 
 
 # -- a message prepare() could not finish is done again in the store transaction ----------
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.got: list[tuple[int, bytes, int]] = []
-
-    def write(self, p: Payload, kid: bytes, received_ns: int) -> None:
-        self.got.append((p.seq, kid, received_ns))
-
-    def close(self) -> None:
-        pass
 
 
 def test_a_message_prepare_could_not_finish_is_handled_in_full(key: DeviceKey) -> None:
