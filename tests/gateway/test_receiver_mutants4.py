@@ -1,0 +1,271 @@
+"""Survivors of the session-6 mutation run over the receiver's stores, witness, MQTT shell
+and sinks that mattered. Most are the PostgreSQL store's paths that only the SQLite store's
+tests reached: the alert table and its per-gateway filter, the audit copy a verifier reads
+(to the first hole), audit entries compared without being stored, keys learned from an
+audit log or a keychain (kept across a restart, and found as another gateway's key), the
+receivers' counters, and payload version 1 readings. Each runs on both stores (a real
+SQLite file and Debian's PostgreSQL from the fixtures) and asks for the same answers."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.receiver import Outcome, Receiver, Store, open_store
+from gateway.receiver.outcome import Alert, AlertClass
+from gateway.wire import encode_payload
+from security import AUDIT_FILE, AuditLog, DeviceKey, sign1
+from security.cose import KEYCHAIN, encode_unprotected
+from security.keyring import init_keys, open_identity, rotate
+from tests.gateway.auditmsgs import audit_messages, log_id_of
+from tests.gateway.test_platform_store import TS, VALUES, same
+from tests.gateway.test_receiver import TOPIC, msg, notice
+from tests.gateway.test_witness import write_log
+
+AUDIT = "edgegw/gw1/audit"
+T_US = 1_733_475_600_123_456  # a receive time, whole microseconds (what the stores keep)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> DeviceKey:
+    return DeviceKey.load_or_create(tmp_path / "key")[0]
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def test_alerts_report_and_receiver_counters(key: DeviceKey, store: Store, tmp_path: Path) -> None:
+    """Every alert's columns (the receive time to the µs), in the order raised, filtered
+    by gateway; the report's totals; each receiver's latest counters."""
+    other = DeviceKey.load_or_create(tmp_path / "gw2")[0]
+    rx = Receiver({"gw1": key.public_key, "gw2": other.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 4)) is Outcome.VALID
+    assert rx.handle("edgegw/gw1/notice", notice(key, 5, 2, 2)) is Outcome.VALID
+    bad = msg(key, 1, [["plc/a", 1, 9.0, 0]])
+    assert rx.handle(TOPIC, bad, T_US * 1000) is Outcome.CONFLICT
+    t2 = "edgegw/gw2/telemetry"
+    p2 = encode_payload(gw="gw1", seq=7, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(t2, sign1(p2, other, t2.encode()), (T_US + 5) * 1000) is Outcome.TOPIC_MISMATCH
+    with store.transaction(rx.trust["gw1"]) as t:  # news, not an attack
+        t.alert(Alert(AlertClass.AUDIT_RESET, "gw1", None, "the gateway reset its log"), 1000)
+    store.record_stats("rx-a", {"duplicates": 3})
+    store.record_stats("rx-a", {"duplicates": 4})  # the latest counters replace the last
+    store.record_stats("rx-b", {"duplicates": 1})
+    everything = store.alerts()
+    assert everything == [
+        {
+            "gw": "gw1",
+            "seq": 1,
+            "class": "conflict",
+            "security": 1,
+            "detail": "two different messages with seq 1",
+            "received_ns": T_US * 1000,
+        },
+        {
+            "gw": "gw2",
+            "seq": 7,
+            "class": "topic_mismatch",
+            "security": 1,
+            "detail": "payload says gw1/telemetry, the topic gw2/telemetry",
+            "received_ns": (T_US + 5) * 1000,
+        },
+        {
+            "gw": "gw1",
+            "seq": None,
+            "class": "audit_reset",
+            "security": 0,
+            "detail": "the gateway reset its log",
+            "received_ns": 1000,
+        },
+    ]
+    assert store.alerts("gw1") == [everything[0], everything[2]]
+    assert store.alerts("gw2") == [everything[1]]
+    assert store.alerts("gw3") == []
+    r = store.report()
+    assert (r.gateways, r.messages, r.points, r.events, r.notices) == (2, 3, 3, 0, 1)
+    assert (r.alerts, r.security_alerts) == (3, 2)
+    assert r.receivers == {"rx-a": {"duplicates": 4}, "rx-b": {"duplicates": 1}}
+    assert r.duplicates == 5
+    assert (r.gaps, r.missing) == (1, {"gw1": [(3, 3)]})
+
+
+def test_the_audit_copy_and_entries_compared_without_storing(key: DeviceKey, store: Store) -> None:
+    """The copy a verifier reads runs from byte 0 to the first hole (a copy with a gap
+    spliced out is a log the gateway never wrote); entries compared without ``insert``
+    are passed over where none is stored, the later ones still compared, none stored."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert store.audit_copy("gw1") == b""  # no such gateway yet
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert store.audit_copy("gw1") == b""  # a gateway with no audit log
+    log_id = b"L" * 16
+    with store.transaction(rx.trust["gw1"]) as t:
+        assert t.put_audit_entries(log_id, [(0, b"abc"), (3, b"de"), (9, b"late")], 1) == []
+    assert store.audit_copy("gw1", log_id) == b"abcde"
+    with store.transaction(rx.trust["gw1"]) as t:
+        t.put_audit_entries(b"N" * 16, [(0, b"abc"), (2, b"x"), (3, b"de")], 2)
+    assert store.audit_copy("gw1", b"N" * 16) == b"abc"
+    assert store.audit_copy("gw1", b"M" * 16) == b""
+    with store.transaction(rx.trust["gw1"]) as t:
+        got = t.put_audit_entries(log_id, [(0, b"abc"), (5, b"new"), (9, b"LATE")], 3, insert=False)
+        assert got == [(9, b"late", b"LATE")]
+        assert list(t.audit_entries(log_id, 0)) == [(0, b"abc"), (3, b"de"), (9, b"late")]
+        assert list(t.audit_entries(log_id, 4)) == [(9, b"late")]
+        assert list(t.audit_entries(b"N" * 16, 1)) == [(2, b"x"), (3, b"de")]
+        # the same entries again (a redelivered message): nothing differs
+        assert t.put_audit_entries(log_id, [(0, b"abc"), (3, b"de")], 4) == []
+        assert t.put_audit_entries(log_id, [(3, b"dX")], 4) == [(3, b"de", b"dX")]
+    assert store.audit_copy("gw1", log_id) == b"abcde"  # neither the new nor the rewrite
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> tuple[Path, DeviceKey]:
+    state = tmp_path / "gw"
+    k, _ = init_keys(state)
+    return state, k
+
+
+def test_the_witness_on_either_store(gw: tuple[Path, DeviceKey], store: Store) -> None:
+    """A whole log in any order is witnessed byte for byte; a rollback that reuses seqs
+    is a conflict whose entries are compared, not stored; a new log with its reset
+    notice is news, and becomes the one the copy follows."""
+    state, k = gw
+    data = write_log(state, k, 11)
+    msgs = audit_messages(data, k, per_message=2)
+    random.Random(7).shuffle(msgs)
+    rx = Receiver({"gw1": k.public_key}, "edgegw", store=store)
+    for m in msgs:
+        assert rx.handle(AUDIT, m.body) is Outcome.VALID
+    assert store.alerts() == []
+    assert store.audit_copy("gw1") == store.audit_copy("gw1", log_id_of(data)) == data
+    w = store.states()["gw1"].logs[log_id_of(data)]
+    assert (w.size, w.next_offset) == (11, len(data))
+    seqs = sorted(m.seq for m in msgs)
+    more = write_log(state, k, 2, boot=2)
+    nxt = audit_messages(more, k, offset=len(data), first_seq=seqs[-1] + 1)
+    assert rx.handle(AUDIT, nxt[0].body) is Outcome.VALID
+    copy = store.audit_copy("gw1")
+    assert copy.startswith(data) and len(copy) > len(data)
+    (state / AUDIT_FILE).write_bytes(data)  # rolled back, with the outbox (seqs reused)
+    rolled = write_log(state, k, 1, boot=2)
+    again = audit_messages(rolled, k, offset=len(data), first_seq=nxt[0].seq)
+    assert rx.handle(AUDIT, again[0].body) is Outcome.CONFLICT
+    assert [a["class"] for a in store.alerts()] == ["conflict", "audit_rewritten"]
+    assert store.audit_copy("gw1") == copy  # the rolled-back entries were not stored
+    (state / AUDIT_FILE).unlink()
+    second = write_log(state, k, 2, boot=3)
+    announced = audit_messages(
+        second, k, first_seq=100, reset={"old_log": log_id_of(data), "reason": "damaged"}
+    )
+    for m in announced:
+        assert rx.handle(AUDIT, m.body) is Outcome.VALID
+    assert [(a["class"], a["security"]) for a in store.alerts()][2:] == [("audit_reset", 0)]
+    assert store.audit_copy("gw1") == second
+    assert store.audit_copy("gw1", log_id_of(data)) == copy
+
+
+def test_a_key_learned_from_the_audit_log_is_kept_and_owned(
+    gw: tuple[Path, DeviceKey], store_url: str, key: DeviceKey
+) -> None:
+    """key_rotated records carry the new key's certificate: learned from a verified audit
+    message, stored, trusted again after a restart (another store object, as another
+    receiver sharing the database would see it), and a message signed with it on another
+    gateway's topic is a wrong gateway: found through the store's learned keys."""
+    state, old = gw
+    log = AuditLog(state / AUDIT_FILE, old, boot=1)
+    rot = rotate(state, audit=log)
+    log.close()
+    data = (state / AUDIT_FILE).read_bytes()
+    trust = {"gw1": old.public_key, "gw2": key.public_key}
+    store = open_store(store_url)
+    rx = Receiver(trust, "edgegw", store=store)
+    for m in audit_messages(data, old, per_message=10):
+        assert rx.handle(AUDIT, m.body) is Outcome.VALID
+    assert store.alerts() == [] and rx.stats.keys_learned == 1
+    store.close()
+    store = open_store(store_url)
+    rx = Receiver(trust, "edgegw", store=store)
+    p = encode_payload(gw="gw1", seq=30, boot=2, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(TOPIC, sign1(p, rot.key, TOPIC.encode())) is Outcome.VALID
+    t2 = "edgegw/gw2/telemetry"
+    p2 = encode_payload(gw="gw2", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(t2, sign1(p2, rot.key, t2.encode())) is Outcome.WRONG_GATEWAY
+    [a] = store.alerts()
+    assert (a["gw"], a["class"], a["security"]) == ("gw2", "wrong_gateway", 1)
+    assert a["detail"] == f"message on gw2's topic signed by gw1's key {rot.key.kid.hex()}"
+    stranger = DeviceKey.load_or_create(state.parent / "stranger")[0]
+    assert rx.handle(t2, sign1(p2, stranger, t2.encode())) is Outcome.UNKNOWN_KID
+    assert rx.received("gw2") == [] and len(store.alerts()) == 1
+    store.close()
+
+
+def test_a_key_learned_from_a_keychain_is_kept_and_owned(
+    tmp_path: Path, store_url: str, key: DeviceKey
+) -> None:
+    state = tmp_path / "gw1"
+    root, _ = init_keys(state)
+    rotate(state)
+    ident = open_identity(state, record=False)
+    chain = encode_unprotected({KEYCHAIN: ident.keychain})
+    trust = {"gw1": root.public_key, "gw2": key.public_key}
+    store = open_store(store_url)
+    rx = Receiver(trust, "edgegw", store=store)
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), chain)) is Outcome.VALID
+    assert rx.stats.keys_learned == 1
+    store.close()
+    store = open_store(store_url)
+    rx = Receiver(trust, "edgegw", store=store)
+    p = encode_payload(gw="gw1", seq=2, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode())) is Outcome.VALID  # no chain
+    t2 = "edgegw/gw2/telemetry"
+    p2 = encode_payload(gw="gw2", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(t2, sign1(p2, ident.key, t2.encode())) is Outcome.WRONG_GATEWAY
+    [a] = store.alerts()
+    assert a["detail"] == f"message on gw2's topic signed by gw1's key {ident.key.kid.hex()}"
+    assert rx.received("gw1") == [(1, 2)] and rx.received("gw2") == []
+    store.close()
+
+
+def test_payload_version_1_readings_round_trip(
+    key: DeviceKey, store: Store, store_url: str
+) -> None:
+    """Readings one by one (payload version 1: older gateways) keep every value type,
+    each with its own tag, seq and time."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    sent: list[tuple[int, list[Any]]] = []
+    for seq in (1, 2):
+        readings = [[f"plc/tag{i % 7}", TS[(i + seq) % len(TS)], *v] for i, v in enumerate(VALUES)]
+        p = encode_payload(
+            gw="gw1", seq=seq, boot=1, kind="telemetry", t_ns=1, readings=readings, version=1
+        )
+        assert rx.handle(TOPIC, sign1(p, key, TOPIC.encode())) is Outcome.VALID
+        sent += [(seq, r) for r in readings]
+    got = store.readings("gw1")
+    assert len(got) == len(sent)
+    for (seq, r), g in zip(sent, got, strict=True):
+        assert (g.seq, g.tag, g.ts_ns, g.quality) == (seq, r[0], r[1], r[3]), (r, g)
+        assert same(g.value, r[2]), (r, g)
+        want = r[4] if len(r) > 4 else None
+        if want is not None and "postgresql" in store_url:  # text cannot hold NUL
+            want = want.replace("\x00", "\ufffd")
+        assert g.reason == want and g.server_ts_ns == (r[5] if len(r) > 5 else None), (r, g)
+    assert [(g.seq, g.tag) for g in store.readings("gw1", "plc/tag3")] == [
+        (s, r[0]) for s, r in sent if r[0] == "plc/tag3"
+    ]
