@@ -8,6 +8,8 @@ SQLite file and Debian's PostgreSQL from the fixtures) and asks for the same ans
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from gateway.receiver import Outcome, Receiver, Store, open_store
 from gateway.receiver.outcome import Alert, AlertClass
+from gateway.receiver.sinks import JsonLinesSink
 from gateway.wire import encode_payload
 from security import AUDIT_FILE, AuditLog, DeviceKey, sign1
 from security.cose import KEYCHAIN, encode_unprotected
@@ -269,3 +272,82 @@ def test_payload_version_1_readings_round_trip(
     assert [(g.seq, g.tag) for g in store.readings("gw1", "plc/tag3")] == [
         (s, r[0]) for s, r in sent if r[0] == "plc/tag3"
     ]
+
+
+def test_the_json_lines_say_exactly_what_was_received(tmp_path: Path, key: DeviceKey) -> None:
+    """Every field of every line, as a consumer reading the file while the receiver runs
+    sees it (each message's lines are flushed once it is stored): JSON's missing NaN,
+    infinities and bytes spelt out with the type kept in ``vtype``, text as UTF-8."""
+    path = tmp_path / "out.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        rx = Receiver({"gw1": key.public_key}, "edgegw", JsonLinesSink(out))
+        ts = 1_700_000_000_123_456_789
+        r = [
+            ["plc/nan", ts, math.nan, 4, "sensor says NaN"],
+            ["plc/inf", ts + 1, math.inf, 0],
+            ["plc/-inf", ts + 2, -math.inf, 0],
+            ["plc/f", ts + 3, -0.5, 0, None, ts + 9],
+            ["plc/text", ts + 4, "Grüße ✓", 0],
+            ["plc/big", ts + 5, 2**64 - 1, 2],
+            ["plc/bool", ts + 6, True, 0],
+            ["plc/raw", ts + 7, b"\x01\xff", 0],
+            ["plc/none", ts + 8, None, 1, "timeout", ts + 10],
+        ]
+        assert rx.handle(TOPIC, msg(key, 3, r)) is Outcome.VALID
+        lines = path.read_text(encoding="utf-8").splitlines()  # before any close
+        assert lines[4] == (
+            '{"type": "reading", "gw": "gw1", "seq": 3, "tag": "plc/text", '
+            f'"ts": {ts + 4}, "vtype": "s", "value": "Grüße ✓", "quality": 0}}'
+        )
+        got = [json.loads(x) for x in lines]
+        base = {"type": "reading", "gw": "gw1", "seq": 3}
+        assert got == [
+            {**base, "tag": "plc/nan", "ts": ts, "vtype": "f", "value": "NaN", "quality": 4,
+             "reason": "sensor says NaN"},
+            {**base, "tag": "plc/inf", "ts": ts + 1, "vtype": "f", "value": "Infinity",
+             "quality": 0},
+            {**base, "tag": "plc/-inf", "ts": ts + 2, "vtype": "f", "value": "-Infinity",
+             "quality": 0},
+            {**base, "tag": "plc/f", "ts": ts + 3, "vtype": "f", "value": -0.5, "quality": 0,
+             "server_ts": ts + 9},
+            {**base, "tag": "plc/text", "ts": ts + 4, "vtype": "s", "value": "Grüße ✓",
+             "quality": 0},
+            {**base, "tag": "plc/big", "ts": ts + 5, "vtype": "i", "value": 2**64 - 1,
+             "quality": 2},
+            {**base, "tag": "plc/bool", "ts": ts + 6, "vtype": "b", "value": True, "quality": 0},
+            {**base, "tag": "plc/raw", "ts": ts + 7, "vtype": "x", "value": "01ff", "quality": 0},
+            {**base, "tag": "plc/none", "ts": ts + 8, "vtype": "n", "value": None, "quality": 1,
+             "reason": "timeout", "server_ts": ts + 10},
+        ]  # fmt: skip
+        event = {
+            "model": "Ofen ✓",
+            "kind": "start",
+            "ts_ns": 5,
+            "score": math.inf,
+            "peak": 2.0,
+            "window_end_ns": 6,
+            "inputs": ["plc/nan"],
+        }
+        t_ev = "edgegw/gw1/event"
+        assert rx.handle(t_ev, msg(key, 4, kind="event", topic=t_ev, event=event)) is Outcome.VALID
+        [line] = path.read_text(encoding="utf-8").splitlines()[len(lines) :]
+        assert line == (
+            '{"type": "event", "gw": "gw1", "seq": 4, "inputs": ["plc/nan"], "kind": "start", '
+            '"model": "Ofen ✓", "peak": 2.0, "score": "Infinity", "ts_ns": 5, "window_end_ns": 6}'
+        )
+        at = 1_733_475_600_123_456_789
+        m = notice(key, 10, 3, 9, at=at, bytes=4096, reason="disk_full")
+        assert rx.handle("edgegw/gw1/notice", m) is Outcome.VALID
+        assert json.loads(path.read_text(encoding="utf-8").splitlines()[-1]) == {
+            "type": "notice",
+            "gw": "gw1",
+            "seq": 10,
+            "notice": "data_dropped",
+            "first_seq": 3,
+            "last_seq": 9,
+            "messages": 7,
+            "points": 30,
+            "bytes": 4096,
+            "reason": "disk_full",
+            "at": at,
+        }
