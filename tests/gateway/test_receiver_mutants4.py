@@ -335,6 +335,25 @@ def test_the_json_lines_say_exactly_what_was_received(tmp_path: Path, key: Devic
             '{"type": "event", "gw": "gw1", "seq": 4, "inputs": ["plc/nan"], "kind": "start", '
             '"model": "Ofen ✓", "peak": 2.0, "score": "Infinity", "ts_ns": 5, "window_end_ns": 6}'
         )
+        # blocks of 4 and 5 elements a reading (no reason, no server time), and version 1
+        for seq, rs, version in (
+            (5, [["plc/a", ts, 1.0, 0]], 2),
+            (6, [["plc/b", ts, None, 1, "timeout"]], 2),
+            (7, [["plc/c", ts, 2, 0], ["plc/d", ts, None, 1, "gone"]], 1),
+        ):
+            p = encode_payload(
+                gw="gw1", seq=seq, boot=1, kind="telemetry", t_ns=1, readings=rs, version=version
+            )
+            assert rx.handle(TOPIC, sign1(p, key, TOPIC.encode())) is Outcome.VALID
+        base = {"type": "reading", "gw": "gw1", "ts": ts}
+        assert [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()[-4:]] == [
+            {**base, "seq": 5, "tag": "plc/a", "vtype": "f", "value": 1.0, "quality": 0},
+            {**base, "seq": 6, "tag": "plc/b", "vtype": "n", "value": None, "quality": 1,
+             "reason": "timeout"},
+            {**base, "seq": 7, "tag": "plc/c", "vtype": "i", "value": 2, "quality": 0},
+            {**base, "seq": 7, "tag": "plc/d", "vtype": "n", "value": None, "quality": 1,
+             "reason": "gone"},
+        ]  # fmt: skip
         at = 1_733_475_600_123_456_789
         m = notice(key, 10, 3, 9, at=at, bytes=4096, reason="disk_full")
         assert rx.handle("edgegw/gw1/notice", m) is Outcome.VALID
