@@ -370,3 +370,65 @@ def test_the_json_lines_say_exactly_what_was_received(tmp_path: Path, key: Devic
             "reason": "disk_full",
             "at": at,
         }
+
+
+def test_groups_over_several_gateways_and_two_receivers(tmp_path: Path, store_url: str) -> None:
+    """Group commits (the MQTT shell's batches) lock every gateway of the group at once:
+    new gateways are made at first use, states this receiver committed are used as they
+    are, and states (with keys learned) another receiver of the database changed since
+    are read again. Each message lands in its own gateway, in the order given."""
+    keys = {gw: DeviceKey.load_or_create(tmp_path / gw)[0] for gw in ("gw1", "gw2", "gw3")}
+    state = tmp_path / "gw1-state"
+    root, _ = init_keys(state)
+    rotate(state)
+    ident = open_identity(state, record=False)
+    keys["gw1"] = root
+    trust = {gw: k.public_key for gw, k in keys.items()}
+    stores = [open_store(store_url) for _ in range(2)]
+    a, b = (Receiver(trust, "edgegw", store=s) for s in stores)
+
+    def m(gw: str, seq: int, value: float, k: DeviceKey | None = None, chain: bool = False) -> Any:
+        topic = f"edgegw/{gw}/telemetry"
+        p = encode_payload(
+            gw=gw, seq=seq, boot=1, kind="telemetry", t_ns=1,
+            readings=[[f"plc/{gw}", seq, value, 0]],
+        )  # fmt: skip
+        if chain:
+            extra = encode_unprotected({KEYCHAIN: ident.keychain})
+            return (topic, sign1(p, k or keys[gw], topic.encode(), extra), None)
+        return (topic, sign1(p, k or keys[gw], topic.encode()), None)
+
+    assert (
+        a.handle_many([m("gw2", 1, 2.1), m("gw1", 1, 1.1), m("gw2", 2, 2.2)]) == [Outcome.VALID] * 3
+    )
+    assert a.handle_many([m("gw1", 2, 1.2), m("gw2", 2, 9.9), m("gw2", 3, 2.3)]) == [
+        Outcome.VALID,
+        Outcome.CONFLICT,
+        Outcome.VALID,
+    ]
+    # the other receiver: gw1's rotated key (learned from its keychain), and gw2's seq 4
+    assert b.handle(TOPIC, m("gw1", 3, 1.3, ident.key, chain=True)[1]) is Outcome.VALID
+    assert b.handle_many([m("gw2", 4, 2.4), m("gw3", 1, 3.1)]) == [Outcome.VALID] * 2
+    # a's copies of gw1 and gw2 are stale now: read again, with the key b learned
+    got = a.handle_many(
+        [
+            m("gw3", 1, 3.1),
+            m("gw1", 4, 1.4, ident.key),
+            m("gw2", 4, 2.4),
+            m("gw1", 3, 1.3, ident.key),
+        ]
+    )
+    assert got == [Outcome.DUPLICATE, Outcome.VALID, Outcome.DUPLICATE, Outcome.DUPLICATE]
+    assert a.handle_many([m("gw2", 5, 2.5), m("gw1", 5, 1.5, ident.key)]) == [Outcome.VALID] * 2
+    for s in stores:
+        for gw, n in (("gw1", 5), ("gw2", 5), ("gw3", 1)):
+            assert [(r.seq, r.tag, r.ts_ns) for r in s.readings(gw)] == [
+                (seq, f"plc/{gw}", seq) for seq in range(1, n + 1)
+            ]
+            assert s.states()[gw].seen.pairs() == [(1, n)]
+        assert [r.value for r in s.readings("gw2")] == [2.1, 2.2, 2.3, 2.4, 2.5]
+        assert [(x["gw"], x["seq"], x["class"]) for x in s.alerts()] == [("gw2", 2, "conflict")]
+    assert (a.stats.messages_verified, a.stats.duplicates, a.stats.conflicts) == (8, 3, 1)
+    assert (b.stats.messages_verified, b.stats.keys_learned) == (3, 1)
+    for s in stores:
+        s.close()
