@@ -9,6 +9,7 @@ SQLite file and Debian's PostgreSQL from the fixtures) and asks for the same ans
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -372,6 +373,15 @@ def test_the_json_lines_say_exactly_what_was_received(tmp_path: Path, key: Devic
         }
 
 
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+
 def test_groups_over_several_gateways_and_two_receivers(tmp_path: Path, store_url: str) -> None:
     """Group commits (the MQTT shell's batches) lock every gateway of the group at once:
     new gateways are made at first use, states this receiver committed are used as they
@@ -386,6 +396,8 @@ def test_groups_over_several_gateways_and_two_receivers(tmp_path: Path, store_ur
     trust = {gw: k.public_key for gw, k in keys.items()}
     stores = [open_store(store_url) for _ in range(2)]
     a, b = (Receiver(trust, "edgegw", store=s) for s in stores)
+    warnings = _Warnings()  # a group that had to go one by one says so
+    logging.getLogger("edgegw.receiver").addHandler(warnings)
 
     def m(gw: str, seq: int, value: float, k: DeviceKey | None = None, chain: bool = False) -> Any:
         topic = f"edgegw/{gw}/telemetry"
@@ -430,5 +442,7 @@ def test_groups_over_several_gateways_and_two_receivers(tmp_path: Path, store_ur
         assert [(x["gw"], x["seq"], x["class"]) for x in s.alerts()] == [("gw2", 2, "conflict")]
     assert (a.stats.messages_verified, a.stats.duplicates, a.stats.conflicts) == (8, 3, 1)
     assert (b.stats.messages_verified, b.stats.keys_learned) == (3, 1)
+    logging.getLogger("edgegw.receiver").removeHandler(warnings)
+    assert [w for w in warnings.seen if "rolled back" in w] == []  # each group committed as one
     for s in stores:
         s.close()
