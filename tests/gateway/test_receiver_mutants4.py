@@ -18,11 +18,20 @@ from typing import Any
 
 import pytest
 
-from gateway.receiver import Outcome, Receiver, Store, open_store
+from gateway.receiver import Outcome, Receiver, SqliteStore, Store, open_store
 from gateway.receiver.outcome import Alert, AlertClass
 from gateway.receiver.sinks import JsonLinesSink
 from gateway.wire import encode_payload
 from security import AUDIT_FILE, AuditLog, DeviceKey, sign1
+from security.checkpoint import (
+    ZERO_HASH,
+    MerkleFrontier,
+    checkpoint_hash,
+    encode_record,
+    genesis_head,
+    leaf_hash,
+    sign_checkpoint,
+)
 from security.cose import KEYCHAIN, encode_unprotected
 from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.auditmsgs import audit_messages, log_id_of
@@ -446,3 +455,137 @@ def test_groups_over_several_gateways_and_two_receivers(tmp_path: Path, store_ur
     assert [w for w in warnings.seen if "rolled back" in w] == []  # each group committed as one
     for s in stores:
         s.close()
+
+
+LOG = b"W" * 16
+
+
+def crafted_log(k: DeviceKey, records: int) -> tuple[list[bytes], dict[str, Any]]:
+    """An audit log written here from the format (records, then checkpoints at 0 and at
+    the end), and what each of its checkpoints must state."""
+    frontier, head = MerkleFrontier(), genesis_head(LOG)
+    cp0 = sign_checkpoint(
+        k, log_id=LOG, size=0, root=frontier.root(), head=head, prev=ZERO_HASH, boot=1,
+        ts_ns=1, why="open",
+    ).encoded  # fmt: skip
+    entries = [cp0]
+    for i in range(records):
+        r = encode_record(
+            seq=i, boot=1, ts_ns=2 + i, mono_ns=None, event="link_up", detail={"n": i}, prev=head
+        )
+        head = leaf_hash(r)
+        frontier.append(head)
+        entries.append(r)
+    state = {"log_id": LOG, "size": records, "root": frontier.root(), "head": head,
+             "prev": checkpoint_hash(cp0), "boot": 1, "ts_ns": 99, "why": "count"}  # fmt: skip
+    return entries, state
+
+
+def audit_body(k: DeviceKey, seq: int, entries: list[bytes], offset: int = 0, **kw: Any) -> bytes:
+    base = kw.pop("base", [0, genesis_head(LOG), ZERO_HASH, []])
+    p = encode_payload(
+        gw="gw1", seq=seq, boot=1, kind="audit", t_ns=1, log=LOG, offset=offset, base=base,
+        entries=entries, **kw,
+    )  # fmt: skip
+    return sign1(p, k, AUDIT.encode())
+
+
+def witnessed(k: DeviceKey, *bodies: bytes) -> tuple[Receiver, list[str]]:
+    rx = Receiver({"gw1": k.public_key}, "edgegw", store=SqliteStore())
+    for b in bodies:
+        assert rx.handle(AUDIT, b) is Outcome.VALID
+    return rx, [a["class"] for a in rx.store.alerts()]
+
+
+@pytest.mark.parametrize(
+    ("change", "want"),
+    [
+        ({}, []),
+        ({"log_id": b"X" * 16}, ["audit_inconsistent"]),
+        ({"size": 2}, ["audit_inconsistent"]),
+        ({"head": b"h" * 32}, ["audit_inconsistent"]),
+        ({"prev": b"p" * 32}, ["audit_inconsistent"]),
+        ({"root": b"r" * 32}, ["audit_inconsistent"]),
+    ],
+)
+def test_every_false_statement_of_a_checkpoint_is_alerted(
+    key: DeviceKey, change: dict[str, Any], want: list[str]
+) -> None:
+    """A checkpoint signed by the gateway's key that states another log, size, root, head
+    or previous checkpoint than the records it follows (a daemon made to lie) is an alert
+    naming what is wrong; the message is stored, and no key was learned."""
+    entries, state = crafted_log(key, 3)
+    cp = sign_checkpoint(key, **{**state, **change}).encoded
+    rx, found = witnessed(key, audit_body(key, 1, [*entries, cp]))
+    assert found == want
+    assert rx.stats.keys_learned == 0 and rx.received("gw1") == [(1, 1)]
+    if want:
+        [a] = rx.store.alerts()
+        wrong = {"log_id": "belongs to log 5858", "size": "states 2 records, the witness counted 3",
+                 "head": "its head is not the last record", "root": "Merkle root",
+                 "prev": "it does not chain to the previous checkpoint"}  # fmt: skip
+        assert wrong[next(iter(change))] in a["detail"], a["detail"]
+
+
+def test_bad_entries_and_a_shrinking_checkpoint_learn_no_key(
+    key: DeviceKey, tmp_path: Path
+) -> None:
+    """Each problem the witness finds is one alert of its class, and none counts as a key
+    learned: an entry that is not a record, a checkpoint by a stranger's key, one whose
+    signature fails, and one that states fewer records than an earlier one."""
+    entries, state = crafted_log(key, 3)
+    good = sign_checkpoint(key, **state).encoded
+    stranger = DeviceKey.load_or_create(tmp_path / "stranger")[0]
+    cases: list[tuple[list[bytes], list[str]]] = [
+        ([*entries[:2], b"\x01\x02\x03"], ["audit_inconsistent"]),
+        ([*entries, good[:-1] + bytes([good[-1] ^ 1])], ["audit_bad_checkpoint"]),
+        ([*entries, sign_checkpoint(stranger, **state).encoded], ["audit_bad_checkpoint"]),
+        ([*entries, good, sign_checkpoint(key, **{**state, "size": 2}).encoded],
+         ["audit_shrank"]),
+    ]  # fmt: skip
+    for es, want in cases:
+        rx, found = witnessed(key, audit_body(key, 1, es))
+        assert found == want, es
+        assert rx.stats.keys_learned == 0
+
+
+def test_a_message_that_states_another_log_state_is_alerted(key: DeviceKey) -> None:
+    """The base a message states where the witness's walk has arrived must be the state
+    the witness computed; another one is an alert, and the message is still stored."""
+    entries, _ = crafted_log(key, 3)
+    first = audit_body(key, 1, entries[:2])
+    at = len(entries[0]) + len(entries[1])
+    lie = audit_body(key, 2, entries[2:], offset=at, base=[7, b"h" * 32, ZERO_HASH, []])
+    rx, found = witnessed(key, first, lie)
+    assert found == ["audit_inconsistent"]
+    assert "another log state at byte" in rx.store.alerts()[0]["detail"]
+    assert rx.received("gw1") == [(1, 2)]
+
+
+def test_a_refused_audit_message_is_compared_and_never_stored(key: DeviceKey) -> None:
+    """A conflict (a seq reused after a rollback) stores none of its entries, not even
+    those at offsets the witness has no entry for; its entries are compared at their own
+    offsets (a message can start anywhere), and a checkpoint stating fewer records than
+    the witness saw is called a shrink."""
+    entries, state = crafted_log(key, 3)
+    cp = sign_checkpoint(key, **state).encoded
+    stored = [*entries, cp]
+    rx, _ = witnessed(key, audit_body(key, 1, stored))
+    with rx.store.transaction(rx.trust["gw1"]) as t:
+        before = list(t.audit_entries(LOG, 0))
+    at = len(entries[0])
+    other = encode_record(
+        seq=1, boot=1, ts_ns=3, mono_ns=None, event="link_up", detail={"n": 9}, prev=b"p" * 32
+    )
+    tail = [b"\x05" * 40, b"\x06" * 50]  # beyond what is stored
+    refused = audit_body(key, 1, [entries[1], other, *stored[3:], *tail], offset=at)
+    assert rx.handle(AUDIT, refused) is Outcome.CONFLICT
+    assert [a["class"] for a in rx.store.alerts()] == ["conflict", "audit_rewritten"]
+    assert f"at byte {at + len(entries[1])}:" in rx.store.alerts()[1]["detail"]
+    fewer = sign_checkpoint(key, **{**state, "size": 2, "ts_ns": 100}).encoded
+    cp_at = sum(len(e) for e in entries)
+    assert rx.handle(AUDIT, audit_body(key, 1, [fewer], offset=cp_at)) is Outcome.CONFLICT
+    assert [a["class"] for a in rx.store.alerts()][2:] == ["conflict", "audit_shrank"]
+    with rx.store.transaction(rx.trust["gw1"]) as t:
+        assert list(t.audit_entries(LOG, 0)) == before
+    assert rx.store.audit_copy("gw1") == b"".join(stored)
