@@ -589,3 +589,43 @@ def test_a_refused_audit_message_is_compared_and_never_stored(key: DeviceKey) ->
     with rx.store.transaction(rx.trust["gw1"]) as t:
         assert list(t.audit_entries(LOG, 0)) == before
     assert rx.store.audit_copy("gw1") == b"".join(stored)
+
+
+def test_a_group_with_a_re_enrolled_gateway_stores_only_the_others(
+    tmp_path: Path, store_url: str, key: DeviceKey
+) -> None:
+    """A receiver started with another root key for gw1 (a re-enrolment) before gw1 had
+    data: in a group its gw1 messages are refused as a store error (never mixed into the
+    old identity's data, nor taken for an unknown key), the other gateways' are stored."""
+    other = DeviceKey.load_or_create(tmp_path / "other")[0]
+    gw2 = DeviceKey.load_or_create(tmp_path / "gw2")[0]
+    stores = [open_store(store_url) for _ in range(2)]
+    old = Receiver({"gw1": key.public_key, "gw2": gw2.public_key}, "edgegw", store=stores[0])
+    new = Receiver({"gw1": other.public_key, "gw2": gw2.public_key}, "edgegw", store=stores[1])
+    assert old.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    t2 = "edgegw/gw2/telemetry"
+    group = [(TOPIC, msg(other, 2), None), (t2, msg(gw2, 1, topic=t2, gw="gw2"), None)]
+    assert new.handle_many(group) == [Outcome.STORE_ERROR, Outcome.VALID]
+    assert [r.seq for r in stores[0].readings("gw1")] == [1]
+    assert stores[0].states()["gw1"].seen.pairs() == [(1, 1)]
+    assert [r.seq for r in stores[0].readings("gw2")] == [1]
+    for s in stores:
+        s.close()
+
+
+def test_a_late_message_after_a_notice_and_a_repeat_in_one_group(
+    key: DeviceKey, store: Store
+) -> None:
+    """A seq a drop notice gave up on is stored when it comes after all; the same message
+    twice in one group is stored once."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    assert rx.handle("edgegw/gw1/notice", notice(key, 4, 2, 3)) is Outcome.VALID
+    late, again = (TOPIC, msg(key, 2), None), (TOPIC, msg(key, 5), None)
+    assert rx.handle_many([late, again, again]) == [
+        Outcome.VALID,
+        Outcome.VALID,
+        Outcome.DUPLICATE,
+    ]
+    assert [r.seq for r in store.readings("gw1")] == [1, 2, 5]
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.DUPLICATE
