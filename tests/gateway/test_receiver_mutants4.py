@@ -8,10 +8,13 @@ SQLite file and Debian's PostgreSQL from the fixtures) and asks for the same ans
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,6 +215,10 @@ def test_a_key_learned_from_the_audit_log_is_kept_and_owned(
         assert rx.handle(AUDIT, m.body) is Outcome.VALID
     assert store.alerts() == [] and rx.stats.keys_learned == 1
     store.close()
+    assert learned_keys(store_url) == [
+        (old.kid, "gw1", 0, None),
+        (rot.key.kid, "gw1", 1, old.kid),
+    ]
     store = open_store(store_url)
     rx = Receiver(trust, "edgegw", store=store)
     p = encode_payload(gw="gw1", seq=30, boot=2, kind="telemetry", t_ns=1, readings=[])
@@ -243,6 +250,10 @@ def test_a_key_learned_from_a_keychain_is_kept_and_owned(
     assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), chain)) is Outcome.VALID
     assert rx.stats.keys_learned == 1
     store.close()
+    assert learned_keys(store_url) == [
+        (root.kid, "gw1", 0, None),
+        (ident.key.kid, "gw1", 1, root.kid),
+    ]
     store = open_store(store_url)
     rx = Receiver(trust, "edgegw", store=store)
     p = encode_payload(gw="gw1", seq=2, boot=1, kind="telemetry", t_ns=1, readings=[])
@@ -629,3 +640,51 @@ def test_a_late_message_after_a_notice_and_a_repeat_in_one_group(
     ]
     assert [r.seq for r in store.readings("gw1")] == [1, 2, 5]
     assert rx.handle(TOPIC, msg(key, 2)) is Outcome.DUPLICATE
+
+
+def test_a_keychain_in_any_order_is_followed_and_a_strangers_ends(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    """Each certificate must verify with a key already trusted; the chain is followed in
+    as many passes as its order needs (two rotations, newest first), and a chain of
+    certificates no key of the gateway signed ends at once as an unknown key."""
+    state = tmp_path / "gw1"
+    root, _ = init_keys(state)
+    rotate(state)
+    rotate(state)
+    ident = open_identity(state, record=False)
+    assert len(ident.keychain) == 2
+    rx = Receiver({"gw1": root.public_key}, "edgegw", store=SqliteStore())
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    backwards = encode_unprotected({KEYCHAIN: list(reversed(ident.keychain))})
+    assert rx.handle(TOPIC, sign1(p, ident.key, TOPIC.encode(), backwards)) is Outcome.VALID
+    assert rx.stats.keys_learned == 2
+    s_state = tmp_path / "stranger"
+    init_keys(s_state)
+    rotate(s_state)
+    s_ident = open_identity(s_state, record=False)
+    chain = encode_unprotected({KEYCHAIN: [*s_ident.keychain, *s_ident.keychain]})
+    p2 = encode_payload(gw="gw1", seq=2, boot=1, kind="telemetry", t_ns=1, readings=[])
+    got: list[Outcome] = []
+    t = threading.Thread(
+        target=lambda: got.append(rx.handle(TOPIC, sign1(p2, s_ident.key, TOPIC.encode(), chain))),
+        daemon=True,
+    )
+    t.start()
+    t.join(30)  # generous: it is one pass over two certificates
+    assert got == [Outcome.UNKNOWN_KID]
+    assert rx.stats.keys_learned == 2 and rx.received("gw1") == [(1, 1)]
+
+
+def learned_keys(store_url: str) -> list[tuple[bytes, str, int, bytes | None]]:
+    """The gateway_keys table as the platform's SQL sees it (kid, gw, n, certified_by)."""
+    q = "SELECT kid, gw, n, certified_by FROM gateway_keys ORDER BY n"
+    if "://" in store_url:
+        import psycopg
+
+        with psycopg.connect(store_url) as c:
+            rows = c.execute(q).fetchall()
+    else:
+        with contextlib.closing(sqlite3.connect(store_url)) as db:
+            rows = db.execute(q).fetchall()
+    return [(bytes(k), gw, n, None if c is None else bytes(c)) for k, gw, n, c in rows]
