@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from gateway.receiver import Outcome, Receiver, SqliteStore, Store, open_store
+from gateway.mosquitto import Mosquitto
+from gateway.receiver import MqttReceiver, Outcome, Receiver, SqliteStore, Store, open_store
 from gateway.receiver.outcome import Alert, AlertClass
 from gateway.receiver.sinks import JsonLinesSink
 from gateway.wire import encode_payload
@@ -40,6 +41,7 @@ from security.keyring import init_keys, open_identity, rotate
 from tests.gateway.auditmsgs import audit_messages, log_id_of
 from tests.gateway.test_platform_store import TS, VALUES, same
 from tests.gateway.test_receiver import TOPIC, msg, notice
+from tests.gateway.test_receiver_mqtt import publish_all, wait
 from tests.gateway.test_witness import write_log
 
 AUDIT = "edgegw/gw1/audit"
@@ -688,3 +690,55 @@ def learned_keys(store_url: str) -> list[tuple[bytes, str, int, bytes | None]]:
         with contextlib.closing(sqlite3.connect(store_url)) as db:
             rows = db.execute(q).fetchall()
     return [(bytes(k), gw, n, None if c is None else bytes(c)) for k, gw, n, c in rows]
+
+
+def test_a_healthy_receiver_never_reconnects(
+    tmp_path: Path, key: DeviceKey, broker: Mosquitto
+) -> None:
+    """supervise() reconnects only after a store failure: a reconnect without one would
+    drop a clean session (and what the broker would have sent meanwhile). Before any
+    message, health() says none came."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=SqliteStore(tmp_path / "rx.db"))
+    warnings = _Warnings()
+    logging.getLogger("edgegw.receiver").addHandler(warnings)
+    mr = MqttReceiver(rx, "::1", broker.port).start()
+    try:
+        assert mr.health().last_message_ns == 0
+        h = mr.supervise()
+        assert h.ok and h.connected and h.subscribed and h.unacked == 0
+        publish_all(broker.port, [msg(key, 1)])
+        assert wait(lambda: rx.received("gw1") == [(1, 1)])
+        assert mr.supervise().connected and mr.health().last_message_ns > 0
+    finally:
+        mr.stop()
+        logging.getLogger("edgegw.receiver").removeHandler(warnings)
+    assert [w for w in warnings.seen if "reconnect" in w] == []
+
+
+def test_a_key_is_counted_learned_once(gw: tuple[Path, DeviceKey], tmp_path: Path) -> None:
+    """keys_learned counts keys newly trusted: not a key_rotated record whose key came
+    already by a keychain, nor a record whose certificate no key of the gateway signed."""
+    state, old = gw
+    log = AuditLog(state / AUDIT_FILE, old, boot=1)
+    rot = rotate(state, audit=log)
+    log.close()
+    chain = encode_unprotected({KEYCHAIN: open_identity(state, record=False).keychain})
+    rx = Receiver({"gw1": old.public_key}, "edgegw", store=SqliteStore())
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="telemetry", t_ns=1, readings=[])
+    assert rx.handle(TOPIC, sign1(p, rot.key, TOPIC.encode(), chain)) is Outcome.VALID
+    assert rx.stats.keys_learned == 1
+    data = (state / AUDIT_FILE).read_bytes()
+    for m in audit_messages(data, old, per_message=10, first_seq=2):
+        assert rx.handle(AUDIT, m.body) is Outcome.VALID
+    assert rx.store.alerts() == [] and rx.stats.keys_learned == 1
+    s_state = tmp_path / "stranger"
+    init_keys(s_state)
+    rotate(s_state)
+    foreign = open_identity(s_state, record=False).keychain[0]
+    entries, _ = crafted_log(old, 1)
+    r = encode_record(
+        seq=1, boot=1, ts_ns=9, mono_ns=None, event="key_rotated", detail={"cert": foreign},
+        prev=leaf_hash(entries[1]),
+    )  # fmt: skip
+    rx2, found = witnessed(old, audit_body(old, 1, [*entries, r]))
+    assert found == [] and rx2.stats.keys_learned == 0
