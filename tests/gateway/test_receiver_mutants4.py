@@ -8,6 +8,7 @@ SQLite file and Debian's PostgreSQL from the fixtures) and asks for the same ans
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,6 +16,7 @@ import math
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from tests.gateway.test_platform_store import TS, VALUES, same
 from tests.gateway.test_receiver import TOPIC, msg, notice
 from tests.gateway.test_receiver_mqtt import publish_all, wait
 from tests.gateway.test_witness import write_log
+from tests.mqttscript import ScriptedBroker
 
 AUDIT = "edgegw/gw1/audit"
 T_US = 1_733_475_600_123_456  # a receive time, whole microseconds (what the stores keep)
@@ -742,3 +745,53 @@ def test_a_key_is_counted_learned_once(gw: tuple[Path, DeviceKey], tmp_path: Pat
     )  # fmt: skip
     rx2, found = witnessed(old, audit_body(old, 1, [*entries, r]))
     assert found == [] and rx2.stats.keys_learned == 0
+
+
+class SlowStore(SqliteStore):
+    """A real SQLite store whose first commit takes seconds (a database under load)."""
+
+    first = True
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Any]:
+        with super().batch() as b:
+            yield b
+            if self.first:
+                self.first = False
+                time.sleep(3.0)
+
+
+def test_a_full_queue_holds_the_broker_back_and_loses_nothing(
+    tmp_path: Path, key: DeviceKey, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the store is slow the queue fills and paho's thread waits (backpressure to
+    the broker), for as long as it takes: no message is dropped unacknowledged meanwhile."""
+    monkeypatch.setattr("gateway.receiver.mqtt.QUEUE_MAX", 2)
+    store = SlowStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    mr = MqttReceiver(rx, "::1", broker.port, client_id="rx-q", session_expiry_s=60).start()
+    try:
+        publish_all(broker.port, [msg(key, s) for s in range(1, 11)])
+        assert wait(lambda: rx.received("gw1") == [(1, 10)], timeout=30), rx.received("gw1")
+        assert mr.health().unacked == 0
+    finally:
+        mr.stop()
+    store.close()
+
+
+def test_a_refused_subscription_ends_start_with_the_fix(key: DeviceKey) -> None:
+    """A broker that refuses the subscription (SUBACK 0x87, not authorized: an ACL that
+    does not let this login read the gateways' topics): start() says so, instead of
+    running and receiving nothing."""
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=SqliteStore())
+
+    async def main() -> None:
+        broker = await ScriptedBroker(suback=0x87).start()
+        mr = MqttReceiver(rx, "::1", broker.port)
+        try:
+            with pytest.raises(PermissionError, match="refused to subscribe to edgegw/"):
+                await asyncio.to_thread(mr.start, 20)
+        finally:
+            await broker.stop()
+
+    asyncio.run(main())
