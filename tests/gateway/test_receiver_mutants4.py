@@ -795,3 +795,18 @@ def test_a_refused_subscription_ends_start_with_the_fix(key: DeviceKey) -> None:
             await broker.stop()
 
     asyncio.run(main())
+
+
+def test_a_user_name_without_a_password_is_sent(tmp_path: Path, key: DeviceKey) -> None:
+    """--username without a password file is a login by name (a broker whose ACL is by
+    user, or that takes the name from a client certificate): sent, not dropped for an
+    anonymous connection that may read nothing."""
+    acl = "topic write edgegw/#\nuser rx\ntopic read edgegw/#\n"  # anonymous: write only
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=SqliteStore())
+    with Mosquitto(host="::1", workdir=tmp_path / "b", acl=acl) as b:
+        mr = MqttReceiver(rx, "::1", b.port, username="rx").start()
+        try:
+            publish_all(b.port, [msg(key, 1)])
+            assert wait(lambda: rx.received("gw1") == [(1, 1)])
+        finally:
+            mr.stop()
