@@ -810,3 +810,21 @@ def test_a_user_name_without_a_password_is_sent(tmp_path: Path, key: DeviceKey) 
             assert wait(lambda: rx.received("gw1") == [(1, 1)])
         finally:
             mr.stop()
+
+
+def test_stop_with_messages_still_queued_stores_them_all(
+    tmp_path: Path, key: DeviceKey, broker: Mosquitto
+) -> None:
+    """stop() while the store is slow and messages wait in the queue: it waits for the
+    worker to store (and acknowledge) them, then disconnects."""
+    store = SlowStore(tmp_path / "rx.db")
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    mr = MqttReceiver(rx, "::1", broker.port, client_id="rx-s", session_expiry_s=60).start()
+    try:
+        publish_all(broker.port, [msg(key, s) for s in range(1, 11)])
+        assert wait(lambda: mr.health().last_message_ns > 0)
+        time.sleep(0.5)  # the rest arrive (and wait) while the first commit takes 3 s
+    finally:
+        mr.stop()
+    assert rx.received("gw1") == [(1, 10)]
+    store.close()
