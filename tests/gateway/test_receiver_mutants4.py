@@ -828,3 +828,49 @@ def test_stop_with_messages_still_queued_stores_them_all(
         mr.stop()
     assert rx.received("gw1") == [(1, 10)]
     store.close()
+
+
+def test_counters_recorded_between_messages_are_committed(tmp_path: Path, key: DeviceKey) -> None:
+    """The receiver records its counters every few seconds between messages: each is
+    committed at once (another reader sees it) and leaves no transaction open that the
+    next message's would trip over."""
+    db = tmp_path / "rx.db"
+    store = SqliteStore(db)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    store.record_stats("rx-a", {"duplicates": 2})
+    with contextlib.closing(sqlite3.connect(db)) as other:
+        assert other.execute("SELECT name, stats FROM receivers").fetchall() == [
+            ("rx-a", '{"duplicates": 2}')
+        ]
+    assert rx.handle(TOPIC, msg(key, 2)) is Outcome.VALID
+    store.record_stats("rx-a", {"duplicates": 3})
+    assert rx.handle(TOPIC, msg(key, 3)) is Outcome.VALID
+    store.close()
+    again = SqliteStore(db)
+    assert again.report().receivers == {"rx-a": {"duplicates": 3}}
+    assert [r.seq for r in again.readings("gw1")] == [1, 2, 3]
+    again.close()
+
+
+def test_a_file_migrated_by_another_receiver_meanwhile_opens(tmp_path: Path) -> None:
+    """Two receivers start on one new file: the second waits for the first's migration
+    (BEGIN IMMEDIATE), finds the schema made when it gets the lock, and opens it."""
+    from gateway.receiver import sqlite_store
+
+    db = tmp_path / "rx.db"
+    first = sqlite3.connect(db, isolation_level=None)
+    first.execute("PRAGMA journal_mode=WAL")  # as the first receiver does, before migrating
+    first.execute("BEGIN IMMEDIATE")
+    opened: list[object] = []
+    t = threading.Thread(target=lambda: opened.append(SqliteStore(db)), daemon=True)
+    t.start()
+    time.sleep(1.0)  # it reads schema 0, then waits for the lock
+    for script in (sqlite_store._TABLES, sqlite_store._V2):  # what the first one makes
+        sqlite_store._script(first, script)
+    first.execute(f"PRAGMA user_version = {sqlite_store.SCHEMA_VERSION}")
+    first.execute("COMMIT")
+    first.close()
+    t.join(30)
+    assert len(opened) == 1 and isinstance(opened[0], SqliteStore)
+    opened[0].close()
