@@ -874,3 +874,19 @@ def test_a_file_migrated_by_another_receiver_meanwhile_opens(tmp_path: Path) -> 
     t.join(30)
     assert len(opened) == 1 and isinstance(opened[0], SqliteStore)
     opened[0].close()
+
+
+def test_a_store_without_readings_keeps_none(store_url: str, key: DeviceKey) -> None:
+    """``readings=False`` (the message index and states only): no reading is kept, in
+    either store, while every message is still classified."""
+    store = open_store(store_url, readings=False)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    two = [["plc/a", 1, 1.0, 0], ["plc/b", 1, 2.0, 0]]
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.VALID
+    p = encode_payload(gw="gw1", seq=2, boot=1, kind="telemetry", t_ns=1, readings=two, version=1)
+    assert rx.handle(TOPIC, sign1(p, key, TOPIC.encode())) is Outcome.VALID
+    assert rx.handle(TOPIC, msg(key, 1, two)) is Outcome.DUPLICATE
+    assert store.readings("gw1") == []
+    r = store.report()
+    assert (r.messages, r.points) == (2, 4)
+    store.close()
