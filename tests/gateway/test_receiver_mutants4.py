@@ -645,6 +645,13 @@ def test_a_late_message_after_a_notice_and_a_repeat_in_one_group(
     ]
     assert [r.seq for r in store.readings("gw1")] == [1, 2, 5]
     assert rx.handle(TOPIC, msg(key, 2)) is Outcome.DUPLICATE
+    # two different messages with one seq in one group: the second is a conflict
+    other = (TOPIC, msg(key, 6, [["plc/t", 1, -1.0, 0]]), None)
+    assert rx.handle_many([(TOPIC, msg(key, 6), None), other]) == [
+        Outcome.VALID,
+        Outcome.CONFLICT,
+    ]
+    assert [a["class"] for a in store.alerts()] == ["conflict"]
 
 
 def test_a_keychain_in_any_order_is_followed_and_a_strangers_ends(
@@ -909,3 +916,55 @@ def test_integers_round_trip_exactly(key: DeviceKey, store: Store) -> None:
     got = [(r.seq, r.value) for r in store.readings("gw1")]
     assert got == [(seq, v) for seq in (1, 2, 3) for v in INTS]
     assert all(type(v) is int for _, v in got)
+
+
+def test_event_and_notice_times_are_kept_to_the_nanosecond_in_postgresql(
+    key: DeviceKey, pg_url: str
+) -> None:
+    """timestamptz holds microseconds: the rest of each time is its ``*_nanos`` column,
+    nothing rounded (a time ending in 789 ns is not the next microsecond)."""
+    import psycopg
+
+    store = open_store(pg_url)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    t = "edgegw/gw1/event"
+    ev = {
+        "model": "m",
+        "kind": "start",
+        "ts_ns": 1_733_475_600_123_456_789,
+        "score": 0.5,
+        "peak": 0.75,
+        "window_end_ns": 1_733_475_660_987_654_321,
+        "inputs": ["plc/t"],
+    }
+    p = encode_payload(gw="gw1", seq=1, boot=1, kind="event", t_ns=1, event=ev)
+    assert rx.handle(t, sign1(p, key, t.encode())) is Outcome.VALID
+    at = 1_733_475_600_999_999_999
+    assert rx.handle("edgegw/gw1/notice", notice(key, 2, None, None, at=at)) is Outcome.VALID
+    us = "(extract(epoch FROM {0}) * 1e6)::bigint"
+    with psycopg.connect(pg_url) as c:
+        got = c.execute(
+            f"SELECT {us.format('ts')}, ts_nanos, {us.format('window_end')}, window_end_nanos"
+            " FROM events"
+        ).fetchall()
+        assert got == [(1_733_475_600_123_456, 789, 1_733_475_660_987_654, 321)]
+        assert c.execute(f"SELECT {us.format('at')} FROM notices").fetchall() == [
+            (1_733_475_600_999_999,)
+        ]
+    store.close()
+
+
+def test_the_store_never_shows_the_database_password(pg_url: str) -> None:
+    """Messages and logs name the database by its connection string without the
+    password, whichever form the password came in."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from gateway.receiver.pg_store import PgStore, redact
+
+    with_pw = make_conninfo(pg_url, password="s3cret-pw")
+    assert "s3cret-pw" in with_pw
+    assert "s3cret-pw" not in redact(with_pw)
+    assert conninfo_to_dict(redact(with_pw))["dbname"] == conninfo_to_dict(pg_url)["dbname"]
+    store = PgStore(with_pw)  # the test server trusts its local users: the password is unused
+    assert "s3cret-pw" not in store.where and "dbname=" in store.where
+    store.close()
