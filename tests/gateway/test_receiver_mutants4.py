@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -27,6 +28,7 @@ from gateway.mosquitto import Mosquitto
 from gateway.receiver import MqttReceiver, Outcome, Receiver, SqliteStore, Store, open_store
 from gateway.receiver.outcome import Alert, AlertClass
 from gateway.receiver.sinks import JsonLinesSink
+from gateway.receiver.store import StoreError
 from gateway.wire import encode_payload
 from security import AUDIT_FILE, AuditLog, DeviceKey, sign1
 from security.checkpoint import (
@@ -968,3 +970,72 @@ def test_the_store_never_shows_the_database_password(pg_url: str) -> None:
     store = PgStore(with_pw)  # the test server trusts its local users: the password is unused
     assert "s3cret-pw" not in store.where and "dbname=" in store.where
     store.close()
+
+
+def test_a_postgresql_error_in_a_transaction_leaves_no_state(key: DeviceKey, pg_url: str) -> None:
+    """An error PostgreSQL raises mid-transaction is a store error (not acknowledged),
+    the transaction is rolled back and the connection usable, and nothing of the failed
+    message is remembered: delivered again, it is stored, not taken for a duplicate."""
+    import psycopg
+
+    store = open_store(pg_url)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(
+            "CREATE FUNCTION fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'I/O'; END $$"
+            " LANGUAGE plpgsql"
+        )
+        c.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON notices FOR EACH ROW EXECUTE FUNCTION fail()"
+        )
+        m2 = notice(key, 2, None, None)
+        assert rx.handle("edgegw/gw1/notice", m2) is Outcome.STORE_ERROR
+        assert (rx.stats.store_errors, rx.stats.errors) == (1, 0)
+        assert rx.handle(TOPIC, msg(key, 3)) is Outcome.VALID  # the connection still works
+        c.execute("DROP TRIGGER fail ON notices")
+    assert rx.handle("edgegw/gw1/notice", m2) is Outcome.VALID
+    assert rx.received("gw1") == [(1, 3)]
+    assert store.report().notices == 1
+    store.close()
+
+
+def test_receivers_taking_turns_on_one_database_see_each_others_messages(
+    key: DeviceKey, store_url: str
+) -> None:
+    """Each receiver keeps a cached state per gateway; a commit by the other makes it
+    stale, and it is read again: never a message stored twice or a conflict missed."""
+    stores = [open_store(store_url) for _ in range(2)]
+    a, b = (Receiver({"gw1": key.public_key}, "edgegw", store=s) for s in stores)
+    for seq in range(1, 6):
+        first, second = (a, b) if seq % 2 else (b, a)
+        assert first.handle(TOPIC, msg(key, seq)) is Outcome.VALID
+        assert second.handle(TOPIC, msg(key, seq)) is Outcome.DUPLICATE
+        conflict = msg(key, seq, [["plc/t", 1, -1.0, 0]])
+        assert second.handle(TOPIC, conflict) is Outcome.CONFLICT
+    assert [r.seq for r in stores[0].readings("gw1")] == [1, 2, 3, 4, 5]
+    assert a.received("gw1") == b.received("gw1") == [(1, 5)]
+    for s in stores:
+        s.close()
+
+
+def test_a_database_that_never_answers_is_a_store_error_in_time() -> None:
+    """A server that accepts the connection and says nothing (a hung host, a firewall
+    that swallows packets) ends the connect after connect_timeout_s, as a StoreError,
+    instead of hanging the receiver."""
+    from gateway.receiver.pg_store import PgStore
+
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as silent:
+        port = silent.getsockname()[1]
+        got: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                PgStore(f"postgresql://edgegw@[::1]:{port}/x", connect_timeout_s=2)
+            except BaseException as exc:  # what it raised is the result
+                got.append(exc)
+
+        t = threading.Thread(target=connect, daemon=True)
+        t.start()
+        t.join(30)  # generous: it is 2 s
+        assert got and isinstance(got[0], StoreError), got
