@@ -980,7 +980,6 @@ def test_a_postgresql_error_in_a_transaction_leaves_no_state(key: DeviceKey, pg_
 
     store = open_store(pg_url)
     rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
-    assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute(
             "CREATE FUNCTION fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'I/O'; END $$"
@@ -989,10 +988,13 @@ def test_a_postgresql_error_in_a_transaction_leaves_no_state(key: DeviceKey, pg_
         c.execute(
             "CREATE TRIGGER fail BEFORE INSERT ON notices FOR EACH ROW EXECUTE FUNCTION fail()"
         )
-        m2 = notice(key, 2, None, None)
+        m2 = notice(key, 2, None, None)  # the gateway's very first message fails
         assert rx.handle("edgegw/gw1/notice", m2) is Outcome.STORE_ERROR
         assert (rx.stats.store_errors, rx.stats.errors) == (1, 0)
-        assert rx.handle(TOPIC, msg(key, 3)) is Outcome.VALID  # the connection still works
+        assert rx.handle(TOPIC, msg(key, 1)) is Outcome.VALID  # the connection still works
+        assert rx.handle("edgegw/gw1/notice", m2) is Outcome.STORE_ERROR  # a known gateway
+        assert rx.handle(TOPIC, msg(key, 3)) is Outcome.VALID
+        assert (rx.stats.store_errors, rx.stats.errors) == (2, 0)
         c.execute("DROP TRIGGER fail ON notices")
     assert rx.handle("edgegw/gw1/notice", m2) is Outcome.VALID
     assert rx.received("gw1") == [(1, 3)]
