@@ -1041,3 +1041,30 @@ def test_a_database_that_never_answers_is_a_store_error_in_time() -> None:
         t.start()
         t.join(30)  # generous: it is 2 s
         assert got and isinstance(got[0], StoreError), got
+
+
+def test_command_result_times_are_kept_to_the_nanosecond_in_postgresql(
+    key: DeviceKey, pg_url: str
+) -> None:
+    """When the gateway received a command and when it was done: microseconds in the
+    timestamptz column, the rest in ``*_nanos`` (nothing rounded up)."""
+    from gateway.downlink.wire import result
+
+    store = open_store(pg_url)
+    rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
+    topic = "edgegw/gw1/command_result"
+    recv, done = 1_733_475_600_123_456_789, 1_733_475_601_987_654_821
+    for seq in (1, 2):
+        res = result(digest=b"\x01" * 32, outcome="done", received_ns=recv, done_ns=done + seq)
+        p = encode_payload(gw="gw1", seq=seq, boot=1, kind="command_result", t_ns=1, result=res)
+        assert rx.handle(topic, sign1(p, key, topic.encode())) is Outcome.VALID
+    us = "(extract(epoch FROM {0}) * 1e6)::bigint"
+    rows = store._query(  # type: ignore[attr-defined]
+        f"SELECT {us.format('received')}, received_nanos, {us.format('done')}, done_nanos"
+        " FROM command_results ORDER BY seq"
+    )
+    assert rows == [
+        (1_733_475_600_123_456, 789, 1_733_475_601_987_654, 822),
+        (1_733_475_600_123_456, 789, 1_733_475_601_987_654, 823),
+    ]
+    store.close()
