@@ -8,12 +8,16 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
 from gateway.mosquitto import Mosquitto
 from gateway.pgserver import PgServer
+
+if TYPE_CHECKING:
+    from gateway.receiver import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +64,23 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     yield pg_server.url.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each receiver store in turn: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    from gateway.receiver import open_store  # lazily: most tests need no receiver
+
+    s = open_store(store_url)
+    yield s
+    s.close()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from buffer import URGENT
@@ -314,6 +315,28 @@ def test_urgent_and_live_rows_in_one_fetch_keep_to_the_window_and_go_once(
     assert seqs == [6, 7, 1, 2, 3, 4, 5, 8, 9, 10, 11], seqs
 
 
+@contextlib.asynccontextmanager
+async def uplink_to_plain_server(
+    tmp_path: Path, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+) -> AsyncIterator[tuple[Forwarder, OutboxThread, asyncio.Task[None]]]:
+    """A forwarder with one row (seq 1) running against a plain TCP server on [::1] that
+    speaks no MQTT (``handler`` serves each connection); stopped and closed after."""
+    server = await asyncio.start_server(handler, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ot = OutboxThread(tmp_path / "outbox.db")
+    ob = await ot.open()
+    fwd = Forwarder(UplinkConfig(host="::1", port=port, reconnect_max_s=1), "gw1", ot)
+    await ot.run(ob.append, T, body, priority=1)
+    task = asyncio.create_task(fwd.run())
+    try:
+        yield fwd, ot, task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ot.close()
+        server.close()
+
+
 def test_a_broker_that_never_answers_connect_is_a_timeout_not_a_dead_uplink(
     tmp_path: Path,
 ) -> None:
@@ -328,22 +351,14 @@ def test_a_broker_that_never_answers_connect_is_a_timeout_not_a_dead_uplink(
         w.close()
 
     async def main() -> tuple[str | None, bool, list[int]]:
-        server = await asyncio.start_server(silent, "::1", 0)
-        port = server.sockets[0].getsockname()[1]
-        ot = OutboxThread(tmp_path / "outbox.db")
-        ob = await ot.open()
-        fwd = Forwarder(UplinkConfig(host="::1", port=port, reconnect_max_s=1), "gw1", ot)
-        await ot.run(ob.append, T, body, priority=1)
-        task = asyncio.create_task(fwd.run())
-        try:
+        async with uplink_to_plain_server(tmp_path, silent) as (fwd, ot, task):
             assert await wait_until(lambda: fwd.stats.last_error is not None or task.done(), 40)
             await asyncio.sleep(0.5)
-            return fwd.stats.last_error, task.done(), [r.seq for r in await ot.run(ob.pending)]
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await ot.close()
-            server.close()
+            return (
+                fwd.stats.last_error,
+                task.done(),
+                [r.seq for r in await ot.run(ot.outbox.pending)],
+            )
 
     why, ended, left = asyncio.run(main())
     assert not ended and why == "timed out" and left == [1]

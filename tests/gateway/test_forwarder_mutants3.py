@@ -17,6 +17,7 @@ from pathlib import Path
 from gateway.config import UplinkConfig
 from gateway.forwarder import SET_ASIDE_REASON, Forwarder
 from gateway.outbox_thread import OutboxThread
+from tests.gateway.test_forwarder_mutants2 import uplink_to_plain_server
 from tests.gateway.test_forwarder_rules import Rig, body, wait_until
 from tests.mqttscript import ScriptedBroker, props
 from tests.tlscerts import make_pki
@@ -47,21 +48,13 @@ def test_a_broker_that_hangs_up_before_connack_gets_the_hint(tmp_path: Path) -> 
         w.close()
 
     async def main() -> tuple[str | None, list[int], bool]:
-        server = await asyncio.start_server(hang_up, "::1", 0)
-        port = server.sockets[0].getsockname()[1]
-        ot = OutboxThread(tmp_path / "outbox.db")
-        ob = await ot.open()
-        fwd = Forwarder(UplinkConfig(host="::1", port=port, reconnect_max_s=1), "gw1", ot)
-        await ot.run(ob.append, T, body, priority=1)
-        task = asyncio.create_task(fwd.run())
-        try:
+        async with uplink_to_plain_server(tmp_path, hang_up) as (fwd, ot, task):
             assert await wait_until(lambda: accepted >= 3 or task.done(), 30), accepted
-            return fwd.stats.last_error, [r.seq for r in await ot.run(ob.pending)], task.done()
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await ot.close()
-            server.close()
+            return (
+                fwd.stats.last_error,
+                [r.seq for r in await ot.run(ot.outbox.pending)],
+                task.done(),
+            )
 
     why, left, ended = asyncio.run(main())
     assert not ended and left == [1]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import sqlite3
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,23 +70,9 @@ VALUES: list[list[Any]] = [
 TS = [0, 1, 999, 1_700_000_000_123_456_789, 2**63 - 1, 2**63, U64_MAX]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "rx.db")
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def key(tmp_path: Path) -> DeviceKey:
     return DeviceKey.load_or_create(tmp_path / "gw")[0]
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def same(a: Any, b: Any) -> bool:

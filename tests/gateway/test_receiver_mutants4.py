@@ -46,6 +46,7 @@ from tests.gateway.auditmsgs import audit_messages, log_id_of
 from tests.gateway.test_platform_store import TS, VALUES, same
 from tests.gateway.test_receiver import TOPIC, msg, notice
 from tests.gateway.test_receiver_mqtt import publish_all, wait
+from tests.gateway.test_sqlite_store_mutants import NS_EVENT
 from tests.gateway.test_witness import write_log
 from tests.mqttscript import ScriptedBroker
 
@@ -53,23 +54,9 @@ AUDIT = "edgegw/gw1/audit"
 T_US = 1_733_475_600_123_456  # a receive time, whole microseconds (what the stores keep)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "rx.db")
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def key(tmp_path: Path) -> DeviceKey:
     return DeviceKey.load_or_create(tmp_path / "key")[0]
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def test_alerts_report_and_receiver_counters(key: DeviceKey, store: Store, tmp_path: Path) -> None:
@@ -930,15 +917,7 @@ def test_event_and_notice_times_are_kept_to_the_nanosecond_in_postgresql(
     store = open_store(pg_url)
     rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
     t = "edgegw/gw1/event"
-    ev = {
-        "model": "m",
-        "kind": "start",
-        "ts_ns": 1_733_475_600_123_456_789,
-        "score": 0.5,
-        "peak": 0.75,
-        "window_end_ns": 1_733_475_660_987_654_321,
-        "inputs": ["plc/t"],
-    }
+    ev = NS_EVENT
     p = encode_payload(gw="gw1", seq=1, boot=1, kind="event", t_ns=1, event=ev)
     assert rx.handle(t, sign1(p, key, t.encode())) is Outcome.VALID
     at = 1_733_475_600_999_999_999

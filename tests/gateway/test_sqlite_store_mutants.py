@@ -297,20 +297,24 @@ def test_the_cached_state_is_used_until_another_receiver_changes_it(
         s.close()
 
 
+# An event whose times end in nanoseconds (a store that keeps only µs would round them).
+NS_EVENT = {
+    "model": "m",
+    "kind": "start",
+    "ts_ns": 1_733_475_600_123_456_789,
+    "score": 0.5,
+    "peak": 0.75,
+    "window_end_ns": 1_733_475_660_987_654_321,
+    "inputs": ["plc/t"],
+}
+
+
 def test_message_and_event_times_are_kept_to_the_nanosecond(tmp_path: Path, key: DeviceKey) -> None:
     """Times are microseconds plus ``*_nanos`` in the tables: nothing lost or rescaled."""
     store = SqliteStore(tmp_path / "rx.db")
     rx = Receiver({"gw1": key.public_key}, "edgegw", store=store)
     t = "edgegw/gw1/event"
-    ev = {
-        "model": "m",
-        "kind": "start",
-        "ts_ns": 1_733_475_600_123_456_789,
-        "score": 0.5,
-        "peak": 0.75,
-        "window_end_ns": 1_733_475_660_987_654_321,
-        "inputs": ["plc/t"],
-    }
+    ev = NS_EVENT
     sealed = 1_733_475_661_000_001_999
     p = encode_payload(gw="gw1", seq=1, boot=1, kind="event", t_ns=sealed, event=ev)
     assert rx.handle(t, sign1(p, key, t.encode())) is Outcome.VALID
